@@ -1,0 +1,68 @@
+//! Frame sources. Each source fills a caller-owned [`Frame`] so that steady-state capture
+//! reuses its buffers; the capture thread publishes the newest frame and never blocks on
+//! consumers.
+
+use crate::preprocess::RgbImage;
+
+/// One captured frame, converted to RGB.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    pub image: RgbImage,
+    /// Capture time, ns since the Unix epoch (CLOCK_REALTIME).
+    pub capture_time_ns: u64,
+    /// Sequence number as reported by the source (gaps mean dropped frames).
+    pub sequence: u64,
+}
+
+/// Counters a source keeps over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureStats {
+    pub frames: u64,
+    /// Frames lost, from sequence gaps.
+    pub drops: u64,
+    /// Frames that could not be decoded and were skipped.
+    pub corrupt: u64,
+    /// Times the source waited longer than its stall timeout.
+    pub stalls: u64,
+    /// Times the device was reopened after it went away.
+    pub reopens: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("camera {source_name}: device not found")]
+    DeviceMissing { source_name: String },
+    #[error("camera {source_name}: no frame for {waited_ms} ms")]
+    Stalled { source_name: String, waited_ms: u64 },
+    #[error("camera {source_name}: device went away")]
+    Unplugged { source_name: String },
+    #[error("camera {source_name}: corrupt frame: {message}")]
+    Corrupt { source_name: String, message: String },
+    #[error("camera {source_name}: {message}")]
+    Config { source_name: String, message: String },
+    #[error("camera {source_name}: {message}")]
+    Io { source_name: String, message: String },
+}
+
+impl CaptureError {
+    /// Errors the capture loop rides out (keeps calling `next_frame`) rather than ending on.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::Stalled { .. } | CaptureError::Unplugged { .. } | CaptureError::Corrupt { .. }
+        )
+    }
+}
+
+/// A camera or camera-like producer of RGB frames.
+///
+/// Life cycle: `start` opens the device and allocates; `next_frame` blocks until the next
+/// frame (or its stall timeout) and fills `frame` in place; `stop` releases the device.
+pub trait FrameSource: Send {
+    fn start(&mut self) -> Result<(), CaptureError>;
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<(), CaptureError>;
+    fn stats(&self) -> CaptureStats;
+    fn stop(&mut self);
+    /// A short description for logs and status (`synthetic`, `/dev/video0 MJPG 640x480@30`).
+    fn describe(&self) -> String;
+}

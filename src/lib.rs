@@ -1,0 +1,29 @@
+//! # vla-rt
+//!
+//! A real-time runtime for OpenVLA-style vision-language-action policies. One process, one
+//! data path, at a fixed control rate:
+//!
+//! ```text
+//! capture ─▶ preprocess ─▶ DINOv2 ∥ SigLIP ─▶ concat [256 × D] ─▶ projector ─▶ Llama prefill
+//!         ─▶ greedy decode of the action tokens ─▶ de-tokenise + un-normalise ─▶ safety filter
+//!         ─▶ Zenoh `vla/<robot>/cmd`
+//! ```
+//!
+//! The modules follow that path:
+//! - [`capture`]: frame sources (synthetic, image folders, V4L2) behind one [`capture::FrameSource`] trait.
+//! - [`preprocess`]: Pillow-exact bicubic resize to 224 and the two normalisations.
+//! - [`model`]: the checkpoint and the pure model math (ViTs, projector, Llama, action
+//!   de-tokenisation); it knows nothing of threads, cameras or Zenoh.
+//! - [`backend`]: runs the model on a device; [`policy::Policy`] is the one interface the runtime sees.
+//! - [`control`]: the fixed-rate loop, ACT/HOLD/STOP and the safety filter.
+//! - [`transport`]: the command record and the Zenoh session.
+//! - [`config`]: the service configuration (TOML), validated at start.
+
+pub mod backend;
+pub mod capture;
+pub mod config;
+pub mod control;
+pub mod model;
+pub mod policy;
+pub mod preprocess;
+pub mod transport;

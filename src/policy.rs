@@ -1,0 +1,67 @@
+//! The one interface the runtime sees of a policy, whatever the backend.
+
+use crate::preprocess::RgbImage;
+
+/// Wall-clock milliseconds spent in each stage of one prediction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StageTimings {
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub projector_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub total_ms: f64,
+}
+
+/// What one policy call produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The generated action token ids, `action_dim` of them.
+    pub tokens: Vec<u32>,
+    /// Bin centres in [-1, 1], before un-normalisation.
+    pub normalized: Vec<f64>,
+    /// Un-normalised action in the units of the dataset statistics.
+    pub action: Vec<f64>,
+    pub timings: StageTimings,
+}
+
+/// Errors a policy call can return. `is_bad_input` separates the caller's mistakes (exit code 2)
+/// from failures of the machine (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Preprocess(#[from] crate::preprocess::PreprocessError),
+    #[error("empty instruction: the policy needs a task description")]
+    EmptyInstruction,
+    #[error("backend {backend}: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+}
+
+impl PolicyError {
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            PolicyError::Model(e) => e.is_bad_input(),
+            PolicyError::Preprocess(_) | PolicyError::EmptyInstruction => true,
+            PolicyError::Backend { .. } => false,
+        }
+    }
+}
+
+/// A vision-language-action policy: image + instruction in, one action out.
+///
+/// Implementations may allocate and take their time; they run on the inference thread, never
+/// on the control thread.
+pub trait Policy: Send {
+    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError>;
+    /// Number of action dimensions (7 for OpenVLA).
+    fn action_dim(&self) -> usize;
+    /// `cpu`, `cuda` or `tensorrt`.
+    fn backend_name(&self) -> &'static str;
+    /// A short name of the loaded model, for status messages.
+    fn model_name(&self) -> &str;
+}
