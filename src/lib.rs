@@ -20,7 +20,9 @@
 //! - [`config`]: the service configuration (TOML), validated at start.
 
 pub mod backend;
+pub mod bench;
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod model;

@@ -65,3 +65,76 @@ pub trait Policy: Send {
     /// A short name of the loaded model, for status messages.
     fn model_name(&self) -> &str;
 }
+
+/// Weight format of the language model's linear layers.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// The checkpoint's weights, computed in f32.
+    #[default]
+    None,
+    /// Weight-only INT8, one scale per output channel.
+    Int8,
+    /// Weight-only INT4, group-wise scales.
+    Int4,
+}
+
+/// Weight format of the projector.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectorFormat {
+    #[default]
+    F32,
+    /// INT8 weights; INT8 activations too when calibration scales exist (W8A8).
+    Int8,
+}
+
+/// Which device runs the policy (DESIGN.md §7).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+/// Everything that selects how a checkpoint is turned into a runnable policy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyOptions {
+    pub backend: BackendKind,
+    /// Dataset statistics key for un-normalisation; `None` picks the only one, if only one exists.
+    pub unnorm_key: Option<String>,
+    pub quantization: Quantization,
+    pub projector: ProjectorFormat,
+}

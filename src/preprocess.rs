@@ -18,7 +18,11 @@ pub enum PreprocessError {
     #[error("image {path}: {message}")]
     Image { path: String, message: String },
     #[error("image has invalid size {width}x{height} with {bytes} bytes of RGB data")]
-    BadSize { width: u32, height: u32, bytes: usize },
+    BadSize {
+        width: u32,
+        height: u32,
+        bytes: usize,
+    },
     #[error("preprocessor config {path}: {message}")]
     Config { path: String, message: String },
 }
@@ -36,4 +40,40 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
         path: path.display().to_string(),
         message: "not implemented".into(),
     })
+}
+
+/// Side length of the square model input.
+pub const INPUT_SIZE: usize = 224;
+
+/// Turns camera or file images into the model's `pixel_values` `[6, 224, 224]`, reusing its
+/// scratch buffers between calls.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    /// DINOv2 normalisation (channels 0-2), then SigLIP (channels 3-5).
+    pub normalizations: [Normalization; 2],
+}
+
+impl Preprocessor {
+    /// From a checkpoint's `preprocessor_config.json` (its `tvf_normalize_params` are what runs).
+    pub fn from_config_file(path: &Path) -> Result<Self, PreprocessError> {
+        Err(PreprocessError::Config {
+            path: path.display().to_string(),
+            message: "not implemented".into(),
+        })
+    }
+
+    /// Number of f32 values [`Preprocessor::run`] writes: `6 * 224 * 224`.
+    pub fn output_len(&self) -> usize {
+        6 * INPUT_SIZE * INPUT_SIZE
+    }
+
+    /// Resizes `image` to 224 × 224 (Pillow bicubic) and writes both normalisations to `out`.
+    pub fn run(&mut self, image: &RgbImage, out: &mut [f32]) -> Result<(), PreprocessError> {
+        let _ = (image, out);
+        Err(PreprocessError::BadSize {
+            width: 0,
+            height: 0,
+            bytes: 0,
+        })
+    }
 }

@@ -2,6 +2,8 @@
 //! reuses its buffers; the capture thread publishes the newest frame and never blocks on
 //! consumers.
 
+pub mod v4l2;
+
 use crate::preprocess::RgbImage;
 
 /// One captured frame, converted to RGB.
@@ -37,11 +39,20 @@ pub enum CaptureError {
     #[error("camera {source_name}: device went away")]
     Unplugged { source_name: String },
     #[error("camera {source_name}: corrupt frame: {message}")]
-    Corrupt { source_name: String, message: String },
+    Corrupt {
+        source_name: String,
+        message: String,
+    },
     #[error("camera {source_name}: {message}")]
-    Config { source_name: String, message: String },
+    Config {
+        source_name: String,
+        message: String,
+    },
     #[error("camera {source_name}: {message}")]
-    Io { source_name: String, message: String },
+    Io {
+        source_name: String,
+        message: String,
+    },
 }
 
 impl CaptureError {
@@ -49,7 +60,9 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            CaptureError::Stalled { .. } | CaptureError::Unplugged { .. } | CaptureError::Corrupt { .. }
+            CaptureError::Stalled { .. }
+                | CaptureError::Unplugged { .. }
+                | CaptureError::Corrupt { .. }
         )
     }
 }

@@ -94,9 +94,15 @@ impl Linear {
             return Ok(());
         }
         match &self.weights {
-            LinearWeights::F32(w) => {
-                matmul_f32_wt(x, w, out, rows, self.in_features, self.out_features, self.bias.as_deref())
-            }
+            LinearWeights::F32(w) => matmul_f32_wt(
+                x,
+                w,
+                out,
+                rows,
+                self.in_features,
+                self.out_features,
+                self.bias.as_deref(),
+            ),
         }
         Ok(())
     }

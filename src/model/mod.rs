@@ -23,7 +23,9 @@ pub enum ModelError {
 impl ModelError {
     pub fn is_bad_input(&self) -> bool {
         match self {
-            ModelError::File { .. } | ModelError::MissingTensor { .. } | ModelError::Shape { .. } => true,
+            ModelError::File { .. }
+            | ModelError::MissingTensor { .. }
+            | ModelError::Shape { .. } => true,
             ModelError::Math { .. } => false,
         }
     }

@@ -1,0 +1,31 @@
+//! `vla-rt bench`: benchmarks. Without a subcommand it times the policy stages (see
+//! [`crate::bench::policy`]); `control` times the control loop and transport; `quant` the
+//! quantized weight formats.
+
+use super::CliError;
+use crate::bench;
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub policy: bench::policy::PolicyBenchArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Publish jitter and tick-to-subscriber latency of the control loop.
+    Control(bench::control::ControlBenchArgs),
+    /// Weight bytes and decode speed of each weight format.
+    Quant(bench::quant::QuantBenchArgs),
+}
+
+pub fn main(args: BenchArgs) -> Result<(), CliError> {
+    match args.command {
+        None => bench::policy::run(args.policy),
+        Some(BenchCommand::Control(a)) => bench::control::run(a),
+        Some(BenchCommand::Quant(a)) => bench::quant::run(a),
+    }
+}

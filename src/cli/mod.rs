@@ -1,0 +1,81 @@
+//! The `vla-rt` command line (DESIGN.md §5). Each subcommand lives in its own module and
+//! returns a [`CliError`] carrying its exit code: 2 for bad usage or bad input (the message
+//! names the culprit), 1 for any other failure.
+
+pub mod bench;
+pub mod cameras;
+pub mod predict;
+pub mod quantize;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vla-rt",
+    version,
+    about = "Real-time runtime for OpenVLA-style vision-language-action policies"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: camera → policy → safety filter → Zenoh, at a fixed rate.
+    Run(run::RunArgs),
+    /// Run the policy once on an image file.
+    Predict(predict::PredictArgs),
+    /// Benchmarks.
+    Bench(bench::BenchArgs),
+    /// List V4L2 cameras with their formats, sizes, frame rates and controls.
+    Cameras(cameras::CamerasArgs),
+    /// Write a pre-quantized weight file for a checkpoint.
+    Quantize(quantize::QuantizeArgs),
+}
+
+/// A failure with the process exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit_code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad usage or bad input: exit code 2.
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self {
+            exit_code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Any other failure: exit code 1.
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self {
+            exit_code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::policy::PolicyError> for CliError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        if e.is_bad_input() {
+            Self::bad_input(e.to_string())
+        } else {
+            Self::failure(e.to_string())
+        }
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Predict(args) => predict::main(args),
+        Command::Bench(args) => bench::main(args),
+        Command::Cameras(args) => cameras::main(args),
+        Command::Quantize(args) => quantize::main(args),
+    }
+}
