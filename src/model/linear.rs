@@ -2,6 +2,7 @@
 //! product of the model goes through, so that weight formats (f32, quantized) are chosen per
 //! layer without the model code knowing.
 
+use super::quant::{self, Int4Weights, Int8Weights, W8A8Weights};
 use super::ModelError;
 
 /// How a layer's weight matrix `[out_features, in_features]` is stored.
@@ -9,6 +10,21 @@ use super::ModelError;
 pub enum LinearWeights {
     /// Row-major f32, `out_features * in_features` values.
     F32(Vec<f32>),
+    /// Weight-only INT8, one scale per output channel.
+    Int8(Int8Weights),
+    /// Weight-only INT4, group-wise asymmetric, packed two per byte.
+    Int4(Int4Weights),
+    /// INT8 weights and per-tensor INT8 activations (calibrated).
+    W8A8(W8A8Weights),
+}
+
+/// A weight format to convert an f32 layer to (see [`super::quant`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QuantFormat {
+    Int8,
+    Int4,
+    /// INT8 weights with the input quantized with this per-tensor activation scale.
+    W8A8 { act_scale: f32 },
 }
 
 #[derive(Debug, Clone)]
@@ -68,11 +84,104 @@ impl Linear {
         self.bias.as_deref()
     }
 
-    /// Bytes held by the weight matrix (not the bias).
+    /// Bytes held by the weight matrix and its quantization scales (not the bias).
     pub fn weight_bytes(&self) -> usize {
         match &self.weights {
             LinearWeights::F32(w) => w.len() * std::mem::size_of::<f32>(),
+            LinearWeights::Int8(q) => q.bytes(),
+            LinearWeights::Int4(q) => q.bytes(),
+            LinearWeights::W8A8(q) => q.weights.bytes() + std::mem::size_of::<f32>(),
         }
+    }
+
+    /// Replaces the weight matrix (e.g. with one read from a pre-quantized file), checking
+    /// that it has this layer's shape; `name` names the layer in errors.
+    pub fn set_weights(&mut self, name: &str, weights: LinearWeights) -> Result<(), ModelError> {
+        let (n, k) = (self.out_features, self.in_features);
+        let checked = match &weights {
+            LinearWeights::F32(w) => {
+                if w.len() == n * k {
+                    Ok(())
+                } else {
+                    Err(format!("f32 weight of {} values, expected {}", w.len(), n * k))
+                }
+            }
+            LinearWeights::Int8(q) => q.check_shape(n, k),
+            LinearWeights::Int4(q) => q.check_shape(n, k),
+            LinearWeights::W8A8(q) => {
+                if q.act_scale.is_finite() && q.act_scale > 0.0 {
+                    q.weights.check_shape(n, k)
+                } else {
+                    Err(format!("activation scale {} is not a positive number", q.act_scale))
+                }
+            }
+        };
+        checked.map_err(|message| ModelError::Quantized {
+            name: name.to_string(),
+            message: format!("{message} (layer [{n}, {k}])"),
+        })?;
+        self.weights = weights;
+        Ok(())
+    }
+
+    /// Converts the f32 weight to `format` in place. Quantizing an INT8 layer to W8A8 only
+    /// adds the activation scale; any other conversion of an already quantized layer is an
+    /// error, since it would stack two roundings.
+    pub fn quantize(&mut self, name: &str, format: QuantFormat) -> Result<(), ModelError> {
+        let (n, k) = (self.out_features, self.in_features);
+        let weights = match (&self.weights, format) {
+            (LinearWeights::F32(w), QuantFormat::Int8) => {
+                LinearWeights::Int8(Int8Weights::quantize(w, n, k))
+            }
+            (LinearWeights::F32(w), QuantFormat::Int4) => {
+                LinearWeights::Int4(Int4Weights::quantize(w, n, k))
+            }
+            (LinearWeights::F32(w), QuantFormat::W8A8 { act_scale }) => {
+                LinearWeights::W8A8(W8A8Weights {
+                    weights: Int8Weights::quantize(w, n, k),
+                    act_scale,
+                })
+            }
+            (LinearWeights::Int8(q), QuantFormat::W8A8 { act_scale }) => {
+                LinearWeights::W8A8(W8A8Weights {
+                    weights: q.clone(),
+                    act_scale,
+                })
+            }
+            (current, _) => {
+                return Err(ModelError::Quantized {
+                    name: name.to_string(),
+                    message: format!(
+                        "cannot convert weights already stored as {} to {format:?}",
+                        current.format_name()
+                    ),
+                })
+            }
+        };
+        self.set_weights(name, weights)
+    }
+
+    /// The weight as row-major f32 `[out_features, in_features]`: the values a quantized
+    /// layer actually multiplies with (its reference for accuracy checks).
+    pub fn dequantized_weight(&self) -> Vec<f32> {
+        let (n, k) = (self.out_features, self.in_features);
+        let mut out = vec![0.0f32; n * k];
+        match &self.weights {
+            LinearWeights::F32(w) => out.copy_from_slice(w),
+            LinearWeights::Int8(q) => out
+                .chunks_exact_mut(k.max(1))
+                .enumerate()
+                .for_each(|(row, dst)| q.dequantize_row(row, k, dst)),
+            LinearWeights::Int4(q) => out
+                .chunks_exact_mut(k.max(1))
+                .enumerate()
+                .for_each(|(row, dst)| q.dequantize_row(row, k, dst)),
+            LinearWeights::W8A8(q) => out
+                .chunks_exact_mut(k.max(1))
+                .enumerate()
+                .for_each(|(row, dst)| q.weights.dequantize_row(row, k, dst)),
+        }
+        out
     }
 
     /// `out[n, out_features] = x[n, in_features] · Wᵀ + b` for `n = x.len() / in_features` rows.
@@ -103,8 +212,47 @@ impl Linear {
                 self.out_features,
                 self.bias.as_deref(),
             ),
+            LinearWeights::Int8(q) => quant::matmul_int8(
+                x,
+                q,
+                out,
+                rows,
+                self.in_features,
+                self.out_features,
+                self.bias.as_deref(),
+            ),
+            LinearWeights::Int4(q) => quant::matmul_int4(
+                x,
+                q,
+                out,
+                rows,
+                self.in_features,
+                self.out_features,
+                self.bias.as_deref(),
+            ),
+            LinearWeights::W8A8(q) => quant::matmul_w8a8(
+                x,
+                q,
+                out,
+                rows,
+                self.in_features,
+                self.out_features,
+                self.bias.as_deref(),
+            ),
         }
         Ok(())
+    }
+}
+
+impl LinearWeights {
+    /// `f32`, `int8`, `int4` or `w8a8`.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            LinearWeights::F32(_) => "f32",
+            LinearWeights::Int8(_) => "int8",
+            LinearWeights::Int4(_) => "int4",
+            LinearWeights::W8A8(_) => "w8a8",
+        }
     }
 }
 

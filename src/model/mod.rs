@@ -2,6 +2,9 @@
 //! de-tokenisation). Knows nothing of threads, cameras or Zenoh.
 
 pub mod linear;
+pub mod quant;
+pub mod quant_file;
+pub mod quant_kernels;
 
 /// Errors of checkpoint loading and model math, each naming the culprit.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +21,15 @@ pub enum ModelError {
     },
     #[error("shape mismatch in {op}: {message}")]
     Math { op: &'static str, message: String },
+    #[error("layer {name}: {message}")]
+    Quantized { name: String, message: String },
+    #[error("{path}: pre-quantized weight file {field} is {got}, expected {expected}")]
+    QuantizedFile {
+        path: String,
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
 }
 
 impl ModelError {
@@ -25,7 +37,9 @@ impl ModelError {
         match self {
             ModelError::File { .. }
             | ModelError::MissingTensor { .. }
-            | ModelError::Shape { .. } => true,
+            | ModelError::Shape { .. }
+            | ModelError::Quantized { .. }
+            | ModelError::QuantizedFile { .. } => true,
             ModelError::Math { .. } => false,
         }
     }
