@@ -237,7 +237,9 @@ fn constant_and_zero_rows_quantize_without_nan() {
 #[test]
 fn simd_dot_kernels_match_portable_kernels_on_ragged_lengths() {
     let mut rng = Rng(13);
-    for len in [0usize, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 1000] {
+    for len in [
+        0usize, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 1000,
+    ] {
         let x = rng.vec(len, 1.0);
         let q8: Vec<i8> = (0..len).map(|_| (rng.next_u64() % 255) as i8).collect();
         let b8: Vec<i8> = (0..len)
@@ -255,7 +257,10 @@ fn simd_dot_kernels_match_portable_kernels_on_ragged_lengths() {
         let exact: f64 = (0..len)
             .map(|k| f64::from(kernels::nibble(&packed, k)) * f64::from(x[k]))
             .sum();
-        assert!((f64::from(simd) - exact).abs() <= 1e-5 * f64::from(mag), "u4·f32 len {len}");
+        assert!(
+            (f64::from(simd) - exact).abs() <= 1e-5 * f64::from(mag),
+            "u4·f32 len {len}"
+        );
         assert!((f64::from(portable) - exact).abs() <= 1e-5 * f64::from(mag));
 
         let exact: i32 = q8
@@ -280,7 +285,10 @@ fn set_weights_rejects_a_wrong_shape_naming_the_layer() {
     assert!(err.contains("[3, 4]"), "{err}");
     // Requantizing quantized weights would stack two roundings.
     layer.quantize("l", QuantFormat::Int4).unwrap();
-    let err = layer.quantize("l", QuantFormat::Int8).unwrap_err().to_string();
+    let err = layer
+        .quantize("l", QuantFormat::Int8)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("int4"), "{err}");
 }
 

@@ -24,7 +24,9 @@ pub enum QuantFormat {
     Int8,
     Int4,
     /// INT8 weights with the input quantized with this per-tensor activation scale.
-    W8A8 { act_scale: f32 },
+    W8A8 {
+        act_scale: f32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +105,11 @@ impl Linear {
                 if w.len() == n * k {
                     Ok(())
                 } else {
-                    Err(format!("f32 weight of {} values, expected {}", w.len(), n * k))
+                    Err(format!(
+                        "f32 weight of {} values, expected {}",
+                        w.len(),
+                        n * k
+                    ))
                 }
             }
             LinearWeights::Int8(q) => q.check_shape(n, k),
@@ -112,7 +118,10 @@ impl Linear {
                 if q.act_scale.is_finite() && q.act_scale > 0.0 {
                     q.weights.check_shape(n, k)
                 } else {
-                    Err(format!("activation scale {} is not a positive number", q.act_scale))
+                    Err(format!(
+                        "activation scale {} is not a positive number",
+                        q.act_scale
+                    ))
                 }
             }
         };

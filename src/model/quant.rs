@@ -114,7 +114,12 @@ pub struct Int8Weights {
 
 impl fmt::Debug for Int8Weights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Int8Weights({:?}, {} scales)", self.codes, self.scales.len())
+        write!(
+            f,
+            "Int8Weights({:?}, {} scales)",
+            self.codes,
+            self.scales.len()
+        )
     }
 }
 
@@ -391,7 +396,8 @@ pub fn matmul_int4(
                 for g in 0..groups {
                     let start = g * group;
                     let end = (start + group).min(k);
-                    let dot = dot_u4_f32(&packed_row[start / 2..end.div_ceil(2)], &x_row[start..end]);
+                    let dot =
+                        dot_u4_f32(&packed_row[start / 2..end.div_ceil(2)], &x_row[start..end]);
                     let idx = row * groups + g;
                     acc += weights.scales[idx] * dot + weights.mins[idx] * group_sums[g];
                 }
@@ -408,7 +414,11 @@ pub fn matmul_int4(
 
 /// Quantizes activations to int8 with a per-tensor scale: `round(x / scale)` clamped to ±127.
 pub fn quantize_activations(x: &[f32], act_scale: f32, out: &mut [i8]) {
-    let inv = if act_scale > 0.0 { 1.0 / act_scale } else { 0.0 };
+    let inv = if act_scale > 0.0 {
+        1.0 / act_scale
+    } else {
+        0.0
+    };
     for (q, &v) in out.iter_mut().zip(x) {
         *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
     }

@@ -291,8 +291,13 @@ mod neon {
         let mut i = 0;
         while i + 8 <= len {
             // SAFETY: i + 8 ≤ len for both slices.
-            let (codes, lo, hi) =
-                unsafe { (vld1_s8(qp.add(i)), vld1q_f32(xp.add(i)), vld1q_f32(xp.add(i + 4))) };
+            let (codes, lo, hi) = unsafe {
+                (
+                    vld1_s8(qp.add(i)),
+                    vld1q_f32(xp.add(i)),
+                    vld1q_f32(xp.add(i + 4)),
+                )
+            };
             let wide = vmovl_s8(codes);
             let w_lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
             let w_hi = vcvtq_f32_s32(vmovl_s16(vget_high_s16(wide)));
@@ -336,7 +341,10 @@ mod neon {
             }
             i += 16;
         }
-        let mut sum = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        let mut sum = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
         for (k, &xv) in x.iter().enumerate().skip(i) {
             sum += f32::from(super::nibble(packed, k)) * xv;
         }
