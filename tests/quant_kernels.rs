@@ -274,6 +274,47 @@ fn simd_dot_kernels_match_portable_kernels_on_ragged_lengths() {
 }
 
 #[test]
+fn grouped_int4_kernel_matches_per_group_reference() {
+    let mut rng = Rng(17);
+    for &(len, group) in &[
+        (1, 1),
+        (33, 33),
+        (127, 127),
+        (128, 128),
+        (129, 128),
+        (300, 128),
+        (1000, 128),
+        (96, 32),
+        (50, 8),
+    ] {
+        let x = rng.vec(len, 1.0);
+        let packed: Vec<u8> = (0..len.div_ceil(2)).map(|_| rng.next_u64() as u8).collect();
+        let scales = rng.vec(len.div_ceil(group), 2.0);
+        let exact: f64 = (0..len)
+            .map(|k| {
+                f64::from(scales[k / group])
+                    * f64::from(kernels::nibble(&packed, k))
+                    * f64::from(x[k])
+            })
+            .sum();
+        let mag: f64 = (0..len)
+            .map(|k| f64::from(scales[k / group].abs()) * 15.0 * f64::from(x[k].abs()))
+            .sum::<f64>()
+            + 1e-6;
+        let simd = kernels::dot_u4_f32_grouped(&packed, &x, &scales, group);
+        let portable = kernels::dot_u4_f32_grouped_portable(&packed, &x, &scales, group);
+        assert!(
+            (f64::from(simd) - exact).abs() <= 1e-5 * mag,
+            "len {len} group {group}"
+        );
+        assert!(
+            (f64::from(portable) - exact).abs() <= 1e-5 * mag,
+            "len {len} group {group}"
+        );
+    }
+}
+
+#[test]
 fn set_weights_rejects_a_wrong_shape_naming_the_layer() {
     let mut layer = Linear::from_f32("l", vec![0.5; 12], 3, 4, None).unwrap();
     let other = Int8Weights::quantize(&[0.5; 10], 2, 5);

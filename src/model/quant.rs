@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::quant_kernels::{dot_i8_f32, dot_i8_i8, dot_u4_f32, nibble};
+use super::quant_kernels::{dot_i8_f32, dot_i8_i8, dot_u4_f32_grouped, nibble};
 
 /// Group length of INT4 weights along the input dimension.
 pub const INT4_GROUP: usize = 128;
@@ -126,19 +126,20 @@ impl fmt::Debug for Int8Weights {
 impl Int8Weights {
     /// Quantizes a row-major f32 weight `[out_features, in_features]`.
     pub fn quantize(weight: &[f32], out_features: usize, in_features: usize) -> Self {
+        let k = in_features.max(1);
         let mut codes = vec![0u8; out_features * in_features];
         let mut scales = vec![0.0f32; out_features];
-        for ((row, code_row), scale) in weight
-            .chunks_exact(in_features.max(1))
-            .zip(codes.chunks_exact_mut(in_features.max(1)))
-            .zip(scales.iter_mut())
-        {
-            let (row_scale, inv) = symmetric_scale(row, 127.0);
-            *scale = row_scale;
-            for (c, &w) in code_row.iter_mut().zip(row) {
-                *c = (w * inv).round().clamp(-127.0, 127.0) as i8 as u8;
-            }
-        }
+        codes
+            .par_chunks_mut(k)
+            .zip(scales.par_iter_mut())
+            .zip(weight.par_chunks(k))
+            .for_each(|((code_row, scale), row)| {
+                let (row_scale, inv) = symmetric_scale(row, 127.0);
+                *scale = row_scale;
+                for (c, &w) in code_row.iter_mut().zip(row) {
+                    *c = (w * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+                }
+            });
         Self {
             codes: QuantBytes::Owned(codes),
             scales,
@@ -219,22 +220,26 @@ impl Int4Weights {
         let mut packed = vec![0u8; out_features * row_bytes];
         let mut scales = vec![0.0f32; out_features * groups];
         let mut mins = vec![0.0f32; out_features * groups];
-        for (n, row) in weight.chunks_exact(in_features.max(1)).enumerate() {
-            let packed_row = &mut packed[n * row_bytes..(n + 1) * row_bytes];
-            for (g, group) in row.chunks(group_size).enumerate() {
-                let lo = group.iter().copied().fold(f32::INFINITY, f32::min);
-                let hi = group.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let scale = (hi - lo) / 15.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                scales[n * groups + g] = scale;
-                mins[n * groups + g] = lo;
-                for (j, &w) in group.iter().enumerate() {
-                    let k = g * group_size + j;
-                    let code = ((w - lo) * inv).round().clamp(0.0, 15.0) as u8;
-                    packed_row[k / 2] |= if k % 2 == 0 { code } else { code << 4 };
+        packed
+            .par_chunks_mut(row_bytes.max(1))
+            .zip(scales.par_chunks_mut(groups.max(1)))
+            .zip(mins.par_chunks_mut(groups.max(1)))
+            .zip(weight.par_chunks(in_features.max(1)))
+            .for_each(|(((packed_row, row_scales), row_mins), row)| {
+                for (g, group) in row.chunks(group_size).enumerate() {
+                    let lo = group.iter().copied().fold(f32::INFINITY, f32::min);
+                    let hi = group.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let scale = (hi - lo) / 15.0;
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    row_scales[g] = scale;
+                    row_mins[g] = lo;
+                    for (j, &w) in group.iter().enumerate() {
+                        let k = g * group_size + j;
+                        let code = ((w - lo) * inv).round().clamp(0.0, 15.0) as u8;
+                        packed_row[k / 2] |= if k % 2 == 0 { code } else { code << 4 };
+                    }
                 }
-            }
-        }
+            });
         Self {
             packed: QuantBytes::Owned(packed),
             scales,
@@ -279,10 +284,28 @@ impl Int4Weights {
     pub fn dequantize_row(&self, n: usize, in_features: usize, out: &mut [f32]) {
         let row_bytes = in_features.div_ceil(2);
         let groups = self.groups_per_row(in_features);
+        let group_size = self.group_size.max(1);
         let packed = &self.packed.as_slice()[n * row_bytes..(n + 1) * row_bytes];
-        for (k, o) in out.iter_mut().enumerate().take(in_features) {
-            let g = n * groups + k / self.group_size;
-            *o = f32::from(nibble(packed, k)) * self.scales[g] + self.mins[g];
+        for (g, dst) in out[..in_features].chunks_mut(group_size).enumerate() {
+            let (scale, min) = (self.scales[n * groups + g], self.mins[n * groups + g]);
+            let start = g * group_size;
+            if start % 2 == 0 {
+                // Whole bytes: two values per byte, in a loop the compiler vectorises.
+                let last_k = start + dst.len() - 1;
+                let bytes = &packed[start / 2..];
+                let mut pairs = dst.chunks_exact_mut(2);
+                for (pair, &byte) in (&mut pairs).zip(bytes) {
+                    pair[0] = f32::from(byte & 0x0F) * scale + min;
+                    pair[1] = f32::from(byte >> 4) * scale + min;
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = f32::from(nibble(packed, last_k)) * scale + min;
+                }
+            } else {
+                for (j, o) in dst.iter_mut().enumerate() {
+                    *o = f32::from(nibble(packed, start + j)) * scale + min;
+                }
+            }
         }
     }
 
@@ -392,15 +415,12 @@ pub fn matmul_int4(
             for (j, o) in dst.iter_mut().enumerate() {
                 let row = b * block + j;
                 let packed_row = &packed[row * row_bytes..(row + 1) * row_bytes];
-                let mut acc = bias.map_or(0.0, |b| b[row]);
-                for g in 0..groups {
-                    let start = g * group;
-                    let end = (start + group).min(k);
-                    let dot =
-                        dot_u4_f32(&packed_row[start / 2..end.div_ceil(2)], &x_row[start..end]);
-                    let idx = row * groups + g;
-                    acc += weights.scales[idx] * dot + weights.mins[idx] * group_sums[g];
-                }
+                let row_scales = &weights.scales[row * groups..(row + 1) * groups];
+                let row_mins = &weights.mins[row * groups..(row + 1) * groups];
+                let offsets: f32 = row_mins.iter().zip(&group_sums).map(|(m, s)| m * s).sum();
+                let acc = dot_u4_f32_grouped(packed_row, x_row, row_scales, group)
+                    + offsets
+                    + bias.map_or(0.0, |b| b[row]);
                 *o = acc;
             }
         };
