@@ -3,6 +3,7 @@
 
 pub mod linear;
 pub mod quant;
+pub mod quant_calib;
 pub mod quant_file;
 pub mod quant_kernels;
 
