@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Pre-quantized weight files: round trip against load-time quantization, and refusal of a
 //! file made for another checkpoint, with a wrong format tag or version.
 

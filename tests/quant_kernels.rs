@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Quantized matrix products against the f64 product of the dequantized weights, on shapes
 //! with ragged tails (K not a multiple of the group or of the SIMD width, odd N, M = 1 and
 //! M > 1), and quantize → dequantize error bounds.
