@@ -35,6 +35,9 @@ use super::quant_kernels::{dot_i8_f32, dot_i8_i8, dot_u4_f32_grouped, nibble};
 /// Group length of INT4 weights along the input dimension.
 pub const INT4_GROUP: usize = 128;
 
+/// INT4 groups per row whose activation sums live on the stack (rows up to 64 Ki values).
+const MAX_STACK_GROUPS: usize = 512;
+
 /// Input rows at or below which quantized products run as matrix-vector products; above it
 /// they dequantize tiles and call `gemm`.
 const GEMV_MAX_ROWS: usize = 4;
@@ -409,7 +412,19 @@ pub fn matmul_int4(
     for (x_row, out_row) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)).take(m) {
         // [groups]: shared by every output row, it turns the per-group offset into one
         // multiply-add.
-        let group_sums: Vec<f32> = x_row.chunks(group).map(|c| c.iter().sum()).collect();
+        // On the stack for any row up to 64 Ki values, so that decode does not allocate.
+        let mut stack_sums = [0.0f32; MAX_STACK_GROUPS];
+        let mut heap_sums = Vec::new();
+        let group_sums: &mut [f32] = if groups <= MAX_STACK_GROUPS {
+            &mut stack_sums[..groups]
+        } else {
+            heap_sums.resize(groups, 0.0);
+            &mut heap_sums
+        };
+        for (sum, chunk) in group_sums.iter_mut().zip(x_row.chunks(group)) {
+            *sum = chunk.iter().sum();
+        }
+        let group_sums: &[f32] = group_sums;
         let block = gemv_block_rows(n, k);
         let rows = |(b, dst): (usize, &mut [f32])| {
             for (j, o) in dst.iter_mut().enumerate() {
@@ -417,7 +432,7 @@ pub fn matmul_int4(
                 let packed_row = &packed[row * row_bytes..(row + 1) * row_bytes];
                 let row_scales = &weights.scales[row * groups..(row + 1) * groups];
                 let row_mins = &weights.mins[row * groups..(row + 1) * groups];
-                let offsets: f32 = row_mins.iter().zip(&group_sums).map(|(m, s)| m * s).sum();
+                let offsets: f32 = row_mins.iter().zip(group_sums).map(|(m, s)| m * s).sum();
                 let acc = dot_u4_f32_grouped(packed_row, x_row, row_scales, group)
                     + offsets
                     + bias.map_or(0.0, |b| b[row]);
