@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths, an `.npy` reader, error metrics.
 #![allow(dead_code)]
 
+pub mod synth;
+
 use std::path::{Path, PathBuf};
 
 /// The crate root.
