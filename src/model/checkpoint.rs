@@ -22,9 +22,27 @@ struct TensorEntry {
     end: usize,
 }
 
+/// Bytes of one weight file: mapped from disk, or built in memory (benchmarks with random
+/// weights).
+enum Storage {
+    Mapped(Mmap),
+    Memory(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Memory(v) => v,
+        }
+    }
+}
+
 /// The weight files of a checkpoint, mapped read-only.
 pub struct Checkpoint {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Storage)>,
     tensors: HashMap<String, TensorEntry>,
 }
 
@@ -132,9 +150,40 @@ impl Checkpoint {
                     ));
                 }
             }
-            files.push((path.clone(), mmap));
+            files.push((path.clone(), Storage::Mapped(mmap)));
         }
         Ok(Self { files, tensors })
+    }
+
+    /// A checkpoint held in memory: `(name, shape, values)` per tensor, stored as F32.
+    pub fn from_f32_tensors(tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<Self, ModelError> {
+        let mut files = Vec::with_capacity(tensors.len());
+        let mut entries = HashMap::with_capacity(tensors.len());
+        for (name, shape, values) in tensors {
+            let label = PathBuf::from(format!("<memory>/{name}"));
+            if values.len() != shape.iter().product::<usize>() {
+                return Err(file_error(
+                    &label,
+                    format!("{} values for shape {shape:?}", values.len()),
+                ));
+            }
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let entry = TensorEntry {
+                file: files.len(),
+                dtype: Dtype::F32,
+                shape,
+                start: 0,
+                end: bytes.len(),
+            };
+            if entries.insert(name.clone(), entry).is_some() {
+                return Err(file_error(&label, "tensor given twice"));
+            }
+            files.push((label, Storage::Memory(bytes)));
+        }
+        Ok(Self {
+            files,
+            tensors: entries,
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -113,7 +113,12 @@ impl OpenVlaConfig {
             path: path.display().to_string(),
             message: format!("cannot read: {e}"),
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::File {
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| ModelError::File {
             path: path.display().to_string(),
             message: format!("invalid OpenVLA config: {e}"),
         })?;

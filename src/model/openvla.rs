@@ -49,14 +49,25 @@ impl OpenVla {
         let tokenizer = PromptTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
         let runtime = RuntimeModelConfig::from_dir(dir)?;
         let ckpt = Checkpoint::open_dir(dir)?;
+        Self::from_checkpoint(dir, config, &runtime, &ckpt, tokenizer)
+    }
+
+    /// Builds the model from an opened checkpoint; `dir` is where errors say the files are.
+    pub fn from_checkpoint(
+        dir: &Path,
+        config: OpenVlaConfig,
+        runtime: &RuntimeModelConfig,
+        ckpt: &Checkpoint,
+        tokenizer: PromptTokenizer,
+    ) -> Result<Self, ModelError> {
         let count = if config.use_fused_vision_backbone { 2 } else { 1 };
         let featurizers = FEATURIZER_NAMES[..count]
             .iter()
             .enumerate()
             .map(|(i, name)| {
                 let prefix = format!("vision_backbone.{name}");
-                let heads = resolve_vit_heads(dir, &config, &runtime, &ckpt, i, name, &prefix)?;
-                Vit::load(&ckpt, &prefix, config.image_size(), heads)
+                let heads = resolve_vit_heads(dir, &config, runtime, ckpt, i, name, &prefix)?;
+                Vit::load(ckpt, &prefix, config.image_size(), heads)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let patches = featurizers[0].config().num_patches();
@@ -72,8 +83,8 @@ impl OpenVla {
         let vision_dim = featurizers.iter().map(|v| v.config().embed_dim).sum();
         let llama_config = LlamaConfig::from_openvla(&config);
         let projector =
-            Projector::load(&ckpt, "projector", vision_dim, llama_config.hidden_size)?;
-        let llama = Llama::load(&ckpt, "language_model", llama_config)?;
+            Projector::load(ckpt, "projector", vision_dim, llama_config.hidden_size)?;
+        let llama = Llama::load(ckpt, "language_model", llama_config)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
