@@ -1,6 +1,8 @@
 //! Bad input to `vla-rt predict`: each case runs the real binary and expects exit code 2,
 //! one line on stderr naming the culprit, and no panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;
@@ -22,7 +24,7 @@ fn predict(model: &Path, extra: &[&str]) -> (i32, String) {
         "--image".into(),
         image().display().to_string(),
     ];
-    if !extra.iter().any(|a| *a == "--instruction") {
+    if !extra.contains(&"--instruction") {
         args.extend(["--instruction".into(), "pick up the block".into()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -53,12 +55,15 @@ fn truncated_safetensors_is_named() {
     copy_tiny_model(dir.path());
     let weights = dir.path().join("model.safetensors");
     let len = std::fs::metadata(&weights).unwrap().len();
-    let file = std::fs::OpenOptions::new().write(true).open(&weights).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap();
     file.set_len(len / 2).unwrap();
-    assert_bad_input(predict(dir.path(), &["--unnorm-key", "tiny_bridge"]), &[
-        "model.safetensors",
-        "truncated or corrupt",
-    ]);
+    assert_bad_input(
+        predict(dir.path(), &["--unnorm-key", "tiny_bridge"]),
+        &["model.safetensors", "truncated or corrupt"],
+    );
 }
 
 #[test]
@@ -69,10 +74,10 @@ fn corrupt_safetensors_header_is_named() {
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes[8..24].copy_from_slice(b"#not-json-at-all");
     std::fs::write(&weights, bytes).unwrap();
-    assert_bad_input(predict(dir.path(), &["--unnorm-key", "tiny_bridge"]), &[
-        "model.safetensors",
-        "truncated or corrupt",
-    ]);
+    assert_bad_input(
+        predict(dir.path(), &["--unnorm-key", "tiny_bridge"]),
+        &["model.safetensors", "truncated or corrupt"],
+    );
 }
 
 #[test]
@@ -81,10 +86,13 @@ fn missing_tensor_is_named() {
     let mut spec = SynthSpec::odd();
     spec.omit = Some("language_model.model.layers.1.mlp.up_proj.weight".into());
     write_checkpoint(dir.path(), &spec);
-    assert_bad_input(predict(dir.path(), &["--unnorm-key", "tiny_bridge"]), &[
-        "language_model.model.layers.1.mlp.up_proj.weight",
-        "missing",
-    ]);
+    assert_bad_input(
+        predict(dir.path(), &["--unnorm-key", "tiny_bridge"]),
+        &[
+            "language_model.model.layers.1.mlp.up_proj.weight",
+            "missing",
+        ],
+    );
 }
 
 #[test]
@@ -93,34 +101,39 @@ fn wrong_shape_names_tensor_expected_and_got() {
     let mut spec = SynthSpec::odd();
     spec.reshape = Some(("projector.fc2.weight".into(), vec![48, 100]));
     write_checkpoint(dir.path(), &spec);
-    assert_bad_input(predict(dir.path(), &["--unnorm-key", "tiny_bridge"]), &[
-        "projector.fc2.weight",
-        "expected shape [48, 272]",
-        "got [48, 100]",
-    ]);
+    assert_bad_input(
+        predict(dir.path(), &["--unnorm-key", "tiny_bridge"]),
+        &[
+            "projector.fc2.weight",
+            "expected shape [48, 272]",
+            "got [48, 100]",
+        ],
+    );
 }
 
 #[test]
 fn unknown_unnorm_key_lists_the_available_ones() {
-    assert_bad_input(predict(&tiny_model_dir(), &["--unnorm-key", "bridge_orig"]), &[
-        "bridge_orig",
-        "tiny_bridge",
-        "tiny_fractal",
-    ]);
+    assert_bad_input(
+        predict(&tiny_model_dir(), &["--unnorm-key", "bridge_orig"]),
+        &["bridge_orig", "tiny_bridge", "tiny_fractal"],
+    );
 }
 
 #[test]
 fn missing_unnorm_key_with_several_datasets_lists_them() {
-    assert_bad_input(predict(&tiny_model_dir(), &[]), &[
-        "unnorm_key",
-        "tiny_bridge, tiny_fractal",
-    ]);
+    assert_bad_input(
+        predict(&tiny_model_dir(), &[]),
+        &["unnorm_key", "tiny_bridge, tiny_fractal"],
+    );
 }
 
 #[test]
 fn empty_instruction_is_refused() {
     assert_bad_input(
-        predict(&tiny_model_dir(), &["--unnorm-key", "tiny_bridge", "--instruction", "  "]),
+        predict(
+            &tiny_model_dir(),
+            &["--unnorm-key", "tiny_bridge", "--instruction", "  "],
+        ),
         &["instruction"],
     );
 }
@@ -128,25 +141,31 @@ fn empty_instruction_is_refused() {
 #[test]
 fn missing_model_dir_is_named() {
     let missing = std::env::temp_dir().join("vla-rt-no-such-model-dir");
-    assert_bad_input(predict(&missing, &["--unnorm-key", "tiny_bridge"]), &[
-        "vla-rt-no-such-model-dir",
-        "does not exist",
-    ]);
+    assert_bad_input(
+        predict(&missing, &["--unnorm-key", "tiny_bridge"]),
+        &["vla-rt-no-such-model-dir", "does not exist"],
+    );
 }
 
 #[test]
 fn unavailable_backend_and_weight_formats_are_refused() {
     let tiny = tiny_model_dir();
-    assert_bad_input(predict(&tiny, &["--unnorm-key", "tiny_bridge", "--backend", "cuda"]), &[
-        "cuda",
-        "not available",
-    ]);
     assert_bad_input(
-        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--quantization", "int8"]),
+        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--backend", "cuda"]),
+        &["cuda", "not available"],
+    );
+    assert_bad_input(
+        predict(
+            &tiny,
+            &["--unnorm-key", "tiny_bridge", "--quantization", "int8"],
+        ),
         &["--quantization int8"],
     );
     assert_bad_input(
-        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--projector", "int8"]),
+        predict(
+            &tiny,
+            &["--unnorm-key", "tiny_bridge", "--projector", "int8"],
+        ),
         &["--projector int8"],
     );
 }

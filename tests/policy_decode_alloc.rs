@@ -1,6 +1,8 @@
 //! A decode step allocates nothing once the state has run a prefill: the KV cache and every
 //! scratch buffer are preallocated and written in place (counting global allocator).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -49,7 +51,9 @@ fn decode_steps_do_not_allocate() {
     let mut logits = vec![0.0f32; llama.config().vocab_size];
     // A prefill of the real length, then two warm-up steps (thread pools and their buffers
     // start lazily).
-    let prefill: Vec<f32> = (0..283 * hidden).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect();
+    let prefill: Vec<f32> = (0..283 * hidden)
+        .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
+        .collect();
     llama.forward(&mut state, &prefill, &mut logits).unwrap();
     llama.step(&mut state, 31900, &mut logits).unwrap();
     llama.step(&mut state, 31901, &mut logits).unwrap();
@@ -59,6 +63,10 @@ fn decode_steps_do_not_allocate() {
         llama.step(&mut state, token, &mut logits).unwrap();
     }
     COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0, "decode steps allocated");
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "decode steps allocated"
+    );
     assert_eq!(state.len(), 283 + 8);
 }

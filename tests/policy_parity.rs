@@ -2,6 +2,8 @@
 //! from the fixtures' `pixel_values`: features, projector, step-0 logits, tokens, actions,
 //! prompt ids. Tolerances are the fixture's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{max_abs, rel_l2, tiny_cases, tiny_model_dir};
@@ -37,7 +39,9 @@ fn vision_features_and_projector_match_reference() {
         let siglip = case.npy("siglip_patches.npy");
         check_close("dinov2", &case.name, &features[0], &dino.data, 1e-4, 1e-3);
         check_close("siglip", &case.name, &features[1], &siglip.data, 1e-4, 1e-3);
-        let projected = runner.projector_output(&pixels.data).expect("projector runs");
+        let projected = runner
+            .projector_output(&pixels.data)
+            .expect("projector runs");
         let want = case.npy("projector_out.npy");
         check_close("projector", &case.name, &projected, &want.data, 1e-4, 1e-3);
     }
@@ -47,7 +51,9 @@ fn vision_features_and_projector_match_reference() {
 fn prompt_ids_match_reference() {
     for case in tiny_cases() {
         let runner = runner(case.str("unnorm_key"));
-        let ids = runner.prompt_ids(case.str("instruction")).expect("prompt encodes");
+        let ids = runner
+            .prompt_ids(case.str("instruction"))
+            .expect("prompt encodes");
         assert_eq!(ids, case.u32s("input_ids"), "{}", case.name);
     }
 }
@@ -58,21 +64,42 @@ fn step0_logits_tokens_and_actions_match_reference() {
         let mut runner = runner(case.str("unnorm_key"));
         let pixels = case.npy("pixel_values.npy");
         let instruction = case.str("instruction");
-        let logits = runner.step0_logits(&pixels.data, instruction).expect("prefill runs");
+        let logits = runner
+            .step0_logits(&pixels.data, instruction)
+            .expect("prefill runs");
         let want = case.npy("step0_logits.npy");
         let worst = max_abs(&logits, &want.data);
         eprintln!("{} step-0 logits: max abs {worst:.2e}", case.name);
-        assert!(worst < 1e-3, "{} step-0 logits max abs {worst:.3e}", case.name);
+        assert!(
+            worst < 1e-3,
+            "{} step-0 logits max abs {worst:.3e}",
+            case.name
+        );
 
-        let prediction = runner.predict_pixels(&pixels.data, instruction).expect("predicts");
-        assert_eq!(prediction.tokens, case.u32s("generated_token_ids"), "{}", case.name);
+        let prediction = runner
+            .predict_pixels(&pixels.data, instruction)
+            .expect("predicts");
+        assert_eq!(
+            prediction.tokens,
+            case.u32s("generated_token_ids"),
+            "{}",
+            case.name
+        );
         for (what, got, want) in [
-            ("normalized", &prediction.normalized, case.f64s("normalized_actions")),
+            (
+                "normalized",
+                &prediction.normalized,
+                case.f64s("normalized_actions"),
+            ),
             ("actions", &prediction.action, case.f64s("actions")),
         ] {
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() < 1e-6, "{} {what}[{i}]: {g} vs {w}", case.name);
+                assert!(
+                    (g - w).abs() < 1e-6,
+                    "{} {what}[{i}]: {g} vs {w}",
+                    case.name
+                );
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Nothing is tied to the tiny fixture's dimensions: checkpoints of other shapes (patch 16,
 //! odd MLP sizes, GQA), sharded with an index, and stored as f16/bf16 load and run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -45,15 +47,29 @@ fn odd_shaped_gqa_checkpoint_loads_and_predicts_in_range_tokens() {
     assert_eq!(model.num_patches(), 196);
     assert_eq!(model.vision_dim(), 32 + 36);
     let dino = model.featurizers()[0].config();
-    assert_eq!((dino.embed_dim, dino.depth, dino.num_heads, dino.mlp_hidden), (32, 3, 4, 83));
-    assert_eq!((dino.num_class_tokens, dino.num_reg_tokens, dino.layer_scale), (1, 4, true));
+    assert_eq!(
+        (dino.embed_dim, dino.depth, dino.num_heads, dino.mlp_hidden),
+        (32, 3, 4, 83)
+    );
+    assert_eq!(
+        (dino.num_class_tokens, dino.num_reg_tokens, dino.layer_scale),
+        (1, 4, true)
+    );
     let siglip = model.featurizers()[1].config();
-    assert_eq!((siglip.embed_dim, siglip.num_heads, siglip.mlp_hidden), (36, 3, 71));
+    assert_eq!(
+        (siglip.embed_dim, siglip.num_heads, siglip.mlp_hidden),
+        (36, 3, 71)
+    );
     assert_eq!(siglip.num_prefix_tokens(), 0);
     let llm = model.llama().config();
-    assert_eq!((llm.hidden_size, llm.num_heads, llm.num_kv_heads), (48, 6, 2));
+    assert_eq!(
+        (llm.hidden_size, llm.num_heads, llm.num_kv_heads),
+        (48, 6, 2)
+    );
 
-    let features = runner.vision_features(&pixel_values()).expect("vision runs");
+    let features = runner
+        .vision_features(&pixel_values())
+        .expect("vision runs");
     assert_eq!(features[0].len(), 196 * 32);
     assert_eq!(features[1].len(), 196 * 36);
     let prediction = runner
@@ -73,8 +89,12 @@ fn sharded_checkpoint_gives_the_same_logits_as_one_file() {
     let sharded = written("sharded", &spec);
     assert!(sharded.path().join("model.safetensors.index.json").exists());
     assert!(!sharded.path().join("model.safetensors").exists());
-    let a = load(single.path()).step0_logits(&pixel_values(), INSTRUCTION).unwrap();
-    let b = load(sharded.path()).step0_logits(&pixel_values(), INSTRUCTION).unwrap();
+    let a = load(single.path())
+        .step0_logits(&pixel_values(), INSTRUCTION)
+        .unwrap();
+    let b = load(sharded.path())
+        .step0_logits(&pixel_values(), INSTRUCTION)
+        .unwrap();
     assert_eq!(a, b);
 }
 
@@ -86,8 +106,12 @@ fn half_precision_tensors_load_as_their_exact_f32_values() {
         let as_f32 = written("as-f32", &spec);
         spec.stored_as = dtype;
         let as_half = written("as-half", &spec);
-        let a = load(as_f32.path()).step0_logits(&pixel_values(), INSTRUCTION).unwrap();
-        let b = load(as_half.path()).step0_logits(&pixel_values(), INSTRUCTION).unwrap();
+        let a = load(as_f32.path())
+            .step0_logits(&pixel_values(), INSTRUCTION)
+            .unwrap();
+        let b = load(as_half.path())
+            .step0_logits(&pixel_values(), INSTRUCTION)
+            .unwrap();
         assert_eq!(a, b, "{dtype:?}");
     }
 }
@@ -99,8 +123,12 @@ fn gqa_equals_multi_head_attention_with_repeated_kv_heads() {
     let spec = SynthSpec::odd();
     let gqa = written("gqa", &spec);
     let mha = TempDir::new("mha");
-    for file in ["config.json", "vla_rt_model.json", "tokenizer.json", "preprocessor_config.json"]
-    {
+    for file in [
+        "config.json",
+        "vla_rt_model.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
         std::fs::copy(gqa.path().join(file), mha.path().join(file)).unwrap();
     }
     let (heads, kv_heads, hidden) = (spec.llm.heads, spec.llm.kv_heads, spec.llm.hidden);
@@ -127,7 +155,8 @@ fn gqa_equals_multi_head_attention_with_repeated_kv_heads() {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
         .map(|(name, (shape, data))| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data);
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data);
             (name.clone(), view.unwrap())
         })
         .collect();
@@ -141,11 +170,24 @@ fn gqa_equals_multi_head_attention_with_repeated_kv_heads() {
     let mut gqa_runner = load(gqa.path());
     let mut mha_runner = load(mha.path());
     assert_eq!(mha_runner.model().llama().config().num_kv_heads, heads);
-    let a = gqa_runner.step0_logits(&pixel_values(), INSTRUCTION).unwrap();
-    let b = mha_runner.step0_logits(&pixel_values(), INSTRUCTION).unwrap();
+    let a = gqa_runner
+        .step0_logits(&pixel_values(), INSTRUCTION)
+        .unwrap();
+    let b = mha_runner
+        .step0_logits(&pixel_values(), INSTRUCTION)
+        .unwrap();
     let worst = common::max_abs(&a, &b);
-    assert!(worst < 1e-4, "GQA vs repeated-KV MHA logits differ by {worst:e}");
-    let ta = gqa_runner.predict_pixels(&pixel_values(), INSTRUCTION).unwrap().tokens;
-    let tb = mha_runner.predict_pixels(&pixel_values(), INSTRUCTION).unwrap().tokens;
+    assert!(
+        worst < 1e-4,
+        "GQA vs repeated-KV MHA logits differ by {worst:e}"
+    );
+    let ta = gqa_runner
+        .predict_pixels(&pixel_values(), INSTRUCTION)
+        .unwrap()
+        .tokens;
+    let tb = mha_runner
+        .predict_pixels(&pixel_values(), INSTRUCTION)
+        .unwrap()
+        .tokens;
     assert_eq!(ta, tb);
 }

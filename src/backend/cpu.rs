@@ -103,8 +103,13 @@ impl CpuModelRunner {
         let ids = self.prompt_ids(instruction)?;
         let image_tokens = self.projector_output(pixel_values)?;
         let embeddings = self.model.multimodal_embeddings(&image_tokens, &ids)?;
-        self.model
-            .generate(&mut self.state, &embeddings, 0, &mut self.logits, &mut self.tokens)?;
+        self.model.generate(
+            &mut self.state,
+            &embeddings,
+            0,
+            &mut self.logits,
+            &mut self.tokens,
+        )?;
         Ok(self.logits.clone())
     }
 
@@ -161,8 +166,7 @@ fn check_formats(options: &PolicyOptions) -> Result<(), ModelError> {
     if options.projector != ProjectorFormat::F32 {
         return Err(ModelError::Unsupported {
             what: format!("--projector {:?}", options.projector).to_lowercase(),
-            message: "quantized projector weights are not available in this build (use f32)"
-                .into(),
+            message: "quantized projector weights are not available in this build (use f32)".into(),
         });
     }
     Ok(())
@@ -253,7 +257,9 @@ impl Policy for CpuPolicy {
         let start = Instant::now();
         self.preprocessor.run(image, &mut self.pixel_values)?;
         let preprocess = start.elapsed();
-        let mut prediction = self.runner.predict_pixels(&self.pixel_values, instruction)?;
+        let mut prediction = self
+            .runner
+            .predict_pixels(&self.pixel_values, instruction)?;
         prediction.timings.preprocess_ms = ms(preprocess);
         prediction.timings.total_ms = ms(start.elapsed());
         Ok(prediction)

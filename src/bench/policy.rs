@@ -102,7 +102,10 @@ fn shape_dims(shape: BenchShape) -> ([VitShape; 2], LlmShape) {
         vocab: 32064,
     };
     match shape {
-        BenchShape::Tiny => ([dino(48, 4, 3, 192), siglip(40, 4, 2, 149)], llm(64, 2, 4, 4, 172)),
+        BenchShape::Tiny => (
+            [dino(48, 4, 3, 192), siglip(40, 4, 2, 149)],
+            llm(64, 2, 4, 4, 172),
+        ),
         BenchShape::Mid => (
             [dino(384, 12, 6, 1536), siglip(384, 12, 6, 1536)],
             llm(1024, 24, 16, 4, 2816),
@@ -151,7 +154,12 @@ impl RandomTensors {
     }
 
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) {
-        self.add(format!("{prefix}.weight"), vec![out, inp], 0.0, 1.7 / (inp as f32).sqrt());
+        self.add(
+            format!("{prefix}.weight"),
+            vec![out, inp],
+            0.0,
+            1.7 / (inp as f32).sqrt(),
+        );
         if bias {
             self.add(format!("{prefix}.bias"), vec![out], 0.0, 0.02);
         }
@@ -185,7 +193,12 @@ fn random_checkpoint(vits: &[VitShape; 2], llm: &LlmShape) -> Vec<Tensor> {
         t.add(format!("{p}.pos_embed"), vec![1, grid * grid, d], 0.0, 0.02);
         if vit.dino {
             t.add(format!("{p}.cls_token"), vec![1, 1, d], 0.0, 0.02);
-            t.add(format!("{p}.reg_token"), vec![1, vit.registers, d], 0.0, 0.02);
+            t.add(
+                format!("{p}.reg_token"),
+                vec![1, vit.registers, d],
+                0.0,
+                0.02,
+            );
         }
         for b in 0..vit.depth {
             let q = format!("{p}.blocks.{b}");
@@ -215,14 +228,39 @@ fn random_checkpoint(vits: &[VitShape; 2], llm: &LlmShape) -> Vec<Tensor> {
     for i in 0..llm.layers {
         let p = format!("language_model.model.layers.{i}");
         t.norm(&format!("{p}.input_layernorm"), llm.hidden, false);
-        t.linear(&format!("{p}.self_attn.q_proj"), llm.hidden, llm.hidden, false);
+        t.linear(
+            &format!("{p}.self_attn.q_proj"),
+            llm.hidden,
+            llm.hidden,
+            false,
+        );
         t.linear(&format!("{p}.self_attn.k_proj"), kv, llm.hidden, false);
         t.linear(&format!("{p}.self_attn.v_proj"), kv, llm.hidden, false);
-        t.linear(&format!("{p}.self_attn.o_proj"), llm.hidden, llm.hidden, false);
+        t.linear(
+            &format!("{p}.self_attn.o_proj"),
+            llm.hidden,
+            llm.hidden,
+            false,
+        );
         t.norm(&format!("{p}.post_attention_layernorm"), llm.hidden, false);
-        t.linear(&format!("{p}.mlp.gate_proj"), llm.intermediate, llm.hidden, false);
-        t.linear(&format!("{p}.mlp.up_proj"), llm.intermediate, llm.hidden, false);
-        t.linear(&format!("{p}.mlp.down_proj"), llm.hidden, llm.intermediate, false);
+        t.linear(
+            &format!("{p}.mlp.gate_proj"),
+            llm.intermediate,
+            llm.hidden,
+            false,
+        );
+        t.linear(
+            &format!("{p}.mlp.up_proj"),
+            llm.intermediate,
+            llm.hidden,
+            false,
+        );
+        t.linear(
+            &format!("{p}.mlp.down_proj"),
+            llm.hidden,
+            llm.intermediate,
+            false,
+        );
     }
     t.norm("language_model.model.norm", llm.hidden, false);
     t.linear("language_model.lm_head", llm.vocab, llm.hidden, false);
@@ -277,7 +315,11 @@ fn test_image() -> RgbImage {
     let data = (0..w * h)
         .flat_map(|i| {
             let (x, y) = (i % w, i / w);
-            [(x * 255 / w) as u8, (y * 255 / h) as u8, ((x + y) % 256) as u8]
+            [
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x + y) % 256) as u8,
+            ]
         })
         .collect();
     RgbImage {
@@ -357,7 +399,11 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
     }
 
     let mut samples: Vec<StageTimings> = Vec::with_capacity(args.runs);
+    let mut timed_start = (Instant::now(), process_cpu_seconds());
     for run in 0..args.warmup + args.runs {
+        if run == args.warmup {
+            timed_start = (Instant::now(), process_cpu_seconds());
+        }
         let t = Instant::now();
         let preprocess_ms = match preprocessor.as_mut() {
             Some(p) => {
@@ -379,6 +425,8 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
         }
     }
 
+    let wall_s = timed_start.0.elapsed().as_secs_f64();
+    let cpu_s = process_cpu_seconds() - timed_start.1;
     let action_dim = runner.action_dim();
     println!("policy benchmark, CPU f32: {source}");
     println!("{describe}");
@@ -387,9 +435,13 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
          {action_dim} decoded tokens, load/build {load_s:.1} s",
         args.runs, args.warmup
     );
-    println!("{:<22} {:>10} {:>10} {:>10}", "stage", "median ms", "min ms", "max ms");
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "stage", "median ms", "min ms", "max ms"
+    );
     let decode_per_token = |t: &StageTimings| t.decode_ms / (action_dim.max(2) - 1) as f64;
-    let rows: [(&str, fn(&StageTimings) -> f64); 6] = [
+    type Stage = (&'static str, fn(&StageTimings) -> f64);
+    let rows: [Stage; 6] = [
         ("preprocess", |t| t.preprocess_ms),
         ("vision (both ViTs)", |t| t.vision_ms),
         ("projector", |t| t.projector_ms),
@@ -408,13 +460,34 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
         "llm decode per token",
         samples.iter().map(decode_per_token).collect(),
     );
+    println!(
+        "process CPU time over the timed runs: {cpu_s:.2} s in {wall_s:.2} s wall \
+         ({:.2} cores busy on average of {threads})",
+        cpu_s / wall_s.max(1e-9)
+    );
     Ok(())
+}
+
+/// User + system CPU seconds of this process so far (0 if unavailable).
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage` for the call to fill.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn print_row(name: &str, values: Vec<f64>) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
-    println!("{name:<22} {:>10.2} {min:>10.2} {max:>10.2}", median(values));
+    println!(
+        "{name:<22} {:>10.2} {min:>10.2} {max:>10.2}",
+        median(values)
+    );
 }
 
 fn describe_model(model: &OpenVla) -> String {

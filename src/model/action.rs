@@ -70,10 +70,12 @@ impl ActionDecoder {
         let action = normalized
             .iter()
             .enumerate()
-            .map(|(i, &x)| match (self.mask.get(i), self.q01.get(i), self.q99.get(i)) {
-                (Some(true), Some(&lo), Some(&hi)) => 0.5 * (x + 1.0) * (hi - lo) + lo,
-                _ => x,
-            })
+            .map(
+                |(i, &x)| match (self.mask.get(i), self.q01.get(i), self.q99.get(i)) {
+                    (Some(true), Some(&lo), Some(&hi)) => 0.5 * (x + 1.0) * (hi - lo) + lo,
+                    _ => x,
+                },
+            )
             .collect();
         (normalized, action)
     }
@@ -93,6 +95,7 @@ fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -122,7 +122,8 @@ impl Checkpoint {
         let mut files = Vec::with_capacity(paths.len());
         let mut tensors = HashMap::new();
         for (file_index, path) in paths.iter().enumerate() {
-            let file = File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
+            let file =
+                File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
             // SAFETY: the map is read-only and private to this process; the checkpoint files
             // are not modified while the model is loaded (a file truncated underneath would
             // be a fault outside this program's control, as with any mmap-based loader).
@@ -156,7 +157,9 @@ impl Checkpoint {
     }
 
     /// A checkpoint held in memory: `(name, shape, values)` per tensor, stored as F32.
-    pub fn from_f32_tensors(tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<Self, ModelError> {
+    pub fn from_f32_tensors(
+        tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    ) -> Result<Self, ModelError> {
         let mut files = Vec::with_capacity(tensors.len());
         let mut entries = HashMap::with_capacity(tensors.len());
         for (name, shape, values) in tensors {

@@ -121,12 +121,12 @@ impl Llama {
             .collect::<Result<Vec<_>, ModelError>>()?;
         let norm = ckpt.f32_with_shape(&format!("{m}.norm.weight"), &[h])?;
         let head_name = format!("{prefix}.lm_head");
-        let lm_head = if config.tie_word_embeddings && !ckpt.contains(&format!("{head_name}.weight"))
-        {
-            Linear::from_f32(&head_name, embed_tokens.clone(), config.vocab_size, h, None)?
-        } else {
-            ckpt.linear(&head_name, config.vocab_size, h, false)?
-        };
+        let lm_head =
+            if config.tie_word_embeddings && !ckpt.contains(&format!("{head_name}.weight")) {
+                Linear::from_f32(&head_name, embed_tokens.clone(), config.vocab_size, h, None)?
+            } else {
+                ckpt.linear(&head_name, config.vocab_size, h, false)?
+            };
         Ok(Self {
             prefix: prefix.to_string(),
             config,
@@ -230,7 +230,13 @@ impl Llama {
         let keys = past + n;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention: x += o_proj(attn(rope(q), rope(k), v)) of the normed x.
-            ops::rms_norm(&s.x, &mut s.normed, h, &layer.input_layernorm, cfg.rms_norm_eps);
+            ops::rms_norm(
+                &s.x,
+                &mut s.normed,
+                h,
+                &layer.input_layernorm,
+                cfg.rms_norm_eps,
+            );
             let a = &layer.self_attn;
             a.q_proj.forward(&s.normed, &mut s.q)?; // [n, heads · hd]
             a.k_proj.forward(&s.normed, &mut s.k_new)?; // [n, kv · hd]
@@ -326,20 +332,18 @@ impl RopeTables {
                 ),
             });
         }
-        x.par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let t = (first_pos + r) * half;
-                let (cos, sin) = (&self.cos[t..t + half], &self.sin[t..t + half]);
-                for head in row.chunks_exact_mut(2 * half) {
-                    let (lo, hi) = head.split_at_mut(half);
-                    for d in 0..half {
-                        let (x1, x2) = (lo[d], hi[d]);
-                        lo[d] = x1 * cos[d] - x2 * sin[d];
-                        hi[d] = x2 * cos[d] + x1 * sin[d];
-                    }
+        x.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
+            let t = (first_pos + r) * half;
+            let (cos, sin) = (&self.cos[t..t + half], &self.sin[t..t + half]);
+            for head in row.chunks_exact_mut(2 * half) {
+                let (lo, hi) = head.split_at_mut(half);
+                for d in 0..half {
+                    let (x1, x2) = (lo[d], hi[d]);
+                    lo[d] = x1 * cos[d] - x2 * sin[d];
+                    hi[d] = x2 * cos[d] + x1 * sin[d];
                 }
-            });
+            }
+        });
         Ok(())
     }
 }
@@ -496,7 +500,12 @@ impl LlamaState {
             });
         }
         let c = &self.config;
-        let (h, kv, inter, heads) = (c.hidden_size, c.kv_width(), c.intermediate_size, c.num_heads);
+        let (h, kv, inter, heads) = (
+            c.hidden_size,
+            c.kv_width(),
+            c.intermediate_size,
+            c.num_heads,
+        );
         self.x.resize(n * h, 0.0);
         self.normed.resize(n * h, 0.0);
         self.q.resize(n * h, 0.0);

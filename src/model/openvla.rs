@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use super::checkpoint::Checkpoint;
 use super::config::{timm_num_heads, OpenVlaConfig, RuntimeModelConfig, RUNTIME_MODEL_CONFIG_FILE};
-use super::llama::{Llama, LlamaConfig, LlamaState};
 use super::linear::Linear;
+use super::llama::{Llama, LlamaConfig, LlamaState};
 use super::ops;
 use super::projector::Projector;
 use super::prompt::PromptTokenizer;
@@ -60,7 +60,11 @@ impl OpenVla {
         ckpt: &Checkpoint,
         tokenizer: PromptTokenizer,
     ) -> Result<Self, ModelError> {
-        let count = if config.use_fused_vision_backbone { 2 } else { 1 };
+        let count = if config.use_fused_vision_backbone {
+            2
+        } else {
+            1
+        };
         let featurizers = FEATURIZER_NAMES[..count]
             .iter()
             .enumerate()
@@ -71,7 +75,10 @@ impl OpenVla {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let patches = featurizers[0].config().num_patches();
-        if let Some(other) = featurizers.iter().find(|v| v.config().num_patches() != patches) {
+        if let Some(other) = featurizers
+            .iter()
+            .find(|v| v.config().num_patches() != patches)
+        {
             return Err(ModelError::Math {
                 op: "patch concat",
                 message: format!(
@@ -82,8 +89,7 @@ impl OpenVla {
         }
         let vision_dim = featurizers.iter().map(|v| v.config().embed_dim).sum();
         let llama_config = LlamaConfig::from_openvla(&config);
-        let projector =
-            Projector::load(ckpt, "projector", vision_dim, llama_config.hidden_size)?;
+        let projector = Projector::load(ckpt, "projector", vision_dim, llama_config.hidden_size)?;
         let llama = Llama::load(ckpt, "language_model", llama_config)?;
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -254,6 +254,7 @@ pub fn attention(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

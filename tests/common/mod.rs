@@ -92,8 +92,14 @@ pub struct Npy {
 /// Reads a little-endian float32 `.npy` file (format versions 1-3); Fortran-order arrays
 /// are returned in C order.
 pub fn read_npy_f32(path: &Path) -> Npy {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not an npy file", path.display());
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not an npy file",
+        path.display()
+    );
     let (header_len, header_start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 => (
@@ -104,7 +110,11 @@ pub fn read_npy_f32(path: &Path) -> Npy {
     };
     let header = std::str::from_utf8(&bytes[header_start..header_start + header_len])
         .expect("npy header is text");
-    assert!(header.contains("'descr': '<f4'"), "{}: not <f4: {header}", path.display());
+    assert!(
+        header.contains("'descr': '<f4'"),
+        "{}: not <f4: {header}",
+        path.display()
+    );
     let fortran_order = header.contains("'fortran_order': True");
     let shape_text = header
         .split("'shape': (")
@@ -161,7 +171,11 @@ fn to_c_order(data: &[f32], shape: &[usize]) -> Vec<f32> {
 /// ‖a − b‖₂ / ‖b‖₂.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let diff: f64 = a.iter().zip(b).map(|(&x, &y)| ((x - y) as f64).powi(2)).sum();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum();
     let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     (diff / norm).sqrt()
 }

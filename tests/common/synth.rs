@@ -175,7 +175,10 @@ fn round_to(v: f32, dtype: SynthDtype) -> f32 {
 
 fn encode(values: &[f32], dtype: SynthDtype) -> (Dtype, Vec<u8>) {
     match dtype {
-        SynthDtype::F32 => (Dtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        SynthDtype::F32 => (
+            Dtype::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
         SynthDtype::F16 => (
             Dtype::F16,
             values
@@ -216,7 +219,12 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) {
             t.add(format!("{p}.cls_token"), vec![1, 1, d], 0.0, 0.5);
         }
         if vit.registers > 0 {
-            t.add(format!("{p}.reg_token"), vec![1, vit.registers, d], 0.0, 0.5);
+            t.add(
+                format!("{p}.reg_token"),
+                vec![1, vit.registers, d],
+                0.0,
+                0.5,
+            );
         }
         for b in 0..vit.depth {
             let q = format!("{p}.blocks.{b}");
@@ -253,9 +261,19 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) {
         t.linear(&format!("{p}.self_attn.v_proj"), kv, l.hidden, false);
         t.linear(&format!("{p}.self_attn.o_proj"), l.hidden, l.hidden, false);
         t.norm(&format!("{p}.post_attention_layernorm"), l.hidden, false);
-        t.linear(&format!("{p}.mlp.gate_proj"), l.intermediate, l.hidden, false);
+        t.linear(
+            &format!("{p}.mlp.gate_proj"),
+            l.intermediate,
+            l.hidden,
+            false,
+        );
         t.linear(&format!("{p}.mlp.up_proj"), l.intermediate, l.hidden, false);
-        t.linear(&format!("{p}.mlp.down_proj"), l.hidden, l.intermediate, false);
+        t.linear(
+            &format!("{p}.mlp.down_proj"),
+            l.hidden,
+            l.intermediate,
+            false,
+        );
     }
     t.norm("language_model.model.norm", l.hidden, false);
     t.linear("language_model.lm_head", l.vocab, l.hidden, false);
@@ -265,7 +283,10 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) {
         if spec.omit.as_deref() == Some(name.as_str()) {
             continue;
         }
-        let values: Vec<f32> = values.iter().map(|&v| round_to(v, spec.values_in)).collect();
+        let values: Vec<f32> = values
+            .iter()
+            .map(|&v| round_to(v, spec.values_in))
+            .collect();
         let (dtype, mut bytes) = encode(&values, spec.stored_as);
         if let Some((target, new_shape)) = &spec.reshape {
             if *target == name {
