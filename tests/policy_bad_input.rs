@@ -169,3 +169,19 @@ fn unavailable_backend_and_weight_formats_are_refused() {
         &["--projector int8"],
     );
 }
+
+#[test]
+fn unknown_vit_head_count_names_the_file_and_key_to_add() {
+    let dir = TempDir::new("heads");
+    write_checkpoint(dir.path(), &SynthSpec::odd());
+    std::fs::remove_file(dir.path().join("vla_rt_model.json")).unwrap();
+    // The config's timm ids name ViT-L (1024 wide); this checkpoint's featurizer is 32 wide.
+    assert_bad_input(
+        predict(dir.path(), &["--unnorm-key", "tiny_bridge"]),
+        &[
+            "vla_rt_model.json",
+            "featurizer.num_heads",
+            "embed width 32",
+        ],
+    );
+}

@@ -281,3 +281,25 @@ pub fn timm_num_heads(timm_model_id: &str, embed_dim: usize) -> Option<usize> {
         .find(|(name, width, _)| *name == arch && *width == embed_dim)
         .map(|(_, _, heads)| *heads)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timm_heads_only_when_the_width_matches_the_architecture() {
+        assert_eq!(
+            timm_num_heads("vit_large_patch14_reg4_dinov2.lvd142m", 1024),
+            Some(16)
+        );
+        assert_eq!(
+            timm_num_heads("vit_so400m_patch14_siglip_224", 1152),
+            Some(16)
+        );
+        assert_eq!(
+            timm_num_heads("vit_large_patch14_reg4_dinov2.lvd142m", 48),
+            None
+        );
+        assert_eq!(timm_num_heads("vit_unknown_patch14", 1024), None);
+    }
+}
