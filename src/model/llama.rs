@@ -210,10 +210,7 @@ impl Llama {
         logits: &mut [f32],
     ) -> Result<(), ModelError> {
         state.prepare(1)?;
-        let mut x = std::mem::take(&mut state.x);
-        let embedded = self.embed(token, &mut x);
-        state.x = x;
-        embedded?;
+        self.embed(token, &mut state.x)?;
         self.run(state, 1, logits)
     }
 
