@@ -1,7 +1,10 @@
 //! The pure model: checkpoint loading and the math of OpenVLA (ViTs, projector, Llama, action
 //! de-tokenisation). Knows nothing of threads, cameras or Zenoh.
 
+pub mod fingerprint;
 pub mod linear;
+
+pub use fingerprint::checkpoint_fingerprint;
 
 /// Errors of checkpoint loading and model math, each naming the culprit.
 #[derive(Debug, thiserror::Error)]
