@@ -1,4 +1,5 @@
 //! `vla-rt cameras` against the emulated device, and with a missing one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "common/v4l2emu.rs"]
 mod v4l2emu;
@@ -18,7 +19,11 @@ fn cameras_lists_the_emulated_device_as_text() {
     command.args(["cameras", "--device", v4l2emu::DEVICE]);
     let output = v4l2emu::run_bounded(command, TIMEOUT);
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
@@ -32,30 +37,39 @@ fn cameras_lists_the_emulated_device_as_text() {
         "    GREY (8-bit Greyscale)",
         "      menu: 1: Manual Mode, 3: Aperture Priority Mode",
     ] {
-        assert!(lines.contains(&expected), "missing line {expected:?} in:\n{text}");
+        assert!(
+            lines.contains(&expected),
+            "missing line {expected:?} in:\n{text}"
+        );
     }
     let exposure = lines
         .iter()
         .find(|l| l.trim_start().starts_with("Exposure Time, Absolute"))
         .unwrap_or_else(|| panic!("no exposure control in:\n{text}"));
     assert!(
-        exposure.contains("3..2047") && exposure.contains("value 250") && exposure.ends_with("(inactive)"),
+        exposure.contains("3..2047")
+            && exposure.contains("value 250")
+            && exposure.ends_with("(inactive)"),
         "{exposure}"
     );
-    assert!(!text.contains("MJPG"), "no MJPEG frames were given:\n{text}");
+    assert!(
+        !text.contains("MJPG"),
+        "no MJPEG frames were given:\n{text}"
+    );
 }
 
 #[test]
 fn cameras_json_describes_formats_sizes_rates_and_controls() {
     let dir = v4l2emu::scratch_dir("cameras-json");
     v4l2emu::write_mjpeg_frames(&dir, 160, 120);
-    let mut command = v4l2emu::emulated(
-        vla_rt(),
-        &[("V4L2EMU_MJPEG_DIR", &dir.to_string_lossy())],
-    );
+    let mut command = v4l2emu::emulated(vla_rt(), &[("V4L2EMU_MJPEG_DIR", &dir.to_string_lossy())]);
     command.args(["cameras", "--json", "--device", v4l2emu::DEVICE]);
     let output = v4l2emu::run_bounded(command, TIMEOUT);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let device = &document["devices"][0];
     assert_eq!(device["path"], "/dev/video42");
@@ -77,7 +91,12 @@ fn cameras_json_describes_formats_sizes_rates_and_controls() {
     let controls = device["controls"].as_array().unwrap();
     let gain = controls.iter().find(|c| c["name"] == "Gain").unwrap();
     assert_eq!(
-        (&gain["type"], &gain["minimum"], &gain["maximum"], &gain["value"]),
+        (
+            &gain["type"],
+            &gain["minimum"],
+            &gain["maximum"],
+            &gain["value"]
+        ),
         (&"integer".into(), &0.into(), &255.into(), &32.into())
     );
     assert_eq!(controls.len(), 7);
@@ -94,5 +113,8 @@ fn a_missing_device_is_one_line_naming_it_and_exit_2() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("/dev/video99") && lines[0].contains("not found"), "{stderr}");
+    assert!(
+        lines[0].contains("/dev/video99") && lines[0].contains("not found"),
+        "{stderr}"
+    );
 }

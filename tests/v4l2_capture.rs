@@ -1,6 +1,7 @@
 //! V4L2 capture against the emulated device (tests/v4l2emu): each test re-runs itself in a
 //! child process with the emulator preloaded, where the real capture code talks to
 //! `/dev/video42`. A panic anywhere in the child fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "common/v4l2emu.rs"]
 mod v4l2emu;
@@ -75,7 +76,10 @@ fn yuyv_frames_match_the_generator_pattern() {
         .as_nanos() as u64;
     assert!(now >= frame.capture_time_ns && now - frame.capture_time_ns < 200_000_000);
     let stats = source.stats();
-    assert_eq!((stats.frames, stats.drops, stats.corrupt, stats.stalls), (12, 0, 0, 0));
+    assert_eq!(
+        (stats.frames, stats.drops, stats.corrupt, stats.stalls),
+        (12, 0, 0, 0)
+    );
     source.stop();
 }
 
@@ -140,13 +144,29 @@ fn rgb3_and_grey_frames_match_the_generator_pattern() {
     let mut source = started(&camera("RGB3", 640, 480, 60));
     for _ in 0..3 {
         source.next_frame(&mut frame).unwrap();
-        v4l2emu::assert_pattern(&frame.image.data, 640, 480, frame.sequence, 0, 0, v4l2emu::identity);
+        v4l2emu::assert_pattern(
+            &frame.image.data,
+            640,
+            480,
+            frame.sequence,
+            0,
+            0,
+            v4l2emu::identity,
+        );
     }
     source.stop();
     let mut source = started(&camera("GREY", 640, 480, 60));
     for _ in 0..3 {
         source.next_frame(&mut frame).unwrap();
-        v4l2emu::assert_pattern(&frame.image.data, 640, 480, frame.sequence, 0, 0, v4l2emu::luma);
+        v4l2emu::assert_pattern(
+            &frame.image.data,
+            640,
+            480,
+            frame.sequence,
+            0,
+            0,
+            v4l2emu::luma,
+        );
     }
 }
 
@@ -170,8 +190,14 @@ fn frame_rate_is_near_the_negotiated_one() {
     }
     let stamped_fps = 15.0 / ((frame.capture_time_ns - first_time) as f64 / 1e9);
     let wall_fps = 15.0 / wall.elapsed().as_secs_f64();
-    assert!((12.0..18.0).contains(&stamped_fps), "timestamps say {stamped_fps:.1} fps");
-    assert!((10.0..18.0).contains(&wall_fps), "wall clock says {wall_fps:.1} fps");
+    assert!(
+        (12.0..18.0).contains(&stamped_fps),
+        "timestamps say {stamped_fps:.1} fps"
+    );
+    assert!(
+        (10.0..18.0).contains(&wall_fps),
+        "wall clock says {wall_fps:.1} fps"
+    );
 }
 
 #[test]
@@ -188,7 +214,15 @@ fn injected_sequence_gaps_are_counted_exactly() {
     let mut sequences = Vec::new();
     for _ in 0..14 {
         source.next_frame(&mut frame).unwrap();
-        v4l2emu::assert_pattern(&frame.image.data, 320, 240, frame.sequence, 2, 6, v4l2emu::identity);
+        v4l2emu::assert_pattern(
+            &frame.image.data,
+            320,
+            240,
+            frame.sequence,
+            2,
+            6,
+            v4l2emu::identity,
+        );
         sequences.push(frame.sequence);
     }
     assert_eq!(sequences, [0, 1, 2, 3, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17]);
@@ -201,7 +235,10 @@ fn corrupt_mjpeg_is_skipped_and_counted() {
         let (_dir, dir) = mjpeg_settings("mjpeg-corrupt", 320, 240);
         return v4l2emu::run_test_in_child(
             "corrupt_mjpeg_is_skipped_and_counted",
-            &[("V4L2EMU_MJPEG_DIR", &dir), ("V4L2EMU_FAULTS", "corrupt@3,corrupt@4,corrupt@8")],
+            &[
+                ("V4L2EMU_MJPEG_DIR", &dir),
+                ("V4L2EMU_FAULTS", "corrupt@3,corrupt@4,corrupt@8"),
+            ],
             CHILD_TIMEOUT,
         );
     }
@@ -210,7 +247,15 @@ fn corrupt_mjpeg_is_skipped_and_counted() {
     let mut sequences = Vec::new();
     for _ in 0..10 {
         source.next_frame(&mut frame).unwrap();
-        v4l2emu::assert_pattern(&frame.image.data, 320, 240, frame.sequence, 8, 24, v4l2emu::identity);
+        v4l2emu::assert_pattern(
+            &frame.image.data,
+            320,
+            240,
+            frame.sequence,
+            8,
+            24,
+            v4l2emu::identity,
+        );
         sequences.push(frame.sequence);
     }
     assert_eq!(sequences, [0, 1, 2, 5, 6, 7, 9, 10, 11, 12]);
@@ -268,7 +313,11 @@ fn a_stall_is_reported_and_recovered() {
             break;
         }
     }
-    assert_eq!(sequences, (0..10).collect::<Vec<u64>>(), "recovered without losing frames");
+    assert_eq!(
+        sequences,
+        (0..10).collect::<Vec<u64>>(),
+        "recovered without losing frames"
+    );
     // 700 ms without frames at a 200 ms timeout.
     assert!((2..=4).contains(&stalled), "{stalled} stalls");
     let stats = source.stats();
@@ -297,7 +346,15 @@ fn an_unplug_gives_unplugged_then_a_reopen() {
                 } else {
                     frame.sequence - 5
                 };
-                v4l2emu::assert_pattern(&frame.image.data, 320, 240, stream_sequence, 2, 6, v4l2emu::identity);
+                v4l2emu::assert_pattern(
+                    &frame.image.data,
+                    320,
+                    240,
+                    stream_sequence,
+                    2,
+                    6,
+                    v4l2emu::identity,
+                );
                 sequences.push(frame.sequence);
             }
             Err(CaptureError::Unplugged { source_name }) => {
@@ -353,7 +410,10 @@ fn every_fault_in_one_run_never_panics_and_is_counted() {
             "every_fault_in_one_run_never_panics_and_is_counted",
             &[
                 ("V4L2EMU_MJPEG_DIR", &dir),
-                ("V4L2EMU_FAULTS", "stall@10:400,unplug@20:200,corrupt@30,gap@40:3"),
+                (
+                    "V4L2EMU_FAULTS",
+                    "stall@10:400,unplug@20:200,corrupt@30,gap@40:3",
+                ),
             ],
             CHILD_TIMEOUT,
         );
@@ -417,7 +477,10 @@ fn controls_are_applied_at_start_and_read_back() {
     assert_eq!(controls.white_balance, Some(5000));
     let mut locked = auto.clone();
     controls.lock_into(&mut locked);
-    assert_eq!(locked.exposure, ControlValue::Manual(controls.exposure.unwrap()));
+    assert_eq!(
+        locked.exposure,
+        ControlValue::Manual(controls.exposure.unwrap())
+    );
     drop(source);
     let relocked = started(&locked).controls().unwrap();
     assert_eq!(relocked.exposure_auto, Some(false));
@@ -428,7 +491,10 @@ fn controls_are_applied_at_start_and_read_back() {
     bad.exposure = ControlValue::Manual(100_000);
     let mut source = V4l2Source::new(&bad).unwrap();
     let error = source.start().unwrap_err().to_string();
-    assert!(error.contains("camera.exposure") && error.contains("3..=2047"), "{error}");
+    assert!(
+        error.contains("camera.exposure") && error.contains("3..=2047"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -71,12 +71,16 @@ fn complete_jpeg(data: &[u8]) -> Result<&[u8], String> {
     let end = data.len() - data.iter().rev().take_while(|&&b| b == 0).count();
     let trimmed = &data[..end];
     if trimmed.len() < 4 || trimmed[trimmed.len() - 2..] != [0xFF, 0xD9] {
-        return Err(format!("truncated JPEG: no end marker ({} bytes)", data.len()));
+        return Err(format!(
+            "truncated JPEG: no end marker ({} bytes)",
+            data.len()
+        ));
     }
     Ok(trimmed)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -97,7 +101,11 @@ mod tests {
         let capacity_pointer = out.as_ptr();
         decoder.decode_into(&jpeg, &mut out).unwrap();
         assert_eq!(out.len(), 32 * 16 * 3);
-        assert_eq!(out.as_ptr(), capacity_pointer, "decoded into the given buffer");
+        assert_eq!(
+            out.as_ptr(),
+            capacity_pointer,
+            "decoded into the given buffer"
+        );
         for pixel in out.chunks(3) {
             for (got, want) in pixel.iter().zip([200u8, 40, 90]) {
                 assert!(got.abs_diff(want) <= 4, "{pixel:?}");
@@ -110,7 +118,9 @@ mod tests {
         let mut jpeg = encode(16, 16, &[10u8; 16 * 16 * 3]);
         jpeg.extend_from_slice(&[0; 100]);
         let mut out = Vec::new();
-        MjpegDecoder::new(16, 16).decode_into(&jpeg, &mut out).unwrap();
+        MjpegDecoder::new(16, 16)
+            .decode_into(&jpeg, &mut out)
+            .unwrap();
     }
 
     #[test]

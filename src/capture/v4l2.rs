@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::mjpeg::MjpegDecoder;
 use super::v4l2_convert;
-use super::v4l2_device::{Device, Dequeued, FourCc, FrameSize, MmapRing, PixFormat, Readiness};
+use super::v4l2_device::{Dequeued, Device, FourCc, FrameSize, MmapRing, PixFormat, Readiness};
 use super::{CaptureError, CaptureStats, Frame, FrameSource};
 use crate::config::{AutoKeyword, CameraConfig, ControlValue};
 use v4l::v4l_sys::{
@@ -24,8 +24,8 @@ use v4l::v4l_sys::{
     v4l2_exposure_auto_type_V4L2_EXPOSURE_AUTO as EXPOSURE_AUTO,
     v4l2_exposure_auto_type_V4L2_EXPOSURE_MANUAL as EXPOSURE_MANUAL, V4L2_BUF_FLAG_ERROR,
     V4L2_BUF_FLAG_TIMESTAMP_MASK, V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC, V4L2_CID_AUTOGAIN,
-    V4L2_CID_AUTO_WHITE_BALANCE, V4L2_CID_EXPOSURE_ABSOLUTE, V4L2_CID_EXPOSURE_AUTO,
-    V4L2_CID_GAIN, V4L2_CID_WHITE_BALANCE_TEMPERATURE,
+    V4L2_CID_AUTO_WHITE_BALANCE, V4L2_CID_EXPOSURE_ABSOLUTE, V4L2_CID_EXPOSURE_AUTO, V4L2_CID_GAIN,
+    V4L2_CID_WHITE_BALANCE_TEMPERATURE,
 };
 
 /// Formats tried in order when `format = "auto"`: compressed first (USB bandwidth), then the
@@ -109,7 +109,10 @@ fn nearest_size(sizes: &[FrameSize], width: u32, height: u32) -> (u32, u32) {
     let mut best_distance = u64::MAX;
     for size in sizes {
         let (w, h) = match *size {
-            FrameSize::Discrete { width: w, height: h } => (w, h),
+            FrameSize::Discrete {
+                width: w,
+                height: h,
+            } => (w, h),
             FrameSize::Stepwise {
                 min_width,
                 max_width,
@@ -260,9 +263,12 @@ impl V4l2Source {
 
     /// Reads the current exposure, white-balance and gain settings back from the camera.
     pub fn controls(&self) -> Result<CameraControls, CaptureError> {
-        let streaming = self.streaming.as_ref().ok_or_else(|| CaptureError::Unplugged {
-            source_name: self.path().to_string(),
-        })?;
+        let streaming = self
+            .streaming
+            .as_ref()
+            .ok_or_else(|| CaptureError::Unplugged {
+                source_name: self.path().to_string(),
+            })?;
         let device = &streaming.device;
         let read = |id: u32| -> Result<Option<i64>, CaptureError> {
             match device.query_control(id)? {
@@ -299,18 +305,24 @@ impl V4l2Source {
             let sizes = device.frame_sizes(description.fourcc)?;
             offered.push((description.fourcc, sizes));
         }
-        let (fourcc, width, height) =
-            choose_format(&offered, self.request, self.config.width, self.config.height).map_err(
-                |message| CaptureError::Config {
-                    source_name: path.to_string(),
-                    message,
-                },
-            )?;
+        let (fourcc, width, height) = choose_format(
+            &offered,
+            self.request,
+            self.config.width,
+            self.config.height,
+        )
+        .map_err(|message| CaptureError::Config {
+            source_name: path.to_string(),
+            message,
+        })?;
         let format = device.set_format(fourcc, width, height)?;
         if format.fourcc != fourcc {
             return Err(CaptureError::Config {
                 source_name: path.to_string(),
-                message: format!("camera.format: the driver refused {fourcc} (it set {})", format.fourcc),
+                message: format!(
+                    "camera.format: the driver refused {fourcc} (it set {})",
+                    format.fourcc
+                ),
             });
         }
         if (format.width, format.height) != (self.config.width, self.config.height) {
@@ -338,8 +350,8 @@ impl V4l2Source {
 
     fn begin_stream(&mut self, streaming: Streaming, negotiated: Negotiated) {
         let format = negotiated.format;
-        self.mjpeg = (format.fourcc == FourCc::MJPG)
-            .then(|| MjpegDecoder::new(format.width, format.height));
+        self.mjpeg =
+            (format.fourcc == FourCc::MJPG).then(|| MjpegDecoder::new(format.width, format.height));
         self.negotiated = Some(negotiated);
         self.streaming = Some(streaming);
         self.last_driver_sequence = None;
@@ -453,9 +465,13 @@ impl V4l2Source {
             FourCc::YUYV => {
                 v4l2_convert::yuyv_to_rgb(data, width, height, stride.max(width as usize * 2), rgb)?
             }
-            FourCc::RGB3 => {
-                v4l2_convert::rgb24_to_rgb(data, width, height, stride.max(width as usize * 3), rgb)?
-            }
+            FourCc::RGB3 => v4l2_convert::rgb24_to_rgb(
+                data,
+                width,
+                height,
+                stride.max(width as usize * 3),
+                rgb,
+            )?,
             FourCc::GREY => {
                 v4l2_convert::grey_to_rgb(data, width, height, stride.max(width as usize), rgb)?
             }
@@ -475,7 +491,8 @@ fn epoch_time_ns(buffer: &Dequeued) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let (seconds, micros) = buffer.timestamp;
-    let monotonic = buffer.flags & V4L2_BUF_FLAG_TIMESTAMP_MASK == V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC;
+    let monotonic =
+        buffer.flags & V4L2_BUF_FLAG_TIMESTAMP_MASK == V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC;
     if !monotonic || (seconds == 0 && micros == 0) || seconds < 0 || micros < 0 {
         return realtime_now;
     }
@@ -715,6 +732,7 @@ impl V4l2Source {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -747,7 +765,10 @@ mod tests {
 
     #[test]
     fn nearest_size_when_none_matches() {
-        let offered = vec![(FourCc::YUYV, discrete(&[(1920, 1080), (800, 600), (320, 240)]))];
+        let offered = vec![(
+            FourCc::YUYV,
+            discrete(&[(1920, 1080), (800, 600), (320, 240)]),
+        )];
         let chosen = choose_format(&offered, FormatRequest::Auto, 640, 480).unwrap();
         assert_eq!(chosen, (FourCc::YUYV, 800, 600));
         let stepwise = vec![(
@@ -768,9 +789,12 @@ mod tests {
     #[test]
     fn exact_format_missing_names_what_is_offered() {
         let offered = vec![(FourCc::YUYV, discrete(&[(640, 480)]))];
-        let error = choose_format(&offered, FormatRequest::Exact(FourCc::MJPG), 640, 480)
-            .unwrap_err();
-        assert!(error.contains("camera.format") && error.contains("not MJPG"), "{error}");
+        let error =
+            choose_format(&offered, FormatRequest::Exact(FourCc::MJPG), 640, 480).unwrap_err();
+        assert!(
+            error.contains("camera.format") && error.contains("not MJPG"),
+            "{error}"
+        );
         assert!(error.contains("YUYV"), "{error}");
     }
 
@@ -788,7 +812,10 @@ mod tests {
             ..CameraConfig::default()
         };
         let error = V4l2Source::new(&config).err().unwrap().to_string();
-        assert!(error.contains("camera.format") && error.contains("H264"), "{error}");
+        assert!(
+            error.contains("camera.format") && error.contains("H264"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -798,12 +825,18 @@ mod tests {
             ..CameraConfig::default()
         };
         let mut source = V4l2Source::new(&config).unwrap();
-        let seen: Vec<u64> = [0, 1, 2, 5, 6].iter().map(|&s| source.track_sequence(s)).collect();
+        let seen: Vec<u64> = [0, 1, 2, 5, 6]
+            .iter()
+            .map(|&s| source.track_sequence(s))
+            .collect();
         assert_eq!(seen, [0, 1, 2, 5, 6]);
         assert_eq!(source.stats.drops, 2);
         // A reopened stream starts again at 0.
         source.last_driver_sequence = None;
-        let after: Vec<u64> = [0, 1, 3].iter().map(|&s| source.track_sequence(s)).collect();
+        let after: Vec<u64> = [0, 1, 3]
+            .iter()
+            .map(|&s| source.track_sequence(s))
+            .collect();
         assert_eq!(after, [7, 8, 10]);
         assert_eq!(source.stats.drops, 3);
     }

@@ -14,7 +14,9 @@ fn prepare(
 ) -> Result<(), String> {
     let row_bytes = width as usize * bytes_per_pixel;
     if stride < row_bytes {
-        return Err(format!("row stride {stride} is shorter than a row of {row_bytes} bytes"));
+        return Err(format!(
+            "row stride {stride} is shorter than a row of {row_bytes} bytes"
+        ));
     }
     let needed = if height == 0 {
         0
@@ -103,6 +105,7 @@ pub fn grey_to_rgb(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -495,9 +495,15 @@ impl Device {
             (v4l2_ctrl_type_V4L2_CTRL_TYPE_INTEGER, ControlType::Integer),
             (v4l2_ctrl_type_V4L2_CTRL_TYPE_BOOLEAN, ControlType::Boolean),
             (v4l2_ctrl_type_V4L2_CTRL_TYPE_MENU, ControlType::Menu),
-            (v4l2_ctrl_type_V4L2_CTRL_TYPE_INTEGER_MENU, ControlType::IntegerMenu),
+            (
+                v4l2_ctrl_type_V4L2_CTRL_TYPE_INTEGER_MENU,
+                ControlType::IntegerMenu,
+            ),
             (v4l2_ctrl_type_V4L2_CTRL_TYPE_BUTTON, ControlType::Button),
-            (v4l2_ctrl_type_V4L2_CTRL_TYPE_INTEGER64, ControlType::Integer64),
+            (
+                v4l2_ctrl_type_V4L2_CTRL_TYPE_INTEGER64,
+                ControlType::Integer64,
+            ),
         ]
         .into_iter()
         .find(|&(code, _)| code == query.type_)
@@ -735,7 +741,10 @@ impl MmapRing {
         let Some(&(_, length)) = self.buffers.get(index) else {
             return Err(CaptureError::Io {
                 source_name: self.path.clone(),
-                message: format!("driver returned buffer index {index} of {}", self.buffers.len()),
+                message: format!(
+                    "driver returned buffer index {index} of {}",
+                    self.buffers.len()
+                ),
             });
         };
         Ok(Some(Dequeued {

@@ -232,6 +232,7 @@ pub fn main(args: CamerasArgs) -> Result<(), CliError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

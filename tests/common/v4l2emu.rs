@@ -1,7 +1,7 @@
 //! The emulated V4L2 device for tests: builds `tests/v4l2emu/v4l2emu.c` with `cc` into the
 //! target's test directory, runs code under `LD_PRELOAD`, and reproduces the emulator's
 //! pattern formula (tests/v4l2emu/README.md) to check pixels.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,9 @@ pub fn library() -> &'static Path {
         let private = dir.join(format!("libv4l2emu.{}.so", std::process::id()));
         let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let result = Command::new(&compiler)
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .args([
+                "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+            ])
             .arg(&private)
             .arg(&source)
             .args(["-ldl", "-lpthread"])
@@ -54,11 +56,17 @@ pub fn run_bounded(mut command: Command, timeout: Duration) -> Output {
     let mut stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
         let mut text = Vec::new();
-        stdout.read_to_end(&mut text).map(|_| text).unwrap_or_default()
+        stdout
+            .read_to_end(&mut text)
+            .map(|_| text)
+            .unwrap_or_default()
     });
     let err_reader = std::thread::spawn(move || {
         let mut text = Vec::new();
-        stderr.read_to_end(&mut text).map(|_| text).unwrap_or_default()
+        stderr
+            .read_to_end(&mut text)
+            .map(|_| text)
+            .unwrap_or_default()
     });
     let deadline = Instant::now() + timeout;
     let status = loop {
@@ -147,7 +155,10 @@ pub fn block_centre(width: u32, height: u32, sequence: u64) -> (u32, u32) {
     let side = height / 8;
     let columns = width / side;
     let cell = (sequence % u64::from(columns * 8)) as u32;
-    ((cell % columns) * side + side / 2, (cell / columns) * side + side / 2)
+    (
+        (cell % columns) * side + side / 2,
+        (cell / columns) * side + side / 2,
+    )
 }
 
 /// Checks an RGB frame against the pattern for `sequence`: every sampled pixel whose
@@ -176,13 +187,16 @@ pub fn assert_pattern(
         let uniform = [(0, 0), (margin, 0), (0, margin), (margin, margin)]
             .iter()
             .all(|&(dx, dy)| {
-                [(x + dx, y + dy), (x.saturating_sub(dx), y.saturating_sub(dy))]
-                    .iter()
-                    .all(|&(px, py)| {
-                        px < width
-                            && py < height
-                            && pattern_rgb(width, height, sequence, px, py) == want
-                    })
+                [
+                    (x + dx, y + dy),
+                    (x.saturating_sub(dx), y.saturating_sub(dy)),
+                ]
+                .iter()
+                .all(|&(px, py)| {
+                    px < width
+                        && py < height
+                        && pattern_rgb(width, height, sequence, px, py) == want
+                })
             });
         if !uniform {
             continue;
