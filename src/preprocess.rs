@@ -67,18 +67,21 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
         path: path.display().to_string(),
         message,
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| image_error(format!("cannot open: {e}")))?
-        // The format comes from the bytes, not the extension: camera dumps are often misnamed.
-        .with_guessed_format()
-        .map_err(|e| image_error(format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
+    let bytes = std::fs::read(path).map_err(|e| image_error(format!("cannot read: {e}")))?;
+    // The format comes from the bytes, not the extension: camera dumps are often misnamed.
+    let format = image::guess_format(&bytes)
+        .ok()
+        .filter(|format| matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg))
+        .ok_or_else(|| image_error("not a PNG or JPEG image (unrecognised content)".into()))?;
+    if format == image::ImageFormat::Jpeg && !jpeg_has_end_of_image(&bytes) {
+        // The JPEG decoder fills a cut-off scan with grey instead of failing; Pillow refuses
+        // such files ("image file is truncated"), and a half-grey frame must not reach the
+        // policy.
         return Err(image_error(
-            "not a PNG or JPEG image (unrecognised content)".into(),
+            "truncated JPEG (no end-of-image marker after the last scan)".into(),
         ));
     }
-    let decoded = reader
-        .decode()
+    let decoded = image::load_from_memory_with_format(&bytes, format)
         .map_err(|e| image_error(format!("cannot decode: {e}")))?;
     // Like Pillow's `convert("RGB")`: alpha is dropped, grey is replicated, 16-bit is scaled.
     let rgb = decoded.into_rgb8();
@@ -90,6 +93,18 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
     };
     image.validate().map_err(|e| image_error(e.to_string()))?;
     Ok(image)
+}
+
+/// Whether the last start-of-scan marker (`FF DA`) of a JPEG stream is followed by an
+/// end-of-image marker (`FF D9`). Entropy-coded data never holds either byte pair (an `FF`
+/// there is stuffed as `FF 00`), and an EXIF thumbnail's markers all come before the main
+/// image's scan, so this tells a complete file from one cut inside its last scan.
+fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
+    let last_marker = |marker: u8| bytes.windows(2).rposition(|pair| pair == [0xFF, marker]);
+    match (last_marker(0xDA), last_marker(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
 }
 
 /// Side length of the square model input.
