@@ -4,6 +4,7 @@
 pub mod action;
 pub mod checkpoint;
 pub mod config;
+pub mod fingerprint;
 pub mod linear;
 pub mod llama;
 pub mod openvla;
@@ -11,6 +12,8 @@ pub mod ops;
 pub mod projector;
 pub mod prompt;
 pub mod vit;
+
+pub use fingerprint::checkpoint_fingerprint;
 
 /// Errors of checkpoint loading and model math, each naming the culprit.
 #[derive(Debug, thiserror::Error)]
