@@ -185,3 +185,47 @@ fn unknown_vit_head_count_names_the_file_and_key_to_add() {
         ],
     );
 }
+
+#[test]
+fn unreadable_image_is_named() {
+    let dir = TempDir::new("image");
+    let fake = dir.path().join("not-an-image.png");
+    std::fs::write(&fake, b"this is text, not a PNG").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vla-rt"))
+        .args(["predict", "--model"])
+        .arg(tiny_model_dir())
+        .arg("--image")
+        .arg(&fake)
+        .args([
+            "--instruction",
+            "pick up the block",
+            "--unnorm-key",
+            "tiny_bridge",
+        ])
+        .output()
+        .expect("run vla-rt");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_bad_input(
+        (output.status.code().unwrap_or(-1), stderr),
+        &["not-an-image.png"],
+    );
+    let missing = dir.path().join("missing.jpg");
+    let output = Command::new(env!("CARGO_BIN_EXE_vla-rt"))
+        .args(["predict", "--model"])
+        .arg(tiny_model_dir())
+        .arg("--image")
+        .arg(&missing)
+        .args([
+            "--instruction",
+            "pick up the block",
+            "--unnorm-key",
+            "tiny_bridge",
+        ])
+        .output()
+        .expect("run vla-rt");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_bad_input(
+        (output.status.code().unwrap_or(-1), stderr),
+        &["missing.jpg"],
+    );
+}
