@@ -229,3 +229,15 @@ fn unreadable_image_is_named() {
         &["missing.jpg"],
     );
 }
+
+#[test]
+fn instruction_longer_than_the_kv_cache_is_refused() {
+    let long = "move the cup ".repeat(400);
+    assert_bad_input(
+        predict(
+            &tiny_model_dir(),
+            &["--unnorm-key", "tiny_bridge", "--instruction", &long],
+        ),
+        &["KV cache capacity"],
+    );
+}
