@@ -137,4 +137,10 @@ pub struct PolicyOptions {
     pub unnorm_key: Option<String>,
     pub quantization: Quantization,
     pub projector: ProjectorFormat,
+    /// A pre-quantized weight file (`vla-rt quantize`) to memory-map instead of quantizing
+    /// the language model at load; it must have been made from this checkpoint.
+    pub quantized_weights: Option<std::path::PathBuf>,
+    /// Calibrated activation scales of the projector: with `projector = Int8` they make it
+    /// W8A8; without them the projector is INT8 weight-only.
+    pub projector_scales: Option<crate::model::quant_calib::ProjectorScales>,
 }

@@ -40,6 +40,17 @@ pub struct QuantBenchArgs {
     /// Image tokens through the projector.
     #[arg(long, default_value_t = 256)]
     pub projector_tokens: usize,
+    /// Instead of timing: compare each weight format's actions and tokens with the f32 path
+    /// on this checkpoint, over the cases of `--fixtures`.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<std::path::PathBuf>,
+    /// Fixture folder with `expected.json` (image, instruction, unnorm_key per case).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "tests/fixtures/openvla-tiny"
+    )]
+    pub fixtures: std::path::PathBuf,
 }
 
 /// SplitMix64, for reproducible random weights without a dependency.
@@ -326,6 +337,9 @@ fn bench_projector(dims: [usize; 3], tokens: usize) -> Result<(), CliError> {
 }
 
 pub fn run(args: QuantBenchArgs) -> Result<(), CliError> {
+    if let Some(model) = &args.model {
+        return print_accuracy(model, &args.fixtures);
+    }
     if args.hidden == 0 || args.intermediate == 0 || args.vocab == 0 || args.tokens == 0 {
         return Err(CliError::bad_input(
             "--hidden, --intermediate, --vocab and --tokens must be positive",
@@ -403,6 +417,198 @@ pub fn run(args: QuantBenchArgs) -> Result<(), CliError> {
     }
     if let Some(dims) = projector {
         bench_projector(dims, args.projector_tokens)?;
+    }
+    Ok(())
+}
+
+/// One input of the accuracy comparison: an image, its instruction and statistics key.
+#[derive(Debug, Clone)]
+pub struct AccuracyCase {
+    pub name: String,
+    pub image: crate::preprocess::RgbImage,
+    pub instruction: String,
+    pub unnorm_key: String,
+}
+
+/// The cases of a fixture folder's `expected.json` (`tests/fixtures/openvla-tiny`).
+pub fn fixture_cases(dir: &std::path::Path) -> Result<Vec<AccuracyCase>, CliError> {
+    let path = dir.join("expected.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
+    let cases = json
+        .get("cases")
+        .and_then(|c| c.as_array())
+        .ok_or_else(|| CliError::bad_input(format!("{}: no \"cases\" list", path.display())))?;
+    let field = |case: &serde_json::Value, key: &str| -> Result<String, CliError> {
+        case.get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                CliError::bad_input(format!("{}: a case has no \"{key}\"", path.display()))
+            })
+    };
+    cases
+        .iter()
+        .map(|case| {
+            let image_path = dir.join(field(case, "image")?);
+            Ok(AccuracyCase {
+                name: field(case, "name")?,
+                image: crate::preprocess::load_image(&image_path)
+                    .map_err(|e| CliError::bad_input(e.to_string()))?,
+                instruction: field(case, "instruction")?,
+                unnorm_key: field(case, "unnorm_key")?,
+            })
+        })
+        .collect()
+}
+
+/// A weight-format combination compared against the f32 policy.
+#[derive(Debug, Clone, Copy)]
+pub struct AccuracyMode {
+    pub name: &'static str,
+    pub quantization: crate::policy::Quantization,
+    pub projector: crate::policy::ProjectorFormat,
+    /// Calibrate the projector's activations (W8A8) on the other cases (leave-one-out).
+    pub calibrated: bool,
+}
+
+/// The modes reported in BENCHMARKS.md.
+pub fn accuracy_modes() -> Vec<AccuracyMode> {
+    use crate::policy::{ProjectorFormat as P, Quantization as Q};
+    let mode = |name, quantization, projector, calibrated| AccuracyMode {
+        name,
+        quantization,
+        projector,
+        calibrated,
+    };
+    vec![
+        mode("LLM int8", Q::Int8, P::F32, false),
+        mode("LLM int4", Q::Int4, P::F32, false),
+        mode("projector int8 weight-only", Q::None, P::Int8, false),
+        mode("projector int8 W8A8 (calibrated)", Q::None, P::Int8, true),
+        mode("LLM int8 + projector W8A8", Q::Int8, P::Int8, true),
+        mode("LLM int4 + projector W8A8", Q::Int4, P::Int8, true),
+    ]
+}
+
+/// Accuracy of one mode against the f32 path.
+#[derive(Debug, Clone)]
+pub struct ModeAccuracy {
+    pub mode: AccuracyMode,
+    /// NanoLLM's 1 − NRMSE (actions normalised by q99 − q01), mean over cases.
+    pub accuracy: f64,
+    /// Fraction of generated tokens equal to the f32 path's.
+    pub token_agreement: f64,
+    /// Per case: (name, tokens equal, tokens).
+    pub per_case: Vec<(String, usize, usize)>,
+}
+
+fn policy_error(e: crate::policy::PolicyError) -> CliError {
+    CliError::from(e)
+}
+
+/// Runs every case through the f32 policy and through each mode, and scores the modes.
+pub fn evaluate_accuracy(
+    model_dir: &std::path::Path,
+    cases: &[AccuracyCase],
+    modes: &[AccuracyMode],
+) -> Result<Vec<ModeAccuracy>, CliError> {
+    use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
+    use crate::model::quant_calib::action_accuracy;
+    use crate::policy::{Policy, PolicyOptions};
+
+    let options_for = |case: &AccuracyCase| PolicyOptions {
+        unnorm_key: Some(case.unnorm_key.clone()),
+        ..PolicyOptions::default()
+    };
+    let mut reference = Vec::with_capacity(cases.len());
+    for case in cases {
+        let mut policy = CpuPolicy::load(model_dir, &options_for(case)).map_err(policy_error)?;
+        let p = policy
+            .predict(&case.image, &case.instruction)
+            .map_err(policy_error)?;
+        let stats = &policy.runner().model().config().norm_stats[&case.unnorm_key].action;
+        reference.push((p, stats.q01.clone(), stats.q99.clone()));
+    }
+    let mut results = Vec::with_capacity(modes.len());
+    for &mode in modes {
+        let mut total_accuracy = 0.0;
+        let (mut equal, mut total) = (0usize, 0usize);
+        let mut per_case = Vec::with_capacity(cases.len());
+        for (i, case) in cases.iter().enumerate() {
+            let mut options = options_for(case);
+            options.quantization = mode.quantization;
+            options.projector = mode.projector;
+            if mode.calibrated {
+                // Leave-one-out: scales from the other cases' frames only.
+                let frames: Vec<_> = cases
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, c)| c.image.clone())
+                    .collect();
+                let mut f32_policy =
+                    CpuPolicy::load(model_dir, &options_for(case)).map_err(policy_error)?;
+                options.projector_scales =
+                    Some(collect_projector_scales(&mut f32_policy, &frames).map_err(policy_error)?);
+            }
+            let mut policy = CpuPolicy::load(model_dir, &options).map_err(policy_error)?;
+            let p = policy
+                .predict(&case.image, &case.instruction)
+                .map_err(policy_error)?;
+            let (r, q01, q99) = &reference[i];
+            total_accuracy += action_accuracy(
+                std::slice::from_ref(&r.action),
+                std::slice::from_ref(&p.action),
+                q01,
+                q99,
+            );
+            let same = r
+                .tokens
+                .iter()
+                .zip(&p.tokens)
+                .filter(|(a, b)| a == b)
+                .count();
+            equal += same;
+            total += r.tokens.len();
+            per_case.push((case.name.clone(), same, r.tokens.len()));
+        }
+        results.push(ModeAccuracy {
+            mode,
+            accuracy: total_accuracy / cases.len().max(1) as f64,
+            token_agreement: equal as f64 / total.max(1) as f64,
+            per_case,
+        });
+    }
+    Ok(results)
+}
+
+fn print_accuracy(model_dir: &std::path::Path, fixtures: &std::path::Path) -> Result<(), CliError> {
+    let cases = fixture_cases(fixtures)?;
+    let results = evaluate_accuracy(model_dir, &cases, &accuracy_modes())?;
+    println!(
+        "\naccuracy against the f32 path: {} on {} cases of {}",
+        model_dir.display(),
+        cases.len(),
+        fixtures.display()
+    );
+    println!("| mode | 1 − NRMSE | token agreement | tokens equal per case |");
+    println!("| --- | ---: | ---: | --- |");
+    for r in &results {
+        let per_case: Vec<String> = r
+            .per_case
+            .iter()
+            .map(|(name, same, n)| format!("{name} {same}/{n}"))
+            .collect();
+        println!(
+            "| {} | {:.4} | {:.1} % | {} |",
+            r.mode.name,
+            r.accuracy,
+            100.0 * r.token_agreement,
+            per_case.join(", ")
+        );
     }
     Ok(())
 }
