@@ -224,3 +224,52 @@ fn quantize_command_writes_a_file_and_rejects_a_missing_model() {
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert!(stderr.contains("no-such-model"), "{stderr}");
 }
+
+#[test]
+fn policy_from_a_pre_quantized_file_predicts_as_load_time_quantization() {
+    use vla_rt::backend::cpu::CpuPolicy;
+    use vla_rt::policy::{Policy, PolicyOptions};
+    let dir = scratch("policy");
+    let out = dir.join("int4.safetensors");
+    quant_file::write_quantized_file(
+        &model_dir(),
+        Quantization::Int4,
+        ProjectorFormat::Int8,
+        &out,
+    )
+    .unwrap();
+    let image = vla_rt::preprocess::load_image(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/openvla-tiny/case2_320x240/image.png"),
+    )
+    .unwrap();
+    let instruction = "Move the blue cup 3 cm to the left of the bowl (slowly)";
+    let mut options = PolicyOptions {
+        unnorm_key: Some("tiny_fractal".into()),
+        quantization: Quantization::Int4,
+        projector: ProjectorFormat::Int8,
+        ..PolicyOptions::default()
+    };
+    let at_load = CpuPolicy::load(&model_dir(), &options)
+        .unwrap()
+        .predict(&image, instruction)
+        .unwrap();
+    options.quantized_weights = Some(out.clone());
+    let from_file = CpuPolicy::load(&model_dir(), &options)
+        .unwrap()
+        .predict(&image, instruction)
+        .unwrap();
+    assert_eq!(from_file.tokens, at_load.tokens);
+    assert_eq!(from_file.action, at_load.action);
+
+    // The file holds INT4: asking for INT8 with it is refused, naming the file.
+    options.quantization = Quantization::Int8;
+    let err = CpuPolicy::load(&model_dir(), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&out.display().to_string()) && err.contains("int4"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
