@@ -21,7 +21,7 @@ fn options(unnorm_key: &str) -> PolicyOptions {
 /// The goal is 0.98. On this random-weight fixture INT8 measures 0.954: 20 of the 21 tokens
 /// agree, and the one that flips (case0, step 5) is a near tie in the f32 path (top-1/top-2
 /// margin 0.087 logits, `expected.json` `decode_steps`) between tokens 94 bins apart, so one
-/// rounding-level change costs 0.74 of that dimension's range. A trained model's near ties are
+/// rounding-level change costs 37 % of that dimension's q01-q99 range. A trained model's near ties are
 /// neighbouring bins. The bound below is what this fixture supports; BENCHMARKS.md has the
 /// figures.
 #[test]
