@@ -5,7 +5,7 @@
 
 use super::linear::{Linear, QuantFormat};
 use super::openvla::OpenVla;
-use super::quant_calib::{ProjectorScales, ScaleCollector};
+use super::quant_calib::ScaleCollector;
 use super::quant_file::{self, QuantizedFile};
 use super::ModelError;
 use crate::policy::{PolicyOptions, ProjectorFormat, Quantization};
@@ -131,19 +131,4 @@ pub fn observe_projector_inputs(
         })?;
     collector.end_frame();
     Ok(())
-}
-
-/// Convenience for callers holding scales already: the per-layer scales as a report line.
-pub fn describe_scales(scales: &ProjectorScales) -> String {
-    scales
-        .layers
-        .iter()
-        .map(|l| {
-            format!(
-                "{}: p{} |x| {:.4} (max {:.4}) → step {:.3e}",
-                l.layer, scales.percentile, l.abs_percentile, l.abs_max, l.scale
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
