@@ -31,3 +31,5 @@ impl ControlState {
         }
     }
 }
+
+pub mod clock;
