@@ -33,3 +33,6 @@ impl ControlState {
 }
 
 pub mod clock;
+pub mod safety;
+pub mod stats;
+pub mod supervisor;
