@@ -33,6 +33,8 @@ impl ControlState {
 }
 
 pub mod clock;
+pub mod handoff;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;
+pub mod tick_loop;
