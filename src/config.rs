@@ -226,15 +226,17 @@ pub enum ZenohMode {
     Client,
 }
 
-/// `[zenoh]` (*contract*: `mode`, `listen`, `connect`).
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+/// `[zenoh]` (*contract*: `mode`, `listen`, `connect`). Unset keys fall back to the json5
+/// file named by `config` when there is one, otherwise to a peer listening on loopback only
+/// (no multicast scouting).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZenohConfig {
-    pub mode: ZenohMode,
+    pub mode: Option<ZenohMode>,
     /// Endpoints to listen on, e.g. `tcp/127.0.0.1:7447`.
-    pub listen: Vec<String>,
+    pub listen: Option<Vec<String>>,
     /// Endpoints (routers or peers) to connect to.
-    pub connect: Vec<String>,
+    pub connect: Option<Vec<String>>,
     /// A Zenoh json5 configuration file applied first; `mode`, `listen` and `connect` override it.
     pub config: Option<PathBuf>,
 }
@@ -242,13 +244,13 @@ pub struct ZenohConfig {
 /// Where the service listens when nothing else is configured: loopback only.
 pub const DEFAULT_ZENOH_LISTEN: &str = "tcp/127.0.0.1:7447";
 
-impl Default for ZenohConfig {
-    fn default() -> Self {
-        Self {
-            mode: ZenohMode::Peer,
-            listen: vec![DEFAULT_ZENOH_LISTEN.into()],
-            connect: Vec::new(),
-            config: None,
+impl ZenohConfig {
+    /// The listen endpoints in effect when no json5 file decides them.
+    pub fn listen_or_default(&self) -> Vec<String> {
+        match (&self.listen, &self.config) {
+            (Some(listen), _) => listen.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => vec![DEFAULT_ZENOH_LISTEN.to_string()],
         }
     }
 }
@@ -466,7 +468,7 @@ impl ServiceConfig {
             (&self.zenoh.listen, "zenoh.listen"),
             (&self.zenoh.connect, "zenoh.connect"),
         ] {
-            for (i, endpoint) in list.iter().enumerate() {
+            for (i, endpoint) in list.iter().flatten().enumerate() {
                 zenoh::config::EndPoint::from_str(endpoint).map_err(|e| {
                     invalid(
                         &format!("{key}[{i}]"),
@@ -475,8 +477,8 @@ impl ServiceConfig {
                 })?;
             }
         }
-        if self.zenoh.mode == ZenohMode::Client
-            && self.zenoh.connect.is_empty()
+        if self.zenoh.mode == Some(ZenohMode::Client)
+            && self.zenoh.connect.as_ref().is_none_or(|c| c.is_empty())
             && self.zenoh.config.is_none()
         {
             return Err(invalid(
@@ -541,7 +543,10 @@ mod tests {
         let config = parse_and_validate("").unwrap();
         assert_eq!(config, ServiceConfig::default());
         assert_eq!(config.control.rate_hz, 10.0);
-        assert_eq!(config.zenoh.listen, vec!["tcp/127.0.0.1:7447".to_string()]);
+        assert_eq!(
+            config.zenoh.listen_or_default(),
+            vec!["tcp/127.0.0.1:7447".to_string()]
+        );
     }
 
     #[test]
@@ -592,7 +597,8 @@ mod tests {
         assert_eq!(config.control.period_ns(), 200_000_000);
         assert_eq!(config.control.max_action_age_ns(), 400_000_000);
         assert_eq!(config.safety.max[3], 0.5);
-        assert_eq!(config.zenoh.mode, ZenohMode::Client);
+        assert_eq!(config.zenoh.mode, Some(ZenohMode::Client));
+        assert_eq!(config.zenoh.listen_or_default(), Vec::<String>::new());
         assert_eq!(config.instruction.default, "open the drawer");
         assert_eq!(
             config.calibration.path.as_deref(),
