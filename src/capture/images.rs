@@ -93,7 +93,15 @@ impl FrameSource for ImageFolderSource {
         }
         let n = self.next_frame_number;
         self.next_frame_number += 1;
-        clock::sleep_until_monotonic(self.start_ns + n * self.period_ns);
+        let due = self.start_ns + n * self.period_ns;
+        let now = clock::monotonic_ns();
+        if now > due + self.period_ns {
+            // Fell behind (the consumer started late): restart the schedule instead of
+            // producing a burst of frames.
+            self.start_ns = now - n * self.period_ns;
+        } else {
+            clock::sleep_until_monotonic(due);
+        }
         let path = &self.files[(n % self.files.len() as u64) as usize];
         match preprocess::load_image(path) {
             Ok(image) => {

@@ -106,7 +106,15 @@ impl FrameSource for SyntheticSource {
             });
         }
         let n = self.next_frame_number;
-        clock::sleep_until_monotonic(self.start_ns + n * self.period_ns);
+        let due = self.start_ns + n * self.period_ns;
+        let now = clock::monotonic_ns();
+        if now > due + self.period_ns {
+            // Fell behind (the consumer started late): restart the schedule instead of
+            // producing a burst of frames.
+            self.start_ns = now - n * self.period_ns;
+        } else {
+            clock::sleep_until_monotonic(due);
+        }
         render_frame(
             n,
             self.width,
