@@ -1,7 +1,7 @@
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,zenoh=warn"))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,zenoh=error"))
         .init();
     let cli = match vla_rt::cli::Cli::try_parse() {
         Ok(cli) => cli,
