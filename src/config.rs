@@ -138,7 +138,9 @@ impl ModelConfig {
 }
 
 /// Whether the control thread asks for SCHED_FIFO and locked memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RealtimeMode {
     /// Ordinary scheduling.
