@@ -7,22 +7,62 @@ use serde::Deserialize;
 
 use crate::policy::{BackendKind, PolicyOptions, ProjectorFormat, Quantization};
 
-/// Value of a V4L2 control that may be left to the camera.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(untagged)]
+/// Value of a V4L2 control that may be left to the camera. In TOML: `"auto"`, a number
+/// (locks the manual value), or `"unset"` / absent (leave the camera's setting alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ControlValue {
     /// Leave the camera's current setting alone.
     #[default]
     Unset,
-    /// `"auto"` turns the automatic mode on; a number locks the manual value.
+    /// Turn the automatic mode on.
     Auto(AutoKeyword),
+    /// Lock the manual value.
     Manual(i64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AutoKeyword {
     Auto,
+}
+
+impl serde::Serialize for ControlValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ControlValue::Unset => serializer.serialize_str("unset"),
+            ControlValue::Auto(_) => serializer.serialize_str("auto"),
+            ControlValue::Manual(v) => serializer.serialize_i64(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ControlValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\", \"unset\" or an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ControlValue, E> {
+                Ok(ControlValue::Manual(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ControlValue, E> {
+                i64::try_from(v)
+                    .map(ControlValue::Manual)
+                    .map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ControlValue, E> {
+                match v {
+                    "auto" => Ok(ControlValue::Auto(AutoKeyword::Auto)),
+                    "unset" => Ok(ControlValue::Unset),
+                    other => Err(E::custom(format!(
+                        "expected \"auto\", \"unset\" or an integer, got \"{other}\""
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `[camera]` (*contract*: `source`, `width`, `height`, `fps`, `format`).
@@ -723,5 +763,22 @@ mod tests {
             message.starts_with("/nonexistent/vla.toml: cannot read"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn control_values_parse_from_auto_numbers_and_absence() {
+        let camera: CameraConfig =
+            toml::from_str("exposure = \"auto\"\nwhite_balance = 4600\n").unwrap();
+        assert_eq!(camera.exposure, ControlValue::Auto(AutoKeyword::Auto));
+        assert_eq!(camera.white_balance, ControlValue::Manual(4600));
+        assert_eq!(camera.gain, ControlValue::Unset);
+        let text = toml::to_string(&camera).unwrap();
+        assert_eq!(toml::from_str::<CameraConfig>(&text).unwrap(), camera);
+    }
+
+    #[test]
+    fn control_value_rejects_other_words() {
+        let err = toml::from_str::<CameraConfig>("exposure = \"manual\"\n").unwrap_err();
+        assert!(err.to_string().contains("exposure"), "{err}");
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod calibration;
 pub mod capture;
 pub mod cli;
 pub mod config;

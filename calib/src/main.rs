@@ -1,4 +1,7 @@
-//! `vla-calib`: the install-time calibration tool (see DESIGN.md §5).
+//! `vla-calib`: the install-time calibration tool (DESIGN.md §5).
+
+mod rate;
+mod sheet;
 
 fn main() {
     eprintln!("vla-calib: not built yet");

@@ -1,5 +1,7 @@
 //! Backends that run the model on a device, each behind [`crate::policy::Policy`].
 
+pub mod cpu;
+
 use std::path::Path;
 
 use crate::policy::{BackendKind, Policy, PolicyError, PolicyOptions};
@@ -9,13 +11,16 @@ pub fn load_policy(
     model_dir: &Path,
     options: &PolicyOptions,
 ) -> Result<Box<dyn Policy>, PolicyError> {
-    let _ = model_dir;
-    Err(PolicyError::Backend {
-        backend: match options.backend {
-            BackendKind::Cpu => "cpu",
-            BackendKind::Cuda => "cuda",
-            BackendKind::Tensorrt => "tensorrt",
-        },
+    match options.backend {
+        BackendKind::Cpu => Ok(Box::new(cpu::CpuPolicy::load(model_dir, options)?)),
+        BackendKind::Cuda => Err(unavailable("cuda")),
+        BackendKind::Tensorrt => Err(unavailable("tensorrt")),
+    }
+}
+
+fn unavailable(backend: &'static str) -> PolicyError {
+    PolicyError::Backend {
+        backend,
         message: "not available in this build".into(),
-    })
+    }
 }

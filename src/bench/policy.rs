@@ -1,12 +1,520 @@
-//! `vla-rt bench` (policy).
+//! `vla-rt bench` (no subcommand): per-stage CPU times of the policy (median of N runs after
+//! warm-up), for a checkpoint folder or for a model built in memory with random weights of a
+//! named shape (`tiny`, `mid`, `openvla-7b`).
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
 use crate::cli::CliError;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
+use crate::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
+use crate::model::prompt::PromptTokenizer;
+use crate::policy::{PolicyOptions, StageTimings};
+use crate::preprocess::{Preprocessor, RgbImage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchShape {
+    /// The fixture's dimensions (ViTs 48/40 wide, 4 deep; Llama 64 wide, 2 layers).
+    Tiny,
+    /// ViT-S-sized encoders (384 wide, 12 deep, 6 heads) and a ~300M Llama (1024 wide,
+    /// 24 layers, 16 heads, 4 KV heads).
+    Mid,
+    /// OpenVLA-7B: ViT-L/14 DINOv2-reg4, SigLIP SO400M/14, Llama-2-7B (about 30 GB in f32).
+    #[value(name = "openvla-7b")]
+    Openvla7b,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct PolicyBenchArgs {}
+pub struct PolicyBenchArgs {
+    /// Checkpoint folder to time [default: engines/openvla-tiny unless --random-weights].
+    #[arg(long, value_name = "DIR", conflicts_with = "random_weights")]
+    pub model: Option<PathBuf>,
+    /// Build the model in memory with random weights of --shape.
+    #[arg(long)]
+    pub random_weights: bool,
+    #[arg(long, value_enum, default_value = "mid")]
+    pub shape: BenchShape,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Worker threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Folder with the tokenizer.json, config.json (norm_stats) and preprocessor_config.json
+    /// used with random weights.
+    #[arg(long, value_name = "DIR", default_value = "engines/openvla-tiny")]
+    pub template: PathBuf,
+    #[arg(long, default_value = "pick up the red block and put it in the bowl")]
+    pub instruction: String,
+}
 
-pub fn run(_args: PolicyBenchArgs) -> Result<(), CliError> {
-    Err(CliError::failure(
-        "this benchmark is not available in this build",
-    ))
+/// Dimensions of one random-weight ViT.
+#[derive(Debug, Clone, Copy)]
+struct VitShape {
+    embed: usize,
+    depth: usize,
+    heads: usize,
+    mlp: usize,
+    registers: usize,
+    dino: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LlmShape {
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    intermediate: usize,
+    vocab: usize,
+}
+
+fn shape_dims(shape: BenchShape) -> ([VitShape; 2], LlmShape) {
+    let dino = |embed, depth, heads, mlp| VitShape {
+        embed,
+        depth,
+        heads,
+        mlp,
+        registers: 4,
+        dino: true,
+    };
+    let siglip = |embed, depth, heads, mlp| VitShape {
+        embed,
+        depth,
+        heads,
+        mlp,
+        registers: 0,
+        dino: false,
+    };
+    let llm = |hidden, layers, heads, kv_heads, intermediate| LlmShape {
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        intermediate,
+        vocab: 32064,
+    };
+    match shape {
+        BenchShape::Tiny => (
+            [dino(48, 4, 3, 192), siglip(40, 4, 2, 149)],
+            llm(64, 2, 4, 4, 172),
+        ),
+        BenchShape::Mid => (
+            [dino(384, 12, 6, 1536), siglip(384, 12, 6, 1536)],
+            llm(1024, 24, 16, 4, 2816),
+        ),
+        BenchShape::Openvla7b => (
+            [dino(1024, 24, 16, 4096), siglip(1152, 27, 16, 4304)],
+            llm(4096, 32, 32, 32, 11008),
+        ),
+    }
+}
+
+/// Uniform values in `[-scale, scale)`, filled in parallel from a per-chunk SplitMix64.
+fn random_values(len: usize, scale: f32, center: f32, seed: u64) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut values = vec![0.0f32; len];
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut state = seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+            for v in chunk {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+                *v = center + scale * (2.0 * unit - 1.0);
+            }
+        });
+    values
+}
+
+type Tensor = (String, Vec<usize>, Vec<f32>);
+
+struct RandomTensors {
+    seed: u64,
+    list: Vec<Tensor>,
+}
+
+impl RandomTensors {
+    fn add(&mut self, name: String, shape: Vec<usize>, center: f32, scale: f32) {
+        self.seed = self.seed.wrapping_add(1);
+        let values = random_values(shape.iter().product(), scale, center, self.seed);
+        self.list.push((name, shape, values));
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) {
+        self.add(
+            format!("{prefix}.weight"),
+            vec![out, inp],
+            0.0,
+            1.7 / (inp as f32).sqrt(),
+        );
+        if bias {
+            self.add(format!("{prefix}.bias"), vec![out], 0.0, 0.02);
+        }
+    }
+
+    fn norm(&mut self, prefix: &str, width: usize, bias: bool) {
+        self.add(format!("{prefix}.weight"), vec![width], 1.0, 0.05);
+        if bias {
+            self.add(format!("{prefix}.bias"), vec![width], 0.0, 0.02);
+        }
+    }
+}
+
+/// All tensors of an OpenVLA checkpoint of this shape, with OpenVLA's names.
+fn random_checkpoint(vits: &[VitShape; 2], llm: &LlmShape) -> Vec<Tensor> {
+    let mut t = RandomTensors {
+        seed: 20240613,
+        list: Vec::new(),
+    };
+    let (patch, grid) = (14, 16);
+    for (vit, name) in vits.iter().zip(["featurizer", "fused_featurizer"]) {
+        let p = format!("vision_backbone.{name}");
+        let d = vit.embed;
+        t.add(
+            format!("{p}.patch_embed.proj.weight"),
+            vec![d, 3, patch, patch],
+            0.0,
+            0.1,
+        );
+        t.add(format!("{p}.patch_embed.proj.bias"), vec![d], 0.0, 0.02);
+        t.add(format!("{p}.pos_embed"), vec![1, grid * grid, d], 0.0, 0.02);
+        if vit.dino {
+            t.add(format!("{p}.cls_token"), vec![1, 1, d], 0.0, 0.02);
+            t.add(
+                format!("{p}.reg_token"),
+                vec![1, vit.registers, d],
+                0.0,
+                0.02,
+            );
+        }
+        for b in 0..vit.depth {
+            let q = format!("{p}.blocks.{b}");
+            t.norm(&format!("{q}.norm1"), d, true);
+            t.linear(&format!("{q}.attn.qkv"), 3 * d, d, true);
+            t.linear(&format!("{q}.attn.proj"), d, d, true);
+            t.norm(&format!("{q}.norm2"), d, true);
+            t.linear(&format!("{q}.mlp.fc1"), vit.mlp, d, true);
+            t.linear(&format!("{q}.mlp.fc2"), d, vit.mlp, true);
+            if vit.dino {
+                t.add(format!("{q}.ls1.scale_factor"), vec![d], 0.1, 0.05);
+                t.add(format!("{q}.ls2.scale_factor"), vec![d], 0.1, 0.05);
+            }
+        }
+    }
+    let vision: usize = vits.iter().map(|v| v.embed).sum();
+    t.linear("projector.fc1", 4 * vision, vision, true);
+    t.linear("projector.fc2", llm.hidden, 4 * vision, true);
+    t.linear("projector.fc3", llm.hidden, llm.hidden, true);
+    let kv = llm.kv_heads * (llm.hidden / llm.heads);
+    t.add(
+        "language_model.model.embed_tokens.weight".into(),
+        vec![llm.vocab, llm.hidden],
+        0.0,
+        1.0,
+    );
+    for i in 0..llm.layers {
+        let p = format!("language_model.model.layers.{i}");
+        t.norm(&format!("{p}.input_layernorm"), llm.hidden, false);
+        t.linear(
+            &format!("{p}.self_attn.q_proj"),
+            llm.hidden,
+            llm.hidden,
+            false,
+        );
+        t.linear(&format!("{p}.self_attn.k_proj"), kv, llm.hidden, false);
+        t.linear(&format!("{p}.self_attn.v_proj"), kv, llm.hidden, false);
+        t.linear(
+            &format!("{p}.self_attn.o_proj"),
+            llm.hidden,
+            llm.hidden,
+            false,
+        );
+        t.norm(&format!("{p}.post_attention_layernorm"), llm.hidden, false);
+        t.linear(
+            &format!("{p}.mlp.gate_proj"),
+            llm.intermediate,
+            llm.hidden,
+            false,
+        );
+        t.linear(
+            &format!("{p}.mlp.up_proj"),
+            llm.intermediate,
+            llm.hidden,
+            false,
+        );
+        t.linear(
+            &format!("{p}.mlp.down_proj"),
+            llm.hidden,
+            llm.intermediate,
+            false,
+        );
+    }
+    t.norm("language_model.model.norm", llm.hidden, false);
+    t.linear("language_model.lm_head", llm.vocab, llm.hidden, false);
+    t.list
+}
+
+fn bench_error(e: impl std::fmt::Display) -> CliError {
+    CliError::bad_input(e.to_string())
+}
+
+/// An OpenVLA model of `shape` with random weights, using the template's tokenizer and
+/// dataset statistics.
+fn random_model(shape: BenchShape, template: &Path) -> Result<(OpenVla, usize), CliError> {
+    let (vits, llm) = shape_dims(shape);
+    let tensors = random_checkpoint(&vits, &llm);
+    let params = tensors.iter().map(|(_, _, v)| v.len()).sum();
+    let ckpt = Checkpoint::from_f32_tensors(tensors).map_err(bench_error)?;
+    let config_path = template.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| bench_error(format!("{}: cannot read: {e}", config_path.display())))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| bench_error(format!("{}: {e}", config_path.display())))?;
+    json["text_config"] = serde_json::json!({
+        "hidden_size": llm.hidden,
+        "intermediate_size": llm.intermediate,
+        "num_attention_heads": llm.heads,
+        "num_hidden_layers": llm.layers,
+        "num_key_value_heads": llm.kv_heads,
+        "vocab_size": llm.vocab,
+    });
+    let config =
+        OpenVlaConfig::from_json_str(&json.to_string(), &config_path).map_err(bench_error)?;
+    let mut runtime = RuntimeModelConfig::default();
+    for (vit, name) in vits.iter().zip(["featurizer", "fused_featurizer"]) {
+        runtime.featurizers.insert(
+            name.to_string(),
+            FeaturizerOverrides {
+                num_heads: Some(vit.heads),
+            },
+        );
+    }
+    let tokenizer =
+        PromptTokenizer::from_file(&template.join(TOKENIZER_FILE)).map_err(bench_error)?;
+    let model = OpenVla::from_checkpoint(template, config, &runtime, &ckpt, tokenizer)
+        .map_err(bench_error)?;
+    Ok((model, params))
+}
+
+/// A camera-sized test image (640 × 480 gradient).
+fn test_image() -> RgbImage {
+    let (w, h) = (640u32, 480u32);
+    let data = (0..w * h)
+        .flat_map(|i| {
+            let (x, y) = (i % w, i / w);
+            [
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x + y) % 256) as u8,
+            ]
+        })
+        .collect();
+    RgbImage {
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+pub fn run(args: PolicyBenchArgs) -> Result<(), CliError> {
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| CliError::failure(format!("thread pool: {e}")))?;
+    pool.install(|| run_in_pool(&args, threads))
+}
+
+fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
+    let start = Instant::now();
+    let (model, source, template) = if args.random_weights {
+        let (model, params) = random_model(args.shape, &args.template)?;
+        let label = format!(
+            "random weights, shape {:?}, {:.1} M parameters",
+            args.shape,
+            params as f64 / 1e6
+        );
+        (model, label, args.template.clone())
+    } else {
+        let dir = args
+            .model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("engines/openvla-tiny"));
+        let model = OpenVla::load(&dir).map_err(bench_error)?;
+        (model, format!("checkpoint {}", dir.display()), dir)
+    };
+    let load_s = start.elapsed().as_secs_f64();
+    let unnorm_key = model.config().norm_stats.keys().next().cloned();
+    let options = PolicyOptions {
+        unnorm_key,
+        ..PolicyOptions::default()
+    };
+    let describe = describe_model(&model);
+    let mut runner = CpuModelRunner::from_model(model, &options).map_err(bench_error)?;
+    let prompt_len = runner
+        .prompt_ids(&args.instruction)
+        .map_err(bench_error)?
+        .len();
+    let prefill_len = prompt_len + runner.model().num_patches();
+
+    let image = test_image();
+    let preprocessor = Preprocessor::from_config_file(&template.join(PREPROCESSOR_CONFIG_FILE));
+    let mut preprocessor = match preprocessor {
+        Ok(p) if p.output_len() == runner.model().pixel_values_len() => Some(p),
+        _ => None,
+    };
+    let mut pixels = vec![0.0f32; runner.model().pixel_values_len()];
+    // Deterministic stand-in for preprocessed pixels when preprocessing is not available.
+    for (i, v) in pixels.iter_mut().enumerate() {
+        *v = ((i % 251) as f32 / 125.0) - 1.0;
+    }
+
+    let mut samples: Vec<StageTimings> = Vec::with_capacity(args.runs);
+    let mut timed_start = (Instant::now(), process_cpu_seconds());
+    for run in 0..args.warmup + args.runs {
+        if run == args.warmup {
+            timed_start = (Instant::now(), process_cpu_seconds());
+        }
+        let t = Instant::now();
+        let preprocess_ms = match preprocessor.as_mut() {
+            Some(p) => {
+                if p.run(&image, &mut pixels).is_err() {
+                    preprocessor = None;
+                }
+                t.elapsed().as_secs_f64() * 1e3
+            }
+            None => 0.0,
+        };
+        let mut timings = runner
+            .predict_pixels(&pixels, &args.instruction)
+            .map_err(|e| CliError::failure(e.to_string()))?
+            .timings;
+        timings.preprocess_ms = preprocess_ms;
+        timings.total_ms = t.elapsed().as_secs_f64() * 1e3;
+        if run >= args.warmup {
+            samples.push(timings);
+        }
+    }
+
+    let wall_s = timed_start.0.elapsed().as_secs_f64();
+    let cpu_s = process_cpu_seconds() - timed_start.1;
+    let action_dim = runner.action_dim();
+    println!("policy benchmark, CPU f32: {source}");
+    println!("{describe}");
+    println!(
+        "{threads} threads, {} timed runs after {} warm-up, prefill {prefill_len} positions, \
+         {action_dim} decoded tokens, load/build {load_s:.1} s",
+        args.runs, args.warmup
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "stage", "median ms", "min ms", "max ms"
+    );
+    let decode_per_token = |t: &StageTimings| t.decode_ms / (action_dim.max(2) - 1) as f64;
+    type Stage = (&'static str, fn(&StageTimings) -> f64);
+    let rows: [Stage; 6] = [
+        ("preprocess", |t| t.preprocess_ms),
+        ("vision (both ViTs)", |t| t.vision_ms),
+        ("projector", |t| t.projector_ms),
+        ("llm prefill", |t| t.prefill_ms),
+        ("llm decode (all)", |t| t.decode_ms),
+        ("total", |t| t.total_ms),
+    ];
+    for (name, get) in rows {
+        if name == "preprocess" && preprocessor.is_none() {
+            println!("{name:<22} {:>10}", "n/a");
+            continue;
+        }
+        print_row(name, samples.iter().map(get).collect());
+    }
+    print_row(
+        "llm decode per token",
+        samples.iter().map(decode_per_token).collect(),
+    );
+    println!(
+        "process CPU time over the timed runs: {cpu_s:.2} s in {wall_s:.2} s wall \
+         ({:.2} cores busy on average of {threads})",
+        cpu_s / wall_s.max(1e-9)
+    );
+    Ok(())
+}
+
+/// User + system CPU seconds of this process so far (0 if unavailable).
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage` for the call to fill.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn print_row(name: &str, values: Vec<f64>) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{name:<22} {:>10.2} {min:>10.2} {max:>10.2}",
+        median(values)
+    );
+}
+
+fn describe_model(model: &OpenVla) -> String {
+    let vits: Vec<String> = model
+        .featurizers()
+        .iter()
+        .map(|v| {
+            let c = v.config();
+            format!(
+                "ViT {}w x {} ({} run), {} heads, MLP {}",
+                c.embed_dim,
+                c.depth,
+                c.depth - 1,
+                c.num_heads,
+                c.mlp_hidden
+            )
+        })
+        .collect();
+    let l = model.llama().config();
+    format!(
+        "{}; Llama {}w x {}, {} heads ({} KV), MLP {}, vocab {}",
+        vits.join("; "),
+        l.hidden_size,
+        l.num_layers,
+        l.num_heads,
+        l.num_kv_heads,
+        l.intermediate_size,
+        l.vocab_size
+    )
 }

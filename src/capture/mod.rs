@@ -2,7 +2,10 @@
 //! reuses its buffers; the capture thread publishes the newest frame and never blocks on
 //! consumers.
 
+pub mod mjpeg;
 pub mod v4l2;
+pub mod v4l2_convert;
+pub mod v4l2_device;
 
 use crate::preprocess::RgbImage;
 

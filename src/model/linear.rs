@@ -156,3 +156,102 @@ pub fn matmul_f32_wt(
         );
     }
 }
+
+/// A read-only matrix view: element `(r, c)` is `data[offset + r * row_stride + c * col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl MatRef<'_> {
+    /// Whether a `rows × cols` matrix with these strides lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.row_stride)
+            .and_then(|r| (cols - 1).checked_mul(self.col_stride).map(|c| (r, c)))
+            .and_then(|(r, c)| r.checked_add(c))
+            .and_then(|rc| rc.checked_add(self.offset));
+        last.is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// `out[m, n] = scale · a[m, k] · b[k, n]` over strided views (attention products read heads
+/// in place from packed QKV buffers and the KV cache). `out` is row-major with row stride
+/// `out_row_stride`; only its `m × n` block is written.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_strided(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    out: &mut [f32],
+    out_row_stride: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    scale: f32,
+) -> Result<(), ModelError> {
+    let out_fits = m == 0
+        || n == 0
+        || (m - 1)
+            .checked_mul(out_row_stride)
+            .and_then(|r| r.checked_add(n))
+            .is_some_and(|end| end <= out.len() && n <= out_row_stride);
+    if !a.fits(m, k) || !b.fits(k, n) || !out_fits {
+        return Err(ModelError::Math {
+            op: "strided matmul",
+            message: format!(
+                "[{m}, {k}] · [{k}, {n}] does not fit the given buffers ({}, {}, {} values)",
+                a.data.len(),
+                b.data.len(),
+                out.len()
+            ),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        for row in out.chunks_mut(out_row_stride.max(1)).take(m) {
+            row[..n].fill(0.0);
+        }
+        return Ok(());
+    }
+    let parallelism = if m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `fits` checked that every element the strides address lies inside `a.data`
+    // and `b.data`, and `out_fits` that the m × n block with row stride `out_row_stride` (≥ n,
+    // so rows do not overlap) lies inside `out`; `out` is borrowed mutably so it aliases
+    // neither input; gemm with `read_dst = false` only writes that block.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_row_stride as isize,
+            false,
+            a.data.as_ptr().add(a.offset),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr().add(b.offset),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}

@@ -1,7 +1,19 @@
 //! The pure model: checkpoint loading and the math of OpenVLA (ViTs, projector, Llama, action
 //! de-tokenisation). Knows nothing of threads, cameras or Zenoh.
 
+pub mod action;
+pub mod checkpoint;
+pub mod config;
+pub mod fingerprint;
 pub mod linear;
+pub mod llama;
+pub mod openvla;
+pub mod ops;
+pub mod projector;
+pub mod prompt;
+pub mod vit;
+
+pub use fingerprint::checkpoint_fingerprint;
 
 /// Errors of checkpoint loading and model math, each naming the culprit.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +30,22 @@ pub enum ModelError {
     },
     #[error("shape mismatch in {op}: {message}")]
     Math { op: &'static str, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Config {
+        path: String,
+        key: String,
+        message: String,
+    },
+    #[error("tensor {name}: unsupported dtype {dtype} (expected F32, F16 or BF16)")]
+    Dtype { name: String, dtype: String },
+    #[error("unknown unnorm_key `{key}`; available keys: {}", available.join(", "))]
+    UnknownUnnormKey { key: String, available: Vec<String> },
+    #[error("no unnorm_key given and the checkpoint has several; pass one of: {}", available.join(", "))]
+    AmbiguousUnnormKey { available: Vec<String> },
+    #[error("{what}: {message}")]
+    Unsupported { what: String, message: String },
+    #[error("sequence of {len} tokens exceeds the KV cache capacity of {capacity} (instruction too long?)")]
+    SequenceTooLong { len: usize, capacity: usize },
 }
 
 impl ModelError {
@@ -25,7 +53,13 @@ impl ModelError {
         match self {
             ModelError::File { .. }
             | ModelError::MissingTensor { .. }
-            | ModelError::Shape { .. } => true,
+            | ModelError::Shape { .. }
+            | ModelError::Config { .. }
+            | ModelError::Dtype { .. }
+            | ModelError::UnknownUnnormKey { .. }
+            | ModelError::AmbiguousUnnormKey { .. }
+            | ModelError::Unsupported { .. }
+            | ModelError::SequenceTooLong { .. } => true,
             ModelError::Math { .. } => false,
         }
     }
