@@ -187,4 +187,32 @@ mod tests {
         assert_eq!(names, ["a.jpg", "b.PNG", "c.jpeg"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn loops_over_the_images_in_order() {
+        let dir = temp_dir("loop");
+        for (name, shade) in [("a.png", 10u8), ("b.png", 200u8)] {
+            image::RgbImage::from_pixel(4, 3, image::Rgb([shade, shade, shade]))
+                .save(dir.join(name))
+                .unwrap();
+        }
+        let camera = CameraConfig {
+            fps: 1000,
+            ..CameraConfig::default()
+        };
+        let mut source = ImageFolderSource::new(&dir, &camera).unwrap();
+        source.start().unwrap();
+        let mut frame = Frame::default();
+        let mut shades = Vec::new();
+        for n in 0..3 {
+            source.next_frame(&mut frame).unwrap();
+            assert_eq!(frame.sequence, n);
+            assert_eq!((frame.image.width, frame.image.height), (4, 3));
+            assert!(frame.capture_time_ns > 0);
+            shades.push(frame.image.data[0]);
+        }
+        assert_eq!(shades, [10, 200, 10]);
+        assert_eq!(source.stats().frames, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
