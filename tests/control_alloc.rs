@@ -4,6 +4,9 @@
 //! service runs for real around it: synthetic capture thread, inference thread with a
 //! policy, command publisher thread with a Zenoh session and a remote subscriber.
 
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

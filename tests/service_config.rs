@@ -1,6 +1,9 @@
 //! The configs shipped in `config/`: the written-out default is what `vla-rt run` runs
 //! without `--config`, and the robot example is valid.
 
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use vla_rt::config::{RealtimeMode, ServiceConfig, ZenohMode};

@@ -2,6 +2,9 @@
 //! e-stop latch and release, instruction updates, a slow policy (HOLD, then STOP, then
 //! recovery), status and liveliness. Every wait is bounded.
 
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod service_support;
 
 use std::sync::atomic::Ordering;

@@ -2,6 +2,9 @@
 //! CPU) on loopback: well-formed commands with ACT after warm-up, then SIGTERM gives one
 //! final STOP and exit code 0. Every wait is bounded.
 
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod service_support;
 
 use std::process::{Command, Stdio};

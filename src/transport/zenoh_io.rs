@@ -435,7 +435,9 @@ mod tests {
             listen: Some(vec![format!("tcp/127.0.0.1:{port}")]),
             ..ZenohConfig::default()
         };
-        let err = open_session(&config).err().expect("the port is taken");
+        let Err(err) = open_session(&config) else {
+            panic!("opened a session on a taken port");
+        };
         assert!(err.is_bad_input());
         let message = err.to_string();
         assert!(

@@ -1,7 +1,7 @@
 //! Shared pieces of the service tests: a scriptable fake policy, a loopback config on a
 //! free port, and a command subscriber with bounded waits.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
