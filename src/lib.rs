@@ -29,4 +29,5 @@ pub mod control;
 pub mod model;
 pub mod policy;
 pub mod preprocess;
+pub mod service;
 pub mod transport;

@@ -1,7 +1,8 @@
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,zenoh=error"))
+        .init();
     let cli = match vla_rt::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -82,3 +82,37 @@ pub trait FrameSource: Send {
     /// A short description for logs and status (`synthetic`, `/dev/video0 MJPG 640x480@30`).
     fn describe(&self) -> String;
 }
+
+pub mod images;
+pub mod synthetic;
+pub mod thread;
+
+/// Builds the source a `[camera] source` value names (`synthetic`, `images:<dir>` or a
+/// `/dev/...` path); the device is opened by [`FrameSource::start`]. A missing device node
+/// is reported here, before anything else is set up.
+pub fn open_source(
+    config: &crate::config::CameraConfig,
+) -> Result<Box<dyn FrameSource>, CaptureError> {
+    let source = config.source.as_str();
+    if source == "synthetic" {
+        return Ok(Box::new(synthetic::SyntheticSource::new(config)?));
+    }
+    if let Some(dir) = source.strip_prefix("images:") {
+        return Ok(Box::new(images::ImageFolderSource::new(
+            std::path::Path::new(dir),
+            config,
+        )?));
+    }
+    if source.starts_with("/dev/") {
+        if !std::path::Path::new(source).exists() {
+            return Err(CaptureError::DeviceMissing {
+                source_name: source.to_string(),
+            });
+        }
+        return Ok(Box::new(v4l2::V4l2Source::new(config)?));
+    }
+    Err(CaptureError::Config {
+        source_name: source.to_string(),
+        message: "not `synthetic`, `images:<dir>` or a `/dev/videoN` path".into(),
+    })
+}

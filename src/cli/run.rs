@@ -1,10 +1,155 @@
-//! `vla-rt run`.
+//! `vla-rt run`: the service (DESIGN.md §5). Without `--config` it runs the bundled default:
+//! synthetic camera, bundled tiny checkpoint, CPU, a Zenoh peer on loopback.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use super::CliError;
+use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME};
+use crate::service::{signals, Service, ServiceOptions};
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Service configuration (TOML); without it the bundled default runs.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Calibration file written by `vla-calib` (sets `[calibration] path`).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Camera source: `synthetic`, `images:<dir>` or a `/dev/videoN` path (sets `[camera] source`).
+    #[arg(long, value_name = "SOURCE")]
+    pub camera: Option<String>,
+    /// Robot id in the key expressions `vla/<robot_id>/...` (sets `robot_id`).
+    #[arg(long, value_name = "ID")]
+    pub robot_id: Option<String>,
+    /// Control rate (sets `[control] rate_hz`).
+    #[arg(long, value_name = "HZ")]
+    pub rate_hz: Option<f64>,
+    /// Zenoh endpoint to listen on, repeatable (replaces `[zenoh] listen`).
+    #[arg(long, value_name = "EP")]
+    pub zenoh_listen: Vec<String>,
+    /// Zenoh endpoint to connect to, repeatable (replaces `[zenoh] connect`).
+    #[arg(long, value_name = "EP")]
+    pub zenoh_connect: Vec<String>,
+    /// Stop cleanly (final STOP, exit 0) after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+}
 
-pub fn main(_args: RunArgs) -> Result<(), CliError> {
-    Err(CliError::failure("vla-rt run: not available in this build"))
+/// The config file (or the built-in default) with the command-line overrides applied and
+/// validated; errors name the key, and the flag when the value came from one.
+pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
+    let (mut config, file) = match &args.config {
+        Some(path) => (
+            ServiceConfig::from_file(path).map_err(|e| CliError::bad_input(e.to_string()))?,
+            path.display().to_string(),
+        ),
+        None => (ServiceConfig::builtin(), BUILTIN_CONFIG_NAME.to_string()),
+    };
+    let mut overridden: Vec<(&str, &str)> = Vec::new();
+    if let Some(path) = &args.calib {
+        config.calibration.path = Some(path.clone());
+        overridden.push(("calibration.path", "--calib"));
+    }
+    if let Some(camera) = &args.camera {
+        config.camera.source = camera.clone();
+        overridden.push(("camera.source", "--camera"));
+    }
+    if let Some(id) = &args.robot_id {
+        config.robot_id = id.clone();
+        overridden.push(("robot_id", "--robot-id"));
+    }
+    if let Some(rate) = args.rate_hz {
+        config.control.rate_hz = rate;
+        overridden.push(("control.rate_hz", "--rate-hz"));
+    }
+    if !args.zenoh_listen.is_empty() {
+        config.zenoh.listen = Some(args.zenoh_listen.clone());
+        overridden.push(("zenoh.listen", "--zenoh-listen"));
+    }
+    if !args.zenoh_connect.is_empty() {
+        config.zenoh.connect = Some(args.zenoh_connect.clone());
+        overridden.push(("zenoh.connect", "--zenoh-connect"));
+    }
+    config.validate(&file).map_err(|e| {
+        let flag = match &e {
+            ConfigError::Invalid { key, .. } => overridden
+                .iter()
+                .find(|(k, _)| key == k || key.starts_with(&format!("{k}[")))
+                .map(|(_, flag)| *flag),
+            _ => None,
+        };
+        match flag {
+            Some(flag) => CliError::bad_input(format!("{e} (from {flag})")),
+            None => CliError::bad_input(e.to_string()),
+        }
+    })?;
+    if let Some(path) = &config.calibration.path {
+        if !path.is_file() {
+            return Err(CliError::bad_input(format!(
+                "{file}: calibration.path: {}: no such file",
+                path.display()
+            )));
+        }
+    }
+    if !config.model.path.is_dir() {
+        return Err(CliError::bad_input(format!(
+            "{file}: model.path: {}: no such checkpoint folder",
+            config.model.path.display()
+        )));
+    }
+    Ok(config)
+}
+
+fn duration(args: &RunArgs) -> Result<Option<Duration>, CliError> {
+    match args.duration {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(CliError::bad_input(format!(
+            "--duration: {s} is not a positive number of seconds"
+        ))),
+    }
+}
+
+pub fn main(args: RunArgs) -> Result<(), CliError> {
+    let config = effective_config(&args)?;
+    let duration = duration(&args)?;
+    signals::install_termination_handlers()
+        .map_err(|e| CliError::failure(format!("cannot install signal handlers: {e}")))?;
+    let source = crate::capture::open_source(&config.camera).map_err(|e| {
+        if matches!(
+            e,
+            crate::capture::CaptureError::DeviceMissing { .. }
+                | crate::capture::CaptureError::Config { .. }
+        ) {
+            CliError::bad_input(e.to_string())
+        } else {
+            CliError::failure(e.to_string())
+        }
+    })?;
+    let model_path = config.model.path.clone();
+    let policy_options = config.model.policy_options();
+    let options = ServiceOptions {
+        duration,
+        terminal_status: std::io::stderr().is_terminal(),
+        systemd_notify: true,
+        ..ServiceOptions::default()
+    };
+    let service = Service::start(
+        &config,
+        source,
+        move || crate::backend::load_policy(&model_path, &policy_options),
+        options,
+    )
+    .map_err(|e| {
+        if e.is_bad_input() {
+            CliError::bad_input(e.to_string())
+        } else {
+            CliError::failure(e.to_string())
+        }
+    })?;
+    let summary = service.wait();
+    log::info!("stopped after {} commands", summary.commands);
+    Ok(())
 }

@@ -1,0 +1,562 @@
+//! The fixed-rate control loop: absolute deadlines on CLOCK_MONOTONIC (`next += period`),
+//! late wake-ups skip whole tick slots and count them, one timestamp per tick. Each tick
+//! reads the e-stop and camera state, takes the newest action result, decides
+//! ACT/HOLD/STOP, hands exactly one command record to the publisher thread and fires the
+//! next inference. Nothing in a tick allocates, locks or panics.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::clock;
+use super::handoff::{ActionResult, CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
+use super::safety::SafetyFilter;
+use super::stats::ControlStats;
+use super::supervisor::{ActionInput, Conditions, StopCause, Supervisor};
+use super::ControlState;
+use crate::capture::thread::LatestFrame;
+use crate::config::ServiceConfig;
+use crate::service::notify::SystemdNotifier;
+use crate::service::signals;
+use crate::transport::record::{CommandRecord, RECORD_LEN};
+
+/// Timing and limits of the loop, derived from the validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopSettings {
+    pub period_ns: u64,
+    pub max_action_age_ns: u64,
+    pub max_frame_age_ns: u64,
+    pub stop_after_misses: u32,
+    pub safety: crate::config::SafetyConfig,
+}
+
+impl LoopSettings {
+    pub fn from_config(config: &ServiceConfig) -> Self {
+        Self {
+            period_ns: config.control.period_ns(),
+            max_action_age_ns: config.control.max_action_age_ns(),
+            max_frame_age_ns: config.control.max_frame_age_ms.saturating_mul(1_000_000),
+            stop_after_misses: config.control.stop_after_misses,
+            safety: config.safety.clone(),
+        }
+    }
+}
+
+/// The hand-offs the loop talks to.
+#[derive(Clone)]
+pub struct LoopLinks {
+    pub frames: Arc<LatestFrame>,
+    pub results: Arc<ResultSlot>,
+    pub trigger: Arc<InferenceTrigger>,
+    pub outbox: Arc<CommandOutbox>,
+    pub inputs: Arc<ControlInputs>,
+    pub stats: Arc<ControlStats>,
+}
+
+/// One tick's timestamps, read once at wake-up and passed to everything in the tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickTime {
+    /// Schedule slot since the loop started (skipped slots included).
+    pub index: u64,
+    /// CLOCK_MONOTONIC deadline of this slot.
+    pub scheduled_ns: u64,
+    /// CLOCK_MONOTONIC at wake-up.
+    pub monotonic_ns: u64,
+    /// CLOCK_REALTIME at wake-up (the record's tick time).
+    pub unix_ns: u64,
+}
+
+/// Per-tick timing kept for benchmarks, in a buffer sized before the loop starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickTrace {
+    pub seq: u64,
+    pub scheduled_ns: u64,
+    pub wake_ns: u64,
+    /// CLOCK_MONOTONIC when the record was in the outbox.
+    pub handed_off_ns: u64,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// Shutdown requested or the duration reached: the last command was STOP.
+    Stopped,
+    /// `tick_budget` ticks done, no final STOP (used to run a loop in slices).
+    BudgetSpent,
+}
+
+pub struct ControlLoop {
+    settings: LoopSettings,
+    links: LoopLinks,
+    supervisor: Supervisor,
+    notifier: Option<SystemdNotifier>,
+    /// Next command's sequence number.
+    seq: u64,
+    /// Next tick's schedule slot and deadline.
+    next_index: u64,
+    next_deadline_ns: u64,
+    started: bool,
+    start_ns: u64,
+    /// Slot at which the loop stops with a final STOP (from `--duration`).
+    stop_at_index: Option<u64>,
+    last_estop_requests: u64,
+    /// Whether an inference has been fired, i.e. whether an action is due.
+    fired: bool,
+    last_state: Option<ControlState>,
+    encoded: [u8; RECORD_LEN],
+    trace: Vec<TickTrace>,
+}
+
+impl ControlLoop {
+    pub fn new(settings: LoopSettings, links: LoopLinks) -> Self {
+        let supervisor = Supervisor::new(
+            SafetyFilter::new(&settings.safety),
+            settings.stop_after_misses,
+        );
+        Self {
+            last_estop_requests: links.inputs.estop_requests(),
+            settings,
+            links,
+            supervisor,
+            notifier: None,
+            seq: 0,
+            next_index: 0,
+            next_deadline_ns: 0,
+            started: false,
+            start_ns: 0,
+            stop_at_index: None,
+            fired: false,
+            last_state: None,
+            encoded: [0; RECORD_LEN],
+            trace: Vec::new(),
+        }
+    }
+
+    /// Sends systemd notifications from the loop.
+    pub fn with_notifier(mut self, notifier: Option<SystemdNotifier>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Stops with a final STOP after `ticks` tick slots.
+    pub fn with_tick_limit(mut self, ticks: Option<u64>) -> Self {
+        self.stop_at_index = ticks;
+        self
+    }
+
+    /// Keeps the timing of the first `capacity` ticks (allocated here, not in the loop).
+    pub fn with_trace(mut self, capacity: usize) -> Self {
+        self.trace = Vec::with_capacity(capacity);
+        self
+    }
+
+    pub fn trace(&self) -> &[TickTrace] {
+        &self.trace
+    }
+
+    /// Runs ticks until shutdown (final STOP published) or until `tick_budget` ticks ran.
+    pub fn run(&mut self, tick_budget: Option<u64>) -> LoopEnd {
+        if !self.started {
+            self.started = true;
+            self.start_ns = clock::monotonic_ns();
+            self.next_deadline_ns = self.start_ns;
+        }
+        let mut ticks_run = 0u64;
+        loop {
+            if tick_budget.is_some_and(|budget| ticks_run >= budget) {
+                return LoopEnd::BudgetSpent;
+            }
+            clock::sleep_until_monotonic(self.next_deadline_ns);
+            let time = TickTime {
+                index: self.next_index,
+                scheduled_ns: self.next_deadline_ns,
+                monotonic_ns: clock::monotonic_ns(),
+                unix_ns: clock::realtime_ns(),
+            };
+            let state = self.tick(time);
+            ticks_run += 1;
+            if state.is_none() {
+                return LoopEnd::Stopped;
+            }
+            self.advance_schedule(time.monotonic_ns);
+        }
+    }
+
+    /// Moves to the next slot; slots whose deadline already passed at wake-up are skipped
+    /// and counted as overruns, so lateness never accumulates.
+    fn advance_schedule(&mut self, wake_ns: u64) {
+        let period = self.settings.period_ns;
+        self.next_index += 1;
+        self.next_deadline_ns += period;
+        if wake_ns >= self.next_deadline_ns {
+            let skipped = (wake_ns - self.next_deadline_ns) / period + 1;
+            self.next_index += skipped;
+            self.next_deadline_ns += skipped * period;
+            self.links
+                .stats
+                .overruns
+                .fetch_add(skipped, Ordering::Relaxed);
+        }
+    }
+
+    fn camera_silent(&self, now_ns: u64) -> bool {
+        let frames = &self.links.frames;
+        if frames.has_failed() {
+            return true;
+        }
+        let since = match frames.last_frame_monotonic_ns() {
+            0 => self.start_ns,
+            last => last,
+        };
+        now_ns.saturating_sub(since) > self.settings.max_frame_age_ns
+    }
+
+    fn action_input(&self, result: Option<ActionResult>, time: &TickTime) -> ActionInput {
+        match result {
+            Some(r) => {
+                let age_ns = time
+                    .index
+                    .saturating_sub(r.trigger_tick)
+                    .saturating_mul(self.settings.period_ns);
+                if age_ns > self.settings.max_action_age_ns {
+                    ActionInput::Stale
+                } else {
+                    ActionInput::Fresh {
+                        action: r.action,
+                        capture_time_ns: r.capture_time_ns,
+                    }
+                }
+            }
+            None if self.fired => ActionInput::Missing,
+            None => ActionInput::NotDue,
+        }
+    }
+
+    /// One tick. Returns the published state, or `None` after the final STOP.
+    pub fn tick(&mut self, time: TickTime) -> Option<ControlState> {
+        let links = &self.links;
+        let inputs = &links.inputs;
+        let estop_requests = inputs.estop_requests();
+        let estop = inputs.estop_latched() || estop_requests != self.last_estop_requests;
+        self.last_estop_requests = estop_requests;
+        let shutting_down = inputs.shutdown_requested()
+            || signals::termination_requested()
+            || self.stop_at_index.is_some_and(|at| time.index >= at);
+        let conditions = Conditions {
+            shutting_down,
+            estop,
+            camera_silent: self.camera_silent(time.monotonic_ns),
+        };
+
+        let result = links.results.take();
+        let input = self.action_input(result, &time);
+        let decision = self.supervisor.step(input, conditions);
+
+        let links = &self.links;
+        CommandRecord {
+            state: decision.state,
+            seq: self.seq,
+            tick_time_ns: time.unix_ns,
+            capture_time_ns: decision.capture_time_ns,
+            action: decision.action,
+        }
+        .encode(&mut self.encoded);
+        links.outbox.send(&self.encoded);
+        if self.trace.len() < self.trace.capacity() {
+            self.trace.push(TickTrace {
+                seq: self.seq,
+                scheduled_ns: time.scheduled_ns,
+                wake_ns: time.monotonic_ns,
+                handed_off_ns: clock::monotonic_ns(),
+            });
+        }
+        self.seq += 1;
+
+        if !shutting_down {
+            self.links.trigger.fire(time.index);
+            self.fired = true;
+        }
+        self.record_stats(&decision, input, result.as_ref(), &time);
+
+        if shutting_down {
+            self.links.outbox.close();
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.stopping();
+            }
+            return None;
+        }
+        Some(decision.state)
+    }
+
+    fn record_stats(
+        &mut self,
+        decision: &super::supervisor::Decision,
+        input: ActionInput,
+        result: Option<&ActionResult>,
+        time: &TickTime,
+    ) {
+        let stats = &self.links.stats;
+        stats.ticks.fetch_add(1, Ordering::Relaxed);
+        let counter = match decision.state {
+            ControlState::Act => &stats.act_ticks,
+            ControlState::Hold => &stats.hold_ticks,
+            ControlState::Stop => &stats.stop_ticks,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if decision.miss {
+            stats.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        if decision.rejected {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        if decision.clamped {
+            stats.clamped.fetch_add(1, Ordering::Relaxed);
+        }
+        if input == ActionInput::Stale {
+            stats.stale.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.consecutive_misses.store(
+            u64::from(self.supervisor.consecutive_misses()),
+            Ordering::Relaxed,
+        );
+        stats.state.store(decision.state as u64, Ordering::Relaxed);
+        if decision.stop_cause != StopCause::None {
+            stats
+                .stop_cause
+                .store(decision.stop_cause as u64, Ordering::Relaxed);
+        }
+        stats
+            .tick_jitter
+            .record_ns(time.monotonic_ns.saturating_sub(time.scheduled_ns));
+        if decision.state == ControlState::Act {
+            if let Some(r) = result {
+                let age_ticks = time.index.saturating_sub(r.trigger_tick);
+                stats
+                    .action_age
+                    .record_ns(age_ticks.saturating_mul(self.settings.period_ns));
+            }
+        }
+        self.last_state = Some(decision.state);
+
+        if let Some(notifier) = self.notifier.as_mut() {
+            let seq = self.seq;
+            let misses = stats.misses.load(Ordering::Relaxed);
+            let overruns = stats.overruns.load(Ordering::Relaxed);
+            let state = decision.state.name();
+            notifier.after_tick(time.monotonic_ns, self.settings.period_ns, |line| {
+                let _ = write!(
+                    line,
+                    "{state} tick {seq} misses {misses} overruns {overruns}"
+                );
+            });
+        }
+    }
+
+    /// Commands handed to the publisher so far.
+    pub fn commands_sent(&self) -> u64 {
+        self.seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SafetyConfig, ACTION_DIM};
+    use crate::policy::StageTimings;
+
+    const PERIOD: u64 = 20_000_000;
+
+    fn settings() -> LoopSettings {
+        LoopSettings {
+            period_ns: PERIOD,
+            max_action_age_ns: 2 * PERIOD,
+            max_frame_age_ns: 500_000_000,
+            stop_after_misses: 3,
+            safety: SafetyConfig::default(),
+        }
+    }
+
+    fn links() -> LoopLinks {
+        LoopLinks {
+            frames: Arc::new(LatestFrame::new()),
+            results: Arc::new(ResultSlot::default()),
+            trigger: Arc::new(InferenceTrigger::default()),
+            outbox: Arc::new(CommandOutbox::default()),
+            inputs: Arc::new(ControlInputs::default()),
+            stats: Arc::new(ControlStats::default()),
+        }
+    }
+
+    /// A loop whose camera delivered a frame at 1 s, ticking from 1 s on.
+    fn control_loop() -> (ControlLoop, LoopLinks) {
+        let links = links();
+        links
+            .frames
+            .publish(crate::capture::Frame::default(), 1_000_000_000);
+        let mut control = ControlLoop::new(settings(), links.clone());
+        control.start_ns = 1_000_000_000;
+        (control, links)
+    }
+
+    fn at(index: u64) -> TickTime {
+        let t = 1_000_000_000 + index * PERIOD;
+        TickTime {
+            index,
+            scheduled_ns: t,
+            monotonic_ns: t + 1_000,
+            unix_ns: 1_700_000_000_000_000_000 + t,
+        }
+    }
+
+    fn result(trigger_tick: u64, dx: f32) -> ActionResult {
+        ActionResult {
+            trigger_tick,
+            action: [dx, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            tokens: [0; ACTION_DIM],
+            capture_time_ns: 42,
+            timings: StageTimings::default(),
+        }
+    }
+
+    fn published(links: &LoopLinks) -> Vec<CommandRecord> {
+        std::iter::from_fn(|| links.outbox.receive())
+            .map(|bytes| CommandRecord::decode(&bytes).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn each_tick_publishes_one_record_and_fires_inference() {
+        let (mut control, links) = control_loop();
+        assert_eq!(control.tick(at(0)), Some(ControlState::Hold));
+        assert_eq!(links.trigger.requested(), Some(0));
+        // The frame latched at tick 0 gives the action published at tick 1.
+        links.results.post(result(0, 0.01));
+        assert_eq!(control.tick(at(1)), Some(ControlState::Act));
+        assert_eq!(links.trigger.requested(), Some(1));
+        let records = published(&links);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].seq, 0);
+        assert_eq!(records[0].state, ControlState::Hold);
+        assert_eq!(records[0].capture_time_ns, 0);
+        assert_eq!(records[1].seq, 1);
+        assert_eq!(records[1].state, ControlState::Act);
+        assert_eq!(records[1].action[0], 0.01);
+        assert_eq!(records[1].capture_time_ns, 42);
+        assert_eq!(records[1].tick_time_ns, at(1).unix_ns);
+        assert_eq!(links.stats.misses.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn missing_and_stale_actions_hold_then_stop() {
+        let (mut control, links) = control_loop();
+        control.tick(at(0));
+        links.results.post(result(0, 0.01));
+        assert_eq!(control.tick(at(1)), Some(ControlState::Act));
+        assert_eq!(control.tick(at(2)), Some(ControlState::Hold));
+        // Latched at tick 1, ready at tick 4: three periods old, over the two-period limit.
+        links.results.post(result(1, 0.02));
+        assert_eq!(control.tick(at(4)), Some(ControlState::Hold));
+        assert_eq!(control.tick(at(5)), Some(ControlState::Stop));
+        assert_eq!(links.stats.misses.load(Ordering::Relaxed), 3);
+        assert_eq!(links.stats.stale.load(Ordering::Relaxed), 1);
+        // Two periods old is still in time, and recovers.
+        links.results.post(result(4, 0.03));
+        assert_eq!(control.tick(at(6)), Some(ControlState::Act));
+    }
+
+    #[test]
+    fn estop_latches_until_released_and_a_brief_stop_is_never_lost() {
+        let (mut control, links) = control_loop();
+        control.tick(at(0));
+        links.inputs.request_estop();
+        links.results.post(result(0, 0.01));
+        assert_eq!(control.tick(at(1)), Some(ControlState::Stop));
+        links.results.post(result(1, 0.01));
+        assert_eq!(control.tick(at(2)), Some(ControlState::Stop));
+        links.inputs.release_estop();
+        links.results.post(result(2, 0.01));
+        assert_eq!(control.tick(at(3)), Some(ControlState::Act));
+        // Stop and release between two ticks: one STOP tick all the same.
+        links.inputs.request_estop();
+        links.inputs.release_estop();
+        links.results.post(result(3, 0.01));
+        assert_eq!(control.tick(at(4)), Some(ControlState::Stop));
+        links.results.post(result(4, 0.01));
+        assert_eq!(control.tick(at(5)), Some(ControlState::Act));
+    }
+
+    #[test]
+    fn silent_camera_stops() {
+        let (mut control, links) = control_loop();
+        control.tick(at(0));
+        links.results.post(result(0, 0.01));
+        // 30 ticks of 20 ms = 600 ms after the only frame, over the 500 ms limit.
+        assert_eq!(control.tick(at(30)), Some(ControlState::Stop));
+        assert_eq!(
+            StopCause::from_u64(links.stats.stop_cause.load(Ordering::Relaxed)),
+            StopCause::CameraSilent
+        );
+        links
+            .frames
+            .publish(crate::capture::Frame::default(), at(31).monotonic_ns);
+        links.results.post(result(30, 0.01));
+        assert_eq!(control.tick(at(31)), Some(ControlState::Act));
+    }
+
+    #[test]
+    fn shutdown_publishes_one_final_stop_and_closes_the_outbox() {
+        let (mut control, links) = control_loop();
+        control.tick(at(0));
+        links.inputs.request_shutdown();
+        links.results.post(result(0, 0.01));
+        assert_eq!(control.tick(at(1)), None);
+        let records = published(&links);
+        assert_eq!(records.last().unwrap().state, ControlState::Stop);
+        assert!(links.outbox.is_closed());
+        // No inference is fired by the final tick.
+        assert_eq!(links.trigger.requested(), Some(0));
+    }
+
+    #[test]
+    fn late_wake_ups_skip_slots_without_drifting() {
+        let (mut control, links) = control_loop();
+        control.next_deadline_ns = 1_000_000_000;
+        // On time: the next slot is one period later.
+        control.advance_schedule(1_000_000_500);
+        assert_eq!(
+            (control.next_index, control.next_deadline_ns),
+            (1, 1_020_000_000)
+        );
+        // Woke 45 ms late for slot 1: slots 2 and 3 passed and are skipped.
+        control.advance_schedule(1_065_000_000);
+        assert_eq!(
+            (control.next_index, control.next_deadline_ns),
+            (4, 1_080_000_000)
+        );
+        assert_eq!(links.stats.overruns.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn run_stops_at_the_tick_limit_with_a_final_stop() {
+        let links = links();
+        links
+            .frames
+            .publish(crate::capture::Frame::default(), clock::monotonic_ns());
+        let settings = LoopSettings {
+            period_ns: 1_000_000,
+            ..settings()
+        };
+        let mut control = ControlLoop::new(settings, links.clone())
+            .with_tick_limit(Some(5))
+            .with_trace(16);
+        assert_eq!(control.run(None), LoopEnd::Stopped);
+        let records = published(&links);
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        assert_eq!(records.last().unwrap().state, ControlState::Stop);
+        assert_eq!(control.trace().len(), records.len());
+        for pair in control.trace().windows(2) {
+            assert_eq!((pair[1].scheduled_ns - pair[0].scheduled_ns) % 1_000_000, 0);
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The inference thread: waits for the control tick's trigger, latches the newest frame,
+//! runs the policy with the current instruction and posts an [`ActionResult`]. It may
+//! allocate and take its time; it never blocks the control thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::ArrayQueue;
+
+use crate::capture::thread::LatestFrame;
+use crate::capture::Frame;
+use crate::config::ACTION_DIM;
+use crate::control::handoff::{ActionResult, InferenceTrigger, ResultSlot};
+use crate::control::stats::LatencyHistogram;
+use crate::policy::{Policy, PolicyError, Prediction};
+use crate::transport::zenoh_io::InstructionSink;
+
+/// The instruction the policy runs with: a newest-wins slot filled by the Zenoh callback,
+/// taken by the inference thread before each prediction.
+pub struct InstructionCell {
+    pending: ArrayQueue<String>,
+    current: Mutex<String>,
+    updates: AtomicU64,
+}
+
+impl InstructionCell {
+    pub fn new(initial: &str) -> Self {
+        Self {
+            pending: ArrayQueue::new(1),
+            current: Mutex::new(initial.to_string()),
+            updates: AtomicU64::new(0),
+        }
+    }
+
+    fn take_pending(&self) -> Option<String> {
+        self.pending.pop()
+    }
+
+    /// The instruction in use (for status).
+    pub fn current(&self) -> String {
+        match self.current.lock() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_current(&self, text: &str) {
+        match self.current.lock() {
+            Ok(mut current) => text.clone_into(&mut current),
+            Err(poisoned) => text.clone_into(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+}
+
+impl InstructionSink for InstructionCell {
+    fn submit(&self, instruction: String) {
+        let _ = self.pending.force_push(instruction);
+        self.updates.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Stage names in [`InferenceStats::stages`] order.
+pub const STAGE_NAMES: [&str; 6] = [
+    "preprocess",
+    "vision",
+    "projector",
+    "prefill",
+    "decode",
+    "total",
+];
+
+#[derive(Default)]
+pub struct InferenceStats {
+    pub predictions: AtomicU64,
+    pub failures: AtomicU64,
+    /// Triggers that found no frame at all yet.
+    pub no_frame: AtomicU64,
+    /// Per-stage policy latency, in [`STAGE_NAMES`] order.
+    pub stages: [LatencyHistogram; 6],
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl InferenceStats {
+    fn record(&self, prediction: &Prediction) {
+        let t = &prediction.timings;
+        for (histogram, ms) in self.stages.iter().zip([
+            t.preprocess_ms,
+            t.vision_ms,
+            t.projector_ms,
+            t.prefill_ms,
+            t.decode_ms,
+            t.total_ms,
+        ]) {
+            histogram.record_ms(ms);
+        }
+    }
+
+    fn fail(&self, message: String) {
+        let first = self.failures.fetch_add(1, Ordering::Relaxed) == 0;
+        if first {
+            log::error!("policy failed: {message}");
+        } else {
+            log::debug!("policy failed: {message}");
+        }
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(message);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("camera: no frame within {waited_ms} ms of start")]
+    NoFirstFrame { waited_ms: u64 },
+    #[error("policy warm-up: {0}")]
+    WarmUp(#[source] PolicyError),
+    #[error("policy output: {message}")]
+    Output { message: String },
+    #[error("cannot start the inference thread: {message}")]
+    Thread { message: String },
+}
+
+impl InferenceError {
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            InferenceError::WarmUp(e) => e.is_bad_input(),
+            InferenceError::Output { .. } => true,
+            InferenceError::NoFirstFrame { .. } | InferenceError::Thread { .. } => false,
+        }
+    }
+}
+
+/// Turns a policy output into the fixed-size result the control thread reads.
+pub fn to_action_result(
+    prediction: &Prediction,
+    trigger_tick: u64,
+    capture_time_ns: u64,
+) -> Result<ActionResult, InferenceError> {
+    if prediction.action.len() != ACTION_DIM {
+        return Err(InferenceError::Output {
+            message: format!(
+                "{} action values; the command record carries {ACTION_DIM}",
+                prediction.action.len()
+            ),
+        });
+    }
+    if prediction.tokens.len() > ACTION_DIM {
+        return Err(InferenceError::Output {
+            message: format!(
+                "{} action tokens, at most {ACTION_DIM} expected",
+                prediction.tokens.len()
+            ),
+        });
+    }
+    let mut action = [0.0f32; ACTION_DIM];
+    for (out, value) in action.iter_mut().zip(&prediction.action) {
+        *out = *value as f32;
+    }
+    let mut tokens = [0u32; ACTION_DIM];
+    tokens[..prediction.tokens.len()].copy_from_slice(&prediction.tokens);
+    Ok(ActionResult {
+        trigger_tick,
+        action,
+        tokens,
+        capture_time_ns,
+        timings: prediction.timings,
+    })
+}
+
+/// Everything the inference thread shares with the rest of the service.
+#[derive(Clone)]
+pub struct InferenceLinks {
+    pub frames: Arc<LatestFrame>,
+    pub trigger: Arc<InferenceTrigger>,
+    pub results: Arc<ResultSlot>,
+    pub instructions: Arc<InstructionCell>,
+    pub stats: Arc<InferenceStats>,
+}
+
+pub struct InferenceThread {
+    stop: Arc<AtomicBool>,
+    trigger: Arc<InferenceTrigger>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl InferenceThread {
+    /// Starts the thread, waits for the first frame (at most `first_frame_timeout`) and runs
+    /// one warm-up prediction on it, so that a broken model fails here, not at the first tick.
+    pub fn start(
+        mut policy: Box<dyn Policy>,
+        links: InferenceLinks,
+        first_frame_timeout: Duration,
+    ) -> Result<Self, InferenceError> {
+        if policy.action_dim() != ACTION_DIM {
+            return Err(InferenceError::Output {
+                message: format!(
+                    "the policy has {} action dimensions; the command record carries {ACTION_DIM}",
+                    policy.action_dim()
+                ),
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
+        let stop_flag = Arc::clone(&stop);
+        let trigger = Arc::clone(&links.trigger);
+        let handle = std::thread::Builder::new()
+            .name("vla-inference".into())
+            .spawn(move || {
+                links.trigger.register_worker();
+                let mut held = None;
+                let warm_up = warm_up(policy.as_mut(), &links, &mut held, first_frame_timeout);
+                let ok = warm_up.is_ok();
+                let _ = ready_tx.send(warm_up);
+                if ok {
+                    worker_loop(policy.as_mut(), &links, &stop_flag, held);
+                }
+            })
+            .map_err(|e| InferenceError::Thread {
+                message: e.to_string(),
+            })?;
+        let mut thread = Self {
+            stop,
+            trigger,
+            handle: Some(handle),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(e)) => {
+                thread.stop();
+                Err(e)
+            }
+            Err(_) => {
+                thread.stop();
+                Err(InferenceError::Thread {
+                    message: "the inference thread ended during warm-up".into(),
+                })
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.trigger.wake();
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                log::error!("inference thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for InferenceThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn warm_up(
+    policy: &mut dyn Policy,
+    links: &InferenceLinks,
+    held: &mut Option<Frame>,
+    first_frame_timeout: Duration,
+) -> Result<(), InferenceError> {
+    let deadline = Instant::now() + first_frame_timeout;
+    let frame = loop {
+        if let Some(frame) = links.frames.take_newest() {
+            break frame;
+        }
+        if Instant::now() >= deadline || links.frames.has_failed() {
+            return Err(InferenceError::NoFirstFrame {
+                waited_ms: first_frame_timeout.as_millis() as u64,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let instruction = links.instructions.current();
+    let prediction = policy
+        .predict(&frame.image, &instruction)
+        .map_err(InferenceError::WarmUp)?;
+    to_action_result(&prediction, 0, frame.capture_time_ns)?;
+    *held = Some(frame);
+    Ok(())
+}
+
+fn worker_loop(
+    policy: &mut dyn Policy,
+    links: &InferenceLinks,
+    stop: &AtomicBool,
+    mut held: Option<Frame>,
+) {
+    let mut instruction = links.instructions.current();
+    let mut handled: Option<u64> = None;
+    while !stop.load(Ordering::Acquire) {
+        let requested = links.trigger.requested();
+        let Some(tick) = requested.filter(|&t| Some(t) != handled) else {
+            std::thread::park_timeout(Duration::from_millis(50));
+            continue;
+        };
+        handled = Some(tick);
+        if let Some(newest) = links.frames.take_newest() {
+            if let Some(previous) = held.replace(newest) {
+                links.frames.recycle(previous);
+            }
+        }
+        let Some(frame) = held.as_ref() else {
+            links.stats.no_frame.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if let Some(next) = links.instructions.take_pending() {
+            instruction = next;
+            links.instructions.set_current(&instruction);
+        }
+        match policy.predict(&frame.image, &instruction) {
+            Ok(prediction) => match to_action_result(&prediction, tick, frame.capture_time_ns) {
+                Ok(result) => {
+                    links.stats.predictions.fetch_add(1, Ordering::Relaxed);
+                    links.stats.record(&prediction);
+                    links.results.post(result);
+                }
+                Err(e) => links.stats.fail(e.to_string()),
+            },
+            Err(e) => links.stats.fail(e.to_string()),
+        }
+    }
+    if let Some(frame) = held {
+        links.frames.recycle(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::StageTimings;
+
+    fn prediction(action: Vec<f64>, tokens: Vec<u32>) -> Prediction {
+        Prediction {
+            tokens,
+            normalized: vec![0.0; action.len()],
+            action,
+            timings: StageTimings::default(),
+        }
+    }
+
+    #[test]
+    fn converts_a_seven_dimensional_prediction() {
+        let p = prediction(vec![0.5, -0.25, 0.0, 1.0, 2.0, 3.0, 1.0], vec![31_000; 7]);
+        let r = to_action_result(&p, 9, 77).unwrap();
+        assert_eq!(r.trigger_tick, 9);
+        assert_eq!(r.capture_time_ns, 77);
+        assert_eq!(r.action, [0.5, -0.25, 0.0, 1.0, 2.0, 3.0, 1.0]);
+        assert_eq!(r.tokens, [31_000; 7]);
+    }
+
+    #[test]
+    fn refuses_other_action_sizes() {
+        let err = to_action_result(&prediction(vec![0.0; 6], vec![1; 6]), 0, 0).unwrap_err();
+        assert!(err.to_string().contains("6 action values"), "{err}");
+    }
+
+    #[test]
+    fn newest_instruction_wins() {
+        let cell = InstructionCell::new("first");
+        cell.submit("second".into());
+        cell.submit("third".into());
+        assert_eq!(cell.take_pending().as_deref(), Some("third"));
+        assert_eq!(cell.take_pending(), None);
+        assert_eq!(cell.updates(), 2);
+        assert_eq!(cell.current(), "first");
+    }
+}

@@ -1,0 +1,226 @@
+//! systemd notification (`sd_notify` protocol) from the control thread: `READY=1` after the
+//! first tick, `WATCHDOG=1` at most half a watchdog period apart, `STATUS=...` once a
+//! second, `STOPPING=1` on shutdown. The socket is connected once at start and every message
+//! is a pre-built byte string or formatted into a stack buffer, so a tick never allocates.
+
+use std::os::unix::net::UnixDatagram;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("NOTIFY_SOCKET {path}: {message}")]
+    Socket { path: String, message: String },
+    #[error("WATCHDOG_USEC `{value}` is not a number of microseconds")]
+    WatchdogUsec { value: String },
+}
+
+pub struct SystemdNotifier {
+    socket: UnixDatagram,
+    /// Longest gap between two `WATCHDOG=1`, in ns (half of `WATCHDOG_USEC`).
+    watchdog_interval_ns: Option<u64>,
+    last_watchdog_ns: u64,
+    last_status_ns: u64,
+    ready_sent: bool,
+    /// Sends that failed (the manager went away); never fatal for the control loop.
+    pub failed_sends: u64,
+}
+
+const STATUS_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// A `STATUS=` line built on the stack.
+pub struct StatusLine {
+    buffer: [u8; 192],
+    len: usize,
+}
+
+impl Default for StatusLine {
+    fn default() -> Self {
+        Self {
+            buffer: [0; 192],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Write for StatusLine {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let bytes = s.as_bytes();
+        let room = self.buffer.len() - self.len;
+        let n = bytes.len().min(room);
+        self.buffer[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+        if n < bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+impl StatusLine {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl SystemdNotifier {
+    /// Connects to `NOTIFY_SOCKET` when the service manager set it; `None` otherwise.
+    pub fn from_env() -> Result<Option<Self>, NotifyError> {
+        let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let watchdog_usec = match std::env::var("WATCHDOG_USEC") {
+            Ok(value) => {
+                let for_us = std::env::var("WATCHDOG_PID")
+                    .ok()
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_none_or(|pid| pid == std::process::id());
+                let usec = value
+                    .parse::<u64>()
+                    .map_err(|_| NotifyError::WatchdogUsec { value })?;
+                for_us.then_some(usec)
+            }
+            Err(_) => None,
+        };
+        Self::connect(&path, watchdog_usec).map(Some)
+    }
+
+    /// Connects to the socket at `path` (`@name` for an abstract socket).
+    pub fn connect(path: &str, watchdog_usec: Option<u64>) -> Result<Self, NotifyError> {
+        let socket_error = |e: std::io::Error| NotifyError::Socket {
+            path: path.to_string(),
+            message: e.to_string(),
+        };
+        let socket = UnixDatagram::unbound().map_err(socket_error)?;
+        if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .map_err(socket_error)?;
+            socket.connect_addr(&address).map_err(socket_error)?;
+        } else {
+            socket.connect(path).map_err(socket_error)?;
+        }
+        socket.set_nonblocking(true).map_err(socket_error)?;
+        Ok(Self {
+            socket,
+            watchdog_interval_ns: watchdog_usec.filter(|&us| us > 0).map(|us| us * 1_000 / 2),
+            last_watchdog_ns: 0,
+            last_status_ns: 0,
+            ready_sent: false,
+            failed_sends: 0,
+        })
+    }
+
+    fn send(&mut self, message: &[u8]) {
+        if self.socket.send(message).is_err() {
+            self.failed_sends += 1;
+        }
+    }
+
+    /// Called by the control thread after every tick. `period_ns` is the tick period, so that
+    /// the watchdog gap, rounded up to whole ticks, stays within half of `WATCHDOG_USEC`;
+    /// `write_status` fills the `STATUS=` text when one is due.
+    pub fn after_tick(
+        &mut self,
+        now_ns: u64,
+        period_ns: u64,
+        write_status: impl FnOnce(&mut StatusLine),
+    ) {
+        if !self.ready_sent {
+            self.send(b"READY=1");
+            self.ready_sent = true;
+            self.last_watchdog_ns = now_ns;
+            if self.watchdog_interval_ns.is_some() {
+                self.send(b"WATCHDOG=1");
+            }
+        }
+        if let Some(interval) = self.watchdog_interval_ns {
+            if now_ns.saturating_sub(self.last_watchdog_ns) + period_ns >= interval {
+                self.send(b"WATCHDOG=1");
+                self.last_watchdog_ns = now_ns;
+            }
+        }
+        if now_ns.saturating_sub(self.last_status_ns) >= STATUS_INTERVAL_NS {
+            let mut line = StatusLine::default();
+            let _ = std::fmt::Write::write_str(&mut line, "STATUS=");
+            write_status(&mut line);
+            let bytes = line.buffer;
+            let len = line.len;
+            self.send(&bytes[..len]);
+            self.last_status_ns = now_ns;
+        }
+    }
+
+    pub fn stopping(&mut self) {
+        self.send(b"STOPPING=1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write;
+
+    fn receive_all(socket: &UnixDatagram) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buffer = [0u8; 512];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            out.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn sends_ready_watchdog_status_and_stopping() {
+        let name = format!("vla-rt-notify-test-{}", std::process::id());
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let manager = UnixDatagram::bind_addr(&address).unwrap();
+        manager.set_nonblocking(true).unwrap();
+
+        // WATCHDOG_USEC = 100 ms: at most 50 ms between two WATCHDOG=1; ticks of 10 ms.
+        let mut notifier = SystemdNotifier::connect(&format!("@{name}"), Some(100_000)).unwrap();
+        let period = 10_000_000;
+        let start = 5_000_000_000;
+        let mut watchdog_times = Vec::new();
+        for tick in 0..200u64 {
+            let now = start + tick * period;
+            notifier.after_tick(now, period, |line| {
+                let _ = write!(line, "state=ACT tick={tick}");
+            });
+            for message in receive_all(&manager) {
+                if message == "WATCHDOG=1" {
+                    watchdog_times.push(now);
+                } else if tick == 0 {
+                    assert!(message == "READY=1" || message == "STATUS=state=ACT tick=0");
+                } else {
+                    assert!(message.starts_with("STATUS=state=ACT tick="), "{message}");
+                }
+            }
+        }
+        assert!(watchdog_times.len() >= 200 * 10 / 50);
+        for pair in watchdog_times.windows(2) {
+            assert!(pair[1] - pair[0] <= 50_000_000, "gap {}", pair[1] - pair[0]);
+        }
+        notifier.stopping();
+        assert_eq!(receive_all(&manager), vec!["STOPPING=1".to_string()]);
+        assert_eq!(notifier.failed_sends, 0);
+    }
+
+    #[test]
+    fn status_line_truncates_instead_of_growing() {
+        let mut line = StatusLine::default();
+        let long = "x".repeat(300);
+        assert!(write!(line, "{long}").is_err());
+        assert_eq!(line.as_bytes().len(), 192);
+    }
+
+    #[test]
+    fn missing_socket_is_named() {
+        let err = SystemdNotifier::connect("/nonexistent/notify.sock", None)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("/nonexistent/notify.sock"),
+            "{err}"
+        );
+    }
+}

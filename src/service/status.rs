@@ -1,0 +1,254 @@
+//! The status reporter: once a second it publishes the status JSON on `vla/<robot>/status`
+//! and, on a terminal, redraws a one-line summary; state changes are logged as they are seen.
+//! It only reads the counters the real-time threads keep.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use zenoh::{Session, Wait};
+
+use super::inference::{InferenceStats, InstructionCell, STAGE_NAMES};
+use crate::capture::thread::LatestFrame;
+use crate::control::clock;
+use crate::control::handoff::{CommandOutbox, ControlInputs};
+use crate::control::stats::{ControlStats, LatencyHistogram};
+use crate::control::supervisor::StopCause;
+use crate::control::ControlState;
+use crate::transport::zenoh_error_text;
+use crate::transport::zenoh_io::{PublishStats, TransportError};
+
+/// Everything the status reflects.
+#[derive(Clone)]
+pub struct StatusSources {
+    pub robot_id: String,
+    pub rate_hz: f64,
+    pub backend: String,
+    pub model: String,
+    pub camera: String,
+    pub control: Arc<ControlStats>,
+    pub inference: Arc<InferenceStats>,
+    pub publish: Arc<PublishStats>,
+    pub frames: Arc<LatestFrame>,
+    pub outbox: Arc<CommandOutbox>,
+    pub inputs: Arc<ControlInputs>,
+    pub instructions: Arc<InstructionCell>,
+}
+
+fn percentiles(histogram: &LatencyHistogram) -> serde_json::Value {
+    let round = |v: Option<f64>| v.map(|ms| (ms * 1e3).round() / 1e3);
+    json!({
+        "p50": round(histogram.quantile_ms(0.5)),
+        "p99": round(histogram.quantile_ms(0.99)),
+        "max": round((histogram.count() > 0).then(|| histogram.max_ms())),
+        "count": histogram.count(),
+    })
+}
+
+fn state_of(control: &ControlStats) -> ControlState {
+    ControlState::from_wire(control.state.load(Ordering::Relaxed) as u16)
+        .unwrap_or(ControlState::Hold)
+}
+
+impl StatusSources {
+    /// The status document (DESIGN.md §4): state, tick counts, misses, latency p50/p99 per
+    /// stage, backend, model.
+    pub fn to_json(&self, uptime: Duration, measured_rate_hz: f64) -> serde_json::Value {
+        let c = &self.control;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let state = state_of(c);
+        let camera = self.frames.stats();
+        let last_frame = self.frames.last_frame_monotonic_ns();
+        let camera_age_ms =
+            (last_frame > 0).then(|| clock::monotonic_ns().saturating_sub(last_frame) as f64 / 1e6);
+        let mut latency = serde_json::Map::new();
+        for (name, histogram) in STAGE_NAMES.iter().zip(&self.inference.stages) {
+            latency.insert(format!("policy_{name}"), percentiles(histogram));
+        }
+        latency.insert("tick_jitter".into(), percentiles(&c.tick_jitter));
+        latency.insert("publish".into(), percentiles(&self.publish.delay));
+        latency.insert("action_age".into(), percentiles(&c.action_age));
+        let stop_cause =
+            (state == ControlState::Stop).then(|| StopCause::from_u64(load(&c.stop_cause)).name());
+        json!({
+            "robot_id": self.robot_id,
+            "state": state.name(),
+            "stop_cause": stop_cause,
+            "estop": self.inputs.estop_latched(),
+            "uptime_s": (uptime.as_secs_f64() * 10.0).round() / 10.0,
+            "rate_hz": self.rate_hz,
+            "measured_rate_hz": (measured_rate_hz * 10.0).round() / 10.0,
+            "ticks": {
+                "total": load(&c.ticks),
+                "act": load(&c.act_ticks),
+                "hold": load(&c.hold_ticks),
+                "stop": load(&c.stop_ticks),
+            },
+            "misses": load(&c.misses),
+            "consecutive_misses": load(&c.consecutive_misses),
+            "overruns": load(&c.overruns),
+            "rejected": load(&c.rejected),
+            "clamped": load(&c.clamped),
+            "stale": load(&c.stale),
+            "commands": {
+                "published": load(&self.publish.published),
+                "failed": load(&self.publish.failed),
+                "dropped": self.outbox.dropped(),
+            },
+            "camera": {
+                "source": self.camera,
+                "frames": camera.frames,
+                "drops": camera.drops,
+                "corrupt": camera.corrupt,
+                "stalls": camera.stalls,
+                "age_ms": camera_age_ms.map(|ms| (ms * 10.0).round() / 10.0),
+                "failed": self.frames.has_failed(),
+            },
+            "policy": {
+                "predictions": load(&self.inference.predictions),
+                "failures": load(&self.inference.failures),
+                "instruction": self.instructions.current(),
+                "instruction_updates": self.instructions.updates(),
+            },
+            "latency_ms": latency,
+            "backend": self.backend,
+            "model": self.model,
+        })
+    }
+
+    fn terminal_line(&self, measured_rate_hz: f64) -> String {
+        let c = &self.control;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let total = &self.inference.stages[STAGE_NAMES.len() - 1];
+        let ms = |q| {
+            total
+                .quantile_ms(q)
+                .map_or("-".to_string(), |v| format!("{v:.1}"))
+        };
+        format!(
+            "{:<4} tick {:>7}  {:>5.1} Hz  misses {}  overruns {}  policy p50 {} ms p99 {} ms",
+            state_of(c).name(),
+            load(&c.ticks),
+            measured_rate_hz,
+            load(&c.misses),
+            load(&c.overruns),
+            ms(0.5),
+            ms(0.99),
+        )
+    }
+}
+
+pub struct StatusThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl StatusThread {
+    /// Declares `vla/<robot>/status` and starts reporting. `terminal` redraws a live line on
+    /// stderr; otherwise a summary is logged every ten seconds.
+    pub fn spawn(
+        session: &Session,
+        key: &str,
+        sources: StatusSources,
+        terminal: bool,
+    ) -> Result<Self, TransportError> {
+        let publisher = session
+            .declare_publisher(key.to_string())
+            .congestion_control(zenoh::qos::CongestionControl::Drop)
+            .wait()
+            .map_err(|e| TransportError::Declare {
+                key: key.to_string(),
+                message: zenoh_error_text(&*e),
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("vla-status".into())
+            .spawn(move || {
+                status_loop(&publisher, &sources, terminal, &stop_flag);
+                if terminal {
+                    eprintln!();
+                }
+                let _ = publisher.undeclare().wait();
+            })
+            .map_err(|e| TransportError::Thread {
+                thread: "status",
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
+            if handle.join().is_err() {
+                log::error!("status thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for StatusThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn status_loop(
+    publisher: &zenoh::pubsub::Publisher<'static>,
+    sources: &StatusSources,
+    terminal: bool,
+    stop: &AtomicBool,
+) {
+    let start = Instant::now();
+    let mut last_report = start;
+    let mut last_ticks = 0u64;
+    let mut last_summary = start;
+    let mut last_state: Option<ControlState> = None;
+    let mut last_stop_cause = StopCause::None;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(Duration::from_millis(100));
+        let state = state_of(&sources.control);
+        let ticks = sources.control.ticks.load(Ordering::Relaxed);
+        let cause = StopCause::from_u64(sources.control.stop_cause.load(Ordering::Relaxed));
+        if ticks > 0
+            && (Some(state) != last_state
+                || (state == ControlState::Stop && cause != last_stop_cause))
+        {
+            if terminal {
+                eprint!("\r\x1b[2K");
+            }
+            match state {
+                ControlState::Stop => log::warn!("state STOP ({})", cause.name()),
+                other => log::info!("state {}", other.name()),
+            }
+            last_state = Some(state);
+            last_stop_cause = cause;
+        }
+        let now = Instant::now();
+        if now.duration_since(last_report) < Duration::from_secs(1) {
+            continue;
+        }
+        let rate = (ticks - last_ticks) as f64 / now.duration_since(last_report).as_secs_f64();
+        last_ticks = ticks;
+        last_report = now;
+        let document = sources.to_json(now.duration_since(start), rate);
+        if let Err(e) = publisher.put(document.to_string()).wait() {
+            log::debug!("zenoh: publishing status: {}", zenoh_error_text(&*e));
+        }
+        if terminal {
+            eprint!("\r\x1b[2K{}", sources.terminal_line(rate));
+            let _ = std::io::stderr().flush();
+        } else if now.duration_since(last_summary) >= Duration::from_secs(10) {
+            log::info!("{}", sources.terminal_line(rate));
+            last_summary = now;
+        }
+    }
+}

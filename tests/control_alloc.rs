@@ -1,0 +1,296 @@
+//! Zero heap allocations per steady-state control tick, publish hand-off, inference trigger
+//! and systemd notification included. A counting global allocator counts the allocations
+//! made on the control thread only (the test thread runs the loop) while the rest of the
+//! service runs for real around it: synthetic capture thread, inference thread with a
+//! policy, command publisher thread with a Zenoh session and a remote subscriber.
+
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vla_rt::capture::thread::{CaptureThread, LatestFrame};
+use vla_rt::config::{CameraConfig, SafetyConfig};
+use vla_rt::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
+use vla_rt::control::stats::ControlStats;
+use vla_rt::control::tick_loop::{ControlLoop, LoopEnd, LoopLinks, LoopSettings};
+use vla_rt::control::ControlState;
+use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
+use vla_rt::preprocess::RgbImage;
+use vla_rt::service::inference::{
+    InferenceLinks, InferenceStats, InferenceThread, InstructionCell,
+};
+use vla_rt::service::notify::SystemdNotifier;
+use vla_rt::transport::record::CommandRecord;
+use vla_rt::transport::zenoh_io::{CommandPublisherThread, PublishStats};
+use zenoh::Wait;
+
+struct CountingAllocator;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counting only
+// touches const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Allocations made on this thread while `f` runs.
+fn allocations_during<T>(f: impl FnOnce() -> T) -> (u64, T) {
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (ALLOCATIONS.with(|n| n.get()), out)
+}
+
+/// A policy that allocates freely (as real ones do) and can be made slow.
+struct BusyPolicy {
+    slow: Arc<AtomicBool>,
+}
+
+impl Policy for BusyPolicy {
+    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
+        let delay = if self.slow.load(Ordering::Relaxed) {
+            30
+        } else {
+            0
+        };
+        std::thread::sleep(Duration::from_millis(delay));
+        let mean =
+            image.data.iter().map(|&v| f64::from(v)).sum::<f64>() / image.data.len().max(1) as f64;
+        Ok(Prediction {
+            tokens: vec![31_000; 7],
+            normalized: vec![0.0; 7],
+            action: vec![
+                mean * 1e-4,
+                instruction.len() as f64 * 1e-4,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+            ],
+            timings: StageTimings::default(),
+        })
+    }
+    fn action_dim(&self) -> usize {
+        7
+    }
+    fn backend_name(&self) -> &'static str {
+        "test"
+    }
+    fn model_name(&self) -> &str {
+        "busy"
+    }
+}
+
+#[test]
+fn steady_state_ticks_allocate_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    // Camera.
+    let frames = Arc::new(LatestFrame::new());
+    let camera = CameraConfig {
+        width: 64,
+        height: 48,
+        fps: 200,
+        ..CameraConfig::default()
+    };
+    let mut source = vla_rt::capture::open_source(&camera).unwrap();
+    source.start().unwrap();
+    let mut capture = CaptureThread::spawn(source, Arc::clone(&frames)).unwrap();
+
+    // Policy.
+    let trigger = Arc::new(InferenceTrigger::default());
+    let results = Arc::new(ResultSlot::default());
+    let slow = Arc::new(AtomicBool::new(false));
+    let mut inference = InferenceThread::start(
+        Box::new(BusyPolicy {
+            slow: Arc::clone(&slow),
+        }),
+        InferenceLinks {
+            frames: Arc::clone(&frames),
+            trigger: Arc::clone(&trigger),
+            results: Arc::clone(&results),
+            instructions: Arc::new(InstructionCell::new("pick up the block")),
+            stats: Arc::new(InferenceStats::default()),
+        },
+        Duration::from_secs(10),
+    )
+    .unwrap();
+
+    // Zenoh: the service's session and publisher thread, and a subscriber in another session.
+    let mut service_config = zenoh::Config::default();
+    service_config
+        .insert_json5("listen/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+        .unwrap();
+    service_config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let session = zenoh::open(service_config).wait().unwrap();
+    let mut subscriber_config = zenoh::Config::default();
+    subscriber_config
+        .insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+        .unwrap();
+    subscriber_config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let subscriber_session = zenoh::open(subscriber_config).wait().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let received_stop = Arc::new(AtomicBool::new(false));
+    let (r, s) = (Arc::clone(&received), Arc::clone(&received_stop));
+    let _subscriber = subscriber_session
+        .declare_subscriber("vla/alloc/cmd")
+        .callback(move |sample| {
+            let record = CommandRecord::decode(&sample.payload().to_bytes()).unwrap();
+            r.fetch_add(1, Ordering::Relaxed);
+            if record.state == ControlState::Stop {
+                s.store(true, Ordering::Relaxed);
+            }
+        })
+        .wait()
+        .unwrap();
+    let outbox = Arc::new(CommandOutbox::default());
+    let mut publisher = CommandPublisherThread::spawn(
+        &session,
+        "vla/alloc/cmd",
+        Arc::clone(&outbox),
+        Arc::new(PublishStats::new(0)),
+        || {},
+    )
+    .unwrap();
+
+    // systemd: a manager socket with a 50 ms watchdog.
+    let manager_name = format!("vla-rt-alloc-test-{}", std::process::id());
+    let manager = {
+        use std::os::linux::net::SocketAddrExt;
+        let address =
+            std::os::unix::net::SocketAddr::from_abstract_name(manager_name.as_bytes()).unwrap();
+        std::os::unix::net::UnixDatagram::bind_addr(&address).unwrap()
+    };
+    manager.set_nonblocking(true).unwrap();
+    let notifier = SystemdNotifier::connect(&format!("@{manager_name}"), Some(50_000)).unwrap();
+
+    let inputs = Arc::new(ControlInputs::default());
+    let stats = Arc::new(ControlStats::default());
+    let mut control = ControlLoop::new(
+        LoopSettings {
+            period_ns: 2_000_000,
+            max_action_age_ns: 4_000_000,
+            max_frame_age_ns: 500_000_000,
+            stop_after_misses: 5,
+            safety: SafetyConfig::default(),
+        },
+        LoopLinks {
+            frames: Arc::clone(&frames),
+            results,
+            trigger,
+            outbox: Arc::clone(&outbox),
+            inputs: Arc::clone(&inputs),
+            stats: Arc::clone(&stats),
+        },
+    )
+    .with_notifier(Some(notifier));
+
+    // Warm-up: first ticks may touch lazily initialised state (thread-locals, futex queues).
+    assert_eq!(control.run(Some(100)), LoopEnd::BudgetSpent);
+
+    // Steady state through every state: ACT, e-stop STOP, HOLD/STOP from a slow policy.
+    let disturber = {
+        let inputs = Arc::clone(&inputs);
+        let slow = Arc::clone(&slow);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            inputs.request_estop();
+            std::thread::sleep(Duration::from_millis(100));
+            inputs.release_estop();
+            std::thread::sleep(Duration::from_millis(100));
+            slow.store(true, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(150));
+            slow.store(false, Ordering::Relaxed);
+        })
+    };
+    let acts_before = stats.act_ticks.load(Ordering::Relaxed);
+    let stops_before = stats.stop_ticks.load(Ordering::Relaxed);
+    let holds_before = stats.hold_ticks.load(Ordering::Relaxed);
+    let (allocations, end) = allocations_during(|| control.run(Some(500)));
+    disturber.join().unwrap();
+    assert_eq!(end, LoopEnd::BudgetSpent);
+    assert_eq!(
+        allocations, 0,
+        "the control thread allocated {allocations} times in 500 ticks"
+    );
+    assert!(stats.act_ticks.load(Ordering::Relaxed) > acts_before);
+    assert!(stats.stop_ticks.load(Ordering::Relaxed) > stops_before);
+    assert!(stats.hold_ticks.load(Ordering::Relaxed) > holds_before);
+
+    // The shutdown tick (final STOP) allocates nothing either.
+    inputs.request_shutdown();
+    let (allocations, end) = allocations_during(|| control.run(None));
+    assert_eq!(end, LoopEnd::Stopped);
+    assert_eq!(allocations, 0);
+
+    publisher.join();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while received.load(Ordering::Relaxed) < 500 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        received.load(Ordering::Relaxed) >= 500,
+        "subscriber got {} commands",
+        received.load(Ordering::Relaxed)
+    );
+    assert!(received_stop.load(Ordering::Relaxed));
+    let mut buffer = [0u8; 256];
+    let mut messages = 0;
+    while manager.recv(&mut buffer).is_ok() {
+        messages += 1;
+    }
+    assert!(messages > 10, "only {messages} systemd notifications");
+
+    inference.stop();
+    capture.stop();
+    session.close().wait().unwrap();
+    subscriber_session.close().wait().unwrap();
+}

@@ -1,0 +1,143 @@
+//! The real `vla-rt` binary given bad input: each case ends within seconds with exit code 2
+//! and one error line naming the culprit, never a panic.
+
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");
+
+/// Runs the binary with `args`, killing it after 30 s.
+fn run(args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env("RUST_LOG", "info,zenoh=error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+/// Exit code 2, a single `vla-rt: error:` line that contains every `needle`, no panic.
+fn assert_bad_input(args: &[&str], needles: &[&str]) {
+    let (output, elapsed) = run(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "{args:?} took {elapsed:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("vla-rt: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for needle in needles {
+        assert!(
+            errors[0].contains(needle),
+            "`{needle}` not in `{}`",
+            errors[0]
+        );
+    }
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("vla-rt: error:") || l.contains(" INFO ")),
+        "unexpected output: {stderr}"
+    );
+}
+
+fn temp_file(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("vla-rt-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn invalid_config_names_the_key() {
+    let path = temp_file("bad-rate.toml", "[control]\nrate_hz = 0\n");
+    assert_bad_input(
+        &["run", "--config", &path],
+        &[&path, "control.rate_hz", "> 0"],
+    );
+    let path = temp_file("bad-key.toml", "[control]\nrate = 10.0\n");
+    assert_bad_input(
+        &["run", "--config", &path],
+        &["control.rate", "unknown field"],
+    );
+    let path = temp_file("bad-type.toml", "[camera]\nfps = \"thirty\"\n");
+    assert_bad_input(&["run", "--config", &path], &["camera.fps", "invalid type"]);
+    assert_bad_input(
+        &["run", "--config", "/nonexistent/vla-rt.toml"],
+        &["/nonexistent/vla-rt.toml", "cannot read"],
+    );
+}
+
+#[test]
+fn bad_flag_values_name_the_flag() {
+    assert_bad_input(&["run", "--rate-hz=-5"], &["control.rate_hz", "--rate-hz"]);
+    assert_bad_input(&["run", "--robot-id", "a/b"], &["robot_id", "--robot-id"]);
+    assert_bad_input(
+        &["run", "--zenoh-listen", "localhost"],
+        &["zenoh.listen[0]", "--zenoh-listen"],
+    );
+    assert_bad_input(&["run", "--camera", "webcam"], &["camera.source", "webcam"]);
+    assert_bad_input(&["run", "--duration", "0"], &["--duration"]);
+}
+
+#[test]
+fn missing_camera_device_is_named() {
+    assert_bad_input(
+        &["run", "--camera", "/dev/video99"],
+        &["/dev/video99", "not found"],
+    );
+    assert_bad_input(
+        &["run", "--camera", "images:/nonexistent/frames"],
+        &["images:/nonexistent/frames"],
+    );
+}
+
+#[test]
+fn taken_zenoh_endpoint_is_named() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp/127.0.0.1:{}", listener.local_addr().unwrap().port());
+    assert_bad_input(
+        &["run", "--zenoh-listen", &endpoint],
+        &[&endpoint, "Address already in use"],
+    );
+}
+
+#[test]
+fn wrong_model_path_is_named() {
+    let path = temp_file(
+        "bad-model.toml",
+        "[model]\npath = \"/nonexistent/openvla-7b\"\n",
+    );
+    assert_bad_input(
+        &["run", "--config", &path],
+        &["model.path", "/nonexistent/openvla-7b"],
+    );
+}
+
+#[test]
+fn missing_calibration_file_is_named() {
+    assert_bad_input(
+        &["run", "--calib", "/nonexistent/calib.toml"],
+        &["calibration.path", "/nonexistent/calib.toml"],
+    );
+}

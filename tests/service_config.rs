@@ -1,0 +1,49 @@
+//! The configs shipped in `config/`: the written-out default is what `vla-rt run` runs
+//! without `--config`, and the robot example is valid.
+
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use vla_rt::config::{RealtimeMode, ServiceConfig, ZenohMode};
+use vla_rt::policy::BackendKind;
+
+fn shipped(name: &str) -> ServiceConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name);
+    ServiceConfig::from_file(&path).unwrap()
+}
+
+#[test]
+fn default_toml_is_the_builtin_default() {
+    let mut from_file = shipped("default.toml");
+    let mut builtin = ServiceConfig::builtin();
+    // The same checkpoint, reached from the config folder or the working directory.
+    let checkpoint = |p: &Path| std::fs::canonicalize(p).unwrap();
+    assert_eq!(
+        checkpoint(&from_file.model.path),
+        checkpoint(&Path::new(env!("CARGO_MANIFEST_DIR")).join(&builtin.model.path))
+    );
+    from_file.model.path = builtin.model.path.clone();
+    // The builtin leaves listen/connect/mode unset, which means exactly these values.
+    assert_eq!(from_file.zenoh.mode, Some(ZenohMode::Peer));
+    assert_eq!(
+        from_file.zenoh.listen_or_default(),
+        builtin.zenoh.listen_or_default()
+    );
+    assert_eq!(from_file.zenoh.connect.as_deref(), Some(&[][..]));
+    builtin.zenoh = from_file.zenoh.clone();
+    assert_eq!(from_file, builtin);
+}
+
+#[test]
+fn robot_example_is_valid() {
+    let config = shipped("robot.example.toml");
+    assert_eq!(config.camera.source, "/dev/video0");
+    assert_eq!(config.model.backend, BackendKind::Cuda);
+    assert_eq!(config.control.realtime, RealtimeMode::Require);
+    assert_eq!(config.zenoh.mode, Some(ZenohMode::Client));
+    assert!(config.calibration.path.is_some());
+}

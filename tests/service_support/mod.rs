@@ -1,0 +1,209 @@
+//! Shared pieces of the service tests: a scriptable fake policy, a loopback config on a
+//! free port, and a command subscriber with bounded waits.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+use vla_rt::config::{RealtimeMode, ServiceConfig};
+use vla_rt::control::ControlState;
+use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
+use vla_rt::preprocess::RgbImage;
+use vla_rt::transport::record::CommandRecord;
+use zenoh::Wait;
+
+/// Knobs a test turns while the service runs.
+#[derive(Default)]
+pub struct FakeControls {
+    /// Time each prediction takes.
+    pub delay_ms: AtomicU64,
+    /// Produce NaN in dx.
+    pub emit_nan: AtomicBool,
+    /// Instructions the policy was called with, in order (repeats collapsed).
+    pub instructions: Mutex<Vec<String>>,
+    pub calls: AtomicU64,
+}
+
+/// A policy that echoes its inputs: dx grows with the image's mean brightness, dy encodes
+/// the instruction length, dz is out of range on purpose (to be clamped), gripper is 1.
+pub struct FakePolicy {
+    pub controls: Arc<FakeControls>,
+}
+
+/// dy the fake policy reports for `instruction`.
+pub fn dy_for(instruction: &str) -> f32 {
+    0.001 * (instruction.chars().count() % 40) as f32
+}
+
+impl Policy for FakePolicy {
+    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
+        let delay = self.controls.delay_ms.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(delay));
+        self.controls.calls.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut seen = self.controls.instructions.lock().unwrap();
+            if seen.last().map(String::as_str) != Some(instruction) {
+                seen.push(instruction.to_string());
+            }
+        }
+        let mean =
+            image.data.iter().map(|&v| f64::from(v)).sum::<f64>() / image.data.len().max(1) as f64;
+        let dx = if self.controls.emit_nan.load(Ordering::Relaxed) {
+            f64::NAN
+        } else {
+            0.0001 * mean
+        };
+        let action = vec![dx, f64::from(dy_for(instruction)), 0.5, 0.0, 0.0, 0.0, 1.0];
+        Ok(Prediction {
+            tokens: vec![31_000; 7],
+            normalized: vec![0.0; 7],
+            action,
+            timings: StageTimings {
+                total_ms: delay as f64,
+                ..StageTimings::default()
+            },
+        })
+    }
+
+    fn action_dim(&self) -> usize {
+        7
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn model_name(&self) -> &str {
+        "fake-echo"
+    }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A loopback service config: synthetic camera, `rate_hz`, no real-time, its own port.
+pub fn loopback_config(robot_id: &str, port: u16, rate_hz: f64) -> ServiceConfig {
+    let mut config = ServiceConfig::builtin();
+    config.robot_id = robot_id.to_string();
+    config.camera.width = 64;
+    config.camera.height = 48;
+    config.camera.fps = 100;
+    config.control.rate_hz = rate_hz;
+    config.control.realtime = RealtimeMode::Off;
+    config.zenoh.listen = Some(vec![format!("tcp/127.0.0.1:{port}")]);
+    config.validate("test config").unwrap();
+    config
+}
+
+/// A Zenoh session connected to the service at `port`.
+pub fn client_session(port: u16) -> zenoh::Session {
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", "\"peer\"").unwrap();
+    config
+        .insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+        .unwrap();
+    config.insert_json5("listen/endpoints", "[]").unwrap();
+    config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    zenoh::open(config).wait().unwrap()
+}
+
+/// Decoded commands as they arrive on `vla/<robot>/cmd`.
+pub struct CommandStream {
+    pub receiver: Receiver<Result<CommandRecord, String>>,
+    _subscriber: zenoh::pubsub::Subscriber<()>,
+}
+
+impl CommandStream {
+    pub fn new(session: &zenoh::Session, robot_id: &str) -> Self {
+        let (sender, receiver) = crossbeam::channel::unbounded();
+        let subscriber = session
+            .declare_subscriber(format!("vla/{robot_id}/cmd"))
+            .callback(move |sample| {
+                let bytes = sample.payload().to_bytes();
+                let _ = sender.send(CommandRecord::decode(&bytes).map_err(|e| e.to_string()));
+            })
+            .wait()
+            .unwrap();
+        Self {
+            receiver,
+            _subscriber: subscriber,
+        }
+    }
+
+    /// The next command; panics (failing the test) after `timeout`.
+    pub fn next(&self, timeout: Duration) -> CommandRecord {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(Ok(record)) => record,
+            Ok(Err(e)) => panic!("undecodable command: {e}"),
+            Err(RecvTimeoutError::Timeout) => panic!("no command within {timeout:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("command subscriber gone"),
+        }
+    }
+
+    /// Reads commands until one satisfies `wanted`, failing after `timeout`; returns
+    /// everything read, the match last.
+    pub fn until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        wanted: impl Fn(&CommandRecord) -> bool,
+    ) -> Vec<CommandRecord> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(Ok(record)) => {
+                    let done = wanted(&record);
+                    seen.push(record);
+                    if done {
+                        return seen;
+                    }
+                }
+                Ok(Err(e)) => panic!("undecodable command: {e}"),
+                Err(_) => panic!(
+                    "waited {timeout:?} for {what}; last states: {:?}",
+                    seen.iter()
+                        .rev()
+                        .take(12)
+                        .map(|r| (r.seq, r.state))
+                        .collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Throws away what arrived so far.
+    pub fn drain(&self) {
+        while self.receiver.try_recv().is_ok() {}
+    }
+}
+
+pub fn is_state(state: ControlState) -> impl Fn(&CommandRecord) -> bool {
+    move |r| r.state == state
+}
+
+/// Checks the invariants every command must hold.
+pub fn assert_well_formed(records: &[CommandRecord], config: &ServiceConfig) {
+    for pair in records.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "sequence gap: {pair:?}");
+        assert!(pair[1].tick_time_ns > pair[0].tick_time_ns);
+    }
+    for record in records {
+        for (i, value) in record.action.iter().enumerate() {
+            assert!(value.is_finite(), "non-finite value in {record:?}");
+            assert!(
+                *value >= config.safety.min[i] && *value <= config.safety.max[i],
+                "dimension {i} out of limits in {record:?}"
+            );
+        }
+    }
+}
