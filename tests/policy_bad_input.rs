@@ -151,8 +151,8 @@ fn missing_model_dir_is_named() {
 fn unavailable_backend_and_weight_formats_are_refused() {
     let tiny = tiny_model_dir();
     assert_bad_input(
-        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--backend", "cuda"]),
-        &["cuda", "not available"],
+        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--backend", "tensorrt"]),
+        &["tensorrt", "not available"],
     );
     assert_bad_input(
         predict(

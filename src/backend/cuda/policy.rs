@@ -8,7 +8,7 @@ use cudarc::driver::PinnedHostSlice;
 
 use super::device::{Gpu, Lane};
 use super::llama::DeviceLlama;
-use super::vision::{DeviceProjector, DeviceVit, VisionPath, VisionMode};
+use super::vision::{DeviceProjector, DeviceVit, VisionPath};
 use super::weights::{CheckpointWeights, DecodeFormat, WeightSource};
 use super::CudaError;
 use crate::backend::cpu::PREPROCESSOR_CONFIG_FILE;
@@ -410,9 +410,4 @@ impl Policy for CudaPolicy {
     fn model_name(&self) -> &str {
         &self.model_name
     }
-}
-
-/// Keeps `VisionMode` reachable for callers that time the vision path without the graph.
-pub fn queue_vision(runner: &CudaModelRunner, mode: VisionMode) -> Result<(), CudaError> {
-    runner.vision.queue(&runner.gpu, mode)
 }
