@@ -3,6 +3,8 @@
 //! toolkit or in the `nvidia-cuda-nvrtc` wheel (`scripts/setup.sh` installs it). Skipped with
 //! a message when NVRTC is absent, except under CI (`CI` set), where that is a failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use vla_rt::backend::cuda::kernels::{self, CI_ARCHS, SOURCES};
 use vla_rt::backend::cuda::libs;
 

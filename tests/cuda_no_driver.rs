@@ -2,6 +2,8 @@
 //! library, exit code 2, no panic, for `predict`, the benchmark and the parity mode. On a
 //! machine with a driver these cases do not apply and the tests say so and return.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

@@ -151,7 +151,10 @@ fn missing_model_dir_is_named() {
 fn unavailable_backend_and_weight_formats_are_refused() {
     let tiny = tiny_model_dir();
     assert_bad_input(
-        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--backend", "tensorrt"]),
+        predict(
+            &tiny,
+            &["--unnorm-key", "tiny_bridge", "--backend", "tensorrt"],
+        ),
         &["tensorrt", "not available"],
     );
     assert_bad_input(

@@ -53,8 +53,16 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), CliError> {
         let ckpt = Checkpoint::open_dir(&dir).map_err(bad)?;
         let spec = ModelSpec::from_checkpoint(&dir, &config, &runtime, &ckpt).map_err(bad)?;
         let mut src = CheckpointWeights { ckpt: &ckpt };
-        let runner = CudaModelRunner::build(gpu, &mut src, &spec, &config, tokenizer, &options(&config), false)
-            .map_err(cuda_error)?;
+        let runner = CudaModelRunner::build(
+            gpu,
+            &mut src,
+            &spec,
+            &config,
+            tokenizer,
+            &options(&config),
+            false,
+        )
+        .map_err(cuda_error)?;
         (runner, format!("checkpoint {}", dir.display()))
     };
     let build_s = start.elapsed().as_secs_f64();
@@ -128,8 +136,16 @@ fn random_runner(
         seed: 20240613,
         present,
     };
-    let runner = CudaModelRunner::build(gpu, &mut src, &spec, &config, tokenizer, &options(&config), false)
-        .map_err(cuda_error)?;
+    let runner = CudaModelRunner::build(
+        gpu,
+        &mut src,
+        &spec,
+        &config,
+        tokenizer,
+        &options(&config),
+        false,
+    )
+    .map_err(cuda_error)?;
     Ok((runner, format!("random weights, shape {shape:?}")))
 }
 
@@ -188,14 +204,20 @@ fn bench_runner(
         llama.quantize(gpu, DecodeFormat::Int4, false)?;
     }
     let gpu_name = runner.gpu().name().to_string();
-    println!("policy benchmark, CUDA FP16 on {gpu_name} ({}): {label}", runner.gpu().arch());
+    println!(
+        "policy benchmark, CUDA FP16 on {gpu_name} ({}): {label}",
+        runner.gpu().arch()
+    );
     println!(
         "{} timed runs after {} warm-up, prefill {} positions, {action_dim} decoded tokens, build {build_s:.1} s",
         runs,
         warmup,
         ids.len() + 256
     );
-    println!("{:<34} {:>9} {:>9} {:>9}", "stage", "median ms", "min ms", "max ms");
+    println!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "stage", "median ms", "min ms", "max ms"
+    );
 
     let sync = |gpu: &Gpu| -> Result<(), CudaError> {
         gpu.sync(Lane::A)?;
@@ -239,13 +261,21 @@ fn bench_runner(
             vision.queue(gpu, VisionMode::TwoStreams)?;
             sync(gpu)
         })?;
-        row("vision path, no graph", &eager, "two streams + concat + projector");
+        row(
+            "vision path, no graph",
+            &eager,
+            "two streams + concat + projector",
+        );
         vision.capture(gpu)?;
         let graph = time(warmup, runs, || {
             vision.replay(gpu)?;
             sync(gpu)
         })?;
-        row("vision path, CUDA graph", &graph, "same work, one graph launch");
+        row(
+            "vision path, CUDA graph",
+            &graph,
+            "same work, one graph launch",
+        );
     }
 
     // Device copy bandwidth, same run: 1 GiB (256 MiB on small cards) buffer to buffer.
@@ -256,7 +286,11 @@ fn bench_runner(
             .mem_get_info()
             .map(|(free, _)| free)
             .unwrap_or(0);
-        if free > 8 << 30 { 1usize << 30 } else { 256 << 20 }
+        if free > 8 << 30 {
+            1usize << 30
+        } else {
+            256 << 20
+        }
     };
     let copy_gbs = {
         let gpu = runner.gpu();
@@ -267,7 +301,11 @@ fn bench_runner(
             gpu.sync(Lane::A)
         })?;
         let gbs = 2.0 * copy_bytes as f64 / (median(t.clone()) * 1e-3) / 1e9;
-        row("device copy (read + write)", &t, &format!("{gbs:.0} GB/s, {} MiB", copy_bytes >> 20));
+        row(
+            "device copy (read + write)",
+            &t,
+            &format!("{gbs:.0} GB/s, {} MiB", copy_bytes >> 20),
+        );
         gbs
     };
 
@@ -277,7 +315,11 @@ fn bench_runner(
         llama.prefill(gpu, image_tokens, &ids, DecodeFormat::F16)?;
         gpu.sync(Lane::A)
     })?;
-    row("llm prefill", &prefill, &format!("{} positions, FP16 GEMMs", ids.len() + 256));
+    row(
+        "llm prefill",
+        &prefill,
+        &format!("{} positions, FP16 GEMMs", ids.len() + 256),
+    );
 
     for (format, use_graph) in [
         (DecodeFormat::F16, false),
@@ -314,7 +356,6 @@ fn bench_runner(
             ),
         );
     }
-    drop((gpu, llama, vision));
 
     for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
         let whole = time(warmup, runs, || {
@@ -322,7 +363,14 @@ fn bench_runner(
             let (gpu, vision) = runner.vision_mut();
             vision.replay(gpu)?;
             let (gpu, llama, vision) = runner.llama_mut();
-            llama.generate(gpu, vision.projector.output(), &ids, action_dim, format, true)?;
+            llama.generate(
+                gpu,
+                vision.projector.output(),
+                &ids,
+                action_dim,
+                format,
+                true,
+            )?;
             Ok(())
         })?;
         row(

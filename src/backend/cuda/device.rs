@@ -188,11 +188,10 @@ impl Kernels {
         let gemv = load(&kernels::GEMV)?;
         let util = load(&kernels::UTIL)?;
         let f = |m: &Arc<CudaModule>, name: &'static str| {
-            m.load_function(name)
-                .map_err(|e| CudaError::MissingKernel {
-                    kernel: name,
-                    message: e.to_string(),
-                })
+            m.load_function(name).map_err(|e| CudaError::MissingKernel {
+                kernel: name,
+                message: e.to_string(),
+            })
         };
         Ok(Self {
             im2col_f16: f(&vision, "im2col_f16")?,
@@ -253,17 +252,19 @@ impl Gpu {
         // SAFETY: ordering between streams is done with explicit events everywhere in this
         // backend, and buffers are raw allocations that cudarc's tracking never sees.
         unsafe { ctx.disable_event_tracking() };
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(CudaError::driver("cuDeviceGetAttribute (compute capability)"))?;
+        let (major, minor) = ctx.compute_capability().map_err(CudaError::driver(
+            "cuDeviceGetAttribute (compute capability)",
+        ))?;
         let arch = kernels::arch_for(major, minor).ok_or_else(|| CudaError::NoDevice {
             message: format!("compute capability {major}.{minor} is not supported"),
         })?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let kernels = Kernels::load(&ctx, arch)?;
         let streams = [
-            ctx.new_stream().map_err(CudaError::driver("cuStreamCreate"))?,
-            ctx.new_stream().map_err(CudaError::driver("cuStreamCreate"))?,
+            ctx.new_stream()
+                .map_err(CudaError::driver("cuStreamCreate"))?,
+            ctx.new_stream()
+                .map_err(CudaError::driver("cuStreamCreate"))?,
         ];
         let workspaces = [
             alloc_raw::<u8>(&ctx, CUBLAS_WORKSPACE_BYTES)?,
@@ -421,8 +422,12 @@ impl Gpu {
         // SAFETY: equal lengths (checked above); the pinned buffer stays alive and unchanged
         // until the caller synchronises `lane`, which it does before writing it again.
         unsafe {
-            cudarc::driver::result::memcpy_htod_async(dst.ptr(), host, self.stream(lane).cu_stream())
-                .map_err(CudaError::driver("cuMemcpyHtoDAsync"))
+            cudarc::driver::result::memcpy_htod_async(
+                dst.ptr(),
+                host,
+                self.stream(lane).cu_stream(),
+            )
+            .map_err(CudaError::driver("cuMemcpyHtoDAsync"))
         }
     }
 
@@ -431,8 +436,13 @@ impl Gpu {
         // SAFETY: callers pass ranges inside their own buffers (the bandwidth probe copies
         // between two buffers of at least `bytes`).
         unsafe {
-            cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream(lane).cu_stream())
-                .map_err(CudaError::driver("cuMemcpyDtoDAsync"))
+            cudarc::driver::result::memcpy_dtod_async(
+                dst,
+                src,
+                bytes,
+                self.stream(lane).cu_stream(),
+            )
+            .map_err(CudaError::driver("cuMemcpyDtoDAsync"))
         }
     }
 
@@ -444,7 +454,9 @@ impl Gpu {
 
     pub fn event(&self) -> Result<CudaEvent, CudaError> {
         self.ctx
-            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .new_event(Some(
+                cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING,
+            ))
             .map_err(CudaError::driver("cuEventCreate"))
     }
 
@@ -680,12 +692,11 @@ fn alloc_raw<T>(ctx: &Arc<CudaContext>, len: usize) -> Result<DeviceBuffer<T>, C
     let bytes = (len * std::mem::size_of::<T>()).max(1);
     // SAFETY: a plain device allocation in the current context; ownership passes to the
     // returned buffer, which frees it once.
-    let ptr = unsafe { cudarc::driver::result::malloc_sync(bytes) }.map_err(|e| {
-        CudaError::Driver {
+    let ptr =
+        unsafe { cudarc::driver::result::malloc_sync(bytes) }.map_err(|e| CudaError::Driver {
             op: "cuMemAlloc",
             source: e,
-        }
-    })?;
+        })?;
     Ok(DeviceBuffer {
         ptr,
         len,
@@ -720,8 +731,6 @@ impl Graph {
     }
 
     pub fn launch(&self) -> Result<(), CudaError> {
-        self.0
-            .launch()
-            .map_err(CudaError::driver("cuGraphLaunch"))
+        self.0.launch().map_err(CudaError::driver("cuGraphLaunch"))
     }
 }

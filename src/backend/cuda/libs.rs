@@ -72,6 +72,17 @@ pub fn python_wheel_lib_dirs() -> Vec<PathBuf> {
             }
         }
     }
+    // Wherever else `python3` keeps its packages (virtualenvs, conda, distro layouts).
+    if let Ok(out) = std::process::Command::new("python3")
+        .args(["-c", "import nvidia; print('\\n'.join(nvidia.__path__))"])
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            roots.extend(text.lines().filter(|l| !l.is_empty()).map(PathBuf::from));
+        }
+    }
     let mut dirs = Vec::new();
     for root in roots {
         for sub in ["cu13", "cu12", "cuda_nvrtc", "cublas"] {

@@ -98,7 +98,11 @@ impl DeviceLlama {
         config: LlamaConfig,
         capacity: usize,
     ) -> Result<Self, CudaError> {
-        let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
         let hd = config.head_dim();
         let kv = config.num_kv_heads * hd;
         if hd % 2 != 0 || config.num_heads % config.num_kv_heads.max(1) != 0 {
@@ -133,25 +137,41 @@ impl DeviceLlama {
                     ],
                     h,
                 )?,
-                o: DeviceLinear::load(gpu, src, &format!("{a}.o_proj"), &[(format!("{a}.o_proj"), h)], h)?,
+                o: DeviceLinear::load(
+                    gpu,
+                    src,
+                    &format!("{a}.o_proj"),
+                    &[(format!("{a}.o_proj"), h)],
+                    h,
+                )?,
                 post_norm: norm(src, "post_attention_layernorm")?,
                 gate_up: DeviceLinear::load(
                     gpu,
                     src,
                     &format!("{mlp}.gate_up"),
-                    &[(format!("{mlp}.gate_proj"), i), (format!("{mlp}.up_proj"), i)],
+                    &[
+                        (format!("{mlp}.gate_proj"), i),
+                        (format!("{mlp}.up_proj"), i),
+                    ],
                     h,
                 )?,
-                down: DeviceLinear::load(gpu, src, &format!("{mlp}.down_proj"), &[(format!("{mlp}.down_proj"), h)], i)?,
+                down: DeviceLinear::load(
+                    gpu,
+                    src,
+                    &format!("{mlp}.down_proj"),
+                    &[(format!("{mlp}.down_proj"), h)],
+                    i,
+                )?,
             });
         }
         let norm = src.tensor_f32(gpu, &format!("{m}.norm.weight"), &[h], 1.0, 0.05)?;
         let head_name = format!("{prefix}.lm_head");
-        let head_source = if config.tie_word_embeddings && !src.contains(&format!("{head_name}.weight")) {
-            format!("{m}.embed_tokens")
-        } else {
-            head_name.clone()
-        };
+        let head_source =
+            if config.tie_word_embeddings && !src.contains(&format!("{head_name}.weight")) {
+                format!("{m}.embed_tokens")
+            } else {
+                head_name.clone()
+            };
         let lm_head = DeviceLinear::load(gpu, src, &head_name, &[(head_source, v)], h)?;
         let (cos, sin) = rope_tables(hd, config.rope_theta, capacity);
         let qkv_width = (config.num_heads + 2 * config.num_kv_heads) * hd;
@@ -213,7 +233,12 @@ impl DeviceLlama {
     /// Quantizes every linear layer for decode in `format`; `replace_f16` makes the prefill
     /// use the dequantized weights too (the policy), otherwise the FP16 weights stay
     /// (benchmarks comparing formats on one model).
-    pub fn quantize(&mut self, gpu: &Gpu, format: DecodeFormat, replace_f16: bool) -> Result<(), CudaError> {
+    pub fn quantize(
+        &mut self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        replace_f16: bool,
+    ) -> Result<(), CudaError> {
         if format == DecodeFormat::F16 {
             return Ok(());
         }
@@ -229,7 +254,14 @@ impl DeviceLlama {
         self.linears().map(|l| l.weight_bytes(format)).sum()
     }
 
-    fn rms_norm(&self, gpu: &Gpu, rows: usize, x: u64, w: &DeviceBuffer<f32>, out: u64) -> Result<(), CudaError> {
+    fn rms_norm(
+        &self,
+        gpu: &Gpu,
+        rows: usize,
+        x: u64,
+        w: &DeviceBuffer<f32>,
+        out: u64,
+    ) -> Result<(), CudaError> {
         gpu.launch(
             Lane::A,
             &gpu.kernels.rms_norm_f16,
@@ -288,10 +320,29 @@ impl DeviceLlama {
     }
 
     /// Final norm of row `row` of x, lm_head, argmax; advances the position by `advance`.
-    fn head(&self, gpu: &Gpu, format: DecodeFormat, row: usize, advance: usize) -> Result<(), CudaError> {
+    fn head(
+        &self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        row: usize,
+        advance: usize,
+    ) -> Result<(), CudaError> {
         let h = self.config.hidden_size;
-        self.rms_norm(gpu, 1, self.s.x.at(row * h), &self.norm, self.s.normed.ptr())?;
-        self.lm_head.gemv(gpu, Lane::A, format, self.s.normed.ptr(), self.s.logits.ptr(), false)?;
+        self.rms_norm(
+            gpu,
+            1,
+            self.s.x.at(row * h),
+            &self.norm,
+            self.s.normed.ptr(),
+        )?;
+        self.lm_head.gemv(
+            gpu,
+            Lane::A,
+            format,
+            self.s.normed.ptr(),
+            self.s.logits.ptr(),
+            false,
+        )?;
         gpu.launch(
             Lane::A,
             &gpu.kernels.argmax_advance,
@@ -323,10 +374,12 @@ impl DeviceLlama {
         let patches = image_tokens.len() / h.max(1);
         let n = patches + input_ids.len();
         if input_ids.is_empty() || n + MAX_GENERATED.min(8) > self.capacity {
-            return Err(CudaError::Model(crate::model::ModelError::SequenceTooLong {
-                len: n,
-                capacity: self.capacity,
-            }));
+            return Err(CudaError::Model(
+                crate::model::ModelError::SequenceTooLong {
+                    len: n,
+                    capacity: self.capacity,
+                },
+            ));
         }
         let ids: Vec<i32> = input_ids
             .iter()
@@ -362,7 +415,17 @@ impl DeviceLlama {
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(gpu, n, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
             let qkv = &layer.qkv;
-            gpu.linear(Lane::A, n, qkv.out_features, h, s.normed.ptr(), qkv.f16.ptr(), s.qkv.ptr(), Dt::F32, false)?;
+            gpu.linear(
+                Lane::A,
+                n,
+                qkv.out_features,
+                h,
+                s.normed.ptr(),
+                qkv.f16.ptr(),
+                s.qkv.ptr(),
+                Dt::F32,
+                false,
+            )?;
             self.rope_cache(gpu, l, n)?;
             let layer_off = l * c.num_kv_heads * self.capacity * hd;
             // Per KV head g, its `rep` query heads in one batched GEMM (k shared: stride 0);
@@ -402,7 +465,17 @@ impl DeviceLlama {
                     },
                 )?;
             }
-            softmax(gpu, Lane::A, &s.scores, &s.probs, c.num_heads * n, n, n, 1.0 / (hd as f32).sqrt(), 0)?;
+            softmax(
+                gpu,
+                Lane::A,
+                &s.scores,
+                &s.probs,
+                c.num_heads * n,
+                n,
+                n,
+                1.0 / (hd as f32).sqrt(),
+                0,
+            )?;
             for g in 0..groups {
                 let h0 = g * batch;
                 let kv_off = layer_off + g * self.capacity * hd;
@@ -434,12 +507,42 @@ impl DeviceLlama {
                 )?;
             }
             // x += attn · o_projᵀ (β = 1 adds the residual).
-            gpu.linear(Lane::A, n, h, h, s.attn.ptr(), layer.o.f16.ptr(), s.x.ptr(), Dt::F32, true)?;
+            gpu.linear(
+                Lane::A,
+                n,
+                h,
+                h,
+                s.attn.ptr(),
+                layer.o.f16.ptr(),
+                s.x.ptr(),
+                Dt::F32,
+                true,
+            )?;
             self.rms_norm(gpu, n, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
             let gu = &layer.gate_up;
-            gpu.linear(Lane::A, n, gu.out_features, h, s.normed.ptr(), gu.f16.ptr(), s.gate_up.ptr(), Dt::F32, false)?;
+            gpu.linear(
+                Lane::A,
+                n,
+                gu.out_features,
+                h,
+                s.normed.ptr(),
+                gu.f16.ptr(),
+                s.gate_up.ptr(),
+                Dt::F32,
+                false,
+            )?;
             self.silu_mul(gpu, n)?;
-            gpu.linear(Lane::A, n, h, c.intermediate_size, s.act.ptr(), layer.down.f16.ptr(), s.x.ptr(), Dt::F32, true)?;
+            gpu.linear(
+                Lane::A,
+                n,
+                h,
+                c.intermediate_size,
+                s.act.ptr(),
+                layer.down.f16.ptr(),
+                s.x.ptr(),
+                Dt::F32,
+                true,
+            )?;
         }
         self.head(gpu, format, n - 1, n)?;
         Ok(n)
@@ -455,7 +558,12 @@ impl DeviceLlama {
             Lane::A,
             &gpu.kernels.embed_decode,
             h,
-            &[Arg::Ptr(self.embed.ptr()), Arg::Ptr(s.state.ptr()), Arg::Ptr(s.x.ptr()), int("embed", h)?],
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(s.state.ptr()),
+                Arg::Ptr(s.x.ptr()),
+                int("embed", h)?,
+            ],
         )?;
         let scores_bytes = u32::try_from(self.capacity * 4).map_err(|_| CudaError::Shape {
             op: "decode attention",
@@ -463,7 +571,9 @@ impl DeviceLlama {
         })?;
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
-            layer.qkv.gemv(gpu, Lane::A, format, s.normed.ptr(), s.qkv.ptr(), false)?;
+            layer
+                .qkv
+                .gemv(gpu, Lane::A, format, s.normed.ptr(), s.qkv.ptr(), false)?;
             self.rope_cache(gpu, l, 1)?;
             let layer_off = l * c.num_kv_heads * self.capacity * hd;
             gpu.launch(
@@ -485,18 +595,29 @@ impl DeviceLlama {
                     Arg::F32(1.0 / (hd as f32).sqrt()),
                 ],
             )?;
-            layer.o.gemv(gpu, Lane::A, format, s.attn.ptr(), s.x.ptr(), true)?;
+            layer
+                .o
+                .gemv(gpu, Lane::A, format, s.attn.ptr(), s.x.ptr(), true)?;
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
-            layer.gate_up.gemv(gpu, Lane::A, format, s.normed.ptr(), s.gate_up.ptr(), false)?;
+            layer
+                .gate_up
+                .gemv(gpu, Lane::A, format, s.normed.ptr(), s.gate_up.ptr(), false)?;
             self.silu_mul(gpu, 1)?;
-            layer.down.gemv(gpu, Lane::A, format, s.act.ptr(), s.x.ptr(), true)?;
+            layer
+                .down
+                .gemv(gpu, Lane::A, format, s.act.ptr(), s.x.ptr(), true)?;
         }
         self.head(gpu, format, 0, 1)
     }
 
     /// One decode step: the captured graph for `format` (captured on first use), or the
     /// kernels queued directly when `use_graph` is false.
-    pub fn step(&mut self, gpu: &Gpu, format: DecodeFormat, use_graph: bool) -> Result<(), CudaError> {
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        use_graph: bool,
+    ) -> Result<(), CudaError> {
         if !use_graph {
             return self.queue_step(gpu, format);
         }
@@ -504,7 +625,9 @@ impl DeviceLlama {
             gpu.sync(Lane::A)?;
             let stream = gpu.stream(Lane::A).clone();
             stream
-                .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
                 .map_err(CudaError::driver("cuStreamBeginCapture (decode)"))?;
             let queued = self.queue_step(gpu, format);
             let graph = stream
@@ -515,7 +638,9 @@ impl DeviceLlama {
                 op: "decode graph",
                 message: "capture produced an empty graph".into(),
             })?;
-            graph.upload().map_err(CudaError::driver("cuGraphUpload (decode)"))?;
+            graph
+                .upload()
+                .map_err(CudaError::driver("cuGraphUpload (decode)"))?;
             self.graphs.insert(format, Graph::new(graph));
         }
         match self.graphs.get(&format) {

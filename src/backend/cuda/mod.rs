@@ -125,7 +125,8 @@ pub fn probe() -> Result<Arc<CudaContext>, CudaError> {
     for lib in [libs::NVRTC, libs::CUBLAS, libs::CUBLASLT] {
         libs::ensure_loaded(lib);
     }
-    let checks: [(&'static str, unsafe fn() -> bool); 3] = [
+    type Probe = unsafe fn() -> bool;
+    let checks: [(&'static str, Probe); 3] = [
         ("libnvrtc", cudarc::nvrtc::sys::is_culib_present),
         ("libcublas", cudarc::cublas::sys::is_culib_present),
         ("libcublasLt", cudarc::cublaslt::sys::is_culib_present),

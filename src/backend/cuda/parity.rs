@@ -40,7 +40,11 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
         return f64::INFINITY;
     }
     if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
     } else {
         (num / den).sqrt()
     }
@@ -99,8 +103,12 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
                 .map_err(|e| CliError::bad_input(e.to_string()))?;
             let cpu_pred = cpu.predict(&image, &case.instruction)?;
             let pixels = cpu.last_pixel_values().to_vec();
-            let cpu_features = cpu.vision_features(&pixels).map_err(crate::policy::PolicyError::from)?;
-            let cpu_proj = cpu.projector_output(&pixels).map_err(crate::policy::PolicyError::from)?;
+            let cpu_features = cpu
+                .vision_features(&pixels)
+                .map_err(crate::policy::PolicyError::from)?;
+            let cpu_proj = cpu
+                .projector_output(&pixels)
+                .map_err(crate::policy::PolicyError::from)?;
             let cpu_logits = cpu.step0_logits(&pixels, &case.instruction)?;
             let fail = |e: super::CudaError| CliError::failure(format!("backend cuda: {e}"));
             let features = gpu.vision_features(&pixels).map_err(fail)?;
@@ -123,7 +131,11 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
             if !ok {
                 failures += 1;
             }
-            let f = |i: usize| feature_rl2.get(i).map_or("-".to_string(), |v| format!("{v:.2e}"));
+            let f = |i: usize| {
+                feature_rl2
+                    .get(i)
+                    .map_or("-".to_string(), |v| format!("{v:.2e}"))
+            };
             println!(
                 "{:<24} {:>5} {:>10} {:>10} {:>10.2e} {:>10.2e} {:>7} {:>7}  {}",
                 case.name,
@@ -142,7 +154,9 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         }
     }
     if failures > 0 {
-        return Err(CliError::failure(format!("parity: {failures} case(s) failed")));
+        return Err(CliError::failure(format!(
+            "parity: {failures} case(s) failed"
+        )));
     }
     println!("parity: all cases within limits");
     Ok(())

@@ -50,7 +50,11 @@ impl ModelSpec {
         runtime: &RuntimeModelConfig,
         ckpt: &Checkpoint,
     ) -> Result<Self, ModelError> {
-        let count = if config.use_fused_vision_backbone { 2 } else { 1 };
+        let count = if config.use_fused_vision_backbone {
+            2
+        } else {
+            1
+        };
         let mut vits = Vec::with_capacity(count);
         for (i, name) in FEATURIZER_NAMES[..count].iter().enumerate() {
             let prefix = format!("vision_backbone.{name}");
@@ -163,13 +167,27 @@ impl CudaModelRunner {
         let lanes = [Lane::A, Lane::B];
         let mut vits = Vec::with_capacity(spec.vits.len());
         for (i, (prefix, vit, covers)) in spec.vits.iter().enumerate() {
-            vits.push(DeviceVit::load(&gpu, src, prefix, vit.clone(), *covers, lanes[i % 2])?);
+            vits.push(DeviceVit::load(
+                &gpu,
+                src,
+                prefix,
+                vit.clone(),
+                *covers,
+                lanes[i % 2],
+            )?);
         }
         let patches = spec.vits[0].1.num_patches();
-        if let Some((p, v, _)) = spec.vits.iter().find(|(_, v, _)| v.num_patches() != patches) {
+        if let Some((p, v, _)) = spec
+            .vits
+            .iter()
+            .find(|(_, v, _)| v.num_patches() != patches)
+        {
             return Err(CudaError::Shape {
                 op: "patch concat",
-                message: format!("{p} gives {} patches, the first featurizer {patches}", v.num_patches()),
+                message: format!(
+                    "{p} gives {} patches, the first featurizer {patches}",
+                    v.num_patches()
+                ),
             });
         }
         let vision_dim: usize = spec.vits.iter().map(|(_, v, _)| v.embed_dim).sum();
@@ -183,7 +201,13 @@ impl CudaModelRunner {
             patches,
         )?;
         let vision = VisionPath::new(&gpu, vits, projector)?;
-        let mut llama = DeviceLlama::load(&gpu, src, "language_model", spec.llama.clone(), spec.capacity)?;
+        let mut llama = DeviceLlama::load(
+            &gpu,
+            src,
+            "language_model",
+            spec.llama.clone(),
+            spec.capacity,
+        )?;
         let format = decode_format(options.quantization);
         llama.quantize(&gpu, format, replace_f16)?;
         let pinned_len = vision.pixels.len();
@@ -243,7 +267,11 @@ impl CudaModelRunner {
         if pixel_values.len() != self.pinned.len() {
             return Err(CudaError::Shape {
                 op: "pixel values",
-                message: format!("got {} values, the model takes {}", pixel_values.len(), self.pinned.len()),
+                message: format!(
+                    "got {} values, the model takes {}",
+                    pixel_values.len(),
+                    self.pinned.len()
+                ),
             });
         }
         // The previous upload from this staging buffer must have finished.
@@ -256,7 +284,8 @@ impl CudaModelRunner {
         // `self.pinned`, equal to `pixel_values.len()` (checked above), and no copy reads it
         // (lane A was synchronised).
         unsafe { std::ptr::copy_nonoverlapping(pixel_values.as_ptr(), dst, pixel_values.len()) };
-        self.gpu.write_async_pinned(Lane::A, &self.vision.pixels, &self.pinned)
+        self.gpu
+            .write_async_pinned(Lane::A, &self.vision.pixels, &self.pinned)
     }
 
     /// Runs the vision graph on uploaded pixels and waits for it.
@@ -273,7 +302,12 @@ impl CudaModelRunner {
         for v in &self.vision.vits {
             let c = v.config();
             let mut f = vec![0.0f32; c.num_patches() * c.embed_dim];
-            self.gpu.read(Lane::A, v.output(), c.num_prefix_tokens() * c.embed_dim, &mut f)?;
+            self.gpu.read(
+                Lane::A,
+                v.output(),
+                c.num_prefix_tokens() * c.embed_dim,
+                &mut f,
+            )?;
             out.push(f);
         }
         Ok(out)
@@ -290,23 +324,33 @@ impl CudaModelRunner {
     }
 
     /// Logits at the last prefill position (parity checks).
-    pub fn step0_logits(&mut self, pixel_values: &[f32], instruction: &str) -> Result<Vec<f32>, PolicyError> {
+    pub fn step0_logits(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Vec<f32>, PolicyError> {
         let ids = self.prompt_ids(instruction)?;
         self.upload_pixels(pixel_values)?;
         self.run_vision()?;
-        self.llama.prefill(&self.gpu, self.vision.projector.output(), &ids, self.format)?;
+        self.llama
+            .prefill(&self.gpu, self.vision.projector.output(), &ids, self.format)?;
         Ok(self.llama.read_logits(&self.gpu)?)
     }
 
     /// The whole policy from `pixel_values`; `timings.preprocess_ms` is 0.
-    pub fn predict_pixels(&mut self, pixel_values: &[f32], instruction: &str) -> Result<Prediction, PolicyError> {
+    pub fn predict_pixels(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Prediction, PolicyError> {
         let start = Instant::now();
         let ids = self.prompt_ids(instruction)?;
         self.upload_pixels(pixel_values)?;
         self.run_vision()?;
         let vision = start.elapsed();
         let t = Instant::now();
-        self.llama.prefill(&self.gpu, self.vision.projector.output(), &ids, self.format)?;
+        self.llama
+            .prefill(&self.gpu, self.vision.projector.output(), &ids, self.format)?;
         self.gpu.sync(Lane::A)?;
         let prefill = t.elapsed();
         let t = Instant::now();
@@ -357,7 +401,8 @@ pub struct CudaPolicy {
 impl CudaPolicy {
     pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
         let runner = CudaModelRunner::load(model_dir, options)?;
-        let preprocessor = Preprocessor::from_config_file(&model_dir.join(PREPROCESSOR_CONFIG_FILE))?;
+        let preprocessor =
+            Preprocessor::from_config_file(&model_dir.join(PREPROCESSOR_CONFIG_FILE))?;
         if preprocessor.output_len() != runner.vision.pixels.len() {
             return Err(PolicyError::Model(ModelError::Math {
                 op: "preprocessing",
@@ -393,7 +438,9 @@ impl Policy for CudaPolicy {
         let start = Instant::now();
         self.preprocessor.run(image, &mut self.pixel_values)?;
         let preprocess = start.elapsed();
-        let mut prediction = self.runner.predict_pixels(&self.pixel_values, instruction)?;
+        let mut prediction = self
+            .runner
+            .predict_pixels(&self.pixel_values, instruction)?;
         prediction.timings.preprocess_ms = ms(preprocess);
         prediction.timings.total_ms = ms(start.elapsed());
         Ok(prediction)

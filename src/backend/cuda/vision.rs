@@ -100,7 +100,13 @@ impl DeviceVit {
             let w = src.tensor_f32(gpu, &name, &[d, 3, p, p], 0.0, 0.1)?;
             to_f16(gpu, &w)?
         };
-        let patch_b = src.tensor_f32(gpu, &format!("{prefix}.patch_embed.proj.bias"), &[d], 0.0, 0.02)?;
+        let patch_b = src.tensor_f32(
+            gpu,
+            &format!("{prefix}.patch_embed.proj.bias"),
+            &[d],
+            0.0,
+            0.02,
+        )?;
         let mut prefix_host_parts = Vec::new();
         if config.num_class_tokens == 1 {
             prefix_host_parts.push((format!("{prefix}.cls_token"), vec![1, 1, d]));
@@ -120,7 +126,13 @@ impl DeviceVit {
             at += t.len();
         }
         let pos_rows = if pos_covers_prefix { tokens } else { patches };
-        let pos_embed = src.tensor_f32(gpu, &format!("{prefix}.pos_embed"), &[1, pos_rows, d], 0.0, 0.02)?;
+        let pos_embed = src.tensor_f32(
+            gpu,
+            &format!("{prefix}.pos_embed"),
+            &[1, pos_rows, d],
+            0.0,
+            0.02,
+        )?;
         let mut blocks = Vec::with_capacity(config.depth - 1);
         for i in 0..config.depth - 1 {
             let b = format!("{prefix}.blocks.{i}");
@@ -135,7 +147,13 @@ impl DeviceVit {
             };
             let layer_scale = |src: &mut dyn WeightSource, n: &str| -> Result<_, CudaError> {
                 if config.layer_scale {
-                    Ok(Some(src.tensor_f32(gpu, &format!("{b}.{n}.scale_factor"), &[d], 0.1, 0.05)?))
+                    Ok(Some(src.tensor_f32(
+                        gpu,
+                        &format!("{b}.{n}.scale_factor"),
+                        &[d],
+                        0.1,
+                        0.05,
+                    )?))
                 } else {
                     Ok(None)
                 }
@@ -233,7 +251,17 @@ impl DeviceVit {
             ],
         )?;
         // [patches, D] = cols [patches, 3pp] · patch_wᵀ
-        gpu.linear(lane, patches, d, 3 * p * p, s.cols.ptr(), self.patch_w.ptr(), s.patch_out.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            patches,
+            d,
+            3 * p * p,
+            s.cols.ptr(),
+            self.patch_w.ptr(),
+            s.patch_out.ptr(),
+            Dt::F32,
+            false,
+        )?;
         gpu.launch_elementwise(
             lane,
             &k.vit_assemble_tokens,
@@ -256,7 +284,13 @@ impl DeviceVit {
         Ok(())
     }
 
-    fn layer_norm(&self, gpu: &Gpu, lane: Lane, w: &DeviceBuffer<f32>, b: &DeviceBuffer<f32>) -> Result<(), CudaError> {
+    fn layer_norm(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        w: &DeviceBuffer<f32>,
+        b: &DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
         let s = &self.s;
         gpu.launch(
             lane,
@@ -275,7 +309,13 @@ impl DeviceVit {
         )
     }
 
-    fn residual(&self, gpu: &Gpu, lane: Lane, bias: &DeviceBuffer<f32>, gamma: Option<&DeviceBuffer<f32>>) -> Result<(), CudaError> {
+    fn residual(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        bias: &DeviceBuffer<f32>,
+        gamma: Option<&DeviceBuffer<f32>>,
+    ) -> Result<(), CudaError> {
         let s = &self.s;
         let d = self.config.embed_dim;
         let total = self.tokens() * d;
@@ -294,7 +334,14 @@ impl DeviceVit {
         )
     }
 
-    fn bias_act(&self, gpu: &Gpu, lane: Lane, width: usize, bias: &DeviceBuffer<f32>, gelu: bool) -> Result<(), CudaError> {
+    fn bias_act(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        width: usize,
+        bias: &DeviceBuffer<f32>,
+        gelu: bool,
+    ) -> Result<(), CudaError> {
         let s = &self.s;
         let total = self.tokens() * width;
         gpu.launch_elementwise(
@@ -315,10 +362,26 @@ impl DeviceVit {
     fn block(&self, gpu: &Gpu, lane: Lane, b: &VitBlock) -> Result<(), CudaError> {
         let c = &self.config;
         let s = &self.s;
-        let (d, t, h, hd, mlp) = (c.embed_dim, self.tokens(), c.num_heads, c.head_dim(), c.mlp_hidden);
+        let (d, t, h, hd, mlp) = (
+            c.embed_dim,
+            self.tokens(),
+            c.num_heads,
+            c.head_dim(),
+            c.mlp_hidden,
+        );
         self.layer_norm(gpu, lane, &b.norm1_w, &b.norm1_b)?;
         // [T, 3D] = normed · qkv_wᵀ + b, packed (q | k | v), heads split as (3, H, hd).
-        gpu.linear(lane, t, 3 * d, d, s.normed.ptr(), b.qkv_w.ptr(), s.wide_f32.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            t,
+            3 * d,
+            d,
+            s.normed.ptr(),
+            b.qkv_w.ptr(),
+            s.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
         self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false)?;
         let qkv = &s.wide_f16;
         // scores[h] [T, T] = q_h · k_hᵀ; column-major: (k_h stored [hd, T] → op T) · q_h.
@@ -347,7 +410,17 @@ impl DeviceVit {
                 beta: 0.0,
             },
         )?;
-        softmax(gpu, lane, &s.scores, &s.probs, h * t, t, t, 1.0 / (hd as f32).sqrt(), -1)?;
+        softmax(
+            gpu,
+            lane,
+            &s.scores,
+            &s.probs,
+            h * t,
+            t,
+            t,
+            1.0 / (hd as f32).sqrt(),
+            -1,
+        )?;
         // attn[:, h·hd..] [T, hd] = probs_h [T, T] · v_h [T, hd].
         gpu.gemm(
             lane,
@@ -374,12 +447,42 @@ impl DeviceVit {
                 beta: 0.0,
             },
         )?;
-        gpu.linear(lane, t, d, d, s.attn.ptr(), b.proj_w.ptr(), s.branch.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            t,
+            d,
+            d,
+            s.attn.ptr(),
+            b.proj_w.ptr(),
+            s.branch.ptr(),
+            Dt::F32,
+            false,
+        )?;
         self.residual(gpu, lane, &b.proj_b, b.ls1.as_ref())?;
         self.layer_norm(gpu, lane, &b.norm2_w, &b.norm2_b)?;
-        gpu.linear(lane, t, mlp, d, s.normed.ptr(), b.fc1_w.ptr(), s.wide_f32.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            t,
+            mlp,
+            d,
+            s.normed.ptr(),
+            b.fc1_w.ptr(),
+            s.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
         self.bias_act(gpu, lane, mlp, &b.fc1_b, true)?;
-        gpu.linear(lane, t, d, mlp, s.wide_f16.ptr(), b.fc2_w.ptr(), s.branch.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            t,
+            d,
+            mlp,
+            s.wide_f16.ptr(),
+            b.fc2_w.ptr(),
+            s.branch.ptr(),
+            Dt::F32,
+            false,
+        )?;
         self.residual(gpu, lane, &b.fc2_b, b.ls2.as_ref())
     }
 }
@@ -456,7 +559,12 @@ impl DeviceProjector {
         rows: usize,
     ) -> Result<Self, CudaError> {
         let m = |src: &mut dyn WeightSource, n: &str, r: usize, c: usize| {
-            src.matrix_f16(gpu, &[(format!("{prefix}.{n}"), r)], c, 1.7 / (c as f32).sqrt())
+            src.matrix_f16(
+                gpu,
+                &[(format!("{prefix}.{n}"), r)],
+                c,
+                1.7 / (c as f32).sqrt(),
+            )
         };
         let b = |src: &mut dyn WeightSource, n: &str, len: usize| {
             src.tensor_f32(gpu, &format!("{prefix}.{n}.bias"), &[len], 0.0, 0.02)
@@ -507,11 +615,41 @@ impl DeviceProjector {
                 ],
             )
         };
-        gpu.linear(lane, r, self.hidden, self.in_features, fused, self.fc1_w.ptr(), self.wide_f32.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            r,
+            self.hidden,
+            self.in_features,
+            fused,
+            self.fc1_w.ptr(),
+            self.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
         epilogue(self.hidden, &self.fc1_b)?;
-        gpu.linear(lane, r, self.out_features, self.hidden, self.wide_f16.ptr(), self.fc2_w.ptr(), self.wide_f32.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            r,
+            self.out_features,
+            self.hidden,
+            self.wide_f16.ptr(),
+            self.fc2_w.ptr(),
+            self.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
         epilogue(self.out_features, &self.fc2_b)?;
-        gpu.linear(lane, r, self.out_features, self.out_features, self.wide_f16.ptr(), self.fc3_w.ptr(), self.wide_f32.ptr(), Dt::F32, false)?;
+        gpu.linear(
+            lane,
+            r,
+            self.out_features,
+            self.out_features,
+            self.wide_f16.ptr(),
+            self.fc3_w.ptr(),
+            self.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
         let total = r * self.out_features;
         gpu.launch_elementwise(
             lane,
@@ -560,7 +698,11 @@ impl std::fmt::Debug for VisionPath {
 }
 
 impl VisionPath {
-    pub fn new(gpu: &Gpu, vits: Vec<DeviceVit>, projector: DeviceProjector) -> Result<Self, CudaError> {
+    pub fn new(
+        gpu: &Gpu,
+        vits: Vec<DeviceVit>,
+        projector: DeviceProjector,
+    ) -> Result<Self, CudaError> {
         let Some(first) = vits.first() else {
             return Err(CudaError::Shape {
                 op: "vision",
@@ -615,7 +757,11 @@ impl VisionPath {
         let a = &self.vits[0];
         let patches = a.config().num_patches();
         let (b_buf, b_first, b_dim) = match self.vits.get(1) {
-            Some(b) => (b.output().ptr(), b.config().num_prefix_tokens(), b.config().embed_dim),
+            Some(b) => (
+                b.output().ptr(),
+                b.config().num_prefix_tokens(),
+                b.config().embed_dim,
+            ),
             None => (0, 0, 0),
         };
         let width = a.config().embed_dim + b_dim;
@@ -654,7 +800,9 @@ impl VisionPath {
         gpu.sync(Lane::B)?;
         let stream = gpu.stream(Lane::A).clone();
         stream
-            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
             .map_err(CudaError::driver("cuStreamBeginCapture (vision)"))?;
         let queued = self.queue(gpu, VisionMode::TwoStreams);
         let graph = stream
@@ -665,7 +813,9 @@ impl VisionPath {
             op: "vision graph",
             message: "capture produced an empty graph".into(),
         })?;
-        graph.upload().map_err(CudaError::driver("cuGraphUpload (vision)"))?;
+        graph
+            .upload()
+            .map_err(CudaError::driver("cuGraphUpload (vision)"))?;
         self.graph = Some(Graph::new(graph));
         Ok(())
     }

@@ -67,7 +67,9 @@ impl WeightSource for CheckpointWeights<'_> {
         let buf = gpu.alloc::<f16>(rows * cols)?;
         let mut at = 0;
         for (name, r) in parts {
-            let values = self.ckpt.f32_with_shape(&format!("{name}.weight"), &[*r, cols])?;
+            let values = self
+                .ckpt
+                .f32_with_shape(&format!("{name}.weight"), &[*r, cols])?;
             let halfs: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
             gpu.write(&buf, at, &halfs)?;
             at += r * cols;
@@ -297,10 +299,7 @@ impl DeviceLinear {
     pub fn weight_bytes(&self, format: DecodeFormat) -> usize {
         match format {
             DecodeFormat::F16 => self.f16.bytes(),
-            DecodeFormat::Int8 => self
-                .int8
-                .as_ref()
-                .map_or(0, |(q, s)| q.bytes() + s.bytes()),
+            DecodeFormat::Int8 => self.int8.as_ref().map_or(0, |(q, s)| q.bytes() + s.bytes()),
             DecodeFormat::Int4 => self
                 .int4
                 .as_ref()
@@ -339,7 +338,14 @@ impl DeviceLinear {
                 blocks,
                 256,
                 0,
-                &[Arg::Ptr(self.f16.ptr()), Arg::Ptr(x), Arg::Ptr(y), n, k, acc],
+                &[
+                    Arg::Ptr(self.f16.ptr()),
+                    Arg::Ptr(x),
+                    Arg::Ptr(y),
+                    n,
+                    k,
+                    acc,
+                ],
             ),
             DecodeFormat::Int8 => {
                 let (q, s) = self.int8.as_ref().ok_or_else(missing)?;
