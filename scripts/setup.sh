@@ -22,3 +22,19 @@ if [ ${#py_need[@]} -gt 0 ]; then
     python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_need[@]}"
 fi
+
+# NVRTC (no GPU needed) so that the tests compile every CUDA kernel: the nvidia-cuda-nvrtc
+# wheel puts libnvrtc.so.13 under site-packages/nvidia/cu13/lib, where the backend and its
+# test look. Skipped when a CUDA toolkit or an NVRTC wheel is already there.
+have_nvrtc() {
+    ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so' && return 0
+    [ -e /usr/local/cuda/lib64/libnvrtc.so ] && return 0
+    python3 - <<'PY' 2>/dev/null
+import glob, os, sys, nvidia
+sys.exit(0 if any(glob.glob(os.path.join(p, "cu1*", "lib", "libnvrtc.so.*")) for p in nvidia.__path__) else 1)
+PY
+}
+if ! have_nvrtc; then
+    python3 -m pip install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.0.88" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "nvidia-cuda-nvrtc==13.0.88"
+fi

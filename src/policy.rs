@@ -40,13 +40,21 @@ pub enum PolicyError {
         backend: &'static str,
         message: String,
     },
+    /// The backend cannot run on this machine (no driver, no device): a usage error.
+    #[error("backend {backend}: {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 impl PolicyError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             PolicyError::Model(e) => e.is_bad_input(),
-            PolicyError::Preprocess(_) | PolicyError::EmptyInstruction => true,
+            PolicyError::Preprocess(_)
+            | PolicyError::EmptyInstruction
+            | PolicyError::Unavailable { .. } => true,
             PolicyError::Backend { .. } => false,
         }
     }

@@ -151,8 +151,11 @@ fn missing_model_dir_is_named() {
 fn unavailable_backend_and_foreign_quantized_weights_are_refused() {
     let tiny = tiny_model_dir();
     assert_bad_input(
-        predict(&tiny, &["--unnorm-key", "tiny_bridge", "--backend", "cuda"]),
-        &["cuda", "not available"],
+        predict(
+            &tiny,
+            &["--unnorm-key", "tiny_bridge", "--backend", "tensorrt"],
+        ),
+        &["tensorrt", "not available"],
     );
     // A checkpoint is not a pre-quantized weight file: its format tag is missing.
     let checkpoint = tiny.join("model.safetensors");

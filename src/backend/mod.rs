@@ -1,6 +1,7 @@
 //! Backends that run the model on a device, each behind [`crate::policy::Policy`].
 
 pub mod cpu;
+pub mod cuda;
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ pub fn load_policy(
 ) -> Result<Box<dyn Policy>, PolicyError> {
     match options.backend {
         BackendKind::Cpu => Ok(Box::new(cpu::CpuPolicy::load(model_dir, options)?)),
-        BackendKind::Cuda => Err(unavailable("cuda")),
+        BackendKind::Cuda => Ok(Box::new(cuda::CudaPolicy::load(model_dir, options)?)),
         BackendKind::Tensorrt => Err(unavailable("tensorrt")),
     }
 }

@@ -13,7 +13,7 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
 use crate::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
 use crate::model::prompt::PromptTokenizer;
-use crate::policy::{PolicyOptions, StageTimings};
+use crate::policy::{BackendKind, PolicyOptions, StageTimings};
 use crate::preprocess::{Preprocessor, RgbImage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,30 +53,38 @@ pub struct PolicyBenchArgs {
     pub template: PathBuf,
     #[arg(long, default_value = "pick up the red block and put it in the bowl")]
     pub instruction: String,
+    /// Where the policy runs (cpu: f32 reference; cuda: FP16 on the GPU with per-stage
+    /// device timings).
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendKind,
+    /// With --backend cuda: instead of timing, compare the CUDA backend with the CPU backend
+    /// on every case of this fixture folder (expected.json) and exit non-zero on a mismatch.
+    #[arg(long, value_name = "FIXTURE_DIR")]
+    pub parity: Option<PathBuf>,
 }
 
 /// Dimensions of one random-weight ViT.
 #[derive(Debug, Clone, Copy)]
-struct VitShape {
-    embed: usize,
-    depth: usize,
-    heads: usize,
-    mlp: usize,
-    registers: usize,
-    dino: bool,
+pub(crate) struct VitShape {
+    pub(crate) embed: usize,
+    pub(crate) depth: usize,
+    pub(crate) heads: usize,
+    pub(crate) mlp: usize,
+    pub(crate) registers: usize,
+    pub(crate) dino: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct LlmShape {
-    hidden: usize,
-    layers: usize,
-    heads: usize,
-    kv_heads: usize,
-    intermediate: usize,
-    vocab: usize,
+pub(crate) struct LlmShape {
+    pub(crate) hidden: usize,
+    pub(crate) layers: usize,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) intermediate: usize,
+    pub(crate) vocab: usize,
 }
 
-fn shape_dims(shape: BenchShape) -> ([VitShape; 2], LlmShape) {
+pub(crate) fn shape_dims(shape: BenchShape) -> ([VitShape; 2], LlmShape) {
     let dino = |embed, depth, heads, mlp| VitShape {
         embed,
         depth,
@@ -329,7 +337,7 @@ fn test_image() -> RgbImage {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -342,6 +350,20 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: PolicyBenchArgs) -> Result<(), CliError> {
+    match args.backend {
+        BackendKind::Cpu if args.parity.is_some() => {
+            return Err(CliError::bad_input(
+                "--parity compares the cuda backend with the cpu one: add --backend cuda",
+            ))
+        }
+        BackendKind::Cpu => {}
+        BackendKind::Cuda => return crate::backend::cuda::bench::run(&args),
+        BackendKind::Tensorrt => {
+            return Err(CliError::bad_input(
+                "--backend tensorrt: not available in this build",
+            ))
+        }
+    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

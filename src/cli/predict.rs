@@ -69,7 +69,7 @@ pub fn main(args: PredictArgs) -> Result<(), CliError> {
             "--instruction: empty instruction: the policy needs a task description",
         ));
     }
-    if args.backend != BackendKind::Cpu {
+    if args.backend == BackendKind::Tensorrt {
         return Err(CliError::bad_input(format!(
             "--backend {}: not available in this build",
             backend_name(args.backend)
@@ -93,14 +93,22 @@ pub fn main(args: PredictArgs) -> Result<(), CliError> {
     let image = load_image(&args.image).map_err(|e| CliError::bad_input(e.to_string()))?;
     let prediction = policy.predict(&image, &args.instruction)?;
     if args.json {
-        println!("{}", to_json(&prediction, load_ms, policy.model_name()));
+        println!(
+            "{}",
+            to_json(
+                &prediction,
+                load_ms,
+                policy.backend_name(),
+                policy.model_name()
+            )
+        );
     } else {
         print_summary(&prediction, load_ms);
     }
     Ok(())
 }
 
-fn to_json(p: &Prediction, load_ms: f64, model: &str) -> serde_json::Value {
+fn to_json(p: &Prediction, load_ms: f64, backend: &str, model: &str) -> serde_json::Value {
     let t = &p.timings;
     serde_json::json!({
         "tokens": p.tokens,
@@ -115,7 +123,7 @@ fn to_json(p: &Prediction, load_ms: f64, model: &str) -> serde_json::Value {
             "total": t.total_ms,
         },
         "load_ms": load_ms,
-        "backend": "cpu",
+        "backend": backend,
         "model": model,
     })
 }

@@ -251,6 +251,8 @@ impl ControlLoop {
         let result = links.results.take();
         let input = self.action_input(result, &time);
         let decision = self.supervisor.step(input, conditions);
+        // Counters first: whoever sees this tick's command must also see its counters.
+        self.record_stats(&decision, input, result.as_ref(), &time);
 
         let links = &self.links;
         CommandRecord {
@@ -276,8 +278,6 @@ impl ControlLoop {
             self.links.trigger.fire(time.index);
             self.fired = true;
         }
-        self.record_stats(&decision, input, result.as_ref(), &time);
-
         if shutting_down {
             self.links.outbox.close();
             if let Some(notifier) = self.notifier.as_mut() {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The one prepared check of the CUDA backend on a GPU machine, with a release binary built
+# elsewhere (target/release/vla-rt, stripped): driver, parity against the CPU backend on the
+# tiny fixture, the 7B-shape benchmark, and the PyTorch comparison on the same card in the
+# same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
+# /tmp/vla-rt-gpu-check). Budget: well under 8 minutes on an H100/H200.
+#
+#   bench/gpu_check.sh [path/to/vla-rt]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/vla-rt}
+LOG_DIR=${LOG_DIR:-${OUT:-/tmp/vla-rt-gpu-check}}
+RUNS=${RUNS:-10}
+mkdir -p "$LOG_DIR"
+status=0
+
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step "driver"
+if ! nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; then
+    echo "no NVIDIA driver: nothing to check here"; exit 2
+fi
+# NVRTC and cuBLAS: the toolkit's, else the Python wheels' (the binary also searches both).
+for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia,os;print(" ".join(os.path.join(p,"cu13","lib") for p in nvidia.__path__))' 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+[ -x "$BIN" ] || { echo "binary $BIN missing (build with cargo build --release here or carry it)"; exit 2; }
+
+step "parity: cuda vs cpu on tests/fixtures/openvla-tiny (fp16 and int8)"
+timeout 240 "$BIN" bench --backend cuda --parity tests/fixtures/openvla-tiny --model engines/openvla-tiny \
+    2>&1 | tee "$LOG_DIR/parity.txt"
+parity_rc=${PIPESTATUS[0]}
+[ "$parity_rc" -eq 0 ] || status=1
+
+step "vla-rt bench --backend cuda --random-weights --shape openvla-7b"
+timeout 300 "$BIN" bench --backend cuda --random-weights --shape openvla-7b --runs "$RUNS" --warmup 3 \
+    --template engines/openvla-tiny 2>&1 | tee "$LOG_DIR/bench_cuda.txt"
+bench_rc=${PIPESTATUS[0]}
+[ "$bench_rc" -eq 0 ] || status=1
+
+torch_rc=skipped
+if python3 -c 'import torch, timm, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
+    step "PyTorch on the same card (bench/torch_compare.py)"
+    PYTHONUNBUFFERED=1 timeout 240 python3 bench/torch_compare.py --runs "$RUNS" 2>&1 | tee "$LOG_DIR/torch.txt"
+    torch_rc=${PIPESTATUS[0]}
+else
+    echo "torch/timm/transformers with CUDA not importable: PyTorch comparison skipped"
+fi
+
+step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
+echo "parity exit $parity_rc, bench exit $bench_rc, torch exit $torch_rc"
+grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
+printf '%-34s %12s %12s\n' "stage" "vla-rt ms" "torch ms"
+for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
+           "both encoders, one stream:both_1stream" "both encoders, two streams:both_2streams" \
+           "vision path, no graph:vision_eager" "vision path, CUDA graph:vision_graph" \
+           "llm prefill:prefill" "decode / token, fp16, graph:decode_token" \
+           "decode / token, int8, graph:-" "decode / token, int4, graph:-" \
+           "whole action, fp16:generate" "whole action, int8:-" "whole action, int4:-" \
+           "device copy (read + write):copy"; do
+    ours=${key%%:*}; theirs=${key##*:}
+    a=$(grep -F "$ours" "$LOG_DIR/bench_cuda.txt" 2>/dev/null | head -1 | awk -v n="$ours" '{s=substr($0,length(n)+1); split(s,f," "); print f[1]}')
+    b=$( [ "$theirs" != "-" ] && grep -E "^$theirs " "$LOG_DIR/torch.txt" 2>/dev/null | awk '{print $2}' )
+    printf '%-34s %12s %12s\n' "$ours" "${a:--}" "${b:--}"
+done
+grep -E "GB/s" "$LOG_DIR/bench_cuda.txt" | sed 's/^/  /' || true
+exit $status

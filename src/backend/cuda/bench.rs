@@ -1,0 +1,383 @@
+//! `vla-rt bench --backend cuda`: per-stage device times of the policy at real shapes
+//! (random weights generated on the device, or a checkpoint), and the parity mode
+//! (`--parity`, see [`super::parity`]).
+//!
+//! Every figure is the median wall time of queueing the stage and waiting for it (what a
+//! caller sees, launch overhead included), after warm-up. Decode steps are reported with the
+//! weight bytes they read and the resulting GB/s, next to a device-to-device copy measured in
+//! the same run (bytes read + written, the usual convention for copy bandwidth).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::device::{Gpu, Lane};
+use super::policy::{CudaModelRunner, ModelSpec};
+use super::vision::VisionMode;
+use super::weights::{CheckpointWeights, DecodeFormat, RandomWeights};
+use super::CudaError;
+use crate::bench::policy::{median, shape_dims, BenchShape, PolicyBenchArgs};
+use crate::cli::CliError;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::{OpenVlaConfig, RuntimeModelConfig};
+use crate::model::llama::LlamaConfig;
+use crate::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
+use crate::model::prompt::PromptTokenizer;
+use crate::model::vit::VitConfig;
+use crate::policy::PolicyOptions;
+
+fn cuda_error(e: CudaError) -> CliError {
+    if e.is_bad_input() {
+        CliError::bad_input(format!("backend cuda: {e}"))
+    } else {
+        CliError::failure(format!("backend cuda: {e}"))
+    }
+}
+
+pub fn run(args: &PolicyBenchArgs) -> Result<(), CliError> {
+    if let Some(fixtures) = &args.parity {
+        return super::parity::run(args, fixtures);
+    }
+    // Fail fast, with one line, on a machine without CUDA.
+    let gpu = Gpu::open().map_err(cuda_error)?;
+    let start = Instant::now();
+    let (mut runner, label) = if args.random_weights {
+        random_runner(gpu, args.shape, &args.template)?
+    } else {
+        let dir = args
+            .model
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("engines/openvla-tiny"));
+        let config = OpenVlaConfig::from_file(&dir.join(CONFIG_FILE)).map_err(bad)?;
+        let tokenizer = PromptTokenizer::from_file(&dir.join(TOKENIZER_FILE)).map_err(bad)?;
+        let runtime = RuntimeModelConfig::from_dir(&dir).map_err(bad)?;
+        let ckpt = Checkpoint::open_dir(&dir).map_err(bad)?;
+        let spec = ModelSpec::from_checkpoint(&dir, &config, &runtime, &ckpt).map_err(bad)?;
+        let mut src = CheckpointWeights { ckpt: &ckpt };
+        let runner = CudaModelRunner::build(
+            gpu,
+            &mut src,
+            &spec,
+            &config,
+            tokenizer,
+            &options(&config),
+            false,
+        )
+        .map_err(cuda_error)?;
+        (runner, format!("checkpoint {}", dir.display()))
+    };
+    let build_s = start.elapsed().as_secs_f64();
+    bench_runner(&mut runner, args, &label, build_s).map_err(cuda_error)
+}
+
+fn bad(e: impl std::fmt::Display) -> CliError {
+    CliError::bad_input(e.to_string())
+}
+
+fn options(config: &OpenVlaConfig) -> PolicyOptions {
+    PolicyOptions {
+        unnorm_key: config.norm_stats.keys().next().cloned(),
+        ..PolicyOptions::default()
+    }
+}
+
+/// The model of `shape` with random weights made on the device; tokenizer and dataset
+/// statistics from `template`.
+fn random_runner(
+    gpu: Gpu,
+    shape: BenchShape,
+    template: &std::path::Path,
+) -> Result<(CudaModelRunner, String), CliError> {
+    let (vits, llm) = shape_dims(shape);
+    let config_path = template.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| bad(format!("{}: cannot read: {e}", config_path.display())))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", config_path.display())))?;
+    json["text_config"] = serde_json::json!({
+        "hidden_size": llm.hidden,
+        "intermediate_size": llm.intermediate,
+        "num_attention_heads": llm.heads,
+        "num_hidden_layers": llm.layers,
+        "num_key_value_heads": llm.kv_heads,
+        "vocab_size": llm.vocab,
+    });
+    let config = OpenVlaConfig::from_json_str(&json.to_string(), &config_path).map_err(bad)?;
+    let tokenizer = PromptTokenizer::from_file(&template.join(TOKENIZER_FILE)).map_err(bad)?;
+    let mut present = HashSet::new();
+    let mut specs = Vec::new();
+    for (vit, name) in vits.iter().zip(["featurizer", "fused_featurizer"]) {
+        let prefix = format!("vision_backbone.{name}");
+        let cfg = VitConfig {
+            embed_dim: vit.embed,
+            depth: vit.depth,
+            num_heads: vit.heads,
+            mlp_hidden: vit.mlp,
+            patch_size: 14,
+            image_size: 224,
+            num_class_tokens: usize::from(vit.dino),
+            num_reg_tokens: vit.registers,
+            layer_scale: vit.dino,
+        };
+        if vit.dino {
+            present.insert(format!("{prefix}.cls_token"));
+            present.insert(format!("{prefix}.reg_token"));
+        }
+        specs.push((prefix, cfg, false));
+    }
+    let vision: usize = vits.iter().map(|v| v.embed).sum();
+    let spec = ModelSpec {
+        vits: specs,
+        projector_hidden: 4 * vision,
+        llama: LlamaConfig::from_openvla(&config),
+        capacity: (1 + 256 + MAX_TEXT_TOKENS).min(config.llm_max_length),
+    };
+    present.insert("language_model.lm_head.weight".into());
+    let mut src = RandomWeights {
+        seed: 20240613,
+        present,
+    };
+    let runner = CudaModelRunner::build(
+        gpu,
+        &mut src,
+        &spec,
+        &config,
+        tokenizer,
+        &options(&config),
+        false,
+    )
+    .map_err(cuda_error)?;
+    Ok((runner, format!("random weights, shape {shape:?}")))
+}
+
+/// Median/min/max of `runs` timed calls of `f` after `warmup` untimed ones, in ms.
+fn time(
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut() -> Result<(), CudaError>,
+) -> Result<Vec<f64>, CudaError> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(samples)
+}
+
+fn row(name: &str, samples: &[f64], note: &str) {
+    let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = samples.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{name:<34} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
+        median(samples.to_vec())
+    );
+}
+
+fn bench_runner(
+    runner: &mut CudaModelRunner,
+    args: &PolicyBenchArgs,
+    label: &str,
+    build_s: f64,
+) -> Result<(), CudaError> {
+    let runs = args.runs.max(1);
+    let warmup = args.warmup.max(1);
+    let pixels: Vec<f32> = (0..runner.vision().pixels.len())
+        .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
+        .collect();
+    let ids = runner
+        .prompt_ids(&args.instruction)
+        .map_err(|e| CudaError::Shape {
+            op: "prompt",
+            message: e.to_string(),
+        })?;
+    let action_dim = runner.action_dim();
+    runner.upload_pixels(&pixels)?;
+    runner.gpu().sync(Lane::A)?;
+
+    // Quantized copies for the decode rows; the FP16 weights stay for prefill.
+    {
+        let (gpu, llama, _) = runner.llama_mut();
+        llama.quantize(gpu, DecodeFormat::Int8, false)?;
+        llama.quantize(gpu, DecodeFormat::Int4, false)?;
+    }
+    let gpu_name = runner.gpu().name().to_string();
+    println!(
+        "policy benchmark, CUDA FP16 on {gpu_name} ({}): {label}",
+        runner.gpu().arch()
+    );
+    println!(
+        "{} timed runs after {} warm-up, prefill {} positions, {action_dim} decoded tokens, build {build_s:.1} s",
+        runs,
+        warmup,
+        ids.len() + 256
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "stage", "median ms", "min ms", "max ms"
+    );
+
+    let sync = |gpu: &Gpu| -> Result<(), CudaError> {
+        gpu.sync(Lane::A)?;
+        gpu.sync(Lane::B)
+    };
+    {
+        let (gpu, vision) = runner.vision_mut();
+        let dino = time(warmup, runs, || {
+            vision.encoder(gpu, 0)?;
+            sync(gpu)
+        })?;
+        row("encoder 0 (DINOv2) alone", &dino, "lane A");
+        if vision.vits.len() > 1 {
+            let siglip = time(warmup, runs, || {
+                vision.encoder(gpu, 1)?;
+                sync(gpu)
+            })?;
+            row("encoder 1 (SigLIP) alone", &siglip, "lane B");
+        }
+        let one = time(warmup, runs, || {
+            vision.encoders(gpu, VisionMode::OneStream)?;
+            sync(gpu)
+        })?;
+        row("both encoders, one stream", &one, "sequential");
+        let two = time(warmup, runs, || {
+            vision.encoders(gpu, VisionMode::TwoStreams)?;
+            sync(gpu)
+        })?;
+        row("both encoders, two streams", &two, "event join");
+        let concat = time(warmup, runs, || {
+            vision.concat(gpu)?;
+            sync(gpu)
+        })?;
+        row("concat", &concat, "fused [256, D0+D1] FP16");
+        let projector = time(warmup, runs, || {
+            vision.projector(gpu)?;
+            sync(gpu)
+        })?;
+        row("projector", &projector, "FP16");
+        let eager = time(warmup, runs, || {
+            vision.queue(gpu, VisionMode::TwoStreams)?;
+            sync(gpu)
+        })?;
+        row(
+            "vision path, no graph",
+            &eager,
+            "two streams + concat + projector",
+        );
+        vision.capture(gpu)?;
+        let graph = time(warmup, runs, || {
+            vision.replay(gpu)?;
+            sync(gpu)
+        })?;
+        row(
+            "vision path, CUDA graph",
+            &graph,
+            "same work, one graph launch",
+        );
+    }
+
+    // Device copy bandwidth, same run: 1 GiB (256 MiB on small cards) buffer to buffer.
+    let copy_bytes = {
+        let free = runner
+            .gpu()
+            .context()
+            .mem_get_info()
+            .map(|(free, _)| free)
+            .unwrap_or(0);
+        if free > 8 << 30 {
+            1usize << 30
+        } else {
+            256 << 20
+        }
+    };
+    let copy_gbs = {
+        let gpu = runner.gpu();
+        let a = gpu.alloc::<u8>(copy_bytes)?;
+        let b = gpu.alloc::<u8>(copy_bytes)?;
+        let t = time(warmup, runs, || {
+            gpu.copy_d2d(Lane::A, b.ptr(), a.ptr(), copy_bytes)?;
+            gpu.sync(Lane::A)
+        })?;
+        let gbs = 2.0 * copy_bytes as f64 / (median(t.clone()) * 1e-3) / 1e9;
+        row(
+            "device copy (read + write)",
+            &t,
+            &format!("{gbs:.0} GB/s, {} MiB", copy_bytes >> 20),
+        );
+        gbs
+    };
+
+    let (gpu, llama, vision) = runner.llama_mut();
+    let image_tokens = vision.projector.output();
+    let prefill = time(warmup, runs, || {
+        llama.prefill(gpu, image_tokens, &ids, DecodeFormat::F16)?;
+        gpu.sync(Lane::A)
+    })?;
+    row(
+        "llm prefill",
+        &prefill,
+        &format!("{} positions, FP16 GEMMs", ids.len() + 256),
+    );
+
+    for (format, use_graph) in [
+        (DecodeFormat::F16, false),
+        (DecodeFormat::F16, true),
+        (DecodeFormat::Int8, true),
+        (DecodeFormat::Int4, true),
+    ] {
+        let bytes = llama.decode_weight_bytes(format);
+        let mut samples = Vec::new();
+        for run in 0..warmup + runs {
+            llama.prefill(gpu, image_tokens, &ids, format)?;
+            gpu.sync(Lane::A)?;
+            for _ in 1..action_dim {
+                let t = Instant::now();
+                llama.step(gpu, format, use_graph)?;
+                gpu.sync(Lane::A)?;
+                if run >= warmup {
+                    samples.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
+        row(
+            &format!(
+                "decode / token, {}{}",
+                format.label(),
+                if use_graph { ", graph" } else { ", no graph" }
+            ),
+            &samples,
+            &format!(
+                "{:.2} GB weights, {gbs:.0} GB/s = {:.0}% of copy",
+                bytes as f64 / 1e9,
+                100.0 * gbs / copy_gbs.max(1e-9)
+            ),
+        );
+    }
+
+    for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+        let whole = time(warmup, runs, || {
+            runner.upload_pixels(&pixels)?;
+            let (gpu, vision) = runner.vision_mut();
+            vision.replay(gpu)?;
+            let (gpu, llama, vision) = runner.llama_mut();
+            llama.generate(
+                gpu,
+                vision.projector.output(),
+                &ids,
+                action_dim,
+                format,
+                true,
+            )?;
+            Ok(())
+        })?;
+        row(
+            &format!("whole action, {}", format.label()),
+            &whole,
+            "upload + vision graph + prefill + decode graphs + ids back",
+        );
+    }
+    Ok(())
+}

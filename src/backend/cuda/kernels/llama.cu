@@ -1,0 +1,186 @@
+// Llama kernels: prompt/image embedding rows, RMSNorm, rotate-half RoPE with the KV cache
+// write, SiLU-mul, decode attention with GQA, and greedy argmax on the device.
+//
+// `state` is a small device array shared by the decode graph: state[0] = position of the next
+// row to write, state[1] = the latest token id, state[2] = tokens generated so far.
+
+// x [1 + P + L - 1, H] f32 = [embed(ids[0]), image tokens, embed(ids[1..L])].
+extern "C" __global__ void assemble_prefill(const half_t* __restrict__ table, const int* __restrict__ ids,
+                                            const float* __restrict__ image_tokens,
+                                            float* __restrict__ x, int P, int L, int H) {
+    const int rows = P + L;
+    const long total = (long)rows * H;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
+         i += (long)gridDim.x * blockDim.x) {
+        const int r = (int)(i / H);
+        const int c = (int)(i % H);
+        float v;
+        if (r == 0) v = h2f(table[(long)ids[0] * H + c]);
+        else if (r <= P) v = image_tokens[(long)(r - 1) * H + c];
+        else v = h2f(table[(long)ids[r - P] * H + c]);
+        x[i] = v;
+    }
+}
+
+// x [H] f32 = embed(state[1]).
+extern "C" __global__ void embed_decode(const half_t* __restrict__ table, const int* __restrict__ state,
+                                        float* __restrict__ x, int H) {
+    const long t = state[1];
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < H; c += gridDim.x * blockDim.x)
+        x[c] = h2f(table[t * H + c]);
+}
+
+// One block per row: out = f16(x · rsqrt(mean(x²) + eps) · w), as transformers' LlamaRMSNorm.
+extern "C" __global__ void rms_norm_f16(const float* __restrict__ x, const float* __restrict__ w,
+                                        half_t* __restrict__ out, int H, float eps) {
+    __shared__ float scratch[32];
+    const float* row = x + (long)blockIdx.x * H;
+    half_t* orow = out + (long)blockIdx.x * H;
+    float q = 0.f;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) q += row[i] * row[i];
+    const float r = rsqrtf(block_sum(q, scratch) / H + eps);
+    for (int i = threadIdx.x; i < H; i += blockDim.x) orow[i] = f2h(row[i] * r * w[i]);
+}
+
+// qkv [n, (heads + 2·kv_heads)·hd] f32 (fused q/k/v projection) → q [n, heads·hd] f16 rotated;
+// k rotated and v written to the cache [kv_heads, capacity, hd] f16 at positions state[0] + r.
+// cos/sin tables [capacity, hd/2] are the CPU backend's (f32 inv_freq, f32 angle).
+extern "C" __global__ void rope_cache_write(const float* __restrict__ qkv, half_t* __restrict__ q,
+                                            half_t* __restrict__ k_cache, half_t* __restrict__ v_cache,
+                                            const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                                            const int* __restrict__ state, int n, int heads, int kv_heads,
+                                            int hd, int capacity) {
+    const int half_d = hd / 2;
+    const int width = (heads + 2 * kv_heads) * hd;
+    const int pairs_per_row = (heads + kv_heads) * half_d + kv_heads * hd;
+    const long total = (long)n * pairs_per_row;
+    const int first = state[0];
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
+         i += (long)gridDim.x * blockDim.x) {
+        const int r = (int)(i / pairs_per_row);
+        int j = (int)(i % pairs_per_row);
+        const int pos = first + r;
+        const float* row = qkv + (long)r * width;
+        if (j < (heads + kv_heads) * half_d) {
+            const int head = j / half_d;          // q heads, then k heads
+            const int d = j % half_d;
+            const float x1 = row[head * hd + d];
+            const float x2 = row[head * hd + d + half_d];
+            const float c = cos_t[(long)pos * half_d + d];
+            const float s = sin_t[(long)pos * half_d + d];
+            const float lo = x1 * c - x2 * s;
+            const float hi = x2 * c + x1 * s;
+            if (head < heads) {
+                q[(long)r * heads * hd + head * hd + d] = f2h(lo);
+                q[(long)r * heads * hd + head * hd + d + half_d] = f2h(hi);
+            } else {
+                const int g = head - heads;
+                half_t* dst = k_cache + ((long)g * capacity + pos) * hd;
+                dst[d] = f2h(lo);
+                dst[d + half_d] = f2h(hi);
+            }
+        } else {
+            j -= (heads + kv_heads) * half_d;
+            const int g = j / hd;
+            const int d = j % hd;
+            v_cache[((long)g * capacity + pos) * hd + d] =
+                f2h(row[(heads + kv_heads) * hd + g * hd + d]);
+        }
+    }
+}
+
+// gate_up [n, 2·I] f32 → out [n, I] f16 = silu(gate) · up.
+extern "C" __global__ void silu_mul_f16(const float* __restrict__ gate_up, half_t* __restrict__ out,
+                                        int n, int I) {
+    const long total = (long)n * I;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
+         i += (long)gridDim.x * blockDim.x) {
+        const long r = i / I;
+        const int c = (int)(i % I);
+        const float g = gate_up[r * 2 * I + c];
+        const float u = gate_up[r * 2 * I + I + c];
+        out[i] = f2h(g / (1.f + expf(-g)) * u);
+    }
+}
+
+// Decode attention, one block per query head: the query at position state[0] against cached
+// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)). Scores live in dynamic
+// shared memory (`capacity` floats).
+extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
+                                            const half_t* __restrict__ v_cache, half_t* __restrict__ out,
+                                            const int* __restrict__ state, int heads, int kv_heads,
+                                            int hd, int capacity, float scale) {
+    extern __shared__ float scores[];
+    __shared__ float scratch[32];
+    const int h = blockIdx.x;
+    const int g = h / (heads / kv_heads);
+    const int keys = state[0] + 1;
+    const half_t* qh = q + (long)h * hd;
+    const half_t* kh = k_cache + (long)g * capacity * hd;
+    const half_t* vh = v_cache + (long)g * capacity * hd;
+    const int lane = threadIdx.x % VLA_WARP;
+    const int warp = threadIdx.x / VLA_WARP;
+    const int warps = blockDim.x / VLA_WARP;
+    for (int j = warp; j < keys; j += warps) {
+        float dot = 0.f;
+        for (int d = lane; d < hd; d += VLA_WARP)
+            dot += h2f(qh[d]) * h2f(kh[(long)j * hd + d]);
+        dot = warp_sum(dot);
+        if (lane == 0) scores[j] = dot * scale;
+    }
+    __syncthreads();
+    float m = -VLA_INF;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) m = fmaxf(m, scores[j]);
+    m = block_max(m, scratch);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+        const float e = expf(scores[j] - m);
+        scores[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, scratch);
+    const float inv = 1.f / sum;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < keys; ++j) acc += scores[j] * h2f(vh[(long)j * hd + d]);
+        out[(long)h * hd + d] = f2h(acc * inv);
+    }
+}
+
+// One block: the first index of the largest finite-or-inf logit (NaN skipped), as torch.argmax
+// on the reference's logits. Writes tokens[state[2]] and state[1], then advances state[0]
+// by `advance` positions and state[2] by one.
+extern "C" __global__ void argmax_advance(const float* __restrict__ logits, int vocab, int* __restrict__ state,
+                                          int* __restrict__ tokens, int advance) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    float bv = -VLA_INF;
+    int bi = -1;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = logits[i];
+        if (!(v != v) && (bi < 0 || v > bv)) { bv = v; bi = i; }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float ov = best_v[threadIdx.x + s];
+            const int oi = best_i[threadIdx.x + s];
+            const float mv = best_v[threadIdx.x];
+            const int mi = best_i[threadIdx.x];
+            if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const int token = best_i[0];
+        tokens[state[2]] = token;
+        state[1] = token < 0 ? 0 : token;
+        state[0] += advance;
+        state[2] += 1;
+    }
+}

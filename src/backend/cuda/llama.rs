@@ -1,0 +1,714 @@
+//! The language model on the device: prefill of the multimodal sequence with FP16 GEMMs and
+//! greedy decode with GEMV kernels (FP16, INT8, INT4), the decode step captured as a CUDA
+//! graph per weight format. The KV cache `[layers, kv_heads, capacity, head_dim]` FP16 and
+//! every scratch buffer are allocated once at load.
+//!
+//! A small device array `state` = `[position, token, generated, _]` carries what changes
+//! between steps, so the same graph replays every step; the argmax kernel writes the token
+//! ids into a device array and only those come back to the host.
+
+use std::collections::HashMap;
+
+use half::f16;
+
+use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
+use super::vision::softmax;
+use super::weights::{DecodeFormat, DeviceLinear, WeightSource};
+use super::CudaError;
+use crate::model::llama::LlamaConfig;
+
+/// One decoder layer (`language_model.model.layers.N`), q/k/v and gate/up fused.
+#[derive(Debug)]
+struct Layer {
+    input_norm: DeviceBuffer<f32>,
+    /// `[heads·hd + 2·kv·hd, H]`: q_proj, k_proj, v_proj rows.
+    qkv: DeviceLinear,
+    o: DeviceLinear,
+    post_norm: DeviceBuffer<f32>,
+    /// `[2·I, H]`: gate_proj, up_proj rows.
+    gate_up: DeviceLinear,
+    down: DeviceLinear,
+}
+
+/// Device buffers for up to `capacity` positions.
+#[derive(Debug)]
+struct Scratch {
+    /// `[capacity, H]`, the residual stream.
+    x: DeviceBuffer<f32>,
+    /// `[capacity, H]`
+    normed: DeviceBuffer<f16>,
+    /// `[capacity, (heads + 2·kv)·hd]`
+    qkv: DeviceBuffer<f32>,
+    /// `[capacity, H]`
+    q: DeviceBuffer<f16>,
+    /// `[heads, capacity, capacity]`
+    scores: DeviceBuffer<f32>,
+    probs: DeviceBuffer<f16>,
+    /// `[capacity, H]`
+    attn: DeviceBuffer<f16>,
+    /// `[capacity, 2·I]`
+    gate_up: DeviceBuffer<f32>,
+    /// `[capacity, I]`
+    act: DeviceBuffer<f16>,
+    /// `[vocab]`
+    logits: DeviceBuffer<f32>,
+    /// `[position, token, generated, _]`
+    state: DeviceBuffer<i32>,
+    /// Generated token ids.
+    tokens: DeviceBuffer<i32>,
+    /// Prompt ids of the prefill.
+    ids: DeviceBuffer<i32>,
+    /// `[capacity, hd/2]` each.
+    cos: DeviceBuffer<f32>,
+    sin: DeviceBuffer<f32>,
+    k_cache: DeviceBuffer<f16>,
+    v_cache: DeviceBuffer<f16>,
+}
+
+/// Most tokens one `generate` call can return.
+pub const MAX_GENERATED: usize = 64;
+
+pub struct DeviceLlama {
+    config: LlamaConfig,
+    capacity: usize,
+    /// `[vocab, H]`
+    embed: DeviceBuffer<f16>,
+    layers: Vec<Layer>,
+    norm: DeviceBuffer<f32>,
+    lm_head: DeviceLinear,
+    s: Scratch,
+    graphs: HashMap<DecodeFormat, Graph>,
+}
+
+impl std::fmt::Debug for DeviceLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceLlama")
+            .field("config", &self.config)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl DeviceLlama {
+    /// Loads `{prefix}.model.*` and `{prefix}.lm_head`; `capacity` positions of KV cache.
+    pub fn load(
+        gpu: &Gpu,
+        src: &mut dyn WeightSource,
+        prefix: &str,
+        config: LlamaConfig,
+        capacity: usize,
+    ) -> Result<Self, CudaError> {
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let hd = config.head_dim();
+        let kv = config.num_kv_heads * hd;
+        if hd % 2 != 0 || config.num_heads % config.num_kv_heads.max(1) != 0 {
+            return Err(CudaError::Unsupported {
+                what: format!("{prefix} attention"),
+                message: format!(
+                    "head_dim {hd} must be even and {} heads a multiple of {} KV heads",
+                    config.num_heads, config.num_kv_heads
+                ),
+            });
+        }
+        let m = format!("{prefix}.model");
+        let embed = src.tensor_f16(gpu, &format!("{m}.embed_tokens.weight"), &[v, h], 1.0)?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let p = format!("{m}.layers.{l}");
+            let norm = |src: &mut dyn WeightSource, n: &str| {
+                src.tensor_f32(gpu, &format!("{p}.{n}.weight"), &[h], 1.0, 0.05)
+            };
+            let a = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            layers.push(Layer {
+                input_norm: norm(src, "input_layernorm")?,
+                qkv: DeviceLinear::load(
+                    gpu,
+                    src,
+                    &format!("{a}.qkv"),
+                    &[
+                        (format!("{a}.q_proj"), h),
+                        (format!("{a}.k_proj"), kv),
+                        (format!("{a}.v_proj"), kv),
+                    ],
+                    h,
+                )?,
+                o: DeviceLinear::load(
+                    gpu,
+                    src,
+                    &format!("{a}.o_proj"),
+                    &[(format!("{a}.o_proj"), h)],
+                    h,
+                )?,
+                post_norm: norm(src, "post_attention_layernorm")?,
+                gate_up: DeviceLinear::load(
+                    gpu,
+                    src,
+                    &format!("{mlp}.gate_up"),
+                    &[
+                        (format!("{mlp}.gate_proj"), i),
+                        (format!("{mlp}.up_proj"), i),
+                    ],
+                    h,
+                )?,
+                down: DeviceLinear::load(
+                    gpu,
+                    src,
+                    &format!("{mlp}.down_proj"),
+                    &[(format!("{mlp}.down_proj"), h)],
+                    i,
+                )?,
+            });
+        }
+        let norm = src.tensor_f32(gpu, &format!("{m}.norm.weight"), &[h], 1.0, 0.05)?;
+        let head_name = format!("{prefix}.lm_head");
+        let head_source =
+            if config.tie_word_embeddings && !src.contains(&format!("{head_name}.weight")) {
+                format!("{m}.embed_tokens")
+            } else {
+                head_name.clone()
+            };
+        let lm_head = DeviceLinear::load(gpu, src, &head_name, &[(head_source, v)], h)?;
+        let (cos, sin) = rope_tables(hd, config.rope_theta, capacity);
+        let qkv_width = (config.num_heads + 2 * config.num_kv_heads) * hd;
+        let cache_len = config.num_layers * kv * capacity;
+        let s = Scratch {
+            x: gpu.alloc(capacity * h)?,
+            normed: gpu.alloc(capacity * h)?,
+            qkv: gpu.alloc(capacity * qkv_width)?,
+            q: gpu.alloc(capacity * h)?,
+            scores: gpu.alloc(config.num_heads * capacity * capacity)?,
+            probs: gpu.alloc(config.num_heads * capacity * capacity)?,
+            attn: gpu.alloc(capacity * h)?,
+            gate_up: gpu.alloc(capacity * 2 * i)?,
+            act: gpu.alloc(capacity * i)?,
+            logits: gpu.alloc(v)?,
+            state: gpu.alloc(4)?,
+            tokens: gpu.alloc(MAX_GENERATED)?,
+            ids: gpu.alloc(capacity)?,
+            cos: gpu.upload(&cos)?,
+            sin: gpu.upload(&sin)?,
+            k_cache: gpu.alloc(cache_len)?,
+            v_cache: gpu.alloc(cache_len)?,
+        };
+        gpu.sync(Lane::A)?;
+        Ok(Self {
+            config,
+            capacity,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            s,
+            graphs: HashMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut DeviceLinear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.qkv, &mut l.o, &mut l.gate_up, &mut l.down])
+            .chain(std::iter::once(&mut self.lm_head))
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &DeviceLinear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down])
+            .chain(std::iter::once(&self.lm_head))
+    }
+
+    /// Quantizes every linear layer for decode in `format`; `replace_f16` makes the prefill
+    /// use the dequantized weights too (the policy), otherwise the FP16 weights stay
+    /// (benchmarks comparing formats on one model).
+    pub fn quantize(
+        &mut self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        replace_f16: bool,
+    ) -> Result<(), CudaError> {
+        if format == DecodeFormat::F16 {
+            return Ok(());
+        }
+        for lin in self.linears_mut() {
+            lin.quantize(gpu, format, replace_f16)?;
+        }
+        self.graphs.remove(&format);
+        Ok(())
+    }
+
+    /// Weight bytes one decode step reads in `format` (all layers and lm_head).
+    pub fn decode_weight_bytes(&self, format: DecodeFormat) -> usize {
+        self.linears().map(|l| l.weight_bytes(format)).sum()
+    }
+
+    fn rms_norm(
+        &self,
+        gpu: &Gpu,
+        rows: usize,
+        x: u64,
+        w: &DeviceBuffer<f32>,
+        out: u64,
+    ) -> Result<(), CudaError> {
+        gpu.launch(
+            Lane::A,
+            &gpu.kernels.rms_norm_f16,
+            rows as u32,
+            256,
+            0,
+            &[
+                Arg::Ptr(x),
+                Arg::Ptr(w.ptr()),
+                Arg::Ptr(out),
+                int("rms norm", self.config.hidden_size)?,
+                Arg::F32(self.config.rms_norm_eps as f32),
+            ],
+        )
+    }
+
+    fn rope_cache(&self, gpu: &Gpu, layer: usize, n: usize) -> Result<(), CudaError> {
+        let c = &self.config;
+        let hd = c.head_dim();
+        let layer_off = layer * c.num_kv_heads * self.capacity * hd;
+        let pairs = (c.num_heads + c.num_kv_heads) * hd / 2 + c.num_kv_heads * hd;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.rope_cache_write,
+            n * pairs,
+            &[
+                Arg::Ptr(self.s.qkv.ptr()),
+                Arg::Ptr(self.s.q.ptr()),
+                Arg::Ptr(self.s.k_cache.at(layer_off)),
+                Arg::Ptr(self.s.v_cache.at(layer_off)),
+                Arg::Ptr(self.s.cos.ptr()),
+                Arg::Ptr(self.s.sin.ptr()),
+                Arg::Ptr(self.s.state.ptr()),
+                int("rope", n)?,
+                int("rope", c.num_heads)?,
+                int("rope", c.num_kv_heads)?,
+                int("rope", hd)?,
+                int("rope", self.capacity)?,
+            ],
+        )
+    }
+
+    fn silu_mul(&self, gpu: &Gpu, n: usize) -> Result<(), CudaError> {
+        let i = self.config.intermediate_size;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.silu_mul_f16,
+            n * i,
+            &[
+                Arg::Ptr(self.s.gate_up.ptr()),
+                Arg::Ptr(self.s.act.ptr()),
+                int("silu", n)?,
+                int("silu", i)?,
+            ],
+        )
+    }
+
+    /// Final norm of row `row` of x, lm_head, argmax; advances the position by `advance`.
+    fn head(
+        &self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        row: usize,
+        advance: usize,
+    ) -> Result<(), CudaError> {
+        let h = self.config.hidden_size;
+        self.rms_norm(
+            gpu,
+            1,
+            self.s.x.at(row * h),
+            &self.norm,
+            self.s.normed.ptr(),
+        )?;
+        self.lm_head.gemv(
+            gpu,
+            Lane::A,
+            format,
+            self.s.normed.ptr(),
+            self.s.logits.ptr(),
+            false,
+        )?;
+        gpu.launch(
+            Lane::A,
+            &gpu.kernels.argmax_advance,
+            1,
+            1024,
+            0,
+            &[
+                Arg::Ptr(self.s.logits.ptr()),
+                int("argmax", self.config.vocab_size)?,
+                Arg::Ptr(self.s.state.ptr()),
+                Arg::Ptr(self.s.tokens.ptr()),
+                int("argmax", advance)?,
+            ],
+        )
+    }
+
+    /// Prefill: `image_tokens` (`[P, H]` f32 on the device) inserted after `<s>` of
+    /// `input_ids`, all layers with FP16 GEMMs, then the first token (argmax of the last
+    /// position) on the device. Resets the sequence.
+    pub fn prefill(
+        &self,
+        gpu: &Gpu,
+        image_tokens: &DeviceBuffer<f32>,
+        input_ids: &[u32],
+        format: DecodeFormat,
+    ) -> Result<usize, CudaError> {
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let patches = image_tokens.len() / h.max(1);
+        let n = patches + input_ids.len();
+        if input_ids.is_empty() || n + MAX_GENERATED.min(8) > self.capacity {
+            return Err(CudaError::Model(
+                crate::model::ModelError::SequenceTooLong {
+                    len: n,
+                    capacity: self.capacity,
+                },
+            ));
+        }
+        let ids: Vec<i32> = input_ids
+            .iter()
+            .map(|&t| {
+                if (t as usize) < c.vocab_size {
+                    Ok(t as i32)
+                } else {
+                    Err(CudaError::Shape {
+                        op: "embedding",
+                        message: format!("token {t} outside vocab {}", c.vocab_size),
+                    })
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        gpu.write(&self.s.ids, 0, &ids)?;
+        gpu.write(&self.s.state, 0, &[0, 0, 0, 0])?;
+        let s = &self.s;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.assemble_prefill,
+            n * h,
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(s.ids.ptr()),
+                Arg::Ptr(image_tokens.ptr()),
+                Arg::Ptr(s.x.ptr()),
+                int("prefill", patches)?,
+                int("prefill", ids.len())?,
+                int("prefill", h)?,
+            ],
+        )?;
+        let rep = c.num_heads / c.num_kv_heads;
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.rms_norm(gpu, n, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
+            let qkv = &layer.qkv;
+            gpu.linear(
+                Lane::A,
+                n,
+                qkv.out_features,
+                h,
+                s.normed.ptr(),
+                qkv.f16.ptr(),
+                s.qkv.ptr(),
+                Dt::F32,
+                false,
+            )?;
+            self.rope_cache(gpu, l, n)?;
+            let layer_off = l * c.num_kv_heads * self.capacity * hd;
+            // Per KV head g, its `rep` query heads in one batched GEMM (k shared: stride 0);
+            // without GQA all heads in one batch.
+            let (groups, batch, kv_stride) = if rep == 1 {
+                (1, c.num_heads, self.capacity * hd)
+            } else {
+                (c.num_kv_heads, rep, 0)
+            };
+            for g in 0..groups {
+                let h0 = g * batch;
+                let kv_off = layer_off + g * self.capacity * hd;
+                // scores[h] [n, n] = q_h [n, hd] · k_g [n, hd]ᵀ
+                gpu.gemm(
+                    Lane::A,
+                    &Gemm {
+                        trans_a: true,
+                        trans_b: false,
+                        m: n,
+                        n,
+                        k: hd,
+                        a: s.k_cache.at(kv_off),
+                        a_type: Dt::F16,
+                        lda: hd,
+                        stride_a: kv_stride,
+                        b: s.q.at(h0 * hd),
+                        b_type: Dt::F16,
+                        ldb: h,
+                        stride_b: hd,
+                        c: s.scores.at(h0 * n * n),
+                        c_type: Dt::F32,
+                        ldc: n,
+                        stride_c: n * n,
+                        batch,
+                        alpha: 1.0,
+                        beta: 0.0,
+                    },
+                )?;
+            }
+            softmax(
+                gpu,
+                Lane::A,
+                &s.scores,
+                &s.probs,
+                c.num_heads * n,
+                n,
+                n,
+                1.0 / (hd as f32).sqrt(),
+                0,
+            )?;
+            for g in 0..groups {
+                let h0 = g * batch;
+                let kv_off = layer_off + g * self.capacity * hd;
+                // attn[:, h·hd..] [n, hd] = probs_h [n, n] · v_g [n, hd]
+                gpu.gemm(
+                    Lane::A,
+                    &Gemm {
+                        trans_a: false,
+                        trans_b: false,
+                        m: hd,
+                        n,
+                        k: n,
+                        a: s.v_cache.at(kv_off),
+                        a_type: Dt::F16,
+                        lda: hd,
+                        stride_a: kv_stride,
+                        b: s.probs.at(h0 * n * n),
+                        b_type: Dt::F16,
+                        ldb: n,
+                        stride_b: n * n,
+                        c: s.attn.at(h0 * hd),
+                        c_type: Dt::F16,
+                        ldc: h,
+                        stride_c: hd,
+                        batch,
+                        alpha: 1.0,
+                        beta: 0.0,
+                    },
+                )?;
+            }
+            // x += attn · o_projᵀ (β = 1 adds the residual).
+            gpu.linear(
+                Lane::A,
+                n,
+                h,
+                h,
+                s.attn.ptr(),
+                layer.o.f16.ptr(),
+                s.x.ptr(),
+                Dt::F32,
+                true,
+            )?;
+            self.rms_norm(gpu, n, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
+            let gu = &layer.gate_up;
+            gpu.linear(
+                Lane::A,
+                n,
+                gu.out_features,
+                h,
+                s.normed.ptr(),
+                gu.f16.ptr(),
+                s.gate_up.ptr(),
+                Dt::F32,
+                false,
+            )?;
+            self.silu_mul(gpu, n)?;
+            gpu.linear(
+                Lane::A,
+                n,
+                h,
+                c.intermediate_size,
+                s.act.ptr(),
+                layer.down.f16.ptr(),
+                s.x.ptr(),
+                Dt::F32,
+                true,
+            )?;
+        }
+        self.head(gpu, format, n - 1, n)?;
+        Ok(n)
+    }
+
+    /// Queues one decode step: embed state's token at state's position, all layers with
+    /// GEMVs in `format`, argmax, position + 1.
+    fn queue_step(&self, gpu: &Gpu, format: DecodeFormat) -> Result<(), CudaError> {
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let s = &self.s;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.embed_decode,
+            h,
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(s.state.ptr()),
+                Arg::Ptr(s.x.ptr()),
+                int("embed", h)?,
+            ],
+        )?;
+        let scores_bytes = u32::try_from(self.capacity * 4).map_err(|_| CudaError::Shape {
+            op: "decode attention",
+            message: format!("capacity {}", self.capacity),
+        })?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.rms_norm(gpu, 1, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
+            layer
+                .qkv
+                .gemv(gpu, Lane::A, format, s.normed.ptr(), s.qkv.ptr(), false)?;
+            self.rope_cache(gpu, l, 1)?;
+            let layer_off = l * c.num_kv_heads * self.capacity * hd;
+            gpu.launch(
+                Lane::A,
+                &gpu.kernels.decode_attention,
+                c.num_heads as u32,
+                128,
+                scores_bytes,
+                &[
+                    Arg::Ptr(s.q.ptr()),
+                    Arg::Ptr(s.k_cache.at(layer_off)),
+                    Arg::Ptr(s.v_cache.at(layer_off)),
+                    Arg::Ptr(s.attn.ptr()),
+                    Arg::Ptr(s.state.ptr()),
+                    int("decode attention", c.num_heads)?,
+                    int("decode attention", c.num_kv_heads)?,
+                    int("decode attention", hd)?,
+                    int("decode attention", self.capacity)?,
+                    Arg::F32(1.0 / (hd as f32).sqrt()),
+                ],
+            )?;
+            layer
+                .o
+                .gemv(gpu, Lane::A, format, s.attn.ptr(), s.x.ptr(), true)?;
+            self.rms_norm(gpu, 1, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
+            layer
+                .gate_up
+                .gemv(gpu, Lane::A, format, s.normed.ptr(), s.gate_up.ptr(), false)?;
+            self.silu_mul(gpu, 1)?;
+            layer
+                .down
+                .gemv(gpu, Lane::A, format, s.act.ptr(), s.x.ptr(), true)?;
+        }
+        self.head(gpu, format, 0, 1)
+    }
+
+    /// One decode step: the captured graph for `format` (captured on first use), or the
+    /// kernels queued directly when `use_graph` is false.
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        use_graph: bool,
+    ) -> Result<(), CudaError> {
+        if !use_graph {
+            return self.queue_step(gpu, format);
+        }
+        if !self.graphs.contains_key(&format) {
+            gpu.sync(Lane::A)?;
+            let stream = gpu.stream(Lane::A).clone();
+            stream
+                .begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+                .map_err(CudaError::driver("cuStreamBeginCapture (decode)"))?;
+            let queued = self.queue_step(gpu, format);
+            let graph = stream
+                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+                .map_err(CudaError::driver("cuStreamEndCapture (decode)"))?;
+            queued?;
+            let graph = graph.ok_or_else(|| CudaError::Shape {
+                op: "decode graph",
+                message: "capture produced an empty graph".into(),
+            })?;
+            graph
+                .upload()
+                .map_err(CudaError::driver("cuGraphUpload (decode)"))?;
+            self.graphs.insert(format, Graph::new(graph));
+        }
+        match self.graphs.get(&format) {
+            Some(g) => g.launch(),
+            None => Ok(()),
+        }
+    }
+
+    /// Prefill + `count - 1` decode steps; returns the `count` token ids (the only copy back).
+    pub fn generate(
+        &mut self,
+        gpu: &Gpu,
+        image_tokens: &DeviceBuffer<f32>,
+        input_ids: &[u32],
+        count: usize,
+        format: DecodeFormat,
+        use_graph: bool,
+    ) -> Result<Vec<u32>, CudaError> {
+        if count == 0 || count > MAX_GENERATED {
+            return Err(CudaError::Shape {
+                op: "generate",
+                message: format!("{count} tokens requested (1..={MAX_GENERATED})"),
+            });
+        }
+        self.prefill(gpu, image_tokens, input_ids, format)?;
+        for _ in 1..count {
+            self.step(gpu, format, use_graph)?;
+        }
+        self.read_tokens(gpu, count)
+    }
+
+    /// The first `count` generated token ids.
+    pub fn read_tokens(&self, gpu: &Gpu, count: usize) -> Result<Vec<u32>, CudaError> {
+        let mut ids = vec![0i32; count];
+        gpu.read(Lane::A, &self.s.tokens, 0, &mut ids)?;
+        ids.into_iter()
+            .map(|t| {
+                u32::try_from(t).map_err(|_| CudaError::Shape {
+                    op: "greedy decode",
+                    message: "logits were all NaN".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// The latest logits (`[vocab]`), e.g. the step-0 logits right after the prefill.
+    pub fn read_logits(&self, gpu: &Gpu) -> Result<Vec<f32>, CudaError> {
+        let mut out = vec![0.0f32; self.config.vocab_size];
+        gpu.read(Lane::A, &self.s.logits, 0, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// RoPE tables `[capacity, hd/2]` computed exactly as the CPU backend does (f32 `inv_freq`,
+/// f32 angle), so both backends rotate by the same values.
+fn rope_tables(head_dim: usize, theta: f64, capacity: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(capacity * half);
+    let mut sin = Vec::with_capacity(capacity * half);
+    for pos in 0..capacity {
+        for &f in &inv_freq {
+            let angle = pos as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}

@@ -1,0 +1,163 @@
+//! `vla-rt bench --backend cuda --parity FIXTURE_DIR --model DIR`: the CUDA backend against
+//! the CPU backend on every fixture case: featurizer outputs and projector output (relative
+//! L2 < 2e-3), step-0 logits (max abs < 5e-2 in FP16) and the generated token ids (identical,
+//! FP16 and INT8 decode). Prints one row per case and format; exits 1 when any check fails.
+
+use std::path::Path;
+
+use super::policy::CudaModelRunner;
+use crate::backend::cpu::CpuPolicy;
+use crate::bench::policy::PolicyBenchArgs;
+use crate::cli::CliError;
+use crate::policy::{Policy, PolicyOptions, Quantization};
+use crate::preprocess::load_image;
+
+pub const FEATURE_REL_L2: f64 = 2e-3;
+pub const LOGITS_ABS: f64 = 5e-2;
+
+#[derive(Debug, serde::Deserialize)]
+struct Expected {
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Case {
+    name: String,
+    image: String,
+    instruction: String,
+    unnorm_key: String,
+    generated_token_ids: Vec<u32>,
+}
+
+/// `‖a − b‖ / ‖b‖` (0 when both are zero).
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (f64::from(x) - f64::from(y)).powi(2);
+        den += f64::from(y).powi(2);
+    }
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+        .fold(0.0, f64::max)
+}
+
+pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("engines/openvla-tiny"));
+    let path = fixtures.join("expected.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
+    let expected: Expected = serde_json::from_str(&text)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
+    let Some(first) = expected.cases.first() else {
+        return Err(CliError::bad_input(format!("{}: no cases", path.display())));
+    };
+    let options = |quantization| PolicyOptions {
+        unnorm_key: Some(first.unnorm_key.clone()),
+        quantization,
+        ..PolicyOptions::default()
+    };
+    let mut cpu = CpuPolicy::load(&model, &options(Quantization::None))?;
+    let mut failures = 0usize;
+    println!(
+        "parity, cuda vs cpu, {} ({} cases); limits: features/projector rel-L2 < {FEATURE_REL_L2:e}, \
+         logits abs < {LOGITS_ABS:e} (fp16), tokens identical",
+        model.display(),
+        expected.cases.len()
+    );
+    println!(
+        "{:<24} {:>5} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}  result",
+        "case", "fmt", "dino rl2", "siglip rl2", "proj rl2", "logit abs", "tokens", "golden"
+    );
+    for quantization in [Quantization::None, Quantization::Int8] {
+        let mut gpu = CudaModelRunner::load(&model, &options(quantization))
+            .map_err(|e| CliError::from(crate::policy::PolicyError::from(e)))?;
+        let label = match quantization {
+            Quantization::None => "fp16",
+            Quantization::Int8 => "int8",
+            Quantization::Int4 => "int4",
+        };
+        for case in &expected.cases {
+            let image = load_image(&fixtures.join(&case.image))
+                .map_err(|e| CliError::bad_input(e.to_string()))?;
+            let cpu_pred = cpu.predict(&image, &case.instruction)?;
+            let pixels = cpu.last_pixel_values().to_vec();
+            let cpu_features = cpu
+                .vision_features(&pixels)
+                .map_err(crate::policy::PolicyError::from)?;
+            let cpu_proj = cpu
+                .projector_output(&pixels)
+                .map_err(crate::policy::PolicyError::from)?;
+            let cpu_logits = cpu.step0_logits(&pixels, &case.instruction)?;
+            let fail = |e: super::CudaError| CliError::failure(format!("backend cuda: {e}"));
+            let features = gpu.vision_features(&pixels).map_err(fail)?;
+            let proj = gpu.projector_output(&pixels).map_err(fail)?;
+            let logits = gpu.step0_logits(&pixels, &case.instruction)?;
+            let pred = gpu.predict_pixels(&pixels, &case.instruction)?;
+            let feature_rl2: Vec<f64> = features
+                .iter()
+                .zip(&cpu_features)
+                .map(|(a, b)| rel_l2(a, b))
+                .collect();
+            let proj_rl2 = rel_l2(&proj, &cpu_proj);
+            let logit_abs = max_abs(&logits, &cpu_logits);
+            let tokens_equal = pred.tokens == cpu_pred.tokens;
+            let golden_equal = pred.tokens == case.generated_token_ids;
+            let ok = feature_rl2.iter().all(|&r| r < FEATURE_REL_L2)
+                && proj_rl2 < FEATURE_REL_L2
+                && (quantization != Quantization::None || logit_abs < LOGITS_ABS)
+                && tokens_equal;
+            if !ok {
+                failures += 1;
+            }
+            let f = |i: usize| {
+                feature_rl2
+                    .get(i)
+                    .map_or("-".to_string(), |v| format!("{v:.2e}"))
+            };
+            println!(
+                "{:<24} {:>5} {:>10} {:>10} {:>10.2e} {:>10.2e} {:>7} {:>7}  {}",
+                case.name,
+                label,
+                f(0),
+                f(1),
+                proj_rl2,
+                logit_abs,
+                if tokens_equal { "same" } else { "DIFFER" },
+                if golden_equal { "same" } else { "differ" },
+                if ok { "ok" } else { "FAIL" }
+            );
+            if !tokens_equal {
+                println!("    cuda {:?}\n    cpu  {:?}", pred.tokens, cpu_pred.tokens);
+            }
+        }
+    }
+    if failures > 0 {
+        return Err(CliError::failure(format!(
+            "parity: {failures} case(s) failed"
+        )));
+    }
+    println!("parity: all cases within limits");
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! [`CudaModelRunner`]: the whole model on the device from `pixel_values` to token ids, and
+//! [`CudaPolicy`]: CPU preprocessing + the runner behind [`Policy`].
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::PinnedHostSlice;
+
+use super::device::{Gpu, Lane};
+use super::llama::DeviceLlama;
+use super::vision::{DeviceProjector, DeviceVit, VisionPath};
+use super::weights::{CheckpointWeights, DecodeFormat, WeightSource};
+use super::CudaError;
+use crate::backend::cpu::PREPROCESSOR_CONFIG_FILE;
+use crate::model::action::{resolve_unnorm_key, ActionDecoder};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::{
+    timm_num_heads, OpenVlaConfig, RuntimeModelConfig, RUNTIME_MODEL_CONFIG_FILE,
+};
+use crate::model::llama::LlamaConfig;
+use crate::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
+use crate::model::prompt::PromptTokenizer;
+use crate::model::vit::VitConfig;
+use crate::model::ModelError;
+use crate::policy::{
+    Policy, PolicyError, PolicyOptions, Prediction, ProjectorFormat, Quantization, StageTimings,
+};
+use crate::preprocess::{Preprocessor, RgbImage};
+
+/// Featurizer names under `vision_backbone`, in `pixel_values` channel order.
+const FEATURIZER_NAMES: [&str; 2] = ["featurizer", "fused_featurizer"];
+
+/// Everything that fixes the device model's shapes.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// `(checkpoint prefix, config, pos_embed covers the prefix tokens)` per featurizer.
+    pub vits: Vec<(String, VitConfig, bool)>,
+    pub projector_hidden: usize,
+    pub llama: LlamaConfig,
+    /// KV cache positions.
+    pub capacity: usize,
+}
+
+impl ModelSpec {
+    /// Reads the shapes from a checkpoint the way the CPU model does (head counts from
+    /// `vla_rt_model.json` or the timm architecture).
+    pub fn from_checkpoint(
+        dir: &Path,
+        config: &OpenVlaConfig,
+        runtime: &RuntimeModelConfig,
+        ckpt: &Checkpoint,
+    ) -> Result<Self, ModelError> {
+        let count = if config.use_fused_vision_backbone {
+            2
+        } else {
+            1
+        };
+        let mut vits = Vec::with_capacity(count);
+        for (i, name) in FEATURIZER_NAMES[..count].iter().enumerate() {
+            let prefix = format!("vision_backbone.{name}");
+            let patch_name = format!("{prefix}.patch_embed.proj.weight");
+            let embed_dim = ckpt.shape(&patch_name)?.first().copied().unwrap_or(0);
+            let timm_id = config.timm_model_ids.get(i).map(String::as_str);
+            let heads = runtime
+                .featurizers
+                .get(*name)
+                .and_then(|f| f.num_heads)
+                .or_else(|| timm_id.and_then(|id| timm_num_heads(id, embed_dim)))
+                .ok_or_else(|| ModelError::Config {
+                    path: dir.join(RUNTIME_MODEL_CONFIG_FILE).display().to_string(),
+                    key: format!("{name}.num_heads"),
+                    message: format!(
+                        "the head count of {prefix} (embed width {embed_dim}) is not in the \
+                         checkpoint; add it, e.g. {{\"{name}\": {{\"num_heads\": N}}}}"
+                    ),
+                })?;
+            let vit = VitConfig::from_checkpoint(ckpt, &prefix, config.image_size(), heads)?;
+            let covers = match ckpt.shape(&format!("{prefix}.pos_embed"))? {
+                [1, n, _] => *n != vit.num_patches(),
+                _ => false,
+            };
+            vits.push((prefix, vit, covers));
+        }
+        let (projector_hidden, _) = ckpt.matrix_shape("projector.fc1.weight")?;
+        let patches = vits[0].1.num_patches();
+        Ok(Self {
+            vits,
+            projector_hidden,
+            llama: LlamaConfig::from_openvla(config),
+            capacity: (1 + patches + MAX_TEXT_TOKENS).min(config.llm_max_length),
+        })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The device model: vision path (graph), language model (decode graph), token ids out.
+pub struct CudaModelRunner {
+    vision: VisionPath,
+    llama: DeviceLlama,
+    tokenizer: PromptTokenizer,
+    decoder: ActionDecoder,
+    unnorm_key: String,
+    format: DecodeFormat,
+    /// `[6, S, S]` staging buffer for the upload.
+    pinned: PinnedHostSlice<f32>,
+    /// Dropped last: every buffer above frees into its context.
+    gpu: Gpu,
+}
+
+impl std::fmt::Debug for CudaModelRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaModelRunner")
+            .field("gpu", &self.gpu)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// The decode weight format for `--quantization`.
+pub fn decode_format(q: Quantization) -> DecodeFormat {
+    match q {
+        Quantization::None => DecodeFormat::F16,
+        Quantization::Int8 => DecodeFormat::Int8,
+        Quantization::Int4 => DecodeFormat::Int4,
+    }
+}
+
+impl CudaModelRunner {
+    /// Opens the GPU and loads the checkpoint folder onto it.
+    pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, CudaError> {
+        check_projector(options)?;
+        if !model_dir.is_dir() {
+            return Err(ModelError::File {
+                path: model_dir.display().to_string(),
+                message: "model folder does not exist".into(),
+            }
+            .into());
+        }
+        let gpu = Gpu::open()?;
+        let config = OpenVlaConfig::from_file(&model_dir.join(CONFIG_FILE))?;
+        let tokenizer = PromptTokenizer::from_file(&model_dir.join(TOKENIZER_FILE))?;
+        let runtime = RuntimeModelConfig::from_dir(model_dir)?;
+        let ckpt = Checkpoint::open_dir(model_dir)?;
+        let spec = ModelSpec::from_checkpoint(model_dir, &config, &runtime, &ckpt)?;
+        let mut src = CheckpointWeights { ckpt: &ckpt };
+        Self::build(gpu, &mut src, &spec, &config, tokenizer, options, true)
+    }
+
+    /// Builds the device model from any weight source. `replace_f16` makes the prefill use
+    /// the dequantized weights of the selected format.
+    pub fn build(
+        gpu: Gpu,
+        src: &mut dyn WeightSource,
+        spec: &ModelSpec,
+        config: &OpenVlaConfig,
+        tokenizer: PromptTokenizer,
+        options: &PolicyOptions,
+        replace_f16: bool,
+    ) -> Result<Self, CudaError> {
+        check_projector(options)?;
+        let unnorm_key = resolve_unnorm_key(&config.norm_stats, options.unnorm_key.as_deref())?;
+        let stats = &config.norm_stats[&unnorm_key].action;
+        let decoder = ActionDecoder::new(config.text_vocab_size(), config.n_action_bins, stats);
+        let lanes = [Lane::A, Lane::B];
+        let mut vits = Vec::with_capacity(spec.vits.len());
+        for (i, (prefix, vit, covers)) in spec.vits.iter().enumerate() {
+            vits.push(DeviceVit::load(
+                &gpu,
+                src,
+                prefix,
+                vit.clone(),
+                *covers,
+                lanes[i % 2],
+            )?);
+        }
+        let patches = spec.vits[0].1.num_patches();
+        if let Some((p, v, _)) = spec
+            .vits
+            .iter()
+            .find(|(_, v, _)| v.num_patches() != patches)
+        {
+            return Err(CudaError::Shape {
+                op: "patch concat",
+                message: format!(
+                    "{p} gives {} patches, the first featurizer {patches}",
+                    v.num_patches()
+                ),
+            });
+        }
+        let vision_dim: usize = spec.vits.iter().map(|(_, v, _)| v.embed_dim).sum();
+        let projector = DeviceProjector::load(
+            &gpu,
+            src,
+            "projector",
+            vision_dim,
+            spec.projector_hidden,
+            spec.llama.hidden_size,
+            patches,
+        )?;
+        let vision = VisionPath::new(&gpu, vits, projector)?;
+        let mut llama = DeviceLlama::load(
+            &gpu,
+            src,
+            "language_model",
+            spec.llama.clone(),
+            spec.capacity,
+        )?;
+        let format = decode_format(options.quantization);
+        llama.quantize(&gpu, format, replace_f16)?;
+        let pinned_len = vision.pixels.len();
+        // SAFETY: the pinned buffer is only read after `write_pixels` filled all of it.
+        let pinned = unsafe { gpu.context().alloc_pinned::<f32>(pinned_len) }
+            .map_err(CudaError::driver("cuMemHostAlloc"))?;
+        Ok(Self {
+            vision,
+            llama,
+            tokenizer,
+            decoder,
+            unnorm_key,
+            format,
+            pinned,
+            gpu,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn vision(&self) -> &VisionPath {
+        &self.vision
+    }
+
+    pub fn vision_mut(&mut self) -> (&Gpu, &mut VisionPath) {
+        (&self.gpu, &mut self.vision)
+    }
+
+    pub fn llama_mut(&mut self) -> (&Gpu, &mut DeviceLlama, &VisionPath) {
+        (&self.gpu, &mut self.llama, &self.vision)
+    }
+
+    pub fn unnorm_key(&self) -> &str {
+        &self.unnorm_key
+    }
+
+    pub fn action_dim(&self) -> usize {
+        self.decoder.action_dim()
+    }
+
+    pub fn format(&self) -> DecodeFormat {
+        self.format
+    }
+
+    pub fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError> {
+        if instruction.trim().is_empty() {
+            return Err(PolicyError::EmptyInstruction);
+        }
+        Ok(self.tokenizer.encode_instruction(instruction)?)
+    }
+
+    /// Stages `pixel_values` in pinned memory and queues the upload on lane A.
+    pub fn upload_pixels(&mut self, pixel_values: &[f32]) -> Result<(), CudaError> {
+        self.gpu.bind()?;
+        if pixel_values.len() != self.pinned.len() {
+            return Err(CudaError::Shape {
+                op: "pixel values",
+                message: format!(
+                    "got {} values, the model takes {}",
+                    pixel_values.len(),
+                    self.pinned.len()
+                ),
+            });
+        }
+        // The previous upload from this staging buffer must have finished.
+        self.gpu.sync(Lane::A)?;
+        let dst = self
+            .pinned
+            .as_mut_ptr()
+            .map_err(CudaError::driver("pinned buffer"))?;
+        // SAFETY: `dst` points at `pinned.len()` f32 of page-locked host memory owned by
+        // `self.pinned`, equal to `pixel_values.len()` (checked above), and no copy reads it
+        // (lane A was synchronised).
+        unsafe { std::ptr::copy_nonoverlapping(pixel_values.as_ptr(), dst, pixel_values.len()) };
+        self.gpu
+            .write_async_pinned(Lane::A, &self.vision.pixels, &self.pinned)
+    }
+
+    /// Runs the vision graph on uploaded pixels and waits for it.
+    pub fn run_vision(&mut self) -> Result<(), CudaError> {
+        self.vision.replay(&self.gpu)?;
+        self.gpu.sync(Lane::A)
+    }
+
+    /// Each featurizer's patch features `[patches, D_i]` (parity checks).
+    pub fn vision_features(&mut self, pixel_values: &[f32]) -> Result<Vec<Vec<f32>>, CudaError> {
+        self.upload_pixels(pixel_values)?;
+        self.run_vision()?;
+        let mut out = Vec::new();
+        for v in &self.vision.vits {
+            let c = v.config();
+            let mut f = vec![0.0f32; c.num_patches() * c.embed_dim];
+            self.gpu.read(
+                Lane::A,
+                v.output(),
+                c.num_prefix_tokens() * c.embed_dim,
+                &mut f,
+            )?;
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// The projector output `[patches, hidden]` (parity checks).
+    pub fn projector_output(&mut self, pixel_values: &[f32]) -> Result<Vec<f32>, CudaError> {
+        self.upload_pixels(pixel_values)?;
+        self.run_vision()?;
+        let out = self.vision.projector.output();
+        let mut host = vec![0.0f32; out.len()];
+        self.gpu.read(Lane::A, out, 0, &mut host)?;
+        Ok(host)
+    }
+
+    /// Logits at the last prefill position (parity checks).
+    pub fn step0_logits(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Vec<f32>, PolicyError> {
+        let ids = self.prompt_ids(instruction)?;
+        self.upload_pixels(pixel_values)?;
+        self.run_vision()?;
+        self.llama
+            .prefill(&self.gpu, self.vision.projector.output(), &ids, self.format)?;
+        Ok(self.llama.read_logits(&self.gpu)?)
+    }
+
+    /// The whole policy from `pixel_values`; `timings.preprocess_ms` is 0.
+    pub fn predict_pixels(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Prediction, PolicyError> {
+        let start = Instant::now();
+        let ids = self.prompt_ids(instruction)?;
+        self.upload_pixels(pixel_values)?;
+        self.run_vision()?;
+        let vision = start.elapsed();
+        let t = Instant::now();
+        self.llama
+            .prefill(&self.gpu, self.vision.projector.output(), &ids, self.format)?;
+        self.gpu.sync(Lane::A)?;
+        let prefill = t.elapsed();
+        let t = Instant::now();
+        let count = self.decoder.action_dim();
+        for _ in 1..count {
+            self.llama.step(&self.gpu, self.format, true)?;
+        }
+        let tokens = self.llama.read_tokens(&self.gpu, count)?;
+        let decode = t.elapsed();
+        let (normalized, action) = self.decoder.decode(&tokens);
+        Ok(Prediction {
+            tokens,
+            normalized,
+            action,
+            timings: StageTimings {
+                preprocess_ms: 0.0,
+                // The projector runs inside the vision graph; its share is timed by the bench.
+                vision_ms: ms(vision),
+                projector_ms: 0.0,
+                prefill_ms: ms(prefill),
+                decode_ms: ms(decode),
+                total_ms: ms(start.elapsed()),
+            },
+        })
+    }
+}
+
+fn check_projector(options: &PolicyOptions) -> Result<(), CudaError> {
+    if options.projector != ProjectorFormat::F32 {
+        return Err(CudaError::Unsupported {
+            what: "--projector int8".into(),
+            message: "the cuda backend runs the projector in FP16 (use --projector f32)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The policy on an NVIDIA GPU: CPU preprocessing + [`CudaModelRunner`].
+#[derive(Debug)]
+pub struct CudaPolicy {
+    runner: CudaModelRunner,
+    preprocessor: Preprocessor,
+    /// `[6, 224, 224]`, reused between calls.
+    pixel_values: Vec<f32>,
+    model_name: String,
+}
+
+impl CudaPolicy {
+    pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
+        let runner = CudaModelRunner::load(model_dir, options)?;
+        let preprocessor =
+            Preprocessor::from_config_file(&model_dir.join(PREPROCESSOR_CONFIG_FILE))?;
+        if preprocessor.output_len() != runner.vision.pixels.len() {
+            return Err(PolicyError::Model(ModelError::Math {
+                op: "preprocessing",
+                message: format!(
+                    "preprocessor writes {} values, the model takes {}",
+                    preprocessor.output_len(),
+                    runner.vision.pixels.len()
+                ),
+            }));
+        }
+        let model_name = model_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| model_dir.display().to_string());
+        Ok(Self {
+            pixel_values: vec![0.0; preprocessor.output_len()],
+            runner,
+            preprocessor,
+            model_name,
+        })
+    }
+
+    pub fn runner_mut(&mut self) -> &mut CudaModelRunner {
+        &mut self.runner
+    }
+}
+
+impl Policy for CudaPolicy {
+    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
+        if instruction.trim().is_empty() {
+            return Err(PolicyError::EmptyInstruction);
+        }
+        let start = Instant::now();
+        self.preprocessor.run(image, &mut self.pixel_values)?;
+        let preprocess = start.elapsed();
+        let mut prediction = self
+            .runner
+            .predict_pixels(&self.pixel_values, instruction)?;
+        prediction.timings.preprocess_ms = ms(preprocess);
+        prediction.timings.total_ms = ms(start.elapsed());
+        Ok(prediction)
+    }
+
+    fn action_dim(&self) -> usize {
+        self.runner.action_dim()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn model_name(&self) -> &str {
+        &self.model_name
+    }
+}

@@ -1,0 +1,833 @@
+//! The vision half on the device: both ViTs (each on its own stream), the event join, the
+//! patch-wise concat into the fused FP16 buffer and the projector, captured as one CUDA graph.
+//!
+//! Numerics: GEMM inputs FP16, accumulation FP32 (cuBLAS `COMPUTE_32F`), the residual stream
+//! and every normalisation statistic in FP32.
+
+use cudarc::driver::CudaEvent;
+use half::f16;
+
+use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
+use super::weights::WeightSource;
+use super::CudaError;
+use crate::model::vit::{VitConfig, VIT_LAYER_NORM_EPS};
+
+/// One pre-norm ViT block's weights (checkpoint names under `{prefix}.blocks.N`).
+#[derive(Debug)]
+struct VitBlock {
+    norm1_w: DeviceBuffer<f32>,
+    norm1_b: DeviceBuffer<f32>,
+    /// `[3D, D]`
+    qkv_w: DeviceBuffer<f16>,
+    qkv_b: DeviceBuffer<f32>,
+    /// `[D, D]`
+    proj_w: DeviceBuffer<f16>,
+    proj_b: DeviceBuffer<f32>,
+    ls1: Option<DeviceBuffer<f32>>,
+    norm2_w: DeviceBuffer<f32>,
+    norm2_b: DeviceBuffer<f32>,
+    /// `[mlp, D]`
+    fc1_w: DeviceBuffer<f16>,
+    fc1_b: DeviceBuffer<f32>,
+    /// `[D, mlp]`
+    fc2_w: DeviceBuffer<f16>,
+    fc2_b: DeviceBuffer<f32>,
+    ls2: Option<DeviceBuffer<f32>>,
+}
+
+/// Scratch of one ViT forward pass, sized for its token count.
+#[derive(Debug)]
+struct VitScratch {
+    /// `[patches, 3·p·p]`
+    cols: DeviceBuffer<f16>,
+    /// `[patches, D]`
+    patch_out: DeviceBuffer<f32>,
+    /// `[tokens, D]`, the residual stream; the features are its patch rows.
+    x: DeviceBuffer<f32>,
+    /// `[tokens, D]`
+    normed: DeviceBuffer<f16>,
+    /// `[tokens, max(3D, mlp)]`, GEMM outputs before their epilogue.
+    wide_f32: DeviceBuffer<f32>,
+    /// `[tokens, max(3D, mlp)]`, packed q/k/v, then the MLP hidden layer.
+    wide_f16: DeviceBuffer<f16>,
+    /// `[heads, tokens, tokens]`
+    scores: DeviceBuffer<f32>,
+    probs: DeviceBuffer<f16>,
+    /// `[tokens, D]`
+    attn: DeviceBuffer<f16>,
+    /// `[tokens, D]`
+    branch: DeviceBuffer<f32>,
+}
+
+/// One featurizer on the device.
+#[derive(Debug)]
+pub struct DeviceVit {
+    prefix: String,
+    config: VitConfig,
+    lane: Lane,
+    /// `[D, 3·p·p]`, the conv weight read flat.
+    patch_w: DeviceBuffer<f16>,
+    patch_b: DeviceBuffer<f32>,
+    /// `[prefix tokens, D]` (one unused element when there are none).
+    prefix_tokens: DeviceBuffer<f32>,
+    pos_embed: DeviceBuffer<f32>,
+    pos_covers_prefix: bool,
+    blocks: Vec<VitBlock>,
+    s: VitScratch,
+}
+
+impl DeviceVit {
+    /// Loads blocks `0..=depth - 2` (the ones that run) of the ViT under `prefix`.
+    pub fn load(
+        gpu: &Gpu,
+        src: &mut dyn WeightSource,
+        prefix: &str,
+        config: VitConfig,
+        pos_covers_prefix: bool,
+        lane: Lane,
+    ) -> Result<Self, CudaError> {
+        let d = config.embed_dim;
+        let p = config.patch_size;
+        let mlp = config.mlp_hidden;
+        let patches = config.num_patches();
+        let tokens = patches + config.num_prefix_tokens();
+        let matrix = |src: &mut dyn WeightSource, name: String, rows: usize, cols: usize| {
+            src.matrix_f16(gpu, &[(name, rows)], cols, 1.7 / (cols as f32).sqrt())
+        };
+        let patch_w = {
+            let name = format!("{prefix}.patch_embed.proj.weight");
+            // The conv weight [D, 3, p, p] is the [D, 3·p·p] matrix of the im2col GEMM.
+            let w = src.tensor_f32(gpu, &name, &[d, 3, p, p], 0.0, 0.1)?;
+            to_f16(gpu, &w)?
+        };
+        let patch_b = src.tensor_f32(
+            gpu,
+            &format!("{prefix}.patch_embed.proj.bias"),
+            &[d],
+            0.0,
+            0.02,
+        )?;
+        let mut prefix_host_parts = Vec::new();
+        if config.num_class_tokens == 1 {
+            prefix_host_parts.push((format!("{prefix}.cls_token"), vec![1, 1, d]));
+        }
+        if config.num_reg_tokens > 0 {
+            prefix_host_parts.push((
+                format!("{prefix}.reg_token"),
+                vec![1, config.num_reg_tokens, d],
+            ));
+        }
+        let prefix_tokens = gpu.alloc::<f32>((config.num_prefix_tokens() * d).max(1))?;
+        let mut at = 0;
+        for (name, shape) in prefix_host_parts {
+            let t = src.tensor_f32(gpu, &name, &shape, 0.0, 0.02)?;
+            gpu.copy_d2d(Lane::A, prefix_tokens.at(at), t.ptr(), t.bytes())?;
+            gpu.sync(Lane::A)?;
+            at += t.len();
+        }
+        let pos_rows = if pos_covers_prefix { tokens } else { patches };
+        let pos_embed = src.tensor_f32(
+            gpu,
+            &format!("{prefix}.pos_embed"),
+            &[1, pos_rows, d],
+            0.0,
+            0.02,
+        )?;
+        let mut blocks = Vec::with_capacity(config.depth - 1);
+        for i in 0..config.depth - 1 {
+            let b = format!("{prefix}.blocks.{i}");
+            let norm = |src: &mut dyn WeightSource, n: &str| -> Result<_, CudaError> {
+                Ok((
+                    src.tensor_f32(gpu, &format!("{b}.{n}.weight"), &[d], 1.0, 0.05)?,
+                    src.tensor_f32(gpu, &format!("{b}.{n}.bias"), &[d], 0.0, 0.02)?,
+                ))
+            };
+            let bias = |src: &mut dyn WeightSource, n: &str, len: usize| {
+                src.tensor_f32(gpu, &format!("{b}.{n}.bias"), &[len], 0.0, 0.02)
+            };
+            let layer_scale = |src: &mut dyn WeightSource, n: &str| -> Result<_, CudaError> {
+                if config.layer_scale {
+                    Ok(Some(src.tensor_f32(
+                        gpu,
+                        &format!("{b}.{n}.scale_factor"),
+                        &[d],
+                        0.1,
+                        0.05,
+                    )?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let (norm1_w, norm1_b) = norm(src, "norm1")?;
+            let (norm2_w, norm2_b) = norm(src, "norm2")?;
+            blocks.push(VitBlock {
+                norm1_w,
+                norm1_b,
+                qkv_w: matrix(src, format!("{b}.attn.qkv"), 3 * d, d)?,
+                qkv_b: bias(src, "attn.qkv", 3 * d)?,
+                proj_w: matrix(src, format!("{b}.attn.proj"), d, d)?,
+                proj_b: bias(src, "attn.proj", d)?,
+                ls1: layer_scale(src, "ls1")?,
+                norm2_w,
+                norm2_b,
+                fc1_w: matrix(src, format!("{b}.mlp.fc1"), mlp, d)?,
+                fc1_b: bias(src, "mlp.fc1", mlp)?,
+                fc2_w: matrix(src, format!("{b}.mlp.fc2"), d, mlp)?,
+                fc2_b: bias(src, "mlp.fc2", d)?,
+                ls2: layer_scale(src, "ls2")?,
+            });
+        }
+        let wide = (3 * d).max(mlp);
+        let s = VitScratch {
+            cols: gpu.alloc(patches * 3 * p * p)?,
+            patch_out: gpu.alloc(patches * d)?,
+            x: gpu.alloc(tokens * d)?,
+            normed: gpu.alloc(tokens * d)?,
+            wide_f32: gpu.alloc(tokens * wide)?,
+            wide_f16: gpu.alloc(tokens * wide)?,
+            scores: gpu.alloc(config.num_heads * tokens * tokens)?,
+            probs: gpu.alloc(config.num_heads * tokens * tokens)?,
+            attn: gpu.alloc(tokens * d)?,
+            branch: gpu.alloc(tokens * d)?,
+        };
+        gpu.sync(Lane::A)?;
+        Ok(Self {
+            prefix: prefix.to_string(),
+            config,
+            lane,
+            patch_w,
+            patch_b,
+            prefix_tokens,
+            pos_embed,
+            pos_covers_prefix,
+            blocks,
+            s,
+        })
+    }
+
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn tokens(&self) -> usize {
+        self.config.num_patches() + self.config.num_prefix_tokens()
+    }
+
+    /// The residual stream `[tokens, D]`; rows `num_prefix_tokens()..` are the features.
+    pub fn output(&self) -> &DeviceBuffer<f32> {
+        &self.s.x
+    }
+
+    /// Queues the forward pass of `pixels` (`[3, S, S]` f32 on the device) on this ViT's lane.
+    pub fn forward(&self, gpu: &Gpu, pixels: u64) -> Result<(), CudaError> {
+        self.forward_on(gpu, pixels, self.lane)
+    }
+
+    /// The forward pass queued on `lane` (the one-stream benchmark runs both ViTs on A).
+    pub fn forward_on(&self, gpu: &Gpu, pixels: u64, lane: Lane) -> Result<(), CudaError> {
+        let c = &self.config;
+        let k = &gpu.kernels;
+        let (d, p, patches, tokens) = (c.embed_dim, c.patch_size, c.num_patches(), self.tokens());
+        let prefix = c.num_prefix_tokens();
+        let s = &self.s;
+        gpu.launch_elementwise(
+            lane,
+            &k.im2col_f16,
+            patches * 3 * p * p,
+            &[
+                Arg::Ptr(pixels),
+                Arg::Ptr(s.cols.ptr()),
+                int("im2col", c.image_size)?,
+                int("im2col", p)?,
+                int("im2col", c.grid())?,
+            ],
+        )?;
+        // [patches, D] = cols [patches, 3pp] · patch_wᵀ
+        gpu.linear(
+            lane,
+            patches,
+            d,
+            3 * p * p,
+            s.cols.ptr(),
+            self.patch_w.ptr(),
+            s.patch_out.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        gpu.launch_elementwise(
+            lane,
+            &k.vit_assemble_tokens,
+            tokens * d,
+            &[
+                Arg::Ptr(s.patch_out.ptr()),
+                Arg::Ptr(self.patch_b.ptr()),
+                Arg::Ptr(self.prefix_tokens.ptr()),
+                Arg::Ptr(self.pos_embed.ptr()),
+                Arg::Ptr(s.x.ptr()),
+                int("vit tokens", prefix)?,
+                int("vit tokens", patches)?,
+                int("vit tokens", d)?,
+                Arg::I32(i32::from(self.pos_covers_prefix)),
+            ],
+        )?;
+        for b in &self.blocks {
+            self.block(gpu, lane, b)?;
+        }
+        Ok(())
+    }
+
+    fn layer_norm(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        w: &DeviceBuffer<f32>,
+        b: &DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        let s = &self.s;
+        gpu.launch(
+            lane,
+            &gpu.kernels.layer_norm_f16,
+            self.tokens() as u32,
+            256,
+            0,
+            &[
+                Arg::Ptr(s.x.ptr()),
+                Arg::Ptr(w.ptr()),
+                Arg::Ptr(b.ptr()),
+                Arg::Ptr(s.normed.ptr()),
+                int("layer norm", self.config.embed_dim)?,
+                Arg::F32(VIT_LAYER_NORM_EPS as f32),
+            ],
+        )
+    }
+
+    fn residual(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        bias: &DeviceBuffer<f32>,
+        gamma: Option<&DeviceBuffer<f32>>,
+    ) -> Result<(), CudaError> {
+        let s = &self.s;
+        let d = self.config.embed_dim;
+        let total = self.tokens() * d;
+        gpu.launch_elementwise(
+            lane,
+            &gpu.kernels.residual_bias_scale,
+            total,
+            &[
+                Arg::Ptr(s.x.ptr()),
+                Arg::Ptr(s.branch.ptr()),
+                Arg::Ptr(bias.ptr()),
+                Arg::Ptr(gamma.map_or(0, |g| g.ptr())),
+                Arg::I64(total as i64),
+                int("residual", d)?,
+            ],
+        )
+    }
+
+    fn bias_act(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        width: usize,
+        bias: &DeviceBuffer<f32>,
+        gelu: bool,
+    ) -> Result<(), CudaError> {
+        let s = &self.s;
+        let total = self.tokens() * width;
+        gpu.launch_elementwise(
+            lane,
+            &gpu.kernels.bias_act_f16,
+            total,
+            &[
+                Arg::Ptr(s.wide_f32.ptr()),
+                Arg::Ptr(bias.ptr()),
+                Arg::Ptr(s.wide_f16.ptr()),
+                Arg::I64(total as i64),
+                int("bias", width)?,
+                Arg::I32(i32::from(gelu)),
+            ],
+        )
+    }
+
+    fn block(&self, gpu: &Gpu, lane: Lane, b: &VitBlock) -> Result<(), CudaError> {
+        let c = &self.config;
+        let s = &self.s;
+        let (d, t, h, hd, mlp) = (
+            c.embed_dim,
+            self.tokens(),
+            c.num_heads,
+            c.head_dim(),
+            c.mlp_hidden,
+        );
+        self.layer_norm(gpu, lane, &b.norm1_w, &b.norm1_b)?;
+        // [T, 3D] = normed · qkv_wᵀ + b, packed (q | k | v), heads split as (3, H, hd).
+        gpu.linear(
+            lane,
+            t,
+            3 * d,
+            d,
+            s.normed.ptr(),
+            b.qkv_w.ptr(),
+            s.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false)?;
+        let qkv = &s.wide_f16;
+        // scores[h] [T, T] = q_h · k_hᵀ; column-major: (k_h stored [hd, T] → op T) · q_h.
+        gpu.gemm(
+            lane,
+            &Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: t,
+                n: t,
+                k: hd,
+                a: qkv.at(d),
+                a_type: Dt::F16,
+                lda: 3 * d,
+                stride_a: hd,
+                b: qkv.ptr(),
+                b_type: Dt::F16,
+                ldb: 3 * d,
+                stride_b: hd,
+                c: s.scores.ptr(),
+                c_type: Dt::F32,
+                ldc: t,
+                stride_c: t * t,
+                batch: h,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        )?;
+        softmax(
+            gpu,
+            lane,
+            &s.scores,
+            &s.probs,
+            h * t,
+            t,
+            t,
+            1.0 / (hd as f32).sqrt(),
+            -1,
+        )?;
+        // attn[:, h·hd..] [T, hd] = probs_h [T, T] · v_h [T, hd].
+        gpu.gemm(
+            lane,
+            &Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: hd,
+                n: t,
+                k: t,
+                a: qkv.at(2 * d),
+                a_type: Dt::F16,
+                lda: 3 * d,
+                stride_a: hd,
+                b: s.probs.ptr(),
+                b_type: Dt::F16,
+                ldb: t,
+                stride_b: t * t,
+                c: s.attn.ptr(),
+                c_type: Dt::F16,
+                ldc: d,
+                stride_c: hd,
+                batch: h,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        )?;
+        gpu.linear(
+            lane,
+            t,
+            d,
+            d,
+            s.attn.ptr(),
+            b.proj_w.ptr(),
+            s.branch.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        self.residual(gpu, lane, &b.proj_b, b.ls1.as_ref())?;
+        self.layer_norm(gpu, lane, &b.norm2_w, &b.norm2_b)?;
+        gpu.linear(
+            lane,
+            t,
+            mlp,
+            d,
+            s.normed.ptr(),
+            b.fc1_w.ptr(),
+            s.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        self.bias_act(gpu, lane, mlp, &b.fc1_b, true)?;
+        gpu.linear(
+            lane,
+            t,
+            d,
+            mlp,
+            s.wide_f16.ptr(),
+            b.fc2_w.ptr(),
+            s.branch.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        self.residual(gpu, lane, &b.fc2_b, b.ls2.as_ref())
+    }
+}
+
+/// Row softmax of `scores` (`rows` rows of `keys`) into FP16 `probs`.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax(
+    gpu: &Gpu,
+    lane: Lane,
+    scores: &DeviceBuffer<f32>,
+    probs: &DeviceBuffer<f16>,
+    rows: usize,
+    queries: usize,
+    keys: usize,
+    scale: f32,
+    causal_past: i32,
+) -> Result<(), CudaError> {
+    const ROWS_PER_BLOCK: usize = 8;
+    gpu.launch(
+        lane,
+        &gpu.kernels.softmax_rows_f16,
+        rows.div_ceil(ROWS_PER_BLOCK) as u32,
+        (ROWS_PER_BLOCK * 32) as u32,
+        0,
+        &[
+            Arg::Ptr(scores.ptr()),
+            Arg::Ptr(probs.ptr()),
+            int("softmax", rows)?,
+            int("softmax", queries)?,
+            int("softmax", keys)?,
+            Arg::F32(scale),
+            Arg::I32(causal_past),
+        ],
+    )
+}
+
+/// A weight matrix given as f32 on the device, converted to FP16 (via the host: patch
+/// embedding weights are small).
+fn to_f16(gpu: &Gpu, w: &DeviceBuffer<f32>) -> Result<DeviceBuffer<f16>, CudaError> {
+    let mut host = vec![0.0f32; w.len()];
+    gpu.read(Lane::A, w, 0, &mut host)?;
+    let halfs: Vec<f16> = host.iter().map(|&v| f16::from_f32(v)).collect();
+    gpu.upload(&halfs)
+}
+
+/// `fc1` → GELU → `fc2` → GELU → `fc3` with biases, FP16 weights.
+#[derive(Debug)]
+pub struct DeviceProjector {
+    fc1_w: DeviceBuffer<f16>,
+    fc1_b: DeviceBuffer<f32>,
+    fc2_w: DeviceBuffer<f16>,
+    fc2_b: DeviceBuffer<f32>,
+    fc3_w: DeviceBuffer<f16>,
+    fc3_b: DeviceBuffer<f32>,
+    in_features: usize,
+    hidden: usize,
+    out_features: usize,
+    rows: usize,
+    /// `[rows, max(hidden, out)]`
+    wide_f32: DeviceBuffer<f32>,
+    wide_f16: DeviceBuffer<f16>,
+    /// `[rows, out]`, the image tokens.
+    out: DeviceBuffer<f32>,
+}
+
+impl DeviceProjector {
+    pub fn load(
+        gpu: &Gpu,
+        src: &mut dyn WeightSource,
+        prefix: &str,
+        in_features: usize,
+        hidden: usize,
+        out_features: usize,
+        rows: usize,
+    ) -> Result<Self, CudaError> {
+        let m = |src: &mut dyn WeightSource, n: &str, r: usize, c: usize| {
+            src.matrix_f16(
+                gpu,
+                &[(format!("{prefix}.{n}"), r)],
+                c,
+                1.7 / (c as f32).sqrt(),
+            )
+        };
+        let b = |src: &mut dyn WeightSource, n: &str, len: usize| {
+            src.tensor_f32(gpu, &format!("{prefix}.{n}.bias"), &[len], 0.0, 0.02)
+        };
+        let wide = hidden.max(out_features);
+        Ok(Self {
+            fc1_w: m(src, "fc1", hidden, in_features)?,
+            fc1_b: b(src, "fc1", hidden)?,
+            fc2_w: m(src, "fc2", out_features, hidden)?,
+            fc2_b: b(src, "fc2", out_features)?,
+            fc3_w: m(src, "fc3", out_features, out_features)?,
+            fc3_b: b(src, "fc3", out_features)?,
+            in_features,
+            hidden,
+            out_features,
+            rows,
+            wide_f32: gpu.alloc(rows * wide)?,
+            wide_f16: gpu.alloc(rows * wide)?,
+            out: gpu.alloc(rows * out_features)?,
+        })
+    }
+
+    pub fn output(&self) -> &DeviceBuffer<f32> {
+        &self.out
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Queues the projector on lane A over `fused` (`[rows, in]` FP16).
+    pub fn forward(&self, gpu: &Gpu, fused: u64) -> Result<(), CudaError> {
+        let lane = Lane::A;
+        let r = self.rows;
+        let epilogue = |width: usize, bias: &DeviceBuffer<f32>| -> Result<(), CudaError> {
+            let total = r * width;
+            gpu.launch_elementwise(
+                lane,
+                &gpu.kernels.bias_act_f16,
+                total,
+                &[
+                    Arg::Ptr(self.wide_f32.ptr()),
+                    Arg::Ptr(bias.ptr()),
+                    Arg::Ptr(self.wide_f16.ptr()),
+                    Arg::I64(total as i64),
+                    int("projector", width)?,
+                    Arg::I32(1),
+                ],
+            )
+        };
+        gpu.linear(
+            lane,
+            r,
+            self.hidden,
+            self.in_features,
+            fused,
+            self.fc1_w.ptr(),
+            self.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        epilogue(self.hidden, &self.fc1_b)?;
+        gpu.linear(
+            lane,
+            r,
+            self.out_features,
+            self.hidden,
+            self.wide_f16.ptr(),
+            self.fc2_w.ptr(),
+            self.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        epilogue(self.out_features, &self.fc2_b)?;
+        gpu.linear(
+            lane,
+            r,
+            self.out_features,
+            self.out_features,
+            self.wide_f16.ptr(),
+            self.fc3_w.ptr(),
+            self.wide_f32.ptr(),
+            Dt::F32,
+            false,
+        )?;
+        let total = r * self.out_features;
+        gpu.launch_elementwise(
+            lane,
+            &gpu.kernels.bias_f32,
+            total,
+            &[
+                Arg::Ptr(self.wide_f32.ptr()),
+                Arg::Ptr(self.fc3_b.ptr()),
+                Arg::Ptr(self.out.ptr()),
+                Arg::I64(total as i64),
+                int("projector", self.out_features)?,
+            ],
+        )
+    }
+}
+
+/// How the vision work is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisionMode {
+    /// Both ViTs on lane A, one after the other.
+    OneStream,
+    /// DINOv2 on lane A, SigLIP on lane B, joined by an event.
+    TwoStreams,
+}
+
+/// Both featurizers, the concat and the projector, with the pixel buffer they read.
+pub struct VisionPath {
+    pub vits: Vec<DeviceVit>,
+    pub projector: DeviceProjector,
+    /// `[3 · featurizers, S, S]`
+    pub pixels: DeviceBuffer<f32>,
+    /// `[patches, Σ D]`
+    pub fused: DeviceBuffer<f16>,
+    fork: CudaEvent,
+    join: CudaEvent,
+    graph: Option<Graph>,
+}
+
+impl std::fmt::Debug for VisionPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisionPath")
+            .field("vits", &self.vits.len())
+            .field("graph", &self.graph.is_some())
+            .finish()
+    }
+}
+
+impl VisionPath {
+    pub fn new(
+        gpu: &Gpu,
+        vits: Vec<DeviceVit>,
+        projector: DeviceProjector,
+    ) -> Result<Self, CudaError> {
+        let Some(first) = vits.first() else {
+            return Err(CudaError::Shape {
+                op: "vision",
+                message: "no featurizer".into(),
+            });
+        };
+        let s = first.config().image_size;
+        let patches = first.config().num_patches();
+        let width: usize = vits.iter().map(|v| v.config().embed_dim).sum();
+        Ok(Self {
+            pixels: gpu.alloc(3 * vits.len() * s * s)?,
+            fused: gpu.alloc(patches * width)?,
+            fork: gpu.event()?,
+            join: gpu.event()?,
+            graph: None,
+            vits,
+            projector,
+        })
+    }
+
+    fn pixels_of(&self, i: usize) -> u64 {
+        let s = self.vits[0].config().image_size;
+        self.pixels.at(i * 3 * s * s)
+    }
+
+    /// Queues one featurizer alone on its lane (benchmarks).
+    pub fn encoder(&self, gpu: &Gpu, i: usize) -> Result<(), CudaError> {
+        self.vits[i].forward(gpu, self.pixels_of(i))
+    }
+
+    /// Queues both encoders (on one or two streams; lane A waits for both at the end).
+    pub fn encoders(&self, gpu: &Gpu, mode: VisionMode) -> Result<(), CudaError> {
+        match mode {
+            VisionMode::OneStream => {
+                for (i, v) in self.vits.iter().enumerate() {
+                    v.forward_on(gpu, self.pixels_of(i), Lane::A)?;
+                }
+                Ok(())
+            }
+            VisionMode::TwoStreams => {
+                gpu.join(&self.fork, Lane::A, Lane::B)?;
+                for (i, v) in self.vits.iter().enumerate() {
+                    v.forward(gpu, self.pixels_of(i))?;
+                }
+                gpu.join(&self.join, Lane::B, Lane::A)
+            }
+        }
+    }
+
+    /// Queues the concat of the featurizers' patch rows into `fused` on lane A.
+    pub fn concat(&self, gpu: &Gpu) -> Result<(), CudaError> {
+        let a = &self.vits[0];
+        let patches = a.config().num_patches();
+        let (b_buf, b_first, b_dim) = match self.vits.get(1) {
+            Some(b) => (
+                b.output().ptr(),
+                b.config().num_prefix_tokens(),
+                b.config().embed_dim,
+            ),
+            None => (0, 0, 0),
+        };
+        let width = a.config().embed_dim + b_dim;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.concat_features_f16,
+            patches * width,
+            &[
+                Arg::Ptr(a.output().ptr()),
+                int("concat", a.config().num_prefix_tokens())?,
+                int("concat", a.config().embed_dim)?,
+                Arg::Ptr(b_buf),
+                int("concat", b_first)?,
+                int("concat", b_dim)?,
+                Arg::Ptr(self.fused.ptr()),
+                int("concat", patches)?,
+            ],
+        )
+    }
+
+    pub fn projector(&self, gpu: &Gpu) -> Result<(), CudaError> {
+        self.projector.forward(gpu, self.fused.ptr())
+    }
+
+    /// Queues the whole vision path: encoders, join, concat, projector.
+    pub fn queue(&self, gpu: &Gpu, mode: VisionMode) -> Result<(), CudaError> {
+        self.encoders(gpu, mode)?;
+        self.concat(gpu)?;
+        self.projector(gpu)
+    }
+
+    /// Captures the two-stream vision path once as a CUDA graph (lane A is the origin
+    /// stream; lane B joins through the fork event).
+    pub fn capture(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+        gpu.sync(Lane::A)?;
+        gpu.sync(Lane::B)?;
+        let stream = gpu.stream(Lane::A).clone();
+        stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(CudaError::driver("cuStreamBeginCapture (vision)"))?;
+        let queued = self.queue(gpu, VisionMode::TwoStreams);
+        let graph = stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(CudaError::driver("cuStreamEndCapture (vision)"))?;
+        queued?;
+        let graph = graph.ok_or_else(|| CudaError::Shape {
+            op: "vision graph",
+            message: "capture produced an empty graph".into(),
+        })?;
+        graph
+            .upload()
+            .map_err(CudaError::driver("cuGraphUpload (vision)"))?;
+        self.graph = Some(Graph::new(graph));
+        Ok(())
+    }
+
+    /// Replays the captured graph on lane A (captures it first if needed).
+    pub fn replay(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+        if self.graph.is_none() {
+            self.capture(gpu)?;
+        }
+        match &self.graph {
+            Some(g) => g.launch(),
+            None => Ok(()),
+        }
+    }
+}
