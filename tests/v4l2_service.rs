@@ -470,9 +470,11 @@ fn a_stall_holds_then_stops_and_acting_resumes_when_frames_return() {
     let after = service.status_until(NEXT_COMMAND * 2, "ACT after the stall", |d| {
         d["state"] == "ACT" && d["camera"]["stalls"].as_u64().unwrap_or(0) > 0
     });
+    // One stall per stall_timeout without a frame (a descheduled capture thread may merge a
+    // few), not one per episode.
     let stalls = camera(&after, "stalls");
     assert!(
-        stalls <= STALL_MS / STALL_TIMEOUT_MS + 1,
+        (STALL_MS / STALL_TIMEOUT_MS / 2..=STALL_MS / STALL_TIMEOUT_MS + 1).contains(&stalls),
         "{stalls} stalls in {STALL_MS} ms: {after}"
     );
     assert_eq!(camera(&after, "drops"), 0, "{after}");
