@@ -88,8 +88,10 @@ pub mod synthetic;
 pub mod thread;
 
 /// Builds the source a `[camera] source` value names (`synthetic`, `images:<dir>` or a
-/// `/dev/...` path); the device is opened by [`FrameSource::start`]. A missing device node
-/// is reported here, before anything else is set up.
+/// `/dev/...` path); the device is opened by [`FrameSource::start`], which reports a missing
+/// node as [`CaptureError::DeviceMissing`] (opening, not `stat`, is the test: what answers
+/// `open` on a path is what a capture needs, and the service starts the camera before
+/// anything slow).
 pub fn open_source(
     config: &crate::config::CameraConfig,
 ) -> Result<Box<dyn FrameSource>, CaptureError> {
@@ -104,11 +106,6 @@ pub fn open_source(
         )?));
     }
     if source.starts_with("/dev/") {
-        if !std::path::Path::new(source).exists() {
-            return Err(CaptureError::DeviceMissing {
-                source_name: source.to_string(),
-            });
-        }
         return Ok(Box::new(v4l2::V4l2Source::new(config)?));
     }
     Err(CaptureError::Config {

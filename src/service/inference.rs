@@ -81,6 +81,9 @@ pub struct InferenceStats {
     pub failures: AtomicU64,
     /// Triggers that found no frame at all yet.
     pub no_frame: AtomicU64,
+    /// Triggers that found no frame newer than the last one predicted on (camera stalled,
+    /// gone, or slower than the control rate): nothing is posted, the tick counts a miss.
+    pub no_new_frame: AtomicU64,
     /// Per-stage policy latency, in [`STAGE_NAMES`] order.
     pub stages: [LatencyHistogram; 6],
     pub last_error: Mutex<Option<String>>,
@@ -296,6 +299,12 @@ fn worker_loop(
 ) {
     let mut instruction = links.instructions.current();
     let mut handled: Option<u64> = None;
+    // Each frame is predicted on once. Predicting again on an image already acted on would
+    // publish its delta a second time for a scene that was not observed again, and would
+    // keep ACT going through a camera stall or unplug until `max_frame_age` forces STOP;
+    // posting nothing instead makes the tick a miss, so the arm HOLDs at once. The warm-up
+    // frame's prediction was not published, so it may serve the first trigger.
+    let mut held_predicted = false;
     while !stop.load(Ordering::Acquire) {
         let requested = links.trigger.requested();
         let Some(tick) = requested.filter(|&t| Some(t) != handled) else {
@@ -307,11 +316,17 @@ fn worker_loop(
             if let Some(previous) = held.replace(newest) {
                 links.frames.recycle(previous);
             }
+            held_predicted = false;
         }
         let Some(frame) = held.as_ref() else {
             links.stats.no_frame.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        if held_predicted {
+            links.stats.no_new_frame.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        held_predicted = true;
         if let Some(next) = links.instructions.take_pending() {
             instruction = next;
             links.instructions.set_current(&instruction);
@@ -361,6 +376,109 @@ mod tests {
     fn refuses_other_action_sizes() {
         let err = to_action_result(&prediction(vec![0.0; 6], vec![1; 6]), 0, 0).unwrap_err();
         assert!(err.to_string().contains("6 action values"), "{err}");
+    }
+
+    /// Counts its predictions; the action's dx is the image's first byte.
+    struct CountingPolicy(Arc<AtomicU64>);
+
+    impl Policy for CountingPolicy {
+        fn predict(
+            &mut self,
+            image: &crate::preprocess::RgbImage,
+            _instruction: &str,
+        ) -> Result<Prediction, PolicyError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            let mut action = vec![0.0; ACTION_DIM];
+            action[0] = f64::from(image.data[0]);
+            Ok(prediction(action, vec![1; ACTION_DIM]))
+        }
+        fn action_dim(&self) -> usize {
+            ACTION_DIM
+        }
+        fn backend_name(&self) -> &'static str {
+            "counting"
+        }
+        fn model_name(&self) -> &str {
+            "counting"
+        }
+    }
+
+    fn frame(value: u8, capture_time_ns: u64) -> Frame {
+        Frame {
+            image: crate::preprocess::RgbImage {
+                width: 1,
+                height: 1,
+                data: vec![value; 3],
+            },
+            capture_time_ns,
+            sequence: u64::from(value),
+        }
+    }
+
+    /// Fires `tick` and waits (bounded) for the result it produces.
+    fn fire_expecting_result(links: &InferenceLinks, tick: u64) -> ActionResult {
+        links.trigger.fire(tick);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(result) = links.results.take() {
+                return result;
+            }
+            assert!(Instant::now() < deadline, "no result for tick {tick}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Fires `tick`, waits (bounded) until the worker has seen it had no new frame, and
+    /// checks that nothing was posted.
+    fn fire_expecting_nothing(links: &InferenceLinks, tick: u64) {
+        let before = links.stats.no_new_frame.load(Ordering::Relaxed);
+        links.trigger.fire(tick);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while links.stats.no_new_frame.load(Ordering::Relaxed) == before {
+            assert!(Instant::now() < deadline, "tick {tick} not handled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            links.results.take().is_none(),
+            "tick {tick} posted a result"
+        );
+    }
+
+    #[test]
+    fn each_frame_is_predicted_on_once() {
+        let links = InferenceLinks {
+            frames: Arc::new(LatestFrame::new()),
+            trigger: Arc::new(InferenceTrigger::default()),
+            results: Arc::new(ResultSlot::default()),
+            instructions: Arc::new(InstructionCell::new("pick")),
+            stats: Arc::new(InferenceStats::default()),
+        };
+        let calls = Arc::new(AtomicU64::new(0));
+        links.frames.publish(frame(7, 700), 1);
+        let mut thread = InferenceThread::start(
+            Box::new(CountingPolicy(Arc::clone(&calls))),
+            links.clone(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "warm-up");
+
+        // The warm-up frame's prediction was not published: the first trigger uses it.
+        let first = fire_expecting_result(&links, 0);
+        assert_eq!((first.action[0], first.capture_time_ns), (7.0, 700));
+        // No new frame: nothing is posted, and the policy is not run again.
+        fire_expecting_nothing(&links, 1);
+        fire_expecting_nothing(&links, 2);
+        assert_eq!(links.stats.no_new_frame.load(Ordering::Relaxed), 2);
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        // A new frame: predicted on at the next trigger.
+        links.frames.publish(frame(9, 900), 2);
+        let next = fire_expecting_result(&links, 3);
+        assert_eq!(
+            (next.action[0], next.capture_time_ns, next.trigger_tick),
+            (9.0, 900, 3)
+        );
+        thread.stop();
     }
 
     #[test]
