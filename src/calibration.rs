@@ -246,7 +246,7 @@ impl fmt::Display for AppliedCalibration {
             control_text(camera.gain),
         );
         match &self.camera {
-            CameraSettings::Calibrated => write!(f, "camera {settings} (locked)")?,
+            CameraSettings::Calibrated => write!(f, "camera {settings} (calibrated)")?,
             CameraSettings::CommandLine => write!(
                 f,
                 "camera {settings} (from the command line, not the calibration)"
