@@ -397,3 +397,51 @@ fn bad_input_to_the_tool_exits_2_naming_it() {
     assert_eq!(usage.status.code(), Some(2), "{}", text(&usage.stderr));
     assert!(text(&usage.stderr).contains("--out"));
 }
+
+#[test]
+fn service_config_calibration_gives_the_int8_projector_its_scales() {
+    let dir = scratch_dir("calib-config");
+    let port = common::free_port();
+    let config = dir.join("robot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = \"{}\"\nunnorm_key = \"tiny_bridge\"\nprojector = \"int8\"\n\
+             [camera]\nwidth = 160\nheight = 120\nfps = 30\n\
+             [control]\nrate_hz = 500.0\nrealtime = \"off\"\n\
+             [zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n\
+             [calibration]\npath = \"calibration.toml\"\n",
+            bundled_model().display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("calibration.toml");
+    let mut command = Command::new(VLA_CALIB);
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["--camera", "synthetic", "--frames", "6", "--out"])
+        .arg(&out);
+    let output = run_bounded(command, TIMEOUT);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let calibration = Calibration::load(&out, &bundled_model()).unwrap();
+    assert_eq!(
+        calibration.projector,
+        vla_rt::policy::ProjectorFormat::Int8,
+        "latency measured with the configured projector"
+    );
+    let camera = &calibration.camera;
+    assert_eq!((camera.width, camera.height, camera.fps), (160, 120, 30));
+
+    // The config names the calibration (relative to its folder); the service applies it.
+    let output = vla_rt_run(&["run", "--duration", "2", "--config"], &[&config]);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for needle in [
+        "applied camera synthetic 160x120@30",
+        "projector W8A8 with calibrated activation scales (3 layers)",
+        "control.rate_hz = 500 is above the calibrated",
+    ] {
+        assert!(stderr.contains(needle), "`{needle}` not in\n{stderr}");
+    }
+}
