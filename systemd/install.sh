@@ -58,7 +58,13 @@ if [ -z "$root" ]; then
     fi
     chown -R vla-rt:vla-rt /var/lib/vla-rt
     systemctl daemon-reload
-    echo "installed; start with: systemctl enable --now vla-rt"
+    if [ -f /etc/vla-rt/calibration.toml ]; then
+        echo "installed; start with: systemctl enable --now vla-rt"
+    else
+        echo "installed; calibrate, then start:"
+        echo "  vla-calib --config /etc/vla-rt/config.toml --camera <its [camera] source> --out /etc/vla-rt/calibration.toml"
+        echo "  systemctl enable --now vla-rt"
+    fi
 else
     echo "installed into $root"
 fi

@@ -19,6 +19,19 @@ pub fn recommend_rate_hz(p99_ms: f64) -> Option<f64> {
     RATES_HZ.iter().copied().find(|hz| 1000.0 / hz >= needed_ms)
 }
 
+/// For a policy slower than every offered rate: the rate whose period is exactly
+/// `p99_ms × MARGIN`, rounded down to two significant digits; 0 when the latency is not a
+/// positive finite number.
+pub fn sustainable_rate_hz(p99_ms: f64) -> f64 {
+    if !(p99_ms.is_finite() && p99_ms > 0.0) {
+        return 0.0;
+    }
+    let exact = 1000.0 / (p99_ms * MARGIN);
+    let unit = 10f64.powf(exact.log10().floor() - 1.0);
+    // The factor keeps an exact quotient (0.08 / 0.001) from flooring to one step below.
+    ((exact / unit) * (1.0 + 1e-9)).floor() * unit
+}
+
 /// The `q`-quantile (0..=1) of `samples` by linear interpolation between order statistics.
 pub fn quantile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() {
@@ -45,6 +58,14 @@ mod tests {
         assert_eq!(recommend_rate_hz(81.0), Some(5.0));
         assert_eq!(recommend_rate_hz(10_000.0), None);
         assert_eq!(recommend_rate_hz(f64::NAN), None);
+    }
+
+    #[test]
+    fn sustainable_rate_rounds_down_to_two_digits() {
+        // 10 s × 1.25 = 12.5 s: 0.08 Hz; 3.3 s × 1.25 = 4.125 s: 0.2424 Hz → 0.24.
+        assert!((sustainable_rate_hz(10_000.0) - 0.08).abs() < 1e-12);
+        assert!((sustainable_rate_hz(3_300.0) - 0.24).abs() < 1e-12);
+        assert_eq!(sustainable_rate_hz(f64::INFINITY), 0.0);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The contact sheet: sample frames exactly as the policy sees them (224 × 224 after the
 //! resize), tiled into one PNG so the installer can check framing, focus and exposure.
 
+use std::path::Path;
+
 use vla_rt::preprocess::RgbImage;
 
 /// Pixels of background between and around tiles.
@@ -46,9 +48,44 @@ pub fn compose(tiles: &[RgbImage], max_columns: usize) -> Option<RgbImage> {
     })
 }
 
+/// Tiles on a sheet: enough to see framing and exposure drift, small enough to look at.
+pub const MAX_TILES: usize = 8;
+/// Columns of the sheet.
+pub const COLUMNS: usize = 4;
+
+/// Indices of at most `tiles` frames out of `count`, evenly spread from the first to the last.
+pub fn pick_frames(count: usize, tiles: usize) -> Vec<usize> {
+    let tiles = tiles.min(count);
+    match tiles {
+        0 => Vec::new(),
+        1 => vec![0],
+        _ => (0..tiles).map(|i| i * (count - 1) / (tiles - 1)).collect(),
+    }
+}
+
+/// Writes `sheet` as an RGB8 PNG.
+pub fn write_png(sheet: &RgbImage, path: &Path) -> Result<(), image::ImageError> {
+    image::save_buffer_with_format(
+        path,
+        &sheet.data,
+        sheet.width,
+        sheet.height,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn picked_frames_span_first_to_last_without_repeats() {
+        assert_eq!(pick_frames(100, 8), vec![0, 14, 28, 42, 56, 70, 84, 99]);
+        assert_eq!(pick_frames(3, 8), vec![0, 1, 2]);
+        assert_eq!(pick_frames(1, 8), vec![0]);
+        assert!(pick_frames(0, 8).is_empty());
+    }
 
     fn solid(size: u32, rgb: [u8; 3]) -> RgbImage {
         RgbImage {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::CliError;
+use crate::calibration::{AppliedCalibration, Calibration};
 use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME};
+use crate::policy::PolicyOptions;
 use crate::service::{signals, Service, ServiceOptions};
 
 #[derive(Debug, clap::Args)]
@@ -112,8 +114,36 @@ fn duration(args: &RunArgs) -> Result<Option<Duration>, CliError> {
     }
 }
 
+/// Loads the calibration `[calibration] path` names (if any), checks it against the configured
+/// model and applies it to `config` and `policy_options`; a tampered, other-model or malformed
+/// file is bad input.
+pub fn apply_calibration(
+    config: &mut ServiceConfig,
+    policy_options: &mut PolicyOptions,
+    camera_from_command_line: bool,
+) -> Result<Option<AppliedCalibration>, CliError> {
+    let Some(path) = config.calibration.path.clone() else {
+        return Ok(None);
+    };
+    let calibration = Calibration::load(&path, &config.model.path)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    let applied = calibration.apply(config, policy_options, camera_from_command_line);
+    // The calibrated camera must still make a valid configuration (it does, unless the
+    // file was written by something other than vla-calib and sealed anyway).
+    config
+        .validate(&path.display().to_string())
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    log::info!("calibration {}: applied {applied}", path.display());
+    for warning in &applied.warnings {
+        log::warn!("calibration {}: {warning}", path.display());
+    }
+    Ok(Some(applied))
+}
+
 pub fn main(args: RunArgs) -> Result<(), CliError> {
-    let config = effective_config(&args)?;
+    let mut config = effective_config(&args)?;
+    let mut policy_options = config.model.policy_options();
+    apply_calibration(&mut config, &mut policy_options, args.camera.is_some())?;
     let duration = duration(&args)?;
     signals::install_termination_handlers()
         .map_err(|e| CliError::failure(format!("cannot install signal handlers: {e}")))?;
@@ -129,7 +159,6 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
         }
     })?;
     let model_path = config.model.path.clone();
-    let policy_options = config.model.policy_options();
     let options = ServiceOptions {
         duration,
         terminal_status: std::io::stderr().is_terminal(),
