@@ -5,16 +5,17 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::{ImagePolicy, PixelRunner};
 use crate::model::action::{resolve_unnorm_key, ActionDecoder};
 use crate::model::llama::LlamaState;
 use crate::model::openvla::OpenVla;
 use crate::model::quant_calib::{ProjectorScales, ScaleCollector};
 use crate::model::quant_load::{apply_formats, observe_projector_inputs, FormatReport};
 use crate::model::ModelError;
-use crate::policy::{Policy, PolicyError, PolicyOptions, Prediction, StageTimings};
-use crate::preprocess::{Preprocessor, RgbImage};
+use crate::policy::{PolicyError, PolicyOptions, Prediction, StageTimings};
+use crate::preprocess::RgbImage;
 
-pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
+pub use super::PREPROCESSOR_CONFIG_FILE;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -157,109 +158,34 @@ impl CpuModelRunner {
     }
 }
 
-/// The policy on the CPU: preprocessing + [`CpuModelRunner`].
-#[derive(Debug)]
-pub struct CpuPolicy {
-    runner: CpuModelRunner,
-    preprocessor: Preprocessor,
-    /// `[6, 224, 224]`, reused between calls.
-    pixel_values: Vec<f32>,
-    model_name: String,
-}
+/// The CPU policy: [`CpuModelRunner`] behind the preprocessing.
+pub type CpuPolicy = ImagePolicy<CpuModelRunner>;
 
 impl CpuPolicy {
     /// Loads the checkpoint folder (weights, tokenizer, `preprocessor_config.json`).
     pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
         let runner = CpuModelRunner::load(model_dir, options)?;
-        let preprocessor =
-            Preprocessor::from_config_file(&model_dir.join(PREPROCESSOR_CONFIG_FILE))?;
-        Self::new(runner, preprocessor)
-    }
-
-    pub fn new(runner: CpuModelRunner, preprocessor: Preprocessor) -> Result<Self, PolicyError> {
-        if preprocessor.output_len() != runner.model().pixel_values_len() {
-            return Err(PolicyError::Model(ModelError::Math {
-                op: "preprocessing",
-                message: format!(
-                    "preprocessor writes {} values, the model takes {}",
-                    preprocessor.output_len(),
-                    runner.model().pixel_values_len()
-                ),
-            }));
-        }
-        let model_name = runner
-            .model()
-            .dir()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| runner.model().dir().display().to_string());
-        Ok(Self {
-            pixel_values: vec![0.0; preprocessor.output_len()],
-            runner,
-            preprocessor,
-            model_name,
-        })
-    }
-
-    pub fn runner(&self) -> &CpuModelRunner {
-        &self.runner
-    }
-
-    pub fn runner_mut(&mut self) -> &mut CpuModelRunner {
-        &mut self.runner
-    }
-
-    /// Each featurizer's patch features from given `pixel_values`.
-    pub fn vision_features(&self, pixel_values: &[f32]) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.runner.vision_features(pixel_values)
-    }
-
-    /// The projector output from given `pixel_values`.
-    pub fn projector_output(&self, pixel_values: &[f32]) -> Result<Vec<f32>, ModelError> {
-        self.runner.projector_output(pixel_values)
-    }
-
-    /// The step-0 logits from given `pixel_values`.
-    pub fn step0_logits(
-        &mut self,
-        pixel_values: &[f32],
-        instruction: &str,
-    ) -> Result<Vec<f32>, PolicyError> {
-        self.runner.step0_logits(pixel_values, instruction)
-    }
-
-    /// The `pixel_values` the preprocessing produced for the latest image.
-    pub fn last_pixel_values(&self) -> &[f32] {
-        &self.pixel_values
+        Self::with_checkpoint_preprocessing(runner, model_dir)
     }
 }
 
-impl Policy for CpuPolicy {
-    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
-        if instruction.trim().is_empty() {
-            return Err(PolicyError::EmptyInstruction);
-        }
-        let start = Instant::now();
-        self.preprocessor.run(image, &mut self.pixel_values)?;
-        let preprocess = start.elapsed();
-        let mut prediction = self
-            .runner
-            .predict_pixels(&self.pixel_values, instruction)?;
-        prediction.timings.preprocess_ms = ms(preprocess);
-        prediction.timings.total_ms = ms(start.elapsed());
-        Ok(prediction)
+impl PixelRunner for CpuModelRunner {
+    const BACKEND: &'static str = "cpu";
+
+    fn pixel_values_len(&self) -> usize {
+        self.model().pixel_values_len()
     }
 
     fn action_dim(&self) -> usize {
-        self.runner.action_dim()
+        CpuModelRunner::action_dim(self)
     }
 
-    fn backend_name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn model_name(&self) -> &str {
-        &self.model_name
+    fn predict_pixels(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Prediction, PolicyError> {
+        CpuModelRunner::predict_pixels(self, pixel_values, instruction)
     }
 }
 

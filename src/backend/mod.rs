@@ -4,8 +4,14 @@ pub mod cpu;
 pub mod cuda;
 
 use std::path::Path;
+use std::time::Instant;
 
-use crate::policy::{BackendKind, Policy, PolicyError, PolicyOptions};
+use crate::model::ModelError;
+use crate::policy::{BackendKind, Policy, PolicyError, PolicyOptions, Prediction};
+use crate::preprocess::{Preprocessor, RgbImage};
+
+/// The checkpoint file that holds the normalisation constants of the preprocessing.
+pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
 
 /// Loads the checkpoint folder `model_dir` on the backend named in `options`.
 pub fn load_policy(
@@ -23,5 +29,109 @@ fn unavailable(backend: &'static str) -> PolicyError {
     PolicyError::Backend {
         backend,
         message: "not available in this build".into(),
+    }
+}
+
+/// What a backend runs after the (CPU, Pillow-exact) preprocessing: `pixel_values`
+/// (`[6, 224, 224]`) and an instruction in, one prediction out.
+pub trait PixelRunner: Send {
+    /// `cpu`, `cuda` or `tensorrt`.
+    const BACKEND: &'static str;
+    /// Number of `pixel_values` the model takes.
+    fn pixel_values_len(&self) -> usize;
+    fn action_dim(&self) -> usize;
+    /// The policy from `pixel_values`; `timings.preprocess_ms` and `total_ms` are left to the caller.
+    fn predict_pixels(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Prediction, PolicyError>;
+}
+
+/// A backend's runner behind the preprocessing: the [`Policy`] every backend exposes.
+#[derive(Debug)]
+pub struct ImagePolicy<R> {
+    runner: R,
+    preprocessor: Preprocessor,
+    /// `[6, 224, 224]`, reused between calls.
+    pixel_values: Vec<f32>,
+    model_name: String,
+}
+
+impl<R: PixelRunner> ImagePolicy<R> {
+    /// `runner` with the preprocessing of the checkpoint in `model_dir`.
+    pub fn with_checkpoint_preprocessing(runner: R, model_dir: &Path) -> Result<Self, PolicyError> {
+        let preprocessor =
+            Preprocessor::from_config_file(&model_dir.join(PREPROCESSOR_CONFIG_FILE))?;
+        Self::new(runner, preprocessor, model_dir)
+    }
+
+    pub fn new(
+        runner: R,
+        preprocessor: Preprocessor,
+        model_dir: &Path,
+    ) -> Result<Self, PolicyError> {
+        if preprocessor.output_len() != runner.pixel_values_len() {
+            return Err(PolicyError::Model(ModelError::Math {
+                op: "preprocessing",
+                message: format!(
+                    "preprocessor writes {} values, the model takes {}",
+                    preprocessor.output_len(),
+                    runner.pixel_values_len()
+                ),
+            }));
+        }
+        let model_name = model_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| model_dir.display().to_string());
+        Ok(Self {
+            pixel_values: vec![0.0; preprocessor.output_len()],
+            runner,
+            preprocessor,
+            model_name,
+        })
+    }
+
+    pub fn runner(&self) -> &R {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut R {
+        &mut self.runner
+    }
+
+    /// The `pixel_values` the preprocessing produced for the latest image.
+    pub fn last_pixel_values(&self) -> &[f32] {
+        &self.pixel_values
+    }
+}
+
+impl<R: PixelRunner> Policy for ImagePolicy<R> {
+    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
+        if instruction.trim().is_empty() {
+            return Err(PolicyError::EmptyInstruction);
+        }
+        let start = Instant::now();
+        self.preprocessor.run(image, &mut self.pixel_values)?;
+        let preprocess_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut prediction = self
+            .runner
+            .predict_pixels(&self.pixel_values, instruction)?;
+        prediction.timings.preprocess_ms = preprocess_ms;
+        prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(prediction)
+    }
+
+    fn action_dim(&self) -> usize {
+        self.runner.action_dim()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        R::BACKEND
+    }
+
+    fn model_name(&self) -> &str {
+        &self.model_name
     }
 }

@@ -104,12 +104,14 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
             let cpu_pred = cpu.predict(&image, &case.instruction)?;
             let pixels = cpu.last_pixel_values().to_vec();
             let cpu_features = cpu
+                .runner()
                 .vision_features(&pixels)
                 .map_err(crate::policy::PolicyError::from)?;
             let cpu_proj = cpu
+                .runner()
                 .projector_output(&pixels)
                 .map_err(crate::policy::PolicyError::from)?;
-            let cpu_logits = cpu.step0_logits(&pixels, &case.instruction)?;
+            let cpu_logits = cpu.runner_mut().step0_logits(&pixels, &case.instruction)?;
             let fail = |e: super::CudaError| CliError::failure(format!("backend cuda: {e}"));
             let features = gpu.vision_features(&pixels).map_err(fail)?;
             let proj = gpu.projector_output(&pixels).map_err(fail)?;

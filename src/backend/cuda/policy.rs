@@ -11,7 +11,7 @@ use super::llama::DeviceLlama;
 use super::vision::{DeviceProjector, DeviceVit, VisionPath};
 use super::weights::{CheckpointWeights, DecodeFormat, WeightSource};
 use super::CudaError;
-use crate::backend::cpu::PREPROCESSOR_CONFIG_FILE;
+use crate::backend::{ImagePolicy, PixelRunner};
 use crate::model::action::{resolve_unnorm_key, ActionDecoder};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{
@@ -23,9 +23,8 @@ use crate::model::prompt::PromptTokenizer;
 use crate::model::vit::VitConfig;
 use crate::model::ModelError;
 use crate::policy::{
-    Policy, PolicyError, PolicyOptions, Prediction, ProjectorFormat, Quantization, StageTimings,
+    PolicyError, PolicyOptions, Prediction, ProjectorFormat, Quantization, StageTimings,
 };
-use crate::preprocess::{Preprocessor, RgbImage};
 
 /// Featurizer names under `vision_backbone`, in `pixel_values` channel order.
 const FEATURIZER_NAMES: [&str; 2] = ["featurizer", "fused_featurizer"];
@@ -388,73 +387,32 @@ fn check_projector(options: &PolicyOptions) -> Result<(), CudaError> {
     Ok(())
 }
 
-/// The policy on an NVIDIA GPU: CPU preprocessing + [`CudaModelRunner`].
-#[derive(Debug)]
-pub struct CudaPolicy {
-    runner: CudaModelRunner,
-    preprocessor: Preprocessor,
-    /// `[6, 224, 224]`, reused between calls.
-    pixel_values: Vec<f32>,
-    model_name: String,
-}
+/// The CUDA policy: [`CudaModelRunner`] behind the (CPU) preprocessing.
+pub type CudaPolicy = ImagePolicy<CudaModelRunner>;
 
 impl CudaPolicy {
     pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
         let runner = CudaModelRunner::load(model_dir, options)?;
-        let preprocessor =
-            Preprocessor::from_config_file(&model_dir.join(PREPROCESSOR_CONFIG_FILE))?;
-        if preprocessor.output_len() != runner.vision.pixels.len() {
-            return Err(PolicyError::Model(ModelError::Math {
-                op: "preprocessing",
-                message: format!(
-                    "preprocessor writes {} values, the model takes {}",
-                    preprocessor.output_len(),
-                    runner.vision.pixels.len()
-                ),
-            }));
-        }
-        let model_name = model_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| model_dir.display().to_string());
-        Ok(Self {
-            pixel_values: vec![0.0; preprocessor.output_len()],
-            runner,
-            preprocessor,
-            model_name,
-        })
-    }
-
-    pub fn runner_mut(&mut self) -> &mut CudaModelRunner {
-        &mut self.runner
+        Self::with_checkpoint_preprocessing(runner, model_dir)
     }
 }
 
-impl Policy for CudaPolicy {
-    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
-        if instruction.trim().is_empty() {
-            return Err(PolicyError::EmptyInstruction);
-        }
-        let start = Instant::now();
-        self.preprocessor.run(image, &mut self.pixel_values)?;
-        let preprocess = start.elapsed();
-        let mut prediction = self
-            .runner
-            .predict_pixels(&self.pixel_values, instruction)?;
-        prediction.timings.preprocess_ms = ms(preprocess);
-        prediction.timings.total_ms = ms(start.elapsed());
-        Ok(prediction)
+impl PixelRunner for CudaModelRunner {
+    const BACKEND: &'static str = "cuda";
+
+    fn pixel_values_len(&self) -> usize {
+        self.vision.pixels.len()
     }
 
     fn action_dim(&self) -> usize {
-        self.runner.action_dim()
+        CudaModelRunner::action_dim(self)
     }
 
-    fn backend_name(&self) -> &'static str {
-        "cuda"
-    }
-
-    fn model_name(&self) -> &str {
-        &self.model_name
+    fn predict_pixels(
+        &mut self,
+        pixel_values: &[f32],
+        instruction: &str,
+    ) -> Result<Prediction, PolicyError> {
+        CudaModelRunner::predict_pixels(self, pixel_values, instruction)
     }
 }
