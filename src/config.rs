@@ -513,6 +513,22 @@ impl ServiceConfig {
                     format!("{lo} is above safety.max[{i}] = {hi}"),
                 ));
             }
+            // HOLD and STOP command zero deltas (the gripper is kept, dimension 6): zero must
+            // lie within the limits, or those commands would leave the configured range.
+            if i < ACTION_DIM - 1 {
+                if lo > 0.0 {
+                    return Err(invalid(
+                        &format!("safety.min[{i}]"),
+                        format!("{lo} is above 0; HOLD and STOP command a zero delta"),
+                    ));
+                }
+                if hi < 0.0 {
+                    return Err(invalid(
+                        &format!("safety.max[{i}]"),
+                        format!("{hi} is below 0; HOLD and STOP command a zero delta"),
+                    ));
+                }
+            }
         }
 
         for (list, key) in [
@@ -736,6 +752,25 @@ mod tests {
             );
             assert!(!message.contains('\n'), "message spans lines: {message:?}");
         }
+    }
+
+    /// HOLD and STOP publish zero deltas; limits that exclude zero would make every HOLD and
+    /// STOP command fall outside `[safety]`.
+    #[test]
+    fn delta_limits_must_allow_standing_still() {
+        let message = error_text(
+            "[safety]\nmin = [-0.1, -0.1, 0.01, -1, -1, -1, 0]\nmax = [0.1, 0.1, 0.1, 1, 1, 1, 1]\n",
+        );
+        assert!(message.contains("safety.min[2]"), "{message}");
+        let message = error_text(
+            "[safety]\nmin = [-0.1, -0.1, -0.1, -1, -1, -1, 0]\nmax = [0.1, 0.1, 0.1, 1, -0.5, 1, 1]\n",
+        );
+        assert!(message.contains("safety.max[4]"), "{message}");
+        // The gripper is kept, not zeroed: a gripper range without 0 is fine.
+        parse_and_validate(
+            "[safety]\nmin = [-0.1, -0.1, -0.1, -1, -1, -1, 0.2]\nmax = [0.1, 0.1, 0.1, 1, 1, 1, 1]\n",
+        )
+        .unwrap();
     }
 
     #[test]
