@@ -101,6 +101,12 @@ fn bad_flag_values_name_the_flag() {
 }
 
 #[test]
+fn a_duration_too_long_to_hold_is_refused_not_panicked_on() {
+    // Finite and positive, but more seconds than a Duration holds.
+    assert_bad_input(&["run", "--duration", "1e30"], &["--duration"]);
+}
+
+#[test]
 fn missing_camera_device_is_named() {
     assert_bad_input(
         &["run", "--camera", "/dev/video99"],

@@ -107,7 +107,11 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
 fn duration(args: &RunArgs) -> Result<Option<Duration>, CliError> {
     match args.duration {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if s.is_finite() && s > 0.0 => {
+            Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
+                CliError::bad_input(format!("--duration: {s} seconds is too long to represent"))
+            })
+        }
         Some(s) => Err(CliError::bad_input(format!(
             "--duration: {s} is not a positive number of seconds"
         ))),
