@@ -468,6 +468,11 @@ impl ServiceConfig {
         if !control.rate_hz.is_finite() || control.rate_hz <= 0.0 {
             return Err(invalid("control.rate_hz", "must be > 0".into()));
         }
+        // The period is held in u64 nanoseconds and added up slot after slot; a rate this low
+        // would saturate it and wrap the schedule into a busy loop.
+        if control.rate_hz < 0.001 {
+            return Err(invalid("control.rate_hz", "must be at least 0.001".into()));
+        }
         if control.rate_hz > 10_000.0 {
             return Err(invalid("control.rate_hz", "must be at most 10000".into()));
         }
@@ -690,6 +695,10 @@ mod tests {
             (
                 "[control]\nrate_hz = -3.0\n",
                 "control.rate_hz: must be > 0",
+            ),
+            (
+                "[control]\nrate_hz = 1e-12\n",
+                "control.rate_hz: must be at least 0.001",
             ),
             (
                 "[control]\nrate_hz = \"fast\"\n",

@@ -107,6 +107,16 @@ fn a_duration_too_long_to_hold_is_refused_not_panicked_on() {
 }
 
 #[test]
+fn a_rate_whose_period_overflows_is_refused() {
+    // 1e-12 Hz: the period in nanoseconds does not fit in u64, saturated, and the schedule
+    // arithmetic then wrapped into ticking as fast as the CPU allows.
+    assert_bad_input(
+        &["run", "--rate-hz", "1e-12"],
+        &["control.rate_hz", "--rate-hz"],
+    );
+}
+
+#[test]
 fn missing_camera_device_is_named() {
     assert_bad_input(
         &["run", "--camera", "/dev/video99"],
