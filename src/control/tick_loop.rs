@@ -167,10 +167,12 @@ impl ControlLoop {
                 return LoopEnd::BudgetSpent;
             }
             clock::sleep_until_monotonic(self.next_deadline_ns);
+            let monotonic_ns = clock::monotonic_ns();
+            self.skip_passed_slots(monotonic_ns);
             let time = TickTime {
                 index: self.next_index,
                 scheduled_ns: self.next_deadline_ns,
-                monotonic_ns: clock::monotonic_ns(),
+                monotonic_ns,
                 unix_ns: clock::realtime_ns(),
             };
             let state = self.tick(time);
@@ -180,6 +182,23 @@ impl ControlLoop {
             }
             self.advance_schedule(time.monotonic_ns);
         }
+    }
+
+    /// A wake-up a whole period or more after the slot's deadline (the thread was stalled or
+    /// starved) ticks in the slot it woke in: the passed slots are skipped and counted, so
+    /// action ages, which count slots, are not judged from a slot long gone.
+    fn skip_passed_slots(&mut self, wake_ns: u64) {
+        let period = self.settings.period_ns;
+        if period == 0 || wake_ns < self.next_deadline_ns.saturating_add(period) {
+            return;
+        }
+        let skipped = (wake_ns - self.next_deadline_ns) / period;
+        self.next_index += skipped;
+        self.next_deadline_ns += skipped * period;
+        self.links
+            .stats
+            .overruns
+            .fetch_add(skipped, Ordering::Relaxed);
     }
 
     /// Moves to the next slot; slots whose deadline already passed at wake-up are skipped
@@ -534,6 +553,30 @@ mod tests {
             (4, 1_080_000_000)
         );
         assert_eq!(links.stats.overruns.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_stalled_loop_judges_action_age_by_the_slot_it_wakes_in() {
+        let links = links();
+        let now = clock::monotonic_ns();
+        links.frames.publish(crate::capture::Frame::default(), now);
+        let mut control = ControlLoop::new(settings(), links.clone());
+        // Slots 0 to 9 ran and slot 9 fired an inference; then the thread stalled and wakes
+        // 3.5 periods after slot 10's deadline, in slot 13.
+        control.started = true;
+        control.next_index = 10;
+        control.next_deadline_ns = now - 7 * PERIOD / 2;
+        control.start_ns = control.next_deadline_ns - 10 * PERIOD;
+        control.fired = true;
+        links.results.post(result(9, 0.01));
+        assert_eq!(control.run(Some(1)), LoopEnd::BudgetSpent);
+        let records = published(&links);
+        // Latched at slot 9 and published in slot 13 or later: at least four periods old,
+        // over the two-period limit. It must not be acted on.
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].state, ControlState::Hold, "{records:?}");
+        assert_eq!(links.stats.stale.load(Ordering::Relaxed), 1);
+        assert!(links.stats.overruns.load(Ordering::Relaxed) >= 3);
     }
 
     #[test]
