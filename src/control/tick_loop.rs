@@ -58,7 +58,8 @@ pub struct LoopLinks {
 pub struct TickTime {
     /// Schedule slot since the loop started (skipped slots included).
     pub index: u64,
-    /// CLOCK_MONOTONIC deadline of this slot.
+    /// CLOCK_MONOTONIC deadline the loop slept until (after a stall, that of the first
+    /// skipped slot, so that wake-up lateness stays measured in full).
     pub scheduled_ns: u64,
     /// CLOCK_MONOTONIC at wake-up.
     pub monotonic_ns: u64,
@@ -166,12 +167,13 @@ impl ControlLoop {
             if tick_budget.is_some_and(|budget| ticks_run >= budget) {
                 return LoopEnd::BudgetSpent;
             }
-            clock::sleep_until_monotonic(self.next_deadline_ns);
+            let deadline_ns = self.next_deadline_ns;
+            clock::sleep_until_monotonic(deadline_ns);
             let monotonic_ns = clock::monotonic_ns();
             self.skip_passed_slots(monotonic_ns);
             let time = TickTime {
                 index: self.next_index,
-                scheduled_ns: self.next_deadline_ns,
+                scheduled_ns: deadline_ns,
                 monotonic_ns,
                 unix_ns: clock::realtime_ns(),
             };
