@@ -296,7 +296,12 @@ impl Service {
                 });
             }
         }
-        service.interface.announce(&service.session, &keys)?;
+        if let Err(e) = service.interface.announce(&service.session, &keys) {
+            // The control loop already runs: end it (with its STOP) rather than leave it behind.
+            service.request_stop();
+            service.shut_down();
+            return Err(e.into());
+        }
         log::info!(
             "running: robot `{}`, {} Hz, camera {camera}, model {model} on {backend}, commands on {}",
             config.robot_id,
