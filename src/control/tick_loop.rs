@@ -20,6 +20,9 @@ use crate::service::notify::SystemdNotifier;
 use crate::service::signals;
 use crate::transport::record::{CommandRecord, RECORD_LEN};
 
+/// Longest single sleep of the loop; see [`ControlLoop::sleep_until_deadline_or_stop`].
+const STOP_POLL_NS: u64 = 100_000_000;
+
 /// Timing and limits of the loop, derived from the validated config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopSettings {
@@ -168,7 +171,7 @@ impl ControlLoop {
                 return LoopEnd::BudgetSpent;
             }
             let deadline_ns = self.next_deadline_ns;
-            clock::sleep_until_monotonic(deadline_ns);
+            self.sleep_until_deadline_or_stop(deadline_ns);
             let monotonic_ns = clock::monotonic_ns();
             self.skip_passed_slots(monotonic_ns);
             let time = TickTime {
@@ -183,6 +186,22 @@ impl ControlLoop {
                 return LoopEnd::Stopped;
             }
             self.advance_schedule(time.monotonic_ns);
+        }
+    }
+
+    /// Sleeps until `deadline_ns`, but in steps of at most [`STOP_POLL_NS`] when the wait is
+    /// longer, so that a stop request at a slow rate still gets its final STOP out within
+    /// systemd's stop timeout instead of a whole period later.
+    fn sleep_until_deadline_or_stop(&self, deadline_ns: u64) {
+        loop {
+            let now = clock::monotonic_ns();
+            if now >= deadline_ns {
+                return;
+            }
+            clock::sleep_until_monotonic(deadline_ns.min(now.saturating_add(STOP_POLL_NS)));
+            if self.links.inputs.shutdown_requested() || signals::termination_requested() {
+                return;
+            }
         }
     }
 
@@ -340,12 +359,13 @@ impl ControlLoop {
             u64::from(self.supervisor.consecutive_misses()),
             Ordering::Relaxed,
         );
-        stats.state.store(decision.state as u64, Ordering::Relaxed);
+        // The cause before the state, so that a reader seeing the new state sees its cause.
         if decision.stop_cause != StopCause::None {
             stats
                 .stop_cause
-                .store(decision.stop_cause as u64, Ordering::Relaxed);
+                .store(decision.stop_cause as u64, Ordering::Release);
         }
+        stats.state.store(decision.state as u64, Ordering::Release);
         stats
             .tick_jitter
             .record_ns(time.monotonic_ns.saturating_sub(time.scheduled_ns));
@@ -579,6 +599,33 @@ mod tests {
         assert_eq!(records[0].state, ControlState::Hold, "{records:?}");
         assert_eq!(links.stats.stale.load(Ordering::Relaxed), 1);
         assert!(links.stats.overruns.load(Ordering::Relaxed) >= 3);
+    }
+
+    #[test]
+    fn a_stop_request_ends_a_long_period_at_once_with_a_final_stop() {
+        let links = links();
+        links
+            .frames
+            .publish(crate::capture::Frame::default(), clock::monotonic_ns());
+        let settings = LoopSettings {
+            period_ns: 60 * 1_000_000_000,
+            ..settings()
+        };
+        let mut control = ControlLoop::new(settings, links.clone());
+        let inputs = links.inputs.clone();
+        let requester = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            inputs.request_shutdown();
+        });
+        let start = std::time::Instant::now();
+        assert_eq!(control.run(None), LoopEnd::Stopped);
+        let waited = start.elapsed();
+        requester.join().unwrap();
+        // One tick at start, then the stop: far sooner than the 60 s period.
+        assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+        let records = published(&links);
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records.last().unwrap().state, ControlState::Stop);
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn percentiles(histogram: &LatencyHistogram) -> serde_json::Value {
 }
 
 fn state_of(control: &ControlStats) -> ControlState {
-    ControlState::from_wire(control.state.load(Ordering::Relaxed) as u16)
+    ControlState::from_wire(control.state.load(Ordering::Acquire) as u16)
         .unwrap_or(ControlState::Hold)
 }
 
