@@ -52,7 +52,10 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), CliError> {
         let runtime = RuntimeModelConfig::from_dir(&dir).map_err(bad)?;
         let ckpt = Checkpoint::open_dir(&dir).map_err(bad)?;
         let spec = ModelSpec::from_checkpoint(&dir, &config, &runtime, &ckpt).map_err(bad)?;
-        let mut src = CheckpointWeights { ckpt: &ckpt };
+        let mut src = CheckpointWeights {
+            ckpt: &ckpt,
+            quantized: None,
+        };
         let runner = CudaModelRunner::build(
             gpu,
             &mut src,
@@ -200,8 +203,8 @@ fn bench_runner(
     // Quantized copies for the decode rows; the FP16 weights stay for prefill.
     {
         let (gpu, llama, _) = runner.llama_mut();
-        llama.quantize(gpu, DecodeFormat::Int8, false)?;
-        llama.quantize(gpu, DecodeFormat::Int4, false)?;
+        llama.quantize(gpu, None, DecodeFormat::Int8, false)?;
+        llama.quantize(gpu, None, DecodeFormat::Int4, false)?;
     }
     let gpu_name = runner.gpu().name().to_string();
     println!(

@@ -65,6 +65,20 @@ struct Scratch {
     v_cache: DeviceBuffer<f16>,
 }
 
+/// Threads of the decode attention kernel (8 warps share the keys of one head).
+const DECODE_ATTENTION_THREADS: u32 = 256;
+/// `32 * DECODE_DIMS_PER_LANE` of `llama.cu`: head dimensions one warp covers.
+const DECODE_ATTENTION_MAX_HEAD_DIM: usize = 256;
+/// Dynamic shared memory a kernel may use without opting in.
+const DECODE_ATTENTION_MAX_SHARED: u32 = 48 * 1024;
+
+/// Shared memory of one decode attention block: q, the scores of every cached position and
+/// one partial sum per warp, all f32.
+fn decode_attention_shared_bytes(head_dim: usize, capacity: usize) -> u32 {
+    let warps = DECODE_ATTENTION_THREADS as usize / 32;
+    u32::try_from(4 * (head_dim + capacity + warps * head_dim)).unwrap_or(u32::MAX)
+}
+
 /// Most tokens one `generate` call can return.
 pub const MAX_GENERATED: usize = 64;
 
@@ -111,6 +125,19 @@ impl DeviceLlama {
                 message: format!(
                     "head_dim {hd} must be even and {} heads a multiple of {} KV heads",
                     config.num_heads, config.num_kv_heads
+                ),
+            });
+        }
+        if hd > DECODE_ATTENTION_MAX_HEAD_DIM
+            || decode_attention_shared_bytes(hd, capacity) > DECODE_ATTENTION_MAX_SHARED
+        {
+            return Err(CudaError::Unsupported {
+                what: format!("{prefix} decode attention"),
+                message: format!(
+                    "head_dim {hd} (at most {DECODE_ATTENTION_MAX_HEAD_DIM}) with {capacity} \
+                     cached positions needs {} bytes of shared memory (at most {})",
+                    decode_attention_shared_bytes(hd, capacity),
+                    DECODE_ATTENTION_MAX_SHARED
                 ),
             });
         }
@@ -230,12 +257,14 @@ impl DeviceLlama {
             .chain(std::iter::once(&self.lm_head))
     }
 
-    /// Quantizes every linear layer for decode in `format`; `replace_f16` makes the prefill
-    /// use the dequantized weights too (the policy), otherwise the FP16 weights stay
-    /// (benchmarks comparing formats on one model).
+    /// Quantizes every linear layer for decode in `format` (from `src`'s host values when it
+    /// has them, else on the device); `replace_f16` makes the prefill use the dequantized
+    /// weights too (the policy), otherwise the FP16 weights stay (benchmarks comparing
+    /// formats on one model).
     pub fn quantize(
         &mut self,
         gpu: &Gpu,
+        mut src: Option<&mut dyn WeightSource>,
         format: DecodeFormat,
         replace_f16: bool,
     ) -> Result<(), CudaError> {
@@ -243,7 +272,11 @@ impl DeviceLlama {
             return Ok(());
         }
         for lin in self.linears_mut() {
-            lin.quantize(gpu, format, replace_f16)?;
+            let layer_src: Option<&mut dyn WeightSource> = match &mut src {
+                Some(s) => Some(&mut **s),
+                None => None,
+            };
+            lin.quantize(gpu, layer_src, format, replace_f16)?;
         }
         self.graphs.remove(&format);
         Ok(())
@@ -565,10 +598,7 @@ impl DeviceLlama {
                 int("embed", h)?,
             ],
         )?;
-        let scores_bytes = u32::try_from(self.capacity * 4).map_err(|_| CudaError::Shape {
-            op: "decode attention",
-            message: format!("capacity {}", self.capacity),
-        })?;
+        let attention_shared = decode_attention_shared_bytes(hd, self.capacity);
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
             layer
@@ -580,8 +610,8 @@ impl DeviceLlama {
                 Lane::A,
                 &gpu.kernels.decode_attention,
                 c.num_heads as u32,
-                128,
-                scores_bytes,
+                DECODE_ATTENTION_THREADS,
+                attention_shared,
                 &[
                     Arg::Ptr(s.q.ptr()),
                     Arg::Ptr(s.k_cache.at(layer_off)),

@@ -20,6 +20,7 @@ use crate::model::config::{
 use crate::model::llama::LlamaConfig;
 use crate::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
 use crate::model::prompt::PromptTokenizer;
+use crate::model::quant_file::{self, QuantizedFile};
 use crate::model::vit::VitConfig;
 use crate::model::ModelError;
 use crate::policy::{
@@ -144,7 +145,28 @@ impl CudaModelRunner {
         let runtime = RuntimeModelConfig::from_dir(model_dir)?;
         let ckpt = Checkpoint::open_dir(model_dir)?;
         let spec = ModelSpec::from_checkpoint(model_dir, &config, &runtime, &ckpt)?;
-        let mut src = CheckpointWeights { ckpt: &ckpt };
+        let quantized = match &options.quantized_weights {
+            Some(path) => {
+                let file = QuantizedFile::open(path, model_dir)?;
+                if options.quantization != Quantization::None
+                    && file.quantization() != options.quantization
+                {
+                    return Err(ModelError::QuantizedFile {
+                        path: path.display().to_string(),
+                        field: "quantization",
+                        expected: quant_file::quantization_name(options.quantization).to_string(),
+                        got: quant_file::quantization_name(file.quantization()).to_string(),
+                    }
+                    .into());
+                }
+                Some(file)
+            }
+            None => None,
+        };
+        let mut src = CheckpointWeights {
+            ckpt: &ckpt,
+            quantized: quantized.as_ref(),
+        };
         Self::build(gpu, &mut src, &spec, &config, tokenizer, options, true)
     }
 
@@ -208,7 +230,7 @@ impl CudaModelRunner {
             spec.capacity,
         )?;
         let format = decode_format(options.quantization);
-        llama.quantize(&gpu, format, replace_f16)?;
+        llama.quantize(&gpu, Some(src), format, replace_f16)?;
         let pinned_len = vision.pixels.len();
         // SAFETY: the pinned buffer is only read after `write_pixels` filled all of it.
         let pinned = unsafe { gpu.context().alloc_pinned::<f32>(pinned_len) }

@@ -4,15 +4,22 @@
 //! model mirrors the checkpoint the way the CPU model does.
 //!
 //! Also the device linear layer: its FP16 matrix (what the prefill GEMMs read) and, for
-//! decode, optionally INT8 (per-row scale) or INT4 (group-wise scales) copies made on the
-//! device. When a quantized format is selected for the policy, the FP16 matrix is replaced by
-//! its dequantized values, so prefill and decode use the same effective weights.
+//! decode, optionally a copy in the CPU backend's INT8 (per-row scale) or INT4 (asymmetric,
+//! group-wise) format ([`crate::model::quant`]): a checkpoint's layers are quantized on the
+//! host by that code (or taken from a pre-quantized file) and uploaded, so both backends
+//! decode with the same codes; random benchmark weights are quantized on the device with the
+//! same formulas. When a quantized format is selected for the policy, the FP16 matrix is
+//! replaced by its dequantized values, so prefill and decode use the same effective weights.
 
 use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, Gpu, Lane};
 use super::CudaError;
 use crate::model::checkpoint::Checkpoint;
+use crate::model::linear::LinearWeights;
+use crate::model::quant::{int4_group_size, Int4Weights, Int8Weights};
+use crate::model::quant_file::QuantizedFile;
+use crate::policy::Quantization;
 
 /// Supplies named tensors to the device.
 pub trait WeightSource {
@@ -48,11 +55,22 @@ pub trait WeightSource {
     ) -> Result<DeviceBuffer<f16>, CudaError>;
 
     fn contains(&self, name: &str) -> bool;
+
+    /// Each of `parts` (`[rows, cols]` matrices) in `format` exactly as the CPU backend holds
+    /// it, or `None` when there are no host values (random weights: quantize on the device).
+    fn host_quantized(
+        &mut self,
+        parts: &[(String, usize)],
+        cols: usize,
+        format: DecodeFormat,
+    ) -> Result<Option<Vec<LinearWeights>>, CudaError>;
 }
 
-/// Weights read from a checkpoint.
+/// Weights read from a checkpoint, with the pre-quantized file of `--quantized-weights` when
+/// one was given.
 pub struct CheckpointWeights<'a> {
     pub ckpt: &'a Checkpoint,
+    pub quantized: Option<&'a QuantizedFile>,
 }
 
 impl WeightSource for CheckpointWeights<'_> {
@@ -103,6 +121,41 @@ impl WeightSource for CheckpointWeights<'_> {
 
     fn contains(&self, name: &str) -> bool {
         self.ckpt.contains(name)
+    }
+
+    fn host_quantized(
+        &mut self,
+        parts: &[(String, usize)],
+        cols: usize,
+        format: DecodeFormat,
+    ) -> Result<Option<Vec<LinearWeights>>, CudaError> {
+        let file = self
+            .quantized
+            .filter(|f| f.quantization() == format.quantization());
+        let mut out = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            if let Some(stored) = file
+                .map(|f| f.layer_weights(name, *rows, cols))
+                .transpose()?
+                .flatten()
+            {
+                out.push(stored);
+                continue;
+            }
+            let values = self
+                .ckpt
+                .f32_with_shape(&format!("{name}.weight"), &[*rows, cols])?;
+            out.push(match format {
+                DecodeFormat::F16 => LinearWeights::F32(values),
+                DecodeFormat::Int8 => {
+                    LinearWeights::Int8(Int8Weights::quantize(&values, *rows, cols))
+                }
+                DecodeFormat::Int4 => {
+                    LinearWeights::Int4(Int4Weights::quantize(&values, *rows, cols))
+                }
+            });
+        }
+        Ok(Some(out))
     }
 }
 
@@ -165,6 +218,15 @@ impl WeightSource for RandomWeights {
     fn contains(&self, name: &str) -> bool {
         self.present.contains(name)
     }
+
+    fn host_quantized(
+        &mut self,
+        _parts: &[(String, usize)],
+        _cols: usize,
+        _format: DecodeFormat,
+    ) -> Result<Option<Vec<LinearWeights>>, CudaError> {
+        Ok(None)
+    }
 }
 
 /// Weight format of the language model's decode GEMVs on the device.
@@ -183,26 +245,41 @@ impl DecodeFormat {
             DecodeFormat::Int4 => "int4",
         }
     }
+
+    /// The `--quantization` value naming this format.
+    pub fn quantization(self) -> Quantization {
+        match self {
+            DecodeFormat::F16 => Quantization::None,
+            DecodeFormat::Int8 => Quantization::Int8,
+            DecodeFormat::Int4 => Quantization::Int4,
+        }
+    }
 }
 
-/// INT4 group size along the input dimension (the largest of these dividing it).
-pub fn int4_group(in_features: usize) -> Option<usize> {
-    [128, 64, 32, 16, 8, 4, 2]
-        .into_iter()
-        .find(|g| in_features % g == 0)
+/// INT4 weights on the device in the CPU backend's layout ([`Int4Weights`]).
+#[derive(Debug)]
+pub struct DeviceInt4 {
+    /// `[out, ⌈in / 2⌉]`
+    pub packed: DeviceBuffer<u8>,
+    /// `[out, ⌈in / group⌉]` each.
+    pub scales: DeviceBuffer<f32>,
+    pub mins: DeviceBuffer<f32>,
+    pub group: usize,
 }
 
-/// A bias-free linear layer on the device, `[out, in]`.
+/// A bias-free linear layer on the device, `[out, in]`, the checkpoint matrices of `parts`
+/// stacked.
 #[derive(Debug)]
 pub struct DeviceLinear {
     pub name: String,
+    pub parts: Vec<(String, usize)>,
     pub out_features: usize,
     pub in_features: usize,
     /// `[out, in]` FP16, dequantized when a quantized format replaced it.
     pub f16: DeviceBuffer<f16>,
-    pub int8: Option<(DeviceBuffer<i8>, DeviceBuffer<f32>)>,
-    /// Packed nibbles `[out, in / 2]`, scales `[out, in / group]`, group.
-    pub int4: Option<(DeviceBuffer<u8>, DeviceBuffer<f16>, usize)>,
+    /// Codes `[out, in]` (int8 bytes), one scale per row.
+    pub int8: Option<(DeviceBuffer<u8>, DeviceBuffer<f32>)>,
+    pub int4: Option<DeviceInt4>,
 }
 
 impl DeviceLinear {
@@ -219,6 +296,7 @@ impl DeviceLinear {
         let f16 = src.matrix_f16(gpu, parts, in_features, scale)?;
         Ok(Self {
             name: name.to_string(),
+            parts: parts.to_vec(),
             out_features,
             in_features,
             f16,
@@ -227,9 +305,103 @@ impl DeviceLinear {
         })
     }
 
-    /// Makes the quantized copy for `format`; `replace_f16` writes the dequantized values
-    /// back into the FP16 matrix.
+    /// Makes the quantized copy for `format`: from the host values of `src` when it has
+    /// them (the CPU backend's codes), else on the device from the FP16 matrix.
+    /// `replace_f16` writes the dequantized values into the FP16 matrix.
     pub fn quantize(
+        &mut self,
+        gpu: &Gpu,
+        src: Option<&mut dyn WeightSource>,
+        format: DecodeFormat,
+        replace_f16: bool,
+    ) -> Result<(), CudaError> {
+        if format == DecodeFormat::F16 {
+            return Ok(());
+        }
+        let host = match src {
+            Some(src) => src.host_quantized(&self.parts, self.in_features, format)?,
+            None => None,
+        };
+        match host {
+            Some(parts) => self.upload_quantized(gpu, &parts, format, replace_f16),
+            None => self.quantize_on_device(gpu, format, replace_f16),
+        }
+    }
+
+    /// Stacks the host-quantized `parts` and uploads them (and their dequantized values).
+    fn upload_quantized(
+        &mut self,
+        gpu: &Gpu,
+        parts: &[LinearWeights],
+        format: DecodeFormat,
+        replace_f16: bool,
+    ) -> Result<(), CudaError> {
+        let k = self.in_features;
+        let mut codes: Vec<u8> = Vec::new();
+        let mut scales: Vec<f32> = Vec::new();
+        let mut mins: Vec<f32> = Vec::new();
+        let mut row_at = 0usize;
+        let mut dequantized = vec![0.0f32; k];
+        for ((part_name, rows), weights) in self.parts.iter().zip(parts) {
+            let wrong = |message: String| CudaError::Unsupported {
+                what: format!("{part_name} {}", format.label()),
+                message,
+            };
+            match (format, weights) {
+                (DecodeFormat::Int8, LinearWeights::Int8(w)) => {
+                    w.check_shape(*rows, k).map_err(wrong)?;
+                    codes.extend_from_slice(w.codes.as_slice());
+                    scales.extend_from_slice(&w.scales);
+                }
+                (DecodeFormat::Int4, LinearWeights::Int4(w)) => {
+                    w.check_shape(*rows, k).map_err(wrong)?;
+                    codes.extend_from_slice(w.packed.as_slice());
+                    scales.extend_from_slice(&w.scales);
+                    mins.extend_from_slice(&w.mins);
+                }
+                (_, other) => {
+                    return Err(wrong(format!(
+                        "got {} weights",
+                        match other {
+                            LinearWeights::F32(_) => "f32",
+                            LinearWeights::Int8(_) => "int8",
+                            LinearWeights::Int4(_) => "int4",
+                            LinearWeights::W8A8(_) => "w8a8",
+                        }
+                    )))
+                }
+            }
+            if replace_f16 {
+                let mut halfs = Vec::with_capacity(rows * k);
+                for n in 0..*rows {
+                    match weights {
+                        LinearWeights::Int8(w) => w.dequantize_row(n, k, &mut dequantized),
+                        LinearWeights::Int4(w) => w.dequantize_row(n, k, &mut dequantized),
+                        _ => {}
+                    }
+                    halfs.extend(dequantized.iter().map(|&v| f16::from_f32(v)));
+                }
+                gpu.write(&self.f16, row_at * k, &halfs)?;
+            }
+            row_at += rows;
+        }
+        match format {
+            DecodeFormat::F16 => {}
+            DecodeFormat::Int8 => self.int8 = Some((gpu.upload(&codes)?, gpu.upload(&scales)?)),
+            DecodeFormat::Int4 => {
+                self.int4 = Some(DeviceInt4 {
+                    packed: gpu.upload(&codes)?,
+                    scales: gpu.upload(&scales)?,
+                    mins: gpu.upload(&mins)?,
+                    group: int4_group_size(k),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Quantizes the FP16 matrix on the device with the CPU backend's formulas.
+    fn quantize_on_device(
         &mut self,
         gpu: &Gpu,
         format: DecodeFormat,
@@ -248,7 +420,7 @@ impl DeviceLinear {
         match format {
             DecodeFormat::F16 => {}
             DecodeFormat::Int8 => {
-                let q = gpu.alloc::<i8>(n * k)?;
+                let q = gpu.alloc::<u8>(n * k)?;
                 let scale = gpu.alloc::<f32>(n)?;
                 let blocks = u32::try_from(n).map_err(|_| CudaError::Shape {
                     op: "int8 quantization",
@@ -270,26 +442,31 @@ impl DeviceLinear {
                 self.int8 = Some((q, scale));
             }
             DecodeFormat::Int4 => {
-                let group = int4_group(k).ok_or_else(|| CudaError::Unsupported {
-                    what: format!("{} int4", self.name),
-                    message: format!("input width {k} is odd; INT4 packs pairs"),
-                })?;
-                let q = gpu.alloc::<u8>(n * k / 2)?;
-                let scales = gpu.alloc::<f16>(n * (k / group))?;
+                let group = int4_group_size(k);
+                let groups = k.div_ceil(group);
+                let packed = gpu.alloc::<u8>(n * k.div_ceil(2))?;
+                let scales = gpu.alloc::<f32>(n * groups)?;
+                let mins = gpu.alloc::<f32>(n * groups)?;
                 gpu.launch_elementwise(
                     Lane::A,
                     &gpu.kernels.quantize_groups_i4,
-                    n * (k / group),
+                    n * groups,
                     &[
                         Arg::Ptr(w.ptr()),
-                        Arg::Ptr(q.ptr()),
+                        Arg::Ptr(packed.ptr()),
                         Arg::Ptr(scales.ptr()),
+                        Arg::Ptr(mins.ptr()),
                         int("int4 quantization", n)?,
                         int("int4 quantization", k)?,
                         int("int4 quantization", group)?,
                     ],
                 )?;
-                self.int4 = Some((q, scales, group));
+                self.int4 = Some(DeviceInt4 {
+                    packed,
+                    scales,
+                    mins,
+                    group,
+                });
             }
         }
         gpu.sync(Lane::A)
@@ -300,10 +477,9 @@ impl DeviceLinear {
         match format {
             DecodeFormat::F16 => self.f16.bytes(),
             DecodeFormat::Int8 => self.int8.as_ref().map_or(0, |(q, s)| q.bytes() + s.bytes()),
-            DecodeFormat::Int4 => self
-                .int4
-                .as_ref()
-                .map_or(0, |(q, s, _)| q.bytes() + s.bytes()),
+            DecodeFormat::Int4 => self.int4.as_ref().map_or(0, |q| {
+                q.packed.bytes() + q.scales.bytes() + q.mins.bytes()
+            }),
         }
     }
 
@@ -367,7 +543,7 @@ impl DeviceLinear {
                 )
             }
             DecodeFormat::Int4 => {
-                let (q, s, group) = self.int4.as_ref().ok_or_else(missing)?;
+                let q = self.int4.as_ref().ok_or_else(missing)?;
                 gpu.launch(
                     lane,
                     &gpu.kernels.gemv_i4,
@@ -375,13 +551,14 @@ impl DeviceLinear {
                     256,
                     0,
                     &[
-                        Arg::Ptr(q.ptr()),
-                        Arg::Ptr(s.ptr()),
+                        Arg::Ptr(q.packed.ptr()),
+                        Arg::Ptr(q.scales.ptr()),
+                        Arg::Ptr(q.mins.ptr()),
                         Arg::Ptr(x),
                         Arg::Ptr(y),
                         n,
                         k,
-                        int("gemv", *group)?,
+                        int("gemv", q.group)?,
                         acc,
                     ],
                 )

@@ -1,8 +1,8 @@
 // Decode GEMVs y[N] (+)= W[N, K] · x[K], one warp per output row, 16-byte weight loads
-// coalesced across the warp, f32 accumulation. Weight formats: f16; INT8 with one f32 scale
-// per row; INT4 in nibble pairs (element 2j in the low nibble of byte j, stored q + 8) with an
-// f16 scale per group of G inputs. The vector paths need K (and G) to be multiples of the
-// elements of one 16-byte load per lane group; other widths take the scalar path.
+// coalesced across the warp, f32 accumulation. Weight formats: f16, and the CPU backend's
+// INT8 (one f32 scale per row) and asymmetric group-wise INT4 (f32 scale and min per group).
+// The vector paths need K (and G) to be multiples of the elements of one 16-byte load per
+// lane; other widths take the scalar path.
 
 #define GEMV_ROWS_PER_BLOCK 8
 
@@ -68,15 +68,19 @@ extern "C" __global__ void gemv_i8(const signed char* __restrict__ W, const floa
     if (lane == 0) store_row(y, row, acc * scale[row], accumulate);
 }
 
-// W [N, K/2] bytes, scales [N, K/G] f16; K even.
-extern "C" __global__ void gemv_i4(const unsigned char* __restrict__ W, const half_t* __restrict__ scales,
-                                   const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
-                                   int G, int accumulate) {
+// INT4 of the CPU backend: W [N, ceil(K/2)] bytes (element k in the low nibble of byte k / 2
+// when k is even), scales and mins [N, ceil(K/G)] f32, w = code · scale + min. Per group,
+// Σ w·x = scale · Σ code·x + min · Σ x.
+extern "C" __global__ void gemv_i4(const unsigned char* __restrict__ W, const float* __restrict__ scales,
+                                   const float* __restrict__ mins, const half_t* __restrict__ x,
+                                   float* __restrict__ y, int N, int K, int G, int accumulate) {
     const int row = blockIdx.x * GEMV_ROWS_PER_BLOCK + threadIdx.x / VLA_WARP;
     const int lane = threadIdx.x % VLA_WARP;
     if (row >= N) return;
-    const unsigned char* w = W + (long)row * (K / 2);
-    const half_t* sc = scales + (long)row * (K / G);
+    const int groups = (K + G - 1) / G;
+    const unsigned char* w = W + (long)row * ((K + 1) / 2);
+    const float* sc = scales + (long)row * groups;
+    const float* mn = mins + (long)row * groups;
     float acc = 0.f;
     if ((K & 31) == 0 && (G & 31) == 0) {
         // 16 bytes = 32 inputs per lane, all inside one group (G is a multiple of 32).
@@ -84,7 +88,7 @@ extern "C" __global__ void gemv_i4(const unsigned char* __restrict__ W, const ha
         for (int k = lane * 32; k < K; k += VLA_WARP * 32) {
             const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w + k / 2));
             const unsigned char* b = reinterpret_cast<const unsigned char*>(&raw);
-            float part = 0.f;
+            float dot = 0.f, xsum = 0.f;
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 float xv[8];
@@ -92,17 +96,19 @@ extern "C" __global__ void gemv_i4(const unsigned char* __restrict__ W, const ha
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const unsigned char byte = b[4 * c + i];
-                    part += (float)((int)(byte & 15) - 8) * xv[2 * i];
-                    part += (float)((int)(byte >> 4) - 8) * xv[2 * i + 1];
+                    dot += (float)(byte & 15) * xv[2 * i] + (float)(byte >> 4) * xv[2 * i + 1];
+                    xsum += xv[2 * i] + xv[2 * i + 1];
                 }
             }
-            acc += part * h2f(sc[k / G]);
+            const int g = k / G;
+            acc += dot * sc[g] + xsum * mn[g];
         }
     } else {
         for (int k = lane; k < K; k += VLA_WARP) {
             const unsigned char byte = w[k / 2];
-            const int q = (k & 1) ? (byte >> 4) : (byte & 15);
-            acc += (float)(q - 8) * h2f(sc[k / G]) * h2f(x[k]);
+            const int code = (k & 1) ? (byte >> 4) : (byte & 15);
+            const int g = k / G;
+            acc += ((float)code * sc[g] + mn[g]) * h2f(x[k]);
         }
     }
     acc = warp_sum(acc);

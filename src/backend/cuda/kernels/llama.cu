@@ -104,14 +104,22 @@ extern "C" __global__ void silu_mul_f16(const float* __restrict__ gate_up, half_
 }
 
 // Decode attention, one block per query head: the query at position state[0] against cached
-// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)). Scores live in dynamic
-// shared memory (`capacity` floats).
+// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)). Each thread scores whole
+// keys (independent 16-byte loads, no reduction per key); for the weighted sum the warps split
+// the keys and the lanes the head dimensions (hd <= 32 * DECODE_DIMS_PER_LANE), and the
+// warps' partial sums meet in shared memory. Dynamic shared memory: q [hd], scores
+// [capacity], partial sums [warps, hd], all f32.
+#define DECODE_DIMS_PER_LANE 8
 extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
                                             const half_t* __restrict__ v_cache, half_t* __restrict__ out,
                                             const int* __restrict__ state, int heads, int kv_heads,
                                             int hd, int capacity, float scale) {
-    extern __shared__ float scores[];
+    extern __shared__ float smem[];
     __shared__ float scratch[32];
+    const int warps = blockDim.x / VLA_WARP;
+    float* qs = smem;
+    float* scores = smem + hd;
+    float* partial = scores + capacity;
     const int h = blockIdx.x;
     const int g = h / (heads / kv_heads);
     const int keys = state[0] + 1;
@@ -120,13 +128,22 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
     const half_t* vh = v_cache + (long)g * capacity * hd;
     const int lane = threadIdx.x % VLA_WARP;
     const int warp = threadIdx.x / VLA_WARP;
-    const int warps = blockDim.x / VLA_WARP;
-    for (int j = warp; j < keys; j += warps) {
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(qh[d]);
+    __syncthreads();
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+        const half_t* kr = kh + (long)j * hd;
         float dot = 0.f;
-        for (int d = lane; d < hd; d += VLA_WARP)
-            dot += h2f(qh[d]) * h2f(kh[(long)j * hd + d]);
-        dot = warp_sum(dot);
-        if (lane == 0) scores[j] = dot * scale;
+        if ((hd & 7) == 0) {
+            for (int d = 0; d < hd; d += 8) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
+                const half_t* k8 = reinterpret_cast<const half_t*>(&raw);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) dot += qs[d + i] * h2f(k8[i]);
+            }
+        } else {
+            for (int d = 0; d < hd; ++d) dot += qs[d] * h2f(kr[d]);
+        }
+        scores[j] = dot * scale;
     }
     __syncthreads();
     float m = -VLA_INF;
@@ -140,10 +157,28 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
     }
     sum = block_sum(sum, scratch);
     const float inv = 1.f / sum;
+    float acc[DECODE_DIMS_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < DECODE_DIMS_PER_LANE; ++i) acc[i] = 0.f;
+    for (int j = warp; j < keys; j += warps) {
+        const float p = scores[j];
+        const half_t* vr = vh + (long)j * hd;
+#pragma unroll
+        for (int i = 0; i < DECODE_DIMS_PER_LANE; ++i) {
+            const int d = lane + VLA_WARP * i;
+            if (d < hd) acc[i] += p * h2f(vr[d]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < DECODE_DIMS_PER_LANE; ++i) {
+        const int d = lane + VLA_WARP * i;
+        if (d < hd) partial[warp * hd + d] = acc[i];
+    }
+    __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.f;
-        for (int j = 0; j < keys; ++j) acc += scores[j] * h2f(vh[(long)j * hd + d]);
-        out[(long)h * hd + d] = f2h(acc * inv);
+        float total = 0.f;
+        for (int w = 0; w < warps; ++w) total += partial[w * hd + d];
+        out[(long)h * hd + d] = f2h(total * inv);
     }
 }
 
