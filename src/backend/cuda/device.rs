@@ -66,6 +66,35 @@ impl<T> Drop for DeviceBuffer<T> {
     }
 }
 
+/// An FP16 weight matrix `[rows, cols]`, with the rounding residual `W - f16(W)` as a second
+/// FP16 matrix when the checkpoint's values are not exact in FP16 (an f32 checkpoint; bf16
+/// and f16 checkpoints convert exactly and have none). Products with both parts keep the
+/// weights' f32 precision at the cost of a second GEMM.
+#[derive(Debug)]
+pub struct DeviceMatrix {
+    pub hi: DeviceBuffer<half::f16>,
+    pub lo: Option<DeviceBuffer<half::f16>>,
+}
+
+impl DeviceMatrix {
+    pub fn bytes(&self) -> usize {
+        self.hi.bytes() + self.lo.as_ref().map_or(0, |l| l.bytes())
+    }
+}
+
+/// Splits f32 values into FP16 `hi` and the FP16 residual `lo`; `lo` is `None` when every
+/// value is exact in FP16.
+pub fn split_f16(values: &[f32]) -> (Vec<half::f16>, Option<Vec<half::f16>>) {
+    let hi: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let lo: Vec<half::f16> = values
+        .iter()
+        .zip(&hi)
+        .map(|(&v, h)| half::f16::from_f32(v - h.to_f32()))
+        .collect();
+    let exact = lo.iter().all(|l| l.to_f32() == 0.0);
+    (hi, if exact { None } else { Some(lo) })
+}
+
 /// A kernel argument: a device pointer or a scalar.
 #[derive(Debug, Clone, Copy)]
 pub enum Arg {
@@ -152,7 +181,7 @@ pub struct Gemm {
 #[derive(Debug)]
 pub struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
-    pub im2col_f16: CudaFunction,
+    pub im2col_f32: CudaFunction,
     pub vit_assemble_tokens: CudaFunction,
     pub layer_norm_f16: CudaFunction,
     pub bias_act_f16: CudaFunction,
@@ -160,6 +189,7 @@ pub struct Kernels {
     pub residual_bias_scale: CudaFunction,
     pub softmax_rows_f16: CudaFunction,
     pub concat_features_f16: CudaFunction,
+    pub fake_quant_f16: CudaFunction,
     pub assemble_prefill: CudaFunction,
     pub embed_decode: CudaFunction,
     pub rms_norm_f16: CudaFunction,
@@ -194,7 +224,7 @@ impl Kernels {
             })
         };
         Ok(Self {
-            im2col_f16: f(&vision, "im2col_f16")?,
+            im2col_f32: f(&vision, "im2col_f32")?,
             vit_assemble_tokens: f(&vision, "vit_assemble_tokens")?,
             layer_norm_f16: f(&vision, "layer_norm_f16")?,
             bias_act_f16: f(&vision, "bias_act_f16")?,
@@ -202,6 +232,7 @@ impl Kernels {
             residual_bias_scale: f(&vision, "residual_bias_scale")?,
             softmax_rows_f16: f(&vision, "softmax_rows_f16")?,
             concat_features_f16: f(&vision, "concat_features_f16")?,
+            fake_quant_f16: f(&vision, "fake_quant_f16")?,
             assemble_prefill: f(&llama, "assemble_prefill")?,
             embed_decode: f(&llama, "embed_decode")?,
             rms_norm_f16: f(&llama, "rms_norm_f16")?,
@@ -638,6 +669,86 @@ impl Gpu {
                 batch: 1,
                 alpha: 1.0,
                 beta: if accumulate { 1.0 } else { 0.0 },
+            },
+        )
+    }
+
+    /// [`Gpu::linear`] over both parts of `w`: `out (+)= x · (hi + lo)ᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_matrix(
+        &self,
+        lane: Lane,
+        rows: usize,
+        out_features: usize,
+        in_features: usize,
+        x: u64,
+        w: &DeviceMatrix,
+        out: u64,
+        out_type: Dt,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        self.linear(
+            lane,
+            rows,
+            out_features,
+            in_features,
+            x,
+            w.hi.ptr(),
+            out,
+            out_type,
+            accumulate,
+        )?;
+        if let Some(lo) = &w.lo {
+            self.linear(
+                lane,
+                rows,
+                out_features,
+                in_features,
+                x,
+                lo.ptr(),
+                out,
+                out_type,
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Row-major `out[m, n] = x[m, k] · w[n, k]ᵀ` all in f32 (a plain SGEMM, no TF32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_f32(
+        &self,
+        lane: Lane,
+        rows: usize,
+        out_features: usize,
+        in_features: usize,
+        x: u64,
+        w: u64,
+        out: u64,
+    ) -> Result<(), CudaError> {
+        self.gemm(
+            lane,
+            &Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: out_features,
+                n: rows,
+                k: in_features,
+                a: w,
+                a_type: Dt::F32,
+                lda: in_features,
+                stride_a: 0,
+                b: x,
+                b_type: Dt::F32,
+                ldb: in_features,
+                stride_b: 0,
+                c: out,
+                c_type: Dt::F32,
+                ldc: out_features,
+                stride_c: 0,
+                batch: 1,
+                alpha: 1.0,
+                beta: 0.0,
             },
         )
     }

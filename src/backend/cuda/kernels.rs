@@ -28,7 +28,7 @@ pub const VISION: KernelSource = KernelSource {
     name: "vision.cu",
     source: include_str!("kernels/vision.cu"),
     functions: &[
-        "im2col_f16",
+        "im2col_f32",
         "vit_assemble_tokens",
         "layer_norm_f16",
         "bias_act_f16",
@@ -36,6 +36,7 @@ pub const VISION: KernelSource = KernelSource {
         "residual_bias_scale",
         "softmax_rows_f16",
         "concat_features_f16",
+        "fake_quant_f16",
     ],
 };
 

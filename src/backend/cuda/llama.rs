@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
-use super::vision::softmax;
+use super::vision::{padded_keys, softmax};
 use super::weights::{DecodeFormat, DeviceLinear, WeightSource};
 use super::CudaError;
 use crate::model::llama::LlamaConfig;
@@ -65,8 +65,8 @@ struct Scratch {
     v_cache: DeviceBuffer<f16>,
 }
 
-/// Threads of the decode attention kernel (8 warps share the keys of one head).
-const DECODE_ATTENTION_THREADS: u32 = 256;
+/// Threads of the decode attention kernel (32 warps share the keys of one head).
+const DECODE_ATTENTION_THREADS: u32 = 1024;
 /// `32 * DECODE_DIMS_PER_LANE` of `llama.cu`: head dimensions one warp covers.
 const DECODE_ATTENTION_MAX_HEAD_DIM: usize = 256;
 /// Dynamic shared memory a kernel may use without opting in.
@@ -208,8 +208,8 @@ impl DeviceLlama {
             normed: gpu.alloc(capacity * h)?,
             qkv: gpu.alloc(capacity * qkv_width)?,
             q: gpu.alloc(capacity * h)?,
-            scores: gpu.alloc(config.num_heads * capacity * capacity)?,
-            probs: gpu.alloc(config.num_heads * capacity * capacity)?,
+            scores: gpu.alloc(config.num_heads * capacity * padded_keys(capacity))?,
+            probs: gpu.alloc(config.num_heads * capacity * padded_keys(capacity))?,
             attn: gpu.alloc(capacity * h)?,
             gate_up: gpu.alloc(capacity * 2 * i)?,
             act: gpu.alloc(capacity * i)?,
@@ -445,20 +445,12 @@ impl DeviceLlama {
             ],
         )?;
         let rep = c.num_heads / c.num_kv_heads;
+        let np = padded_keys(n);
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(gpu, n, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
-            let qkv = &layer.qkv;
-            gpu.linear(
-                Lane::A,
-                n,
-                qkv.out_features,
-                h,
-                s.normed.ptr(),
-                qkv.f16.ptr(),
-                s.qkv.ptr(),
-                Dt::F32,
-                false,
-            )?;
+            layer
+                .qkv
+                .forward_rows(gpu, Lane::A, n, s.normed.ptr(), s.qkv.ptr(), Dt::F32, false)?;
             self.rope_cache(gpu, l, n)?;
             let layer_off = l * c.num_kv_heads * self.capacity * hd;
             // Per KV head g, its `rep` query heads in one batched GEMM (k shared: stride 0);
@@ -488,10 +480,10 @@ impl DeviceLlama {
                         b_type: Dt::F16,
                         ldb: h,
                         stride_b: hd,
-                        c: s.scores.at(h0 * n * n),
+                        c: s.scores.at(h0 * n * np),
                         c_type: Dt::F32,
-                        ldc: n,
-                        stride_c: n * n,
+                        ldc: np,
+                        stride_c: n * np,
                         batch,
                         alpha: 1.0,
                         beta: 0.0,
@@ -506,6 +498,7 @@ impl DeviceLlama {
                 c.num_heads * n,
                 n,
                 n,
+                np,
                 1.0 / (hd as f32).sqrt(),
                 0,
             )?;
@@ -525,10 +518,10 @@ impl DeviceLlama {
                         a_type: Dt::F16,
                         lda: hd,
                         stride_a: kv_stride,
-                        b: s.probs.at(h0 * n * n),
+                        b: s.probs.at(h0 * n * np),
                         b_type: Dt::F16,
-                        ldb: n,
-                        stride_b: n * n,
+                        ldb: np,
+                        stride_b: n * np,
                         c: s.attn.at(h0 * hd),
                         c_type: Dt::F16,
                         ldc: h,
@@ -540,42 +533,23 @@ impl DeviceLlama {
                 )?;
             }
             // x += attn · o_projᵀ (β = 1 adds the residual).
-            gpu.linear(
-                Lane::A,
-                n,
-                h,
-                h,
-                s.attn.ptr(),
-                layer.o.f16.ptr(),
-                s.x.ptr(),
-                Dt::F32,
-                true,
-            )?;
+            layer
+                .o
+                .forward_rows(gpu, Lane::A, n, s.attn.ptr(), s.x.ptr(), Dt::F32, true)?;
             self.rms_norm(gpu, n, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
-            let gu = &layer.gate_up;
-            gpu.linear(
+            layer.gate_up.forward_rows(
+                gpu,
                 Lane::A,
                 n,
-                gu.out_features,
-                h,
                 s.normed.ptr(),
-                gu.f16.ptr(),
                 s.gate_up.ptr(),
                 Dt::F32,
                 false,
             )?;
             self.silu_mul(gpu, n)?;
-            gpu.linear(
-                Lane::A,
-                n,
-                h,
-                c.intermediate_size,
-                s.act.ptr(),
-                layer.down.f16.ptr(),
-                s.x.ptr(),
-                Dt::F32,
-                true,
-            )?;
+            layer
+                .down
+                .forward_rows(gpu, Lane::A, n, s.act.ptr(), s.x.ptr(), Dt::F32, true)?;
         }
         self.head(gpu, format, n - 1, n)?;
         Ok(n)

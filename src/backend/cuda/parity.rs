@@ -2,16 +2,17 @@
 //! the CPU backend on every fixture case: featurizer outputs and projector output (relative
 //! L2 < 2e-3), step-0 logits (max abs < 5e-2) and the generated token ids (identical), each
 //! device weight format against the CPU backend in the same format: FP16 against f32, INT8
-//! and INT4 against the CPU's INT8 and INT4 (the same codes). FP16 and INT8 must pass; INT4
-//! is reported. Prints one row per case and format; exits 1 when a required check fails.
+//! and INT4 against the CPU's INT8 and INT4 (the same codes), and the W8A8 projector (scales
+//! calibrated on the CPU over the fixture images) against the CPU's. FP16 and INT8 must pass;
+//! INT4 and W8A8 are reported. Prints one row per case and format; exits 1 when a required check fails.
 
 use std::path::Path;
 
 use super::policy::CudaModelRunner;
-use crate::backend::cpu::CpuPolicy;
+use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
 use crate::bench::policy::PolicyBenchArgs;
 use crate::cli::CliError;
-use crate::policy::{Policy, PolicyOptions, Quantization};
+use crate::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
 use crate::preprocess::load_image;
 
 pub const FEATURE_REL_L2: f64 = 2e-3;
@@ -80,6 +81,18 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         quantization,
         ..PolicyOptions::default()
     };
+    let mut images = Vec::with_capacity(expected.cases.len());
+    for case in &expected.cases {
+        images.push(
+            load_image(&fixtures.join(&case.image))
+                .map_err(|e| CliError::bad_input(e.to_string()))?,
+        );
+    }
+    // The W8A8 projector's activation scales, calibrated on the CPU over the fixture images.
+    let projector_scales = {
+        let mut f32_policy = CpuPolicy::load(&model, &options(Quantization::None))?;
+        collect_projector_scales(&mut f32_policy, &images)?
+    };
     let mut failures = 0usize;
     println!(
         "parity, cuda vs cpu, {} ({} cases); limits: features/projector rel-L2 < {FEATURE_REL_L2:e}, \
@@ -91,22 +104,29 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         "{:<24} {:>5} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}  result",
         "case", "fmt", "dino rl2", "siglip rl2", "proj rl2", "logit abs", "tokens", "golden"
     );
-    // Each device format against the CPU backend in the same format (same INT8/INT4 codes).
-    // FP16 and INT8 must match; INT4 is reported.
-    for quantization in [Quantization::None, Quantization::Int8, Quantization::Int4] {
-        let required = quantization != Quantization::Int4;
-        let mut cpu = CpuPolicy::load(&model, &options(quantization))?;
-        let mut gpu = CudaModelRunner::load(&model, &options(quantization))
-            .map_err(|e| CliError::from(crate::policy::PolicyError::from(e)))?;
-        let label = match quantization {
-            Quantization::None => "fp16",
-            Quantization::Int8 => "int8",
-            Quantization::Int4 => "int4",
+    // Each device format against the CPU backend in the same format (same INT8/INT4 codes,
+    // same W8A8 projector). FP16 and INT8 must match; INT4 and the W8A8 projector are reported.
+    let passes = [
+        ("fp16", Quantization::None, false, true),
+        ("int8", Quantization::Int8, false, true),
+        ("int4", Quantization::Int4, false, false),
+        ("w8a8p", Quantization::None, true, false),
+    ];
+    for (label, quantization, int8_projector, required) in passes {
+        let pass_options = if int8_projector {
+            PolicyOptions {
+                projector: ProjectorFormat::Int8,
+                projector_scales: Some(projector_scales.clone()),
+                ..options(quantization)
+            }
+        } else {
+            options(quantization)
         };
-        for case in &expected.cases {
-            let image = load_image(&fixtures.join(&case.image))
-                .map_err(|e| CliError::bad_input(e.to_string()))?;
-            let cpu_pred = cpu.predict(&image, &case.instruction)?;
+        let mut cpu = CpuPolicy::load(&model, &pass_options)?;
+        let mut gpu = CudaModelRunner::load(&model, &pass_options)
+            .map_err(|e| CliError::from(crate::policy::PolicyError::from(e)))?;
+        for (case, image) in expected.cases.iter().zip(&images) {
+            let cpu_pred = cpu.predict(image, &case.instruction)?;
             let pixels = cpu.last_pixel_values().to_vec();
             let cpu_features = cpu
                 .runner()

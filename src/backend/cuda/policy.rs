@@ -131,7 +131,6 @@ pub fn decode_format(q: Quantization) -> DecodeFormat {
 impl CudaModelRunner {
     /// Opens the GPU and loads the checkpoint folder onto it.
     pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, CudaError> {
-        check_projector(options)?;
         if !model_dir.is_dir() {
             return Err(ModelError::File {
                 path: model_dir.display().to_string(),
@@ -181,7 +180,6 @@ impl CudaModelRunner {
         options: &PolicyOptions,
         replace_f16: bool,
     ) -> Result<Self, CudaError> {
-        check_projector(options)?;
         let unnorm_key = resolve_unnorm_key(&config.norm_stats, options.unnorm_key.as_deref())?;
         let stats = &config.norm_stats[&unnorm_key].action;
         let decoder = ActionDecoder::new(config.text_vocab_size(), config.n_action_bins, stats);
@@ -212,7 +210,7 @@ impl CudaModelRunner {
             });
         }
         let vision_dim: usize = spec.vits.iter().map(|(_, v, _)| v.embed_dim).sum();
-        let projector = DeviceProjector::load(
+        let mut projector = DeviceProjector::load(
             &gpu,
             src,
             "projector",
@@ -221,6 +219,9 @@ impl CudaModelRunner {
             spec.llama.hidden_size,
             patches,
         )?;
+        if options.projector == ProjectorFormat::Int8 {
+            projector.use_int8(&gpu, src, "projector", options.projector_scales.as_ref())?;
+        }
         let vision = VisionPath::new(&gpu, vits, projector)?;
         let mut llama = DeviceLlama::load(
             &gpu,
@@ -397,16 +398,6 @@ impl CudaModelRunner {
             },
         })
     }
-}
-
-fn check_projector(options: &PolicyOptions) -> Result<(), CudaError> {
-    if options.projector != ProjectorFormat::F32 {
-        return Err(CudaError::Unsupported {
-            what: "--projector int8".into(),
-            message: "the cuda backend runs the projector in FP16 (use --projector f32)".into(),
-        });
-    }
-    Ok(())
 }
 
 /// The CUDA policy: [`CudaModelRunner`] behind the (CPU) preprocessing.

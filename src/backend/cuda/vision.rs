@@ -2,14 +2,22 @@
 //! patch-wise concat into the fused FP16 buffer and the projector, captured as one CUDA graph.
 //!
 //! Numerics: GEMM inputs FP16, accumulation FP32 (cuBLAS `COMPUTE_32F`), the residual stream
-//! and every normalisation statistic in FP32.
+//! and every normalisation statistic in FP32. Two places stay in f32 because the attention
+//! amplifies their rounding through the softmax: the patch embedding (exact pixels, f32
+//! weights, a small SGEMM) and the attention scores (q and k kept f32, an SGEMM over the
+//! head dimension). Weights of an f32 checkpoint keep their precision as FP16 + residual
+//! ([`DeviceMatrix`]); bf16 and f16 checkpoints are exact in FP16.
+//!
+//! Score and probability rows are padded to [`KEY_ALIGN`] values so that every GEMM operand
+//! is 16-byte aligned (cuBLAS otherwise falls back to slow kernels for odd token counts).
 
 use cudarc::driver::CudaEvent;
 use half::f16;
 
-use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
-use super::weights::WeightSource;
+use super::device::{int, Arg, DeviceBuffer, DeviceMatrix, Dt, Gemm, Gpu, Graph, Lane};
+use super::weights::{write_split, DecodeFormat, WeightSource};
 use super::CudaError;
+use crate::model::linear::LinearWeights;
 use crate::model::vit::{VitConfig, VIT_LAYER_NORM_EPS};
 
 /// One pre-norm ViT block's weights (checkpoint names under `{prefix}.blocks.N`).
@@ -18,19 +26,19 @@ struct VitBlock {
     norm1_w: DeviceBuffer<f32>,
     norm1_b: DeviceBuffer<f32>,
     /// `[3D, D]`
-    qkv_w: DeviceBuffer<f16>,
+    qkv_w: DeviceMatrix,
     qkv_b: DeviceBuffer<f32>,
     /// `[D, D]`
-    proj_w: DeviceBuffer<f16>,
+    proj_w: DeviceMatrix,
     proj_b: DeviceBuffer<f32>,
     ls1: Option<DeviceBuffer<f32>>,
     norm2_w: DeviceBuffer<f32>,
     norm2_b: DeviceBuffer<f32>,
     /// `[mlp, D]`
-    fc1_w: DeviceBuffer<f16>,
+    fc1_w: DeviceMatrix,
     fc1_b: DeviceBuffer<f32>,
     /// `[D, mlp]`
-    fc2_w: DeviceBuffer<f16>,
+    fc2_w: DeviceMatrix,
     fc2_b: DeviceBuffer<f32>,
     ls2: Option<DeviceBuffer<f32>>,
 }
@@ -39,7 +47,7 @@ struct VitBlock {
 #[derive(Debug)]
 struct VitScratch {
     /// `[patches, 3·p·p]`
-    cols: DeviceBuffer<f16>,
+    cols: DeviceBuffer<f32>,
     /// `[patches, D]`
     patch_out: DeviceBuffer<f32>,
     /// `[tokens, D]`, the residual stream; the features are its patch rows.
@@ -50,7 +58,7 @@ struct VitScratch {
     wide_f32: DeviceBuffer<f32>,
     /// `[tokens, max(3D, mlp)]`, packed q/k/v, then the MLP hidden layer.
     wide_f16: DeviceBuffer<f16>,
-    /// `[heads, tokens, tokens]`
+    /// `[heads, tokens, padded tokens]`
     scores: DeviceBuffer<f32>,
     probs: DeviceBuffer<f16>,
     /// `[tokens, D]`
@@ -65,8 +73,8 @@ pub struct DeviceVit {
     prefix: String,
     config: VitConfig,
     lane: Lane,
-    /// `[D, 3·p·p]`, the conv weight read flat.
-    patch_w: DeviceBuffer<f16>,
+    /// `[D, 3·p·p]`, the conv weight read flat (f32).
+    patch_w: DeviceBuffer<f32>,
     patch_b: DeviceBuffer<f32>,
     /// `[prefix tokens, D]` (one unused element when there are none).
     prefix_tokens: DeviceBuffer<f32>,
@@ -97,8 +105,7 @@ impl DeviceVit {
         let patch_w = {
             let name = format!("{prefix}.patch_embed.proj.weight");
             // The conv weight [D, 3, p, p] is the [D, 3·p·p] matrix of the im2col GEMM.
-            let w = src.tensor_f32(gpu, &name, &[d, 3, p, p], 0.0, 0.1)?;
-            to_f16(gpu, &w)?
+            src.tensor_f32(gpu, &name, &[d, 3, p, p], 0.0, 0.1)?
         };
         let patch_b = src.tensor_f32(
             gpu,
@@ -185,8 +192,8 @@ impl DeviceVit {
             normed: gpu.alloc(tokens * d)?,
             wide_f32: gpu.alloc(tokens * wide)?,
             wide_f16: gpu.alloc(tokens * wide)?,
-            scores: gpu.alloc(config.num_heads * tokens * tokens)?,
-            probs: gpu.alloc(config.num_heads * tokens * tokens)?,
+            scores: gpu.alloc(config.num_heads * tokens * padded_keys(tokens))?,
+            probs: gpu.alloc(config.num_heads * tokens * padded_keys(tokens))?,
             attn: gpu.alloc(tokens * d)?,
             branch: gpu.alloc(tokens * d)?,
         };
@@ -240,7 +247,7 @@ impl DeviceVit {
         let s = &self.s;
         gpu.launch_elementwise(
             lane,
-            &k.im2col_f16,
+            &k.im2col_f32,
             patches * 3 * p * p,
             &[
                 Arg::Ptr(pixels),
@@ -251,7 +258,7 @@ impl DeviceVit {
             ],
         )?;
         // [patches, D] = cols [patches, 3pp] · patch_wᵀ
-        gpu.linear(
+        gpu.linear_f32(
             lane,
             patches,
             d,
@@ -259,8 +266,6 @@ impl DeviceVit {
             s.cols.ptr(),
             self.patch_w.ptr(),
             s.patch_out.ptr(),
-            Dt::F32,
-            false,
         )?;
         gpu.launch_elementwise(
             lane,
@@ -328,12 +333,13 @@ impl DeviceVit {
                 Arg::Ptr(s.branch.ptr()),
                 Arg::Ptr(bias.ptr()),
                 Arg::Ptr(gamma.map_or(0, |g| g.ptr())),
-                Arg::I64(total as i64),
+                int("residual", total)?,
                 int("residual", d)?,
             ],
         )
     }
 
+    /// `wide_f16 = act(wide_f32 + bias)`; `write_back` also leaves the sum in `wide_f32`.
     fn bias_act(
         &self,
         gpu: &Gpu,
@@ -341,6 +347,7 @@ impl DeviceVit {
         width: usize,
         bias: &DeviceBuffer<f32>,
         gelu: bool,
+        write_back: bool,
     ) -> Result<(), CudaError> {
         let s = &self.s;
         let total = self.tokens() * width;
@@ -352,9 +359,10 @@ impl DeviceVit {
                 Arg::Ptr(s.wide_f32.ptr()),
                 Arg::Ptr(bias.ptr()),
                 Arg::Ptr(s.wide_f16.ptr()),
-                Arg::I64(total as i64),
+                int("bias", total)?,
                 int("bias", width)?,
                 Arg::I32(i32::from(gelu)),
+                Arg::I32(i32::from(write_back)),
             ],
         )
     }
@@ -370,21 +378,23 @@ impl DeviceVit {
             c.mlp_hidden,
         );
         self.layer_norm(gpu, lane, &b.norm1_w, &b.norm1_b)?;
-        // [T, 3D] = normed · qkv_wᵀ + b, packed (q | k | v), heads split as (3, H, hd).
-        gpu.linear(
+        // [T, 3D] = normed · qkv_wᵀ + b, packed (q | k | v), heads split as (3, H, hd); the
+        // sum stays in f32 for the scores and goes to f16 for P·V.
+        gpu.linear_matrix(
             lane,
             t,
             3 * d,
             d,
             s.normed.ptr(),
-            b.qkv_w.ptr(),
+            &b.qkv_w,
             s.wide_f32.ptr(),
             Dt::F32,
             false,
         )?;
-        self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false)?;
+        self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false, true)?;
         let qkv = &s.wide_f16;
-        // scores[h] [T, T] = q_h · k_hᵀ; column-major: (k_h stored [hd, T] → op T) · q_h.
+        let tp = padded_keys(t);
+        // scores[h] [T, T] = q_h · k_hᵀ in f32; column-major: (k_h stored [hd, T] → op T) · q_h.
         gpu.gemm(
             lane,
             &Gemm {
@@ -393,18 +403,18 @@ impl DeviceVit {
                 m: t,
                 n: t,
                 k: hd,
-                a: qkv.at(d),
-                a_type: Dt::F16,
+                a: s.wide_f32.at(d),
+                a_type: Dt::F32,
                 lda: 3 * d,
                 stride_a: hd,
-                b: qkv.ptr(),
-                b_type: Dt::F16,
+                b: s.wide_f32.ptr(),
+                b_type: Dt::F32,
                 ldb: 3 * d,
                 stride_b: hd,
                 c: s.scores.ptr(),
                 c_type: Dt::F32,
-                ldc: t,
-                stride_c: t * t,
+                ldc: tp,
+                stride_c: t * tp,
                 batch: h,
                 alpha: 1.0,
                 beta: 0.0,
@@ -418,6 +428,7 @@ impl DeviceVit {
             h * t,
             t,
             t,
+            tp,
             1.0 / (hd as f32).sqrt(),
             -1,
         )?;
@@ -436,8 +447,8 @@ impl DeviceVit {
                 stride_a: hd,
                 b: s.probs.ptr(),
                 b_type: Dt::F16,
-                ldb: t,
-                stride_b: t * t,
+                ldb: tp,
+                stride_b: t * tp,
                 c: s.attn.ptr(),
                 c_type: Dt::F16,
                 ldc: d,
@@ -447,38 +458,38 @@ impl DeviceVit {
                 beta: 0.0,
             },
         )?;
-        gpu.linear(
+        gpu.linear_matrix(
             lane,
             t,
             d,
             d,
             s.attn.ptr(),
-            b.proj_w.ptr(),
+            &b.proj_w,
             s.branch.ptr(),
             Dt::F32,
             false,
         )?;
         self.residual(gpu, lane, &b.proj_b, b.ls1.as_ref())?;
         self.layer_norm(gpu, lane, &b.norm2_w, &b.norm2_b)?;
-        gpu.linear(
+        gpu.linear_matrix(
             lane,
             t,
             mlp,
             d,
             s.normed.ptr(),
-            b.fc1_w.ptr(),
+            &b.fc1_w,
             s.wide_f32.ptr(),
             Dt::F32,
             false,
         )?;
-        self.bias_act(gpu, lane, mlp, &b.fc1_b, true)?;
-        gpu.linear(
+        self.bias_act(gpu, lane, mlp, &b.fc1_b, true, false)?;
+        gpu.linear_matrix(
             lane,
             t,
             d,
             mlp,
             s.wide_f16.ptr(),
-            b.fc2_w.ptr(),
+            &b.fc2_w,
             s.branch.ptr(),
             Dt::F32,
             false,
@@ -487,7 +498,16 @@ impl DeviceVit {
     }
 }
 
-/// Row softmax of `scores` (`rows` rows of `keys`) into FP16 `probs`.
+/// Score rows are padded to a multiple of this many values (16 bytes of FP16).
+pub const KEY_ALIGN: usize = 8;
+
+/// The row stride of `keys` scores or probabilities.
+pub fn padded_keys(keys: usize) -> usize {
+    keys.div_ceil(KEY_ALIGN) * KEY_ALIGN
+}
+
+/// Row softmax of `scores` (`rows` rows of `keys` values, `stride` apart) into FP16 `probs`
+/// (same layout).
 #[allow(clippy::too_many_arguments)]
 pub fn softmax(
     gpu: &Gpu,
@@ -497,6 +517,7 @@ pub fn softmax(
     rows: usize,
     queries: usize,
     keys: usize,
+    stride: usize,
     scale: f32,
     causal_past: i32,
 ) -> Result<(), CudaError> {
@@ -513,29 +534,26 @@ pub fn softmax(
             int("softmax", rows)?,
             int("softmax", queries)?,
             int("softmax", keys)?,
+            int("softmax", stride)?,
             Arg::F32(scale),
             Arg::I32(causal_past),
         ],
     )
 }
 
-/// A weight matrix given as f32 on the device, converted to FP16 (via the host: patch
-/// embedding weights are small).
-fn to_f16(gpu: &Gpu, w: &DeviceBuffer<f32>) -> Result<DeviceBuffer<f16>, CudaError> {
-    let mut host = vec![0.0f32; w.len()];
-    gpu.read(Lane::A, w, 0, &mut host)?;
-    let halfs: Vec<f16> = host.iter().map(|&v| f16::from_f32(v)).collect();
-    gpu.upload(&halfs)
-}
-
-/// `fc1` → GELU → `fc2` → GELU → `fc3` with biases, FP16 weights.
+/// `fc1` → GELU → `fc2` → GELU → `fc3` with biases, FP16 weights. With `--projector int8`
+/// the weights are the CPU backend's INT8 ones (dequantized, exact as FP16 + residual) and,
+/// when calibrated scales exist (W8A8), each layer's input is quantized the same way too: the
+/// products equal the CPU's integer ones up to FP16 rounding, while the GEMMs stay on the
+/// FP16 tensor cores (the projector is a few percent of the vision time; an INT8 GEMM would
+/// save nothing measurable).
 #[derive(Debug)]
 pub struct DeviceProjector {
-    fc1_w: DeviceBuffer<f16>,
+    fc1_w: DeviceMatrix,
     fc1_b: DeviceBuffer<f32>,
-    fc2_w: DeviceBuffer<f16>,
+    fc2_w: DeviceMatrix,
     fc2_b: DeviceBuffer<f32>,
-    fc3_w: DeviceBuffer<f16>,
+    fc3_w: DeviceMatrix,
     fc3_b: DeviceBuffer<f32>,
     in_features: usize,
     hidden: usize,
@@ -546,6 +564,8 @@ pub struct DeviceProjector {
     wide_f16: DeviceBuffer<f16>,
     /// `[rows, out]`, the image tokens.
     out: DeviceBuffer<f32>,
+    /// Input activation scale of fc1, fc2, fc3 (W8A8).
+    act_scales: [Option<f32>; 3],
 }
 
 impl DeviceProjector {
@@ -584,7 +604,82 @@ impl DeviceProjector {
             wide_f32: gpu.alloc(rows * wide)?,
             wide_f16: gpu.alloc(rows * wide)?,
             out: gpu.alloc(rows * out_features)?,
+            act_scales: [None; 3],
         })
+    }
+
+    /// Switches to the CPU backend's INT8 projector: weight-only, or W8A8 with `scales`.
+    pub fn use_int8(
+        &mut self,
+        gpu: &Gpu,
+        src: &mut dyn WeightSource,
+        prefix: &str,
+        scales: Option<&crate::model::quant_calib::ProjectorScales>,
+    ) -> Result<(), CudaError> {
+        let layers = [
+            ("fc1", self.hidden, self.in_features),
+            ("fc2", self.out_features, self.hidden),
+            ("fc3", self.out_features, self.out_features),
+        ];
+        for (i, (layer, rows, cols)) in layers.into_iter().enumerate() {
+            let name = format!("{prefix}.{layer}");
+            let Some(mut parts) =
+                src.host_quantized(&[(name.clone(), rows)], cols, DecodeFormat::Int8)?
+            else {
+                return Err(CudaError::Unsupported {
+                    what: "--projector int8".into(),
+                    message: "needs checkpoint weights (not random ones)".into(),
+                });
+            };
+            let Some(LinearWeights::Int8(weights)) = parts.pop() else {
+                return Err(CudaError::Unsupported {
+                    what: format!("{name} int8"),
+                    message: "the weight source gave no INT8 weights".into(),
+                });
+            };
+            weights
+                .check_shape(rows, cols)
+                .map_err(|message| CudaError::Unsupported {
+                    what: format!("{name} int8"),
+                    message,
+                })?;
+            let mut values = vec![0.0f32; rows * cols];
+            for (n, row) in values.chunks_exact_mut(cols).enumerate() {
+                weights.dequantize_row(n, cols, row);
+            }
+            let matrix = match i {
+                0 => &mut self.fc1_w,
+                1 => &mut self.fc2_w,
+                _ => &mut self.fc3_w,
+            };
+            write_split(gpu, matrix, 0, &values)?;
+            self.act_scales[i] = match scales {
+                Some(s) => Some(s.scale_for(&name).ok_or_else(|| {
+                    CudaError::Unsupported {
+                        what: name.clone(),
+                        message: "the projector scales hold no activation scale for this layer \
+                              (calibrated for another model?)"
+                            .into(),
+                    }
+                })?),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// Quantizes the FP16 input `x` (`rows · width` values) of layer `i` when it is W8A8.
+    fn quantize_input(&self, gpu: &Gpu, i: usize, x: u64, width: usize) -> Result<(), CudaError> {
+        let Some(scale) = self.act_scales[i] else {
+            return Ok(());
+        };
+        let total = self.rows * width;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.fake_quant_f16,
+            total,
+            &[Arg::Ptr(x), int("projector input", total)?, Arg::F32(scale)],
+        )
     }
 
     pub fn output(&self) -> &DeviceBuffer<f32> {
@@ -609,43 +704,47 @@ impl DeviceProjector {
                     Arg::Ptr(self.wide_f32.ptr()),
                     Arg::Ptr(bias.ptr()),
                     Arg::Ptr(self.wide_f16.ptr()),
-                    Arg::I64(total as i64),
+                    int("projector", total)?,
                     int("projector", width)?,
                     Arg::I32(1),
+                    Arg::I32(0),
                 ],
             )
         };
-        gpu.linear(
+        self.quantize_input(gpu, 0, fused, self.in_features)?;
+        gpu.linear_matrix(
             lane,
             r,
             self.hidden,
             self.in_features,
             fused,
-            self.fc1_w.ptr(),
+            &self.fc1_w,
             self.wide_f32.ptr(),
             Dt::F32,
             false,
         )?;
         epilogue(self.hidden, &self.fc1_b)?;
-        gpu.linear(
+        self.quantize_input(gpu, 1, self.wide_f16.ptr(), self.hidden)?;
+        gpu.linear_matrix(
             lane,
             r,
             self.out_features,
             self.hidden,
             self.wide_f16.ptr(),
-            self.fc2_w.ptr(),
+            &self.fc2_w,
             self.wide_f32.ptr(),
             Dt::F32,
             false,
         )?;
         epilogue(self.out_features, &self.fc2_b)?;
-        gpu.linear(
+        self.quantize_input(gpu, 2, self.wide_f16.ptr(), self.out_features)?;
+        gpu.linear_matrix(
             lane,
             r,
             self.out_features,
             self.out_features,
             self.wide_f16.ptr(),
-            self.fc3_w.ptr(),
+            &self.fc3_w,
             self.wide_f32.ptr(),
             Dt::F32,
             false,
@@ -659,7 +758,7 @@ impl DeviceProjector {
                 Arg::Ptr(self.wide_f32.ptr()),
                 Arg::Ptr(self.fc3_b.ptr()),
                 Arg::Ptr(self.out.ptr()),
-                Arg::I64(total as i64),
+                int("projector", total)?,
                 int("projector", self.out_features)?,
             ],
         )

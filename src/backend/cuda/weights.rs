@@ -13,7 +13,7 @@
 
 use half::f16;
 
-use super::device::{int, Arg, DeviceBuffer, Gpu, Lane};
+use super::device::{int, split_f16, Arg, DeviceBuffer, DeviceMatrix, Gpu, Lane};
 use super::CudaError;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::linear::LinearWeights;
@@ -24,15 +24,15 @@ use crate::policy::Quantization;
 /// Supplies named tensors to the device.
 pub trait WeightSource {
     /// Rows of the named matrices stacked into one `[Σ rows, cols]` FP16 matrix (fused
-    /// q/k/v and gate/up projections). `init_scale` is the random range (ignored for a
-    /// checkpoint).
+    /// q/k/v and gate/up projections), with its rounding residual when the values are not
+    /// exact in FP16. `init_scale` is the random range (ignored for a checkpoint).
     fn matrix_f16(
         &mut self,
         gpu: &Gpu,
         parts: &[(String, usize)],
         cols: usize,
         init_scale: f32,
-    ) -> Result<DeviceBuffer<f16>, CudaError>;
+    ) -> Result<DeviceMatrix, CudaError>;
 
     /// A tensor of `shape` as f32 (norm weights, biases, embeddings); random values are
     /// `center ± scale`.
@@ -80,19 +80,21 @@ impl WeightSource for CheckpointWeights<'_> {
         parts: &[(String, usize)],
         cols: usize,
         _init_scale: f32,
-    ) -> Result<DeviceBuffer<f16>, CudaError> {
+    ) -> Result<DeviceMatrix, CudaError> {
         let rows: usize = parts.iter().map(|(_, r)| r).sum();
-        let buf = gpu.alloc::<f16>(rows * cols)?;
+        let mut matrix = DeviceMatrix {
+            hi: gpu.alloc::<f16>(rows * cols)?,
+            lo: None,
+        };
         let mut at = 0;
         for (name, r) in parts {
             let values = self
                 .ckpt
                 .f32_with_shape(&format!("{name}.weight"), &[*r, cols])?;
-            let halfs: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-            gpu.write(&buf, at, &halfs)?;
+            write_split(gpu, &mut matrix, at, &values)?;
             at += r * cols;
         }
-        Ok(buf)
+        Ok(matrix)
     }
 
     fn tensor_f32(
@@ -180,12 +182,12 @@ impl WeightSource for RandomWeights {
         parts: &[(String, usize)],
         cols: usize,
         init_scale: f32,
-    ) -> Result<DeviceBuffer<f16>, CudaError> {
+    ) -> Result<DeviceMatrix, CudaError> {
         let rows: usize = parts.iter().map(|(_, r)| r).sum();
         let buf = gpu.alloc::<f16>(rows * cols)?;
         let seed = self.next_seed();
         gpu.fill_uniform_f16(&buf, seed, 0.0, init_scale)?;
-        Ok(buf)
+        Ok(DeviceMatrix { hi: buf, lo: None })
     }
 
     fn tensor_f32(
@@ -227,6 +229,30 @@ impl WeightSource for RandomWeights {
     ) -> Result<Option<Vec<LinearWeights>>, CudaError> {
         Ok(None)
     }
+}
+
+/// Writes f32 `values` at element `at` of `matrix` as FP16 plus residual, allocating the
+/// residual matrix the first time a value is not exact in FP16.
+pub fn write_split(
+    gpu: &Gpu,
+    matrix: &mut DeviceMatrix,
+    at: usize,
+    values: &[f32],
+) -> Result<(), CudaError> {
+    let (hi, lo) = split_f16(values);
+    gpu.write(&matrix.hi, at, &hi)?;
+    match (lo, &matrix.lo) {
+        (Some(lo), None) => {
+            let buf = gpu.alloc::<f16>(matrix.hi.len())?;
+            gpu.write(&buf, at, &lo)?;
+            matrix.lo = Some(buf);
+        }
+        (Some(lo), Some(buf)) => gpu.write(buf, at, &lo)?,
+        // Earlier parts may have left residuals here: this part's are zero.
+        (None, Some(buf)) => gpu.write(buf, at, &vec![f16::ZERO; values.len()])?,
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 /// Weight format of the language model's decode GEMVs on the device.
@@ -275,8 +301,9 @@ pub struct DeviceLinear {
     pub parts: Vec<(String, usize)>,
     pub out_features: usize,
     pub in_features: usize,
-    /// `[out, in]` FP16, dequantized when a quantized format replaced it.
-    pub f16: DeviceBuffer<f16>,
+    /// `[out, in]` FP16 (with its residual for an f32 checkpoint), dequantized when a
+    /// quantized format replaced it.
+    pub f16: DeviceMatrix,
     /// Codes `[out, in]` (int8 bytes), one scale per row.
     pub int8: Option<(DeviceBuffer<u8>, DeviceBuffer<f32>)>,
     pub int4: Option<DeviceInt4>,
@@ -372,16 +399,16 @@ impl DeviceLinear {
                 }
             }
             if replace_f16 {
-                let mut halfs = Vec::with_capacity(rows * k);
+                let mut values = Vec::with_capacity(rows * k);
                 for n in 0..*rows {
                     match weights {
                         LinearWeights::Int8(w) => w.dequantize_row(n, k, &mut dequantized),
                         LinearWeights::Int4(w) => w.dequantize_row(n, k, &mut dequantized),
                         _ => {}
                     }
-                    halfs.extend(dequantized.iter().map(|&v| f16::from_f32(v)));
+                    values.extend_from_slice(&dequantized);
                 }
-                gpu.write(&self.f16, row_at * k, &halfs)?;
+                write_split(gpu, &mut self.f16, row_at * k, &values)?;
             }
             row_at += rows;
         }
@@ -410,13 +437,15 @@ impl DeviceLinear {
         let (n, k) = (self.out_features, self.in_features);
         // The kernels write the dequantized values in place; keep the original when asked.
         let target = if replace_f16 {
+            // The dequantized values replace the matrix; a residual no longer applies.
+            self.f16.lo = None;
             None
         } else {
             let copy = gpu.alloc::<f16>(n * k)?;
-            gpu.copy_d2d(Lane::A, copy.ptr(), self.f16.ptr(), self.f16.bytes())?;
+            gpu.copy_d2d(Lane::A, copy.ptr(), self.f16.hi.ptr(), self.f16.hi.bytes())?;
             Some(copy)
         };
-        let w = target.as_ref().unwrap_or(&self.f16);
+        let w = target.as_ref().unwrap_or(&self.f16.hi);
         match format {
             DecodeFormat::F16 => {}
             DecodeFormat::Int8 => {
@@ -472,14 +501,40 @@ impl DeviceLinear {
         gpu.sync(Lane::A)
     }
 
+    /// `out[rows, out] (+)= x[rows, in] · Wᵀ` with the FP16 matrix (prefill GEMMs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_rows(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        rows: usize,
+        x: u64,
+        out: u64,
+        out_type: super::device::Dt,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        gpu.linear_matrix(
+            lane,
+            rows,
+            self.out_features,
+            self.in_features,
+            x,
+            &self.f16,
+            out,
+            out_type,
+            accumulate,
+        )
+    }
+
     /// Bytes one GEMV of `format` reads from the weights.
     pub fn weight_bytes(&self, format: DecodeFormat) -> usize {
         match format {
             DecodeFormat::F16 => self.f16.bytes(),
             DecodeFormat::Int8 => self.int8.as_ref().map_or(0, |(q, s)| q.bytes() + s.bytes()),
-            DecodeFormat::Int4 => self.int4.as_ref().map_or(0, |q| {
-                q.packed.bytes() + q.scales.bytes() + q.mins.bytes()
-            }),
+            DecodeFormat::Int4 => self
+                .int4
+                .as_ref()
+                .map_or(0, |q| q.packed.bytes() + q.scales.bytes() + q.mins.bytes()),
         }
     }
 
@@ -515,7 +570,7 @@ impl DeviceLinear {
                 256,
                 0,
                 &[
-                    Arg::Ptr(self.f16.ptr()),
+                    Arg::Ptr(self.f16.hi.ptr()),
                     Arg::Ptr(x),
                     Arg::Ptr(y),
                     n,

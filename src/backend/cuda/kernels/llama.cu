@@ -31,11 +31,38 @@ extern "C" __global__ void embed_decode(const half_t* __restrict__ table, const 
 }
 
 // One block per row: out = f16(x · rsqrt(mean(x²) + eps) · w), as transformers' LlamaRMSNorm.
+// Rows of H = 4·k values up to 4·RMS_VEC_PER_THREAD·blockDim are read once, with 16-byte
+// loads, and kept in registers; other widths take a plain two-pass loop.
+#define RMS_VEC_PER_THREAD 4
 extern "C" __global__ void rms_norm_f16(const float* __restrict__ x, const float* __restrict__ w,
                                         half_t* __restrict__ out, int H, float eps) {
     __shared__ float scratch[32];
     const float* row = x + (long)blockIdx.x * H;
     half_t* orow = out + (long)blockIdx.x * H;
+    const int quads = H / 4;
+    if ((H & 3) == 0 && quads <= RMS_VEC_PER_THREAD * (int)blockDim.x) {
+        float4 v[RMS_VEC_PER_THREAD];
+        float q = 0.f;
+#pragma unroll
+        for (int i = 0; i < RMS_VEC_PER_THREAD; ++i) {
+            const int qd = threadIdx.x + i * blockDim.x;
+            v[i] = qd < quads ? reinterpret_cast<const float4*>(row)[qd] : make_float4(0.f, 0.f, 0.f, 0.f);
+            q += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+        }
+        const float r = rsqrtf(block_sum(q, scratch) / H + eps);
+#pragma unroll
+        for (int i = 0; i < RMS_VEC_PER_THREAD; ++i) {
+            const int qd = threadIdx.x + i * blockDim.x;
+            if (qd < quads) {
+                const float4 wv = reinterpret_cast<const float4*>(w)[qd];
+                uint2 packed;
+                packed.x = (unsigned)f2h(v[i].x * r * wv.x) | ((unsigned)f2h(v[i].y * r * wv.y) << 16);
+                packed.y = (unsigned)f2h(v[i].z * r * wv.z) | ((unsigned)f2h(v[i].w * r * wv.w) << 16);
+                reinterpret_cast<uint2*>(orow)[qd] = packed;
+            }
+        }
+        return;
+    }
     float q = 0.f;
     for (int i = threadIdx.x; i < H; i += blockDim.x) q += row[i] * row[i];
     const float r = rsqrtf(block_sum(q, scratch) / H + eps);
@@ -53,12 +80,11 @@ extern "C" __global__ void rope_cache_write(const float* __restrict__ qkv, half_
     const int half_d = hd / 2;
     const int width = (heads + 2 * kv_heads) * hd;
     const int pairs_per_row = (heads + kv_heads) * half_d + kv_heads * hd;
-    const long total = (long)n * pairs_per_row;
+    const int total = n * pairs_per_row;
     const int first = state[0];
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const int r = (int)(i / pairs_per_row);
-        int j = (int)(i % pairs_per_row);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int r = i / pairs_per_row;
+        int j = i - r * pairs_per_row;
         const int pos = first + r;
         const float* row = qkv + (long)r * width;
         if (j < (heads + kv_heads) * half_d) {
@@ -92,24 +118,24 @@ extern "C" __global__ void rope_cache_write(const float* __restrict__ qkv, half_
 // gate_up [n, 2·I] f32 → out [n, I] f16 = silu(gate) · up.
 extern "C" __global__ void silu_mul_f16(const float* __restrict__ gate_up, half_t* __restrict__ out,
                                         int n, int I) {
-    const long total = (long)n * I;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const long r = i / I;
-        const int c = (int)(i % I);
-        const float g = gate_up[r * 2 * I + c];
-        const float u = gate_up[r * 2 * I + I + c];
+    const int total = n * I;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int r = i / I;
+        const int c = i - r * I;
+        const float g = gate_up[(long)r * 2 * I + c];
+        const float u = gate_up[(long)r * 2 * I + I + c];
         out[i] = f2h(g / (1.f + expf(-g)) * u);
     }
 }
 
 // Decode attention, one block per query head: the query at position state[0] against cached
-// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)). Each thread scores whole
-// keys (independent 16-byte loads, no reduction per key); for the weighted sum the warps split
-// the keys and the lanes the head dimensions (hd <= 32 * DECODE_DIMS_PER_LANE), and the
-// warps' partial sums meet in shared memory. Dynamic shared memory: q [hd], scores
-// [capacity], partial sums [warps, hd], all f32.
+// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)). Scores: groups of 8 lanes
+// take one key each (16-byte loads, a 3-step shuffle sum), so a warp scores 4 keys at once.
+// Weighted sum: the warps split the keys and the lanes the head dimensions
+// (hd <= 32 * DECODE_DIMS_PER_LANE); the warps' partial sums meet in shared memory.
+// Dynamic shared memory: q [hd], scores [capacity], partial sums [warps, hd], all f32.
 #define DECODE_DIMS_PER_LANE 8
+#define DECODE_LANES_PER_KEY 8
 extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
                                             const half_t* __restrict__ v_cache, half_t* __restrict__ out,
                                             const int* __restrict__ state, int heads, int kv_heads,
@@ -130,20 +156,29 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
     const int warp = threadIdx.x / VLA_WARP;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(qh[d]);
     __syncthreads();
-    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
-        const half_t* kr = kh + (long)j * hd;
+    const int sub = lane % DECODE_LANES_PER_KEY;
+    const int keys_per_pass = (int)blockDim.x / DECODE_LANES_PER_KEY;
+    // Every lane runs the same number of passes so that the shuffles below see full warps.
+    const int passes = (keys + keys_per_pass - 1) / keys_per_pass;
+    for (int pass = 0; pass < passes; ++pass) {
+        const int j = pass * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
         float dot = 0.f;
-        if ((hd & 7) == 0) {
-            for (int d = 0; d < hd; d += 8) {
-                const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
-                const half_t* k8 = reinterpret_cast<const half_t*>(&raw);
+        if (j < keys) {
+            const half_t* kr = kh + (long)j * hd;
+            if ((hd & 7) == 0) {
+                for (int c = sub; c < hd / 8; c += DECODE_LANES_PER_KEY) {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(kr + 8 * c);
+                    const half_t* k8 = reinterpret_cast<const half_t*>(&raw);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) dot += qs[d + i] * h2f(k8[i]);
+                    for (int i = 0; i < 8; ++i) dot += qs[8 * c + i] * h2f(k8[i]);
+                }
+            } else {
+                for (int d = sub; d < hd; d += DECODE_LANES_PER_KEY) dot += qs[d] * h2f(kr[d]);
             }
-        } else {
-            for (int d = 0; d < hd; ++d) dot += qs[d] * h2f(kr[d]);
         }
-        scores[j] = dot * scale;
+#pragma unroll
+        for (int o = DECODE_LANES_PER_KEY / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (sub == 0 && j < keys) scores[j] = dot * scale;
     }
     __syncthreads();
     float m = -VLA_INF;
@@ -160,6 +195,7 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
     float acc[DECODE_DIMS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < DECODE_DIMS_PER_LANE; ++i) acc[i] = 0.f;
+#pragma unroll 4
     for (int j = warp; j < keys; j += warps) {
         const float p = scores[j];
         const half_t* vr = vh + (long)j * hd;

@@ -1,20 +1,22 @@
 // ViT kernels: patch im2col, token assembly, LayerNorm, bias/GELU epilogues, LayerScale
 // residuals, attention softmax and the patch-wise concat of the two featurizers.
+// Element-wise kernels index with 32-bit ints (the host checks every size fits) and take
+// four consecutive values per thread when the row width allows.
 
-// pixels [3, S, S] f32 → cols [grid², 3·p·p] f16 in the conv weight's (c, ky, kx) order.
-extern "C" __global__ void im2col_f16(const float* __restrict__ pixels, half_t* __restrict__ cols,
+// pixels [3, S, S] f32 → cols [grid², 3·p·p] f32 in the conv weight's (c, ky, kx) order. The
+// patch embedding runs in f32: its inputs are the exact preprocessed pixels.
+extern "C" __global__ void im2col_f32(const float* __restrict__ pixels, float* __restrict__ cols,
                                       int S, int p, int grid) {
     const int patch_len = 3 * p * p;
-    const long total = (long)grid * grid * patch_len;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const int idx = (int)(i / patch_len);
-        const int r = (int)(i % patch_len);
+    const int total = grid * grid * patch_len;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int idx = i / patch_len;
+        const int r = i - idx * patch_len;
         const int c = r / (p * p);
         const int ky = (r / p) % p;
         const int kx = r % p;
         const int py = idx / grid, px = idx % grid;
-        cols[i] = f2h(pixels[(long)c * S * S + (long)(py * p + ky) * S + px * p + kx]);
+        cols[i] = pixels[c * S * S + (py * p + ky) * S + px * p + kx];
     }
 }
 
@@ -26,30 +28,75 @@ extern "C" __global__ void vit_assemble_tokens(const float* __restrict__ patch_o
                                                const float* __restrict__ pos_embed,
                                                float* __restrict__ x, int prefix, int patches,
                                                int D, int pos_covers_prefix) {
-    const long total = (long)(prefix + patches) * D;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const int row = (int)(i / D);
-        const int col = (int)(i % D);
+    const int total = (prefix + patches) * D;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int row = i / D;
+        const int col = i - row * D;
         float v;
         if (row < prefix) {
             v = prefix_tokens[i];
             if (pos_covers_prefix) v += pos_embed[i];
         } else {
-            v = patch_out[(long)(row - prefix) * D + col] + patch_bias[col];
-            v += pos_covers_prefix ? pos_embed[i] : pos_embed[(long)(row - prefix) * D + col];
+            v = patch_out[(row - prefix) * D + col] + patch_bias[col];
+            v += pos_covers_prefix ? pos_embed[i] : pos_embed[(row - prefix) * D + col];
         }
         x[i] = v;
     }
 }
 
-// One block per row: out = LayerNorm(x) · w + b, f32 statistics, f16 output for the GEMM.
+// Largest row (in float4) one thread keeps in registers in the normalisation kernels.
+#define NORM_VEC_PER_THREAD 4
+
+__device__ __forceinline__ void store_half4(half_t* out, float a, float b, float c, float d) {
+    uint2 packed;
+    packed.x = (unsigned)f2h(a) | ((unsigned)f2h(b) << 16);
+    packed.y = (unsigned)f2h(c) | ((unsigned)f2h(d) << 16);
+    *reinterpret_cast<uint2*>(out) = packed;
+}
+
+// One block per row: out = LayerNorm(x) · w + b, f32 statistics (two-pass, from registers),
+// f16 output for the GEMM. Rows of D = 4·k values up to 4·NORM_VEC_PER_THREAD·blockDim are
+// read once with 16-byte loads; other widths take a plain three-pass loop.
 extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const float* __restrict__ w,
                                           const float* __restrict__ b, half_t* __restrict__ out,
                                           int D, float eps) {
     __shared__ float scratch[32];
     const float* row = x + (long)blockIdx.x * D;
     half_t* orow = out + (long)blockIdx.x * D;
+    const int quads = D / 4;
+    if ((D & 3) == 0 && quads <= NORM_VEC_PER_THREAD * (int)blockDim.x) {
+        float4 v[NORM_VEC_PER_THREAD];
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < NORM_VEC_PER_THREAD; ++i) {
+            const int qd = threadIdx.x + i * blockDim.x;
+            v[i] = qd < quads ? reinterpret_cast<const float4*>(row)[qd] : make_float4(0.f, 0.f, 0.f, 0.f);
+            s += v[i].x + v[i].y + v[i].z + v[i].w;
+        }
+        const float mean = block_sum(s, scratch) / D;
+        float q = 0.f;
+#pragma unroll
+        for (int i = 0; i < NORM_VEC_PER_THREAD; ++i) {
+            const int qd = threadIdx.x + i * blockDim.x;
+            if (qd < quads) {
+                const float a = v[i].x - mean, bb = v[i].y - mean, c = v[i].z - mean, d = v[i].w - mean;
+                q += a * a + bb * bb + c * c + d * d;
+            }
+        }
+        const float rstd = rsqrtf(block_sum(q, scratch) / D + eps);
+#pragma unroll
+        for (int i = 0; i < NORM_VEC_PER_THREAD; ++i) {
+            const int qd = threadIdx.x + i * blockDim.x;
+            if (qd < quads) {
+                const float4 wv = reinterpret_cast<const float4*>(w)[qd];
+                const float4 bv = reinterpret_cast<const float4*>(b)[qd];
+                store_half4(orow + 4 * qd, (v[i].x - mean) * rstd * wv.x + bv.x,
+                            (v[i].y - mean) * rstd * wv.y + bv.y, (v[i].z - mean) * rstd * wv.z + bv.z,
+                            (v[i].w - mean) * rstd * wv.w + bv.w);
+            }
+        }
+        return;
+    }
     float s = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) s += row[i];
     const float mean = block_sum(s, scratch) / D;
@@ -63,12 +110,27 @@ extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const flo
         orow[i] = f2h((row[i] - mean) * rstd * w[i] + b[i]);
 }
 
-// out[r, c] = f16(in[r, c] + bias[c]), optionally through GELU (the MLP's fc1, the projector).
-extern "C" __global__ void bias_act_f16(const float* __restrict__ in, const float* __restrict__ bias,
-                                        half_t* __restrict__ out, long total, int N, int gelu) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
+// out[r, c] = f16(in[r, c] + bias[c]), optionally through GELU (the MLP's fc1, the projector);
+// with write_back the f32 sum is also stored back into `in` (q and k of the attention, whose
+// scores are computed in f32).
+extern "C" __global__ void bias_act_f16(float* in, const float* __restrict__ bias,
+                                        half_t* __restrict__ out, int total, int N, int gelu,
+                                        int write_back) {
+    if ((N & 3) == 0) {
+        const int quads = total / 4, nq = N / 4;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < quads; i += gridDim.x * blockDim.x) {
+            float4 v = reinterpret_cast<const float4*>(in)[i];
+            const float4 bv = reinterpret_cast<const float4*>(bias)[i % nq];
+            v.x += bv.x; v.y += bv.y; v.z += bv.z; v.w += bv.w;
+            if (write_back) reinterpret_cast<float4*>(in)[i] = v;
+            if (gelu) { v.x = gelu_erf(v.x); v.y = gelu_erf(v.y); v.z = gelu_erf(v.z); v.w = gelu_erf(v.w); }
+            store_half4(out + 4 * i, v.x, v.y, v.z, v.w);
+        }
+        return;
+    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         float v = in[i] + bias[i % N];
+        if (write_back) in[i] = v;
         if (gelu) v = gelu_erf(v);
         out[i] = f2h(v);
     }
@@ -76,36 +138,52 @@ extern "C" __global__ void bias_act_f16(const float* __restrict__ in, const floa
 
 // out[r, c] = in[r, c] + bias[c] in f32 (the projector's last layer, the image tokens).
 extern "C" __global__ void bias_f32(const float* __restrict__ in, const float* __restrict__ bias,
-                                    float* __restrict__ out, long total, int N) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x)
+                                    float* __restrict__ out, int total, int N) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
         out[i] = in[i] + bias[i % N];
 }
 
 // x += (branch + bias) · gamma (LayerScale; gamma may be null for SigLIP).
 extern "C" __global__ void residual_bias_scale(float* __restrict__ x, const float* __restrict__ branch,
                                                const float* __restrict__ bias,
-                                               const float* __restrict__ gamma, long total, int N) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const int c = (int)(i % N);
+                                               const float* __restrict__ gamma, int total, int N) {
+    if ((N & 3) == 0) {
+        const int quads = total / 4, nq = N / 4;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < quads; i += gridDim.x * blockDim.x) {
+            const int c = i % nq;
+            const float4 br = reinterpret_cast<const float4*>(branch)[i];
+            const float4 bv = reinterpret_cast<const float4*>(bias)[c];
+            float4 v = make_float4(br.x + bv.x, br.y + bv.y, br.z + bv.z, br.w + bv.w);
+            if (gamma) {
+                const float4 g = reinterpret_cast<const float4*>(gamma)[c];
+                v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+            }
+            float4 xv = reinterpret_cast<float4*>(x)[i];
+            xv.x += v.x; xv.y += v.y; xv.z += v.z; xv.w += v.w;
+            reinterpret_cast<float4*>(x)[i] = xv;
+        }
+        return;
+    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int c = i % N;
         float v = branch[i] + bias[c];
         if (gamma) v *= gamma[c];
         x[i] += v;
     }
 }
 
-// One warp per score row: probs = softmax(scale · scores) in f16. Rows are (head, query);
-// with causal_past >= 0, query q sees keys 0..causal_past + q only (the rest get 0).
+// One warp per score row: probs = softmax(scale · scores) in f16. Rows are (head, query), each
+// `stride` values apart (keys padded for aligned GEMM operands); with causal_past >= 0, query
+// q sees keys 0..causal_past + q only (the rest get 0).
 extern "C" __global__ void softmax_rows_f16(const float* __restrict__ scores, half_t* __restrict__ probs,
-                                            int rows, int queries, int keys, float scale,
+                                            int rows, int queries, int keys, int stride, float scale,
                                             int causal_past) {
     const int warps = blockDim.x / VLA_WARP;
     const int row = blockIdx.x * warps + threadIdx.x / VLA_WARP;
     const int lane = threadIdx.x % VLA_WARP;
     if (row >= rows) return;
-    const float* s = scores + (long)row * keys;
-    half_t* p = probs + (long)row * keys;
+    const float* s = scores + (long)row * stride;
+    half_t* p = probs + (long)row * stride;
     const int q = row % queries;
     const int visible = causal_past >= 0 ? min(keys, causal_past + q + 1) : keys;
     float m = -VLA_INF;
@@ -124,12 +202,22 @@ extern "C" __global__ void concat_features_f16(const float* __restrict__ a, int 
                                                const float* __restrict__ b, int b_first, int Db,
                                                half_t* __restrict__ fused, int patches) {
     const int W = Da + Db;
-    const long total = (long)patches * W;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const int p = (int)(i / W);
-        const int c = (int)(i % W);
-        const float v = c < Da ? a[(long)(a_first + p) * Da + c] : b[(long)(b_first + p) * Db + (c - Da)];
+    const int total = patches * W;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int p = i / W;
+        const int c = i - p * W;
+        const float v = c < Da ? a[(a_first + p) * Da + c] : b[(b_first + p) * Db + (c - Da)];
         fused[i] = f2h(v);
+    }
+}
+
+// In place on the FP16 input of a W8A8 projector layer: x = clamp(round(x / scale), ±127) ·
+// scale, the CPU backend's activation quantization (src/model/quant.rs), so the FP16 GEMM over
+// the dequantized INT8 weights computes the same products.
+extern "C" __global__ void fake_quant_f16(half_t* __restrict__ x, int total, float scale) {
+    const float inv = scale > 0.f ? 1.f / scale : 0.f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const float q = fminf(fmaxf(roundf(h2f(x[i]) * inv), -127.f), 127.f);
+        x[i] = f2h(q * scale);
     }
 }
