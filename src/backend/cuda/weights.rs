@@ -548,7 +548,26 @@ impl DeviceLinear {
         y: u64,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        const ROWS_PER_BLOCK: usize = 8;
+        // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each.
+        const THREADS: u32 = 256;
+        const ROWS_PER_BLOCK: usize = 16;
+        // x values a block stages as f32 in shared memory per pass: every Llama-2-7B width
+        // (up to 11008) in one pass, 45 KiB (46.4 KiB with the INT4 chunk sums), under the
+        // 48 KiB a block gets without opting in. Wider rows are staged in tiles. The kernels
+        // size their tile from the shared memory they are given.
+        const X_TILE: usize = 11_264;
+        // GEMV_SMEM_SLACK (gemv.cu): room for the padding of the staged layout.
+        const SLACK: usize = 1024;
+        let staged = self.in_features.min(X_TILE);
+        // f32 per x value; INT4 adds one f32 sum per 32 values.
+        let shared_f32 = SLACK + 4 * staged;
+        let shared_i4 = SLACK + 132 * staged.div_ceil(32);
+        let shared_bytes = |bytes: usize| {
+            u32::try_from(bytes).map_err(|_| CudaError::Shape {
+                op: "gemv",
+                message: format!("{}: {bytes} bytes of shared memory", self.name),
+            })
+        };
         let blocks = u32::try_from(self.out_features.div_ceil(ROWS_PER_BLOCK)).map_err(|_| {
             CudaError::Shape {
                 op: "gemv",
@@ -567,10 +586,12 @@ impl DeviceLinear {
                 lane,
                 &gpu.kernels.gemv_f16,
                 blocks,
-                256,
-                0,
+                THREADS,
+                shared_bytes(shared_f32)?,
                 &[
                     Arg::Ptr(self.f16.hi.ptr()),
+                    // The residual of an f32 checkpoint's weights, if any.
+                    Arg::Ptr(self.f16.lo.as_ref().map_or(0, |lo| lo.ptr())),
                     Arg::Ptr(x),
                     Arg::Ptr(y),
                     n,
@@ -584,8 +605,8 @@ impl DeviceLinear {
                     lane,
                     &gpu.kernels.gemv_i8,
                     blocks,
-                    256,
-                    0,
+                    THREADS,
+                    shared_bytes(shared_f32)?,
                     &[
                         Arg::Ptr(q.ptr()),
                         Arg::Ptr(s.ptr()),
@@ -603,8 +624,8 @@ impl DeviceLinear {
                     lane,
                     &gpu.kernels.gemv_i4,
                     blocks,
-                    256,
-                    0,
+                    THREADS,
+                    shared_bytes(shared_i4)?,
                     &[
                         Arg::Ptr(q.packed.ptr()),
                         Arg::Ptr(q.scales.ptr()),

@@ -1,116 +1,485 @@
-// Decode GEMVs y[N] (+)= W[N, K] · x[K], one warp per output row, 16-byte weight loads
-// coalesced across the warp, f32 accumulation. Weight formats: f16, and the CPU backend's
-// INT8 (one f32 scale per row) and asymmetric group-wise INT4 (f32 scale and min per group).
-// The vector paths need K (and G) to be multiples of the elements of one 16-byte load per
-// lane; other widths take the scalar path.
+// Decode GEMVs y[N] (+)= W[N, K] · x[K], f32 accumulation. Weight formats: f16 (optionally an
+// f32 weight split into hi + lo f16 halves), and the CPU backend's INT8 (one f32 scale per
+// row) and asymmetric group-wise INT4 (f32 scale and min per group).
+//
+// These kernels must stream weights at memory bandwidth, so the work per weight element is
+// kept to about three instructions:
+// - each block converts x to f32 once into shared memory (dynamic, sized by the launch) and
+//   every warp reads it from there, instead of every warp converting x again for its rows;
+// - each warp computes GEMV_ROWS_PER_WARP rows at once, so each x value read from shared
+//   memory serves that many rows;
+// - integer codes become floats with the exponent trick (code bits OR'ed into the mantissa of
+//   a power of two, which is then subtracted: exact, and on the full-rate pipes) rather than
+//   I2F, which on Hopper runs at 16 results per clock and SM against 128 FMAs;
+// - each lane keeps several independent 16-byte weight loads in flight per iteration, and
+//   issues its first ones before the block stages x, so both latencies overlap.
+// Lane l of a warp reads the 16-byte weight chunks l, l + 32, ... of each row (coalesced). In
+// shared memory, x is stored transposed by 16-byte units: unit q of every chunk in one run
+// (stage_x), so that the lanes of a warp read consecutive units (no bank conflicts) at
+// addresses that differ from one chunk to the next by a constant (no address arithmetic).
+//
+// The vector paths need K (and G) to be multiples of the elements of one 16-byte load; other
+// widths, or a launch without shared memory, take the scalar path (a warp's rows one after the
+// other, x read from global memory). When x does not fit in the shared memory given, it is staged in tiles.
 
-#define GEMV_ROWS_PER_BLOCK 8
+// Rows computed by one warp. The launch covers N with blocks of (blockDim.x / 32) warps ×
+// GEMV_ROWS_PER_WARP rows (`DeviceLinear::gemv`).
+#define GEMV_ROWS_PER_WARP 2
+
+// Float bit patterns 2^23, 2^19, 2^15, 2^11, 2^7: a 4-bit code OR'ed into the mantissa at bit
+// 0, 4, 8, 12 or 16 has the value of the code once the power of two is subtracted.
+#define GEMV_P23 0x4B000000u
+#define GEMV_P19 0x49000000u
+#define GEMV_P15 0x47000000u
+#define GEMV_P11 0x45000000u
+#define GEMV_P7 0x43000000u
 
 __device__ __forceinline__ void store_row(float* y, int row, float acc, int accumulate) {
     if (accumulate) y[row] += acc; else y[row] = acc;
 }
 
-// Eight f16 of x starting at k, as floats.
-__device__ __forceinline__ void load_x8(const half_t* __restrict__ x, int k, float* v) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + k);
-    const half_t* h = reinterpret_cast<const half_t*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = h2f(h[i]);
+// Bytes of dynamic shared memory this launch was given.
+__device__ __forceinline__ int gemv_dynamic_smem_bytes() {
+    unsigned int bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+    return (int)bytes;
 }
 
-extern "C" __global__ void gemv_f16(const half_t* __restrict__ W, const half_t* __restrict__ x,
-                                    float* __restrict__ y, int N, int K, int accumulate) {
-    const int row = blockIdx.x * GEMV_ROWS_PER_BLOCK + threadIdx.x / VLA_WARP;
-    const int lane = threadIdx.x % VLA_WARP;
-    if (row >= N) return;
-    const half_t* w = W + (long)row * K;
-    float acc = 0.f;
-    if ((K & 7) == 0) {
+// The two f16 packed in a 32-bit word (low half first), as floats.
+__device__ __forceinline__ void halves_to_floats(unsigned int v, float& lo, float& hi) {
+    asm("{\n\t.reg .f16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;\n\t}"
+        : "=f"(lo), "=f"(hi)
+        : "r"(v));
+}
+
+// The 4-bit code under `mask` (at bit 0, 4, 8, 12 or 16, with `magic` the matching power of two
+// from the GEMV_P* list) as a float.
+__device__ __forceinline__ float nibble_code(unsigned int v, unsigned int mask, unsigned int magic) {
+    // (v & mask) | magic as one LOP3: written in C, the two immediates make it two.
+    unsigned int bits;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(bits) : "r"(v), "r"(mask), "r"(magic));
+    return __int_as_float((int)bits) - __int_as_float((int)magic);
+}
+
+// Signed byte `sel` (0..3) of `v_flipped` = codes ^ 0x80808080, as a float: the byte, now
+// code + 128, goes under the mantissa of 2^23, and 2^23 + 128 is subtracted.
+__device__ __forceinline__ float int8_code(unsigned int v_flipped, unsigned int sel) {
+    return __int_as_float((int)__byte_perm(v_flipped, GEMV_P23, 0x7440u | sel)) - 8388736.f;
+}
+
+// Dynamic shared memory the launch adds to that of x (and sums) for the padding of x_stride.
+#define GEMV_SMEM_SLACK 1024
+
+// Elements of x staged per pass, given `bytes` of dynamic shared memory and `per32` bytes per
+// 32 staged elements: all of K when it fits, else a multiple of 32 (a whole number of 16-byte
+// weight chunks in every format). 0: no shared memory, scalar path.
+__device__ __forceinline__ int gemv_x_tile(int K, int bytes, int per32) {
+    const int capacity = bytes > GEMV_SMEM_SLACK ? (bytes - GEMV_SMEM_SLACK) / per32 * 32 : 0;
+    return capacity >= K ? K : capacity;
+}
+
+// x of one tile in shared memory, for weight chunks of P 16-byte x units (4 values each): unit
+// q of chunk c at slot q · stride + c. The stride (chunks per tile, rounded up to 1 mod 8) makes
+// the P units of one chunk, written by neighbouring threads, fall in distinct bank groups.
+template <int P>
+__device__ __forceinline__ int x_stride(int tile) {
+    const int chunks = tile / (4 * P);
+    return chunks + ((1 - chunks) & 7);
+}
+
+// Stages x[k0, k0 + kt) as f32 (kt a multiple of 4; of 32 with SUMS) into `xs` (slot of unit u:
+// (u % P) · stride + u / P) and, with SUMS, the sum of each 32-value chunk into `xsums`. Called
+// by every thread of the block (the shuffles need whole warps; blockDim.x is a multiple of 32).
+template <int P, bool SUMS>
+__device__ __forceinline__ void stage_x(const half_t* __restrict__ x, int k0, int kt, int stride, float4* xs,
+                                        float* xsums) {
+    const int units = kt / 4;
 #pragma unroll 4
-        for (int k = lane * 8; k < K; k += VLA_WARP * 8) {
-            const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w + k));
-            const half_t* wh = reinterpret_cast<const half_t*>(&raw);
-            float xv[8];
-            load_x8(x, k, xv);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) acc += h2f(wh[i]) * xv[i];
+    for (int u0 = 0; u0 < units; u0 += blockDim.x) {
+        const int u = u0 + threadIdx.x;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (u < units) {
+            const uint2 raw = *reinterpret_cast<const uint2*>(x + k0 + 4 * u);
+            halves_to_floats(raw.x, v.x, v.y);
+            halves_to_floats(raw.y, v.z, v.w);
+            xs[(u % P) * stride + u / P] = v;
         }
-    } else {
-        for (int k = lane; k < K; k += VLA_WARP) acc += h2f(w[k]) * h2f(x[k]);
+        if (SUMS) {
+            // Eight consecutive lanes hold the eight units of one 32-value chunk.
+            float s = (v.x + v.y) + (v.z + v.w);
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            s += __shfl_xor_sync(0xffffffffu, s, 4);
+            if ((threadIdx.x & 7) == 0 && u < units) xsums[u >> 3] = s;
+        }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) store_row(y, row, acc, accumulate);
 }
 
-extern "C" __global__ void gemv_i8(const signed char* __restrict__ W, const float* __restrict__ scale,
-                                   const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
-                                   int accumulate) {
-    const int row = blockIdx.x * GEMV_ROWS_PER_BLOCK + threadIdx.x / VLA_WARP;
-    const int lane = threadIdx.x % VLA_WARP;
-    if (row >= N) return;
-    const signed char* w = W + (long)row * K;
-    float acc = 0.f;
-    if ((K & 15) == 0) {
-#pragma unroll 2
-        for (int k = lane * 16; k < K; k += VLA_WARP * 16) {
-            const int4 raw = __ldg(reinterpret_cast<const int4*>(w + k));
-            const signed char* q = reinterpret_cast<const signed char*>(&raw);
-            float xv[16];
-            load_x8(x, k, xv);
-            load_x8(x, k + 8, xv + 8);
-#pragma unroll
-            for (int i = 0; i < 16; ++i) acc += (float)q[i] * xv[i];
-        }
-    } else {
-        for (int k = lane; k < K; k += VLA_WARP) acc += (float)w[k] * h2f(x[k]);
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) store_row(y, row, acc * scale[row], accumulate);
+__device__ __forceinline__ unsigned int word_of(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// INT4 of the CPU backend: W [N, ceil(K/2)] bytes (element k in the low nibble of byte k / 2
-// when k is even), scales and mins [N, ceil(K/G)] f32, w = code · scale + min. Per group,
-// Σ w·x = scale · Σ code·x + min · Σ x.
-extern "C" __global__ void gemv_i4(const unsigned char* __restrict__ W, const float* __restrict__ scales,
-                                   const float* __restrict__ mins, const half_t* __restrict__ x,
-                                   float* __restrict__ y, int N, int K, int G, int accumulate) {
-    const int row = blockIdx.x * GEMV_ROWS_PER_BLOCK + threadIdx.x / VLA_WARP;
+extern __shared__ float4 gemv_x[];
+
+// ---------------------------------------------------------------------------------------------
+// FP16: chunk = 8 weights = 2 x units. With W_lo, w = hi + lo (an f32 weight in two halves).
+
+template <int R, int U, bool LO>
+__device__ __forceinline__ void gemv_f16_tiled(const half_t* __restrict__ W, const half_t* __restrict__ W_lo,
+                                               const half_t* __restrict__ x, float* __restrict__ y, int N,
+                                               int K, int accumulate, int tile) {
     const int lane = threadIdx.x % VLA_WARP;
-    if (row >= N) return;
-    const int groups = (K + G - 1) / G;
-    const unsigned char* w = W + (long)row * ((K + 1) / 2);
-    const float* sc = scales + (long)row * groups;
-    const float* mn = mins + (long)row * groups;
-    float acc = 0.f;
-    if ((K & 31) == 0 && (G & 31) == 0) {
-        // 16 bytes = 32 inputs per lane, all inside one group (G is a multiple of 32).
-#pragma unroll 2
-        for (int k = lane * 32; k < K; k += VLA_WARP * 32) {
-            const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w + k / 2));
-            const unsigned char* b = reinterpret_cast<const unsigned char*>(&raw);
-            float dot = 0.f, xsum = 0.f;
+    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const bool active = row0 < N;
+    long offset[R];
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                float xv[8];
-                load_x8(x, k + 8 * c, xv);
+    for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
+    const int stride = x_stride<2>(tile);
+    float acc[R];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const unsigned char byte = b[4 * c + i];
-                    dot += (float)(byte & 15) * xv[2 * i] + (float)(byte >> 4) * xv[2 * i + 1];
-                    xsum += xv[2 * i] + xv[2 * i + 1];
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += tile) {
+        const int kt = min(tile, K - k0);
+        const int chunks = kt / 8;
+        uint4 hi[U][R], lo[U][R];
+        int c0 = lane;
+        auto load = [&]() {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int c = c0 + u * VLA_WARP;
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    if (active && c < chunks) {
+                        hi[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k0 + 8 * c));
+                        if (LO) lo[u][r] = __ldg(reinterpret_cast<const uint4*>(W_lo + offset[r] + k0 + 8 * c));
+                    }
                 }
             }
-            const int g = k / G;
-            acc += dot * sc[g] + xsum * mn[g];
+        };
+        load();
+        if (k0 > 0) __syncthreads();  // every warp is done with the previous tile
+        stage_x<2, false>(x, k0, kt, stride, gemv_x, nullptr);
+        __syncthreads();
+        if (active) {
+            for (;;) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int c = c0 + u * VLA_WARP;
+                    if (c < chunks) {
+                        const float4 xa = gemv_x[c];
+                        const float4 xb = gemv_x[stride + c];
+#pragma unroll
+                        for (int r = 0; r < R; ++r) {
+                            float w[8];
+                            halves_to_floats(hi[u][r].x, w[0], w[1]);
+                            halves_to_floats(hi[u][r].y, w[2], w[3]);
+                            halves_to_floats(hi[u][r].z, w[4], w[5]);
+                            halves_to_floats(hi[u][r].w, w[6], w[7]);
+                            if (LO) {
+                                float l[8];
+                                halves_to_floats(lo[u][r].x, l[0], l[1]);
+                                halves_to_floats(lo[u][r].y, l[2], l[3]);
+                                halves_to_floats(lo[u][r].z, l[4], l[5]);
+                                halves_to_floats(lo[u][r].w, l[6], l[7]);
+#pragma unroll
+                                for (int i = 0; i < 8; ++i) w[i] += l[i];
+                            }
+                            float dot = w[0] * xa.x;
+                            dot = fmaf(w[1], xa.y, dot);
+                            dot = fmaf(w[2], xa.z, dot);
+                            dot = fmaf(w[3], xa.w, dot);
+                            dot = fmaf(w[4], xb.x, dot);
+                            dot = fmaf(w[5], xb.y, dot);
+                            dot = fmaf(w[6], xb.z, dot);
+                            dot = fmaf(w[7], xb.w, dot);
+                            acc[r] += dot;
+                        }
+                    }
+                }
+                c0 += U * VLA_WARP;
+                if (c0 >= chunks) break;
+                load();
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, sum, accumulate);
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void gemv_f16_scalar(const half_t* __restrict__ W, const half_t* __restrict__ W_lo,
+                                                const half_t* __restrict__ x, float* __restrict__ y, int N,
+                                                int K, int accumulate) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    for (int row = row0; row < row0 + R && row < N; ++row) {
+        const long base = (long)row * K;
+        float acc = 0.f;
+        for (int k = lane; k < K; k += VLA_WARP) {
+            float w = h2f(W[base + k]);
+            if (W_lo != nullptr) w += h2f(W_lo[base + k]);
+            acc += w * h2f(x[k]);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) store_row(y, row, acc, accumulate);
+    }
+}
+
+// W_lo: nullptr, or the low halves of f32 weights whose high halves are W (same shape).
+// Block size 256 (the launch's); at most 64 registers, so that four blocks fit on an SM.
+extern "C" __global__ void __launch_bounds__(256, 4) gemv_f16(const half_t* __restrict__ W, const half_t* __restrict__ W_lo,
+                                    const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
+                                    int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
+    if ((K & 7) == 0 && tile > 0) {
+        if (W_lo != nullptr) {
+            gemv_f16_tiled<GEMV_ROWS_PER_WARP, 2, true>(W, W_lo, x, y, N, K, accumulate, tile);
+        } else {
+            gemv_f16_tiled<GEMV_ROWS_PER_WARP, 4, false>(W, W_lo, x, y, N, K, accumulate, tile);
         }
     } else {
+        gemv_f16_scalar<GEMV_ROWS_PER_WARP>(W, W_lo, x, y, N, K, accumulate);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// INT8: chunk = 16 codes = 4 x units; y = scale[row] · Σ code·x.
+
+template <int R, int U>
+__device__ __forceinline__ void gemv_i8_tiled(const signed char* __restrict__ W, const float* __restrict__ scale,
+                                              const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
+                                              int accumulate, int tile) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const bool active = row0 < N;
+    long offset[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
+    const int stride = x_stride<4>(tile);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += tile) {
+        const int kt = min(tile, K - k0);
+        const int chunks = kt / 16;
+        uint4 q[U][R];
+        int c0 = lane;
+        auto load = [&]() {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int c = c0 + u * VLA_WARP;
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    if (active && c < chunks) {
+                        q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k0 + 16 * c));
+                    }
+                }
+            }
+        };
+        load();
+        if (k0 > 0) __syncthreads();
+        stage_x<4, false>(x, k0, kt, stride, gemv_x, nullptr);
+        __syncthreads();
+        if (active) {
+            for (;;) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int c = c0 + u * VLA_WARP;
+                    if (c < chunks) {
+                        float dot[R];
+#pragma unroll
+                        for (int r = 0; r < R; ++r) dot[r] = 0.f;
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const float4 xv = gemv_x[j * stride + c];
+#pragma unroll
+                            for (int r = 0; r < R; ++r) {
+                                const unsigned int v = word_of(q[u][r], j) ^ 0x80808080u;
+                                dot[r] = fmaf(int8_code(v, 0), xv.x, dot[r]);
+                                dot[r] = fmaf(int8_code(v, 1), xv.y, dot[r]);
+                                dot[r] = fmaf(int8_code(v, 2), xv.z, dot[r]);
+                                dot[r] = fmaf(int8_code(v, 3), xv.w, dot[r]);
+                            }
+                        }
+#pragma unroll
+                        for (int r = 0; r < R; ++r) acc[r] += dot[r];
+                    }
+                }
+                c0 += U * VLA_WARP;
+                if (c0 >= chunks) break;
+                load();
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, sum * scale[row0 + r], accumulate);
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void gemv_i8_scalar(const signed char* __restrict__ W, const float* __restrict__ scale,
+                                               const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
+                                               int accumulate) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    for (int row = row0; row < row0 + R && row < N; ++row) {
+        const signed char* w = W + (long)row * K;
+        float acc = 0.f;
+        for (int k = lane; k < K; k += VLA_WARP) acc += (float)w[k] * h2f(x[k]);
+        acc = warp_sum(acc);
+        if (lane == 0) store_row(y, row, acc * scale[row], accumulate);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 4) gemv_i8(const signed char* __restrict__ W, const float* __restrict__ scale,
+                                   const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
+                                   int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
+    if ((K & 15) == 0 && tile > 0) {
+        gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile);
+    } else {
+        gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// INT4 of the CPU backend: W [N, ceil(K/2)] bytes (element k in the low nibble of byte k / 2
+// when k is even), scales and mins [N, ceil(K/G)] f32, w = code · scale + min. Chunk = 32
+// codes = 16 bytes = 8 x units, inside one group (G is a multiple of 32), so per chunk
+// Σ w·x = scale · Σ code·x + min · Σ x, with Σ x staged once per block.
+// Shared memory: x of one tile, then its chunk sums (132 bytes per 32 values).
+
+template <int R, int U>
+__device__ __forceinline__ void gemv_i4_tiled(const unsigned char* __restrict__ W, const float* __restrict__ scales,
+                                              const float* __restrict__ mins, const half_t* __restrict__ x,
+                                              float* __restrict__ y, int N, int K, int G, int accumulate,
+                                              int tile) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const bool active = row0 < N;
+    const int groups = (K + G - 1) / G;
+    long offset[R], group_offset[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const long row = min(row0 + r, N - 1);
+        offset[r] = row * (K / 2);
+        group_offset[r] = row * groups;
+    }
+    const int stride = x_stride<8>(tile);
+    float* xsums = reinterpret_cast<float*>(gemv_x + 8 * stride);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += tile) {
+        const int kt = min(tile, K - k0);
+        const int chunks = kt / 32;
+        uint4 q[U][R];
+        float sc[U][R], mn[U][R];
+        int c0 = lane;
+        auto load = [&]() {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int c = c0 + u * VLA_WARP;
+                const int k = k0 + 32 * c;
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    if (active && c < chunks) {
+                        q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k / 2));
+                        sc[u][r] = __ldg(scales + group_offset[r] + k / G);
+                        mn[u][r] = __ldg(mins + group_offset[r] + k / G);
+                    }
+                }
+            }
+        };
+        load();
+        if (k0 > 0) __syncthreads();
+        stage_x<8, true>(x, k0, kt, stride, gemv_x, xsums);
+        __syncthreads();
+        if (active) {
+            for (;;) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int c = c0 + u * VLA_WARP;
+                    if (c < chunks) {
+                        float dot[R];
+#pragma unroll
+                        for (int r = 0; r < R; ++r) dot[r] = 0.f;
+                        // Word j holds codes 8j .. 8j + 7 in nibbles 0 .. 7: x units 2j, 2j + 1.
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const float4 xa = gemv_x[2 * j * stride + c];
+                            const float4 xb = gemv_x[(2 * j + 1) * stride + c];
+#pragma unroll
+                            for (int r = 0; r < R; ++r) {
+                                const unsigned int v = word_of(q[u][r], j);
+                                const unsigned int h = v >> 12;  // nibbles 5, 6, 7 to bits 8, 12, 16
+                                dot[r] = fmaf(nibble_code(v, 0x0000000Fu, GEMV_P23), xa.x, dot[r]);
+                                dot[r] = fmaf(nibble_code(v, 0x000000F0u, GEMV_P19), xa.y, dot[r]);
+                                dot[r] = fmaf(nibble_code(v, 0x00000F00u, GEMV_P15), xa.z, dot[r]);
+                                dot[r] = fmaf(nibble_code(v, 0x0000F000u, GEMV_P11), xa.w, dot[r]);
+                                dot[r] = fmaf(nibble_code(v, 0x000F0000u, GEMV_P7), xb.x, dot[r]);
+                                dot[r] = fmaf(nibble_code(h, 0x00000F00u, GEMV_P15), xb.y, dot[r]);
+                                dot[r] = fmaf(nibble_code(h, 0x0000F000u, GEMV_P11), xb.z, dot[r]);
+                                dot[r] = fmaf(nibble_code(h, 0x000F0000u, GEMV_P7), xb.w, dot[r]);
+                            }
+                        }
+                        const float xsum = xsums[c];
+#pragma unroll
+                        for (int r = 0; r < R; ++r) acc[r] += dot[r] * sc[u][r] + xsum * mn[u][r];
+                    }
+                }
+                c0 += U * VLA_WARP;
+                if (c0 >= chunks) break;
+                load();
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, sum, accumulate);
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void gemv_i4_scalar(const unsigned char* __restrict__ W, const float* __restrict__ scales,
+                                               const float* __restrict__ mins, const half_t* __restrict__ x,
+                                               float* __restrict__ y, int N, int K, int G, int accumulate) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const int groups = (K + G - 1) / G;
+    for (int row = row0; row < row0 + R && row < N; ++row) {
+        const unsigned char* w = W + (long)row * ((K + 1) / 2);
+        const float* sc = scales + (long)row * groups;
+        const float* mn = mins + (long)row * groups;
+        float acc = 0.f;
         for (int k = lane; k < K; k += VLA_WARP) {
             const unsigned char byte = w[k / 2];
             const int code = (k & 1) ? (byte >> 4) : (byte & 15);
             const int g = k / G;
             acc += ((float)code * sc[g] + mn[g]) * h2f(x[k]);
         }
+        acc = warp_sum(acc);
+        if (lane == 0) store_row(y, row, acc, accumulate);
     }
-    acc = warp_sum(acc);
-    if (lane == 0) store_row(y, row, acc, accumulate);
+}
+
+// At most 80 registers (three blocks per SM): at 64 it spills.
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4(const unsigned char* __restrict__ W, const float* __restrict__ scales,
+                                   const float* __restrict__ mins, const half_t* __restrict__ x,
+                                   float* __restrict__ y, int N, int K, int G, int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
+    if ((K & 31) == 0 && (G & 31) == 0 && tile > 0) {
+        gemv_i4_tiled<GEMV_ROWS_PER_WARP, 4>(W, scales, mins, x, y, N, K, G, accumulate, tile);
+    } else {
+        gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate);
+    }
 }
