@@ -27,13 +27,13 @@ done
 [ -x "$BIN" ] || { echo "binary $BIN missing (build with cargo build --release here or carry it)"; exit 2; }
 
 step "parity: cuda vs cpu on tests/fixtures/openvla-tiny (fp16 and int8)"
-timeout 240 "$BIN" bench --backend cuda --parity tests/fixtures/openvla-tiny --model engines/openvla-tiny \
+timeout ${PARITY_TIMEOUT:-150} "$BIN" bench --backend cuda --parity tests/fixtures/openvla-tiny --model engines/openvla-tiny \
     2>&1 | tee "$LOG_DIR/parity.txt"
 parity_rc=${PIPESTATUS[0]}
 [ "$parity_rc" -eq 0 ] || status=1
 
 step "vla-rt bench --backend cuda --random-weights --shape openvla-7b"
-timeout 300 "$BIN" bench --backend cuda --random-weights --shape openvla-7b --runs "$RUNS" --warmup 3 \
+timeout ${BENCH_TIMEOUT:-180} "$BIN" bench --backend cuda --random-weights --shape openvla-7b --runs "$RUNS" --warmup 3 \
     --template engines/openvla-tiny 2>&1 | tee "$LOG_DIR/bench_cuda.txt"
 bench_rc=${PIPESTATUS[0]}
 [ "$bench_rc" -eq 0 ] || status=1
@@ -41,7 +41,7 @@ bench_rc=${PIPESTATUS[0]}
 torch_rc=skipped
 if python3 -c 'import torch, timm, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
     step "PyTorch on the same card (bench/torch_compare.py)"
-    PYTHONUNBUFFERED=1 timeout 240 python3 bench/torch_compare.py --runs "$RUNS" 2>&1 | tee "$LOG_DIR/torch.txt"
+    PYTHONUNBUFFERED=1 timeout ${TORCH_TIMEOUT:-200} python3 bench/torch_compare.py --runs "$RUNS" 2>&1 | tee "$LOG_DIR/torch.txt"
     torch_rc=${PIPESTATUS[0]}
 else
     echo "torch/timm/transformers with CUDA not importable: PyTorch comparison skipped"
