@@ -226,7 +226,9 @@ fn bench_runner(
         gpu.sync(Lane::A)?;
         gpu.sync(Lane::B)
     };
-    {
+    // Profiling one half (bench/gpu_profile.sh): VLA_RT_BENCH_ONLY=vision or language.
+    let only = std::env::var("VLA_RT_BENCH_ONLY").unwrap_or_default();
+    if only != "language" {
         let (gpu, vision) = runner.vision_mut();
         let dino = time(warmup, runs, || {
             vision.encoder(gpu, 0)?;
@@ -281,6 +283,9 @@ fn bench_runner(
         );
     }
 
+    if only == "vision" {
+        return Ok(());
+    }
     // Device copy bandwidth, same run: 1 GiB (256 MiB on small cards) buffer to buffer.
     let copy_bytes = {
         let free = runner
