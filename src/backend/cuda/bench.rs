@@ -365,6 +365,24 @@ fn bench_runner(
         );
     }
 
+    // The same weight reads without the step's other kernels (norms, RoPE, attention).
+    for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+        let bytes = llama.decode_weight_bytes(format);
+        let samples = time(warmup, runs, || {
+            llama.queue_gemvs_only(gpu, format)?;
+            gpu.sync(Lane::A)
+        })?;
+        let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
+        row(
+            &format!("decode GEMVs only, {}", format.label()),
+            &samples,
+            &format!(
+                "{gbs:.0} GB/s = {:.0}% of copy",
+                100.0 * gbs / copy_gbs.max(1e-9)
+            ),
+        );
+    }
+
     for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
         let whole = time(warmup, runs, || {
             runner.upload_pixels(&pixels)?;

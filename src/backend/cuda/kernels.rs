@@ -33,7 +33,7 @@ pub const VISION: KernelSource = KernelSource {
         "layer_norm_f16",
         "bias_act_f16",
         "bias_f32",
-        "residual_bias_scale",
+        "add_bias_f32",
         "softmax_rows_f16",
         "concat_features_f16",
         "fake_quant_f16",

@@ -41,7 +41,7 @@ struct Scratch {
     qkv: DeviceBuffer<f32>,
     /// `[capacity, H]`
     q: DeviceBuffer<f16>,
-    /// `[heads, capacity, capacity]`
+    /// `[heads, padded capacity, padded capacity]`
     scores: DeviceBuffer<f32>,
     probs: DeviceBuffer<f16>,
     /// `[capacity, H]`
@@ -208,8 +208,8 @@ impl DeviceLlama {
             normed: gpu.alloc(capacity * h)?,
             qkv: gpu.alloc(capacity * qkv_width)?,
             q: gpu.alloc(capacity * h)?,
-            scores: gpu.alloc(config.num_heads * capacity * padded_keys(capacity))?,
-            probs: gpu.alloc(config.num_heads * capacity * padded_keys(capacity))?,
+            scores: gpu.alloc(config.num_heads * padded_keys(capacity).pow(2))?,
+            probs: gpu.alloc(config.num_heads * padded_keys(capacity).pow(2))?,
             attn: gpu.alloc(capacity * h)?,
             gate_up: gpu.alloc(capacity * 2 * i)?,
             act: gpu.alloc(capacity * i)?,
@@ -279,6 +279,22 @@ impl DeviceLlama {
             lin.quantize(gpu, layer_src, format, replace_f16)?;
         }
         self.graphs.remove(&format);
+        Ok(())
+    }
+
+    /// Queues only the GEMVs of one decode step in `format` (every linear layer once, on
+    /// scratch inputs): the weight-reading part of a step, for the benchmark.
+    pub fn queue_gemvs_only(&self, gpu: &Gpu, format: DecodeFormat) -> Result<(), CudaError> {
+        for lin in self.linears() {
+            lin.gemv(
+                gpu,
+                Lane::A,
+                format,
+                self.s.act.ptr(),
+                self.s.gate_up.ptr(),
+                false,
+            )?;
+        }
         Ok(())
     }
 
@@ -463,14 +479,16 @@ impl DeviceLlama {
             for g in 0..groups {
                 let h0 = g * batch;
                 let kv_off = layer_off + g * self.capacity * hd;
-                // scores[h] [n, n] = q_h [n, hd] · k_g [n, hd]ᵀ
+                // scores[h] [np, np] = q_h [np, hd] · k_g [np, hd]ᵀ: np ≥ n rows so that no
+                // GEMM dimension is odd; the rows past n hold finite leftovers whose scores are
+                // ignored and whose probabilities are 0.
                 gpu.gemm(
                     Lane::A,
                     &Gemm {
                         trans_a: true,
                         trans_b: false,
-                        m: n,
-                        n,
+                        m: np,
+                        n: np,
                         k: hd,
                         a: s.k_cache.at(kv_off),
                         a_type: Dt::F16,
@@ -480,10 +498,10 @@ impl DeviceLlama {
                         b_type: Dt::F16,
                         ldb: h,
                         stride_b: hd,
-                        c: s.scores.at(h0 * n * np),
+                        c: s.scores.at(h0 * np * np),
                         c_type: Dt::F32,
                         ldc: np,
-                        stride_c: n * np,
+                        stride_c: np * np,
                         batch,
                         alpha: 1.0,
                         beta: 0.0,
@@ -495,8 +513,8 @@ impl DeviceLlama {
                 Lane::A,
                 &s.scores,
                 &s.probs,
-                c.num_heads * n,
-                n,
+                c.num_heads * np,
+                np,
                 n,
                 np,
                 1.0 / (hd as f32).sqrt(),
@@ -505,23 +523,23 @@ impl DeviceLlama {
             for g in 0..groups {
                 let h0 = g * batch;
                 let kv_off = layer_off + g * self.capacity * hd;
-                // attn[:, h·hd..] [n, hd] = probs_h [n, n] · v_g [n, hd]
+                // attn[:, h·hd..] [np, hd] = probs_h [np, np] · v_g [np, hd]
                 gpu.gemm(
                     Lane::A,
                     &Gemm {
                         trans_a: false,
                         trans_b: false,
                         m: hd,
-                        n,
-                        k: n,
+                        n: np,
+                        k: np,
                         a: s.v_cache.at(kv_off),
                         a_type: Dt::F16,
                         lda: hd,
                         stride_a: kv_stride,
-                        b: s.probs.at(h0 * n * np),
+                        b: s.probs.at(h0 * np * np),
                         b_type: Dt::F16,
                         ldb: np,
-                        stride_b: n * np,
+                        stride_b: np * np,
                         c: s.attn.at(h0 * hd),
                         c_type: Dt::F16,
                         ldc: h,

@@ -30,8 +30,9 @@ struct VitBlock {
     qkv_b: DeviceBuffer<f32>,
     /// `[D, D]`
     proj_w: DeviceMatrix,
+    /// The bias times LayerScale γ1 (γ1 is folded into `proj_w`); added to x by the next
+    /// LayerNorm, since the proj GEMM adds its product straight into x.
     proj_b: DeviceBuffer<f32>,
-    ls1: Option<DeviceBuffer<f32>>,
     norm2_w: DeviceBuffer<f32>,
     norm2_b: DeviceBuffer<f32>,
     /// `[mlp, D]`
@@ -39,8 +40,8 @@ struct VitBlock {
     fc1_b: DeviceBuffer<f32>,
     /// `[D, mlp]`
     fc2_w: DeviceMatrix,
+    /// As `proj_b`, with γ2.
     fc2_b: DeviceBuffer<f32>,
-    ls2: Option<DeviceBuffer<f32>>,
 }
 
 /// Scratch of one ViT forward pass, sized for its token count.
@@ -63,8 +64,6 @@ struct VitScratch {
     probs: DeviceBuffer<f16>,
     /// `[tokens, D]`
     attn: DeviceBuffer<f16>,
-    /// `[tokens, D]`
-    branch: DeviceBuffer<f32>,
 }
 
 /// One featurizer on the device.
@@ -152,19 +151,9 @@ impl DeviceVit {
             let bias = |src: &mut dyn WeightSource, n: &str, len: usize| {
                 src.tensor_f32(gpu, &format!("{b}.{n}.bias"), &[len], 0.0, 0.02)
             };
-            let layer_scale = |src: &mut dyn WeightSource, n: &str| -> Result<_, CudaError> {
-                if config.layer_scale {
-                    Ok(Some(src.tensor_f32(
-                        gpu,
-                        &format!("{b}.{n}.scale_factor"),
-                        &[d],
-                        0.1,
-                        0.05,
-                    )?))
-                } else {
-                    Ok(None)
-                }
-            };
+            // LayerScale folds into the residual branch's last layer: (W x + b) · γ = (γ W) x + γ b.
+            let layer_scale = |n: &str| config.layer_scale.then(|| format!("{b}.{n}.scale_factor"));
+            let (ls1, ls2) = (layer_scale("ls1"), layer_scale("ls2"));
             let (norm1_w, norm1_b) = norm(src, "norm1")?;
             let (norm2_w, norm2_b) = norm(src, "norm2")?;
             blocks.push(VitBlock {
@@ -172,30 +161,54 @@ impl DeviceVit {
                 norm1_b,
                 qkv_w: matrix(src, format!("{b}.attn.qkv"), 3 * d, d)?,
                 qkv_b: bias(src, "attn.qkv", 3 * d)?,
-                proj_w: matrix(src, format!("{b}.attn.proj"), d, d)?,
-                proj_b: bias(src, "attn.proj", d)?,
-                ls1: layer_scale(src, "ls1")?,
+                proj_w: src.scaled_matrix_f16(
+                    gpu,
+                    &format!("{b}.attn.proj"),
+                    d,
+                    d,
+                    ls1.as_deref(),
+                    1.7 / (d as f32).sqrt(),
+                )?,
+                proj_b: src.scaled_vector_f32(
+                    gpu,
+                    &format!("{b}.attn.proj.bias"),
+                    d,
+                    ls1.as_deref(),
+                )?,
                 norm2_w,
                 norm2_b,
                 fc1_w: matrix(src, format!("{b}.mlp.fc1"), mlp, d)?,
                 fc1_b: bias(src, "mlp.fc1", mlp)?,
-                fc2_w: matrix(src, format!("{b}.mlp.fc2"), d, mlp)?,
-                fc2_b: bias(src, "mlp.fc2", d)?,
-                ls2: layer_scale(src, "ls2")?,
+                fc2_w: src.scaled_matrix_f16(
+                    gpu,
+                    &format!("{b}.mlp.fc2"),
+                    d,
+                    mlp,
+                    ls2.as_deref(),
+                    1.7 / (mlp as f32).sqrt(),
+                )?,
+                fc2_b: src.scaled_vector_f32(
+                    gpu,
+                    &format!("{b}.mlp.fc2.bias"),
+                    d,
+                    ls2.as_deref(),
+                )?,
             });
         }
         let wide = (3 * d).max(mlp);
+        // The attention runs over `padded` token rows (zero rows beyond the real ones) so that
+        // no GEMM dimension is odd.
+        let padded = padded_keys(tokens);
         let s = VitScratch {
             cols: gpu.alloc(patches * 3 * p * p)?,
             patch_out: gpu.alloc(patches * d)?,
             x: gpu.alloc(tokens * d)?,
             normed: gpu.alloc(tokens * d)?,
-            wide_f32: gpu.alloc(tokens * wide)?,
-            wide_f16: gpu.alloc(tokens * wide)?,
-            scores: gpu.alloc(config.num_heads * tokens * padded_keys(tokens))?,
-            probs: gpu.alloc(config.num_heads * tokens * padded_keys(tokens))?,
-            attn: gpu.alloc(tokens * d)?,
-            branch: gpu.alloc(tokens * d)?,
+            wide_f32: gpu.alloc(padded * wide)?,
+            wide_f16: gpu.alloc(padded * wide)?,
+            scores: gpu.alloc(config.num_heads * padded * padded)?,
+            probs: gpu.alloc(config.num_heads * padded * padded)?,
+            attn: gpu.alloc(padded * d)?,
         };
         gpu.sync(Lane::A)?;
         Ok(Self {
@@ -283,16 +296,36 @@ impl DeviceVit {
                 Arg::I32(i32::from(self.pos_covers_prefix)),
             ],
         )?;
+        let mut pending: Option<&DeviceBuffer<f32>> = None;
         for b in &self.blocks {
-            self.block(gpu, lane, b)?;
+            self.block(gpu, lane, b, pending)?;
+            pending = Some(&b.fc2_b);
         }
-        Ok(())
+        match pending {
+            Some(bias) => {
+                let total = tokens * d;
+                gpu.launch_elementwise(
+                    lane,
+                    &k.add_bias_f32,
+                    total,
+                    &[
+                        Arg::Ptr(s.x.ptr()),
+                        Arg::Ptr(bias.ptr()),
+                        int("residual bias", total)?,
+                        int("residual bias", d)?,
+                    ],
+                )
+            }
+            None => Ok(()),
+        }
     }
 
+    /// LayerNorm of x into `normed`, after adding `pending` (a residual bias) to x.
     fn layer_norm(
         &self,
         gpu: &Gpu,
         lane: Lane,
+        pending: Option<&DeviceBuffer<f32>>,
         w: &DeviceBuffer<f32>,
         b: &DeviceBuffer<f32>,
     ) -> Result<(), CudaError> {
@@ -305,36 +338,12 @@ impl DeviceVit {
             0,
             &[
                 Arg::Ptr(s.x.ptr()),
+                Arg::Ptr(pending.map_or(0, |p| p.ptr())),
                 Arg::Ptr(w.ptr()),
                 Arg::Ptr(b.ptr()),
                 Arg::Ptr(s.normed.ptr()),
                 int("layer norm", self.config.embed_dim)?,
                 Arg::F32(VIT_LAYER_NORM_EPS as f32),
-            ],
-        )
-    }
-
-    fn residual(
-        &self,
-        gpu: &Gpu,
-        lane: Lane,
-        bias: &DeviceBuffer<f32>,
-        gamma: Option<&DeviceBuffer<f32>>,
-    ) -> Result<(), CudaError> {
-        let s = &self.s;
-        let d = self.config.embed_dim;
-        let total = self.tokens() * d;
-        gpu.launch_elementwise(
-            lane,
-            &gpu.kernels.residual_bias_scale,
-            total,
-            &[
-                Arg::Ptr(s.x.ptr()),
-                Arg::Ptr(s.branch.ptr()),
-                Arg::Ptr(bias.ptr()),
-                Arg::Ptr(gamma.map_or(0, |g| g.ptr())),
-                int("residual", total)?,
-                int("residual", d)?,
             ],
         )
     }
@@ -367,7 +376,14 @@ impl DeviceVit {
         )
     }
 
-    fn block(&self, gpu: &Gpu, lane: Lane, b: &VitBlock) -> Result<(), CudaError> {
+    /// One block; `pending` is the previous block's residual bias, not yet in x.
+    fn block(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        b: &VitBlock,
+        pending: Option<&DeviceBuffer<f32>>,
+    ) -> Result<(), CudaError> {
         let c = &self.config;
         let s = &self.s;
         let (d, t, h, hd, mlp) = (
@@ -377,7 +393,7 @@ impl DeviceVit {
             c.head_dim(),
             c.mlp_hidden,
         );
-        self.layer_norm(gpu, lane, &b.norm1_w, &b.norm1_b)?;
+        self.layer_norm(gpu, lane, pending, &b.norm1_w, &b.norm1_b)?;
         // [T, 3D] = normed · qkv_wᵀ + b, packed (q | k | v), heads split as (3, H, hd); the
         // sum stays in f32 for the scores and goes to f16 for P·V.
         gpu.linear_matrix(
@@ -393,15 +409,17 @@ impl DeviceVit {
         )?;
         self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false, true)?;
         let qkv = &s.wide_f16;
+        // Over tp ≥ T rows: the padding rows of q, k and v are zero, their scores are ignored
+        // and their probabilities are 0.
         let tp = padded_keys(t);
-        // scores[h] [T, T] = q_h · k_hᵀ in f32; column-major: (k_h stored [hd, T] → op T) · q_h.
+        // scores[h] [tp, tp] = q_h · k_hᵀ in f32; column-major: (k_h stored [hd, tp] → op T) · q_h.
         gpu.gemm(
             lane,
             &Gemm {
                 trans_a: true,
                 trans_b: false,
-                m: t,
-                n: t,
+                m: tp,
+                n: tp,
                 k: hd,
                 a: s.wide_f32.at(d),
                 a_type: Dt::F32,
@@ -414,7 +432,7 @@ impl DeviceVit {
                 c: s.scores.ptr(),
                 c_type: Dt::F32,
                 ldc: tp,
-                stride_c: t * tp,
+                stride_c: tp * tp,
                 batch: h,
                 alpha: 1.0,
                 beta: 0.0,
@@ -425,22 +443,22 @@ impl DeviceVit {
             lane,
             &s.scores,
             &s.probs,
-            h * t,
-            t,
+            h * tp,
+            tp,
             t,
             tp,
             1.0 / (hd as f32).sqrt(),
             -1,
         )?;
-        // attn[:, h·hd..] [T, hd] = probs_h [T, T] · v_h [T, hd].
+        // attn[:, h·hd..] [tp, hd] = probs_h [tp, tp] · v_h [tp, hd].
         gpu.gemm(
             lane,
             &Gemm {
                 trans_a: false,
                 trans_b: false,
                 m: hd,
-                n: t,
-                k: t,
+                n: tp,
+                k: tp,
                 a: qkv.at(2 * d),
                 a_type: Dt::F16,
                 lda: 3 * d,
@@ -448,7 +466,7 @@ impl DeviceVit {
                 b: s.probs.ptr(),
                 b_type: Dt::F16,
                 ldb: tp,
-                stride_b: t * tp,
+                stride_b: tp * tp,
                 c: s.attn.ptr(),
                 c_type: Dt::F16,
                 ldc: d,
@@ -458,6 +476,7 @@ impl DeviceVit {
                 beta: 0.0,
             },
         )?;
+        // x += attn · (γ1 proj_w)ᵀ; γ1 proj_b goes in with the next LayerNorm.
         gpu.linear_matrix(
             lane,
             t,
@@ -465,12 +484,11 @@ impl DeviceVit {
             d,
             s.attn.ptr(),
             &b.proj_w,
-            s.branch.ptr(),
+            s.x.ptr(),
             Dt::F32,
-            false,
+            true,
         )?;
-        self.residual(gpu, lane, &b.proj_b, b.ls1.as_ref())?;
-        self.layer_norm(gpu, lane, &b.norm2_w, &b.norm2_b)?;
+        self.layer_norm(gpu, lane, Some(&b.proj_b), &b.norm2_w, &b.norm2_b)?;
         gpu.linear_matrix(
             lane,
             t,
@@ -483,6 +501,7 @@ impl DeviceVit {
             false,
         )?;
         self.bias_act(gpu, lane, mlp, &b.fc1_b, true, false)?;
+        // x += gelu(...) · (γ2 fc2_w)ᵀ; γ2 fc2_b goes in with the next LayerNorm.
         gpu.linear_matrix(
             lane,
             t,
@@ -490,11 +509,10 @@ impl DeviceVit {
             mlp,
             s.wide_f16.ptr(),
             &b.fc2_w,
-            s.branch.ptr(),
+            s.x.ptr(),
             Dt::F32,
-            false,
-        )?;
-        self.residual(gpu, lane, &b.fc2_b, b.ls2.as_ref())
+            true,
+        )
     }
 }
 

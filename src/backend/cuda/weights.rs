@@ -34,6 +34,29 @@ pub trait WeightSource {
         init_scale: f32,
     ) -> Result<DeviceMatrix, CudaError>;
 
+    /// The matrix `{name}.weight` (`[rows, cols]`) with row r multiplied by element r of the
+    /// tensor `row_scale` (a LayerScale folded into the layer before it). The product keeps
+    /// an FP16 residual only when the unscaled weights needed one. Random weights ignore the
+    /// scale.
+    fn scaled_matrix_f16(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        row_scale: Option<&str>,
+        init_scale: f32,
+    ) -> Result<DeviceMatrix, CudaError>;
+
+    /// The vector `name` (`[len]`) times the tensor `scale` element-wise, f32.
+    fn scaled_vector_f32(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        len: usize,
+        scale: Option<&str>,
+    ) -> Result<DeviceBuffer<f32>, CudaError>;
+
     /// A tensor of `shape` as f32 (norm weights, biases, embeddings); random values are
     /// `center ± scale`.
     fn tensor_f32(
@@ -95,6 +118,57 @@ impl WeightSource for CheckpointWeights<'_> {
             at += r * cols;
         }
         Ok(matrix)
+    }
+
+    fn scaled_matrix_f16(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        row_scale: Option<&str>,
+        _init_scale: f32,
+    ) -> Result<DeviceMatrix, CudaError> {
+        let mut values = self
+            .ckpt
+            .f32_with_shape(&format!("{name}.weight"), &[rows, cols])?;
+        let exact = values
+            .iter()
+            .all(|&v| f16::from_f32(v).to_f32() == v || !v.is_finite());
+        if let Some(scale_name) = row_scale {
+            let scale = self.ckpt.f32_with_shape(scale_name, &[rows])?;
+            for (row, g) in values.chunks_exact_mut(cols.max(1)).zip(&scale) {
+                row.iter_mut().for_each(|v| *v *= g);
+            }
+        }
+        if exact {
+            let hi: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+            return Ok(DeviceMatrix {
+                hi: gpu.upload(&hi)?,
+                lo: None,
+            });
+        }
+        let mut matrix = DeviceMatrix {
+            hi: gpu.alloc::<f16>(rows * cols)?,
+            lo: None,
+        };
+        write_split(gpu, &mut matrix, 0, &values)?;
+        Ok(matrix)
+    }
+
+    fn scaled_vector_f32(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        len: usize,
+        scale: Option<&str>,
+    ) -> Result<DeviceBuffer<f32>, CudaError> {
+        let mut values = self.ckpt.f32_with_shape(name, &[len])?;
+        if let Some(scale_name) = scale {
+            let scale = self.ckpt.f32_with_shape(scale_name, &[len])?;
+            values.iter_mut().zip(&scale).for_each(|(v, g)| *v *= g);
+        }
+        gpu.upload(&values)
     }
 
     fn tensor_f32(
@@ -188,6 +262,28 @@ impl WeightSource for RandomWeights {
         let seed = self.next_seed();
         gpu.fill_uniform_f16(&buf, seed, 0.0, init_scale)?;
         Ok(DeviceMatrix { hi: buf, lo: None })
+    }
+
+    fn scaled_matrix_f16(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        _row_scale: Option<&str>,
+        init_scale: f32,
+    ) -> Result<DeviceMatrix, CudaError> {
+        self.matrix_f16(gpu, &[(name.to_string(), rows)], cols, init_scale)
+    }
+
+    fn scaled_vector_f32(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        len: usize,
+        _scale: Option<&str>,
+    ) -> Result<DeviceBuffer<f32>, CudaError> {
+        self.tensor_f32(gpu, name, &[len], 0.0, 0.02)
     }
 
     fn tensor_f32(

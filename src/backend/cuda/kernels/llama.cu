@@ -115,9 +115,27 @@ extern "C" __global__ void rope_cache_write(const float* __restrict__ qkv, half_
     }
 }
 
-// gate_up [n, 2·I] f32 → out [n, I] f16 = silu(gate) · up.
+// gate_up [n, 2·I] f32 → out [n, I] f16 = silu(gate) · up (four values per thread when I
+// is a multiple of 4).
 extern "C" __global__ void silu_mul_f16(const float* __restrict__ gate_up, half_t* __restrict__ out,
                                         int n, int I) {
+    if ((I & 3) == 0) {
+        const int iq = I / 4;
+        const int total = n * iq;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+            const int r = i / iq;
+            const int c = (i - r * iq) * 4;
+            const float4 g = *reinterpret_cast<const float4*>(gate_up + (long)r * 2 * I + c);
+            const float4 u = *reinterpret_cast<const float4*>(gate_up + (long)r * 2 * I + I + c);
+            uint2 packed;
+            packed.x = (unsigned)f2h(g.x / (1.f + expf(-g.x)) * u.x) |
+                       ((unsigned)f2h(g.y / (1.f + expf(-g.y)) * u.y) << 16);
+            packed.y = (unsigned)f2h(g.z / (1.f + expf(-g.z)) * u.z) |
+                       ((unsigned)f2h(g.w / (1.f + expf(-g.w)) * u.w) << 16);
+            *reinterpret_cast<uint2*>(out + (long)r * I + c) = packed;
+        }
+        return;
+    }
     const int total = n * I;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int r = i / I;
@@ -136,6 +154,7 @@ extern "C" __global__ void silu_mul_f16(const float* __restrict__ gate_up, half_
 // Dynamic shared memory: q [hd], scores [capacity], partial sums [warps, hd], all f32.
 #define DECODE_DIMS_PER_LANE 8
 #define DECODE_LANES_PER_KEY 8
+#define DECODE_PASSES_IN_FLIGHT 4
 extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
                                             const half_t* __restrict__ v_cache, half_t* __restrict__ out,
                                             const int* __restrict__ state, int heads, int kv_heads,
@@ -160,25 +179,36 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
     const int keys_per_pass = (int)blockDim.x / DECODE_LANES_PER_KEY;
     // Every lane runs the same number of passes so that the shuffles below see full warps.
     const int passes = (keys + keys_per_pass - 1) / keys_per_pass;
-    for (int pass = 0; pass < passes; ++pass) {
-        const int j = pass * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
-        float dot = 0.f;
-        if (j < keys) {
-            const half_t* kr = kh + (long)j * hd;
-            if ((hd & 7) == 0) {
-                for (int c = sub; c < hd / 8; c += DECODE_LANES_PER_KEY) {
-                    const uint4 raw = *reinterpret_cast<const uint4*>(kr + 8 * c);
-                    const half_t* k8 = reinterpret_cast<const half_t*>(&raw);
+    for (int first = 0; first < passes; first += DECODE_PASSES_IN_FLIGHT) {
+        // The dot products of several passes first (their loads overlap), then the sums.
+        float dots[DECODE_PASSES_IN_FLIGHT];
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) dot += qs[8 * c + i] * h2f(k8[i]);
+        for (int u = 0; u < DECODE_PASSES_IN_FLIGHT; ++u) {
+            const int j = (first + u) * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
+            float dot = 0.f;
+            if (first + u < passes && j < keys) {
+                const half_t* kr = kh + (long)j * hd;
+                if ((hd & 7) == 0) {
+                    for (int c = sub; c < hd / 8; c += DECODE_LANES_PER_KEY) {
+                        const uint4 raw = *reinterpret_cast<const uint4*>(kr + 8 * c);
+                        const half_t* k8 = reinterpret_cast<const half_t*>(&raw);
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) dot += qs[8 * c + i] * h2f(k8[i]);
+                    }
+                } else {
+                    for (int d = sub; d < hd; d += DECODE_LANES_PER_KEY) dot += qs[d] * h2f(kr[d]);
                 }
-            } else {
-                for (int d = sub; d < hd; d += DECODE_LANES_PER_KEY) dot += qs[d] * h2f(kr[d]);
             }
+            dots[u] = dot;
         }
 #pragma unroll
-        for (int o = DECODE_LANES_PER_KEY / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (sub == 0 && j < keys) scores[j] = dot * scale;
+        for (int u = 0; u < DECODE_PASSES_IN_FLIGHT; ++u) {
+            float dot = dots[u];
+#pragma unroll
+            for (int o = DECODE_LANES_PER_KEY / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            const int j = (first + u) * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
+            if (sub == 0 && first + u < passes && j < keys) scores[j] = dot * scale;
+        }
     }
     __syncthreads();
     float m = -VLA_INF;

@@ -1,5 +1,5 @@
-// ViT kernels: patch im2col, token assembly, LayerNorm, bias/GELU epilogues, LayerScale
-// residuals, attention softmax and the patch-wise concat of the two featurizers.
+// ViT kernels: patch im2col, token assembly, LayerNorm (with the pending residual bias),
+// bias/GELU epilogues, attention softmax and the patch-wise concat of the two featurizers.
 // Element-wise kernels index with 32-bit ints (the host checks every size fits) and take
 // four consecutive values per thread when the row width allows.
 
@@ -55,13 +55,15 @@ __device__ __forceinline__ void store_half4(half_t* out, float a, float b, float
 }
 
 // One block per row: out = LayerNorm(x) · w + b, f32 statistics (two-pass, from registers),
-// f16 output for the GEMM. Rows of D = 4·k values up to 4·NORM_VEC_PER_THREAD·blockDim are
+// f16 output for the GEMM. With `add_bias` (may be null) the row first gets that bias added
+// and written back: the pending bias of the residual branch before it, whose GEMM added its
+// product straight into x. Rows of D = 4·k values up to 4·NORM_VEC_PER_THREAD·blockDim are
 // read once with 16-byte loads; other widths take a plain three-pass loop.
-extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const float* __restrict__ w,
-                                          const float* __restrict__ b, half_t* __restrict__ out,
-                                          int D, float eps) {
+extern "C" __global__ void layer_norm_f16(float* __restrict__ x, const float* __restrict__ add_bias,
+                                          const float* __restrict__ w, const float* __restrict__ b,
+                                          half_t* __restrict__ out, int D, float eps) {
     __shared__ float scratch[32];
-    const float* row = x + (long)blockIdx.x * D;
+    float* row = x + (long)blockIdx.x * D;
     half_t* orow = out + (long)blockIdx.x * D;
     const int quads = D / 4;
     if ((D & 3) == 0 && quads <= NORM_VEC_PER_THREAD * (int)blockDim.x) {
@@ -71,6 +73,11 @@ extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const flo
         for (int i = 0; i < NORM_VEC_PER_THREAD; ++i) {
             const int qd = threadIdx.x + i * blockDim.x;
             v[i] = qd < quads ? reinterpret_cast<const float4*>(row)[qd] : make_float4(0.f, 0.f, 0.f, 0.f);
+            if (add_bias && qd < quads) {
+                const float4 ab = reinterpret_cast<const float4*>(add_bias)[qd];
+                v[i].x += ab.x; v[i].y += ab.y; v[i].z += ab.z; v[i].w += ab.w;
+                reinterpret_cast<float4*>(row)[qd] = v[i];
+            }
             s += v[i].x + v[i].y + v[i].z + v[i].w;
         }
         const float mean = block_sum(s, scratch) / D;
@@ -98,7 +105,10 @@ extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const flo
         return;
     }
     float s = 0.f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) s += row[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        if (add_bias) row[i] += add_bias[i];
+        s += row[i];
+    }
     const float mean = block_sum(s, scratch) / D;
     float q = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
@@ -143,38 +153,28 @@ extern "C" __global__ void bias_f32(const float* __restrict__ in, const float* _
         out[i] = in[i] + bias[i % N];
 }
 
-// x += (branch + bias) · gamma (LayerScale; gamma may be null for SigLIP).
-extern "C" __global__ void residual_bias_scale(float* __restrict__ x, const float* __restrict__ branch,
-                                               const float* __restrict__ bias,
-                                               const float* __restrict__ gamma, int total, int N) {
+// x[r, c] += bias[c]: the last block's pending residual bias (see layer_norm_f16).
+extern "C" __global__ void add_bias_f32(float* __restrict__ x, const float* __restrict__ bias, int total,
+                                        int N) {
     if ((N & 3) == 0) {
         const int quads = total / 4, nq = N / 4;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < quads; i += gridDim.x * blockDim.x) {
-            const int c = i % nq;
-            const float4 br = reinterpret_cast<const float4*>(branch)[i];
-            const float4 bv = reinterpret_cast<const float4*>(bias)[c];
-            float4 v = make_float4(br.x + bv.x, br.y + bv.y, br.z + bv.z, br.w + bv.w);
-            if (gamma) {
-                const float4 g = reinterpret_cast<const float4*>(gamma)[c];
-                v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
-            }
+            const float4 bv = reinterpret_cast<const float4*>(bias)[i % nq];
             float4 xv = reinterpret_cast<float4*>(x)[i];
-            xv.x += v.x; xv.y += v.y; xv.z += v.z; xv.w += v.w;
+            xv.x += bv.x; xv.y += bv.y; xv.z += bv.z; xv.w += bv.w;
             reinterpret_cast<float4*>(x)[i] = xv;
         }
         return;
     }
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int c = i % N;
-        float v = branch[i] + bias[c];
-        if (gamma) v *= gamma[c];
-        x[i] += v;
-    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
+        x[i] += bias[i % N];
 }
 
 // One warp per score row: probs = softmax(scale · scores) in f16. Rows are (head, query), each
-// `stride` values apart (keys padded for aligned GEMM operands); with causal_past >= 0, query
-// q sees keys 0..causal_past + q only (the rest get 0).
+// `stride` values apart (keys padded for aligned GEMM operands; the padding gets 0); with
+// causal_past >= 0, query q sees keys 0..causal_past + q only (the rest get 0). Rows up to
+// 32 · SOFTMAX_REGS values are read once into registers.
+#define SOFTMAX_REGS 16
 extern "C" __global__ void softmax_rows_f16(const float* __restrict__ scores, half_t* __restrict__ probs,
                                             int rows, int queries, int keys, int stride, float scale,
                                             int causal_past) {
@@ -186,6 +186,31 @@ extern "C" __global__ void softmax_rows_f16(const float* __restrict__ scores, ha
     half_t* p = probs + (long)row * stride;
     const int q = row % queries;
     const int visible = causal_past >= 0 ? min(keys, causal_past + q + 1) : keys;
+    if (stride <= VLA_WARP * SOFTMAX_REGS) {
+        float v[SOFTMAX_REGS];
+        float m = -VLA_INF;
+#pragma unroll
+        for (int i = 0; i < SOFTMAX_REGS; ++i) {
+            const int k = lane + VLA_WARP * i;
+            v[i] = k < visible ? s[k] * scale : -VLA_INF;
+            m = fmaxf(m, v[i]);
+        }
+        m = warp_max(m);
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < SOFTMAX_REGS; ++i) {
+            const int k = lane + VLA_WARP * i;
+            v[i] = k < visible ? expf(v[i] - m) : 0.f;
+            sum += v[i];
+        }
+        const float inv = 1.f / warp_sum(sum);
+#pragma unroll
+        for (int i = 0; i < SOFTMAX_REGS; ++i) {
+            const int k = lane + VLA_WARP * i;
+            if (k < stride) p[k] = f2h(v[i] * inv);
+        }
+        return;
+    }
     float m = -VLA_INF;
     for (int k = lane; k < visible; k += VLA_WARP) m = fmaxf(m, s[k] * scale);
     m = warp_max(m);
@@ -193,7 +218,7 @@ extern "C" __global__ void softmax_rows_f16(const float* __restrict__ scores, ha
     for (int k = lane; k < visible; k += VLA_WARP) sum += expf(s[k] * scale - m);
     sum = warp_sum(sum);
     const float inv = 1.f / sum;
-    for (int k = lane; k < keys; k += VLA_WARP)
+    for (int k = lane; k < stride; k += VLA_WARP)
         p[k] = f2h(k < visible ? expf(s[k] * scale - m) * inv : 0.f);
 }
 
