@@ -53,7 +53,8 @@ grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
 printf '%-34s %12s %12s\n' "stage" "vla-rt ms" "torch ms"
 for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
            "both encoders, one stream:both_1stream" "both encoders, two streams:both_2streams" \
-           "vision path, no graph:vision_eager" "vision path, CUDA graph:vision_graph" \
+           "vision path, no graph:vision_eager" "vision path, one-stream CUDA graph:-" \
+           "vision path, CUDA graph:vision_graph" \
            "llm prefill:prefill" "decode / token, fp16, graph:decode_token" \
            "decode / token, int8, graph:-" "decode / token, int4, graph:-" \
            "whole action, fp16:generate" "whole action, int8:-" "whole action, int4:-" \
@@ -64,4 +65,5 @@ for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
     printf '%-34s %12s %12s\n' "$ours" "${a:--}" "${b:--}"
 done
 grep -E "GB/s" "$LOG_DIR/bench_cuda.txt" | sed 's/^/  /' || true
+grep -E "^# torch" "$LOG_DIR/torch.txt" 2>/dev/null || true
 exit $status

@@ -271,6 +271,16 @@ fn bench_runner(
             &eager,
             "two streams + concat + projector",
         );
+        let one_stream_graph = vision.captured(gpu, VisionMode::OneStream)?;
+        let one = time(warmup, runs, || {
+            one_stream_graph.launch()?;
+            sync(gpu)
+        })?;
+        row(
+            "vision path, one-stream CUDA graph",
+            &one,
+            "both encoders in sequence",
+        );
         vision.capture(gpu)?;
         let graph = time(warmup, runs, || {
             vision.replay(gpu)?;
@@ -279,7 +289,7 @@ fn bench_runner(
         row(
             "vision path, CUDA graph",
             &graph,
-            "same work, one graph launch",
+            "two streams, one graph launch (the policy's path)",
         );
     }
 
@@ -365,19 +375,38 @@ fn bench_runner(
         );
     }
 
-    // The same weight reads without the step's other kernels (norms, RoPE, attention).
-    for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+    // The same weight reads without the step's other kernels (norms, RoPE, attention), and
+    // the quantized kernels' variants with twice the rows per block (checked against them).
+    for (format, wide) in [
+        (DecodeFormat::F16, false),
+        (DecodeFormat::Int8, false),
+        (DecodeFormat::Int4, false),
+        (DecodeFormat::Int8, true),
+        (DecodeFormat::Int4, true),
+    ] {
         let bytes = llama.decode_weight_bytes(format);
         let samples = time(warmup, runs, || {
-            llama.queue_gemvs_only(gpu, format)?;
+            llama.queue_gemvs_only(gpu, format, wide)?;
             gpu.sync(Lane::A)
         })?;
         let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
+        let check = if wide {
+            format!(
+                ", max rel. difference to the policy kernel {:.1e}",
+                llama.wide_gemv_difference(gpu, format)?
+            )
+        } else {
+            String::new()
+        };
         row(
-            &format!("decode GEMVs only, {}", format.label()),
+            &format!(
+                "decode GEMVs only, {}{}",
+                format.label(),
+                if wide { ", 32 rows/block" } else { "" }
+            ),
             &samples,
             &format!(
-                "{gbs:.0} GB/s = {:.0}% of copy",
+                "{gbs:.0} GB/s = {:.0}% of copy{check}",
                 100.0 * gbs / copy_gbs.max(1e-9)
             ),
         );

@@ -57,7 +57,13 @@ pub const LLAMA: KernelSource = KernelSource {
 pub const GEMV: KernelSource = KernelSource {
     name: "gemv.cu",
     source: include_str!("kernels/gemv.cu"),
-    functions: &["gemv_f16", "gemv_i8", "gemv_i4"],
+    functions: &[
+        "gemv_f16",
+        "gemv_i8",
+        "gemv_i4",
+        "gemv_i8_wide",
+        "gemv_i4_wide",
+    ],
 };
 
 pub const UTIL: KernelSource = KernelSource {

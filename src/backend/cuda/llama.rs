@@ -284,18 +284,51 @@ impl DeviceLlama {
 
     /// Queues only the GEMVs of one decode step in `format` (every linear layer once, on
     /// scratch inputs): the weight-reading part of a step, for the benchmark.
-    pub fn queue_gemvs_only(&self, gpu: &Gpu, format: DecodeFormat) -> Result<(), CudaError> {
+    pub fn queue_gemvs_only(
+        &self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        wide: bool,
+    ) -> Result<(), CudaError> {
         for lin in self.linears() {
-            lin.gemv(
+            lin.gemv_variant(
                 gpu,
                 Lane::A,
                 format,
                 self.s.act.ptr(),
                 self.s.gate_up.ptr(),
                 false,
+                wide,
             )?;
         }
         Ok(())
+    }
+
+    /// Largest difference between the GEMV kernels and their wide benchmark variants over
+    /// every layer (same input), relative to the layer's largest output.
+    pub fn wide_gemv_difference(&self, gpu: &Gpu, format: DecodeFormat) -> Result<f32, CudaError> {
+        let mut worst = 0.0f32;
+        for lin in self.linears() {
+            let n = lin.out_features;
+            let (x, y1, y2) = (self.s.act.ptr(), self.s.gate_up.ptr(), self.s.qkv.ptr());
+            lin.gemv_variant(gpu, Lane::A, format, x, y1, false, false)?;
+            lin.gemv_variant(gpu, Lane::A, format, x, y2, false, true)?;
+            let mut a = vec![0.0f32; n];
+            let mut b = vec![0.0f32; n];
+            gpu.read(Lane::A, &self.s.gate_up, 0, &mut a)?;
+            gpu.read(Lane::A, &self.s.qkv, 0, &mut b)?;
+            let scale = a.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+            worst = worst.max(if diff.is_nan() {
+                f32::INFINITY
+            } else {
+                diff / scale
+            });
+        }
+        Ok(worst)
     }
 
     /// Weight bytes one decode step reads in `format` (all layers and lm_head).

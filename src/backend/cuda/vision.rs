@@ -913,6 +913,12 @@ impl VisionPath {
     /// Captures the two-stream vision path once as a CUDA graph (lane A is the origin
     /// stream; lane B joins through the fork event).
     pub fn capture(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+        self.graph = Some(self.captured(gpu, VisionMode::TwoStreams)?);
+        Ok(())
+    }
+
+    /// The vision path issued in `mode`, captured as a CUDA graph.
+    pub fn captured(&self, gpu: &Gpu, mode: VisionMode) -> Result<Graph, CudaError> {
         gpu.sync(Lane::A)?;
         gpu.sync(Lane::B)?;
         let stream = gpu.stream(Lane::A).clone();
@@ -921,7 +927,7 @@ impl VisionPath {
                 cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
             )
             .map_err(CudaError::driver("cuStreamBeginCapture (vision)"))?;
-        let queued = self.queue(gpu, VisionMode::TwoStreams);
+        let queued = self.queue(gpu, mode);
         let graph = stream
             .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
             .map_err(CudaError::driver("cuStreamEndCapture (vision)"))?;
@@ -933,8 +939,7 @@ impl VisionPath {
         graph
             .upload()
             .map_err(CudaError::driver("cuGraphUpload (vision)"))?;
-        self.graph = Some(Graph::new(graph));
-        Ok(())
+        Ok(Graph::new(graph))
     }
 
     /// Replays the captured graph on lane A (captures it first if needed).

@@ -644,9 +644,26 @@ impl DeviceLinear {
         y: u64,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each.
+        self.gemv_variant(gpu, lane, format, x, y, accumulate, false)
+    }
+
+    /// [`DeviceLinear::gemv`], or with `wide` the quantized kernels' benchmark variants with
+    /// twice the rows per block (`gemv_i8_wide`, `gemv_i4_wide`; FP16 has none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_variant(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        format: DecodeFormat,
+        x: u64,
+        y: u64,
+        accumulate: bool,
+        wide: bool,
+    ) -> Result<(), CudaError> {
+        let wide = wide && format != DecodeFormat::F16;
+        // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each, or GEMV_WIDE_ROWS_PER_WARP = 4.
         const THREADS: u32 = 256;
-        const ROWS_PER_BLOCK: usize = 16;
+        let rows_per_block: usize = if wide { 32 } else { 16 };
         // x values a block stages as f32 in shared memory per pass: every Llama-2-7B width
         // (up to 11008) in one pass, 45 KiB (46.4 KiB with the INT4 chunk sums), under the
         // 48 KiB a block gets without opting in. Wider rows are staged in tiles. The kernels
@@ -664,7 +681,7 @@ impl DeviceLinear {
                 message: format!("{}: {bytes} bytes of shared memory", self.name),
             })
         };
-        let blocks = u32::try_from(self.out_features.div_ceil(ROWS_PER_BLOCK)).map_err(|_| {
+        let blocks = u32::try_from(self.out_features.div_ceil(rows_per_block)).map_err(|_| {
             CudaError::Shape {
                 op: "gemv",
                 message: format!("{}: {} rows", self.name, self.out_features),
@@ -699,7 +716,11 @@ impl DeviceLinear {
                 let (q, s) = self.int8.as_ref().ok_or_else(missing)?;
                 gpu.launch(
                     lane,
-                    &gpu.kernels.gemv_i8,
+                    if wide {
+                        &gpu.kernels.gemv_i8_wide
+                    } else {
+                        &gpu.kernels.gemv_i8
+                    },
                     blocks,
                     THREADS,
                     shared_bytes(shared_f32)?,
@@ -718,7 +739,11 @@ impl DeviceLinear {
                 let q = self.int4.as_ref().ok_or_else(missing)?;
                 gpu.launch(
                     lane,
-                    &gpu.kernels.gemv_i4,
+                    if wide {
+                        &gpu.kernels.gemv_i4_wide
+                    } else {
+                        &gpu.kernels.gemv_i4
+                    },
                     blocks,
                     THREADS,
                     shared_bytes(shared_i4)?,

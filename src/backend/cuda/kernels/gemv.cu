@@ -483,3 +483,32 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4(const unsigned char
         gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark variants of the quantized GEMVs with 4 rows per warp (32 rows per 256-thread
+// block) and 2 loads in flight per row: the staged x serves twice the weight bytes. Timed and
+// checked against the kernels above by `vla-rt bench --backend cuda`; not used by the policy.
+#define GEMV_WIDE_ROWS_PER_WARP 4
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_wide(const signed char* __restrict__ W,
+                                   const float* __restrict__ scale, const half_t* __restrict__ x,
+                                   float* __restrict__ y, int N, int K, int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
+    if ((K & 15) == 0 && tile > 0) {
+        gemv_i8_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scale, x, y, N, K, accumulate, tile);
+    } else {
+        gemv_i8_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_wide(const unsigned char* __restrict__ W,
+                                   const float* __restrict__ scales, const float* __restrict__ mins,
+                                   const half_t* __restrict__ x, float* __restrict__ y, int N, int K, int G,
+                                   int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
+    if ((K & 31) == 0 && (G & 31) == 0 && tile > 0) {
+        gemv_i4_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scales, mins, x, y, N, K, G, accumulate, tile);
+    } else {
+        gemv_i4_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate);
+    }
+}
