@@ -21,9 +21,7 @@ if ! nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --for
     echo "no NVIDIA driver: nothing to check here"; exit 2
 fi
 # NVRTC and cuBLAS: the toolkit's, else the Python wheels' (the binary also searches both).
-for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia,os;print(" ".join(os.path.join(p,"cu13","lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+. bench/cuda_env.sh
 [ -x "$BIN" ] || { echo "binary $BIN missing (build with cargo build --release here or carry it)"; exit 2; }
 
 step "parity: cuda vs cpu on tests/fixtures/openvla-tiny (fp16 and int8)"

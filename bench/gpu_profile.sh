@@ -15,9 +15,7 @@ LOG_DIR=${LOG_DIR:-${OUT:-/tmp/vla-rt-gpu-check}}
 # copies (one kernel per linear layer and format).
 SKIP=${SKIP:-1100}
 mkdir -p "$LOG_DIR"
-for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia,os;print(" ".join(os.path.join(p,"cu13","lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+. bench/cuda_env.sh
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
 profile() { # name, then extra ncu arguments

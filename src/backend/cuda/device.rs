@@ -177,6 +177,43 @@ pub struct Gemm {
     pub beta: f32,
 }
 
+impl Gemm {
+    /// Row-major `out[rows, out_features] (+)= x[rows, in_features] · w[out_features,
+    /// in_features]ᵀ` (x and w of one type) in cuBLAS's column-major terms:
+    /// `outᵀ = w (stored [k, n] column-major → op T) · xᵀ`.
+    pub fn row_major_linear(
+        rows: usize,
+        out_features: usize,
+        in_features: usize,
+        (x, w, in_type): (u64, u64, Dt),
+        (out, out_type): (u64, Dt),
+        accumulate: bool,
+    ) -> Self {
+        Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: out_features,
+            n: rows,
+            k: in_features,
+            a: w,
+            a_type: in_type,
+            lda: in_features,
+            stride_a: 0,
+            b: x,
+            b_type: in_type,
+            ldb: in_features,
+            stride_b: 0,
+            c: out,
+            c_type: out_type,
+            ldc: out_features,
+            stride_c: 0,
+            batch: 1,
+            alpha: 1.0,
+            beta: if accumulate { 1.0 } else { 0.0 },
+        }
+    }
+}
+
 /// Every kernel of [`kernels::SOURCES`], loaded from the PTX compiled for this device.
 #[derive(Debug)]
 pub struct Kernels {
@@ -635,7 +672,7 @@ impl Gpu {
     }
 
     /// Row-major `out[m, n] (+)= x[m, k] · w[n, k]ᵀ`: x and w FP16, out FP32 or FP16;
-    /// `accumulate` adds to `out` (β = 1: the residual add of o_proj / down_proj).
+    /// `accumulate` adds to `out` (β = 1: a residual add).
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
@@ -649,31 +686,16 @@ impl Gpu {
         out_type: Dt,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        // Column-major view: outᵀ[n, m] = w[n, k] (stored [k, n] col-major → op T) · xᵀ[k, m].
         self.gemm(
             lane,
-            &Gemm {
-                trans_a: true,
-                trans_b: false,
-                m: out_features,
-                n: rows,
-                k: in_features,
-                a: w,
-                a_type: Dt::F16,
-                lda: in_features,
-                stride_a: 0,
-                b: x,
-                b_type: Dt::F16,
-                ldb: in_features,
-                stride_b: 0,
-                c: out,
-                c_type: out_type,
-                ldc: out_features,
-                stride_c: 0,
-                batch: 1,
-                alpha: 1.0,
-                beta: if accumulate { 1.0 } else { 0.0 },
-            },
+            &Gemm::row_major_linear(
+                rows,
+                out_features,
+                in_features,
+                (x, w, Dt::F16),
+                (out, out_type),
+                accumulate,
+            ),
         )
     }
 
@@ -732,28 +754,14 @@ impl Gpu {
     ) -> Result<(), CudaError> {
         self.gemm(
             lane,
-            &Gemm {
-                trans_a: true,
-                trans_b: false,
-                m: out_features,
-                n: rows,
-                k: in_features,
-                a: w,
-                a_type: Dt::F32,
-                lda: in_features,
-                stride_a: 0,
-                b: x,
-                b_type: Dt::F32,
-                ldb: in_features,
-                stride_b: 0,
-                c: out,
-                c_type: Dt::F32,
-                ldc: out_features,
-                stride_c: 0,
-                batch: 1,
-                alpha: 1.0,
-                beta: 0.0,
-            },
+            &Gemm::row_major_linear(
+                rows,
+                out_features,
+                in_features,
+                (x, w, Dt::F32),
+                (out, Dt::F32),
+                false,
+            ),
         )
     }
 
@@ -847,5 +855,41 @@ impl Graph {
 
     pub fn launch(&self) -> Result<(), CudaError> {
         self.0.launch().map_err(CudaError::driver("cuGraphLaunch"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_f16;
+
+    #[test]
+    fn values_exact_in_fp16_need_no_residual() {
+        // bf16 values (8 significant bits) and small integers are exact in FP16.
+        let bf16_like: Vec<f32> = [0.5f32, -3.0, 1.0 + 1.0 / 128.0, 0.0, -0.015625, 1024.0]
+            .into_iter()
+            .map(|v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        let (hi, lo) = split_f16(&bf16_like);
+        assert!(lo.is_none());
+        for (h, v) in hi.iter().zip(&bf16_like) {
+            assert_eq!(h.to_f32(), *v);
+        }
+    }
+
+    #[test]
+    fn the_residual_restores_f32_precision() {
+        let values: Vec<f32> = (1..200).map(|i| (i as f32 * 0.377).sin() / 3.0).collect();
+        let (hi, lo) = split_f16(&values);
+        let lo = lo.expect("f32 values need a residual");
+        for ((h, l), v) in hi.iter().zip(&lo).zip(&values) {
+            let alone = (h.to_f32() - v).abs();
+            let both = (h.to_f32() + l.to_f32() - v).abs();
+            // FP16 keeps 11 significant bits; hi + lo about 22.
+            assert!(
+                both <= v.abs() * 2f32.powi(-20),
+                "{v}: hi + lo off by {both}"
+            );
+            assert!(both <= alone);
+        }
     }
 }

@@ -7,12 +7,15 @@
 //!   ([`crate::preprocess`]): they are bit-exact against the reference there, cost well under
 //!   a millisecond at 224 px, and a GPU resize would need its own proof of exactness. The
 //!   preprocessed `[6, 224, 224]` tensor is copied from pinned host memory.
-//! - Vision: patch embedding as im2col + GEMM, both ViTs in FP16 (cuBLAS GEMMs with FP16
-//!   inputs and FP32 accumulation, an FP32 residual stream, NVRTC kernels for LayerNorm,
-//!   exact GELU, softmax, LayerScale and the bias/residual epilogues), each on its own stream,
-//!   joined by an event; a concat kernel writes the fused `[256, D_dino + D_siglip]` FP16
-//!   buffer and the projector runs on it. This fixed-shape work is captured once as a CUDA
-//!   graph and replayed.
+//! - Vision: patch embedding as im2col + SGEMM (f32: the exact pixels), both ViTs in FP16
+//!   (cuBLAS GEMMs with FP16 inputs and FP32 accumulation, an FP32 residual stream, attention
+//!   scores in f32, NVRTC kernels for LayerNorm, exact GELU, softmax and the bias epilogues;
+//!   LayerScale folded into the layer before it, whose GEMM adds straight into the residual
+//!   stream), each on its own stream, joined by an event; a concat kernel writes the fused
+//!   `[256, D_dino + D_siglip]` FP16 buffer and the projector runs on it. This fixed-shape
+//!   work is captured once as a CUDA graph and replayed. An f32 checkpoint's weights keep
+//!   their precision as FP16 plus an FP16 residual (a second GEMM); bf16 and f16 checkpoints
+//!   (OpenVLA's) convert exactly.
 //! - Language: prompt embedding with the image tokens inserted after `<s>`, prefill with FP16
 //!   GEMMs, RoPE + KV-cache write, causal GQA attention, RMSNorm, SiLU-mul; greedy argmax on
 //!   the device; decode steps with FP16, INT8 or INT4 GEMV kernels, captured as a CUDA graph

@@ -953,3 +953,17 @@ impl VisionPath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{padded_keys, KEY_ALIGN};
+
+    #[test]
+    fn score_rows_are_padded_to_whole_16_byte_fp16_groups() {
+        for keys in [1usize, 7, 8, 9, 256, 261, 283] {
+            let padded = padded_keys(keys);
+            assert!(padded >= keys && padded < keys + KEY_ALIGN);
+            assert_eq!(padded * 2 % 16, 0, "{keys} keys → {padded}");
+        }
+    }
+}
