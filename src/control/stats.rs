@@ -1,7 +1,7 @@
 //! Counters and latency histograms shared between the real-time threads and the status
 //! reporter. Writers only do relaxed atomic adds and stores: no lock, no allocation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Values below this are their own bucket (microseconds).
 const LINEAR_LIMIT: u64 = 32;
@@ -12,19 +12,25 @@ const MAX_EXPONENT: u64 = 40;
 const BUCKETS: usize = (LINEAR_LIMIT + (MAX_EXPONENT - 5) * SUB_BUCKETS) as usize;
 
 /// A lock-free histogram of durations with microsecond resolution at the low end and about
-/// 6 % relative resolution above 32 µs.
+/// 6 % relative resolution above 32 µs. Samples go into the current of two epochs; the
+/// quantiles and the maximum cover both, so that a reader who calls [`Self::rotate`] every
+/// W seconds sees the last W to 2·W seconds (a service running for days reports how it runs
+/// now, not on average since it started). Without rotation everything since the start counts.
 pub struct LatencyHistogram {
-    buckets: [AtomicU64; BUCKETS],
+    epochs: [[AtomicU64; BUCKETS]; 2],
+    epoch_max_us: [AtomicU64; 2],
+    current: AtomicUsize,
+    /// Samples since the start.
     count: AtomicU64,
-    max_us: AtomicU64,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            epochs: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            epoch_max_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            current: AtomicUsize::new(0),
             count: AtomicU64::new(0),
-            max_us: AtomicU64::new(0),
         }
     }
 }
@@ -54,9 +60,10 @@ fn bucket_range(index: usize) -> (u64, u64) {
 impl LatencyHistogram {
     pub fn record_ns(&self, ns: u64) {
         let us = ns / 1_000;
-        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        let epoch = self.current.load(Ordering::Relaxed) & 1;
+        self.epochs[epoch][bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.epoch_max_us[epoch].fetch_max(us, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
     pub fn record_ms(&self, ms: f64) {
@@ -65,21 +72,46 @@ impl LatencyHistogram {
         }
     }
 
+    /// Starts a new epoch: the older of the two is emptied and receives the samples from now
+    /// on. Called by the one reader (the status thread); a sample racing with it lands in
+    /// either epoch.
+    pub fn rotate(&self) {
+        let next = (self.current.load(Ordering::Relaxed) + 1) & 1;
+        for bucket in &self.epochs[next] {
+            bucket.store(0, Ordering::Relaxed);
+        }
+        self.epoch_max_us[next].store(0, Ordering::Relaxed);
+        self.current.store(next, Ordering::Relaxed);
+    }
+
+    /// Samples since the start (not only the window).
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    pub fn max_ms(&self) -> f64 {
-        self.max_us.load(Ordering::Relaxed) as f64 / 1e3
+    /// Samples in the window (both epochs).
+    pub fn window_count(&self) -> u64 {
+        self.window_counts().iter().sum()
     }
 
-    /// The `q` quantile (0 to 1) in milliseconds, at the middle of its bucket; `None` when empty.
+    /// The largest sample of the window, in milliseconds (0 when it is empty).
+    pub fn max_ms(&self) -> f64 {
+        let max = self.epoch_max_us[0]
+            .load(Ordering::Relaxed)
+            .max(self.epoch_max_us[1].load(Ordering::Relaxed));
+        max as f64 / 1e3
+    }
+
+    fn window_counts(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| {
+            self.epochs[0][i].load(Ordering::Relaxed) + self.epochs[1][i].load(Ordering::Relaxed)
+        })
+    }
+
+    /// The `q` quantile (0 to 1) of the window in milliseconds, at the middle of its bucket;
+    /// `None` when the window is empty.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let counts = self.window_counts();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -185,5 +217,30 @@ mod tests {
         let histogram = LatencyHistogram::default();
         histogram.record_ns(7_000);
         assert_eq!(histogram.quantile_ms(0.5), Some(0.007));
+    }
+
+    #[test]
+    fn rotation_keeps_the_last_two_epochs() {
+        let histogram = LatencyHistogram::default();
+        // An old epoch of slow samples, then two of fast ones.
+        for _ in 0..100 {
+            histogram.record_ns(500_000_000);
+        }
+        histogram.rotate();
+        for _ in 0..100 {
+            histogram.record_ns(2_000_000);
+        }
+        // Still in the window: half slow, half fast.
+        assert!(histogram.quantile_ms(0.99).unwrap() > 400.0);
+        histogram.rotate();
+        for _ in 0..100 {
+            histogram.record_ns(3_000_000);
+        }
+        // The slow epoch is gone; only the 2 ms and 3 ms epochs remain.
+        let p99 = histogram.quantile_ms(0.99).unwrap();
+        assert!((2.5..3.5).contains(&p99), "p99 {p99}");
+        assert_eq!(histogram.max_ms(), 3.0);
+        assert_eq!(histogram.window_count(), 200);
+        assert_eq!(histogram.count(), 300);
     }
 }

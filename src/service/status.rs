@@ -38,12 +38,15 @@ pub struct StatusSources {
     pub instructions: Arc<InstructionCell>,
 }
 
+/// Latency percentiles cover the last one to two of these windows.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+
 fn percentiles(histogram: &LatencyHistogram) -> serde_json::Value {
     let round = |v: Option<f64>| v.map(|ms| (ms * 1e3).round() / 1e3);
     json!({
         "p50": round(histogram.quantile_ms(0.5)),
         "p99": round(histogram.quantile_ms(0.99)),
-        "max": round((histogram.count() > 0).then(|| histogram.max_ms())),
+        "max": round((histogram.window_count() > 0).then(|| histogram.max_ms())),
         "count": histogram.count(),
     })
 }
@@ -116,9 +119,20 @@ impl StatusSources {
                 "instruction_updates": self.instructions.updates(),
             },
             "latency_ms": latency,
+            "latency_window_s": LATENCY_WINDOW.as_secs(),
             "backend": self.backend,
             "model": self.model,
         })
+    }
+
+    /// Starts a new epoch in every latency histogram (see [`LATENCY_WINDOW`]).
+    pub fn rotate_latency_windows(&self) {
+        self.control.tick_jitter.rotate();
+        self.control.action_age.rotate();
+        for histogram in &self.inference.stages {
+            histogram.rotate();
+        }
+        self.publish.delay.rotate();
     }
 
     fn terminal_line(&self, measured_rate_hz: f64) -> String {
@@ -213,6 +227,7 @@ fn status_loop(
     let mut last_report = start;
     let mut last_ticks = 0u64;
     let mut last_summary = start;
+    let mut last_rotation = start;
     let mut last_state: Option<ControlState> = None;
     let mut last_stop_cause = StopCause::None;
     while !stop.load(Ordering::Acquire) {
@@ -237,6 +252,10 @@ fn status_loop(
         let now = Instant::now();
         if now.duration_since(last_report) < Duration::from_secs(1) {
             continue;
+        }
+        if now.duration_since(last_rotation) >= LATENCY_WINDOW {
+            sources.rotate_latency_windows();
+            last_rotation = now;
         }
         let rate = (ticks - last_ticks) as f64 / now.duration_since(last_report).as_secs_f64();
         last_ticks = ticks;
