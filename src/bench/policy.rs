@@ -11,6 +11,7 @@ use crate::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
 use crate::cli::CliError;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
+use crate::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
 use crate::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
 use crate::model::prompt::PromptTokenizer;
 use crate::policy::{BackendKind, PolicyOptions, StageTimings};
@@ -149,130 +150,47 @@ fn random_values(len: usize, scale: f32, center: f32, seed: u64) -> Vec<f32> {
 
 type Tensor = (String, Vec<usize>, Vec<f32>);
 
-struct RandomTensors {
-    seed: u64,
-    list: Vec<Tensor>,
-}
-
-impl RandomTensors {
-    fn add(&mut self, name: String, shape: Vec<usize>, center: f32, scale: f32) {
-        self.seed = self.seed.wrapping_add(1);
-        let values = random_values(shape.iter().product(), scale, center, self.seed);
-        self.list.push((name, shape, values));
-    }
-
-    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) {
-        self.add(
-            format!("{prefix}.weight"),
-            vec![out, inp],
-            0.0,
-            1.7 / (inp as f32).sqrt(),
-        );
-        if bias {
-            self.add(format!("{prefix}.bias"), vec![out], 0.0, 0.02);
-        }
-    }
-
-    fn norm(&mut self, prefix: &str, width: usize, bias: bool) {
-        self.add(format!("{prefix}.weight"), vec![width], 1.0, 0.05);
-        if bias {
-            self.add(format!("{prefix}.bias"), vec![width], 0.0, 0.02);
-        }
-    }
-}
-
-/// All tensors of an OpenVLA checkpoint of this shape, with OpenVLA's names.
+/// All tensors of an OpenVLA checkpoint of this shape, with OpenVLA's names and random values.
 fn random_checkpoint(vits: &[VitShape; 2], llm: &LlmShape) -> Vec<Tensor> {
-    let mut t = RandomTensors {
-        seed: 20240613,
-        list: Vec::new(),
+    let layouts = vits.map(|v| VitLayout {
+        embed: v.embed,
+        depth: v.depth,
+        mlp: v.mlp,
+        patch: 14,
+        image_size: 224,
+        class_token: v.dino,
+        registers: v.registers,
+        layer_scale: v.dino,
+        final_norm: false,
+    });
+    let llm = LlmLayout {
+        hidden: llm.hidden,
+        layers: llm.layers,
+        heads: llm.heads,
+        kv_heads: llm.kv_heads,
+        intermediate: llm.intermediate,
+        vocab: llm.vocab,
     };
-    let (patch, grid) = (14, 16);
-    for (vit, name) in vits.iter().zip(["featurizer", "fused_featurizer"]) {
-        let p = format!("vision_backbone.{name}");
-        let d = vit.embed;
-        t.add(
-            format!("{p}.patch_embed.proj.weight"),
-            vec![d, 3, patch, patch],
-            0.0,
-            0.1,
-        );
-        t.add(format!("{p}.patch_embed.proj.bias"), vec![d], 0.0, 0.02);
-        t.add(format!("{p}.pos_embed"), vec![1, grid * grid, d], 0.0, 0.02);
-        if vit.dino {
-            t.add(format!("{p}.cls_token"), vec![1, 1, d], 0.0, 0.02);
-            t.add(
-                format!("{p}.reg_token"),
-                vec![1, vit.registers, d],
-                0.0,
-                0.02,
-            );
-        }
-        for b in 0..vit.depth {
-            let q = format!("{p}.blocks.{b}");
-            t.norm(&format!("{q}.norm1"), d, true);
-            t.linear(&format!("{q}.attn.qkv"), 3 * d, d, true);
-            t.linear(&format!("{q}.attn.proj"), d, d, true);
-            t.norm(&format!("{q}.norm2"), d, true);
-            t.linear(&format!("{q}.mlp.fc1"), vit.mlp, d, true);
-            t.linear(&format!("{q}.mlp.fc2"), d, vit.mlp, true);
-            if vit.dino {
-                t.add(format!("{q}.ls1.scale_factor"), vec![d], 0.1, 0.05);
-                t.add(format!("{q}.ls2.scale_factor"), vec![d], 0.1, 0.05);
-            }
-        }
-    }
-    let vision: usize = vits.iter().map(|v| v.embed).sum();
-    t.linear("projector.fc1", 4 * vision, vision, true);
-    t.linear("projector.fc2", llm.hidden, 4 * vision, true);
-    t.linear("projector.fc3", llm.hidden, llm.hidden, true);
-    let kv = llm.kv_heads * (llm.hidden / llm.heads);
-    t.add(
-        "language_model.model.embed_tokens.weight".into(),
-        vec![llm.vocab, llm.hidden],
-        0.0,
-        1.0,
-    );
-    for i in 0..llm.layers {
-        let p = format!("language_model.model.layers.{i}");
-        t.norm(&format!("{p}.input_layernorm"), llm.hidden, false);
-        t.linear(
-            &format!("{p}.self_attn.q_proj"),
-            llm.hidden,
-            llm.hidden,
-            false,
-        );
-        t.linear(&format!("{p}.self_attn.k_proj"), kv, llm.hidden, false);
-        t.linear(&format!("{p}.self_attn.v_proj"), kv, llm.hidden, false);
-        t.linear(
-            &format!("{p}.self_attn.o_proj"),
-            llm.hidden,
-            llm.hidden,
-            false,
-        );
-        t.norm(&format!("{p}.post_attention_layernorm"), llm.hidden, false);
-        t.linear(
-            &format!("{p}.mlp.gate_proj"),
-            llm.intermediate,
-            llm.hidden,
-            false,
-        );
-        t.linear(
-            &format!("{p}.mlp.up_proj"),
-            llm.intermediate,
-            llm.hidden,
-            false,
-        );
-        t.linear(
-            &format!("{p}.mlp.down_proj"),
-            llm.hidden,
-            llm.intermediate,
-            false,
-        );
-    }
-    t.norm("language_model.model.norm", llm.hidden, false);
-    t.linear("language_model.lm_head", llm.vocab, llm.hidden, false);
-    t.list
+    let mut seed = 20240613u64;
+    openvla_tensors(&layouts, &llm)
+        .into_iter()
+        .map(|spec| {
+            let (center, scale) = match spec.kind {
+                TensorKind::Weight { fan_in } => (0.0, 1.7 / (fan_in as f32).sqrt()),
+                TensorKind::PatchWeight { .. } => (0.0, 0.1),
+                TensorKind::NormWeight => (1.0, 0.05),
+                TensorKind::LayerScale => (0.1, 0.05),
+                TensorKind::TokenEmbedding => (0.0, 1.0),
+                TensorKind::Bias
+                | TensorKind::NormBias
+                | TensorKind::PositionEmbedding
+                | TensorKind::PrefixToken => (0.0, 0.02),
+            };
+            seed = seed.wrapping_add(1);
+            let values = random_values(spec.shape.iter().product(), scale, center, seed);
+            (spec.name, spec.shape, values)
+        })
+        .collect()
 }
 
 fn bench_error(e: impl std::fmt::Display) -> CliError {

@@ -297,22 +297,33 @@ struct RopeTables {
     sin: Vec<f32>,
 }
 
+/// The rotate-half RoPE tables `(cos, sin)`, `[capacity, head_dim / 2]` each, in f32 the way
+/// transformers computes them; every backend rotates by these same values.
+pub fn rope_tables(head_dim: usize, theta: f64, capacity: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(capacity * half);
+    let mut sin = Vec::with_capacity(capacity * half);
+    for pos in 0..capacity {
+        for &f in &inv_freq {
+            let angle = pos as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
 impl RopeTables {
     fn new(head_dim: usize, theta: f64, capacity: usize) -> Self {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(capacity * half);
-        let mut sin = Vec::with_capacity(capacity * half);
-        for pos in 0..capacity {
-            for &f in &inv_freq {
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+        let (cos, sin) = rope_tables(head_dim, theta, capacity);
+        Self {
+            half: head_dim / 2,
+            cos,
+            sin,
         }
-        Self { half, cos, sin }
     }
 
     /// Rotates every head of each row of `x` (`[rows, width]`, `width` a multiple of

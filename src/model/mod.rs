@@ -5,6 +5,7 @@ pub mod action;
 pub mod checkpoint;
 pub mod config;
 pub mod fingerprint;
+pub mod layout;
 pub mod linear;
 pub mod llama;
 pub mod openvla;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
+use vla_rt::model::layout::{openvla_tensors, text_config, LlmLayout, TensorKind, VitLayout};
+
 use super::tiny_model_dir;
 
 /// A temporary folder removed on drop.
@@ -136,35 +138,6 @@ impl Rng {
     }
 }
 
-/// Named tensors with f32 values, before dtype conversion.
-struct Tensors {
-    rng: Rng,
-    list: Vec<(String, Vec<usize>, Vec<f32>)>,
-}
-
-impl Tensors {
-    fn add(&mut self, name: String, shape: Vec<usize>, center: f32, spread: f32) {
-        let n: usize = shape.iter().product();
-        let values = (0..n).map(|_| center + spread * self.rng.next()).collect();
-        self.list.push((name, shape, values));
-    }
-
-    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) {
-        let spread = 1.7 / (inp as f32).sqrt();
-        self.add(format!("{prefix}.weight"), vec![out, inp], 0.0, spread);
-        if bias {
-            self.add(format!("{prefix}.bias"), vec![out], 0.0, 0.1);
-        }
-    }
-
-    fn norm(&mut self, prefix: &str, width: usize, bias: bool) {
-        self.add(format!("{prefix}.weight"), vec![width], 1.0, 0.1);
-        if bias {
-            self.add(format!("{prefix}.bias"), vec![width], 0.0, 0.1);
-        }
-    }
-}
-
 fn round_to(v: f32, dtype: SynthDtype) -> f32 {
     match dtype {
         SynthDtype::F32 => v,
@@ -199,87 +172,52 @@ fn encode(values: &[f32], dtype: SynthDtype) -> (Dtype, Vec<u8>) {
 /// Writes the checkpoint folder: weights, `config.json` (the tiny fixture's with this
 /// `text_config`), `vla_rt_model.json`, and the tiny fixture's tokenizer and preprocessor.
 pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) {
-    let mut t = Tensors {
-        rng: Rng(spec.seed),
-        list: Vec::new(),
-    };
-    let grid = 224 / spec.patch;
-    for (vit, name) in spec.vits.iter().zip(["featurizer", "fused_featurizer"]) {
-        let p = format!("vision_backbone.{name}");
-        let d = vit.embed;
-        t.add(
-            format!("{p}.patch_embed.proj.weight"),
-            vec![d, 3, spec.patch, spec.patch],
-            0.0,
-            1.7 / ((3 * spec.patch * spec.patch) as f32).sqrt(),
-        );
-        t.add(format!("{p}.patch_embed.proj.bias"), vec![d], 0.0, 0.1);
-        t.add(format!("{p}.pos_embed"), vec![1, grid * grid, d], 0.0, 0.5);
-        if vit.class_token {
-            t.add(format!("{p}.cls_token"), vec![1, 1, d], 0.0, 0.5);
-        }
-        if vit.registers > 0 {
-            t.add(
-                format!("{p}.reg_token"),
-                vec![1, vit.registers, d],
-                0.0,
-                0.5,
-            );
-        }
-        for b in 0..vit.depth {
-            let q = format!("{p}.blocks.{b}");
-            t.norm(&format!("{q}.norm1"), d, true);
-            t.linear(&format!("{q}.attn.qkv"), 3 * d, d, true);
-            t.linear(&format!("{q}.attn.proj"), d, d, true);
-            t.norm(&format!("{q}.norm2"), d, true);
-            t.linear(&format!("{q}.mlp.fc1"), vit.mlp, d, true);
-            t.linear(&format!("{q}.mlp.fc2"), d, vit.mlp, true);
-            if vit.layer_scale {
-                t.add(format!("{q}.ls1.scale_factor"), vec![d], 0.5, 0.2);
-                t.add(format!("{q}.ls2.scale_factor"), vec![d], 0.5, 0.2);
-            }
-        }
-        t.norm(&format!("{p}.norm"), d, true);
-    }
-    let vision: usize = spec.vits.iter().map(|v| v.embed).sum();
+    let vits: Vec<VitLayout> = spec
+        .vits
+        .iter()
+        .map(|v| VitLayout {
+            embed: v.embed,
+            depth: v.depth,
+            mlp: v.mlp,
+            patch: spec.patch,
+            image_size: 224,
+            class_token: v.class_token,
+            registers: v.registers,
+            layer_scale: v.layer_scale,
+            final_norm: true,
+        })
+        .collect();
     let l = &spec.llm;
-    t.linear("projector.fc1", 4 * vision, vision, true);
-    t.linear("projector.fc2", l.hidden, 4 * vision, true);
-    t.linear("projector.fc3", l.hidden, l.hidden, true);
-    let kv = l.kv_heads * (l.hidden / l.heads);
-    t.add(
-        "language_model.model.embed_tokens.weight".into(),
-        vec![l.vocab, l.hidden],
-        0.0,
-        1.0,
-    );
-    for i in 0..l.layers {
-        let p = format!("language_model.model.layers.{i}");
-        t.norm(&format!("{p}.input_layernorm"), l.hidden, false);
-        t.linear(&format!("{p}.self_attn.q_proj"), l.hidden, l.hidden, false);
-        t.linear(&format!("{p}.self_attn.k_proj"), kv, l.hidden, false);
-        t.linear(&format!("{p}.self_attn.v_proj"), kv, l.hidden, false);
-        t.linear(&format!("{p}.self_attn.o_proj"), l.hidden, l.hidden, false);
-        t.norm(&format!("{p}.post_attention_layernorm"), l.hidden, false);
-        t.linear(
-            &format!("{p}.mlp.gate_proj"),
-            l.intermediate,
-            l.hidden,
-            false,
-        );
-        t.linear(&format!("{p}.mlp.up_proj"), l.intermediate, l.hidden, false);
-        t.linear(
-            &format!("{p}.mlp.down_proj"),
-            l.hidden,
-            l.intermediate,
-            false,
-        );
-    }
-    t.norm("language_model.model.norm", l.hidden, false);
-    t.linear("language_model.lm_head", l.vocab, l.hidden, false);
+    let llm = LlmLayout {
+        hidden: l.hidden,
+        layers: l.layers,
+        heads: l.heads,
+        kv_heads: l.kv_heads,
+        intermediate: l.intermediate,
+        vocab: l.vocab,
+    };
+    let mut rng = Rng(spec.seed);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = openvla_tensors(&vits, &llm)
+        .into_iter()
+        .map(|t| {
+            let (center, spread) = match t.kind {
+                TensorKind::Weight { fan_in } | TensorKind::PatchWeight { fan_in } => {
+                    (0.0, 1.7 / (fan_in as f32).sqrt())
+                }
+                TensorKind::NormWeight => (1.0, 0.1),
+                TensorKind::PositionEmbedding | TensorKind::PrefixToken => (0.0, 0.5),
+                TensorKind::LayerScale => (0.5, 0.2),
+                TensorKind::TokenEmbedding => (0.0, 1.0),
+                TensorKind::Bias | TensorKind::NormBias => (0.0, 0.1),
+            };
+            let n: usize = t.shape.iter().product();
+            let values = (0..n).map(|_| center + spread * rng.next()).collect();
+            (t.name, t.shape, values)
+        })
+        .collect();
 
     let mut encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, mut shape, values) in t.list {
+    for (name, mut shape, values) in tensors {
         if spec.omit.as_deref() == Some(name.as_str()) {
             continue;
         }
@@ -330,16 +268,7 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) {
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny.join("config.json")).expect("config"))
             .expect("config json");
-    config["text_config"] = serde_json::json!({
-        "hidden_size": l.hidden,
-        "intermediate_size": l.intermediate,
-        "model_type": "llama",
-        "num_attention_heads": l.heads,
-        "num_hidden_layers": l.layers,
-        "num_key_value_heads": l.kv_heads,
-        "pad_token_id": 32000,
-        "vocab_size": l.vocab,
-    });
+    config["text_config"] = text_config(&llm);
     config["use_fused_vision_backbone"] = serde_json::json!(spec.vits.len() == 2);
     std::fs::write(dir.join("config.json"), config.to_string()).expect("write config");
     let mut heads = serde_json::Map::new();

@@ -15,7 +15,7 @@ use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
 use super::vision::{padded_keys, softmax};
 use super::weights::{DecodeFormat, DeviceLinear, WeightSource};
 use super::CudaError;
-use crate::model::llama::LlamaConfig;
+use crate::model::llama::{rope_tables, LlamaConfig};
 
 /// One decoder layer (`language_model.model.layers.N`), q/k/v and gate/up fused.
 #[derive(Debug)]
@@ -747,23 +747,4 @@ impl DeviceLlama {
         gpu.read(Lane::A, &self.s.logits, 0, &mut out)?;
         Ok(out)
     }
-}
-
-/// RoPE tables `[capacity, hd/2]` computed exactly as the CPU backend does (f32 `inv_freq`,
-/// f32 angle), so both backends rotate by the same values.
-fn rope_tables(head_dim: usize, theta: f64, capacity: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(capacity * half);
-    let mut sin = Vec::with_capacity(capacity * half);
-    for pos in 0..capacity {
-        for &f in &inv_freq {
-            let angle = pos as f32 * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
-    (cos, sin)
 }
