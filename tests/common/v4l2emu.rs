@@ -3,11 +3,10 @@
 //! pattern formula (tests/v4l2emu/README.md) to check pixels.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Marks a test process re-executed under the emulator.
 pub const CHILD_ENV: &str = "VLA_RT_TEST_V4L2EMU_CHILD";
@@ -48,53 +47,9 @@ pub fn in_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
 }
 
-/// Runs `command` to completion or kills it after `timeout` (then panics with its output).
-pub fn run_bounded(mut command: Command, timeout: Duration) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        stdout
-            .read_to_end(&mut text)
-            .map(|_| text)
-            .unwrap_or_default()
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        stderr
-            .read_to_end(&mut text)
-            .map(|_| text)
-            .unwrap_or_default()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
-    match status {
-        Some(status) => Output {
-            status,
-            stdout,
-            stderr,
-        },
-        None => panic!(
-            "child did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        ),
-    }
-}
+#[path = "bounded.rs"]
+mod bounded;
+pub use bounded::run_bounded;
 
 /// A command with the emulator preloaded for [`DEVICE`] and the given `V4L2EMU_*` settings.
 pub fn emulated(program: impl AsRef<std::ffi::OsStr>, settings: &[(&str, &str)]) -> Command {
