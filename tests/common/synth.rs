@@ -55,15 +55,8 @@ pub struct SynthVit {
     pub layer_scale: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct SynthLlm {
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub intermediate: usize,
-    pub vocab: usize,
-}
+/// The language model's dimensions.
+pub type SynthLlm = LlmLayout;
 
 #[derive(Debug, Clone)]
 pub struct SynthSpec {
@@ -187,15 +180,7 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) {
             final_norm: true,
         })
         .collect();
-    let l = &spec.llm;
-    let llm = LlmLayout {
-        hidden: l.hidden,
-        layers: l.layers,
-        heads: l.heads,
-        kv_heads: l.kv_heads,
-        intermediate: l.intermediate,
-        vocab: l.vocab,
-    };
+    let llm = spec.llm;
     let mut rng = Rng(spec.seed);
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = openvla_tensors(&vits, &llm)
         .into_iter()
