@@ -432,6 +432,25 @@ impl QuantizedFile {
         })
     }
 
+    /// [`Self::open`], then checks that the file holds the language-model format `wanted`
+    /// (unless that is `None`: then only its projector layers can be used).
+    pub fn open_for(
+        path: &Path,
+        model_dir: &Path,
+        wanted: Quantization,
+    ) -> Result<Self, ModelError> {
+        let file = Self::open(path, model_dir)?;
+        if wanted != Quantization::None && file.quantization() != wanted {
+            return Err(ModelError::QuantizedFile {
+                path: path.display().to_string(),
+                field: "quantization",
+                expected: quantization_name(wanted).to_string(),
+                got: quantization_name(file.quantization()).to_string(),
+            });
+        }
+        Ok(file)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -6,7 +6,7 @@
 use super::linear::{Linear, QuantFormat};
 use super::openvla::OpenVla;
 use super::quant_calib::ScaleCollector;
-use super::quant_file::{self, QuantizedFile};
+use super::quant_file::QuantizedFile;
 use super::ModelError;
 use crate::policy::{PolicyOptions, ProjectorFormat, Quantization};
 
@@ -39,22 +39,11 @@ pub fn apply_formats(
     model: &mut OpenVla,
     options: &PolicyOptions,
 ) -> Result<FormatReport, ModelError> {
-    let file = match &options.quantized_weights {
-        Some(path) => {
-            let file = QuantizedFile::open(path, model.dir())?;
-            let wants_llm = options.quantization != Quantization::None;
-            if wants_llm && file.quantization() != options.quantization {
-                return Err(ModelError::QuantizedFile {
-                    path: path.display().to_string(),
-                    field: "quantization",
-                    expected: quant_file::quantization_name(options.quantization).to_string(),
-                    got: quant_file::quantization_name(file.quantization()).to_string(),
-                });
-            }
-            Some(file)
-        }
-        None => None,
-    };
+    let file = options
+        .quantized_weights
+        .as_ref()
+        .map(|path| QuantizedFile::open_for(path, model.dir(), options.quantization))
+        .transpose()?;
     let llm_format = match options.quantization {
         Quantization::None => None,
         Quantization::Int8 => Some(QuantFormat::Int8),

@@ -20,7 +20,7 @@ use crate::model::config::{
 use crate::model::llama::LlamaConfig;
 use crate::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
 use crate::model::prompt::PromptTokenizer;
-use crate::model::quant_file::{self, QuantizedFile};
+use crate::model::quant_file::QuantizedFile;
 use crate::model::vit::VitConfig;
 use crate::model::ModelError;
 use crate::policy::{
@@ -144,24 +144,11 @@ impl CudaModelRunner {
         let runtime = RuntimeModelConfig::from_dir(model_dir)?;
         let ckpt = Checkpoint::open_dir(model_dir)?;
         let spec = ModelSpec::from_checkpoint(model_dir, &config, &runtime, &ckpt)?;
-        let quantized = match &options.quantized_weights {
-            Some(path) => {
-                let file = QuantizedFile::open(path, model_dir)?;
-                if options.quantization != Quantization::None
-                    && file.quantization() != options.quantization
-                {
-                    return Err(ModelError::QuantizedFile {
-                        path: path.display().to_string(),
-                        field: "quantization",
-                        expected: quant_file::quantization_name(options.quantization).to_string(),
-                        got: quant_file::quantization_name(file.quantization()).to_string(),
-                    }
-                    .into());
-                }
-                Some(file)
-            }
-            None => None,
-        };
+        let quantized = options
+            .quantized_weights
+            .as_ref()
+            .map(|path| QuantizedFile::open_for(path, model_dir, options.quantization))
+            .transpose()?;
         let mut src = CheckpointWeights {
             ckpt: &ckpt,
             quantized: quantized.as_ref(),
