@@ -29,3 +29,16 @@ profile() { # name, then extra ncu arguments
 VLA_RT_BENCH_ONLY=vision profile vision --launch-skip "$SKIP" --launch-count ${VISION_COUNT:-1400}
 VLA_RT_BENCH_ONLY=language profile language --launch-skip "$SKIP" --launch-count ${LANGUAGE_COUNT:-2200}
 VLA_RT_BENCH_ONLY=language profile gemv --kernel-name regex:gemv_i --launch-count 520
+# With GEMV_DETAIL=1: Nsight Compute's throughput, memory and warp-stall sections for a few
+# launches of each quantized GEMV (why they stay below the copy bandwidth).
+if [ "${GEMV_DETAIL:-0}" = 1 ]; then
+    for kernel in gemv_i8 gemv_i4; do
+        timeout ${PROFILE_TIMEOUT:-120} "$NCU" --clock-control none --cache-control none \
+            --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+            --section Occupancy --section LaunchStats --kernel-name "regex:^${kernel}\$" \
+            --launch-skip 40 --launch-count 4 --log-file "$LOG_DIR/ncu_${kernel}_detail.txt" \
+            env VLA_RT_BENCH_ONLY=language "$BIN" bench --backend cuda --random-weights \
+            --shape openvla-7b --runs 1 --warmup 1 --template engines/openvla-tiny >/dev/null 2>&1
+        echo "$kernel detail: ncu exit $?"
+    done
+fi
