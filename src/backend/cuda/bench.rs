@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::device::{Gpu, Lane};
 use super::policy::{CudaModelRunner, ModelSpec};
 use super::vision::VisionMode;
-use super::weights::{CheckpointWeights, DecodeFormat, RandomWeights};
+use super::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
 use super::CudaError;
 use crate::bench::policy::{median, shape_dims, BenchShape, PolicyBenchArgs};
 use crate::cli::CliError;
@@ -376,34 +376,29 @@ fn bench_runner(
     }
 
     // The same weight reads without the step's other kernels (norms, RoPE, attention), and
-    // the quantized kernels' variants with twice the rows per block (checked against them).
-    for (format, wide) in [
-        (DecodeFormat::F16, false),
-        (DecodeFormat::Int8, false),
-        (DecodeFormat::Int4, false),
-        (DecodeFormat::Int8, true),
-        (DecodeFormat::Int4, true),
-    ] {
+    // the quantized kernels' benchmark variants (each checked against the policy kernel).
+    let gemv_rows = std::iter::once((DecodeFormat::F16, GemvVariant::Policy)).chain(
+        [DecodeFormat::Int8, DecodeFormat::Int4]
+            .into_iter()
+            .flat_map(|format| GemvVariant::ALL.map(|variant| (format, variant))),
+    );
+    for (format, variant) in gemv_rows {
         let bytes = llama.decode_weight_bytes(format);
         let samples = time(warmup, runs, || {
-            llama.queue_gemvs_only(gpu, format, wide)?;
+            llama.queue_gemvs_only(gpu, format, variant)?;
             gpu.sync(Lane::A)
         })?;
         let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
-        let check = if wide {
+        let check = if variant == GemvVariant::Policy {
+            String::new()
+        } else {
             format!(
                 ", max rel. difference to the policy kernel {:.1e}",
-                llama.wide_gemv_difference(gpu, format)?
+                llama.gemv_variant_difference(gpu, format, variant)?
             )
-        } else {
-            String::new()
         };
         row(
-            &format!(
-                "decode GEMVs only, {}{}",
-                format.label(),
-                if wide { ", 32 rows/block" } else { "" }
-            ),
+            &format!("decode GEMVs only, {}, {}", format.label(), variant.label()),
             &samples,
             &format!(
                 "{gbs:.0} GB/s = {:.0}% of copy{check}",

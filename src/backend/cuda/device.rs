@@ -239,6 +239,8 @@ pub struct Kernels {
     pub gemv_i4: CudaFunction,
     pub gemv_i8_wide: CudaFunction,
     pub gemv_i4_wide: CudaFunction,
+    pub gemv_i8_persistent: CudaFunction,
+    pub gemv_i4_persistent: CudaFunction,
     pub fill_uniform_f16: CudaFunction,
     pub fill_uniform_f32: CudaFunction,
     pub quantize_rows_i8: CudaFunction,
@@ -284,6 +286,8 @@ impl Kernels {
             gemv_i4: f(&gemv, "gemv_i4")?,
             gemv_i8_wide: f(&gemv, "gemv_i8_wide")?,
             gemv_i4_wide: f(&gemv, "gemv_i4_wide")?,
+            gemv_i8_persistent: f(&gemv, "gemv_i8_persistent")?,
+            gemv_i4_persistent: f(&gemv, "gemv_i4_persistent")?,
             fill_uniform_f16: f(&util, "fill_uniform_f16")?,
             fill_uniform_f32: f(&util, "fill_uniform_f32")?,
             quantize_rows_i8: f(&util, "quantize_rows_i8")?,
@@ -304,6 +308,7 @@ pub struct Gpu {
     streams: [Arc<CudaStream>; 2],
     name: String,
     arch: &'static str,
+    multiprocessors: u32,
     ctx: Arc<CudaContext>,
 }
 
@@ -331,6 +336,14 @@ impl Gpu {
             message: format!("compute capability {major}.{minor} is not supported"),
         })?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let multiprocessors = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(CudaError::driver(
+                "cuDeviceGetAttribute (multiprocessor count)",
+            ))?;
+        let multiprocessors = u32::try_from(multiprocessors.max(1)).unwrap_or(1);
         let kernels = Kernels::load(&ctx, arch)?;
         let streams = [
             ctx.new_stream()
@@ -369,6 +382,7 @@ impl Gpu {
             streams,
             name,
             arch,
+            multiprocessors,
             ctx,
         })
     }
@@ -379,6 +393,11 @@ impl Gpu {
 
     pub fn arch(&self) -> &'static str {
         self.arch
+    }
+
+    /// Streaming multiprocessors of the device (sizes the grids of persistent kernels).
+    pub fn multiprocessors(&self) -> u32 {
+        self.multiprocessors
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

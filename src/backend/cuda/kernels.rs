@@ -63,6 +63,8 @@ pub const GEMV: KernelSource = KernelSource {
         "gemv_i4",
         "gemv_i8_wide",
         "gemv_i4_wide",
+        "gemv_i8_persistent",
+        "gemv_i4_persistent",
     ],
 };
 

@@ -13,7 +13,7 @@ use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
 use super::vision::{padded_keys, softmax};
-use super::weights::{DecodeFormat, DeviceLinear, WeightSource};
+use super::weights::{DecodeFormat, DeviceLinear, GemvVariant, WeightSource};
 use super::CudaError;
 use crate::model::llama::{rope_tables, LlamaConfig};
 
@@ -288,7 +288,7 @@ impl DeviceLlama {
         &self,
         gpu: &Gpu,
         format: DecodeFormat,
-        wide: bool,
+        variant: GemvVariant,
     ) -> Result<(), CudaError> {
         for lin in self.linears() {
             lin.gemv_variant(
@@ -298,21 +298,26 @@ impl DeviceLlama {
                 self.s.act.ptr(),
                 self.s.gate_up.ptr(),
                 false,
-                wide,
+                variant,
             )?;
         }
         Ok(())
     }
 
-    /// Largest difference between the GEMV kernels and their wide benchmark variants over
+    /// Largest difference between the policy GEMV kernels and their benchmark `variant` over
     /// every layer (same input), relative to the layer's largest output.
-    pub fn wide_gemv_difference(&self, gpu: &Gpu, format: DecodeFormat) -> Result<f32, CudaError> {
+    pub fn gemv_variant_difference(
+        &self,
+        gpu: &Gpu,
+        format: DecodeFormat,
+        variant: GemvVariant,
+    ) -> Result<f32, CudaError> {
         let mut worst = 0.0f32;
         for lin in self.linears() {
             let n = lin.out_features;
             let (x, y1, y2) = (self.s.act.ptr(), self.s.gate_up.ptr(), self.s.qkv.ptr());
-            lin.gemv_variant(gpu, Lane::A, format, x, y1, false, false)?;
-            lin.gemv_variant(gpu, Lane::A, format, x, y2, false, true)?;
+            lin.gemv_variant(gpu, Lane::A, format, x, y1, false, GemvVariant::Policy)?;
+            lin.gemv_variant(gpu, Lane::A, format, x, y2, false, variant)?;
             let mut a = vec![0.0f32; n];
             let mut b = vec![0.0f32; n];
             gpu.read(Lane::A, &self.s.gate_up, 0, &mut a)?;

@@ -378,6 +378,42 @@ impl DecodeFormat {
     }
 }
 
+/// Which kernel computes a quantized decode GEMV (gemv.cu). The policy always uses
+/// [`GemvVariant::Policy`]; the others are benchmark variants, timed and checked against it by
+/// `vla-rt bench --backend cuda`. FP16 GEMVs have only the policy kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvVariant {
+    /// `gemv_i8` / `gemv_i4`: one block per 16 rows.
+    Policy,
+    /// `gemv_i8_wide` / `gemv_i4_wide`: one block per 32 rows.
+    Wide,
+    /// `gemv_i8_persistent` / `gemv_i4_persistent`: a few blocks per multiprocessor, each
+    /// staging x once and then walking many 16-row groups.
+    Persistent,
+}
+
+impl GemvVariant {
+    /// The quantized variants, policy first.
+    pub const ALL: [GemvVariant; 3] = [
+        GemvVariant::Policy,
+        GemvVariant::Wide,
+        GemvVariant::Persistent,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            GemvVariant::Policy => "policy",
+            GemvVariant::Wide => "wide (32 rows/block)",
+            GemvVariant::Persistent => "persistent (3 blocks/SM)",
+        }
+    }
+}
+
+/// Blocks per multiprocessor of a [`GemvVariant::Persistent`] launch: as many as the
+/// kernels' `__launch_bounds__(256, 3)` and their shared memory (46.4 KiB at most) let
+/// stay resident at once, so that the whole grid runs in one wave.
+const PERSISTENT_GEMV_BLOCKS_PER_SM: u32 = 3;
+
 /// INT4 weights on the device in the CPU backend's layout ([`Int4Weights`]).
 #[derive(Debug)]
 pub struct DeviceInt4 {
@@ -644,11 +680,10 @@ impl DeviceLinear {
         y: u64,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        self.gemv_variant(gpu, lane, format, x, y, accumulate, false)
+        self.gemv_variant(gpu, lane, format, x, y, accumulate, GemvVariant::Policy)
     }
 
-    /// [`DeviceLinear::gemv`], or with `wide` the quantized kernels' benchmark variants with
-    /// twice the rows per block (`gemv_i8_wide`, `gemv_i4_wide`; FP16 has none).
+    /// [`DeviceLinear::gemv`] with the kernel `variant` (FP16 always takes the policy kernel).
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_variant(
         &self,
@@ -658,12 +693,16 @@ impl DeviceLinear {
         x: u64,
         y: u64,
         accumulate: bool,
-        wide: bool,
+        variant: GemvVariant,
     ) -> Result<(), CudaError> {
-        let wide = wide && format != DecodeFormat::F16;
+        let variant = if format == DecodeFormat::F16 {
+            GemvVariant::Policy
+        } else {
+            variant
+        };
         // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each, or GEMV_WIDE_ROWS_PER_WARP = 4.
         const THREADS: u32 = 256;
-        let rows_per_block: usize = if wide { 32 } else { 16 };
+        let rows_per_group: usize = if variant == GemvVariant::Wide { 32 } else { 16 };
         // x values a block stages as f32 in shared memory per pass: every Llama-2-7B width
         // (up to 11008) in one pass, 45 KiB (46.4 KiB with the INT4 chunk sums), under the
         // 48 KiB a block gets without opting in. Wider rows are staged in tiles. The kernels
@@ -681,12 +720,20 @@ impl DeviceLinear {
                 message: format!("{}: {bytes} bytes of shared memory", self.name),
             })
         };
-        let blocks = u32::try_from(self.out_features.div_ceil(rows_per_block)).map_err(|_| {
-            CudaError::Shape {
-                op: "gemv",
-                message: format!("{}: {} rows", self.name, self.out_features),
-            }
-        })?;
+        let row_groups =
+            u32::try_from(self.out_features.div_ceil(rows_per_group)).map_err(|_| {
+                CudaError::Shape {
+                    op: "gemv",
+                    message: format!("{}: {} rows", self.name, self.out_features),
+                }
+            })?;
+        // One block per row group, except the persistent kernels, whose blocks loop over the
+        // groups: more blocks than fit on the device at once would stage x again for nothing.
+        let blocks = if variant == GemvVariant::Persistent {
+            row_groups.min(gpu.multiprocessors() * PERSISTENT_GEMV_BLOCKS_PER_SM)
+        } else {
+            row_groups
+        };
         let n = int("gemv", self.out_features)?;
         let k = int("gemv", self.in_features)?;
         let acc = Arg::I32(i32::from(accumulate));
@@ -716,10 +763,10 @@ impl DeviceLinear {
                 let (q, s) = self.int8.as_ref().ok_or_else(missing)?;
                 gpu.launch(
                     lane,
-                    if wide {
-                        &gpu.kernels.gemv_i8_wide
-                    } else {
-                        &gpu.kernels.gemv_i8
+                    match variant {
+                        GemvVariant::Policy => &gpu.kernels.gemv_i8,
+                        GemvVariant::Wide => &gpu.kernels.gemv_i8_wide,
+                        GemvVariant::Persistent => &gpu.kernels.gemv_i8_persistent,
                     },
                     blocks,
                     THREADS,
@@ -739,10 +786,10 @@ impl DeviceLinear {
                 let q = self.int4.as_ref().ok_or_else(missing)?;
                 gpu.launch(
                     lane,
-                    if wide {
-                        &gpu.kernels.gemv_i4_wide
-                    } else {
-                        &gpu.kernels.gemv_i4
+                    match variant {
+                        GemvVariant::Policy => &gpu.kernels.gemv_i4,
+                        GemvVariant::Wide => &gpu.kernels.gemv_i4_wide,
+                        GemvVariant::Persistent => &gpu.kernels.gemv_i4_persistent,
                     },
                     blocks,
                     THREADS,

@@ -249,12 +249,35 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemv_f16(const half_t* __re
 // ---------------------------------------------------------------------------------------------
 // INT8: chunk = 16 codes = 4 x units; y = scale[row] · Σ code·x.
 
+// acc[r] += Σ code·x over weight chunk c of row r (codes q[r]), x staged with `stride`: the
+// inner step of every INT8 variant, so that they all round alike.
+template <int R>
+__device__ __forceinline__ void i8_accumulate_chunk(const uint4 (&q)[R], int c, int stride, float (&acc)[R]) {
+    float dot[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) dot[r] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float4 xv = gemv_x[j * stride + c];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const unsigned int v = word_of(q[r], j) ^ 0x80808080u;
+            dot[r] = fmaf(int8_code(v, 0), xv.x, dot[r]);
+            dot[r] = fmaf(int8_code(v, 1), xv.y, dot[r]);
+            dot[r] = fmaf(int8_code(v, 2), xv.z, dot[r]);
+            dot[r] = fmaf(int8_code(v, 3), xv.w, dot[r]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] += dot[r];
+}
+
 template <int R, int U>
 __device__ __forceinline__ void gemv_i8_tiled(const signed char* __restrict__ W, const float* __restrict__ scale,
                                               const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
-                                              int accumulate, int tile) {
+                                              int accumulate, int tile, unsigned int group) {
     const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
     const bool active = row0 < N;
     long offset[R];
 #pragma unroll
@@ -290,25 +313,7 @@ __device__ __forceinline__ void gemv_i8_tiled(const signed char* __restrict__ W,
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
                     const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) {
-                        float dot[R];
-#pragma unroll
-                        for (int r = 0; r < R; ++r) dot[r] = 0.f;
-#pragma unroll
-                        for (int j = 0; j < 4; ++j) {
-                            const float4 xv = gemv_x[j * stride + c];
-#pragma unroll
-                            for (int r = 0; r < R; ++r) {
-                                const unsigned int v = word_of(q[u][r], j) ^ 0x80808080u;
-                                dot[r] = fmaf(int8_code(v, 0), xv.x, dot[r]);
-                                dot[r] = fmaf(int8_code(v, 1), xv.y, dot[r]);
-                                dot[r] = fmaf(int8_code(v, 2), xv.z, dot[r]);
-                                dot[r] = fmaf(int8_code(v, 3), xv.w, dot[r]);
-                            }
-                        }
-#pragma unroll
-                        for (int r = 0; r < R; ++r) acc[r] += dot[r];
-                    }
+                    if (c < chunks) i8_accumulate_chunk<R>(q[u], c, stride, acc);
                 }
                 c0 += U * VLA_WARP;
                 if (c0 >= chunks) break;
@@ -326,9 +331,9 @@ __device__ __forceinline__ void gemv_i8_tiled(const signed char* __restrict__ W,
 template <int R>
 __device__ __forceinline__ void gemv_i8_scalar(const signed char* __restrict__ W, const float* __restrict__ scale,
                                                const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
-                                               int accumulate) {
+                                               int accumulate, unsigned int group) {
     const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
     for (int row = row0; row < row0 + R && row < N; ++row) {
         const signed char* w = W + (long)row * K;
         float acc = 0.f;
@@ -343,9 +348,9 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemv_i8(const signed char* 
                                    int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
     if ((K & 15) == 0 && tile > 0) {
-        gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile);
+        gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile, blockIdx.x);
     } else {
-        gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate);
+        gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, blockIdx.x);
     }
 }
 
@@ -356,13 +361,45 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemv_i8(const signed char* 
 // Σ w·x = scale · Σ code·x + min · Σ x, with Σ x staged once per block.
 // Shared memory: x of one tile, then its chunk sums (132 bytes per 32 values).
 
+// acc[r] += Σ w·x over weight chunk c of row r (codes q[r], group scale sc[r] and min mn[r]),
+// x and its chunk sums staged with `stride`: the inner step of every INT4 variant.
+template <int R>
+__device__ __forceinline__ void i4_accumulate_chunk(const uint4 (&q)[R], const float (&sc)[R], const float (&mn)[R],
+                                                    int c, int stride, const float* xsums, float (&acc)[R]) {
+    float dot[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) dot[r] = 0.f;
+    // Word j holds codes 8j .. 8j + 7 in nibbles 0 .. 7: x units 2j, 2j + 1.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float4 xa = gemv_x[2 * j * stride + c];
+        const float4 xb = gemv_x[(2 * j + 1) * stride + c];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const unsigned int v = word_of(q[r], j);
+            const unsigned int h = v >> 12;  // nibbles 5, 6, 7 to bits 8, 12, 16
+            dot[r] = fmaf(nibble_code(v, 0x0000000Fu, GEMV_P23), xa.x, dot[r]);
+            dot[r] = fmaf(nibble_code(v, 0x000000F0u, GEMV_P19), xa.y, dot[r]);
+            dot[r] = fmaf(nibble_code(v, 0x00000F00u, GEMV_P15), xa.z, dot[r]);
+            dot[r] = fmaf(nibble_code(v, 0x0000F000u, GEMV_P11), xa.w, dot[r]);
+            dot[r] = fmaf(nibble_code(v, 0x000F0000u, GEMV_P7), xb.x, dot[r]);
+            dot[r] = fmaf(nibble_code(h, 0x00000F00u, GEMV_P15), xb.y, dot[r]);
+            dot[r] = fmaf(nibble_code(h, 0x0000F000u, GEMV_P11), xb.z, dot[r]);
+            dot[r] = fmaf(nibble_code(h, 0x000F0000u, GEMV_P7), xb.w, dot[r]);
+        }
+    }
+    const float xsum = xsums[c];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] += dot[r] * sc[r] + xsum * mn[r];
+}
+
 template <int R, int U>
 __device__ __forceinline__ void gemv_i4_tiled(const unsigned char* __restrict__ W, const float* __restrict__ scales,
                                               const float* __restrict__ mins, const half_t* __restrict__ x,
                                               float* __restrict__ y, int N, int K, int G, int accumulate,
-                                              int tile) {
+                                              int tile, unsigned int group) {
     const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
     const bool active = row0 < N;
     const int groups = (K + G - 1) / G;
     long offset[R], group_offset[R];
@@ -408,33 +445,7 @@ __device__ __forceinline__ void gemv_i4_tiled(const unsigned char* __restrict__ 
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
                     const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) {
-                        float dot[R];
-#pragma unroll
-                        for (int r = 0; r < R; ++r) dot[r] = 0.f;
-                        // Word j holds codes 8j .. 8j + 7 in nibbles 0 .. 7: x units 2j, 2j + 1.
-#pragma unroll
-                        for (int j = 0; j < 4; ++j) {
-                            const float4 xa = gemv_x[2 * j * stride + c];
-                            const float4 xb = gemv_x[(2 * j + 1) * stride + c];
-#pragma unroll
-                            for (int r = 0; r < R; ++r) {
-                                const unsigned int v = word_of(q[u][r], j);
-                                const unsigned int h = v >> 12;  // nibbles 5, 6, 7 to bits 8, 12, 16
-                                dot[r] = fmaf(nibble_code(v, 0x0000000Fu, GEMV_P23), xa.x, dot[r]);
-                                dot[r] = fmaf(nibble_code(v, 0x000000F0u, GEMV_P19), xa.y, dot[r]);
-                                dot[r] = fmaf(nibble_code(v, 0x00000F00u, GEMV_P15), xa.z, dot[r]);
-                                dot[r] = fmaf(nibble_code(v, 0x0000F000u, GEMV_P11), xa.w, dot[r]);
-                                dot[r] = fmaf(nibble_code(v, 0x000F0000u, GEMV_P7), xb.x, dot[r]);
-                                dot[r] = fmaf(nibble_code(h, 0x00000F00u, GEMV_P15), xb.y, dot[r]);
-                                dot[r] = fmaf(nibble_code(h, 0x0000F000u, GEMV_P11), xb.z, dot[r]);
-                                dot[r] = fmaf(nibble_code(h, 0x000F0000u, GEMV_P7), xb.w, dot[r]);
-                            }
-                        }
-                        const float xsum = xsums[c];
-#pragma unroll
-                        for (int r = 0; r < R; ++r) acc[r] += dot[r] * sc[u][r] + xsum * mn[u][r];
-                    }
+                    if (c < chunks) i4_accumulate_chunk<R>(q[u], sc[u], mn[u], c, stride, xsums, acc);
                 }
                 c0 += U * VLA_WARP;
                 if (c0 >= chunks) break;
@@ -452,9 +463,10 @@ __device__ __forceinline__ void gemv_i4_tiled(const unsigned char* __restrict__ 
 template <int R>
 __device__ __forceinline__ void gemv_i4_scalar(const unsigned char* __restrict__ W, const float* __restrict__ scales,
                                                const float* __restrict__ mins, const half_t* __restrict__ x,
-                                               float* __restrict__ y, int N, int K, int G, int accumulate) {
+                                               float* __restrict__ y, int N, int K, int G, int accumulate,
+                                               unsigned int group) {
     const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
     const int groups = (K + G - 1) / G;
     for (int row = row0; row < row0 + R && row < N; ++row) {
         const unsigned char* w = W + (long)row * ((K + 1) / 2);
@@ -478,9 +490,9 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4(const unsigned char
                                    float* __restrict__ y, int N, int K, int G, int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
     if ((K & 31) == 0 && (G & 31) == 0 && tile > 0) {
-        gemv_i4_tiled<GEMV_ROWS_PER_WARP, 4>(W, scales, mins, x, y, N, K, G, accumulate, tile);
+        gemv_i4_tiled<GEMV_ROWS_PER_WARP, 4>(W, scales, mins, x, y, N, K, G, accumulate, tile, blockIdx.x);
     } else {
-        gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate);
+        gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate, blockIdx.x);
     }
 }
 
@@ -495,9 +507,9 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_wide(const signed c
                                    float* __restrict__ y, int N, int K, int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
     if ((K & 15) == 0 && tile > 0) {
-        gemv_i8_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scale, x, y, N, K, accumulate, tile);
+        gemv_i8_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scale, x, y, N, K, accumulate, tile, blockIdx.x);
     } else {
-        gemv_i8_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate);
+        gemv_i8_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, blockIdx.x);
     }
 }
 
@@ -507,8 +519,214 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_wide(const unsigned
                                    int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
     if ((K & 31) == 0 && (G & 31) == 0 && tile > 0) {
-        gemv_i4_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scales, mins, x, y, N, K, G, accumulate, tile);
+        gemv_i4_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scales, mins, x, y, N, K, G, accumulate, tile, blockIdx.x);
     } else {
-        gemv_i4_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate);
+        gemv_i4_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate, blockIdx.x);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent benchmark variants of the quantized GEMVs. In the kernels above every block
+// stages x (and the INT4 chunk sums) and waits at a barrier for just 16 rows (32 KB of INT4
+// weights at K = 4096), so staging and ramp-up weigh as much as the stream itself. Here the
+// launch gives about three blocks per SM (`GemvVariant::Persistent`); each stages x once and
+// then walks the row groups blockIdx.x, blockIdx.x + gridDim.x, ... with the same inner step,
+// issuing a group's first weight loads before the previous group's reduction so that the
+// stream does not stop between groups. Timed and checked against the kernels above by
+// `vla-rt bench --backend cuda`; not used by the policy.
+//
+// The fast path needs all of x in one tile (every Llama-2-7B width with the launch's shared
+// memory). Otherwise each block computes its groups one after the other exactly as the
+// kernels above compute the group of a block.
+
+template <int R, int U>
+__device__ __forceinline__ void gemv_i8_persistent_groups(const signed char* __restrict__ W,
+                                                          const float* __restrict__ scale,
+                                                          const half_t* __restrict__ x, float* __restrict__ y,
+                                                          int N, int K, int accumulate) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int warp_row = (threadIdx.x / VLA_WARP) * R;
+    const int rows_per_block = (blockDim.x / VLA_WARP) * R;
+    const int chunks = K / 16;
+    const int stride = x_stride<4>(K);
+    int row0 = 0;
+    bool active = false;
+    long offset[R];
+    // The warp's rows become those of `group`.
+    auto enter = [&](int group) {
+        row0 = group * rows_per_block + warp_row;
+        active = row0 < N;
+#pragma unroll
+        for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
+    };
+    uint4 q[U][R];
+    int c0 = lane;
+    auto load = [&]() {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * VLA_WARP;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (active && c < chunks) q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + 16 * c));
+            }
+        }
+    };
+    int group = blockIdx.x;
+    enter(group);
+    load();  // in flight while x is staged
+    stage_x<4, false>(x, 0, K, stride, gemv_x, nullptr);
+    __syncthreads();
+    // The loop condition is the same for the whole block and nothing inside synchronises the
+    // block, so warps run ahead of one another freely.
+    for (; group * rows_per_block < N; group += gridDim.x) {
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = 0.f;
+        if (active) {
+            for (;;) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int c = c0 + u * VLA_WARP;
+                    if (c < chunks) i8_accumulate_chunk<R>(q[u], c, stride, acc);
+                }
+                c0 += U * VLA_WARP;
+                if (c0 >= chunks) break;
+                load();
+            }
+        }
+        const int done_row0 = row0;
+        enter(group + gridDim.x);
+        c0 = lane;
+        load();
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float sum = warp_sum(acc[r]);
+            if (lane == 0 && done_row0 + r < N) store_row(y, done_row0 + r, sum * scale[done_row0 + r], accumulate);
+        }
+    }
+}
+
+// Three blocks per SM is what the launch asks for, so up to 80 registers cost no occupancy.
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_persistent(const signed char* __restrict__ W,
+                                   const float* __restrict__ scale, const half_t* __restrict__ x,
+                                   float* __restrict__ y, int N, int K, int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
+    const bool vector = (K & 15) == 0 && tile > 0;
+    if (vector && tile == K) {
+        gemv_i8_persistent_groups<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate);
+        return;
+    }
+    const int rows_per_block = (blockDim.x / VLA_WARP) * GEMV_ROWS_PER_WARP;
+    for (unsigned int group = blockIdx.x; (int)group * rows_per_block < N; group += gridDim.x) {
+        if (vector) {
+            gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile, group);
+            __syncthreads();  // every warp is done with the staged x before the next group restages it
+        } else {
+            gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, group);
+        }
+    }
+}
+
+template <int R, int U>
+__device__ __forceinline__ void gemv_i4_persistent_groups(const unsigned char* __restrict__ W,
+                                                          const float* __restrict__ scales,
+                                                          const float* __restrict__ mins,
+                                                          const half_t* __restrict__ x, float* __restrict__ y,
+                                                          int N, int K, int G, int accumulate) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int warp_row = (threadIdx.x / VLA_WARP) * R;
+    const int rows_per_block = (blockDim.x / VLA_WARP) * R;
+    const int groups = (K + G - 1) / G;
+    const int chunks = K / 32;
+    const int stride = x_stride<8>(K);
+    float* xsums = reinterpret_cast<float*>(gemv_x + 8 * stride);
+    int row0 = 0;
+    bool active = false;
+    long offset[R], group_offset[R];
+    // The warp's rows become those of row group `group`.
+    auto enter = [&](int group) {
+        row0 = group * rows_per_block + warp_row;
+        active = row0 < N;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const long row = min(row0 + r, N - 1);
+            offset[r] = row * (K / 2);
+            group_offset[r] = row * groups;
+        }
+    };
+    uint4 q[U][R];
+    float sc[U][R], mn[U][R];
+    int c0 = lane;
+    auto load = [&]() {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * VLA_WARP;
+            const int k = 32 * c;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (active && c < chunks) {
+                    q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k / 2));
+                    sc[u][r] = __ldg(scales + group_offset[r] + k / G);
+                    mn[u][r] = __ldg(mins + group_offset[r] + k / G);
+                }
+            }
+        }
+    };
+    int group = blockIdx.x;
+    enter(group);
+    load();  // in flight while x is staged
+    stage_x<8, true>(x, 0, K, stride, gemv_x, xsums);
+    __syncthreads();
+    // Block-uniform loop condition, no block barrier inside: see gemv_i8_persistent_groups.
+    for (; group * rows_per_block < N; group += gridDim.x) {
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = 0.f;
+        if (active) {
+            for (;;) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int c = c0 + u * VLA_WARP;
+                    if (c < chunks) i4_accumulate_chunk<R>(q[u], sc[u], mn[u], c, stride, xsums, acc);
+                }
+                c0 += U * VLA_WARP;
+                if (c0 >= chunks) break;
+                load();
+            }
+        }
+        const int done_row0 = row0;
+        enter(group + gridDim.x);
+        c0 = lane;
+        load();
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float sum = warp_sum(acc[r]);
+            if (lane == 0 && done_row0 + r < N) store_row(y, done_row0 + r, sum, accumulate);
+        }
+    }
+}
+
+// 80 registers at most, as gemv_i4 (which spills at 64).
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_persistent(const unsigned char* __restrict__ W,
+                                   const float* __restrict__ scales, const float* __restrict__ mins,
+                                   const half_t* __restrict__ x, float* __restrict__ y, int N, int K, int G,
+                                   int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
+    const bool vector = (K & 31) == 0 && (G & 31) == 0 && tile > 0;
+    if (vector && tile == K) {
+        gemv_i4_persistent_groups<GEMV_ROWS_PER_WARP, 4>(W, scales, mins, x, y, N, K, G, accumulate);
+        return;
+    }
+    const int rows_per_block = (blockDim.x / VLA_WARP) * GEMV_ROWS_PER_WARP;
+    for (unsigned int group = blockIdx.x; (int)group * rows_per_block < N; group += gridDim.x) {
+        if (vector) {
+            // Two loads in flight per row rather than gemv_i4's four: with four, ptxas spills in
+            // this kernel. Each lane still adds its chunks in the same order, so the sums are
+            // gemv_i4's to the bit.
+            gemv_i4_tiled<GEMV_ROWS_PER_WARP, 2>(W, scales, mins, x, y, N, K, G, accumulate, tile, group);
+            __syncthreads();  // every warp is done with the staged x before the next group restages it
+        } else {
+            gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate, group);
+        }
     }
 }
