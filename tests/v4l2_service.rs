@@ -256,10 +256,8 @@ impl RunningService {
     /// SIGTERM, then: a final STOP, exit code 0, no panic. Returns the service's log.
     fn finish(mut self) -> String {
         // SAFETY: `kill` on the child's pid, which is still ours to signal (not yet reaped).
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
-            0
-        );
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
         let tail = self.until(Duration::from_secs(10), "the final STOP", |r| {
             r.state == ControlState::Stop
         });
