@@ -222,7 +222,6 @@ pub struct Kernels {
     pub vit_assemble_tokens: CudaFunction,
     pub layer_norm_f16: CudaFunction,
     pub bias_act_f16: CudaFunction,
-    pub bias_f32: CudaFunction,
     pub add_bias_f32: CudaFunction,
     pub softmax_rows_f16: CudaFunction,
     pub concat_features_f16: CudaFunction,
@@ -269,7 +268,6 @@ impl Kernels {
             vit_assemble_tokens: f(&vision, "vit_assemble_tokens")?,
             layer_norm_f16: f(&vision, "layer_norm_f16")?,
             bias_act_f16: f(&vision, "bias_act_f16")?,
-            bias_f32: f(&vision, "bias_f32")?,
             add_bias_f32: f(&vision, "add_bias_f32")?,
             softmax_rows_f16: f(&vision, "softmax_rows_f16")?,
             concat_features_f16: f(&vision, "concat_features_f16")?,
@@ -784,17 +782,48 @@ impl Gpu {
         )
     }
 
-    /// Fills `buf` with uniform values in `[center - scale, center + scale)` on the device.
-    pub fn fill_uniform_f16(
+    /// Captures what `queue` issues, starting on lane A (lane B joins through events), as one
+    /// instantiated and uploaded CUDA graph; `what` names it in errors. Both lanes are
+    /// drained first, so no earlier work lands in the graph.
+    pub fn capture(
         &self,
-        buf: &DeviceBuffer<half::f16>,
+        what: &'static str,
+        queue: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<Graph, CudaError> {
+        self.sync(Lane::A)?;
+        self.sync(Lane::B)?;
+        let stream = self.stream(Lane::A).clone();
+        stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(CudaError::driver("cuStreamBeginCapture"))?;
+        // End the capture whatever happened while queueing, so the stream is usable again.
+        let queued = queue();
+        let graph = stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(CudaError::driver("cuStreamEndCapture"))?;
+        queued?;
+        let graph = graph.ok_or_else(|| CudaError::Shape {
+            op: what,
+            message: "capture produced an empty graph".into(),
+        })?;
+        graph.upload().map_err(CudaError::driver("cuGraphUpload"))?;
+        Ok(Graph::new(graph))
+    }
+
+    /// Launches the fill kernel `kernel` over all of `buf` (the element type is the kernel's).
+    fn fill_uniform<T>(
+        &self,
+        kernel: &CudaFunction,
+        buf: &DeviceBuffer<T>,
         seed: u64,
         center: f32,
         scale: f32,
     ) -> Result<(), CudaError> {
         self.launch_elementwise(
             Lane::A,
-            &self.kernels.fill_uniform_f16,
+            kernel,
             buf.len(),
             &[
                 Arg::Ptr(buf.ptr()),
@@ -806,6 +835,17 @@ impl Gpu {
         )
     }
 
+    /// Fills `buf` with uniform values in `[center - scale, center + scale)` on the device.
+    pub fn fill_uniform_f16(
+        &self,
+        buf: &DeviceBuffer<half::f16>,
+        seed: u64,
+        center: f32,
+        scale: f32,
+    ) -> Result<(), CudaError> {
+        self.fill_uniform(&self.kernels.fill_uniform_f16, buf, seed, center, scale)
+    }
+
     pub fn fill_uniform_f32(
         &self,
         buf: &DeviceBuffer<f32>,
@@ -813,18 +853,7 @@ impl Gpu {
         center: f32,
         scale: f32,
     ) -> Result<(), CudaError> {
-        self.launch_elementwise(
-            Lane::A,
-            &self.kernels.fill_uniform_f32,
-            buf.len(),
-            &[
-                Arg::Ptr(buf.ptr()),
-                Arg::I64(buf.len() as i64),
-                Arg::U64(seed),
-                Arg::F32(center),
-                Arg::F32(scale),
-            ],
-        )
+        self.fill_uniform(&self.kernels.fill_uniform_f32, buf, seed, center, scale)
     }
 }
 

@@ -682,26 +682,8 @@ impl DeviceLlama {
             return self.queue_step(gpu, format);
         }
         if !self.graphs.contains_key(&format) {
-            gpu.sync(Lane::A)?;
-            let stream = gpu.stream(Lane::A).clone();
-            stream
-                .begin_capture(
-                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-                )
-                .map_err(CudaError::driver("cuStreamBeginCapture (decode)"))?;
-            let queued = self.queue_step(gpu, format);
-            let graph = stream
-                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
-                .map_err(CudaError::driver("cuStreamEndCapture (decode)"))?;
-            queued?;
-            let graph = graph.ok_or_else(|| CudaError::Shape {
-                op: "decode graph",
-                message: "capture produced an empty graph".into(),
-            })?;
-            graph
-                .upload()
-                .map_err(CudaError::driver("cuGraphUpload (decode)"))?;
-            self.graphs.insert(format, Graph::new(graph));
+            let graph = gpu.capture("decode graph", || self.queue_step(gpu, format))?;
+            self.graphs.insert(format, graph);
         }
         match self.graphs.get(&format) {
             Some(g) => g.launch(),

@@ -302,20 +302,7 @@ impl DeviceVit {
             pending = Some(&b.fc2_b);
         }
         match pending {
-            Some(bias) => {
-                let total = tokens * d;
-                gpu.launch_elementwise(
-                    lane,
-                    &k.add_bias_f32,
-                    total,
-                    &[
-                        Arg::Ptr(s.x.ptr()),
-                        Arg::Ptr(bias.ptr()),
-                        int("residual bias", total)?,
-                        int("residual bias", d)?,
-                    ],
-                )
-            }
+            Some(bias) => queue_add_bias(gpu, lane, &s.x, bias, tokens, d),
             None => Ok(()),
         }
     }
@@ -359,20 +346,16 @@ impl DeviceVit {
         write_back: bool,
     ) -> Result<(), CudaError> {
         let s = &self.s;
-        let total = self.tokens() * width;
-        gpu.launch_elementwise(
+        queue_bias_act(
+            gpu,
             lane,
-            &gpu.kernels.bias_act_f16,
-            total,
-            &[
-                Arg::Ptr(s.wide_f32.ptr()),
-                Arg::Ptr(bias.ptr()),
-                Arg::Ptr(s.wide_f16.ptr()),
-                int("bias", total)?,
-                int("bias", width)?,
-                Arg::I32(i32::from(gelu)),
-                Arg::I32(i32::from(write_back)),
-            ],
+            &s.wide_f32,
+            bias,
+            &s.wide_f16,
+            self.tokens(),
+            width,
+            gelu,
+            write_back,
         )
     }
 
@@ -514,6 +497,60 @@ impl DeviceVit {
             true,
         )
     }
+}
+
+/// `out = f16(act(input + bias))` over `rows` rows of `width` (GELU when `gelu`); with
+/// `write_back` the f32 sum also replaces `input`.
+#[allow(clippy::too_many_arguments)]
+fn queue_bias_act(
+    gpu: &Gpu,
+    lane: Lane,
+    input: &DeviceBuffer<f32>,
+    bias: &DeviceBuffer<f32>,
+    out: &DeviceBuffer<f16>,
+    rows: usize,
+    width: usize,
+    gelu: bool,
+    write_back: bool,
+) -> Result<(), CudaError> {
+    let total = rows * width;
+    gpu.launch_elementwise(
+        lane,
+        &gpu.kernels.bias_act_f16,
+        total,
+        &[
+            Arg::Ptr(input.ptr()),
+            Arg::Ptr(bias.ptr()),
+            Arg::Ptr(out.ptr()),
+            int("bias", total)?,
+            int("bias", width)?,
+            Arg::I32(i32::from(gelu)),
+            Arg::I32(i32::from(write_back)),
+        ],
+    )
+}
+
+/// `x[r, c] += bias[c]` over `rows` rows of `width`, in f32.
+fn queue_add_bias(
+    gpu: &Gpu,
+    lane: Lane,
+    x: &DeviceBuffer<f32>,
+    bias: &DeviceBuffer<f32>,
+    rows: usize,
+    width: usize,
+) -> Result<(), CudaError> {
+    let total = rows * width;
+    gpu.launch_elementwise(
+        lane,
+        &gpu.kernels.add_bias_f32,
+        total,
+        &[
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(bias.ptr()),
+            int("bias", total)?,
+            int("bias", width)?,
+        ],
+    )
 }
 
 /// Score rows are padded to a multiple of this many values (16 bytes of FP16).
@@ -712,21 +749,17 @@ impl DeviceProjector {
     pub fn forward(&self, gpu: &Gpu, fused: u64) -> Result<(), CudaError> {
         let lane = Lane::A;
         let r = self.rows;
-        let epilogue = |width: usize, bias: &DeviceBuffer<f32>| -> Result<(), CudaError> {
-            let total = r * width;
-            gpu.launch_elementwise(
+        let epilogue = |width: usize, bias: &DeviceBuffer<f32>| {
+            queue_bias_act(
+                gpu,
                 lane,
-                &gpu.kernels.bias_act_f16,
-                total,
-                &[
-                    Arg::Ptr(self.wide_f32.ptr()),
-                    Arg::Ptr(bias.ptr()),
-                    Arg::Ptr(self.wide_f16.ptr()),
-                    int("projector", total)?,
-                    int("projector", width)?,
-                    Arg::I32(1),
-                    Arg::I32(0),
-                ],
+                &self.wide_f32,
+                bias,
+                &self.wide_f16,
+                r,
+                width,
+                true,
+                false,
             )
         };
         self.quantize_input(gpu, 0, fused, self.in_features)?;
@@ -763,23 +796,11 @@ impl DeviceProjector {
             self.out_features,
             self.wide_f16.ptr(),
             &self.fc3_w,
-            self.wide_f32.ptr(),
+            self.out.ptr(),
             Dt::F32,
             false,
         )?;
-        let total = r * self.out_features;
-        gpu.launch_elementwise(
-            lane,
-            &gpu.kernels.bias_f32,
-            total,
-            &[
-                Arg::Ptr(self.wide_f32.ptr()),
-                Arg::Ptr(self.fc3_b.ptr()),
-                Arg::Ptr(self.out.ptr()),
-                int("projector", total)?,
-                int("projector", self.out_features)?,
-            ],
-        )
+        queue_add_bias(gpu, lane, &self.out, &self.fc3_b, r, self.out_features)
     }
 }
 
@@ -919,27 +940,7 @@ impl VisionPath {
 
     /// The vision path issued in `mode`, captured as a CUDA graph.
     pub fn captured(&self, gpu: &Gpu, mode: VisionMode) -> Result<Graph, CudaError> {
-        gpu.sync(Lane::A)?;
-        gpu.sync(Lane::B)?;
-        let stream = gpu.stream(Lane::A).clone();
-        stream
-            .begin_capture(
-                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-            )
-            .map_err(CudaError::driver("cuStreamBeginCapture (vision)"))?;
-        let queued = self.queue(gpu, mode);
-        let graph = stream
-            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
-            .map_err(CudaError::driver("cuStreamEndCapture (vision)"))?;
-        queued?;
-        let graph = graph.ok_or_else(|| CudaError::Shape {
-            op: "vision graph",
-            message: "capture produced an empty graph".into(),
-        })?;
-        graph
-            .upload()
-            .map_err(CudaError::driver("cuGraphUpload (vision)"))?;
-        Ok(Graph::new(graph))
+        gpu.capture("vision graph", || self.queue(gpu, mode))
     }
 
     /// Replays the captured graph on lane A (captures it first if needed).

@@ -146,14 +146,8 @@ extern "C" __global__ void bias_act_f16(float* in, const float* __restrict__ bia
     }
 }
 
-// out[r, c] = in[r, c] + bias[c] in f32 (the projector's last layer, the image tokens).
-extern "C" __global__ void bias_f32(const float* __restrict__ in, const float* __restrict__ bias,
-                                    float* __restrict__ out, int total, int N) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
-        out[i] = in[i] + bias[i % N];
-}
-
-// x[r, c] += bias[c]: the last block's pending residual bias (see layer_norm_f16).
+// x[r, c] += bias[c]: the last block's pending residual bias (see layer_norm_f16), and the
+// projector's last bias (the image tokens).
 extern "C" __global__ void add_bias_f32(float* __restrict__ x, const float* __restrict__ bias, int total,
                                         int N) {
     if ((N & 3) == 0) {
