@@ -2,7 +2,7 @@
 # Per-kernel GPU time of `vla-rt bench --backend cuda --random-weights --shape openvla-7b`
 # (one timed run), read with Nsight Compute (one metric, gpu__time_duration; caches left as
 # the previous kernel left them). Three passes: the vision stages, the language stages
-# (prefill and the first FP16 decode steps), and the INT8/INT4 decode GEMVs. For finding
+# (prefill and the first FP16 decode steps), and every decode GEMV kernel and variant. For finding
 # where time goes; the figures of record come from bench/gpu_check.sh (ncu serialises
 # kernels, so short kernels read longer here than inside a CUDA graph).
 #
@@ -28,16 +28,18 @@ profile() { # name, then extra ncu arguments
 }
 VLA_RT_BENCH_ONLY=vision profile vision --launch-skip "$SKIP" --launch-count ${VISION_COUNT:-1400}
 VLA_RT_BENCH_ONLY=language profile language --launch-skip "$SKIP" --launch-count ${LANGUAGE_COUNT:-2200}
-VLA_RT_BENCH_ONLY=language profile gemv --kernel-name regex:gemv_i --launch-count 520
+# Every decode GEMV kernel, each variant in turn (VLA_RT_BENCH_ONLY=gemv: the GEMV rows only).
+VLA_RT_BENCH_ONLY=gemv profile gemv --kernel-name regex:^gemv_ --launch-count ${GEMV_COUNT:-5000}
 # With GEMV_DETAIL=1: Nsight Compute's throughput, memory and warp-stall sections for a few
-# launches of each quantized GEMV (why they stay below the copy bandwidth).
+# launches of the quantized GEMVs and of the tensor-core variants (why they stay below the
+# copy bandwidth).
 if [ "${GEMV_DETAIL:-0}" = 1 ]; then
-    for kernel in gemv_i8 gemv_i4; do
+    for kernel in gemv_i8 gemv_i4 gemv_f16_tc gemv_i8_tc gemv_i4_tc; do
         timeout ${PROFILE_TIMEOUT:-120} "$NCU" --clock-control none --cache-control none \
             --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
             --section Occupancy --section LaunchStats --kernel-name "regex:^${kernel}\$" \
             --launch-skip 40 --launch-count 4 --log-file "$LOG_DIR/ncu_${kernel}_detail.txt" \
-            env VLA_RT_BENCH_ONLY=language "$BIN" bench --backend cuda --random-weights \
+            env VLA_RT_BENCH_ONLY=gemv "$BIN" bench --backend cuda --random-weights \
             --shape openvla-7b --runs 1 --warmup 1 --template engines/openvla-tiny >/dev/null 2>&1
         echo "$kernel detail: ncu exit $?"
     done

@@ -40,10 +40,43 @@ fn every_kernel_compiles_with_nvrtc_for_hopper_and_orin() {
                     src.name
                 );
             }
+            if src.name == kernels::GEMV.name {
+                // The tensor-core GEMVs' guard must keep their mma on these chips.
+                assert!(
+                    ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"),
+                    "{} for {arch}: the tensor-core GEMVs compiled without mma.sync",
+                    src.name
+                );
+            }
             compiled += 1;
         }
     }
     assert_eq!(compiled, SOURCES.len() * CI_ARCHS.len());
+}
+
+/// Turing desktop cards (compute capability 7.5, the oldest `arch_for` knows) have no
+/// `mma.sync` m16n8k16 with f16 operands: the tensor-core GEMVs must still compile there (to a
+/// trap the launch never reaches), or no kernel at all would load on such a card.
+#[test]
+fn every_kernel_compiles_for_turing_too() {
+    if !nvrtc_available() {
+        if std::env::var_os("CI").is_some() {
+            panic!("NVRTC not found; CI must compile every kernel");
+        }
+        eprintln!("skipped: NVRTC not found");
+        return;
+    }
+    let arch = kernels::arch_for(7, 5).expect("7.5 is supported");
+    for src in SOURCES {
+        let ptx = kernels::compile(&src, arch)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_src();
+        assert!(
+            !ptx.contains("mma.sync"),
+            "{} for {arch}: PTX uses mma.sync, which 7.5 lacks in this shape",
+            src.name
+        );
+    }
 }
 
 #[test]

@@ -226,9 +226,11 @@ fn bench_runner(
         gpu.sync(Lane::A)?;
         gpu.sync(Lane::B)
     };
-    // Profiling one half (bench/gpu_profile.sh): VLA_RT_BENCH_ONLY=vision or language.
+    // Profiling one part (bench/gpu_profile.sh): VLA_RT_BENCH_ONLY=vision, language, or gemv
+    // (the copy bandwidth and the decode GEMVs alone, every variant).
     let only = std::env::var("VLA_RT_BENCH_ONLY").unwrap_or_default();
-    if only != "language" {
+    let gemv_only = only == "gemv";
+    if only != "language" && !gemv_only {
         let (gpu, vision) = runner.vision_mut();
         let dino = time(warmup, runs, || {
             vision.encoder(gpu, 0)?;
@@ -329,59 +331,68 @@ fn bench_runner(
 
     let (gpu, llama, vision) = runner.llama_mut();
     let image_tokens = vision.projector.output();
-    let prefill = time(warmup, runs, || {
-        llama.prefill(gpu, image_tokens, &ids, DecodeFormat::F16)?;
-        gpu.sync(Lane::A)
-    })?;
-    row(
-        "llm prefill",
-        &prefill,
-        &format!("{} positions, FP16 GEMMs", ids.len() + 256),
-    );
+    if !gemv_only {
+        let prefill = time(warmup, runs, || {
+            llama.prefill(gpu, image_tokens, &ids, DecodeFormat::F16)?;
+            gpu.sync(Lane::A)
+        })?;
+        row(
+            "llm prefill",
+            &prefill,
+            &format!("{} positions, FP16 GEMMs", ids.len() + 256),
+        );
 
-    for (format, use_graph) in [
-        (DecodeFormat::F16, false),
-        (DecodeFormat::F16, true),
-        (DecodeFormat::Int8, true),
-        (DecodeFormat::Int4, true),
-    ] {
-        let bytes = llama.decode_weight_bytes(format);
-        let mut samples = Vec::new();
-        for run in 0..warmup + runs {
-            llama.prefill(gpu, image_tokens, &ids, format)?;
-            gpu.sync(Lane::A)?;
-            for _ in 1..action_dim {
-                let t = Instant::now();
-                llama.step(gpu, format, use_graph)?;
+        // Decode steps with the policy's GEMVs, then with the tensor-core benchmark variant.
+        let steps = [
+            (DecodeFormat::F16, false, GemvVariant::Policy),
+            (DecodeFormat::F16, true, GemvVariant::Policy),
+            (DecodeFormat::Int8, true, GemvVariant::Policy),
+            (DecodeFormat::Int4, true, GemvVariant::Policy),
+            (DecodeFormat::F16, true, GemvVariant::TensorCore),
+            (DecodeFormat::Int8, true, GemvVariant::TensorCore),
+            (DecodeFormat::Int4, true, GemvVariant::TensorCore),
+        ];
+        for (format, use_graph, variant) in steps {
+            llama.set_decode_variant(variant);
+            let bytes = llama.decode_weight_bytes(format);
+            let mut samples = Vec::new();
+            for run in 0..warmup + runs {
+                llama.prefill(gpu, image_tokens, &ids, format)?;
                 gpu.sync(Lane::A)?;
-                if run >= warmup {
-                    samples.push(t.elapsed().as_secs_f64() * 1e3);
+                for _ in 1..action_dim {
+                    let t = Instant::now();
+                    llama.step(gpu, format, use_graph)?;
+                    gpu.sync(Lane::A)?;
+                    if run >= warmup {
+                        samples.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
                 }
             }
+            let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
+            row(
+                &format!(
+                    "decode / token, {}{}{}",
+                    format.label(),
+                    if use_graph { ", graph" } else { ", no graph" },
+                    variant_suffix(variant)
+                ),
+                &samples,
+                &format!(
+                    "{:.2} GB weights, {gbs:.0} GB/s = {:.0}% of copy",
+                    bytes as f64 / 1e9,
+                    100.0 * gbs / copy_gbs.max(1e-9)
+                ),
+            );
         }
-        let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
-        row(
-            &format!(
-                "decode / token, {}{}",
-                format.label(),
-                if use_graph { ", graph" } else { ", no graph" }
-            ),
-            &samples,
-            &format!(
-                "{:.2} GB weights, {gbs:.0} GB/s = {:.0}% of copy",
-                bytes as f64 / 1e9,
-                100.0 * gbs / copy_gbs.max(1e-9)
-            ),
-        );
     }
 
     // The same weight reads without the step's other kernels (norms, RoPE, attention), and
-    // the quantized kernels' benchmark variants (each checked against the policy kernel).
-    let gemv_rows = std::iter::once((DecodeFormat::F16, GemvVariant::Policy)).chain(
-        [DecodeFormat::Int8, DecodeFormat::Int4]
-            .into_iter()
-            .flat_map(|format| GemvVariant::ALL.map(|variant| (format, variant))),
-    );
+    // every GEMV variant (each checked against the policy kernel).
+    llama.set_decode_variant(GemvVariant::Policy);
+    let gemv_rows = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4]
+        .into_iter()
+        .flat_map(|format| GemvVariant::ALL.map(|variant| (format, variant)))
+        .filter(|(format, variant)| variant.exists_for(*format));
     for (format, variant) in gemv_rows {
         let bytes = llama.decode_weight_bytes(format);
         let samples = time(warmup, runs, || {
@@ -389,11 +400,17 @@ fn bench_runner(
             gpu.sync(Lane::A)
         })?;
         let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
+        let taken = if variant == GemvVariant::TensorCore {
+            let (taken, all) = llama.tensor_core_layers(gpu, format);
+            format!(", {taken} of {all} layers")
+        } else {
+            String::new()
+        };
         let check = if variant == GemvVariant::Policy {
             String::new()
         } else {
             format!(
-                ", max rel. difference to the policy kernel {:.1e}",
+                ", max rel. difference to the policy kernel {:.1e}{taken}",
                 llama.gemv_variant_difference(gpu, format, variant)?
             )
         };
@@ -407,7 +424,16 @@ fn bench_runner(
         );
     }
 
-    for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+    if gemv_only {
+        return Ok(());
+    }
+    let actions = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4]
+        .into_iter()
+        .flat_map(|format| {
+            [GemvVariant::Policy, GemvVariant::TensorCore].map(|variant| (format, variant))
+        });
+    for (format, variant) in actions {
+        runner.llama_mut().1.set_decode_variant(variant);
         let whole = time(warmup, runs, || {
             runner.upload_pixels(&pixels)?;
             let (gpu, vision) = runner.vision_mut();
@@ -424,10 +450,25 @@ fn bench_runner(
             Ok(())
         })?;
         row(
-            &format!("whole action, {}", format.label()),
+            &format!(
+                "whole action, {}{}",
+                format.label(),
+                variant_suffix(variant)
+            ),
             &whole,
             "upload + vision graph + prefill + decode graphs + ids back",
         );
     }
+    runner.llama_mut().1.set_decode_variant(GemvVariant::Policy);
     Ok(())
+}
+
+/// Row-name suffix of a decode GEMV variant: none for the policy's.
+fn variant_suffix(variant: GemvVariant) -> &'static str {
+    match variant {
+        GemvVariant::Policy => "",
+        GemvVariant::TensorCore => ", tensor-core GEMVs",
+        GemvVariant::Wide => ", wide GEMVs",
+        GemvVariant::Persistent => ", persistent GEMVs",
+    }
 }

@@ -240,6 +240,9 @@ pub struct Kernels {
     pub gemv_i4_wide: CudaFunction,
     pub gemv_i8_persistent: CudaFunction,
     pub gemv_i4_persistent: CudaFunction,
+    pub gemv_f16_tc: CudaFunction,
+    pub gemv_i8_tc: CudaFunction,
+    pub gemv_i4_tc: CudaFunction,
     pub fill_uniform_f16: CudaFunction,
     pub fill_uniform_f32: CudaFunction,
     pub quantize_rows_i8: CudaFunction,
@@ -286,6 +289,9 @@ impl Kernels {
             gemv_i4_wide: f(&gemv, "gemv_i4_wide")?,
             gemv_i8_persistent: f(&gemv, "gemv_i8_persistent")?,
             gemv_i4_persistent: f(&gemv, "gemv_i4_persistent")?,
+            gemv_f16_tc: f(&gemv, "gemv_f16_tc")?,
+            gemv_i8_tc: f(&gemv, "gemv_i8_tc")?,
+            gemv_i4_tc: f(&gemv, "gemv_i4_tc")?,
             fill_uniform_f16: f(&util, "fill_uniform_f16")?,
             fill_uniform_f32: f(&util, "fill_uniform_f32")?,
             quantize_rows_i8: f(&util, "quantize_rows_i8")?,
@@ -307,6 +313,7 @@ pub struct Gpu {
     name: String,
     arch: &'static str,
     multiprocessors: u32,
+    warp_mma: bool,
     ctx: Arc<CudaContext>,
 }
 
@@ -381,6 +388,8 @@ impl Gpu {
             name,
             arch,
             multiprocessors,
+            // mma.sync m16n8k16 with f16 operands (the tensor-core GEMVs) needs 8.0 or later.
+            warp_mma: major >= 8,
             ctx,
         })
     }
@@ -396,6 +405,11 @@ impl Gpu {
     /// Streaming multiprocessors of the device (sizes the grids of persistent kernels).
     pub fn multiprocessors(&self) -> u32 {
         self.multiprocessors
+    }
+
+    /// Whether the tensor-core GEMV kernels (`mma.sync` m16n8k16 f16) can run here.
+    pub fn has_warp_mma(&self) -> bool {
+        self.warp_mma
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

@@ -64,6 +64,9 @@ pub const GEMV: KernelSource = KernelSource {
         "gemv_i4_wide",
         "gemv_i8_persistent",
         "gemv_i4_persistent",
+        "gemv_f16_tc",
+        "gemv_i8_tc",
+        "gemv_i4_tc",
     ],
 };
 

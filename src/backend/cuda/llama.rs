@@ -91,7 +91,9 @@ pub struct DeviceLlama {
     norm: DeviceBuffer<f32>,
     lm_head: DeviceLinear,
     s: Scratch,
-    graphs: HashMap<DecodeFormat, Graph>,
+    /// The GEMV kernels of decode steps and of the prefill's lm_head row.
+    decode_variant: GemvVariant,
+    graphs: HashMap<(DecodeFormat, GemvVariant), Graph>,
 }
 
 impl std::fmt::Debug for DeviceLlama {
@@ -231,8 +233,19 @@ impl DeviceLlama {
             norm,
             lm_head,
             s,
+            decode_variant: GemvVariant::Policy,
             graphs: HashMap::new(),
         })
+    }
+
+    /// Selects the GEMV kernels of decode (the policy's by default); each variant keeps its
+    /// own captured step graphs.
+    pub fn set_decode_variant(&mut self, variant: GemvVariant) {
+        self.decode_variant = variant;
+    }
+
+    pub fn decode_variant(&self) -> GemvVariant {
+        self.decode_variant
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -278,7 +291,7 @@ impl DeviceLlama {
             };
             lin.quantize(gpu, layer_src, format, replace_f16)?;
         }
-        self.graphs.remove(&format);
+        self.graphs.retain(|(f, _), _| *f != format);
         Ok(())
     }
 
@@ -334,6 +347,16 @@ impl DeviceLlama {
             });
         }
         Ok(worst)
+    }
+
+    /// Linear layers (of all, lm_head included) whose `format` GEMV the tensor-core kernel
+    /// takes; the others fall back to the policy kernel under that variant.
+    pub fn tensor_core_layers(&self, gpu: &Gpu, format: DecodeFormat) -> (usize, usize) {
+        let taken = self
+            .linears()
+            .filter(|l| l.takes_tensor_core_gemv(gpu, format))
+            .count();
+        (taken, self.linears().count())
     }
 
     /// Weight bytes one decode step reads in `format` (all layers and lm_head).
@@ -422,9 +445,9 @@ impl DeviceLlama {
             &self.norm,
             self.s.normed.ptr(),
         )?;
-        self.lm_head.gemv(
+        self.decode_gemv(
             gpu,
-            Lane::A,
+            &self.lm_head,
             format,
             self.s.normed.ptr(),
             self.s.logits.ptr(),
@@ -611,6 +634,19 @@ impl DeviceLlama {
         Ok(n)
     }
 
+    /// One decode GEMV of `lin` with the selected variant.
+    fn decode_gemv(
+        &self,
+        gpu: &Gpu,
+        lin: &DeviceLinear,
+        format: DecodeFormat,
+        x: u64,
+        y: u64,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        lin.gemv_variant(gpu, Lane::A, format, x, y, accumulate, self.decode_variant)
+    }
+
     /// Queues one decode step: embed state's token at state's position, all layers with
     /// GEMVs in `format`, argmax, position + 1.
     fn queue_step(&self, gpu: &Gpu, format: DecodeFormat) -> Result<(), CudaError> {
@@ -631,9 +667,7 @@ impl DeviceLlama {
         let attention_shared = decode_attention_shared_bytes(hd, self.capacity);
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
-            layer
-                .qkv
-                .gemv(gpu, Lane::A, format, s.normed.ptr(), s.qkv.ptr(), false)?;
+            self.decode_gemv(gpu, &layer.qkv, format, s.normed.ptr(), s.qkv.ptr(), false)?;
             self.rope_cache(gpu, l, 1)?;
             let layer_off = l * c.num_kv_heads * self.capacity * hd;
             gpu.launch(
@@ -655,17 +689,18 @@ impl DeviceLlama {
                     Arg::F32(1.0 / (hd as f32).sqrt()),
                 ],
             )?;
-            layer
-                .o
-                .gemv(gpu, Lane::A, format, s.attn.ptr(), s.x.ptr(), true)?;
+            self.decode_gemv(gpu, &layer.o, format, s.attn.ptr(), s.x.ptr(), true)?;
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
-            layer
-                .gate_up
-                .gemv(gpu, Lane::A, format, s.normed.ptr(), s.gate_up.ptr(), false)?;
+            self.decode_gemv(
+                gpu,
+                &layer.gate_up,
+                format,
+                s.normed.ptr(),
+                s.gate_up.ptr(),
+                false,
+            )?;
             self.silu_mul(gpu, 1)?;
-            layer
-                .down
-                .gemv(gpu, Lane::A, format, s.act.ptr(), s.x.ptr(), true)?;
+            self.decode_gemv(gpu, &layer.down, format, s.act.ptr(), s.x.ptr(), true)?;
         }
         self.head(gpu, format, 0, 1)
     }
@@ -681,11 +716,12 @@ impl DeviceLlama {
         if !use_graph {
             return self.queue_step(gpu, format);
         }
-        if !self.graphs.contains_key(&format) {
+        let key = (format, self.decode_variant);
+        if !self.graphs.contains_key(&key) {
             let graph = gpu.capture("decode graph", || self.queue_step(gpu, format))?;
-            self.graphs.insert(format, graph);
+            self.graphs.insert(key, graph);
         }
-        match self.graphs.get(&format) {
+        match self.graphs.get(&key) {
             Some(g) => g.launch(),
             None => Ok(()),
         }

@@ -378,26 +378,33 @@ impl DecodeFormat {
     }
 }
 
-/// Which kernel computes a quantized decode GEMV (gemv.cu). The policy always uses
-/// [`GemvVariant::Policy`]; the others are benchmark variants, timed and checked against it by
-/// `vla-rt bench --backend cuda`. FP16 GEMVs have only the policy kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which kernel computes a decode GEMV (gemv.cu). The policy uses [`GemvVariant::Policy`]
+/// unless told otherwise ([`super::llama::DeviceLlama::set_decode_variant`]); the others are
+/// benchmark variants, timed and checked against it by `vla-rt bench --backend cuda`. FP16
+/// GEMVs have the policy and the tensor-core kernels only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GemvVariant {
-    /// `gemv_i8` / `gemv_i4`: one block per 16 rows.
+    /// `gemv_f16` / `gemv_i8` / `gemv_i4`: one block per 16 rows.
     Policy,
     /// `gemv_i8_wide` / `gemv_i4_wide`: one block per 32 rows.
     Wide,
     /// `gemv_i8_persistent` / `gemv_i4_persistent`: a few blocks per multiprocessor, each
     /// staging x once and then walking many 16-row groups.
     Persistent,
+    /// `gemv_f16_tc` / `gemv_i8_tc` / `gemv_i4_tc`: the weights as the A operand of
+    /// `mma.sync` (compute capability 8.0 and up), one block per 32 rows. Layers whose shape
+    /// these kernels do not take ([`DeviceLinear::takes_tensor_core_gemv`]) use the policy
+    /// kernel.
+    TensorCore,
 }
 
 impl GemvVariant {
     /// The quantized variants, policy first.
-    pub const ALL: [GemvVariant; 3] = [
+    pub const ALL: [GemvVariant; 4] = [
         GemvVariant::Policy,
         GemvVariant::Wide,
         GemvVariant::Persistent,
+        GemvVariant::TensorCore,
     ];
 
     pub fn label(self) -> &'static str {
@@ -405,9 +412,23 @@ impl GemvVariant {
             GemvVariant::Policy => "policy",
             GemvVariant::Wide => "wide (32 rows/block)",
             GemvVariant::Persistent => "persistent (3 blocks/SM)",
+            GemvVariant::TensorCore => "tensor cores (mma.sync)",
+        }
+    }
+
+    /// Whether `format` has a kernel of this variant (else the policy kernel runs).
+    pub fn exists_for(self, format: DecodeFormat) -> bool {
+        match self {
+            GemvVariant::Policy | GemvVariant::TensorCore => true,
+            GemvVariant::Wide | GemvVariant::Persistent => format != DecodeFormat::F16,
         }
     }
 }
+
+/// Rows of one block of the tensor-core GEMVs (`16 · TC_TILES` in gemv.cu).
+const TENSOR_CORE_GEMV_ROWS: usize = 32;
+/// Shared memory a block gets without opting in to more.
+const DEFAULT_BLOCK_SHARED_BYTES: usize = 48 * 1024;
 
 /// Blocks per multiprocessor of a [`GemvVariant::Persistent`] launch: as many as the
 /// kernels' `__launch_bounds__(256, 3)` and their shared memory (46.4 KiB at most) let
@@ -658,6 +679,23 @@ impl DeviceLinear {
         )
     }
 
+    /// Whether the tensor-core GEMV kernel of `format` takes this layer on `gpu` (see
+    /// [`tensor_core_gemv_fits`]).
+    pub fn takes_tensor_core_gemv(&self, gpu: &Gpu, format: DecodeFormat) -> bool {
+        let weights = match format {
+            DecodeFormat::F16 => true,
+            DecodeFormat::Int8 => self.int8.is_some(),
+            DecodeFormat::Int4 => self.int4.is_some(),
+        };
+        gpu.has_warp_mma()
+            && weights
+            && tensor_core_gemv_fits(
+                format,
+                self.in_features,
+                self.int4.as_ref().map_or(0, |q| q.group),
+            )
+    }
+
     /// Bytes one GEMV of `format` reads from the weights.
     pub fn weight_bytes(&self, format: DecodeFormat) -> usize {
         match format {
@@ -683,7 +721,8 @@ impl DeviceLinear {
         self.gemv_variant(gpu, lane, format, x, y, accumulate, GemvVariant::Policy)
     }
 
-    /// [`DeviceLinear::gemv`] with the kernel `variant` (FP16 always takes the policy kernel).
+    /// [`DeviceLinear::gemv`] with the kernel `variant`; a variant that has no kernel for
+    /// `format`, or a tensor-core GEMV of a layer it does not take, runs the policy kernel.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_variant(
         &self,
@@ -695,14 +734,21 @@ impl DeviceLinear {
         accumulate: bool,
         variant: GemvVariant,
     ) -> Result<(), CudaError> {
-        let variant = if format == DecodeFormat::F16 {
-            GemvVariant::Policy
-        } else {
-            variant
+        let variant = match variant {
+            GemvVariant::TensorCore if !self.takes_tensor_core_gemv(gpu, format) => {
+                GemvVariant::Policy
+            }
+            v if v.exists_for(format) => v,
+            _ => GemvVariant::Policy,
         };
-        // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each, or GEMV_WIDE_ROWS_PER_WARP = 4.
+        // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each, or GEMV_WIDE_ROWS_PER_WARP = 4;
+        // the tensor-core kernels: TC_TILES tiles of 16 rows.
         const THREADS: u32 = 256;
-        let rows_per_group: usize = if variant == GemvVariant::Wide { 32 } else { 16 };
+        let rows_per_block: usize = match variant {
+            GemvVariant::Wide => 32,
+            GemvVariant::TensorCore => TENSOR_CORE_GEMV_ROWS,
+            GemvVariant::Policy | GemvVariant::Persistent => 16,
+        };
         // x values a block stages as f32 in shared memory per pass: every Llama-2-7B width
         // (up to 11008) in one pass, 45 KiB (46.4 KiB with the INT4 chunk sums), under the
         // 48 KiB a block gets without opting in. Wider rows are staged in tiles. The kernels
@@ -711,17 +757,19 @@ impl DeviceLinear {
         // GEMV_SMEM_SLACK (gemv.cu): room for the padding of the staged layout.
         const SLACK: usize = 1024;
         let staged = self.in_features.min(X_TILE);
-        // f32 per x value; INT4 adds one f32 sum per 32 values.
-        let shared_f32 = SLACK + 4 * staged;
-        let shared_i4 = SLACK + 132 * staged.div_ceil(32);
-        let shared_bytes = |bytes: usize| {
-            u32::try_from(bytes).map_err(|_| CudaError::Shape {
-                op: "gemv",
-                message: format!("{}: {bytes} bytes of shared memory", self.name),
-            })
+        let shared = match (variant, format) {
+            (GemvVariant::TensorCore, _) => tensor_core_shared_bytes(format, self.in_features),
+            // INT4 adds one f32 sum per 32 values.
+            (_, DecodeFormat::Int4) => SLACK + 132 * staged.div_ceil(32),
+            // f32 per x value.
+            _ => SLACK + 4 * staged,
         };
+        let shared = u32::try_from(shared).map_err(|_| CudaError::Shape {
+            op: "gemv",
+            message: format!("{}: {shared} bytes of shared memory", self.name),
+        })?;
         let row_groups =
-            u32::try_from(self.out_features.div_ceil(rows_per_group)).map_err(|_| {
+            u32::try_from(self.out_features.div_ceil(rows_per_block)).map_err(|_| {
                 CudaError::Shape {
                     op: "gemv",
                     message: format!("{}: {} rows", self.name, self.out_features),
@@ -734,6 +782,32 @@ impl DeviceLinear {
         } else {
             row_groups
         };
+        let k = &gpu.kernels;
+        let kernel = match (format, variant) {
+            (DecodeFormat::F16, GemvVariant::TensorCore) => &k.gemv_f16_tc,
+            (DecodeFormat::F16, _) => &k.gemv_f16,
+            (DecodeFormat::Int8, GemvVariant::Policy) => &k.gemv_i8,
+            (DecodeFormat::Int8, GemvVariant::Wide) => &k.gemv_i8_wide,
+            (DecodeFormat::Int8, GemvVariant::Persistent) => &k.gemv_i8_persistent,
+            (DecodeFormat::Int8, GemvVariant::TensorCore) => &k.gemv_i8_tc,
+            (DecodeFormat::Int4, GemvVariant::Policy) => &k.gemv_i4,
+            (DecodeFormat::Int4, GemvVariant::Wide) => &k.gemv_i4_wide,
+            (DecodeFormat::Int4, GemvVariant::Persistent) => &k.gemv_i4_persistent,
+            (DecodeFormat::Int4, GemvVariant::TensorCore) => &k.gemv_i4_tc,
+        };
+        let args = self.gemv_args(format, x, y, accumulate)?;
+        gpu.launch(lane, kernel, blocks, THREADS, shared, &args)
+    }
+
+    /// The arguments every GEMV kernel of `format` takes: the weights (f16 with its residual,
+    /// or the INT8/INT4 codes with their scales), x, y, N, K, (INT4: the group,) accumulate.
+    fn gemv_args(
+        &self,
+        format: DecodeFormat,
+        x: u64,
+        y: u64,
+        accumulate: bool,
+    ) -> Result<Vec<Arg>, CudaError> {
         let n = int("gemv", self.out_features)?;
         let k = int("gemv", self.in_features)?;
         let acc = Arg::I32(i32::from(accumulate));
@@ -741,72 +815,118 @@ impl DeviceLinear {
             what: format!("{} {}", self.name, format.label()),
             message: "this layer was not quantized to that format".into(),
         };
-        match format {
-            DecodeFormat::F16 => gpu.launch(
-                lane,
-                &gpu.kernels.gemv_f16,
-                blocks,
-                THREADS,
-                shared_bytes(shared_f32)?,
-                &[
-                    Arg::Ptr(self.f16.hi.ptr()),
-                    // The residual of an f32 checkpoint's weights, if any.
-                    Arg::Ptr(self.f16.lo.as_ref().map_or(0, |lo| lo.ptr())),
+        Ok(match format {
+            DecodeFormat::F16 => vec![
+                Arg::Ptr(self.f16.hi.ptr()),
+                // The residual of an f32 checkpoint's weights, if any.
+                Arg::Ptr(self.f16.lo.as_ref().map_or(0, |lo| lo.ptr())),
+                Arg::Ptr(x),
+                Arg::Ptr(y),
+                n,
+                k,
+                acc,
+            ],
+            DecodeFormat::Int8 => {
+                let (q, s) = self.int8.as_ref().ok_or_else(missing)?;
+                vec![
+                    Arg::Ptr(q.ptr()),
+                    Arg::Ptr(s.ptr()),
                     Arg::Ptr(x),
                     Arg::Ptr(y),
                     n,
                     k,
                     acc,
-                ],
-            ),
-            DecodeFormat::Int8 => {
-                let (q, s) = self.int8.as_ref().ok_or_else(missing)?;
-                gpu.launch(
-                    lane,
-                    match variant {
-                        GemvVariant::Policy => &gpu.kernels.gemv_i8,
-                        GemvVariant::Wide => &gpu.kernels.gemv_i8_wide,
-                        GemvVariant::Persistent => &gpu.kernels.gemv_i8_persistent,
-                    },
-                    blocks,
-                    THREADS,
-                    shared_bytes(shared_f32)?,
-                    &[
-                        Arg::Ptr(q.ptr()),
-                        Arg::Ptr(s.ptr()),
-                        Arg::Ptr(x),
-                        Arg::Ptr(y),
-                        n,
-                        k,
-                        acc,
-                    ],
-                )
+                ]
             }
             DecodeFormat::Int4 => {
                 let q = self.int4.as_ref().ok_or_else(missing)?;
-                gpu.launch(
-                    lane,
-                    match variant {
-                        GemvVariant::Policy => &gpu.kernels.gemv_i4,
-                        GemvVariant::Wide => &gpu.kernels.gemv_i4_wide,
-                        GemvVariant::Persistent => &gpu.kernels.gemv_i4_persistent,
-                    },
-                    blocks,
-                    THREADS,
-                    shared_bytes(shared_i4)?,
-                    &[
-                        Arg::Ptr(q.packed.ptr()),
-                        Arg::Ptr(q.scales.ptr()),
-                        Arg::Ptr(q.mins.ptr()),
-                        Arg::Ptr(x),
-                        Arg::Ptr(y),
-                        n,
-                        k,
-                        int("gemv", q.group)?,
-                        acc,
-                    ],
-                )
+                vec![
+                    Arg::Ptr(q.packed.ptr()),
+                    Arg::Ptr(q.scales.ptr()),
+                    Arg::Ptr(q.mins.ptr()),
+                    Arg::Ptr(x),
+                    Arg::Ptr(y),
+                    n,
+                    k,
+                    int("gemv", q.group)?,
+                    acc,
+                ]
+            }
+        })
+    }
+}
+
+/// Shared memory of a tensor-core GEMV launch (gemv.cu `gemv_tc`): x staged as f16 up to
+/// whole iterations of 4 chunks, INT4's Σx per iteration, the 8 warps' partial sums.
+fn tensor_core_shared_bytes(format: DecodeFormat, in_features: usize) -> usize {
+    let chunk = tensor_core_chunk(format);
+    let iterations = in_features.div_ceil(4 * chunk);
+    let sums = if format == DecodeFormat::Int4 {
+        4 * iterations
+    } else {
+        0
+    };
+    2 * 4 * chunk * iterations + sums + 4 * 8 * TENSOR_CORE_GEMV_ROWS
+}
+
+/// Whether the tensor-core GEMV of `format` takes rows of `in_features` weights (INT4 in
+/// groups of `int4_group`): whole 16-byte chunks per row, INT4 groups of a multiple of 128 or
+/// one group per row (so that an iteration's 128 values share a group), x within the default
+/// shared memory. Other layers take the policy kernel.
+pub fn tensor_core_gemv_fits(format: DecodeFormat, in_features: usize, int4_group: usize) -> bool {
+    let groups_fit = format != DecodeFormat::Int4
+        || (int4_group > 0 && (int4_group % 128 == 0 || int4_group >= in_features));
+    in_features > 0
+        && in_features % tensor_core_chunk(format) == 0
+        && groups_fit
+        && tensor_core_shared_bytes(format, in_features) <= DEFAULT_BLOCK_SHARED_BYTES
+}
+
+/// Weights per 16-byte chunk of one row in `format` (gemv.cu `TcFormat<..>::E`).
+fn tensor_core_chunk(format: DecodeFormat) -> usize {
+    match format {
+        DecodeFormat::F16 => 8,
+        DecodeFormat::Int8 => 16,
+        DecodeFormat::Int4 => 32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::quant::int4_group_size;
+
+    /// Llama-2-7B's decode layers read 4096 (q/k/v, o, gate/up, lm_head) or 11008 (down)
+    /// inputs: the tensor-core GEMVs must take every one of them in every format, or the
+    /// benchmark's tensor-core rows would time the policy kernels under that name.
+    #[test]
+    fn tensor_core_gemvs_take_every_llama_2_7b_layer() {
+        for k in [4096, 11008] {
+            for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+                assert!(
+                    tensor_core_gemv_fits(format, k, int4_group_size(k)),
+                    "{} with {k} inputs",
+                    format.label()
+                );
             }
         }
+    }
+
+    #[test]
+    fn tensor_core_gemvs_leave_partial_chunks_and_split_iterations_to_the_policy() {
+        // The tiny checkpoint's down projection: 172 inputs are no whole 16-byte chunks.
+        for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+            assert!(!tensor_core_gemv_fits(format, 172, int4_group_size(172)));
+        }
+        // Its 64-input layers: whole chunks, and INT4's one group per row.
+        for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+            assert!(tensor_core_gemv_fits(format, 64, int4_group_size(64)));
+        }
+        // INT4 groups of 64 in a longer row would split an iteration of 128 values.
+        assert!(!tensor_core_gemv_fits(DecodeFormat::Int4, 256, 64));
+        assert!(tensor_core_gemv_fits(DecodeFormat::Int4, 1024, 256));
+        // x must fit the 48 KiB a block gets without opting in.
+        assert!(tensor_core_gemv_fits(DecodeFormat::F16, 20_480, 0));
+        assert!(!tensor_core_gemv_fits(DecodeFormat::F16, 32_768, 0));
     }
 }

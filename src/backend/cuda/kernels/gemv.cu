@@ -730,3 +730,293 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_persistent(const un
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core benchmark variants (mma.sync m16n8k16, f16 × f16 → f32; compute capability 8.0
+// and up). The CUDA-core kernels above spend about three instructions per weight (convert,
+// shared-memory x, FMA), which at INT4 density is most of what an SM can issue. Here the
+// weights are the A operand (16 rows × 16 k per mma) and x is every column of B, so the eight
+// output columns hold the same dot products and column 0 is read. A dot product does not
+// depend on the order of k as long as both operands follow it, so each lane hands the mma the
+// weights it loaded in the order its conversion to f16 produces them, and x is staged in shared
+// memory in that same order. Integer codes become f16 exactly (the code under the exponent of
+// 1024, then one f16x2 FMA); the tensor cores multiply f16 exactly and add in f32, so these
+// kernels round like the CUDA-core ones up to the order of the sums.
+//
+// Lane l = 4g + t of a warp loads, in iteration i, the 16-byte chunk 4i + t of rows g and g + 8
+// of each 16-row tile. A block holds TC_TILES tiles; its warps take the iterations w, w + 8, ...
+// and their partial sums meet in shared memory. Needs K a multiple of the elements of a chunk
+// and, for INT4, groups of a multiple of 128 or one group per row (an iteration then lies in
+// one group); the launch (`DeviceLinear::gemv_variant`) falls back to the kernels above
+// otherwise.
+
+#define TC_TILES 2
+#define TC_WARPS 8
+#define TC_F16 0
+#define TC_I8 1
+#define TC_I4 2
+
+// f16x2 constants (low and high half alike).
+#define TC_H2_ONE 0x3C003C00u
+#define TC_H2_NEG1024 0xE400E400u
+#define TC_H2_SIXTEENTH 0x2C002C00u
+#define TC_H2_NEG64 0xD400D400u
+#define TC_H2_NEG1152 0xE480E480u
+
+// c += A · B for one m16n8k16 tile (A: 4 f16x2 registers, B: 2, C: 4 f32), as PTX lays the
+// fragments out: a0/a2 row g, a1/a3 row g + 8, k pairs 2t and 2t + 8; b0/b1 k pairs 2t and
+// 2t + 8 of column g; c0, c1 row g and c2, c3 row g + 8, columns 2t and 2t + 1.
+__device__ __forceinline__ void mma_f16_16816(float (&c)[4], unsigned int a0, unsigned int a1, unsigned int a2,
+                                              unsigned int a3, unsigned int b0, unsigned int b1) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();  // the launch never selects these kernels below compute capability 8.0
+#endif
+}
+
+// a · b + c on both f16 halves, rounded once.
+__device__ __forceinline__ unsigned int h2_fma(unsigned int a, unsigned int b, unsigned int c) {
+    unsigned int d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// (v & mask) | magic as one LOP3.
+__device__ __forceinline__ unsigned int tc_lop3(unsigned int v, unsigned int mask, unsigned int magic) {
+    unsigned int bits;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(bits) : "r"(v), "r"(mask), "r"(magic));
+    return bits;
+}
+
+template <int FMT> struct TcFormat;
+// Elements per 16-byte chunk.
+template <> struct TcFormat<TC_F16> { static constexpr int E = 8; };
+template <> struct TcFormat<TC_I8> { static constexpr int E = 16; };
+template <> struct TcFormat<TC_I4> { static constexpr int E = 32; };
+
+// Where element i of a run of x lands in shared memory, so that the staged f16x2 words pair
+// x values as the format's conversion pairs the weights: INT8 words give codes (0, 2), (1, 3)
+// of each 4; INT4 words give (0, 4), (1, 5), (2, 6), (3, 7) of each 8; f16 keeps its order.
+template <int FMT>
+__device__ __forceinline__ int tc_slot(int k) {
+    if (FMT == TC_I4) return (k & ~7) + (k & 3) * 2 + ((k >> 2) & 1);
+    if (FMT == TC_I8) return (k & ~3) + (k & 1) * 2 + ((k >> 1) & 1);
+    return k;
+}
+
+// The four f16x2 (codes (0, 4), (1, 5), (2, 6), (3, 7)) of the INT4 word v (code i in nibble i).
+__device__ __forceinline__ void tc_i4_pairs(unsigned int v, unsigned int (&p)[4]) {
+    const unsigned int v2 = v >> 8;
+    p[0] = h2_fma(tc_lop3(v, 0x000F000Fu, 0x64006400u), TC_H2_ONE, TC_H2_NEG1024);
+    p[1] = h2_fma(tc_lop3(v, 0x00F000F0u, 0x64006400u), TC_H2_SIXTEENTH, TC_H2_NEG64);
+    p[2] = h2_fma(tc_lop3(v2, 0x000F000Fu, 0x64006400u), TC_H2_ONE, TC_H2_NEG1024);
+    p[3] = h2_fma(tc_lop3(v2, 0x00F000F0u, 0x64006400u), TC_H2_SIXTEENTH, TC_H2_NEG64);
+}
+
+// The two f16x2 (codes (0, 2), (1, 3)) of the INT8 word v (signed code i in byte i): each byte
+// plus 128 under the exponent of 1024, less 1152.
+__device__ __forceinline__ void tc_i8_pairs(unsigned int v, unsigned int (&p)[2]) {
+    const unsigned int flipped = v ^ 0x80808080u;
+    p[0] = h2_fma(__byte_perm(flipped, 0x64646464u, 0x4240u), TC_H2_ONE, TC_H2_NEG1152);
+    p[1] = h2_fma(__byte_perm(flipped, 0x64646464u, 0x4341u), TC_H2_ONE, TC_H2_NEG1152);
+}
+
+// FMT: TC_F16 (W f16, W_lo its residual or nullptr), TC_I8 (scales: one per row) or TC_I4
+// (scales and mins per row and group of G). Shared memory: x staged (zero-padded to whole
+// iterations), for INT4 Σx per iteration, then the warps' partial sums.
+template <int FMT, int UNROLL>
+__device__ __forceinline__ void gemv_tc(const unsigned char* __restrict__ W, const half_t* __restrict__ W_lo,
+                                        const float* __restrict__ scales, const float* __restrict__ mins,
+                                        const half_t* __restrict__ x, float* __restrict__ y, int N, int K, int G,
+                                        int accumulate) {
+    constexpr int E = TcFormat<FMT>::E;
+    constexpr int ITER_K = 4 * E;
+    constexpr int ROWS = 16 * TC_TILES;
+    const int iters = (K + ITER_K - 1) / ITER_K;
+    const int k_pad = iters * ITER_K;
+    const int chunks = K / E;
+    half_t* xs = reinterpret_cast<half_t*>(gemv_x);
+    float* sums = reinterpret_cast<float*>(xs + k_pad);
+    float* partial = sums + (FMT == TC_I4 ? iters : 0);
+    const int lane = threadIdx.x % VLA_WARP;
+    const int warp = threadIdx.x / VLA_WARP;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int row_base = blockIdx.x * ROWS;
+    // Bytes per weight row, and the offsets of rows g and g + 8 of each tile (rows past N read
+    // row N - 1 and are not stored).
+    const long row_bytes = FMT == TC_F16 ? 2L * K : FMT == TC_I8 ? (long)K : (long)K / 2;
+    const int groups = FMT == TC_I4 ? (K + G - 1) / G : 1;
+    int rows[TC_TILES][2];
+#pragma unroll
+    for (int tile = 0; tile < TC_TILES; ++tile) {
+        rows[tile][0] = min(row_base + 16 * tile + g, N - 1);
+        rows[tile][1] = min(row_base + 16 * tile + g + 8, N - 1);
+    }
+
+    for (int k = threadIdx.x; k < k_pad; k += blockDim.x) xs[tc_slot<FMT>(k)] = k < K ? x[k] : (half_t)0;
+    if (FMT == TC_I4) {
+        for (int i = warp; i < iters; i += TC_WARPS) {
+            float s = 0.f;
+            for (int k = i * ITER_K + lane; k < min(K, (i + 1) * ITER_K); k += VLA_WARP) s += h2f(x[k]);
+            s = warp_sum(s);
+            if (lane == 0) sums[i] = s;
+        }
+    }
+    __syncthreads();
+
+    // F16/INT8: the mma accumulators run over all of K. INT4: one iteration's Σ code·x per
+    // row, folded into acc with the group's scale and min.
+    float c[TC_TILES][4];
+    float acc[TC_TILES][2];
+#pragma unroll
+    for (int tile = 0; tile < TC_TILES; ++tile) {
+        acc[tile][0] = acc[tile][1] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[tile][j] = 0.f;
+    }
+    for (int i0 = warp; i0 < iters; i0 += TC_WARPS * UNROLL) {
+        uint4 w[UNROLL][TC_TILES][2];
+        uint4 lo[UNROLL][TC_TILES][2];
+        float sc[UNROLL][TC_TILES][2], mn[UNROLL][TC_TILES][2];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int i = i0 + u * TC_WARPS;
+            const int chunk = 4 * i + t;
+            const bool valid = i < iters && chunk < chunks;
+#pragma unroll
+            for (int tile = 0; tile < TC_TILES; ++tile) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const long at = rows[tile][h] * row_bytes + 16L * chunk;
+                    w[u][tile][h] = valid ? __ldg(reinterpret_cast<const uint4*>(W + at)) : make_uint4(0u, 0u, 0u, 0u);
+                    if (FMT == TC_F16 && W_lo != nullptr) {
+                        lo[u][tile][h] = valid ? __ldg(reinterpret_cast<const uint4*>(
+                                                     reinterpret_cast<const unsigned char*>(W_lo) + at))
+                                               : make_uint4(0u, 0u, 0u, 0u);
+                    }
+                    if (FMT == TC_I4) {
+                        const long gi = (long)rows[tile][h] * groups + (i < iters ? i * ITER_K / G : 0);
+                        sc[u][tile][h] = __ldg(scales + gi);
+                        mn[u][tile][h] = __ldg(mins + gi);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int i = i0 + u * TC_WARPS;
+            if (i >= iters) break;
+            const uint4* xq = reinterpret_cast<const uint4*>(xs + (4 * i + t) * E);
+            if (FMT == TC_F16) {
+                const uint4 xv = xq[0];
+#pragma unroll
+                for (int tile = 0; tile < TC_TILES; ++tile) {
+                    const uint4 a = w[u][tile][0], b = w[u][tile][1];
+                    mma_f16_16816(c[tile], a.x, b.x, a.y, b.y, xv.x, xv.y);
+                    mma_f16_16816(c[tile], a.z, b.z, a.w, b.w, xv.z, xv.w);
+                    if (W_lo != nullptr) {
+                        const uint4 al = lo[u][tile][0], bl = lo[u][tile][1];
+                        mma_f16_16816(c[tile], al.x, bl.x, al.y, bl.y, xv.x, xv.y);
+                        mma_f16_16816(c[tile], al.z, bl.z, al.w, bl.w, xv.z, xv.w);
+                    }
+                }
+            } else if (FMT == TC_I8) {
+                const uint4 xv[2] = {xq[0], xq[1]};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const unsigned int b0 = word_of(xv[j / 2], 2 * (j % 2));
+                    const unsigned int b1 = word_of(xv[j / 2], 2 * (j % 2) + 1);
+#pragma unroll
+                    for (int tile = 0; tile < TC_TILES; ++tile) {
+                        unsigned int p[2], q[2];
+                        tc_i8_pairs(word_of(w[u][tile][0], j), p);
+                        tc_i8_pairs(word_of(w[u][tile][1], j), q);
+                        mma_f16_16816(c[tile], p[0], q[0], p[1], q[1], b0, b1);
+                    }
+                }
+            } else {
+                float ci[TC_TILES][4];
+#pragma unroll
+                for (int tile = 0; tile < TC_TILES; ++tile)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) ci[tile][j] = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const uint4 xv = xq[j];
+#pragma unroll
+                    for (int tile = 0; tile < TC_TILES; ++tile) {
+                        unsigned int p[4], q[4];
+                        tc_i4_pairs(word_of(w[u][tile][0], j), p);
+                        tc_i4_pairs(word_of(w[u][tile][1], j), q);
+                        mma_f16_16816(ci[tile], p[0], q[0], p[1], q[1], xv.x, xv.y);
+                        mma_f16_16816(ci[tile], p[2], q[2], p[3], q[3], xv.z, xv.w);
+                    }
+                }
+                const float xsum = sums[i];
+#pragma unroll
+                for (int tile = 0; tile < TC_TILES; ++tile) {
+                    acc[tile][0] += ci[tile][0] * sc[u][tile][0] + xsum * mn[u][tile][0];
+                    acc[tile][1] += ci[tile][2] * sc[u][tile][1] + xsum * mn[u][tile][1];
+                }
+            }
+        }
+    }
+    if (FMT != TC_I4) {
+#pragma unroll
+        for (int tile = 0; tile < TC_TILES; ++tile) {
+            acc[tile][0] = c[tile][0];
+            acc[tile][1] = c[tile][2];
+        }
+    }
+    // Column 0 of the result: lanes with t = 0.
+    if (t == 0) {
+#pragma unroll
+        for (int tile = 0; tile < TC_TILES; ++tile) {
+            partial[warp * ROWS + 16 * tile + g] = acc[tile][0];
+            partial[warp * ROWS + 16 * tile + g + 8] = acc[tile][1];
+        }
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < ROWS) {
+        const int row = row_base + threadIdx.x;
+        float s = 0.f;
+        for (int w2 = 0; w2 < TC_WARPS; ++w2) s += partial[w2 * ROWS + threadIdx.x];
+        if (row < N) {
+            if (FMT == TC_I8) s *= scales[row];
+            store_row(y, row, s, accumulate);
+        }
+    }
+}
+
+// 256 threads (TC_WARPS warps) per block of 16 · TC_TILES rows.
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_f16_tc(const half_t* __restrict__ W,
+                                                                 const half_t* __restrict__ W_lo,
+                                                                 const half_t* __restrict__ x, float* __restrict__ y,
+                                                                 int N, int K, int accumulate) {
+    // The residual's loads double the registers of a step: one iteration in flight per warp then.
+    if (W_lo != nullptr) {
+        gemv_tc<TC_F16, 1>(reinterpret_cast<const unsigned char*>(W), W_lo, nullptr, nullptr, x, y, N, K, 0, accumulate);
+    } else {
+        gemv_tc<TC_F16, 2>(reinterpret_cast<const unsigned char*>(W), nullptr, nullptr, nullptr, x, y, N, K, 0, accumulate);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_tc(const signed char* __restrict__ W,
+                                                                const float* __restrict__ scale,
+                                                                const half_t* __restrict__ x, float* __restrict__ y,
+                                                                int N, int K, int accumulate) {
+    gemv_tc<TC_I8, 2>(reinterpret_cast<const unsigned char*>(W), nullptr, scale, nullptr, x, y, N, K, 0, accumulate);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_tc(const unsigned char* __restrict__ W,
+                                                                const float* __restrict__ scales,
+                                                                const float* __restrict__ mins,
+                                                                const half_t* __restrict__ x, float* __restrict__ y,
+                                                                int N, int K, int G, int accumulate) {
+    gemv_tc<TC_I4, 1>(W, nullptr, scales, mins, x, y, N, K, G, accumulate);
+}
