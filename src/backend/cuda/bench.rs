@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use super::device::{Gpu, Lane};
+use super::llama::DecodeKernels;
 use super::policy::{CudaModelRunner, ModelSpec};
 use super::vision::VisionMode;
 use super::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
@@ -342,18 +343,20 @@ fn bench_runner(
             &format!("{} positions, FP16 GEMMs", ids.len() + 256),
         );
 
-        // Decode steps with the policy's GEMVs, then with the tensor-core benchmark variant.
-        let steps = [
-            (DecodeFormat::F16, false, GemvVariant::Policy),
-            (DecodeFormat::F16, true, GemvVariant::Policy),
-            (DecodeFormat::Int8, true, GemvVariant::Policy),
-            (DecodeFormat::Int4, true, GemvVariant::Policy),
-            (DecodeFormat::F16, true, GemvVariant::TensorCore),
-            (DecodeFormat::Int8, true, GemvVariant::TensorCore),
-            (DecodeFormat::Int4, true, GemvVariant::TensorCore),
-        ];
-        for (format, use_graph, variant) in steps {
-            llama.set_decode_variant(variant);
+        // Decode steps with the policy's kernels, then with the tensor-core GEMVs, then with
+        // those and the split attention.
+        let mut steps = vec![(DecodeFormat::F16, false, DecodeKernels::POLICY)];
+        for kernels in [
+            DecodeKernels::POLICY,
+            DecodeKernels::TENSOR_CORE_GEMVS,
+            DecodeKernels::CANDIDATE,
+        ] {
+            for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
+                steps.push((format, true, kernels));
+            }
+        }
+        for (format, use_graph, kernels) in steps {
+            llama.set_decode_kernels(kernels);
             let bytes = llama.decode_weight_bytes(format);
             let mut samples = Vec::new();
             for run in 0..warmup + runs {
@@ -374,7 +377,7 @@ fn bench_runner(
                     "decode / token, {}{}{}",
                     format.label(),
                     if use_graph { ", graph" } else { ", no graph" },
-                    variant_suffix(variant)
+                    kernels.suffix()
                 ),
                 &samples,
                 &format!(
@@ -388,7 +391,7 @@ fn bench_runner(
 
     // The same weight reads without the step's other kernels (norms, RoPE, attention), and
     // every GEMV variant (each checked against the policy kernel).
-    llama.set_decode_variant(GemvVariant::Policy);
+    llama.set_decode_kernels(DecodeKernels::POLICY);
     let gemv_rows = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4]
         .into_iter()
         .flat_map(|format| GemvVariant::ALL.map(|variant| (format, variant)))
@@ -430,10 +433,10 @@ fn bench_runner(
     let actions = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4]
         .into_iter()
         .flat_map(|format| {
-            [GemvVariant::Policy, GemvVariant::TensorCore].map(|variant| (format, variant))
+            [DecodeKernels::POLICY, DecodeKernels::CANDIDATE].map(|kernels| (format, kernels))
         });
-    for (format, variant) in actions {
-        runner.llama_mut().1.set_decode_variant(variant);
+    for (format, kernels) in actions {
+        runner.llama_mut().1.set_decode_kernels(kernels);
         let whole = time(warmup, runs, || {
             runner.upload_pixels(&pixels)?;
             let (gpu, vision) = runner.vision_mut();
@@ -450,25 +453,14 @@ fn bench_runner(
             Ok(())
         })?;
         row(
-            &format!(
-                "whole action, {}{}",
-                format.label(),
-                variant_suffix(variant)
-            ),
+            &format!("whole action, {}{}", format.label(), kernels.suffix()),
             &whole,
             "upload + vision graph + prefill + decode graphs + ids back",
         );
     }
-    runner.llama_mut().1.set_decode_variant(GemvVariant::Policy);
+    runner
+        .llama_mut()
+        .1
+        .set_decode_kernels(DecodeKernels::POLICY);
     Ok(())
-}
-
-/// Row-name suffix of a decode GEMV variant: none for the policy's.
-fn variant_suffix(variant: GemvVariant) -> &'static str {
-    match variant {
-        GemvVariant::Policy => "",
-        GemvVariant::TensorCore => ", tensor-core GEMVs",
-        GemvVariant::Wide => ", wide GEMVs",
-        GemvVariant::Persistent => ", persistent GEMVs",
-    }
 }

@@ -49,6 +49,7 @@ pub const LLAMA: KernelSource = KernelSource {
         "rope_cache_write",
         "silu_mul_f16",
         "decode_attention",
+        "decode_attention_split",
         "argmax_advance",
     ],
 };

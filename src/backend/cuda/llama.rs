@@ -63,6 +63,10 @@ struct Scratch {
     sin: DeviceBuffer<f32>,
     k_cache: DeviceBuffer<f16>,
     v_cache: DeviceBuffer<f16>,
+    /// Split decode attention: `[heads, DECODE_ATTENTION_SPLITS, hd + 2]` shares and one
+    /// arrival counter per head (zero between launches).
+    attention_shares: DeviceBuffer<f32>,
+    attention_counters: DeviceBuffer<i32>,
 }
 
 /// Threads of the decode attention kernel (32 warps share the keys of one head).
@@ -79,6 +83,64 @@ fn decode_attention_shared_bytes(head_dim: usize, capacity: usize) -> u32 {
     u32::try_from(4 * (head_dim + capacity + warps * head_dim)).unwrap_or(u32::MAX)
 }
 
+/// Blocks per head of the split decode attention (`decode_attention_split`): 128 blocks for
+/// Llama-2-7B's 32 heads, about one per multiprocessor of an H100/H200.
+const DECODE_ATTENTION_SPLITS: usize = 4;
+/// Threads of one split decode attention block.
+const DECODE_ATTENTION_SPLIT_THREADS: u32 = 256;
+
+/// Shared memory of one split decode attention block: q, the scores of its share of the
+/// positions and one partial sum per warp, all f32 (within `decode_attention_shared_bytes`).
+fn split_attention_shared_bytes(head_dim: usize, capacity: usize) -> u32 {
+    let warps = DECODE_ATTENTION_SPLIT_THREADS as usize / 32;
+    let share = capacity.div_ceil(DECODE_ATTENTION_SPLITS);
+    u32::try_from(4 * (head_dim + share + warps * head_dim)).unwrap_or(u32::MAX)
+}
+
+/// The kernels of a decode step: the policy's, or a combination the benchmark compares with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecodeKernels {
+    pub gemv: GemvVariant,
+    /// `decode_attention_split` (each head's keys over `DECODE_ATTENTION_SPLITS` blocks)
+    /// instead of `decode_attention` (one block per head).
+    pub split_attention: bool,
+}
+
+impl DecodeKernels {
+    pub const POLICY: Self = Self {
+        gemv: GemvVariant::Policy,
+        split_attention: false,
+    };
+    pub const TENSOR_CORE_GEMVS: Self = Self {
+        gemv: GemvVariant::TensorCore,
+        split_attention: false,
+    };
+    /// Tensor-core GEMVs and split attention.
+    pub const CANDIDATE: Self = Self {
+        gemv: GemvVariant::TensorCore,
+        split_attention: true,
+    };
+
+    /// What differs from the policy, for row names: "" for the policy's kernels.
+    pub fn suffix(self) -> String {
+        let mut parts = Vec::new();
+        match self.gemv {
+            GemvVariant::Policy => {}
+            GemvVariant::TensorCore => parts.push("tensor-core GEMVs"),
+            GemvVariant::Wide => parts.push("wide GEMVs"),
+            GemvVariant::Persistent => parts.push("persistent GEMVs"),
+        }
+        if self.split_attention {
+            parts.push("split attention");
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", parts.join(" + "))
+        }
+    }
+}
+
 /// Most tokens one `generate` call can return.
 pub const MAX_GENERATED: usize = 64;
 
@@ -91,9 +153,9 @@ pub struct DeviceLlama {
     norm: DeviceBuffer<f32>,
     lm_head: DeviceLinear,
     s: Scratch,
-    /// The GEMV kernels of decode steps and of the prefill's lm_head row.
-    decode_variant: GemvVariant,
-    graphs: HashMap<(DecodeFormat, GemvVariant), Graph>,
+    /// The kernels of decode steps (and the GEMV of the prefill's lm_head row).
+    decode_kernels: DecodeKernels,
+    graphs: HashMap<(DecodeFormat, DecodeKernels), Graph>,
 }
 
 impl std::fmt::Debug for DeviceLlama {
@@ -223,6 +285,8 @@ impl DeviceLlama {
             sin: gpu.upload(&sin)?,
             k_cache: gpu.alloc(cache_len)?,
             v_cache: gpu.alloc(cache_len)?,
+            attention_shares: gpu.alloc(config.num_heads * DECODE_ATTENTION_SPLITS * (hd + 2))?,
+            attention_counters: gpu.alloc(config.num_heads)?,
         };
         gpu.sync(Lane::A)?;
         Ok(Self {
@@ -233,19 +297,19 @@ impl DeviceLlama {
             norm,
             lm_head,
             s,
-            decode_variant: GemvVariant::Policy,
+            decode_kernels: DecodeKernels::POLICY,
             graphs: HashMap::new(),
         })
     }
 
-    /// Selects the GEMV kernels of decode (the policy's by default); each variant keeps its
-    /// own captured step graphs.
-    pub fn set_decode_variant(&mut self, variant: GemvVariant) {
-        self.decode_variant = variant;
+    /// Selects the kernels of decode (the policy's by default); each selection keeps its own
+    /// captured step graphs.
+    pub fn set_decode_kernels(&mut self, kernels: DecodeKernels) {
+        self.decode_kernels = kernels;
     }
 
-    pub fn decode_variant(&self) -> GemvVariant {
-        self.decode_variant
+    pub fn decode_kernels(&self) -> DecodeKernels {
+        self.decode_kernels
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -634,6 +698,56 @@ impl DeviceLlama {
         Ok(n)
     }
 
+    /// Decode attention of the query in `s.q` against the cache of the layer at `layer_off`
+    /// (elements), into `s.attn`, with the selected kernel.
+    fn decode_attention(&self, gpu: &Gpu, layer_off: usize) -> Result<(), CudaError> {
+        let c = &self.config;
+        let hd = c.head_dim();
+        let s = &self.s;
+        let args = [
+            Arg::Ptr(s.q.ptr()),
+            Arg::Ptr(s.k_cache.at(layer_off)),
+            Arg::Ptr(s.v_cache.at(layer_off)),
+            Arg::Ptr(s.attn.ptr()),
+        ];
+        let shape = [
+            int("decode attention", c.num_heads)?,
+            int("decode attention", c.num_kv_heads)?,
+            int("decode attention", hd)?,
+            int("decode attention", self.capacity)?,
+            Arg::F32(1.0 / (hd as f32).sqrt()),
+        ];
+        if !self.decode_kernels.split_attention {
+            let mut all = args.to_vec();
+            all.push(Arg::Ptr(s.state.ptr()));
+            all.extend(shape);
+            return gpu.launch(
+                Lane::A,
+                &gpu.kernels.decode_attention,
+                c.num_heads as u32,
+                DECODE_ATTENTION_THREADS,
+                decode_attention_shared_bytes(hd, self.capacity),
+                &all,
+            );
+        }
+        let mut all = args.to_vec();
+        all.extend([
+            Arg::Ptr(s.attention_shares.ptr()),
+            Arg::Ptr(s.attention_counters.ptr()),
+            Arg::Ptr(s.state.ptr()),
+        ]);
+        all.extend(shape);
+        all.push(int("decode attention", DECODE_ATTENTION_SPLITS)?);
+        gpu.launch(
+            Lane::A,
+            &gpu.kernels.decode_attention_split,
+            (c.num_heads * DECODE_ATTENTION_SPLITS) as u32,
+            DECODE_ATTENTION_SPLIT_THREADS,
+            split_attention_shared_bytes(hd, self.capacity),
+            &all,
+        )
+    }
+
     /// One decode GEMV of `lin` with the selected variant.
     fn decode_gemv(
         &self,
@@ -644,7 +758,15 @@ impl DeviceLlama {
         y: u64,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        lin.gemv_variant(gpu, Lane::A, format, x, y, accumulate, self.decode_variant)
+        lin.gemv_variant(
+            gpu,
+            Lane::A,
+            format,
+            x,
+            y,
+            accumulate,
+            self.decode_kernels.gemv,
+        )
     }
 
     /// Queues one decode step: embed state's token at state's position, all layers with
@@ -664,31 +786,12 @@ impl DeviceLlama {
                 int("embed", h)?,
             ],
         )?;
-        let attention_shared = decode_attention_shared_bytes(hd, self.capacity);
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
             self.decode_gemv(gpu, &layer.qkv, format, s.normed.ptr(), s.qkv.ptr(), false)?;
             self.rope_cache(gpu, l, 1)?;
             let layer_off = l * c.num_kv_heads * self.capacity * hd;
-            gpu.launch(
-                Lane::A,
-                &gpu.kernels.decode_attention,
-                c.num_heads as u32,
-                DECODE_ATTENTION_THREADS,
-                attention_shared,
-                &[
-                    Arg::Ptr(s.q.ptr()),
-                    Arg::Ptr(s.k_cache.at(layer_off)),
-                    Arg::Ptr(s.v_cache.at(layer_off)),
-                    Arg::Ptr(s.attn.ptr()),
-                    Arg::Ptr(s.state.ptr()),
-                    int("decode attention", c.num_heads)?,
-                    int("decode attention", c.num_kv_heads)?,
-                    int("decode attention", hd)?,
-                    int("decode attention", self.capacity)?,
-                    Arg::F32(1.0 / (hd as f32).sqrt()),
-                ],
-            )?;
+            self.decode_attention(gpu, layer_off)?;
             self.decode_gemv(gpu, &layer.o, format, s.attn.ptr(), s.x.ptr(), true)?;
             self.rms_norm(gpu, 1, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
             self.decode_gemv(
@@ -716,7 +819,7 @@ impl DeviceLlama {
         if !use_graph {
             return self.queue_step(gpu, format);
         }
-        let key = (format, self.decode_variant);
+        let key = (format, self.decode_kernels);
         if !self.graphs.contains_key(&key) {
             let graph = gpu.capture("decode graph", || self.queue_step(gpu, format))?;
             self.graphs.insert(key, graph);

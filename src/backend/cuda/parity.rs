@@ -4,13 +4,13 @@
 //! device weight format against the CPU backend in the same format: FP16 against f32, INT8
 //! and INT4 against the CPU's INT8 and INT4 (the same codes), and the W8A8 projector (scales
 //! calibrated on the CPU over the fixture images) against the CPU's. FP16 and INT8 must pass;
-//! INT4, W8A8 and each format with the tensor-core decode GEMVs are reported. Prints one row
-//! per case and format; exits 1 when a required check fails.
+//! INT4, W8A8 and each format with the tensor-core GEMVs and split attention in decode are
+//! reported. Prints one row per case and format; exits 1 when a required check fails.
 
 use std::path::Path;
 
+use super::llama::DecodeKernels;
 use super::policy::CudaModelRunner;
-use super::weights::GemvVariant;
 use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
 use crate::bench::policy::PolicyBenchArgs;
 use crate::cli::CliError;
@@ -108,47 +108,60 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
     );
     // Each device format against the CPU backend in the same format (same INT8/INT4 codes,
     // same W8A8 projector). FP16 and INT8 must match; INT4 and the W8A8 projector are reported.
-    // The tensor-core decode GEMVs (a benchmark variant, `*tc`) are reported for each format.
+    // Decode with the tensor-core GEMVs and the split attention (benchmark variants, `*tc`) is
+    // reported for each format.
     let passes = [
-        ("fp16", Quantization::None, false, true, GemvVariant::Policy),
-        ("int8", Quantization::Int8, false, true, GemvVariant::Policy),
+        (
+            "fp16",
+            Quantization::None,
+            false,
+            true,
+            DecodeKernels::POLICY,
+        ),
+        (
+            "int8",
+            Quantization::Int8,
+            false,
+            true,
+            DecodeKernels::POLICY,
+        ),
         (
             "int4",
             Quantization::Int4,
             false,
             false,
-            GemvVariant::Policy,
+            DecodeKernels::POLICY,
         ),
         (
             "w8a8p",
             Quantization::None,
             true,
             false,
-            GemvVariant::Policy,
+            DecodeKernels::POLICY,
         ),
         (
             "fp16tc",
             Quantization::None,
             false,
             false,
-            GemvVariant::TensorCore,
+            DecodeKernels::CANDIDATE,
         ),
         (
             "int8tc",
             Quantization::Int8,
             false,
             false,
-            GemvVariant::TensorCore,
+            DecodeKernels::CANDIDATE,
         ),
         (
             "int4tc",
             Quantization::Int4,
             false,
             false,
-            GemvVariant::TensorCore,
+            DecodeKernels::CANDIDATE,
         ),
     ];
-    for (label, quantization, int8_projector, required, gemv_variant) in passes {
+    for (label, quantization, int8_projector, required, decode_kernels) in passes {
         let pass_options = if int8_projector {
             PolicyOptions {
                 projector: ProjectorFormat::Int8,
@@ -161,13 +174,17 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         let mut cpu = CpuPolicy::load(&model, &pass_options)?;
         let mut gpu = CudaModelRunner::load(&model, &pass_options)
             .map_err(|e| CliError::from(crate::policy::PolicyError::from(e)))?;
-        if gemv_variant == GemvVariant::TensorCore {
+        if decode_kernels != DecodeKernels::POLICY {
             let format = gpu.format();
             let (device, llama, _) = gpu.llama_mut();
             let (taken, all) = llama.tensor_core_layers(device, format);
-            println!("{label}: tensor-core GEMVs on {taken} of {all} layers, the policy kernel on the rest");
+            println!(
+                "{label}: decode with{}; tensor-core GEMVs on {taken} of {all} layers, the policy \
+                 kernel on the rest",
+                decode_kernels.suffix().trim_start_matches(',')
+            );
         }
-        gpu.llama_mut().1.set_decode_variant(gemv_variant);
+        gpu.llama_mut().1.set_decode_kernels(decode_kernels);
         for (case, image) in expected.cases.iter().zip(&images) {
             let cpu_pred = cpu.predict(image, &case.instruction)?;
             let pixels = cpu.last_pixel_values().to_vec();

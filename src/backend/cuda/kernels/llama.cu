@@ -146,48 +146,32 @@ extern "C" __global__ void silu_mul_f16(const float* __restrict__ gate_up, half_
     }
 }
 
-// Decode attention, one block per query head: the query at position state[0] against cached
-// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)). Scores: groups of 8 lanes
-// take one key each (16-byte loads, a 3-step shuffle sum), so a warp scores 4 keys at once.
-// Weighted sum: the warps split the keys and the lanes the head dimensions
-// (hd <= 32 * DECODE_DIMS_PER_LANE); the warps' partial sums meet in shared memory.
-// Dynamic shared memory: q [hd], scores [capacity], partial sums [warps, hd], all f32.
+// Decode attention kernels. Scores: groups of 8 lanes take one key each (16-byte loads, a
+// 3-step shuffle sum), so a warp scores 4 keys at once. Weighted sum: the warps split the keys
+// and the lanes the head dimensions (hd <= 32 * DECODE_DIMS_PER_LANE); the warps' partial sums
+// meet in shared memory.
 #define DECODE_DIMS_PER_LANE 8
 #define DECODE_LANES_PER_KEY 8
 #define DECODE_PASSES_IN_FLIGHT 4
-extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
-                                            const half_t* __restrict__ v_cache, half_t* __restrict__ out,
-                                            const int* __restrict__ state, int heads, int kv_heads,
-                                            int hd, int capacity, float scale) {
-    extern __shared__ float smem[];
-    __shared__ float scratch[32];
-    const int warps = blockDim.x / VLA_WARP;
-    float* qs = smem;
-    float* scores = smem + hd;
-    float* partial = scores + capacity;
-    const int h = blockIdx.x;
-    const int g = h / (heads / kv_heads);
-    const int keys = state[0] + 1;
-    const half_t* qh = q + (long)h * hd;
-    const half_t* kh = k_cache + (long)g * capacity * hd;
-    const half_t* vh = v_cache + (long)g * capacity * hd;
+
+// scores[j] = scale · q·k(first + j) for j < count, q staged as f32 in qs, kh the keys of one
+// KV head. Called by every thread of the block.
+__device__ __forceinline__ void decode_scores(const float* qs, const half_t* __restrict__ kh, int hd, int first,
+                                              int count, float scale, float* scores) {
     const int lane = threadIdx.x % VLA_WARP;
-    const int warp = threadIdx.x / VLA_WARP;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(qh[d]);
-    __syncthreads();
     const int sub = lane % DECODE_LANES_PER_KEY;
     const int keys_per_pass = (int)blockDim.x / DECODE_LANES_PER_KEY;
     // Every lane runs the same number of passes so that the shuffles below see full warps.
-    const int passes = (keys + keys_per_pass - 1) / keys_per_pass;
-    for (int first = 0; first < passes; first += DECODE_PASSES_IN_FLIGHT) {
+    const int passes = (count + keys_per_pass - 1) / keys_per_pass;
+    for (int pass0 = 0; pass0 < passes; pass0 += DECODE_PASSES_IN_FLIGHT) {
         // The dot products of several passes first (their loads overlap), then the sums.
         float dots[DECODE_PASSES_IN_FLIGHT];
 #pragma unroll
         for (int u = 0; u < DECODE_PASSES_IN_FLIGHT; ++u) {
-            const int j = (first + u) * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
+            const int j = (pass0 + u) * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
             float dot = 0.f;
-            if (first + u < passes && j < keys) {
-                const half_t* kr = kh + (long)j * hd;
+            if (pass0 + u < passes && j < count) {
+                const half_t* kr = kh + (long)(first + j) * hd;
                 if ((hd & 7) == 0) {
                     for (int c = sub; c < hd / 8; c += DECODE_LANES_PER_KEY) {
                         const uint4 raw = *reinterpret_cast<const uint4*>(kr + 8 * c);
@@ -206,33 +190,30 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
             float dot = dots[u];
 #pragma unroll
             for (int o = DECODE_LANES_PER_KEY / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            const int j = (first + u) * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
-            if (sub == 0 && first + u < passes && j < keys) scores[j] = dot * scale;
+            const int j = (pass0 + u) * keys_per_pass + (int)threadIdx.x / DECODE_LANES_PER_KEY;
+            if (sub == 0 && pass0 + u < passes && j < count) scores[j] = dot * scale;
         }
     }
-    __syncthreads();
-    float m = -VLA_INF;
-    for (int j = threadIdx.x; j < keys; j += blockDim.x) m = fmaxf(m, scores[j]);
-    m = block_max(m, scratch);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
-        const float e = expf(scores[j] - m);
-        scores[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, scratch);
-    const float inv = 1.f / sum;
+}
+
+// partial[warp · hd + d] = Σ p[j] · v(first + j)[d] over the warp's keys j < count (j = warp,
+// warp + warps, ...), vh the values of one KV head. Called by every thread of the block.
+__device__ __forceinline__ void decode_value_sums(const float* p, const half_t* __restrict__ vh, int hd, int first,
+                                                  int count, float* partial) {
+    const int warps = blockDim.x / VLA_WARP;
+    const int lane = threadIdx.x % VLA_WARP;
+    const int warp = threadIdx.x / VLA_WARP;
     float acc[DECODE_DIMS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < DECODE_DIMS_PER_LANE; ++i) acc[i] = 0.f;
 #pragma unroll 4
-    for (int j = warp; j < keys; j += warps) {
-        const float p = scores[j];
-        const half_t* vr = vh + (long)j * hd;
+    for (int j = warp; j < count; j += warps) {
+        const float pj = p[j];
+        const half_t* vr = vh + (long)(first + j) * hd;
 #pragma unroll
         for (int i = 0; i < DECODE_DIMS_PER_LANE; ++i) {
             const int d = lane + VLA_WARP * i;
-            if (d < hd) acc[i] += p * h2f(vr[d]);
+            if (d < hd) acc[i] += pj * h2f(vr[d]);
         }
     }
 #pragma unroll
@@ -240,12 +221,131 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
         const int d = lane + VLA_WARP * i;
         if (d < hd) partial[warp * hd + d] = acc[i];
     }
+}
+
+// scores[j] = exp(scores[j] − m) for j < count, with m the largest score (−inf when count is
+// 0); returns Σ scores[j] to every thread. Called by every thread of the block.
+__device__ __forceinline__ float decode_exp_scores(float* scores, int count, float* scratch, float& m) {
+    m = -VLA_INF;
+    for (int j = threadIdx.x; j < count; j += blockDim.x) m = fmaxf(m, scores[j]);
+    m = block_max(m, scratch);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < count; j += blockDim.x) {
+        const float e = expf(scores[j] - m);
+        scores[j] = e;
+        sum += e;
+    }
+    return block_sum(sum, scratch);
+}
+
+// Decode attention, one block per query head: the query at position state[0] against cached
+// keys 0..state[0] of its KV head (GQA: head / (heads / kv_heads)).
+// Dynamic shared memory: q [hd], scores [capacity], partial sums [warps, hd], all f32.
+extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
+                                            const half_t* __restrict__ v_cache, half_t* __restrict__ out,
+                                            const int* __restrict__ state, int heads, int kv_heads,
+                                            int hd, int capacity, float scale) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    const int warps = blockDim.x / VLA_WARP;
+    float* qs = smem;
+    float* scores = smem + hd;
+    float* partial = scores + capacity;
+    const int h = blockIdx.x;
+    const int g = h / (heads / kv_heads);
+    const int keys = state[0] + 1;
+    const half_t* qh = q + (long)h * hd;
+    const half_t* kh = k_cache + (long)g * capacity * hd;
+    const half_t* vh = v_cache + (long)g * capacity * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(qh[d]);
+    __syncthreads();
+    decode_scores(qs, kh, hd, 0, keys, scale, scores);
+    __syncthreads();
+    float m;
+    const float sum = decode_exp_scores(scores, keys, scratch, m);
+    const float inv = 1.f / sum;
+    decode_value_sums(scores, vh, hd, 0, keys, partial);
     __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float total = 0.f;
         for (int w = 0; w < warps; ++w) total += partial[w * hd + d];
         out[(long)h * hd + d] = f2h(total * inv);
     }
+}
+
+// Decode attention split over the keys (a benchmark variant; flash-decoding): with 32 heads
+// the kernel above keeps only 32 multiprocessors reading the cache. Block b takes head
+// b / splits and the (b % splits)-th share of keys 0..state[0]; it writes its share's score
+// maximum m, Σ exp(s − m) and Σ exp(s − m) · v to partials [heads, splits, hd + 2], and the
+// last block of the head to finish (counters[head], which it resets for the next launch)
+// merges the shares. Dynamic shared memory: q [hd], scores [ceil(capacity / splits)], partial
+// sums [warps, hd], all f32.
+extern "C" __global__ void decode_attention_split(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
+                                                  const half_t* __restrict__ v_cache, half_t* __restrict__ out,
+                                                  float* __restrict__ partials, unsigned int* __restrict__ counters,
+                                                  const int* __restrict__ state, int heads, int kv_heads, int hd,
+                                                  int capacity, float scale, int splits) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    __shared__ unsigned int arrived;
+    const int warps = blockDim.x / VLA_WARP;
+    const int h = blockIdx.x / splits;
+    const int split = blockIdx.x % splits;
+    const int g = h / (heads / kv_heads);
+    const int keys = state[0] + 1;
+    const int share = (keys + splits - 1) / splits;
+    const int first = min(keys, split * share);
+    const int count = min(keys, first + share) - first;
+    float* qs = smem;
+    float* scores = smem + hd;
+    float* partial = scores + (capacity + splits - 1) / splits;
+    const half_t* qh = q + (long)h * hd;
+    const half_t* kh = k_cache + (long)g * capacity * hd;
+    const half_t* vh = v_cache + (long)g * capacity * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(qh[d]);
+    __syncthreads();
+    decode_scores(qs, kh, hd, first, count, scale, scores);
+    __syncthreads();
+    float m;
+    const float sum = decode_exp_scores(scores, count, scratch, m);
+    decode_value_sums(scores, vh, hd, first, count, partial);
+    __syncthreads();
+    float* mine = partials + ((long)h * splits + split) * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float total = 0.f;
+        for (int w = 0; w < warps; ++w) total += partial[w * hd + d];
+        mine[d] = total;
+    }
+    if (threadIdx.x == 0) {
+        mine[hd] = m;
+        mine[hd + 1] = sum;
+    }
+    // This block's share is visible device-wide before it counts itself in.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) arrived = atomicAdd(counters + h, 1u);
+    __syncthreads();
+    if (arrived != (unsigned int)splits - 1) return;
+    __threadfence();
+    // The other blocks' shares were written after this block started: read them past L1.
+    const volatile float* all = partials + (long)h * splits * (hd + 2);
+    float top = -VLA_INF;
+    for (int s = 0; s < splits; ++s)
+        if (all[s * (hd + 2) + hd + 1] > 0.f) top = fmaxf(top, all[s * (hd + 2) + hd]);
+    float total_weight = 0.f;
+    for (int s = 0; s < splits; ++s) {
+        const float l = all[s * (hd + 2) + hd + 1];
+        if (l > 0.f) total_weight += expf(all[s * (hd + 2) + hd] - top) * l;
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float total = 0.f;
+        for (int s = 0; s < splits; ++s) {
+            const float l = all[s * (hd + 2) + hd + 1];
+            if (l > 0.f) total += expf(all[s * (hd + 2) + hd] - top) * all[s * (hd + 2) + d];
+        }
+        out[(long)h * hd + d] = f2h(total / total_weight);
+    }
+    if (threadIdx.x == 0) counters[h] = 0u;
 }
 
 // One block: the first index of the largest finite-or-inf logit (NaN skipped), as torch.argmax
