@@ -175,7 +175,7 @@ fn row(name: &str, samples: &[f64], note: &str) {
     let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
     let max = samples.iter().copied().fold(0.0, f64::max);
     println!(
-        "{name:<34} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
+        "{name:<82} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
         median(samples.to_vec())
     );
 }
@@ -219,7 +219,7 @@ fn bench_runner(
         ids.len() + 256
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>9}",
+        "{:<82} {:>9} {:>9} {:>9}",
         "stage", "median ms", "min ms", "max ms"
     );
 

@@ -68,6 +68,9 @@ pub const GEMV: KernelSource = KernelSource {
         "gemv_f16_tc",
         "gemv_i8_tc",
         "gemv_i4_tc",
+        "gemv_f16_tc_norm",
+        "gemv_i8_tc_norm",
+        "gemv_i4_tc_norm",
     ],
 };
 

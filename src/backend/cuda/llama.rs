@@ -104,21 +104,27 @@ pub struct DecodeKernels {
     /// `decode_attention_split` (each head's keys over `DECODE_ATTENTION_SPLITS` blocks)
     /// instead of `decode_attention` (one block per head).
     pub split_attention: bool,
+    /// With tensor-core GEMVs: the RMSNorms before q/k/v, gate/up and lm_head computed by
+    /// those GEMVs as they stage x (`gemv_*_tc_norm`) instead of by `rms_norm_f16` launches.
+    pub fused_norm: bool,
 }
 
 impl DecodeKernels {
     pub const POLICY: Self = Self {
         gemv: GemvVariant::Policy,
         split_attention: false,
+        fused_norm: false,
     };
     pub const TENSOR_CORE_GEMVS: Self = Self {
         gemv: GemvVariant::TensorCore,
         split_attention: false,
+        fused_norm: false,
     };
-    /// Tensor-core GEMVs and split attention.
+    /// Tensor-core GEMVs with the RMSNorms fused in, and split attention.
     pub const CANDIDATE: Self = Self {
         gemv: GemvVariant::TensorCore,
         split_attention: true,
+        fused_norm: true,
     };
 
     /// What differs from the policy, for row names: "" for the policy's kernels.
@@ -129,6 +135,9 @@ impl DecodeKernels {
             GemvVariant::TensorCore => parts.push("tensor-core GEMVs"),
             GemvVariant::Wide => parts.push("wide GEMVs"),
             GemvVariant::Persistent => parts.push("persistent GEMVs"),
+        }
+        if self.fused_norm {
+            parts.push("fused RMSNorm");
         }
         if self.split_attention {
             parts.push("split attention");
@@ -502,20 +511,13 @@ impl DeviceLlama {
         advance: usize,
     ) -> Result<(), CudaError> {
         let h = self.config.hidden_size;
-        self.rms_norm(
+        self.normed_decode_gemv(
             gpu,
-            1,
-            self.s.x.at(row * h),
             &self.norm,
-            self.s.normed.ptr(),
-        )?;
-        self.decode_gemv(
-            gpu,
             &self.lm_head,
             format,
-            self.s.normed.ptr(),
+            self.s.x.at(row * h),
             self.s.logits.ptr(),
-            false,
         )?;
         gpu.launch(
             Lane::A,
@@ -748,6 +750,38 @@ impl DeviceLlama {
         )
     }
 
+    /// `y = lin(RMSNorm(x row) · norm)` for one row: one tensor-core kernel that normalises
+    /// while it stages x when the selection fuses the norm and the layer takes it, otherwise
+    /// `rms_norm_f16` into `s.normed` and the selected GEMV.
+    fn normed_decode_gemv(
+        &self,
+        gpu: &Gpu,
+        norm: &DeviceBuffer<f32>,
+        lin: &DeviceLinear,
+        format: DecodeFormat,
+        x: u64,
+        y: u64,
+    ) -> Result<(), CudaError> {
+        let k = self.decode_kernels;
+        if k.fused_norm
+            && k.gemv == GemvVariant::TensorCore
+            && lin.gemv_tensor_core_normed(
+                gpu,
+                Lane::A,
+                format,
+                x,
+                norm.ptr(),
+                self.config.rms_norm_eps as f32,
+                y,
+                false,
+            )?
+        {
+            return Ok(());
+        }
+        self.rms_norm(gpu, 1, x, norm, self.s.normed.ptr())?;
+        self.decode_gemv(gpu, lin, format, self.s.normed.ptr(), y, false)
+    }
+
     /// One decode GEMV of `lin` with the selected variant.
     fn decode_gemv(
         &self,
@@ -787,20 +821,25 @@ impl DeviceLlama {
             ],
         )?;
         for (l, layer) in self.layers.iter().enumerate() {
-            self.rms_norm(gpu, 1, s.x.ptr(), &layer.input_norm, s.normed.ptr())?;
-            self.decode_gemv(gpu, &layer.qkv, format, s.normed.ptr(), s.qkv.ptr(), false)?;
+            self.normed_decode_gemv(
+                gpu,
+                &layer.input_norm,
+                &layer.qkv,
+                format,
+                s.x.ptr(),
+                s.qkv.ptr(),
+            )?;
             self.rope_cache(gpu, l, 1)?;
             let layer_off = l * c.num_kv_heads * self.capacity * hd;
             self.decode_attention(gpu, layer_off)?;
             self.decode_gemv(gpu, &layer.o, format, s.attn.ptr(), s.x.ptr(), true)?;
-            self.rms_norm(gpu, 1, s.x.ptr(), &layer.post_norm, s.normed.ptr())?;
-            self.decode_gemv(
+            self.normed_decode_gemv(
                 gpu,
+                &layer.post_norm,
                 &layer.gate_up,
                 format,
-                s.normed.ptr(),
+                s.x.ptr(),
                 s.gate_up.ptr(),
-                false,
             )?;
             self.silu_mul(gpu, 1)?;
             self.decode_gemv(gpu, &layer.down, format, s.act.ptr(), s.x.ptr(), true)?;

@@ -4,8 +4,8 @@
 //! device weight format against the CPU backend in the same format: FP16 against f32, INT8
 //! and INT4 against the CPU's INT8 and INT4 (the same codes), and the W8A8 projector (scales
 //! calibrated on the CPU over the fixture images) against the CPU's. FP16 and INT8 must pass;
-//! INT4, W8A8 and each format with the tensor-core GEMVs and split attention in decode are
-//! reported. Prints one row per case and format; exits 1 when a required check fails.
+//! INT4, W8A8 and each format decoding with the candidate kernels (tensor-core GEMVs, fused
+//! RMSNorms, split attention) are reported. Prints one row per case and format; exits 1 when a required check fails.
 
 use std::path::Path;
 
@@ -108,8 +108,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
     );
     // Each device format against the CPU backend in the same format (same INT8/INT4 codes,
     // same W8A8 projector). FP16 and INT8 must match; INT4 and the W8A8 projector are reported.
-    // Decode with the tensor-core GEMVs and the split attention (benchmark variants, `*tc`) is
-    // reported for each format.
+    // Decode with the candidate kernels (benchmark variants, `*tc`) is reported per format.
     let passes = [
         (
             "fp16",

@@ -768,13 +768,7 @@ impl DeviceLinear {
             op: "gemv",
             message: format!("{}: {shared} bytes of shared memory", self.name),
         })?;
-        let row_groups =
-            u32::try_from(self.out_features.div_ceil(rows_per_block)).map_err(|_| {
-                CudaError::Shape {
-                    op: "gemv",
-                    message: format!("{}: {} rows", self.name, self.out_features),
-                }
-            })?;
+        let row_groups = self.row_groups(rows_per_block)?;
         // One block per row group, except the persistent kernels, whose blocks loop over the
         // groups: more blocks than fit on the device at once would stage x again for nothing.
         let blocks = if variant == GemvVariant::Persistent {
@@ -795,16 +789,59 @@ impl DeviceLinear {
             (DecodeFormat::Int4, GemvVariant::Persistent) => &k.gemv_i4_persistent,
             (DecodeFormat::Int4, GemvVariant::TensorCore) => &k.gemv_i4_tc,
         };
-        let args = self.gemv_args(format, x, y, accumulate)?;
+        let args = self.gemv_args(format, x, None, y, accumulate)?;
         gpu.launch(lane, kernel, blocks, THREADS, shared, &args)
     }
 
+    /// Groups of `rows` output rows (one GEMV block each).
+    fn row_groups(&self, rows: usize) -> Result<u32, CudaError> {
+        u32::try_from(self.out_features.div_ceil(rows)).map_err(|_| CudaError::Shape {
+            op: "gemv",
+            message: format!("{}: {} rows", self.name, self.out_features),
+        })
+    }
+
+    /// The tensor-core GEMV of RMSNorm(x): `x` is the f32 residual row, normalised with
+    /// `norm_weight` (f32, `in_features`) and `eps` as `rms_norm_f16` would, while the kernel
+    /// stages it. Returns false, queueing nothing, when this layer or device does not take it
+    /// (the caller then normalises first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_tensor_core_normed(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        format: DecodeFormat,
+        x: u64,
+        norm_weight: u64,
+        eps: f32,
+        y: u64,
+        accumulate: bool,
+    ) -> Result<bool, CudaError> {
+        if !self.takes_tensor_core_gemv(gpu, format) || !normed_gemv_fits(self.in_features) {
+            return Ok(false);
+        }
+        let blocks = self.row_groups(TENSOR_CORE_GEMV_ROWS)?;
+        // At most 48 KiB (takes_tensor_core_gemv), so the cast is lossless.
+        let shared = tensor_core_shared_bytes(format, self.in_features) as u32;
+        let k = &gpu.kernels;
+        let kernel = match format {
+            DecodeFormat::F16 => &k.gemv_f16_tc_norm,
+            DecodeFormat::Int8 => &k.gemv_i8_tc_norm,
+            DecodeFormat::Int4 => &k.gemv_i4_tc_norm,
+        };
+        let args = self.gemv_args(format, x, Some((norm_weight, eps)), y, accumulate)?;
+        gpu.launch(lane, kernel, blocks, 256, shared, &args)?;
+        Ok(true)
+    }
+
     /// The arguments every GEMV kernel of `format` takes: the weights (f16 with its residual,
-    /// or the INT8/INT4 codes with their scales), x, y, N, K, (INT4: the group,) accumulate.
+    /// or the INT8/INT4 codes with their scales), x, (with `norm`: the RMSNorm weight and eps,)
+    /// y, N, K, (INT4: the group,) accumulate.
     fn gemv_args(
         &self,
         format: DecodeFormat,
         x: u64,
+        norm: Option<(u64, f32)>,
         y: u64,
         accumulate: bool,
     ) -> Result<Vec<Arg>, CudaError> {
@@ -815,7 +852,7 @@ impl DeviceLinear {
             what: format!("{} {}", self.name, format.label()),
             message: "this layer was not quantized to that format".into(),
         };
-        Ok(match format {
+        let mut args = match format {
             DecodeFormat::F16 => vec![
                 Arg::Ptr(self.f16.hi.ptr()),
                 // The residual of an f32 checkpoint's weights, if any.
@@ -852,7 +889,12 @@ impl DeviceLinear {
                     acc,
                 ]
             }
-        })
+        };
+        if let Some((weight, eps)) = norm {
+            let at = gemv_x_argument(format) + 1;
+            args.splice(at..at, [Arg::Ptr(weight), Arg::F32(eps)]);
+        }
+        Ok(args)
     }
 }
 
@@ -882,6 +924,21 @@ pub fn tensor_core_gemv_fits(format: DecodeFormat, in_features: usize, int4_grou
         && tensor_core_shared_bytes(format, in_features) <= DEFAULT_BLOCK_SHARED_BYTES
 }
 
+/// Position of x among a `format` GEMV kernel's arguments (after the weights); the `_norm`
+/// kernels take the RMSNorm weight and eps right after it.
+fn gemv_x_argument(format: DecodeFormat) -> usize {
+    match format {
+        DecodeFormat::F16 | DecodeFormat::Int8 => 2,
+        DecodeFormat::Int4 => 3,
+    }
+}
+
+/// Whether the `_norm` tensor-core GEMVs can normalise rows of `in_features` with their 256
+/// threads (common.cuh `rms_vec_fits`: four 16-byte loads per thread at most).
+fn normed_gemv_fits(in_features: usize) -> bool {
+    in_features % 4 == 0 && in_features / 4 <= 4 * 256
+}
+
 /// Weights per 16-byte chunk of one row in `format` (gemv.cu `TcFormat<..>::E`).
 fn tensor_core_chunk(format: DecodeFormat) -> usize {
     match format {
@@ -909,6 +966,47 @@ mod tests {
                     format.label()
                 );
             }
+        }
+    }
+
+    /// The parameter names of `kernel` in gemv.cu, in order.
+    fn kernel_parameters(kernel: &str) -> Vec<String> {
+        let source = include_str!("kernels/gemv.cu");
+        let start = source
+            .find(&format!(" {kernel}("))
+            .unwrap_or_else(|| panic!("{kernel} not in gemv.cu"));
+        let list = &source[start + kernel.len() + 2..];
+        let list = &list[..list.find(')').expect("parameter list ends")];
+        list.split(',')
+            .map(|p| {
+                p.split_whitespace()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches('*')
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// `gemv_args` puts x, and for the `_norm` kernels the RMSNorm weight and eps after it,
+    /// where the kernels declare them.
+    #[test]
+    fn gemv_arguments_follow_the_kernel_signatures() {
+        for (format, name) in [
+            (DecodeFormat::F16, "f16"),
+            (DecodeFormat::Int8, "i8"),
+            (DecodeFormat::Int4, "i4"),
+        ] {
+            let at = gemv_x_argument(format);
+            for kernel in [format!("gemv_{name}"), format!("gemv_{name}_tc")] {
+                assert_eq!(kernel_parameters(&kernel)[at], "x", "{kernel}");
+            }
+            let normed = kernel_parameters(&format!("gemv_{name}_tc_norm"));
+            assert_eq!(normed[at..at + 3], ["xf", "norm_w", "eps"], "{name}");
+            assert_eq!(
+                normed.len(),
+                kernel_parameters(&format!("gemv_{name}_tc")).len() + 2
+            );
         }
     }
 

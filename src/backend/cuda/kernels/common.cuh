@@ -65,3 +65,26 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 __device__ __forceinline__ float gelu_erf(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
+
+// RMSNorm's 1 / sqrt(mean(x²) + eps) of one row of H floats, H = 4·k up to
+// 4 · RMS_VEC_PER_THREAD · blockDim (16-byte loads, quad q in thread q % blockDim); the row's
+// quads stay in v. Every thread of the block gets the result, summed in one fixed order, so
+// kernels that normalise the same row agree to the bit.
+#define RMS_VEC_PER_THREAD 4
+__device__ __forceinline__ float rms_inverse_vec(const float* __restrict__ row, int H, float eps, float* scratch,
+                                                 float4 (&v)[RMS_VEC_PER_THREAD]) {
+    const int quads = H / 4;
+    float q = 0.f;
+#pragma unroll
+    for (int i = 0; i < RMS_VEC_PER_THREAD; ++i) {
+        const int qd = threadIdx.x + i * blockDim.x;
+        v[i] = qd < quads ? reinterpret_cast<const float4*>(row)[qd] : make_float4(0.f, 0.f, 0.f, 0.f);
+        q += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+    }
+    return rsqrtf(block_sum(q, scratch) / H + eps);
+}
+
+// Whether rms_inverse_vec takes rows of H values with this block size.
+__device__ __forceinline__ bool rms_vec_fits(int H) {
+    return (H & 3) == 0 && H / 4 <= RMS_VEC_PER_THREAD * (int)blockDim.x;
+}

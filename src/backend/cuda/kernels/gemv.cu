@@ -826,13 +826,16 @@ __device__ __forceinline__ void tc_i8_pairs(unsigned int v, unsigned int (&p)[2]
 }
 
 // FMT: TC_F16 (W f16, W_lo its residual or nullptr), TC_I8 (scales: one per row) or TC_I4
-// (scales and mins per row and group of G). Shared memory: x staged (zero-padded to whole
-// iterations), for INT4 Σx per iteration, then the warps' partial sums.
-template <int FMT, int UNROLL>
+// (scales and mins per row and group of G). x: f16, or with NORM the f32 residual stream xf,
+// staged as f16(xf · rsqrt(mean(xf²) + eps) · norm_w) exactly as rms_norm_f16 (llama.cu)
+// writes it (K ≤ 4 · RMS_VEC_PER_THREAD · 256, checked by the launch). Shared memory: x staged
+// (zero-padded to whole iterations), for INT4 Σx per iteration, then the warps' partial sums.
+template <int FMT, int UNROLL, bool NORM>
 __device__ __forceinline__ void gemv_tc(const unsigned char* __restrict__ W, const half_t* __restrict__ W_lo,
                                         const float* __restrict__ scales, const float* __restrict__ mins,
-                                        const half_t* __restrict__ x, float* __restrict__ y, int N, int K, int G,
-                                        int accumulate) {
+                                        const half_t* __restrict__ x, const float* __restrict__ xf,
+                                        const float* __restrict__ norm_w, float eps, float* __restrict__ y, int N,
+                                        int K, int G, int accumulate) {
     constexpr int E = TcFormat<FMT>::E;
     constexpr int ITER_K = 4 * E;
     constexpr int ROWS = 16 * TC_TILES;
@@ -858,16 +861,27 @@ __device__ __forceinline__ void gemv_tc(const unsigned char* __restrict__ W, con
         rows[tile][1] = min(row_base + 16 * tile + g + 8, N - 1);
     }
 
-    for (int k = threadIdx.x; k < k_pad; k += blockDim.x) xs[tc_slot<FMT>(k)] = k < K ? x[k] : (half_t)0;
+    if (NORM) {
+        __shared__ float norm_scratch[32];
+        float4 v[RMS_VEC_PER_THREAD];
+        const float r = rms_inverse_vec(xf, K, eps, norm_scratch, v);
+        for (int k = threadIdx.x; k < k_pad; k += blockDim.x)
+            xs[tc_slot<FMT>(k)] = k < K ? f2h(xf[k] * r * norm_w[k]) : (half_t)0;
+    } else {
+        for (int k = threadIdx.x; k < k_pad; k += blockDim.x) xs[tc_slot<FMT>(k)] = k < K ? x[k] : (half_t)0;
+    }
+    __syncthreads();
     if (FMT == TC_I4) {
+        // The slots of an iteration are its own values (the order changes only within runs of
+        // 8, and K is a whole number of chunks).
         for (int i = warp; i < iters; i += TC_WARPS) {
             float s = 0.f;
-            for (int k = i * ITER_K + lane; k < min(K, (i + 1) * ITER_K); k += VLA_WARP) s += h2f(x[k]);
+            for (int k = i * ITER_K + lane; k < min(K, (i + 1) * ITER_K); k += VLA_WARP) s += h2f(xs[k]);
             s = warp_sum(s);
             if (lane == 0) sums[i] = s;
         }
+        __syncthreads();
     }
-    __syncthreads();
 
     // F16/INT8: the mma accumulators run over all of K. INT4: one iteration's Σ code·x per
     // row, folded into acc with the group's scale and min.
@@ -993,16 +1007,19 @@ __device__ __forceinline__ void gemv_tc(const unsigned char* __restrict__ W, con
     }
 }
 
-// 256 threads (TC_WARPS warps) per block of 16 · TC_TILES rows.
+// 256 threads (TC_WARPS warps) per block of 16 · TC_TILES rows. The `_norm` kernels take the
+// f32 residual stream and the RMSNorm weight instead of a normalised x (the decode step then
+// skips its rms_norm_f16 launches).
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_f16_tc(const half_t* __restrict__ W,
                                                                  const half_t* __restrict__ W_lo,
                                                                  const half_t* __restrict__ x, float* __restrict__ y,
                                                                  int N, int K, int accumulate) {
+    const unsigned char* Wb = reinterpret_cast<const unsigned char*>(W);
     // The residual's loads double the registers of a step: one iteration in flight per warp then.
     if (W_lo != nullptr) {
-        gemv_tc<TC_F16, 1>(reinterpret_cast<const unsigned char*>(W), W_lo, nullptr, nullptr, x, y, N, K, 0, accumulate);
+        gemv_tc<TC_F16, 1, false>(Wb, W_lo, nullptr, nullptr, x, nullptr, nullptr, 0.f, y, N, K, 0, accumulate);
     } else {
-        gemv_tc<TC_F16, 2>(reinterpret_cast<const unsigned char*>(W), nullptr, nullptr, nullptr, x, y, N, K, 0, accumulate);
+        gemv_tc<TC_F16, 2, false>(Wb, nullptr, nullptr, nullptr, x, nullptr, nullptr, 0.f, y, N, K, 0, accumulate);
     }
 }
 
@@ -1010,7 +1027,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_tc(const signed cha
                                                                 const float* __restrict__ scale,
                                                                 const half_t* __restrict__ x, float* __restrict__ y,
                                                                 int N, int K, int accumulate) {
-    gemv_tc<TC_I8, 2>(reinterpret_cast<const unsigned char*>(W), nullptr, scale, nullptr, x, y, N, K, 0, accumulate);
+    gemv_tc<TC_I8, 2, false>(reinterpret_cast<const unsigned char*>(W), nullptr, scale, nullptr, x, nullptr, nullptr,
+                             0.f, y, N, K, 0, accumulate);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_tc(const unsigned char* __restrict__ W,
@@ -1018,5 +1036,39 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_tc(const unsigned c
                                                                 const float* __restrict__ mins,
                                                                 const half_t* __restrict__ x, float* __restrict__ y,
                                                                 int N, int K, int G, int accumulate) {
-    gemv_tc<TC_I4, 1>(W, nullptr, scales, mins, x, y, N, K, G, accumulate);
+    gemv_tc<TC_I4, 1, false>(W, nullptr, scales, mins, x, nullptr, nullptr, 0.f, y, N, K, G, accumulate);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_f16_tc_norm(const half_t* __restrict__ W,
+                                                                      const half_t* __restrict__ W_lo,
+                                                                      const float* __restrict__ xf,
+                                                                      const float* __restrict__ norm_w, float eps,
+                                                                      float* __restrict__ y, int N, int K,
+                                                                      int accumulate) {
+    const unsigned char* Wb = reinterpret_cast<const unsigned char*>(W);
+    if (W_lo != nullptr) {
+        gemv_tc<TC_F16, 1, true>(Wb, W_lo, nullptr, nullptr, nullptr, xf, norm_w, eps, y, N, K, 0, accumulate);
+    } else {
+        gemv_tc<TC_F16, 2, true>(Wb, nullptr, nullptr, nullptr, nullptr, xf, norm_w, eps, y, N, K, 0, accumulate);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_tc_norm(const signed char* __restrict__ W,
+                                                                     const float* __restrict__ scale,
+                                                                     const float* __restrict__ xf,
+                                                                     const float* __restrict__ norm_w, float eps,
+                                                                     float* __restrict__ y, int N, int K,
+                                                                     int accumulate) {
+    gemv_tc<TC_I8, 2, true>(reinterpret_cast<const unsigned char*>(W), nullptr, scale, nullptr, nullptr, xf, norm_w,
+                            eps, y, N, K, 0, accumulate);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_tc_norm(const unsigned char* __restrict__ W,
+                                                                     const float* __restrict__ scales,
+                                                                     const float* __restrict__ mins,
+                                                                     const float* __restrict__ xf,
+                                                                     const float* __restrict__ norm_w, float eps,
+                                                                     float* __restrict__ y, int N, int K, int G,
+                                                                     int accumulate) {
+    gemv_tc<TC_I4, 1, true>(W, nullptr, scales, mins, nullptr, xf, norm_w, eps, y, N, K, G, accumulate);
 }

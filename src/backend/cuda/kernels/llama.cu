@@ -32,24 +32,17 @@ extern "C" __global__ void embed_decode(const half_t* __restrict__ table, const 
 
 // One block per row: out = f16(x · rsqrt(mean(x²) + eps) · w), as transformers' LlamaRMSNorm.
 // Rows of H = 4·k values up to 4·RMS_VEC_PER_THREAD·blockDim are read once, with 16-byte
-// loads, and kept in registers; other widths take a plain two-pass loop.
-#define RMS_VEC_PER_THREAD 4
+// loads, and kept in registers (rms_inverse_vec, common.cuh); other widths take a plain
+// two-pass loop.
 extern "C" __global__ void rms_norm_f16(const float* __restrict__ x, const float* __restrict__ w,
                                         half_t* __restrict__ out, int H, float eps) {
     __shared__ float scratch[32];
     const float* row = x + (long)blockIdx.x * H;
     half_t* orow = out + (long)blockIdx.x * H;
     const int quads = H / 4;
-    if ((H & 3) == 0 && quads <= RMS_VEC_PER_THREAD * (int)blockDim.x) {
+    if (rms_vec_fits(H)) {
         float4 v[RMS_VEC_PER_THREAD];
-        float q = 0.f;
-#pragma unroll
-        for (int i = 0; i < RMS_VEC_PER_THREAD; ++i) {
-            const int qd = threadIdx.x + i * blockDim.x;
-            v[i] = qd < quads ? reinterpret_cast<const float4*>(row)[qd] : make_float4(0.f, 0.f, 0.f, 0.f);
-            q += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
-        }
-        const float r = rsqrtf(block_sum(q, scratch) / H + eps);
+        const float r = rms_inverse_vec(row, H, eps, scratch, v);
 #pragma unroll
         for (int i = 0; i < RMS_VEC_PER_THREAD; ++i) {
             const int qd = threadIdx.x + i * blockDim.x;
