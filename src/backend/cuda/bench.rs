@@ -330,43 +330,103 @@ fn bench_runner(
         gbs
     };
 
-    let (gpu, llama, vision) = runner.llama_mut();
-    let image_tokens = vision.projector.output();
+    let lang = LanguageBench {
+        warmup,
+        runs,
+        copy_gbs,
+        ids,
+        pixels,
+        action_dim,
+    };
     if !gemv_only {
+        let (gpu, llama, vision) = runner.llama_mut();
+        let image_tokens = vision.projector.output();
         let prefill = time(warmup, runs, || {
-            llama.prefill(gpu, image_tokens, &ids, DecodeFormat::F16)?;
+            llama.prefill(gpu, image_tokens, &lang.ids, DecodeFormat::F16)?;
             gpu.sync(Lane::A)
         })?;
         row(
             "llm prefill",
             &prefill,
-            &format!("{} positions, FP16 GEMMs", ids.len() + 256),
+            &format!("{} positions, FP16 GEMMs", lang.ids.len() + 256),
         );
-
-        // Decode steps with the policy's kernels, then with the tensor-core GEMVs, then with
-        // those and the split attention.
+    }
+    let formats = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4];
+    // The policy's kernels first, so that their rows stand even if a benchmark variant
+    // fails on this device (a kernel fault ends the process).
+    if !gemv_only {
         let mut steps = vec![(DecodeFormat::F16, false, DecodeKernels::POLICY)];
-        for kernels in [
-            DecodeKernels::POLICY,
-            DecodeKernels::TENSOR_CORE_GEMVS,
-            DecodeKernels::CANDIDATE,
-        ] {
-            for format in [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4] {
-                steps.push((format, true, kernels));
-            }
+        steps.extend(formats.map(|f| (f, true, DecodeKernels::POLICY)));
+        lang.decode_steps(runner, &steps)?;
+    }
+    lang.gemvs_alone(runner, &formats.map(|f| (f, GemvVariant::Policy)))?;
+    if !gemv_only {
+        lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::POLICY)))?;
+    }
+
+    println!("benchmark variants (not the policy's kernels):");
+    let variants = (|| {
+        if !gemv_only {
+            let steps: Vec<_> = [DecodeKernels::TENSOR_CORE_GEMVS, DecodeKernels::CANDIDATE]
+                .into_iter()
+                .flat_map(|k| formats.map(|f| (f, true, k)))
+                .collect();
+            lang.decode_steps(runner, &steps)?;
         }
-        for (format, use_graph, kernels) in steps {
+        let gemvs: Vec<_> = formats
+            .into_iter()
+            .flat_map(|f| GemvVariant::ALL.map(|v| (f, v)))
+            .filter(|(f, v)| *v != GemvVariant::Policy && v.exists_for(*f))
+            .collect();
+        lang.gemvs_alone(runner, &gemvs)?;
+        if !gemv_only {
+            lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::CANDIDATE)))?;
+        }
+        Ok(())
+    })();
+    runner
+        .llama_mut()
+        .1
+        .set_decode_kernels(DecodeKernels::POLICY);
+    if let Err(e) = &variants {
+        println!("benchmark variants stopped: {e}");
+    }
+    variants
+}
+
+/// What the language rows of the benchmark share.
+struct LanguageBench {
+    warmup: usize,
+    runs: usize,
+    /// Device copy bandwidth of this run, GB/s.
+    copy_gbs: f64,
+    ids: Vec<u32>,
+    pixels: Vec<f32>,
+    action_dim: usize,
+}
+
+impl LanguageBench {
+    /// Decode steps (after a prefill each run) in each (format, CUDA graph, kernels), with
+    /// the weight bytes read per second against the copy bandwidth.
+    fn decode_steps(
+        &self,
+        runner: &mut CudaModelRunner,
+        steps: &[(DecodeFormat, bool, DecodeKernels)],
+    ) -> Result<(), CudaError> {
+        let (gpu, llama, vision) = runner.llama_mut();
+        let image_tokens = vision.projector.output();
+        for &(format, use_graph, kernels) in steps {
             llama.set_decode_kernels(kernels);
             let bytes = llama.decode_weight_bytes(format);
             let mut samples = Vec::new();
-            for run in 0..warmup + runs {
-                llama.prefill(gpu, image_tokens, &ids, format)?;
+            for run in 0..self.warmup + self.runs {
+                llama.prefill(gpu, image_tokens, &self.ids, format)?;
                 gpu.sync(Lane::A)?;
-                for _ in 1..action_dim {
+                for _ in 1..self.action_dim {
                     let t = Instant::now();
                     llama.step(gpu, format, use_graph)?;
                     gpu.sync(Lane::A)?;
-                    if run >= warmup {
+                    if run >= self.warmup {
                         samples.push(t.elapsed().as_secs_f64() * 1e3);
                     }
                 }
@@ -383,84 +443,89 @@ fn bench_runner(
                 &format!(
                     "{:.2} GB weights, {gbs:.0} GB/s = {:.0}% of copy",
                     bytes as f64 / 1e9,
-                    100.0 * gbs / copy_gbs.max(1e-9)
+                    100.0 * gbs / self.copy_gbs.max(1e-9)
                 ),
             );
         }
+        llama.set_decode_kernels(DecodeKernels::POLICY);
+        Ok(())
     }
 
-    // The same weight reads without the step's other kernels (norms, RoPE, attention), and
-    // every GEMV variant (each checked against the policy kernel).
-    llama.set_decode_kernels(DecodeKernels::POLICY);
-    let gemv_rows = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4]
-        .into_iter()
-        .flat_map(|format| GemvVariant::ALL.map(|variant| (format, variant)))
-        .filter(|(format, variant)| variant.exists_for(*format));
-    for (format, variant) in gemv_rows {
-        let bytes = llama.decode_weight_bytes(format);
-        let samples = time(warmup, runs, || {
-            llama.queue_gemvs_only(gpu, format, variant)?;
-            gpu.sync(Lane::A)
-        })?;
-        let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
-        let taken = if variant == GemvVariant::TensorCore {
-            let (taken, all) = llama.tensor_core_layers(gpu, format);
-            format!(", {taken} of {all} layers")
-        } else {
-            String::new()
-        };
-        let check = if variant == GemvVariant::Policy {
-            String::new()
-        } else {
-            format!(
-                ", max rel. difference to the policy kernel {:.1e}{taken}",
-                llama.gemv_variant_difference(gpu, format, variant)?
-            )
-        };
-        row(
-            &format!("decode GEMVs only, {}, {}", format.label(), variant.label()),
-            &samples,
-            &format!(
-                "{gbs:.0} GB/s = {:.0}% of copy{check}",
-                100.0 * gbs / copy_gbs.max(1e-9)
-            ),
-        );
+    /// The weight reads of one decode step without its other kernels (norms, RoPE,
+    /// attention), per (format, GEMV variant); variants are checked against the policy kernel.
+    fn gemvs_alone(
+        &self,
+        runner: &mut CudaModelRunner,
+        rows: &[(DecodeFormat, GemvVariant)],
+    ) -> Result<(), CudaError> {
+        let (gpu, llama, _) = runner.llama_mut();
+        for &(format, variant) in rows {
+            let bytes = llama.decode_weight_bytes(format);
+            let samples = time(self.warmup, self.runs, || {
+                llama.queue_gemvs_only(gpu, format, variant)?;
+                gpu.sync(Lane::A)
+            })?;
+            let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
+            let taken = if variant == GemvVariant::TensorCore {
+                let (taken, all) = llama.tensor_core_layers(gpu, format);
+                format!(", {taken} of {all} layers")
+            } else {
+                String::new()
+            };
+            let check = if variant == GemvVariant::Policy {
+                String::new()
+            } else {
+                format!(
+                    ", max rel. difference to the policy kernel {:.1e}{taken}",
+                    llama.gemv_variant_difference(gpu, format, variant)?
+                )
+            };
+            row(
+                &format!("decode GEMVs only, {}, {}", format.label(), variant.label()),
+                &samples,
+                &format!(
+                    "{gbs:.0} GB/s = {:.0}% of copy{check}",
+                    100.0 * gbs / self.copy_gbs.max(1e-9)
+                ),
+            );
+        }
+        Ok(())
     }
 
-    if gemv_only {
-        return Ok(());
+    /// Whole actions (pixel upload, vision graph, prefill, decode graphs, ids back) per
+    /// (format, decode kernels).
+    fn whole_actions(
+        &self,
+        runner: &mut CudaModelRunner,
+        actions: &[(DecodeFormat, DecodeKernels)],
+    ) -> Result<(), CudaError> {
+        for &(format, kernels) in actions {
+            runner.llama_mut().1.set_decode_kernels(kernels);
+            let whole = time(self.warmup, self.runs, || {
+                runner.upload_pixels(&self.pixels)?;
+                let (gpu, vision) = runner.vision_mut();
+                vision.replay(gpu)?;
+                let (gpu, llama, vision) = runner.llama_mut();
+                llama.generate(
+                    gpu,
+                    vision.projector.output(),
+                    &self.ids,
+                    self.action_dim,
+                    format,
+                    true,
+                )?;
+                Ok(())
+            })?;
+            row(
+                &format!("whole action, {}{}", format.label(), kernels.suffix()),
+                &whole,
+                "upload + vision graph + prefill + decode graphs + ids back",
+            );
+        }
+        runner
+            .llama_mut()
+            .1
+            .set_decode_kernels(DecodeKernels::POLICY);
+        Ok(())
     }
-    let actions = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4]
-        .into_iter()
-        .flat_map(|format| {
-            [DecodeKernels::POLICY, DecodeKernels::CANDIDATE].map(|kernels| (format, kernels))
-        });
-    for (format, kernels) in actions {
-        runner.llama_mut().1.set_decode_kernels(kernels);
-        let whole = time(warmup, runs, || {
-            runner.upload_pixels(&pixels)?;
-            let (gpu, vision) = runner.vision_mut();
-            vision.replay(gpu)?;
-            let (gpu, llama, vision) = runner.llama_mut();
-            llama.generate(
-                gpu,
-                vision.projector.output(),
-                &ids,
-                action_dim,
-                format,
-                true,
-            )?;
-            Ok(())
-        })?;
-        row(
-            &format!("whole action, {}{}", format.label(), kernels.suffix()),
-            &whole,
-            "upload + vision graph + prefill + decode graphs + ids back",
-        );
-    }
-    runner
-        .llama_mut()
-        .1
-        .set_decode_kernels(DecodeKernels::POLICY);
-    Ok(())
 }
