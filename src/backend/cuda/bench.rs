@@ -175,7 +175,7 @@ fn row(name: &str, samples: &[f64], note: &str) {
     let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
     let max = samples.iter().copied().fold(0.0, f64::max);
     println!(
-        "{name:<82} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
+        "{name:<92} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
         median(samples.to_vec())
     );
 }
@@ -219,7 +219,7 @@ fn bench_runner(
         ids.len() + 256
     );
     println!(
-        "{:<82} {:>9} {:>9} {:>9}",
+        "{:<92} {:>9} {:>9} {:>9}",
         "stage", "median ms", "min ms", "max ms"
     );
 
@@ -297,7 +297,8 @@ fn bench_runner(
     }
 
     if only == "vision" {
-        return Ok(());
+        println!("benchmark variants (not the policy's kernels):");
+        return vision_variants(runner, warmup, runs);
     }
     // Device copy bandwidth, same run: 1 GiB (256 MiB on small cards) buffer to buffer.
     let copy_bytes = {
@@ -366,6 +367,9 @@ fn bench_runner(
 
     println!("benchmark variants (not the policy's kernels):");
     let variants = (|| {
+        if only.is_empty() {
+            vision_variants(runner, warmup, runs)?;
+        }
         if !gemv_only {
             let steps: Vec<_> = [DecodeKernels::TENSOR_CORE_GEMVS, DecodeKernels::CANDIDATE]
                 .into_iter()
@@ -380,7 +384,11 @@ fn bench_runner(
             .collect();
         lang.gemvs_alone(runner, &gemvs)?;
         if !gemv_only {
-            lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::CANDIDATE)))?;
+            runner.vision_mut().1.set_split_scores(true);
+            let candidates =
+                lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::CANDIDATE)));
+            runner.vision_mut().1.set_split_scores(false);
+            candidates?;
         }
         Ok(())
     })();
@@ -392,6 +400,44 @@ fn bench_runner(
         println!("benchmark variants stopped: {e}");
     }
     variants
+}
+
+/// The encoders alone and the two-stream vision graph with the attention scores as FP16
+/// tensor-core GEMMs over f16 halves of q and k (`VisionPath::set_split_scores`).
+fn vision_variants(
+    runner: &mut CudaModelRunner,
+    warmup: usize,
+    runs: usize,
+) -> Result<(), CudaError> {
+    let (gpu, vision) = runner.vision_mut();
+    vision.set_split_scores(true);
+    let rows = (|| {
+        for i in 0..vision.vits.len() {
+            let alone = time(warmup, runs, || {
+                vision.encoder(gpu, i)?;
+                gpu.sync(Lane::A)?;
+                gpu.sync(Lane::B)
+            })?;
+            row(
+                &format!("encoder {i} alone, f16 hi/lo scores"),
+                &alone,
+                "scores: one FP16 GEMM over [q_hi|q_hi|q_lo]·[k_hi|k_lo|k_hi]",
+            );
+        }
+        let graph = vision.captured(gpu, VisionMode::TwoStreams)?;
+        let t = time(warmup, runs, || {
+            graph.launch()?;
+            gpu.sync(Lane::A)
+        })?;
+        row(
+            "vision path, CUDA graph, f16 hi/lo scores",
+            &t,
+            "two streams, one graph launch",
+        );
+        Ok(())
+    })();
+    vision.set_split_scores(false);
+    rows
 }
 
 /// What the language rows of the benchmark share.
@@ -516,8 +562,17 @@ impl LanguageBench {
                 )?;
                 Ok(())
             })?;
+            let vision = if runner.vision().split_scores() {
+                ", hi/lo scores"
+            } else {
+                ""
+            };
             row(
-                &format!("whole action, {}{}", format.label(), kernels.suffix()),
+                &format!(
+                    "whole action, {}{}{vision}",
+                    format.label(),
+                    kernels.suffix()
+                ),
                 &whole,
                 "upload + vision graph + prefill + decode graphs + ids back",
             );

@@ -32,6 +32,7 @@ pub const VISION: KernelSource = KernelSource {
         "vit_assemble_tokens",
         "layer_norm_f16",
         "bias_act_f16",
+        "qkv_bias_split_f16",
         "add_bias_f32",
         "softmax_rows_f16",
         "concat_features_f16",

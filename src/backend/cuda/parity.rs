@@ -4,8 +4,8 @@
 //! device weight format against the CPU backend in the same format: FP16 against f32, INT8
 //! and INT4 against the CPU's INT8 and INT4 (the same codes), and the W8A8 projector (scales
 //! calibrated on the CPU over the fixture images) against the CPU's. FP16 and INT8 must pass;
-//! INT4, W8A8 and each format decoding with the candidate kernels (tensor-core GEMVs, fused
-//! RMSNorms, split attention) are reported. Prints one row per case and format; exits 1 when a required check fails.
+//! INT4, W8A8, each format decoding with the candidate kernels (tensor-core GEMVs, fused
+//! RMSNorms, split attention) and the vision scores on tensor cores are reported. Prints one row per case and format; exits 1 when a required check fails.
 
 use std::path::Path;
 
@@ -16,6 +16,17 @@ use crate::bench::policy::PolicyBenchArgs;
 use crate::cli::CliError;
 use crate::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
 use crate::preprocess::load_image;
+
+/// One parity pass: a device configuration against the CPU backend in the same format.
+struct Pass {
+    label: &'static str,
+    quantization: Quantization,
+    int8_projector: bool,
+    /// Whether a miss fails the run (otherwise it is reported).
+    required: bool,
+    decode: DecodeKernels,
+    split_scores: bool,
+}
 
 pub const FEATURE_REL_L2: f64 = 2e-3;
 pub const LOGITS_ABS: f64 = 5e-2;
@@ -107,60 +118,48 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         "case", "fmt", "dino rl2", "siglip rl2", "proj rl2", "logit abs", "tokens", "golden"
     );
     // Each device format against the CPU backend in the same format (same INT8/INT4 codes,
-    // same W8A8 projector). FP16 and INT8 must match; INT4 and the W8A8 projector are reported.
-    // Decode with the candidate kernels (benchmark variants, `*tc`) is reported per format.
+    // same W8A8 projector). FP16 and INT8 must match; INT4 and the W8A8 projector are reported,
+    // and so are the benchmark variants: decode with the candidate kernels (`*tc`) and the
+    // vision scores on tensor cores over f16 halves of q and k (`fp16hl`).
+    let pass = |label, quantization, int8_projector, required| Pass {
+        label,
+        quantization,
+        int8_projector,
+        required,
+        decode: DecodeKernels::POLICY,
+        split_scores: false,
+    };
     let passes = [
-        (
-            "fp16",
-            Quantization::None,
-            false,
-            true,
-            DecodeKernels::POLICY,
-        ),
-        (
-            "int8",
-            Quantization::Int8,
-            false,
-            true,
-            DecodeKernels::POLICY,
-        ),
-        (
-            "int4",
-            Quantization::Int4,
-            false,
-            false,
-            DecodeKernels::POLICY,
-        ),
-        (
-            "w8a8p",
-            Quantization::None,
-            true,
-            false,
-            DecodeKernels::POLICY,
-        ),
-        (
-            "fp16tc",
-            Quantization::None,
-            false,
-            false,
-            DecodeKernels::CANDIDATE,
-        ),
-        (
-            "int8tc",
-            Quantization::Int8,
-            false,
-            false,
-            DecodeKernels::CANDIDATE,
-        ),
-        (
-            "int4tc",
-            Quantization::Int4,
-            false,
-            false,
-            DecodeKernels::CANDIDATE,
-        ),
+        pass("fp16", Quantization::None, false, true),
+        pass("int8", Quantization::Int8, false, true),
+        pass("int4", Quantization::Int4, false, false),
+        pass("w8a8p", Quantization::None, true, false),
+        Pass {
+            decode: DecodeKernels::CANDIDATE,
+            ..pass("fp16tc", Quantization::None, false, false)
+        },
+        Pass {
+            decode: DecodeKernels::CANDIDATE,
+            ..pass("int8tc", Quantization::Int8, false, false)
+        },
+        Pass {
+            decode: DecodeKernels::CANDIDATE,
+            ..pass("int4tc", Quantization::Int4, false, false)
+        },
+        Pass {
+            split_scores: true,
+            ..pass("fp16hl", Quantization::None, false, false)
+        },
     ];
-    for (label, quantization, int8_projector, required, decode_kernels) in passes {
+    for Pass {
+        label,
+        quantization,
+        int8_projector,
+        required,
+        decode: decode_kernels,
+        split_scores,
+    } in passes
+    {
         let pass_options = if int8_projector {
             PolicyOptions {
                 projector: ProjectorFormat::Int8,
@@ -184,6 +183,10 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
             );
         }
         gpu.llama_mut().1.set_decode_kernels(decode_kernels);
+        if split_scores {
+            println!("{label}: vision attention scores as FP16 GEMMs over f16 halves of q and k");
+            gpu.vision_mut().1.set_split_scores(true);
+        }
         for (case, image) in expected.cases.iter().zip(&images) {
             let cpu_pred = cpu.predict(image, &case.instruction)?;
             let pixels = cpu.last_pixel_values().to_vec();

@@ -64,6 +64,10 @@ struct VitScratch {
     probs: DeviceBuffer<f16>,
     /// `[tokens, D]`
     attn: DeviceBuffer<f16>,
+    /// `[padded tokens, heads, 3·hd]`: q and k as f16 halves for the tensor-core scores
+    /// (`qkv_bias_split_f16`); padding rows stay zero.
+    q_ext: DeviceBuffer<f16>,
+    k_ext: DeviceBuffer<f16>,
 }
 
 /// One featurizer on the device.
@@ -81,6 +85,9 @@ pub struct DeviceVit {
     pos_covers_prefix: bool,
     blocks: Vec<VitBlock>,
     s: VitScratch,
+    /// Attention scores as one FP16 tensor-core GEMM over q and k split into f16 halves,
+    /// instead of the f32 SGEMM (a benchmark variant; see `qkv_bias_split_f16`).
+    split_scores: bool,
 }
 
 impl DeviceVit {
@@ -209,6 +216,8 @@ impl DeviceVit {
             scores: gpu.alloc(config.num_heads * padded * padded)?,
             probs: gpu.alloc(config.num_heads * padded * padded)?,
             attn: gpu.alloc(padded * d)?,
+            q_ext: gpu.alloc(padded * 3 * d)?,
+            k_ext: gpu.alloc(padded * 3 * d)?,
         };
         gpu.sync(Lane::A)?;
         Ok(Self {
@@ -222,6 +231,7 @@ impl DeviceVit {
             pos_covers_prefix,
             blocks,
             s,
+            split_scores: false,
         })
     }
 
@@ -359,6 +369,33 @@ impl DeviceVit {
         )
     }
 
+    /// `wide_f16 = wide_f32 + qkv bias` with q and k also split into f16 halves in
+    /// `q_ext`/`k_ext` for the tensor-core scores.
+    fn qkv_bias_split(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        bias: &DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        let s = &self.s;
+        let d = self.config.embed_dim;
+        gpu.launch_elementwise(
+            lane,
+            &gpu.kernels.qkv_bias_split_f16,
+            self.tokens() * 3 * d,
+            &[
+                Arg::Ptr(s.wide_f32.ptr()),
+                Arg::Ptr(bias.ptr()),
+                Arg::Ptr(s.wide_f16.ptr()),
+                Arg::Ptr(s.q_ext.ptr()),
+                Arg::Ptr(s.k_ext.ptr()),
+                int("qkv bias", self.tokens())?,
+                int("qkv bias", d)?,
+                int("qkv bias", self.config.head_dim())?,
+            ],
+        )
+    }
+
     /// One block; `pending` is the previous block's residual bias, not yet in x.
     fn block(
         &self,
@@ -390,37 +427,51 @@ impl DeviceVit {
             Dt::F32,
             false,
         )?;
-        self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false, true)?;
         let qkv = &s.wide_f16;
         // Over tp ≥ T rows: the padding rows of q, k and v are zero, their scores are ignored
         // and their probabilities are 0.
         let tp = padded_keys(t);
         // scores[h] [tp, tp] = q_h · k_hᵀ in f32; column-major: (k_h stored [hd, tp] → op T) · q_h.
-        gpu.gemm(
-            lane,
-            &Gemm {
-                trans_a: true,
-                trans_b: false,
-                m: tp,
-                n: tp,
-                k: hd,
-                a: s.wide_f32.at(d),
-                a_type: Dt::F32,
-                lda: 3 * d,
-                stride_a: hd,
-                b: s.wide_f32.ptr(),
-                b_type: Dt::F32,
-                ldb: 3 * d,
-                stride_b: hd,
-                c: s.scores.ptr(),
-                c_type: Dt::F32,
-                ldc: tp,
-                stride_c: tp * tp,
-                batch: h,
-                alpha: 1.0,
-                beta: 0.0,
-            },
-        )?;
+        let f32_scores = Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: tp,
+            n: tp,
+            k: hd,
+            a: s.wide_f32.at(d),
+            a_type: Dt::F32,
+            lda: 3 * d,
+            stride_a: hd,
+            b: s.wide_f32.ptr(),
+            b_type: Dt::F32,
+            ldb: 3 * d,
+            stride_b: hd,
+            c: s.scores.ptr(),
+            c_type: Dt::F32,
+            ldc: tp,
+            stride_c: tp * tp,
+            batch: h,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        let scores = if self.split_scores {
+            self.qkv_bias_split(gpu, lane, &b.qkv_b)?;
+            // The same product over [q_hi | q_hi | q_lo] · [k_hi | k_lo | k_hi] in FP16.
+            Gemm {
+                k: 3 * hd,
+                a: s.k_ext.ptr(),
+                a_type: Dt::F16,
+                stride_a: 3 * hd,
+                b: s.q_ext.ptr(),
+                b_type: Dt::F16,
+                stride_b: 3 * hd,
+                ..f32_scores
+            }
+        } else {
+            self.bias_act(gpu, lane, 3 * d, &b.qkv_b, false, true)?;
+            f32_scores
+        };
+        gpu.gemm(lane, &scores)?;
         softmax(
             gpu,
             lane,
@@ -941,6 +992,19 @@ impl VisionPath {
     /// The vision path issued in `mode`, captured as a CUDA graph.
     pub fn captured(&self, gpu: &Gpu, mode: VisionMode) -> Result<Graph, CudaError> {
         gpu.capture("vision graph", || self.queue(gpu, mode))
+    }
+
+    /// Attention scores of every encoder as FP16 tensor-core GEMMs over q and k split into
+    /// f16 halves (`on`), or as the policy's f32 SGEMMs; the captured graph is dropped.
+    pub fn set_split_scores(&mut self, on: bool) {
+        for vit in &mut self.vits {
+            vit.split_scores = on;
+        }
+        self.graph = None;
+    }
+
+    pub fn split_scores(&self) -> bool {
+        self.vits.first().is_some_and(|v| v.split_scores)
     }
 
     /// Replays the captured graph on lane A (captures it first if needed).

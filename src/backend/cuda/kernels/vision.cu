@@ -146,6 +146,37 @@ extern "C" __global__ void bias_act_f16(float* in, const float* __restrict__ bia
     }
 }
 
+// The attention input with the scores on tensor cores (a benchmark variant of bias_act_f16
+// with write_back): out[r, c] = f16(in[r, c] + bias[c]) over [rows, 3D] (q | k | v), and q
+// and k split into f16 halves hi = f16(v), lo = f16(v − hi) per head h, laid out
+// q_ext[r, h] = [q_hi | q_hi | q_lo] and k_ext[r, h] = [k_hi | k_lo | k_hi] (3·hd each), so
+// that one FP16 GEMM over 3·hd gives q_hi·k_hi + q_hi·k_lo + q_lo·k_hi: the f32 score up to
+// q_lo·k_lo, about 2⁻²² of |q|·|k|.
+extern "C" __global__ void qkv_bias_split_f16(const float* __restrict__ in, const float* __restrict__ bias,
+                                              half_t* __restrict__ out, half_t* __restrict__ q_ext,
+                                              half_t* __restrict__ k_ext, int rows, int D, int hd) {
+    const int width = 3 * D;
+    const int heads = D / hd;
+    const int total = rows * width;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int r = i / width;
+        const int c = i - r * width;
+        const float v = in[i] + bias[c];
+        const half_t hi = f2h(v);
+        out[i] = hi;
+        if (c < 2 * D) {
+            const int cc = c < D ? c : c - D;
+            const int h = cc / hd;
+            const int d = cc - h * hd;
+            const half_t lo = f2h(v - h2f(hi));
+            half_t* ext = (c < D ? q_ext : k_ext) + ((long)r * heads + h) * 3 * hd;
+            ext[d] = hi;
+            ext[hd + d] = c < D ? hi : lo;
+            ext[2 * hd + d] = c < D ? lo : hi;
+        }
+    }
+}
+
 // x[r, c] += bias[c]: the last block's pending residual bias (see layer_norm_f16), and the
 // projector's last bias (the image tokens).
 extern "C" __global__ void add_bias_f32(float* __restrict__ x, const float* __restrict__ bias, int total,
