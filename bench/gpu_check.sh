@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared check of the CUDA backend on a GPU machine, with a release binary built
 # elsewhere (target/release/vla-rt, stripped): driver, parity against the CPU backend on the
-# tiny fixture, the 7B-shape benchmark, and the PyTorch comparison on the same card in the
-# same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
+# tiny fixture, `predict` and the service (`run`) with the CUDA backend, the 7B-shape
+# benchmark, and the PyTorch comparison on the same card in the same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
 # /tmp/vla-rt-gpu-check). Budget: well under 8 minutes on an H100/H200.
 #
 #   bench/gpu_check.sh [path/to/vla-rt]
@@ -30,6 +30,27 @@ timeout ${PARITY_TIMEOUT:-150} "$BIN" bench --backend cuda --parity tests/fixtur
 parity_rc=${PIPESTATUS[0]}
 [ "$parity_rc" -eq 0 ] || status=1
 
+step "predict and the service with --backend cuda (tiny checkpoint)"
+# predict: the CUDA tokens against the CPU's on the first fixture case.
+case_dir=tests/fixtures/openvla-tiny/case0_224_square
+instruction=$(python3 -c 'import json; print(json.load(open("tests/fixtures/openvla-tiny/expected.json"))["cases"][0]["instruction"])')
+tokens() { python3 -c 'import json, sys; print(json.load(sys.stdin)["tokens"])'; }
+cpu_tokens=$(timeout 60 "$BIN" predict --model engines/openvla-tiny --image "$case_dir/image.png" \
+    --instruction "$instruction" --unnorm-key tiny_bridge --json 2>"$LOG_DIR/predict_cpu.err" | tokens)
+cuda_tokens=$(timeout 60 "$BIN" predict --backend cuda --model engines/openvla-tiny --image "$case_dir/image.png" \
+    --instruction "$instruction" --unnorm-key tiny_bridge --json 2>"$LOG_DIR/predict_cuda.err" | tokens)
+echo "predict tokens: cpu $cpu_tokens, cuda $cuda_tokens"
+if [ -n "$cuda_tokens" ] && [ "$cpu_tokens" = "$cuda_tokens" ]; then predict_rc=0; else predict_rc=1; status=1; tail -3 "$LOG_DIR/predict_cuda.err"; fi
+# The service: the bundled default configuration with backend = "cuda", 8 s, exit 0 with
+# commands published.
+sed -e 's|^path = .*|path = "'"$PWD"'/engines/openvla-tiny"|' -e 's|^backend = .*|backend = "cuda"|' \
+    config/default.toml > "$LOG_DIR/cuda.toml"
+timeout 90 "$BIN" run --config "$LOG_DIR/cuda.toml" --duration 8 > "$LOG_DIR/run_cuda.txt" 2>&1
+run_rc=$?
+tail -4 "$LOG_DIR/run_cuda.txt"
+if ! grep -q "stopped after [1-9][0-9]* commands" "$LOG_DIR/run_cuda.txt" && [ "$run_rc" -eq 0 ]; then run_rc=1; fi
+[ "$run_rc" -eq 0 ] || status=1
+
 step "vla-rt bench --backend cuda --random-weights --shape openvla-7b"
 timeout ${BENCH_TIMEOUT:-180} "$BIN" bench --backend cuda --random-weights --shape openvla-7b --runs "$RUNS" --warmup 3 \
     --template engines/openvla-tiny 2>&1 | tee "$LOG_DIR/bench_cuda.txt"
@@ -46,7 +67,7 @@ else
 fi
 
 step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
-echo "parity exit $parity_rc, bench exit $bench_rc, torch exit $torch_rc"
+echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, torch exit $torch_rc"
 grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
 printf '%-92s %10s %10s\n' "stage" "vla-rt ms" "torch ms"
 for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
