@@ -69,7 +69,7 @@ fi
 step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
 echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, torch exit $torch_rc"
 grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
-printf '%-92s %10s %10s\n' "stage" "vla-rt ms" "torch ms"
+printf '%-108s %10s %10s\n' "stage" "vla-rt ms" "torch ms"
 for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
            "both encoders, one stream:both_1stream" "both encoders, two streams:both_2streams" \
            "vision path, no graph:vision_eager" "vision path, one-stream CUDA graph:-" \
@@ -84,14 +84,17 @@ for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
            "decode / token, int8, graph, tensor-core GEMVs + fused RMSNorm + split attention:-" \
            "decode / token, int4, graph, tensor-core GEMVs + fused RMSNorm + split attention:-" \
            "vision path, CUDA graph, f16 hi/lo scores:-" \
-           "whole action, fp16, tensor-core GEMVs + fused RMSNorm + split attention, hi/lo scores:-" \
-           "whole action, int8, tensor-core GEMVs + fused RMSNorm + split attention, hi/lo scores:-" \
-           "whole action, int4, tensor-core GEMVs + fused RMSNorm + split attention, hi/lo scores:-" \
+           "vision path, CUDA graph, tuned GEMMs:-" \
+           "vision path, CUDA graph, tuned GEMMs + f16 hi/lo scores:-" \
+           "llm prefill, tuned GEMMs:-" \
+           "whole action, fp16, tensor-core GEMVs + fused RMSNorm + split attention, tuned GEMMs + f16 hi/lo scores:-" \
+           "whole action, int8, tensor-core GEMVs + fused RMSNorm + split attention, tuned GEMMs + f16 hi/lo scores:-" \
+           "whole action, int4, tensor-core GEMVs + fused RMSNorm + split attention, tuned GEMMs + f16 hi/lo scores:-" \
            "device copy (read + write):copy"; do
     ours=${key%%:*}; theirs=${key##*:}
     a=$(grep -F "$ours" "$LOG_DIR/bench_cuda.txt" 2>/dev/null | head -1 | awk -v n="$ours" '{s=substr($0,length(n)+1); split(s,f," "); print f[1]}')
     b=$( [ "$theirs" != "-" ] && grep -E "^$theirs " "$LOG_DIR/torch.txt" 2>/dev/null | awk '{print $2}' )
-    printf '%-92s %10s %10s\n' "$ours" "${a:--}" "${b:--}"
+    printf '%-108s %10s %10s\n' "$ours" "${a:--}" "${b:--}"
 done
 grep -E "GB/s" "$LOG_DIR/bench_cuda.txt" | sed 's/^/  /' || true
 grep -E "^# torch" "$LOG_DIR/torch.txt" 2>/dev/null || true

@@ -175,7 +175,7 @@ fn row(name: &str, samples: &[f64], note: &str) {
     let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
     let max = samples.iter().copied().fold(0.0, f64::max);
     println!(
-        "{name:<92} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
+        "{name:<108} {:>9.3} {min:>9.3} {max:>9.3}  {note}",
         median(samples.to_vec())
     );
 }
@@ -219,7 +219,7 @@ fn bench_runner(
         ids.len() + 256
     );
     println!(
-        "{:<92} {:>9} {:>9} {:>9}",
+        "{:<108} {:>9} {:>9} {:>9}",
         "stage", "median ms", "min ms", "max ms"
     );
 
@@ -371,6 +371,23 @@ fn bench_runner(
             vision_variants(runner, warmup, runs)?;
         }
         if !gemv_only {
+            runner.gpu().set_tuned_gemms(true)?;
+            let (gpu, llama, vision) = runner.llama_mut();
+            let image_tokens = vision.projector.output();
+            let prefill = time(warmup, runs, || {
+                llama.prefill(gpu, image_tokens, &lang.ids, DecodeFormat::F16)?;
+                gpu.sync(Lane::A)
+            });
+            runner.gpu().set_tuned_gemms(false)?;
+            let prefill = prefill?;
+            row(
+                "llm prefill, tuned GEMMs",
+                &prefill,
+                &format!(
+                    "{} positions, FP16 GEMMs through cuBLASLt, algorithms timed on the first run",
+                    lang.ids.len() + 256
+                ),
+            );
             let steps: Vec<_> = [DecodeKernels::TENSOR_CORE_GEMVS, DecodeKernels::CANDIDATE]
                 .into_iter()
                 .flat_map(|k| formats.map(|f| (f, true, k)))
@@ -384,10 +401,10 @@ fn bench_runner(
             .collect();
         lang.gemvs_alone(runner, &gemvs)?;
         if !gemv_only {
-            runner.vision_mut().1.set_split_scores(true);
+            runner.set_vision_variants(true, true)?;
             let candidates =
                 lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::CANDIDATE)));
-            runner.vision_mut().1.set_split_scores(false);
+            runner.set_vision_variants(false, false)?;
             candidates?;
         }
         Ok(())
@@ -402,41 +419,51 @@ fn bench_runner(
     variants
 }
 
-/// The encoders alone and the two-stream vision graph with the attention scores as FP16
-/// tensor-core GEMMs over f16 halves of q and k (`VisionPath::set_split_scores`).
+/// Row-name suffix of a vision configuration: none for the policy's.
+fn vision_suffix(split_scores: bool, tuned_gemms: bool) -> &'static str {
+    match (split_scores, tuned_gemms) {
+        (false, false) => "",
+        (true, false) => ", f16 hi/lo scores",
+        (false, true) => ", tuned GEMMs",
+        (true, true) => ", tuned GEMMs + f16 hi/lo scores",
+    }
+}
+
+/// The encoders alone and the two-stream vision graph with each combination of the vision
+/// variants.
 fn vision_variants(
     runner: &mut CudaModelRunner,
     warmup: usize,
     runs: usize,
 ) -> Result<(), CudaError> {
-    let (gpu, vision) = runner.vision_mut();
-    vision.set_split_scores(true);
     let rows = (|| {
-        for i in 0..vision.vits.len() {
-            let alone = time(warmup, runs, || {
-                vision.encoder(gpu, i)?;
-                gpu.sync(Lane::A)?;
-                gpu.sync(Lane::B)
+        for (split, tuned) in [(true, false), (false, true), (true, true)] {
+            runner.set_vision_variants(split, tuned)?;
+            let suffix = vision_suffix(split, tuned);
+            let (gpu, vision) = runner.vision_mut();
+            for i in 0..vision.vits.len() {
+                let alone = time(warmup, runs, || {
+                    vision.encoder(gpu, i)?;
+                    gpu.sync(Lane::A)?;
+                    gpu.sync(Lane::B)
+                })?;
+                row(&format!("encoder {i} alone{suffix}"), &alone, "");
+            }
+            let graph = vision.captured(gpu, VisionMode::TwoStreams)?;
+            let t = time(warmup, runs, || {
+                graph.launch()?;
+                gpu.sync(Lane::A)
             })?;
-            row(
-                &format!("encoder {i} alone, f16 hi/lo scores"),
-                &alone,
-                "scores: one FP16 GEMM over [q_hi|q_hi|q_lo]·[k_hi|k_lo|k_hi]",
-            );
+            let note = if tuned {
+                format!("two streams, {} GEMM shapes tuned", gpu.tuned_shapes())
+            } else {
+                "two streams, one graph launch".to_string()
+            };
+            row(&format!("vision path, CUDA graph{suffix}"), &t, &note);
         }
-        let graph = vision.captured(gpu, VisionMode::TwoStreams)?;
-        let t = time(warmup, runs, || {
-            graph.launch()?;
-            gpu.sync(Lane::A)
-        })?;
-        row(
-            "vision path, CUDA graph, f16 hi/lo scores",
-            &t,
-            "two streams, one graph launch",
-        );
         Ok(())
     })();
-    vision.set_split_scores(false);
+    runner.set_vision_variants(false, false)?;
     rows
 }
 
@@ -562,11 +589,10 @@ impl LanguageBench {
                 )?;
                 Ok(())
             })?;
-            let vision = if runner.vision().split_scores() {
-                ", hi/lo scores"
-            } else {
-                ""
-            };
+            let vision = vision_suffix(
+                runner.vision().split_scores(),
+                runner.gpu().tuned_shapes() > 0,
+            );
             row(
                 &format!(
                     "whole action, {}{}{vision}",

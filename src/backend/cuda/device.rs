@@ -7,7 +7,8 @@
 //! cudarc's per-buffer tracking, which is switched off.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys as blas;
 use cudarc::cublas::CudaBlas;
@@ -19,6 +20,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::kernels::{self, KernelSource};
+use super::tuned::{self, GemmTuner};
 use super::CudaError;
 
 /// A typed device allocation of `len` elements. Freed on drop; errors there are ignored
@@ -137,7 +139,7 @@ pub enum Lane {
 }
 
 /// Element type of a GEMM operand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dt {
     F16,
     F32,
@@ -318,12 +320,17 @@ const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 pub struct Gpu {
     pub kernels: Kernels,
     blas: [CudaBlas; 2],
-    _workspaces: [DeviceBuffer<u8>; 2],
+    workspaces: [DeviceBuffer<u8>; 2],
     streams: [Arc<CudaStream>; 2],
     name: String,
     arch: &'static str,
     multiprocessors: u32,
     warp_mma: bool,
+    /// cuBLASLt GEMMs with timed algorithm choice, per lane, when switched on (a benchmark
+    /// variant: `set_tuned_gemms`).
+    tuners: Mutex<Option<[GemmTuner; 2]>>,
+    /// Set while `capture` queues work (tuning cannot run then).
+    capturing: AtomicBool,
     ctx: Arc<CudaContext>,
 }
 
@@ -393,13 +400,15 @@ impl Gpu {
         Ok(Self {
             kernels,
             blas,
-            _workspaces: workspaces,
+            workspaces,
             streams,
             name,
             arch,
             multiprocessors,
             // mma.sync m16n8k16 with f16 operands (the tensor-core GEMVs) needs 8.0 or later.
             warp_mma: major >= 8,
+            tuners: Mutex::new(None),
+            capturing: AtomicBool::new(false),
             ctx,
         })
     }
@@ -631,9 +640,53 @@ impl Gpu {
         self.launch(lane, func, grid, block, 0, args)
     }
 
+    /// GEMMs through cuBLASLt with the algorithm of each shape picked by timing
+    /// ([`super::tuned`]), or (`false`, the default) through cuBLAS's own choice. Every shape
+    /// must run once outside a graph capture after switching on.
+    pub fn set_tuned_gemms(&self, on: bool) -> Result<(), CudaError> {
+        let mut tuners = self.tuners.lock().map_err(|_| CudaError::Shape {
+            op: "tuned gemm",
+            message: "tuner lock poisoned".into(),
+        })?;
+        *tuners = if on {
+            Some([GemmTuner::new()?, GemmTuner::new()?])
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Shapes tuned so far on both lanes (0 when tuning is off).
+    pub fn tuned_shapes(&self) -> usize {
+        self.tuners
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|t| t[0].shapes() + t[1].shapes()))
+            .unwrap_or(0)
+    }
+
     /// One cuBLAS `GemmStridedBatchedEx` (or `GemmEx` when `batch == 1`) on `lane`, FP32
-    /// compute.
+    /// compute; through the tuned cuBLASLt path when that is on.
     pub fn gemm(&self, lane: Lane, g: &Gemm) -> Result<(), CudaError> {
+        if let Ok(mut tuners) = self.tuners.lock() {
+            if let Some(tuners) = tuners.as_mut() {
+                let i = lane as usize;
+                let stream = self.stream(lane);
+                let sync = || self.sync(lane);
+                let scratch = |bytes: usize| -> Result<(u64, Box<dyn std::any::Any>), CudaError> {
+                    let buf = self.alloc::<u8>(bytes)?;
+                    Ok((buf.ptr(), Box::new(buf)))
+                };
+                let device = tuned::Device {
+                    stream: stream.cu_stream() as _,
+                    workspace: (self.workspaces[i].ptr(), CUBLAS_WORKSPACE_BYTES),
+                    capturing: self.capturing.load(Ordering::SeqCst),
+                    sync: &sync,
+                    scratch: &scratch,
+                };
+                return tuners[i].gemm(g, &device);
+            }
+        }
         let handle = match lane {
             Lane::A => *self.blas[0].handle(),
             Lane::B => *self.blas[1].handle(),
@@ -823,7 +876,9 @@ impl Gpu {
             )
             .map_err(CudaError::driver("cuStreamBeginCapture"))?;
         // End the capture whatever happened while queueing, so the stream is usable again.
+        self.capturing.store(true, Ordering::SeqCst);
         let queued = queue();
+        self.capturing.store(false, Ordering::SeqCst);
         let graph = stream
             .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
             .map_err(CudaError::driver("cuStreamEndCapture"))?;

@@ -32,6 +32,7 @@ pub mod libs;
 pub mod llama;
 pub mod parity;
 pub mod policy;
+pub mod tuned;
 pub mod vision;
 pub mod weights;
 

@@ -5,7 +5,8 @@
 //! and INT4 against the CPU's INT8 and INT4 (the same codes), and the W8A8 projector (scales
 //! calibrated on the CPU over the fixture images) against the CPU's. FP16 and INT8 must pass;
 //! INT4, W8A8, each format decoding with the candidate kernels (tensor-core GEMVs, fused
-//! RMSNorms, split attention) and the vision scores on tensor cores are reported. Prints one row per case and format; exits 1 when a required check fails.
+//! RMSNorms, split attention), the vision scores on tensor cores and the timed cuBLASLt
+//! GEMMs are reported. Prints one row per case and format; exits 1 when a required check fails.
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ struct Pass {
     required: bool,
     decode: DecodeKernels,
     split_scores: bool,
+    tuned_gemms: bool,
 }
 
 pub const FEATURE_REL_L2: f64 = 2e-3;
@@ -119,8 +121,9 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
     );
     // Each device format against the CPU backend in the same format (same INT8/INT4 codes,
     // same W8A8 projector). FP16 and INT8 must match; INT4 and the W8A8 projector are reported,
-    // and so are the benchmark variants: decode with the candidate kernels (`*tc`) and the
-    // vision scores on tensor cores over f16 halves of q and k (`fp16hl`).
+    // and so are the benchmark variants: decode with the candidate kernels (`*tc`), the
+    // vision scores on tensor cores over f16 halves of q and k (`fp16hl`), and the GEMMs
+    // through cuBLASLt with timed algorithms (`fp16lt`).
     let pass = |label, quantization, int8_projector, required| Pass {
         label,
         quantization,
@@ -128,6 +131,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         required,
         decode: DecodeKernels::POLICY,
         split_scores: false,
+        tuned_gemms: false,
     };
     let passes = [
         pass("fp16", Quantization::None, false, true),
@@ -150,6 +154,10 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
             split_scores: true,
             ..pass("fp16hl", Quantization::None, false, false)
         },
+        Pass {
+            tuned_gemms: true,
+            ..pass("fp16lt", Quantization::None, false, false)
+        },
     ];
     for Pass {
         label,
@@ -158,6 +166,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         required,
         decode: decode_kernels,
         split_scores,
+        tuned_gemms,
     } in passes
     {
         let pass_options = if int8_projector {
@@ -185,7 +194,13 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         gpu.llama_mut().1.set_decode_kernels(decode_kernels);
         if split_scores {
             println!("{label}: vision attention scores as FP16 GEMMs over f16 halves of q and k");
-            gpu.vision_mut().1.set_split_scores(true);
+        }
+        if tuned_gemms {
+            println!("{label}: GEMMs through cuBLASLt with timed algorithms");
+        }
+        if split_scores || tuned_gemms {
+            gpu.set_vision_variants(split_scores, tuned_gemms)
+                .map_err(|e| CliError::failure(format!("backend cuda: {e}")))?;
         }
         for (case, image) in expected.cases.iter().zip(&images) {
             let cpu_pred = cpu.predict(image, &case.instruction)?;

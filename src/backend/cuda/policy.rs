@@ -8,7 +8,7 @@ use cudarc::driver::PinnedHostSlice;
 
 use super::device::{Gpu, Lane};
 use super::llama::DeviceLlama;
-use super::vision::{DeviceProjector, DeviceVit, VisionPath};
+use super::vision::{DeviceProjector, DeviceVit, VisionMode, VisionPath};
 use super::weights::{CheckpointWeights, DecodeFormat, WeightSource};
 use super::CudaError;
 use crate::backend::{ImagePolicy, PixelRunner};
@@ -249,6 +249,25 @@ impl CudaModelRunner {
 
     pub fn llama_mut(&mut self) -> (&Gpu, &mut DeviceLlama, &VisionPath) {
         (&self.gpu, &mut self.llama, &self.vision)
+    }
+
+    /// Switches the vision benchmark variants: the attention scores as FP16 tensor-core
+    /// GEMMs over f16 halves of q and k (`VisionPath::set_split_scores`) and every GEMM
+    /// through cuBLASLt with timed algorithms (`Gpu::set_tuned_gemms`; the vision shapes are
+    /// tuned here by one eager pass, so that the graph can be captured).
+    pub fn set_vision_variants(
+        &mut self,
+        split_scores: bool,
+        tuned_gemms: bool,
+    ) -> Result<(), CudaError> {
+        self.gpu.set_tuned_gemms(tuned_gemms)?;
+        self.vision.set_split_scores(split_scores);
+        if tuned_gemms {
+            self.vision.queue(&self.gpu, VisionMode::TwoStreams)?;
+            self.gpu.sync(Lane::A)?;
+            self.gpu.sync(Lane::B)?;
+        }
+        Ok(())
     }
 
     pub fn unnorm_key(&self) -> &str {
