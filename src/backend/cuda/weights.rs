@@ -741,6 +741,23 @@ impl DeviceLinear {
             v if v.exists_for(format) => v,
             _ => GemvVariant::Policy,
         };
+        self.launch_gemv(gpu, lane, format, variant, x, None, y, accumulate)
+    }
+
+    /// Launches the `variant` kernel of `format` (which must exist and take this layer); with
+    /// `norm` (the RMSNorm weight and eps), the tensor-core kernel that normalises x itself.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_gemv(
+        &self,
+        gpu: &Gpu,
+        lane: Lane,
+        format: DecodeFormat,
+        variant: GemvVariant,
+        x: u64,
+        norm: Option<(u64, f32)>,
+        y: u64,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
         // 8 warps of GEMV_ROWS_PER_WARP (gemv.cu) = 2 rows each, or GEMV_WIDE_ROWS_PER_WARP = 4;
         // the tensor-core kernels: TC_TILES tiles of 16 rows.
         const THREADS: u32 = 256;
@@ -768,7 +785,13 @@ impl DeviceLinear {
             op: "gemv",
             message: format!("{}: {shared} bytes of shared memory", self.name),
         })?;
-        let row_groups = self.row_groups(rows_per_block)?;
+        let row_groups =
+            u32::try_from(self.out_features.div_ceil(rows_per_block)).map_err(|_| {
+                CudaError::Shape {
+                    op: "gemv",
+                    message: format!("{}: {} rows", self.name, self.out_features),
+                }
+            })?;
         // One block per row group, except the persistent kernels, whose blocks loop over the
         // groups: more blocks than fit on the device at once would stage x again for nothing.
         let blocks = if variant == GemvVariant::Persistent {
@@ -777,28 +800,29 @@ impl DeviceLinear {
             row_groups
         };
         let k = &gpu.kernels;
-        let kernel = match (format, variant) {
-            (DecodeFormat::F16, GemvVariant::TensorCore) => &k.gemv_f16_tc,
-            (DecodeFormat::F16, _) => &k.gemv_f16,
-            (DecodeFormat::Int8, GemvVariant::Policy) => &k.gemv_i8,
-            (DecodeFormat::Int8, GemvVariant::Wide) => &k.gemv_i8_wide,
-            (DecodeFormat::Int8, GemvVariant::Persistent) => &k.gemv_i8_persistent,
-            (DecodeFormat::Int8, GemvVariant::TensorCore) => &k.gemv_i8_tc,
-            (DecodeFormat::Int4, GemvVariant::Policy) => &k.gemv_i4,
-            (DecodeFormat::Int4, GemvVariant::Wide) => &k.gemv_i4_wide,
-            (DecodeFormat::Int4, GemvVariant::Persistent) => &k.gemv_i4_persistent,
-            (DecodeFormat::Int4, GemvVariant::TensorCore) => &k.gemv_i4_tc,
+        let kernel = match (format, variant, norm.is_some()) {
+            (DecodeFormat::F16, GemvVariant::TensorCore, true) => &k.gemv_f16_tc_norm,
+            (DecodeFormat::Int8, GemvVariant::TensorCore, true) => &k.gemv_i8_tc_norm,
+            (DecodeFormat::Int4, GemvVariant::TensorCore, true) => &k.gemv_i4_tc_norm,
+            (_, _, true) => {
+                return Err(CudaError::Unsupported {
+                    what: format!("{} {} {}", self.name, format.label(), variant.label()),
+                    message: "only the tensor-core GEMVs normalise x themselves".into(),
+                })
+            }
+            (DecodeFormat::F16, GemvVariant::TensorCore, false) => &k.gemv_f16_tc,
+            (DecodeFormat::F16, _, false) => &k.gemv_f16,
+            (DecodeFormat::Int8, GemvVariant::Policy, false) => &k.gemv_i8,
+            (DecodeFormat::Int8, GemvVariant::Wide, false) => &k.gemv_i8_wide,
+            (DecodeFormat::Int8, GemvVariant::Persistent, false) => &k.gemv_i8_persistent,
+            (DecodeFormat::Int8, GemvVariant::TensorCore, false) => &k.gemv_i8_tc,
+            (DecodeFormat::Int4, GemvVariant::Policy, false) => &k.gemv_i4,
+            (DecodeFormat::Int4, GemvVariant::Wide, false) => &k.gemv_i4_wide,
+            (DecodeFormat::Int4, GemvVariant::Persistent, false) => &k.gemv_i4_persistent,
+            (DecodeFormat::Int4, GemvVariant::TensorCore, false) => &k.gemv_i4_tc,
         };
-        let args = self.gemv_args(format, x, None, y, accumulate)?;
+        let args = self.gemv_args(format, x, norm, y, accumulate)?;
         gpu.launch(lane, kernel, blocks, THREADS, shared, &args)
-    }
-
-    /// Groups of `rows` output rows (one GEMV block each).
-    fn row_groups(&self, rows: usize) -> Result<u32, CudaError> {
-        u32::try_from(self.out_features.div_ceil(rows)).map_err(|_| CudaError::Shape {
-            op: "gemv",
-            message: format!("{}: {} rows", self.name, self.out_features),
-        })
     }
 
     /// The tensor-core GEMV of RMSNorm(x): `x` is the f32 residual row, normalised with
@@ -820,17 +844,17 @@ impl DeviceLinear {
         if !self.takes_tensor_core_gemv(gpu, format) || !normed_gemv_fits(self.in_features) {
             return Ok(false);
         }
-        let blocks = self.row_groups(TENSOR_CORE_GEMV_ROWS)?;
-        // At most 48 KiB (takes_tensor_core_gemv), so the cast is lossless.
-        let shared = tensor_core_shared_bytes(format, self.in_features) as u32;
-        let k = &gpu.kernels;
-        let kernel = match format {
-            DecodeFormat::F16 => &k.gemv_f16_tc_norm,
-            DecodeFormat::Int8 => &k.gemv_i8_tc_norm,
-            DecodeFormat::Int4 => &k.gemv_i4_tc_norm,
-        };
-        let args = self.gemv_args(format, x, Some((norm_weight, eps)), y, accumulate)?;
-        gpu.launch(lane, kernel, blocks, 256, shared, &args)?;
+        let norm = Some((norm_weight, eps));
+        self.launch_gemv(
+            gpu,
+            lane,
+            format,
+            GemvVariant::TensorCore,
+            x,
+            norm,
+            y,
+            accumulate,
+        )?;
         Ok(true)
     }
 
