@@ -158,3 +158,24 @@ pub fn arch_for(major: i32, minor: i32) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// The parameter names of `kernel` in `source`, in order (tests that the host's argument
+/// lists follow the kernels' signatures).
+#[cfg(test)]
+pub(crate) fn kernel_parameters(source: &KernelSource, kernel: &str) -> Vec<String> {
+    let text = source.source;
+    let start = text
+        .find(&format!(" {kernel}("))
+        .unwrap_or_else(|| panic!("{kernel} not in {}", source.name));
+    let list = &text[start + kernel.len() + 2..];
+    let list = &list[..list.find(')').unwrap_or(list.len())];
+    list.split(',')
+        .map(|p| {
+            p.split_whitespace()
+                .last()
+                .unwrap_or_default()
+                .trim_start_matches('*')
+                .to_string()
+        })
+        .collect()
+}

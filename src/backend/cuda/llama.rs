@@ -76,11 +76,16 @@ const DECODE_ATTENTION_MAX_HEAD_DIM: usize = 256;
 /// Dynamic shared memory a kernel may use without opting in.
 const DECODE_ATTENTION_MAX_SHARED: u32 = 48 * 1024;
 
-/// Shared memory of one decode attention block: q, the scores of every cached position and
-/// one partial sum per warp, all f32.
+/// Shared memory of one decode attention block of `threads` threads scoring up to `keys`
+/// positions: q, the scores and one partial sum per warp, all f32.
+fn attention_shared_bytes(head_dim: usize, keys: usize, threads: u32) -> u32 {
+    let warps = threads as usize / 32;
+    u32::try_from(4 * (head_dim + keys + warps * head_dim)).unwrap_or(u32::MAX)
+}
+
+/// Shared memory of one `decode_attention` block (every cached position).
 fn decode_attention_shared_bytes(head_dim: usize, capacity: usize) -> u32 {
-    let warps = DECODE_ATTENTION_THREADS as usize / 32;
-    u32::try_from(4 * (head_dim + capacity + warps * head_dim)).unwrap_or(u32::MAX)
+    attention_shared_bytes(head_dim, capacity, DECODE_ATTENTION_THREADS)
 }
 
 /// Blocks per head of the split decode attention (`decode_attention_split`): 128 blocks for
@@ -88,14 +93,6 @@ fn decode_attention_shared_bytes(head_dim: usize, capacity: usize) -> u32 {
 const DECODE_ATTENTION_SPLITS: usize = 4;
 /// Threads of one split decode attention block.
 const DECODE_ATTENTION_SPLIT_THREADS: u32 = 256;
-
-/// Shared memory of one split decode attention block: q, the scores of its share of the
-/// positions and one partial sum per warp, all f32 (within `decode_attention_shared_bytes`).
-fn split_attention_shared_bytes(head_dim: usize, capacity: usize) -> u32 {
-    let warps = DECODE_ATTENTION_SPLIT_THREADS as usize / 32;
-    let share = capacity.div_ceil(DECODE_ATTENTION_SPLITS);
-    u32::try_from(4 * (head_dim + share + warps * head_dim)).unwrap_or(u32::MAX)
-}
 
 /// The kernels of a decode step: the policy's, or a combination the benchmark compares with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -706,13 +703,12 @@ impl DeviceLlama {
         let c = &self.config;
         let hd = c.head_dim();
         let s = &self.s;
-        let args = [
+        let mut args = vec![
             Arg::Ptr(s.q.ptr()),
             Arg::Ptr(s.k_cache.at(layer_off)),
             Arg::Ptr(s.v_cache.at(layer_off)),
             Arg::Ptr(s.attn.ptr()),
-        ];
-        let shape = [
+            Arg::Ptr(s.state.ptr()),
             int("decode attention", c.num_heads)?,
             int("decode attention", c.num_kv_heads)?,
             int("decode attention", hd)?,
@@ -720,33 +716,31 @@ impl DeviceLlama {
             Arg::F32(1.0 / (hd as f32).sqrt()),
         ];
         if !self.decode_kernels.split_attention {
-            let mut all = args.to_vec();
-            all.push(Arg::Ptr(s.state.ptr()));
-            all.extend(shape);
             return gpu.launch(
                 Lane::A,
                 &gpu.kernels.decode_attention,
                 c.num_heads as u32,
                 DECODE_ATTENTION_THREADS,
                 decode_attention_shared_bytes(hd, self.capacity),
-                &all,
+                &args,
             );
         }
-        let mut all = args.to_vec();
-        all.extend([
+        args.extend([
             Arg::Ptr(s.attention_shares.ptr()),
             Arg::Ptr(s.attention_counters.ptr()),
-            Arg::Ptr(s.state.ptr()),
+            int("decode attention", DECODE_ATTENTION_SPLITS)?,
         ]);
-        all.extend(shape);
-        all.push(int("decode attention", DECODE_ATTENTION_SPLITS)?);
         gpu.launch(
             Lane::A,
             &gpu.kernels.decode_attention_split,
             (c.num_heads * DECODE_ATTENTION_SPLITS) as u32,
             DECODE_ATTENTION_SPLIT_THREADS,
-            split_attention_shared_bytes(hd, self.capacity),
-            &all,
+            attention_shared_bytes(
+                hd,
+                self.capacity.div_ceil(DECODE_ATTENTION_SPLITS),
+                DECODE_ATTENTION_SPLIT_THREADS,
+            ),
+            &args,
         )
     }
 
@@ -911,5 +905,21 @@ impl DeviceLlama {
         let mut out = vec![0.0f32; self.config.vocab_size];
         gpu.read(Lane::A, &self.s.logits, 0, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::cuda::kernels::{kernel_parameters, LLAMA};
+
+    /// The host passes decode_attention's arguments to both kernels and appends the split
+    /// kernel's own three.
+    #[test]
+    fn split_attention_takes_decode_attentions_arguments_then_its_own() {
+        let plain = kernel_parameters(&LLAMA, "decode_attention");
+        let split = kernel_parameters(&LLAMA, "decode_attention_split");
+        assert_eq!(plain.len(), 10);
+        assert_eq!(split[..plain.len()], plain[..]);
+        assert_eq!(split[plain.len()..], ["partials", "counters", "splits"]);
     }
 }

@@ -993,23 +993,8 @@ mod tests {
         }
     }
 
-    /// The parameter names of `kernel` in gemv.cu, in order.
     fn kernel_parameters(kernel: &str) -> Vec<String> {
-        let source = include_str!("kernels/gemv.cu");
-        let start = source
-            .find(&format!(" {kernel}("))
-            .unwrap_or_else(|| panic!("{kernel} not in gemv.cu"));
-        let list = &source[start + kernel.len() + 2..];
-        let list = &list[..list.find(')').expect("parameter list ends")];
-        list.split(',')
-            .map(|p| {
-                p.split_whitespace()
-                    .last()
-                    .unwrap_or_default()
-                    .trim_start_matches('*')
-                    .to_string()
-            })
-            .collect()
+        super::super::kernels::kernel_parameters(&super::super::kernels::GEMV, kernel)
     }
 
     /// `gemv_args` puts x, and for the `_norm` kernels the RMSNorm weight and eps after it,

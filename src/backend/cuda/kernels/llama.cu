@@ -266,7 +266,8 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
     }
 }
 
-// Decode attention split over the keys (a benchmark variant; flash-decoding): with 32 heads
+// Decode attention split over the keys (a benchmark variant; flash-decoding; the arguments of
+// decode_attention, then the shares, the counters and the split count): with 32 heads
 // the kernel above keeps only 32 multiprocessors reading the cache. Block b takes head
 // b / splits and the (b % splits)-th share of keys 0..state[0]; it writes its share's score
 // maximum m, Σ exp(s − m) and Σ exp(s − m) · v to partials [heads, splits, hd + 2], and the
@@ -275,9 +276,9 @@ extern "C" __global__ void decode_attention(const half_t* __restrict__ q, const 
 // sums [warps, hd], all f32.
 extern "C" __global__ void decode_attention_split(const half_t* __restrict__ q, const half_t* __restrict__ k_cache,
                                                   const half_t* __restrict__ v_cache, half_t* __restrict__ out,
-                                                  float* __restrict__ partials, unsigned int* __restrict__ counters,
                                                   const int* __restrict__ state, int heads, int kv_heads, int hd,
-                                                  int capacity, float scale, int splits) {
+                                                  int capacity, float scale, float* __restrict__ partials,
+                                                  unsigned int* __restrict__ counters, int splits) {
     extern __shared__ float smem[];
     __shared__ float scratch[32];
     __shared__ unsigned int arrived;
