@@ -765,35 +765,9 @@ impl Gpu {
         check_blas("cublasGemmEx", status)
     }
 
-    /// Row-major `out[m, n] (+)= x[m, k] · w[n, k]ᵀ`: x and w FP16, out FP32 or FP16;
-    /// `accumulate` adds to `out` (β = 1: a residual add).
-    #[allow(clippy::too_many_arguments)]
-    pub fn linear(
-        &self,
-        lane: Lane,
-        rows: usize,
-        out_features: usize,
-        in_features: usize,
-        x: u64,
-        w: u64,
-        out: u64,
-        out_type: Dt,
-        accumulate: bool,
-    ) -> Result<(), CudaError> {
-        self.gemm(
-            lane,
-            &Gemm::row_major_linear(
-                rows,
-                out_features,
-                in_features,
-                (x, w, Dt::F16),
-                (out, out_type),
-                accumulate,
-            ),
-        )
-    }
-
-    /// [`Gpu::linear`] over both parts of `w`: `out (+)= x · (hi + lo)ᵀ`.
+    /// Row-major `out[m, n] (+)= x[m, k] · (w.hi + w.lo)[n, k]ᵀ`: x and w FP16, out FP32 or
+    /// FP16; `accumulate` adds to `out` (β = 1: a residual add). The residual half, when
+    /// there is one, is a second GEMM that always adds.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_matrix(
         &self,
@@ -807,56 +781,26 @@ impl Gpu {
         out_type: Dt,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        self.linear(
-            lane,
+        let hi = Gemm::row_major_linear(
             rows,
             out_features,
             in_features,
-            x,
-            w.hi.ptr(),
-            out,
-            out_type,
+            (x, w.hi.ptr(), Dt::F16),
+            (out, out_type),
             accumulate,
-        )?;
+        );
+        self.gemm(lane, &hi)?;
         if let Some(lo) = &w.lo {
-            self.linear(
+            self.gemm(
                 lane,
-                rows,
-                out_features,
-                in_features,
-                x,
-                lo.ptr(),
-                out,
-                out_type,
-                true,
+                &Gemm {
+                    a: lo.ptr(),
+                    beta: 1.0,
+                    ..hi
+                },
             )?;
         }
         Ok(())
-    }
-
-    /// Row-major `out[m, n] = x[m, k] · w[n, k]ᵀ` all in f32 (a plain SGEMM, no TF32).
-    #[allow(clippy::too_many_arguments)]
-    pub fn linear_f32(
-        &self,
-        lane: Lane,
-        rows: usize,
-        out_features: usize,
-        in_features: usize,
-        x: u64,
-        w: u64,
-        out: u64,
-    ) -> Result<(), CudaError> {
-        self.gemm(
-            lane,
-            &Gemm::row_major_linear(
-                rows,
-                out_features,
-                in_features,
-                (x, w, Dt::F32),
-                (out, Dt::F32),
-                false,
-            ),
-        )
     }
 
     /// Captures what `queue` issues, starting on lane A (lane B joins through events), as one

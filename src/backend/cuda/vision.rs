@@ -280,15 +280,17 @@ impl DeviceVit {
                 int("im2col", c.grid())?,
             ],
         )?;
-        // [patches, D] = cols [patches, 3pp] · patch_wᵀ
-        gpu.linear_f32(
+        // [patches, D] = cols [patches, 3pp] · patch_wᵀ, all f32 (a plain SGEMM, no TF32).
+        gpu.gemm(
             lane,
-            patches,
-            d,
-            3 * p * p,
-            s.cols.ptr(),
-            self.patch_w.ptr(),
-            s.patch_out.ptr(),
+            &Gemm::row_major_linear(
+                patches,
+                d,
+                3 * p * p,
+                (s.cols.ptr(), self.patch_w.ptr(), Dt::F32),
+                (s.patch_out.ptr(), Dt::F32),
+                false,
+            ),
         )?;
         gpu.launch_elementwise(
             lane,
