@@ -479,6 +479,15 @@ struct LanguageBench {
 }
 
 impl LanguageBench {
+    /// `bytes` read per median sample (ms) as GB/s and as a share of the copy bandwidth.
+    fn bandwidth(&self, bytes: usize, samples: &[f64]) -> String {
+        let gbs = bytes as f64 / (median(samples.to_vec()) * 1e-3) / 1e9;
+        format!(
+            "{gbs:.0} GB/s = {:.0}% of copy",
+            100.0 * gbs / self.copy_gbs.max(1e-9)
+        )
+    }
+
     /// Decode steps (after a prefill each run) in each (format, CUDA graph, kernels), with
     /// the weight bytes read per second against the copy bandwidth.
     fn decode_steps(
@@ -504,7 +513,6 @@ impl LanguageBench {
                     }
                 }
             }
-            let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
             row(
                 &format!(
                     "decode / token, {}{}{}",
@@ -514,9 +522,9 @@ impl LanguageBench {
                 ),
                 &samples,
                 &format!(
-                    "{:.2} GB weights, {gbs:.0} GB/s = {:.0}% of copy",
+                    "{:.2} GB weights, {}",
                     bytes as f64 / 1e9,
-                    100.0 * gbs / self.copy_gbs.max(1e-9)
+                    self.bandwidth(bytes, &samples)
                 ),
             );
         }
@@ -538,7 +546,6 @@ impl LanguageBench {
                 llama.queue_gemvs_only(gpu, format, variant)?;
                 gpu.sync(Lane::A)
             })?;
-            let gbs = bytes as f64 / (median(samples.clone()) * 1e-3) / 1e9;
             let taken = if variant == GemvVariant::TensorCore {
                 let (taken, all) = llama.tensor_core_layers(gpu, format);
                 format!(", {taken} of {all} layers")
@@ -556,10 +563,7 @@ impl LanguageBench {
             row(
                 &format!("decode GEMVs only, {}, {}", format.label(), variant.label()),
                 &samples,
-                &format!(
-                    "{gbs:.0} GB/s = {:.0}% of copy{check}",
-                    100.0 * gbs / self.copy_gbs.max(1e-9)
-                ),
+                &format!("{}{check}", self.bandwidth(bytes, &samples)),
             );
         }
         Ok(())
