@@ -539,29 +539,24 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_wide(const unsigned
 // memory). Otherwise each block computes its groups one after the other exactly as the
 // kernels above compute the group of a block.
 
+// The rows of a persistent walk in one weight format: their weight offsets, the loads in flight
+// (U chunks of R rows per lane) and the format's inner step. ELEMS weights per 16-byte chunk,
+// P x units per chunk; SUMS: x is staged with its 32-value chunk sums (INT4).
 template <int R, int U>
-__device__ __forceinline__ void gemv_i8_persistent_groups(const signed char* __restrict__ W,
-                                                          const float* __restrict__ scale,
-                                                          const half_t* __restrict__ x, float* __restrict__ y,
-                                                          int N, int K, int accumulate) {
-    const int lane = threadIdx.x % VLA_WARP;
-    const int warp_row = (threadIdx.x / VLA_WARP) * R;
-    const int rows_per_block = (blockDim.x / VLA_WARP) * R;
-    const int chunks = K / 16;
-    const int stride = x_stride<4>(K);
-    int row0 = 0;
-    bool active = false;
+struct I8Rows {
+    static constexpr int ELEMS = 16;
+    static constexpr int P = 4;
+    static constexpr bool SUMS = false;
+    const signed char* __restrict__ W;
+    const float* __restrict__ scale;
+    int K;
     long offset[R];
-    // The warp's rows become those of `group`.
-    auto enter = [&](int group) {
-        row0 = group * rows_per_block + warp_row;
-        active = row0 < N;
+    uint4 q[U][R];
+    __device__ __forceinline__ void enter(int row0, int N) {
 #pragma unroll
         for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
-    };
-    uint4 q[U][R];
-    int c0 = lane;
-    auto load = [&]() {
+    }
+    __device__ __forceinline__ void load(int c0, bool active, int chunks) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int c = c0 + u * VLA_WARP;
@@ -570,94 +565,34 @@ __device__ __forceinline__ void gemv_i8_persistent_groups(const signed char* __r
                 if (active && c < chunks) q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + 16 * c));
             }
         }
-    };
-    int group = blockIdx.x;
-    enter(group);
-    load();  // in flight while x is staged
-    stage_x<4, false>(x, 0, K, stride, gemv_x, nullptr);
-    __syncthreads();
-    // The loop condition is the same for the whole block and nothing inside synchronises the
-    // block, so warps run ahead of one another freely.
-    for (; group * rows_per_block < N; group += gridDim.x) {
-        float acc[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = 0.f;
-        if (active) {
-            for (;;) {
-#pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) i8_accumulate_chunk<R>(q[u], c, stride, acc);
-                }
-                c0 += U * VLA_WARP;
-                if (c0 >= chunks) break;
-                load();
-            }
-        }
-        const int done_row0 = row0;
-        enter(group + gridDim.x);
-        c0 = lane;
-        load();
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const float sum = warp_sum(acc[r]);
-            if (lane == 0 && done_row0 + r < N) store_row(y, done_row0 + r, sum * scale[done_row0 + r], accumulate);
-        }
     }
-}
-
-// Three blocks per SM is what the launch asks for, so up to 80 registers cost no occupancy.
-extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_persistent(const signed char* __restrict__ W,
-                                   const float* __restrict__ scale, const half_t* __restrict__ x,
-                                   float* __restrict__ y, int N, int K, int accumulate) {
-    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
-    const bool vector = (K & 15) == 0 && tile > 0;
-    if (vector && tile == K) {
-        gemv_i8_persistent_groups<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate);
-        return;
+    __device__ __forceinline__ void accumulate(int u, int c, int stride, const float*, float (&acc)[R]) {
+        i8_accumulate_chunk<R>(q[u], c, stride, acc);
     }
-    const int rows_per_block = (blockDim.x / VLA_WARP) * GEMV_ROWS_PER_WARP;
-    for (unsigned int group = blockIdx.x; (int)group * rows_per_block < N; group += gridDim.x) {
-        if (vector) {
-            gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile, group);
-            __syncthreads();  // every warp is done with the staged x before the next group restages it
-        } else {
-            gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, group);
-        }
-    }
-}
+    __device__ __forceinline__ float result(int row, float sum) const { return sum * scale[row]; }
+};
 
 template <int R, int U>
-__device__ __forceinline__ void gemv_i4_persistent_groups(const unsigned char* __restrict__ W,
-                                                          const float* __restrict__ scales,
-                                                          const float* __restrict__ mins,
-                                                          const half_t* __restrict__ x, float* __restrict__ y,
-                                                          int N, int K, int G, int accumulate) {
-    const int lane = threadIdx.x % VLA_WARP;
-    const int warp_row = (threadIdx.x / VLA_WARP) * R;
-    const int rows_per_block = (blockDim.x / VLA_WARP) * R;
-    const int groups = (K + G - 1) / G;
-    const int chunks = K / 32;
-    const int stride = x_stride<8>(K);
-    float* xsums = reinterpret_cast<float*>(gemv_x + 8 * stride);
-    int row0 = 0;
-    bool active = false;
+struct I4Rows {
+    static constexpr int ELEMS = 32;
+    static constexpr int P = 8;
+    static constexpr bool SUMS = true;
+    const unsigned char* __restrict__ W;
+    const float* __restrict__ scales;
+    const float* __restrict__ mins;
+    int K, G, groups;
     long offset[R], group_offset[R];
-    // The warp's rows become those of row group `group`.
-    auto enter = [&](int group) {
-        row0 = group * rows_per_block + warp_row;
-        active = row0 < N;
+    uint4 q[U][R];
+    float sc[U][R], mn[U][R];
+    __device__ __forceinline__ void enter(int row0, int N) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const long row = min(row0 + r, N - 1);
             offset[r] = row * (K / 2);
             group_offset[r] = row * groups;
         }
-    };
-    uint4 q[U][R];
-    float sc[U][R], mn[U][R];
-    int c0 = lane;
-    auto load = [&]() {
+    }
+    __device__ __forceinline__ void load(int c0, bool active, int chunks) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int c = c0 + u * VLA_WARP;
@@ -671,13 +606,40 @@ __device__ __forceinline__ void gemv_i4_persistent_groups(const unsigned char* _
                 }
             }
         }
+    }
+    __device__ __forceinline__ void accumulate(int u, int c, int stride, const float* xsums, float (&acc)[R]) {
+        i4_accumulate_chunk<R>(q[u], sc[u], mn[u], c, stride, xsums, acc);
+    }
+    __device__ __forceinline__ float result(int, float sum) const { return sum; }
+};
+
+// Every row group blockIdx.x, blockIdx.x + gridDim.x, ... of y (+)= W · x with x (all of K)
+// staged once; `rows` holds the format's weights and loads.
+template <int R, int U, class Rows>
+__device__ __forceinline__ void gemv_persistent_groups(Rows& rows, const half_t* __restrict__ x,
+                                                       float* __restrict__ y, int N, int K, int accumulate) {
+    const int lane = threadIdx.x % VLA_WARP;
+    const int warp_row = (threadIdx.x / VLA_WARP) * R;
+    const int rows_per_block = (blockDim.x / VLA_WARP) * R;
+    const int chunks = K / Rows::ELEMS;
+    const int stride = x_stride<Rows::P>(K);
+    float* xsums = reinterpret_cast<float*>(gemv_x + Rows::P * stride);
+    int row0 = 0;
+    bool active = false;
+    // The warp's rows become those of row group `group`.
+    auto enter = [&](int group) {
+        row0 = group * rows_per_block + warp_row;
+        active = row0 < N;
+        rows.enter(row0, N);
     };
+    int c0 = lane;
     int group = blockIdx.x;
     enter(group);
-    load();  // in flight while x is staged
-    stage_x<8, true>(x, 0, K, stride, gemv_x, xsums);
+    rows.load(c0, active, chunks);  // in flight while x is staged
+    stage_x<Rows::P, Rows::SUMS>(x, 0, K, stride, gemv_x, xsums);
     __syncthreads();
-    // Block-uniform loop condition, no block barrier inside: see gemv_i8_persistent_groups.
+    // The loop condition is the same for the whole block and nothing inside synchronises the
+    // block, so warps run ahead of one another freely.
     for (; group * rows_per_block < N; group += gridDim.x) {
         float acc[R];
 #pragma unroll
@@ -687,21 +649,43 @@ __device__ __forceinline__ void gemv_i4_persistent_groups(const unsigned char* _
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
                     const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) i4_accumulate_chunk<R>(q[u], sc[u], mn[u], c, stride, xsums, acc);
+                    if (c < chunks) rows.accumulate(u, c, stride, xsums, acc);
                 }
                 c0 += U * VLA_WARP;
                 if (c0 >= chunks) break;
-                load();
+                rows.load(c0, active, chunks);
             }
         }
         const int done_row0 = row0;
         enter(group + gridDim.x);
         c0 = lane;
-        load();
+        rows.load(c0, active, chunks);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const float sum = warp_sum(acc[r]);
-            if (lane == 0 && done_row0 + r < N) store_row(y, done_row0 + r, sum, accumulate);
+            if (lane == 0 && done_row0 + r < N) store_row(y, done_row0 + r, rows.result(done_row0 + r, sum), accumulate);
+        }
+    }
+}
+
+// Three blocks per SM is what the launch asks for, so up to 80 registers cost no occupancy.
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_persistent(const signed char* __restrict__ W,
+                                   const float* __restrict__ scale, const half_t* __restrict__ x,
+                                   float* __restrict__ y, int N, int K, int accumulate) {
+    const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
+    const bool vector = (K & 15) == 0 && tile > 0;
+    if (vector && tile == K) {
+        I8Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scale, K};
+        gemv_persistent_groups<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate);
+        return;
+    }
+    const int rows_per_block = (blockDim.x / VLA_WARP) * GEMV_ROWS_PER_WARP;
+    for (unsigned int group = blockIdx.x; (int)group * rows_per_block < N; group += gridDim.x) {
+        if (vector) {
+            gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile, group);
+            __syncthreads();  // every warp is done with the staged x before the next group restages it
+        } else {
+            gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, group);
         }
     }
 }
@@ -714,7 +698,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_persistent(const un
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
     const bool vector = (K & 31) == 0 && (G & 31) == 0 && tile > 0;
     if (vector && tile == K) {
-        gemv_i4_persistent_groups<GEMV_ROWS_PER_WARP, 4>(W, scales, mins, x, y, N, K, G, accumulate);
+        I4Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scales, mins, K, G, (K + G - 1) / G};
+        gemv_persistent_groups<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate);
         return;
     }
     const int rows_per_block = (blockDim.x / VLA_WARP) * GEMV_ROWS_PER_WARP;
