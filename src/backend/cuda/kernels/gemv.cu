@@ -121,94 +121,123 @@ __device__ __forceinline__ unsigned int word_of(const uint4& v, int i) {
 
 extern __shared__ float4 gemv_x[];
 
-// ---------------------------------------------------------------------------------------------
-// FP16: chunk = 8 weights = 2 x units. With W_lo, w = hi + lo (an f32 weight in two halves).
+// The CUDA-core GEMVs share one walk; what a weight format changes is in a `Rows` type
+// (F16Rows, I8Rows, I4Rows below): ELEMS weights per 16-byte chunk, P x units per chunk,
+// SUMS (x staged with its 32-value chunk sums), the offsets of a warp's rows (enter), the U
+// chunk loads of each row a lane keeps in flight (Loads, filled by load), the inner step over
+// one chunk (accumulate) and the row's output from its sum (result).
 
-template <int R, int U, bool LO>
-__device__ __forceinline__ void gemv_f16_tiled(const half_t* __restrict__ W, const half_t* __restrict__ W_lo,
-                                               const half_t* __restrict__ x, float* __restrict__ y, int N,
-                                               int K, int accumulate, int tile) {
+// y (+)= W · x for the R rows of each warp of row group `group`, x staged into shared memory
+// tile by tile (`tile` values, all of K when it fits).
+template <int R, int U, class Rows>
+__device__ __forceinline__ void gemv_tiled(Rows& rows, const half_t* __restrict__ x, float* __restrict__ y, int N,
+                                           int K, int accumulate, int tile, unsigned int group) {
     const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (blockIdx.x * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
+    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
     const bool active = row0 < N;
-    long offset[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
-    const int stride = x_stride<2>(tile);
+    rows.enter(row0, N);
+    const int stride = x_stride<Rows::P>(tile);
+    float* xsums = reinterpret_cast<float*>(gemv_x + Rows::P * stride);
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
 
     for (int k0 = 0; k0 < K; k0 += tile) {
         const int kt = min(tile, K - k0);
-        const int chunks = kt / 8;
-        uint4 hi[U][R], lo[U][R];
+        const int chunks = kt / Rows::ELEMS;
+        typename Rows::Loads loads;
         int c0 = lane;
-        auto load = [&]() {
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int c = c0 + u * VLA_WARP;
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    if (active && c < chunks) {
-                        hi[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k0 + 8 * c));
-                        if (LO) lo[u][r] = __ldg(reinterpret_cast<const uint4*>(W_lo + offset[r] + k0 + 8 * c));
-                    }
-                }
-            }
-        };
-        load();
+        rows.load(loads, c0, active, chunks, k0);
         if (k0 > 0) __syncthreads();  // every warp is done with the previous tile
-        stage_x<2, false>(x, k0, kt, stride, gemv_x, nullptr);
+        stage_x<Rows::P, Rows::SUMS>(x, k0, kt, stride, gemv_x, xsums);
         __syncthreads();
         if (active) {
             for (;;) {
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
                     const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) {
-                        const float4 xa = gemv_x[c];
-                        const float4 xb = gemv_x[stride + c];
-#pragma unroll
-                        for (int r = 0; r < R; ++r) {
-                            float w[8];
-                            halves_to_floats(hi[u][r].x, w[0], w[1]);
-                            halves_to_floats(hi[u][r].y, w[2], w[3]);
-                            halves_to_floats(hi[u][r].z, w[4], w[5]);
-                            halves_to_floats(hi[u][r].w, w[6], w[7]);
-                            if (LO) {
-                                float l[8];
-                                halves_to_floats(lo[u][r].x, l[0], l[1]);
-                                halves_to_floats(lo[u][r].y, l[2], l[3]);
-                                halves_to_floats(lo[u][r].z, l[4], l[5]);
-                                halves_to_floats(lo[u][r].w, l[6], l[7]);
-#pragma unroll
-                                for (int i = 0; i < 8; ++i) w[i] += l[i];
-                            }
-                            float dot = w[0] * xa.x;
-                            dot = fmaf(w[1], xa.y, dot);
-                            dot = fmaf(w[2], xa.z, dot);
-                            dot = fmaf(w[3], xa.w, dot);
-                            dot = fmaf(w[4], xb.x, dot);
-                            dot = fmaf(w[5], xb.y, dot);
-                            dot = fmaf(w[6], xb.z, dot);
-                            dot = fmaf(w[7], xb.w, dot);
-                            acc[r] += dot;
-                        }
-                    }
+                    if (c < chunks) rows.accumulate(loads, u, c, stride, xsums, acc);
                 }
                 c0 += U * VLA_WARP;
                 if (c0 >= chunks) break;
-                load();
+                rows.load(loads, c0, active, chunks, k0);
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         const float sum = warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, sum, accumulate);
+        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, rows.result(row0 + r, sum), accumulate);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// FP16: chunk = 8 weights = 2 x units. With W_lo, w = hi + lo (an f32 weight in two halves).
+
+template <int R, int U, bool LO>
+struct F16Rows {
+    static constexpr int ELEMS = 8;
+    static constexpr int P = 2;
+    static constexpr bool SUMS = false;
+    const half_t* __restrict__ W;
+    const half_t* __restrict__ W_lo;
+    int K;
+    long offset[R];
+    struct Loads {
+        uint4 hi[U][R], lo[U][R];
+    };
+    __device__ __forceinline__ void enter(int row0, int N) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
+    }
+    __device__ __forceinline__ void load(Loads& l, int c0, bool active, int chunks, int k0) const {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * VLA_WARP;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (active && c < chunks) {
+                    l.hi[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k0 + 8 * c));
+                    if (LO) l.lo[u][r] = __ldg(reinterpret_cast<const uint4*>(W_lo + offset[r] + k0 + 8 * c));
+                }
+            }
+        }
+    }
+    __device__ __forceinline__ void accumulate(const Loads& l, int u, int c, int stride, const float*,
+                                               float (&acc)[R]) const {
+        const uint4(&hi)[U][R] = l.hi;
+        const uint4(&lo)[U][R] = l.lo;
+        const float4 xa = gemv_x[c];
+        const float4 xb = gemv_x[stride + c];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float w[8];
+            halves_to_floats(hi[u][r].x, w[0], w[1]);
+            halves_to_floats(hi[u][r].y, w[2], w[3]);
+            halves_to_floats(hi[u][r].z, w[4], w[5]);
+            halves_to_floats(hi[u][r].w, w[6], w[7]);
+            if (LO) {
+                float l[8];
+                halves_to_floats(lo[u][r].x, l[0], l[1]);
+                halves_to_floats(lo[u][r].y, l[2], l[3]);
+                halves_to_floats(lo[u][r].z, l[4], l[5]);
+                halves_to_floats(lo[u][r].w, l[6], l[7]);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) w[i] += l[i];
+            }
+            float dot = w[0] * xa.x;
+            dot = fmaf(w[1], xa.y, dot);
+            dot = fmaf(w[2], xa.z, dot);
+            dot = fmaf(w[3], xa.w, dot);
+            dot = fmaf(w[4], xb.x, dot);
+            dot = fmaf(w[5], xb.y, dot);
+            dot = fmaf(w[6], xb.z, dot);
+            dot = fmaf(w[7], xb.w, dot);
+            acc[r] += dot;
+        }
+    }
+    __device__ __forceinline__ float result(int, float sum) const { return sum; }
+};
 
 template <int R>
 __device__ __forceinline__ void gemv_f16_scalar(const half_t* __restrict__ W, const half_t* __restrict__ W_lo,
@@ -237,9 +266,11 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemv_f16(const half_t* __re
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
     if ((K & 7) == 0 && tile > 0) {
         if (W_lo != nullptr) {
-            gemv_f16_tiled<GEMV_ROWS_PER_WARP, 2, true>(W, W_lo, x, y, N, K, accumulate, tile);
+            F16Rows<GEMV_ROWS_PER_WARP, 2, true> rows{W, W_lo, K};
+            gemv_tiled<GEMV_ROWS_PER_WARP, 2>(rows, x, y, N, K, accumulate, tile, blockIdx.x);
         } else {
-            gemv_f16_tiled<GEMV_ROWS_PER_WARP, 4, false>(W, W_lo, x, y, N, K, accumulate, tile);
+            F16Rows<GEMV_ROWS_PER_WARP, 4, false> rows{W, W_lo, K};
+            gemv_tiled<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate, tile, blockIdx.x);
         }
     } else {
         gemv_f16_scalar<GEMV_ROWS_PER_WARP>(W, W_lo, x, y, N, K, accumulate);
@@ -273,60 +304,37 @@ __device__ __forceinline__ void i8_accumulate_chunk(const uint4 (&q)[R], int c, 
 }
 
 template <int R, int U>
-__device__ __forceinline__ void gemv_i8_tiled(const signed char* __restrict__ W, const float* __restrict__ scale,
-                                              const half_t* __restrict__ x, float* __restrict__ y, int N, int K,
-                                              int accumulate, int tile, unsigned int group) {
-    const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
-    const bool active = row0 < N;
+struct I8Rows {
+    static constexpr int ELEMS = 16;
+    static constexpr int P = 4;
+    static constexpr bool SUMS = false;
+    const signed char* __restrict__ W;
+    const float* __restrict__ scale;
+    int K;
     long offset[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
-    const int stride = x_stride<4>(tile);
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.f;
-
-    for (int k0 = 0; k0 < K; k0 += tile) {
-        const int kt = min(tile, K - k0);
-        const int chunks = kt / 16;
+    struct Loads {
         uint4 q[U][R];
-        int c0 = lane;
-        auto load = [&]() {
+    };
+    __device__ __forceinline__ void enter(int row0, int N) {
 #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int c = c0 + u * VLA_WARP;
+        for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
+    }
+    __device__ __forceinline__ void load(Loads& l, int c0, bool active, int chunks, int k0) const {
 #pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    if (active && c < chunks) {
-                        q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k0 + 16 * c));
-                    }
-                }
-            }
-        };
-        load();
-        if (k0 > 0) __syncthreads();
-        stage_x<4, false>(x, k0, kt, stride, gemv_x, nullptr);
-        __syncthreads();
-        if (active) {
-            for (;;) {
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * VLA_WARP;
 #pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) i8_accumulate_chunk<R>(q[u], c, stride, acc);
-                }
-                c0 += U * VLA_WARP;
-                if (c0 >= chunks) break;
-                load();
+            for (int r = 0; r < R; ++r) {
+                if (active && c < chunks) l.q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k0 + 16 * c));
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const float sum = warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, sum * scale[row0 + r], accumulate);
+    __device__ __forceinline__ void accumulate(const Loads& l, int u, int c, int stride, const float*,
+                                               float (&acc)[R]) const {
+        i8_accumulate_chunk<R>(l.q[u], c, stride, acc);
     }
-}
+    __device__ __forceinline__ float result(int row, float sum) const { return sum * scale[row]; }
+};
 
 template <int R>
 __device__ __forceinline__ void gemv_i8_scalar(const signed char* __restrict__ W, const float* __restrict__ scale,
@@ -348,7 +356,8 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemv_i8(const signed char* 
                                    int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
     if ((K & 15) == 0 && tile > 0) {
-        gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile, blockIdx.x);
+        I8Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scale, K};
+        gemv_tiled<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate, tile, blockIdx.x);
     } else {
         gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, blockIdx.x);
     }
@@ -394,71 +403,49 @@ __device__ __forceinline__ void i4_accumulate_chunk(const uint4 (&q)[R], const f
 }
 
 template <int R, int U>
-__device__ __forceinline__ void gemv_i4_tiled(const unsigned char* __restrict__ W, const float* __restrict__ scales,
-                                              const float* __restrict__ mins, const half_t* __restrict__ x,
-                                              float* __restrict__ y, int N, int K, int G, int accumulate,
-                                              int tile, unsigned int group) {
-    const int lane = threadIdx.x % VLA_WARP;
-    const int row0 = (group * (blockDim.x / VLA_WARP) + threadIdx.x / VLA_WARP) * R;
-    const bool active = row0 < N;
-    const int groups = (K + G - 1) / G;
+struct I4Rows {
+    static constexpr int ELEMS = 32;
+    static constexpr int P = 8;
+    static constexpr bool SUMS = true;
+    const unsigned char* __restrict__ W;
+    const float* __restrict__ scales;
+    const float* __restrict__ mins;
+    int K, G;
     long offset[R], group_offset[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const long row = min(row0 + r, N - 1);
-        offset[r] = row * (K / 2);
-        group_offset[r] = row * groups;
-    }
-    const int stride = x_stride<8>(tile);
-    float* xsums = reinterpret_cast<float*>(gemv_x + 8 * stride);
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.f;
-
-    for (int k0 = 0; k0 < K; k0 += tile) {
-        const int kt = min(tile, K - k0);
-        const int chunks = kt / 32;
+    struct Loads {
         uint4 q[U][R];
         float sc[U][R], mn[U][R];
-        int c0 = lane;
-        auto load = [&]() {
+    };
+    __device__ __forceinline__ void enter(int row0, int N) {
+        const int groups = (K + G - 1) / G;
 #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int c = c0 + u * VLA_WARP;
-                const int k = k0 + 32 * c;
+        for (int r = 0; r < R; ++r) {
+            const long row = min(row0 + r, N - 1);
+            offset[r] = row * (K / 2);
+            group_offset[r] = row * groups;
+        }
+    }
+    __device__ __forceinline__ void load(Loads& l, int c0, bool active, int chunks, int k0) const {
 #pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    if (active && c < chunks) {
-                        q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k / 2));
-                        sc[u][r] = __ldg(scales + group_offset[r] + k / G);
-                        mn[u][r] = __ldg(mins + group_offset[r] + k / G);
-                    }
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * VLA_WARP;
+            const int k = k0 + 32 * c;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (active && c < chunks) {
+                    l.q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k / 2));
+                    l.sc[u][r] = __ldg(scales + group_offset[r] + k / G);
+                    l.mn[u][r] = __ldg(mins + group_offset[r] + k / G);
                 }
-            }
-        };
-        load();
-        if (k0 > 0) __syncthreads();
-        stage_x<8, true>(x, k0, kt, stride, gemv_x, xsums);
-        __syncthreads();
-        if (active) {
-            for (;;) {
-#pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) i4_accumulate_chunk<R>(q[u], sc[u], mn[u], c, stride, xsums, acc);
-                }
-                c0 += U * VLA_WARP;
-                if (c0 >= chunks) break;
-                load();
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const float sum = warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < N) store_row(y, row0 + r, sum, accumulate);
+    __device__ __forceinline__ void accumulate(const Loads& l, int u, int c, int stride, const float* xsums,
+                                               float (&acc)[R]) const {
+        i4_accumulate_chunk<R>(l.q[u], l.sc[u], l.mn[u], c, stride, xsums, acc);
     }
-}
+    __device__ __forceinline__ float result(int, float sum) const { return sum; }
+};
 
 template <int R>
 __device__ __forceinline__ void gemv_i4_scalar(const unsigned char* __restrict__ W, const float* __restrict__ scales,
@@ -490,7 +477,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4(const unsigned char
                                    float* __restrict__ y, int N, int K, int G, int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
     if ((K & 31) == 0 && (G & 31) == 0 && tile > 0) {
-        gemv_i4_tiled<GEMV_ROWS_PER_WARP, 4>(W, scales, mins, x, y, N, K, G, accumulate, tile, blockIdx.x);
+        I4Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scales, mins, K, G};
+        gemv_tiled<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate, tile, blockIdx.x);
     } else {
         gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate, blockIdx.x);
     }
@@ -507,7 +495,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_wide(const signed c
                                    float* __restrict__ y, int N, int K, int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4);
     if ((K & 15) == 0 && tile > 0) {
-        gemv_i8_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scale, x, y, N, K, accumulate, tile, blockIdx.x);
+        I8Rows<GEMV_WIDE_ROWS_PER_WARP, 2> rows{W, scale, K};
+        gemv_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(rows, x, y, N, K, accumulate, tile, blockIdx.x);
     } else {
         gemv_i8_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, blockIdx.x);
     }
@@ -519,7 +508,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_wide(const unsigned
                                    int accumulate) {
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
     if ((K & 31) == 0 && (G & 31) == 0 && tile > 0) {
-        gemv_i4_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(W, scales, mins, x, y, N, K, G, accumulate, tile, blockIdx.x);
+        I4Rows<GEMV_WIDE_ROWS_PER_WARP, 2> rows{W, scales, mins, K, G};
+        gemv_tiled<GEMV_WIDE_ROWS_PER_WARP, 2>(rows, x, y, N, K, accumulate, tile, blockIdx.x);
     } else {
         gemv_i4_scalar<GEMV_WIDE_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate, blockIdx.x);
     }
@@ -539,82 +529,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_wide(const unsigned
 // memory). Otherwise each block computes its groups one after the other exactly as the
 // kernels above compute the group of a block.
 
-// The rows of a persistent walk in one weight format: their weight offsets, the loads in flight
-// (U chunks of R rows per lane) and the format's inner step. ELEMS weights per 16-byte chunk,
-// P x units per chunk; SUMS: x is staged with its 32-value chunk sums (INT4).
-template <int R, int U>
-struct I8Rows {
-    static constexpr int ELEMS = 16;
-    static constexpr int P = 4;
-    static constexpr bool SUMS = false;
-    const signed char* __restrict__ W;
-    const float* __restrict__ scale;
-    int K;
-    long offset[R];
-    uint4 q[U][R];
-    __device__ __forceinline__ void enter(int row0, int N) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) offset[r] = (long)min(row0 + r, N - 1) * K;
-    }
-    __device__ __forceinline__ void load(int c0, bool active, int chunks) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int c = c0 + u * VLA_WARP;
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                if (active && c < chunks) q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + 16 * c));
-            }
-        }
-    }
-    __device__ __forceinline__ void accumulate(int u, int c, int stride, const float*, float (&acc)[R]) {
-        i8_accumulate_chunk<R>(q[u], c, stride, acc);
-    }
-    __device__ __forceinline__ float result(int row, float sum) const { return sum * scale[row]; }
-};
-
-template <int R, int U>
-struct I4Rows {
-    static constexpr int ELEMS = 32;
-    static constexpr int P = 8;
-    static constexpr bool SUMS = true;
-    const unsigned char* __restrict__ W;
-    const float* __restrict__ scales;
-    const float* __restrict__ mins;
-    int K, G, groups;
-    long offset[R], group_offset[R];
-    uint4 q[U][R];
-    float sc[U][R], mn[U][R];
-    __device__ __forceinline__ void enter(int row0, int N) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const long row = min(row0 + r, N - 1);
-            offset[r] = row * (K / 2);
-            group_offset[r] = row * groups;
-        }
-    }
-    __device__ __forceinline__ void load(int c0, bool active, int chunks) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int c = c0 + u * VLA_WARP;
-            const int k = 32 * c;
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                if (active && c < chunks) {
-                    q[u][r] = __ldg(reinterpret_cast<const uint4*>(W + offset[r] + k / 2));
-                    sc[u][r] = __ldg(scales + group_offset[r] + k / G);
-                    mn[u][r] = __ldg(mins + group_offset[r] + k / G);
-                }
-            }
-        }
-    }
-    __device__ __forceinline__ void accumulate(int u, int c, int stride, const float* xsums, float (&acc)[R]) {
-        i4_accumulate_chunk<R>(q[u], sc[u], mn[u], c, stride, xsums, acc);
-    }
-    __device__ __forceinline__ float result(int, float sum) const { return sum; }
-};
-
 // Every row group blockIdx.x, blockIdx.x + gridDim.x, ... of y (+)= W · x with x (all of K)
-// staged once; `rows` holds the format's weights and loads.
+// staged once; `rows` as for gemv_tiled.
 template <int R, int U, class Rows>
 __device__ __forceinline__ void gemv_persistent_groups(Rows& rows, const half_t* __restrict__ x,
                                                        float* __restrict__ y, int N, int K, int accumulate) {
@@ -632,10 +548,11 @@ __device__ __forceinline__ void gemv_persistent_groups(Rows& rows, const half_t*
         active = row0 < N;
         rows.enter(row0, N);
     };
+    typename Rows::Loads loads;
     int c0 = lane;
     int group = blockIdx.x;
     enter(group);
-    rows.load(c0, active, chunks);  // in flight while x is staged
+    rows.load(loads, c0, active, chunks, 0);  // in flight while x is staged
     stage_x<Rows::P, Rows::SUMS>(x, 0, K, stride, gemv_x, xsums);
     __syncthreads();
     // The loop condition is the same for the whole block and nothing inside synchronises the
@@ -649,17 +566,17 @@ __device__ __forceinline__ void gemv_persistent_groups(Rows& rows, const half_t*
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
                     const int c = c0 + u * VLA_WARP;
-                    if (c < chunks) rows.accumulate(u, c, stride, xsums, acc);
+                    if (c < chunks) rows.accumulate(loads, u, c, stride, xsums, acc);
                 }
                 c0 += U * VLA_WARP;
                 if (c0 >= chunks) break;
-                rows.load(c0, active, chunks);
+                rows.load(loads, c0, active, chunks, 0);
             }
         }
         const int done_row0 = row0;
         enter(group + gridDim.x);
         c0 = lane;
-        rows.load(c0, active, chunks);
+        rows.load(loads, c0, active, chunks, 0);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const float sum = warp_sum(acc[r]);
@@ -682,7 +599,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i8_persistent(const si
     const int rows_per_block = (blockDim.x / VLA_WARP) * GEMV_ROWS_PER_WARP;
     for (unsigned int group = blockIdx.x; (int)group * rows_per_block < N; group += gridDim.x) {
         if (vector) {
-            gemv_i8_tiled<GEMV_ROWS_PER_WARP, 4>(W, scale, x, y, N, K, accumulate, tile, group);
+            I8Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scale, K};
+            gemv_tiled<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate, tile, group);
             __syncthreads();  // every warp is done with the staged x before the next group restages it
         } else {
             gemv_i8_scalar<GEMV_ROWS_PER_WARP>(W, scale, x, y, N, K, accumulate, group);
@@ -698,7 +616,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_persistent(const un
     const int tile = gemv_x_tile(K, gemv_dynamic_smem_bytes(), 32 * 4 + 4);
     const bool vector = (K & 31) == 0 && (G & 31) == 0 && tile > 0;
     if (vector && tile == K) {
-        I4Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scales, mins, K, G, (K + G - 1) / G};
+        I4Rows<GEMV_ROWS_PER_WARP, 4> rows{W, scales, mins, K, G};
         gemv_persistent_groups<GEMV_ROWS_PER_WARP, 4>(rows, x, y, N, K, accumulate);
         return;
     }
@@ -708,7 +626,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_i4_persistent(const un
             // Two loads in flight per row rather than gemv_i4's four: with four, ptxas spills in
             // this kernel. Each lane still adds its chunks in the same order, so the sums are
             // gemv_i4's to the bit.
-            gemv_i4_tiled<GEMV_ROWS_PER_WARP, 2>(W, scales, mins, x, y, N, K, G, accumulate, tile, group);
+            I4Rows<GEMV_ROWS_PER_WARP, 2> rows{W, scales, mins, K, G};
+            gemv_tiled<GEMV_ROWS_PER_WARP, 2>(rows, x, y, N, K, accumulate, tile, group);
             __syncthreads();  // every warp is done with the staged x before the next group restages it
         } else {
             gemv_i4_scalar<GEMV_ROWS_PER_WARP>(W, scales, mins, x, y, N, K, G, accumulate, group);
