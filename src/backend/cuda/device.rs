@@ -329,6 +329,8 @@ pub struct Gpu {
     /// cuBLASLt GEMMs with timed algorithm choice, per lane, when switched on (a benchmark
     /// variant: `set_tuned_gemms`).
     tuners: Mutex<Option<[GemmTuner; 2]>>,
+    /// Whether `tuners` is set, read without the lock by every GEMM.
+    tuned: AtomicBool,
     /// Set while `capture` queues work (tuning cannot run then).
     capturing: AtomicBool,
     ctx: Arc<CudaContext>,
@@ -408,6 +410,7 @@ impl Gpu {
             // mma.sync m16n8k16 with f16 operands (the tensor-core GEMVs) needs 8.0 or later.
             warp_mma: major >= 8,
             tuners: Mutex::new(None),
+            tuned: AtomicBool::new(false),
             capturing: AtomicBool::new(false),
             ctx,
         })
@@ -653,6 +656,7 @@ impl Gpu {
         } else {
             None
         };
+        self.tuned.store(on, Ordering::SeqCst);
         Ok(())
     }
 
@@ -668,6 +672,10 @@ impl Gpu {
     /// One cuBLAS `GemmStridedBatchedEx` (or `GemmEx` when `batch == 1`) on `lane`, FP32
     /// compute; through the tuned cuBLASLt path when that is on.
     pub fn gemm(&self, lane: Lane, g: &Gemm) -> Result<(), CudaError> {
+        // The policy's GEMMs take cuBLAS directly, without the tuners' lock.
+        if !self.tuned.load(Ordering::SeqCst) {
+            return self.cublas_gemm(lane, g);
+        }
         if let Ok(mut tuners) = self.tuners.lock() {
             if let Some(tuners) = tuners.as_mut() {
                 let i = lane as usize;
@@ -687,6 +695,11 @@ impl Gpu {
                 return tuners[i].gemm(g, &device);
             }
         }
+        self.cublas_gemm(lane, g)
+    }
+
+    /// `g` through cuBLAS, which picks the algorithm.
+    fn cublas_gemm(&self, lane: Lane, g: &Gemm) -> Result<(), CudaError> {
         let handle = match lane {
             Lane::A => *self.blas[0].handle(),
             Lane::B => *self.blas[1].handle(),
