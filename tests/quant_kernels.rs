@@ -316,6 +316,73 @@ fn grouped_int4_kernel_matches_per_group_reference() {
 }
 
 #[test]
+fn nibble_planes_put_each_value_under_its_nibble_scaled_back_exactly() {
+    let mut rng = Rng(23);
+    let x = rng.vec(200, 3.0);
+    let mut planes = vec![f32::NAN; kernels::u4_planes_len(x.len())];
+    assert_eq!(planes.len(), 192, "three whole blocks of 64");
+    kernels::u4_planes(&x, &mut planes);
+    for block in 0..3 {
+        for n in 0..8 {
+            for d in 0..8 {
+                let scale = if n == 7 { 1.0 } else { 16f32.powi(n as i32) };
+                assert_eq!(
+                    planes[64 * block + 8 * n + d] * scale,
+                    x[64 * block + 8 * d + n],
+                    "block {block} nibble {n} word {d}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nibble_plane_int4_kernel_matches_per_group_reference() {
+    let mut rng = Rng(29);
+    // Whole blocks, block tails, groups of one and several blocks, one group per row, and
+    // group sizes the plane kernel hands back to the plain one (32, 8, 96).
+    for &(len, group) in &[
+        (1, 1),
+        (63, 63),
+        (64, 64),
+        (65, 65),
+        (127, 128),
+        (128, 128),
+        (129, 128),
+        (200, 64),
+        (300, 128),
+        (4100, 128),
+        (11008, 128),
+        (192, 192),
+        (96, 32),
+        (50, 8),
+        (384, 96),
+    ] {
+        let x = rng.vec(len, 1.0);
+        let packed: Vec<u8> = (0..len.div_ceil(2)).map(|_| rng.next_u64() as u8).collect();
+        let scales = rng.vec(len.div_ceil(group), 2.0);
+        let mut planes = vec![0.0; kernels::u4_planes_len(len)];
+        kernels::u4_planes(&x, &mut planes);
+        let exact: f64 = (0..len)
+            .map(|k| {
+                f64::from(scales[k / group])
+                    * f64::from(kernels::nibble(&packed, k))
+                    * f64::from(x[k])
+            })
+            .sum();
+        let mag: f64 = (0..len)
+            .map(|k| f64::from(scales[k / group].abs()) * 15.0 * f64::from(x[k].abs()))
+            .sum::<f64>()
+            + 1e-6;
+        let got = kernels::dot_u4_f32_grouped_planes(&packed, &x, &planes, &scales, group);
+        assert!(
+            (f64::from(got) - exact).abs() <= 1e-5 * mag,
+            "len {len} group {group}: {got} against {exact}"
+        );
+    }
+}
+
+#[test]
 fn set_weights_rejects_a_wrong_shape_naming_the_layer() {
     let mut layer = Linear::from_f32("l", vec![0.5; 12], 3, 4, None).unwrap();
     let other = Int8Weights::quantize(&[0.5; 10], 2, 5);

@@ -30,13 +30,19 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::quant_kernels::{dot_i8_f32, dot_i8_i8, dot_u4_f32_grouped, nibble};
+use super::quant_kernels::{
+    dot_i8_f32, dot_i8_i8, dot_u4_f32_grouped_planes, nibble, u4_planes, u4_planes_len,
+};
 
 /// Group length of INT4 weights along the input dimension.
 pub const INT4_GROUP: usize = 128;
 
 /// INT4 groups per row whose activation sums live on the stack (rows up to 64 Ki values).
 const MAX_STACK_GROUPS: usize = 512;
+
+/// Row width up to which the nibble-plane activations of an INT4 product live on the stack
+/// (64 KiB; Llama-2-7B's widest is 11008).
+const MAX_STACK_PLANES: usize = 16384;
 
 /// Input rows at or below which quantized products run as matrix-vector products; above it
 /// they dequantize tiles and call `gemm`.
@@ -425,6 +431,17 @@ pub fn matmul_int4(
             *sum = chunk.iter().sum();
         }
         let group_sums: &[f32] = group_sums;
+        let planes_len = u4_planes_len(k);
+        let mut stack_planes = [0.0f32; MAX_STACK_PLANES];
+        let mut heap_planes = Vec::new();
+        let planes: &mut [f32] = if planes_len <= MAX_STACK_PLANES {
+            &mut stack_planes[..planes_len]
+        } else {
+            heap_planes.resize(planes_len, 0.0);
+            &mut heap_planes
+        };
+        u4_planes(x_row, planes);
+        let planes: &[f32] = planes;
         let block = gemv_block_rows(n, k);
         let rows = |(b, dst): (usize, &mut [f32])| {
             for (j, o) in dst.iter_mut().enumerate() {
@@ -433,7 +450,7 @@ pub fn matmul_int4(
                 let row_scales = &weights.scales[row * groups..(row + 1) * groups];
                 let row_mins = &weights.mins[row * groups..(row + 1) * groups];
                 let offsets: f32 = row_mins.iter().zip(group_sums).map(|(m, s)| m * s).sum();
-                let acc = dot_u4_f32_grouped(packed_row, x_row, row_scales, group)
+                let acc = dot_u4_f32_grouped_planes(packed_row, x_row, planes, row_scales, group)
                     + offsets
                     + bias.map_or(0.0, |b| b[row]);
                 *o = acc;

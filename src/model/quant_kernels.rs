@@ -8,6 +8,10 @@
 //! ragged tail with the scalar loop, so every length gives the same result as the portable
 //! kernel up to the order of float additions.
 //!
+//! INT4 decode runs [`dot_u4_f32_grouped_planes`], which reads the packed weights as 32-bit
+//! words and needs the activations rearranged once per row ([`u4_planes`]); it replaces the
+//! nibble-unpacking shuffles of [`dot_u4_f32_grouped`] with one mask per 8 weights.
+//!
 //! INT4 packing (shared with [`super::quant`]): element `k` of a row lives in byte `k / 2`,
 //! in the low nibble when `k` is even and the high nibble when odd.
 
@@ -105,6 +109,75 @@ pub fn dot_u4_f32_grouped_portable(
     sum
 }
 
+/// Values of one block of the nibble-plane layout: 32 packed bytes, read as eight 32-bit words.
+pub const U4_BLOCK: usize = 64;
+
+/// Values of `x` that [`u4_planes`] rearranges: its whole blocks of [`U4_BLOCK`].
+pub fn u4_planes_len(len: usize) -> usize {
+    len / U4_BLOCK * U4_BLOCK
+}
+
+/// Rearranges the activations of one row for [`dot_u4_f32_grouped_planes`]. In the packed
+/// weights, the 32-bit word `d` of a block holds elements `8d .. 8d + 8`, nibble `n` being
+/// element `8d + n`; so `planes[64b + 8n + d] = x[64b + 8d + n] · 16⁻ⁿ` (nibble 7 unscaled),
+/// and the kernel masks nibble `n` in place (`c · 16ⁿ`, exact in f32) with no shuffle. Both
+/// scalings are powers of two, so each product equals `c · x` as before.
+/// `planes.len()` must be [`u4_planes_len`]`(x.len())`.
+pub fn u4_planes(x: &[f32], planes: &mut [f32]) {
+    for (block, out) in x
+        .chunks_exact(U4_BLOCK)
+        .zip(planes.chunks_exact_mut(U4_BLOCK))
+    {
+        for (n, plane) in out.chunks_exact_mut(8).enumerate() {
+            let scale = if n == 7 {
+                1.0
+            } else {
+                (-4.0 * n as f32).exp2()
+            };
+            for (d, value) in plane.iter_mut().enumerate() {
+                *value = block[8 * d + n] * scale;
+            }
+        }
+    }
+}
+
+/// [`dot_u4_f32_grouped`] with the activations also given as [`u4_planes`], for rows whose
+/// groups are whole blocks of [`U4_BLOCK`] values (or one group per row): the same products,
+/// summed in another order, at about half the instructions per weight on AVX2. Other group
+/// sizes and CPUs take [`dot_u4_f32_grouped`].
+#[inline]
+pub fn dot_u4_f32_grouped_planes(
+    packed: &[u8],
+    x: &[f32],
+    planes: &[f32],
+    scales: &[f32],
+    group_size: usize,
+) -> f32 {
+    let group_size = group_size.max(1);
+    let len = x.len().min(packed.len() * 2).min(scales.len() * group_size);
+    let blocks_len = u4_planes_len(len);
+    if (group_size % U4_BLOCK == 0 || group_size >= len) && planes.len() >= blocks_len {
+        let (packed, x, planes) = (&packed[..len.div_ceil(2)], &x[..len], &planes[..blocks_len]);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected just above; `packed` holds ⌈len/2⌉ bytes,
+            // `x` `len` values, `planes` the values of `x`'s whole blocks, `scales`
+            // ⌈len/group_size⌉ values, and every group starts on a block boundary.
+            return unsafe {
+                x86::dot_u4_f32_grouped_planes(packed, x, planes, scales, group_size)
+            };
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // SAFETY: NEON is mandatory on aarch64; the slices are as for AVX2 above.
+            return unsafe {
+                neon::dot_u4_f32_grouped_planes(packed, x, planes, scales, group_size)
+            };
+        }
+    }
+    dot_u4_f32_grouped(packed, x, scales, group_size)
+}
+
 /// `Σ a[i] · b[i]` for two int8 vectors, accumulated exactly in i32. Exact for any length
 /// below 2³¹ / 127² ≈ 133 000, far above any layer width.
 #[inline]
@@ -194,6 +267,14 @@ pub fn nibble(packed: &[u8], k: usize) -> u8 {
     } else {
         byte >> 4
     }
+}
+
+/// `Σ q[k] · x[k]` over `k ∈ from..to` of a packed INT4 row: the SIMD kernels' ragged tails.
+#[inline]
+fn u4_tail(packed: &[u8], x: &[f32], from: usize, to: usize) -> f32 {
+    (from..to)
+        .map(|k| f32::from(nibble(packed, k)) * x[k])
+        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -343,11 +424,70 @@ mod x86 {
             let group_acc =
                 _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
             row = _mm256_fmadd_ps(_mm256_set1_ps(scale), group_acc, row);
-            let mut tail = 0.0f32;
-            for (k, &xv) in x.iter().enumerate().take(end).skip(i) {
-                tail += f32::from(super::nibble(packed, k)) * xv;
+            // Only the row's last group can have a tail; the test keeps the common empty case
+            // from calling out of the SIMD code.
+            if i < end {
+                row_tail += scale * super::u4_tail(packed, x, i, end);
             }
-            row_tail += scale * tail;
+            start = end;
+            g += 1;
+        }
+        hsum_ps(row) + row_tail
+    }
+
+    /// Caller guarantees AVX2 + FMA, `packed.len() == x.len().div_ceil(2)`, `planes` =
+    /// [`super::u4_planes`] of `x`'s whole blocks, `scales.len() ≥ ⌈x.len() / group_size⌉` and
+    /// a `group_size` that is a multiple of [`super::U4_BLOCK`] unless it covers the row.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_u4_f32_grouped_planes(
+        packed: &[u8],
+        x: &[f32],
+        planes: &[f32],
+        scales: &[f32],
+        group_size: usize,
+    ) -> f32 {
+        let len = x.len();
+        let (bp, pp) = (packed.as_ptr(), planes.as_ptr());
+        let masks = [0, 1, 2, 3, 4, 5, 6].map(|n| _mm256_set1_epi32(0xF << (4 * n)));
+        let mut row = _mm256_setzero_ps();
+        let mut row_tail = 0.0f32;
+        let mut start = 0;
+        let mut g = 0;
+        while start < len {
+            let end = (start + group_size).min(len);
+            // One accumulator per nibble: eight independent FMA chains.
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut i = start;
+            while i + super::U4_BLOCK <= end {
+                // SAFETY: i + 64 ≤ end ≤ len and i is a multiple of 64 (groups start on
+                // block boundaries), so bytes i/2 .. i/2 + 32 lie inside `packed` and
+                // values i .. i + 64 inside `planes`, which covers every whole block.
+                let (words, p) = unsafe { (_mm256_loadu_si256(bp.add(i / 2).cast()), pp.add(i)) };
+                for (n, mask) in masks.iter().enumerate() {
+                    let codes = _mm256_cvtepi32_ps(_mm256_and_si256(words, *mask));
+                    // SAFETY: 8n + 8 ≤ 56 < 64 values from `p`.
+                    let acts = unsafe { _mm256_loadu_ps(p.add(8 * n)) };
+                    acc[n] = _mm256_fmadd_ps(codes, acts, acc[n]);
+                }
+                // The top nibble is shifted down: masked in place it would be the sign bit.
+                let codes = _mm256_cvtepi32_ps(_mm256_srli_epi32(words, 28));
+                // SAFETY: values 56 .. 64 of the block.
+                let acts = unsafe { _mm256_loadu_ps(p.add(56)) };
+                acc[7] = _mm256_fmadd_ps(codes, acts, acc[7]);
+                i += super::U4_BLOCK;
+            }
+            let quads = [0, 1, 2, 3].map(|j| _mm256_add_ps(acc[j], acc[j + 4]));
+            let group_acc = _mm256_add_ps(
+                _mm256_add_ps(quads[0], quads[1]),
+                _mm256_add_ps(quads[2], quads[3]),
+            );
+            let scale = scales[g];
+            row = _mm256_fmadd_ps(_mm256_set1_ps(scale), group_acc, row);
+            // Only the row's last group can have a tail; the test keeps the common empty case
+            // from calling out of the SIMD code.
+            if i < end {
+                row_tail += scale * super::u4_tail(packed, x, i, end);
+            }
             start = end;
             g += 1;
         }
@@ -457,6 +597,61 @@ mod neon {
             sum += f32::from(super::nibble(packed, k)) * xv;
         }
         sum
+    }
+
+    /// Caller guarantees what [`super::x86`]'s `dot_u4_f32_grouped_planes` does (less AVX2).
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_u4_f32_grouped_planes(
+        packed: &[u8],
+        x: &[f32],
+        planes: &[f32],
+        scales: &[f32],
+        group_size: usize,
+    ) -> f32 {
+        let len = x.len();
+        let (bp, pp) = (packed.as_ptr(), planes.as_ptr());
+        let masks = [0, 1, 2, 3, 4, 5, 6].map(|n| vdupq_n_u32(0xF << (4 * n)));
+        let mut row = vdupq_n_f32(0.0);
+        let mut row_tail = 0.0f32;
+        let mut start = 0;
+        let mut g = 0;
+        while start < len {
+            let end = (start + group_size).min(len);
+            let mut acc = [vdupq_n_f32(0.0); 8];
+            let mut i = start;
+            while i + super::U4_BLOCK <= end {
+                // SAFETY: i + 64 ≤ end ≤ len and i is a multiple of 64, so bytes i/2 ..
+                // i/2 + 32 lie inside `packed` and values i .. i + 64 inside `planes`.
+                // Words 0-3 and 4-7 of the block (little-endian, as the packing assumes).
+                let (words, p) = unsafe {
+                    let w = bp.add(i / 2).cast::<u32>();
+                    ([vld1q_u32(w), vld1q_u32(w.add(4))], pp.add(i))
+                };
+                for (half, words) in words.into_iter().enumerate() {
+                    for (n, mask) in masks.iter().enumerate() {
+                        let codes = vcvtq_f32_u32(vandq_u32(words, *mask));
+                        // SAFETY: 8n + 4·half + 4 ≤ 56 values from `p`.
+                        let acts = unsafe { vld1q_f32(p.add(8 * n + 4 * half)) };
+                        acc[n] = vfmaq_f32(acc[n], codes, acts);
+                    }
+                    let codes = vcvtq_f32_u32(vshrq_n_u32::<28>(words));
+                    // SAFETY: values 56 + 4·half .. 60 + 4·half of the block.
+                    let acts = unsafe { vld1q_f32(p.add(56 + 4 * half)) };
+                    acc[7] = vfmaq_f32(acc[7], codes, acts);
+                }
+                i += super::U4_BLOCK;
+            }
+            let quads = [0, 1, 2, 3].map(|j| vaddq_f32(acc[j], acc[j + 4]));
+            let group_acc = vaddq_f32(vaddq_f32(quads[0], quads[1]), vaddq_f32(quads[2], quads[3]));
+            let scale = scales[g];
+            row = vfmaq_n_f32(row, group_acc, scale);
+            if i < end {
+                row_tail += scale * super::u4_tail(packed, x, i, end);
+            }
+            start = end;
+            g += 1;
+        }
+        vaddvq_f32(row) + row_tail
     }
 
     /// Caller guarantees `a.len() == b.len()`.
