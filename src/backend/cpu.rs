@@ -1,6 +1,6 @@
 //! The CPU backend: the pure-Rust model in f32, the reference the other backends are held
 //! to. [`CpuModelRunner`] runs the model from `pixel_values`; [`CpuPolicy`] adds the image
-//! preprocessing and implements [`Policy`].
+//! preprocessing and implements [`Policy`](crate::policy::Policy).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

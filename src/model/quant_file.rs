@@ -109,7 +109,7 @@ fn parse_header<'a>(
 
 /// SHA-256 (hex) identifying a checkpoint: over `config.json`, then for each safetensors
 /// shard (in name order) its file name, its header, and the first
-/// [`HASHED_BYTES_PER_TENSOR`] bytes of every tensor (in name order).
+/// 4096 bytes (`HASHED_BYTES_PER_TENSOR`) of every tensor (in name order).
 pub fn checkpoint_hash(model_dir: &Path) -> Result<String, ModelError> {
     let mut hasher = Sha256::new();
     let config_path = model_dir.join("config.json");

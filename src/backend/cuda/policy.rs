@@ -1,5 +1,5 @@
 //! [`CudaModelRunner`]: the whole model on the device from `pixel_values` to token ids, and
-//! [`CudaPolicy`]: CPU preprocessing + the runner behind [`Policy`].
+//! [`CudaPolicy`]: CPU preprocessing + the runner behind [`Policy`](crate::policy::Policy).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

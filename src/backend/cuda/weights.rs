@@ -379,7 +379,7 @@ impl DecodeFormat {
 }
 
 /// Which kernel computes a decode GEMV (gemv.cu). The policy uses [`GemvVariant::Policy`]
-/// unless told otherwise ([`super::llama::DeviceLlama::set_decode_variant`]); the others are
+/// unless told otherwise ([`super::llama::DeviceLlama::set_decode_kernels`]); the others are
 /// benchmark variants, timed and checked against it by `vla-rt bench --backend cuda`. FP16
 /// GEMVs have the policy and the tensor-core kernels only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
