@@ -12,6 +12,7 @@ BIN=${1:-target/release/vla-rt}
 LOG_DIR=${LOG_DIR:-${OUT:-/tmp/vla-rt-gpu-check}}
 RUNS=${RUNS:-10}
 mkdir -p "$LOG_DIR"
+rm -f "$LOG_DIR/bench_variants_alone.txt"
 status=0
 
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -56,6 +57,20 @@ timeout ${BENCH_TIMEOUT:-180} "$BIN" bench --backend cuda --random-weights --sha
     --template engines/openvla-tiny 2>&1 | tee "$LOG_DIR/bench_cuda.txt"
 bench_rc=${PIPESTATUS[0]}
 [ "$bench_rc" -eq 0 ] || status=1
+# A variant group that failed may have taken the context with it (a kernel fault), and the
+# groups after it with that: each failed group runs again alone, in a fresh process.
+failed_groups=$(sed -n 's/^benchmark variant group \([a-z]*\) failed:.*/\1/p' "$LOG_DIR/bench_cuda.txt")
+rerun_rc=none
+if [ -n "$failed_groups" ]; then
+    step "failed variant groups again, each alone: $(echo $failed_groups)"
+    rerun_rc=0
+    for group in $failed_groups; do
+        VLA_RT_BENCH_ONLY=variants VLA_RT_BENCH_VARIANTS=$group timeout ${RERUN_TIMEOUT:-120} \
+            "$BIN" bench --backend cuda --random-weights --shape openvla-7b --runs "$RUNS" --warmup 3 \
+            --template engines/openvla-tiny 2>&1 | tee -a "$LOG_DIR/bench_variants_alone.txt"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || rerun_rc=1
+    done
+fi
 
 torch_rc=skipped
 if python3 -c 'import torch, timm, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
@@ -67,7 +82,8 @@ else
 fi
 
 step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
-echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, torch exit $torch_rc"
+echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, torch exit $torch_rc"
+grep -hE "^benchmark variant group" "$LOG_DIR/bench_cuda.txt" "$LOG_DIR/bench_variants_alone.txt" 2>/dev/null || true
 grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
 printf '%-108s %10s %10s\n' "stage" "vla-rt ms" "torch ms"
 for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
@@ -92,10 +108,10 @@ for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
            "whole action, int4, tensor-core GEMVs + fused RMSNorm + split attention, tuned GEMMs + f16 hi/lo scores:-" \
            "device copy (read + write):copy"; do
     ours=${key%%:*}; theirs=${key##*:}
-    a=$(grep -F "$ours" "$LOG_DIR/bench_cuda.txt" 2>/dev/null | head -1 | awk -v n="$ours" '{s=substr($0,length(n)+1); split(s,f," "); print f[1]}')
+    a=$(cat "$LOG_DIR/bench_cuda.txt" "$LOG_DIR/bench_variants_alone.txt" 2>/dev/null | grep -F "$ours" | head -1 | awk -v n="$ours" '{s=substr($0,length(n)+1); split(s,f," "); print f[1]}')
     b=$( [ "$theirs" != "-" ] && grep -E "^$theirs " "$LOG_DIR/torch.txt" 2>/dev/null | awk '{print $2}' )
     printf '%-108s %10s %10s\n' "$ours" "${a:--}" "${b:--}"
 done
-grep -E "GB/s" "$LOG_DIR/bench_cuda.txt" | sed 's/^/  /' || true
+cat "$LOG_DIR/bench_cuda.txt" "$LOG_DIR/bench_variants_alone.txt" 2>/dev/null | grep -E "GB/s" | sed 's/^/  /' || true
 grep -E "^# torch" "$LOG_DIR/torch.txt" 2>/dev/null || true
 exit $status

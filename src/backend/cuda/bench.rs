@@ -231,7 +231,10 @@ fn bench_runner(
     // (the copy bandwidth and the decode GEMVs alone, every variant).
     let only = std::env::var("VLA_RT_BENCH_ONLY").unwrap_or_default();
     let gemv_only = only == "gemv";
-    if only != "language" && !gemv_only {
+    // Only the variant groups (bench/gpu_check.sh reruns a failed group in a fresh process).
+    let variants_only = only == "variants";
+    let groups = VariantGroup::selected()?;
+    if only != "language" && !gemv_only && !variants_only {
         let (gpu, vision) = runner.vision_mut();
         let dino = time(warmup, runs, || {
             vision.encoder(gpu, 0)?;
@@ -298,7 +301,7 @@ fn bench_runner(
 
     if only == "vision" {
         println!("benchmark variants (not the policy's kernels):");
-        return vision_variants(runner, warmup, runs);
+        return vision_variants(runner, warmup, runs, &VISION_VARIANTS);
     }
     // Device copy bandwidth, same run: 1 GiB (256 MiB on small cards) buffer to buffer.
     let copy_bytes = {
@@ -339,7 +342,7 @@ fn bench_runner(
         pixels,
         action_dim,
     };
-    if !gemv_only {
+    if !gemv_only && !variants_only {
         let (gpu, llama, vision) = runner.llama_mut();
         let image_tokens = vision.projector.output();
         let prefill = time(warmup, runs, || {
@@ -355,68 +358,171 @@ fn bench_runner(
     let formats = [DecodeFormat::F16, DecodeFormat::Int8, DecodeFormat::Int4];
     // The policy's kernels first, so that their rows stand even if a benchmark variant
     // fails on this device (a kernel fault ends the process).
-    if !gemv_only {
-        let mut steps = vec![(DecodeFormat::F16, false, DecodeKernels::POLICY)];
-        steps.extend(formats.map(|f| (f, true, DecodeKernels::POLICY)));
-        lang.decode_steps(runner, &steps)?;
-    }
-    lang.gemvs_alone(runner, &formats.map(|f| (f, GemvVariant::Policy)))?;
-    if !gemv_only {
-        lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::POLICY)))?;
+    if !variants_only {
+        if !gemv_only {
+            let mut steps = vec![(DecodeFormat::F16, false, DecodeKernels::POLICY)];
+            steps.extend(formats.map(|f| (f, true, DecodeKernels::POLICY)));
+            lang.decode_steps(runner, &steps)?;
+        }
+        lang.gemvs_alone(runner, &formats.map(|f| (f, GemvVariant::Policy)))?;
+        if !gemv_only {
+            lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::POLICY)))?;
+        }
     }
 
     println!("benchmark variants (not the policy's kernels):");
-    let variants = (|| {
-        if only.is_empty() {
-            vision_variants(runner, warmup, runs)?;
+    // Each group runs even when an earlier one failed: an error that leaves the device usable
+    // costs only its own rows.
+    let mut failed = Vec::new();
+    for group in groups {
+        if gemv_only && group != VariantGroup::Gemv {
+            continue;
         }
-        if !gemv_only {
-            runner.gpu().set_tuned_gemms(true)?;
-            let (gpu, llama, vision) = runner.llama_mut();
-            let image_tokens = vision.projector.output();
-            let prefill = time(warmup, runs, || {
-                llama.prefill(gpu, image_tokens, &lang.ids, DecodeFormat::F16)?;
-                gpu.sync(Lane::A)
-            });
-            runner.gpu().set_tuned_gemms(false)?;
-            let prefill = prefill?;
-            row(
-                "llm prefill, tuned GEMMs",
-                &prefill,
-                &format!(
-                    "{} positions, FP16 GEMMs through cuBLASLt, algorithms timed on the first run",
-                    lang.ids.len() + 256
-                ),
-            );
-            let steps: Vec<_> = [DecodeKernels::TENSOR_CORE_GEMVS, DecodeKernels::CANDIDATE]
-                .into_iter()
-                .flat_map(|k| formats.map(|f| (f, true, k)))
-                .collect();
-            lang.decode_steps(runner, &steps)?;
+        let result = match group {
+            VariantGroup::Decode => {
+                let steps: Vec<_> = [DecodeKernels::TENSOR_CORE_GEMVS, DecodeKernels::CANDIDATE]
+                    .into_iter()
+                    .flat_map(|k| formats.map(|f| (f, true, k)))
+                    .collect();
+                lang.decode_steps(runner, &steps)
+            }
+            VariantGroup::Gemv => {
+                let gemvs: Vec<_> = formats
+                    .into_iter()
+                    .flat_map(|f| GemvVariant::ALL.map(|v| (f, v)))
+                    .filter(|(f, v)| *v != GemvVariant::Policy && v.exists_for(*f))
+                    .collect();
+                lang.gemvs_alone(runner, &gemvs)
+            }
+            VariantGroup::Vision if only == "language" => continue,
+            VariantGroup::Vision => vision_variants(runner, warmup, runs, &[(true, false)]),
+            VariantGroup::Tuned => tuned_variants(runner, &lang, only != "language"),
+            VariantGroup::Actions => {
+                let actions = runner.set_vision_variants(true, true).and_then(|()| {
+                    lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::CANDIDATE)))
+                });
+                let reset = runner.set_vision_variants(false, false);
+                actions.and(reset)
+            }
+        };
+        runner
+            .llama_mut()
+            .1
+            .set_decode_kernels(DecodeKernels::POLICY);
+        if let Err(e) = result {
+            println!("benchmark variant group {} failed: {e}", group.name());
+            failed.push(group.name());
         }
-        let gemvs: Vec<_> = formats
-            .into_iter()
-            .flat_map(|f| GemvVariant::ALL.map(|v| (f, v)))
-            .filter(|(f, v)| *v != GemvVariant::Policy && v.exists_for(*f))
-            .collect();
-        lang.gemvs_alone(runner, &gemvs)?;
-        if !gemv_only {
-            runner.set_vision_variants(true, true)?;
-            let candidates =
-                lang.whole_actions(runner, &formats.map(|f| (f, DecodeKernels::CANDIDATE)));
-            runner.set_vision_variants(false, false)?;
-            candidates?;
-        }
-        Ok(())
-    })();
-    runner
-        .llama_mut()
-        .1
-        .set_decode_kernels(DecodeKernels::POLICY);
-    if let Err(e) = &variants {
-        println!("benchmark variants stopped: {e}");
     }
-    variants
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CudaError::Shape {
+            op: "benchmark variants",
+            message: format!("groups failed: {}", failed.join(", ")),
+        })
+    }
+}
+
+/// The benchmark variants, in groups that run (and fail) independently, in this order:
+/// `VLA_RT_BENCH_VARIANTS=decode,gemv,...` picks some (default: all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VariantGroup {
+    /// Decode steps with the tensor-core GEMVs, then also fused RMSNorm + split attention.
+    Decode,
+    /// The decode GEMVs alone, every variant kernel, checked against the policy kernel.
+    Gemv,
+    /// The vision path with FP16 hi/lo attention scores.
+    Vision,
+    /// cuBLASLt GEMMs with timed algorithm choice: vision path and prefill.
+    Tuned,
+    /// Whole actions with every variant.
+    Actions,
+}
+
+impl VariantGroup {
+    const ALL: [VariantGroup; 5] = [
+        VariantGroup::Decode,
+        VariantGroup::Gemv,
+        VariantGroup::Vision,
+        VariantGroup::Tuned,
+        VariantGroup::Actions,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            VariantGroup::Decode => "decode",
+            VariantGroup::Gemv => "gemv",
+            VariantGroup::Vision => "vision",
+            VariantGroup::Tuned => "tuned",
+            VariantGroup::Actions => "actions",
+        }
+    }
+
+    /// The groups `VLA_RT_BENCH_VARIANTS` names, in the benchmark's order.
+    fn selected() -> Result<Vec<VariantGroup>, CudaError> {
+        let list = std::env::var("VLA_RT_BENCH_VARIANTS").unwrap_or_default();
+        Self::parse(&list)
+    }
+
+    fn parse(list: &str) -> Result<Vec<VariantGroup>, CudaError> {
+        if list.trim().is_empty() {
+            return Ok(Self::ALL.to_vec());
+        }
+        let mut wanted = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match Self::ALL.into_iter().find(|g| g.name() == name) {
+                Some(group) => wanted.push(group),
+                None => {
+                    return Err(CudaError::Shape {
+                        op: "VLA_RT_BENCH_VARIANTS",
+                        message: format!(
+                            "unknown variant group `{name}` (known: {})",
+                            Self::ALL.map(Self::name).join(", ")
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(Self::ALL
+            .into_iter()
+            .filter(|g| wanted.contains(g))
+            .collect())
+    }
+}
+
+/// The vision path (unless `vision_rows` is false) and the prefill with every GEMM through
+/// cuBLASLt, algorithms timed on the first run of each shape.
+fn tuned_variants(
+    runner: &mut CudaModelRunner,
+    lang: &LanguageBench,
+    vision_rows: bool,
+) -> Result<(), CudaError> {
+    if vision_rows {
+        vision_variants(
+            runner,
+            lang.warmup,
+            lang.runs,
+            &[(false, true), (true, true)],
+        )?;
+    }
+    runner.gpu().set_tuned_gemms(true)?;
+    let (gpu, llama, vision) = runner.llama_mut();
+    let image_tokens = vision.projector.output();
+    let prefill = time(lang.warmup, lang.runs, || {
+        llama.prefill(gpu, image_tokens, &lang.ids, DecodeFormat::F16)?;
+        gpu.sync(Lane::A)
+    });
+    runner.gpu().set_tuned_gemms(false)?;
+    row(
+        "llm prefill, tuned GEMMs",
+        &prefill?,
+        &format!(
+            "{} positions, FP16 GEMMs through cuBLASLt, algorithms timed on the first run",
+            lang.ids.len() + 256
+        ),
+    );
+    Ok(())
 }
 
 /// Row-name suffix of a vision configuration: none for the policy's.
@@ -429,15 +535,19 @@ fn vision_suffix(split_scores: bool, tuned_gemms: bool) -> &'static str {
     }
 }
 
-/// The encoders alone and the two-stream vision graph with each combination of the vision
-/// variants.
+/// Every (hi/lo scores, tuned GEMMs) combination of the vision variants.
+const VISION_VARIANTS: [(bool, bool); 3] = [(true, false), (false, true), (true, true)];
+
+/// The encoders alone and the two-stream vision graph with each of `combinations`
+/// (hi/lo scores, tuned GEMMs); the policy's vision path again afterwards.
 fn vision_variants(
     runner: &mut CudaModelRunner,
     warmup: usize,
     runs: usize,
+    combinations: &[(bool, bool)],
 ) -> Result<(), CudaError> {
     let rows = (|| {
-        for (split, tuned) in [(true, false), (false, true), (true, true)] {
+        for &(split, tuned) in combinations {
             runner.set_vision_variants(split, tuned)?;
             let suffix = vision_suffix(split, tuned);
             let (gpu, vision) = runner.vision_mut();
@@ -612,5 +722,26 @@ impl LanguageBench {
             .1
             .set_decode_kernels(DecodeKernels::POLICY);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VariantGroup;
+
+    #[test]
+    fn variant_groups_run_in_the_benchmarks_order_whatever_order_they_are_named_in() {
+        assert_eq!(VariantGroup::parse("").unwrap(), VariantGroup::ALL.to_vec());
+        assert_eq!(
+            VariantGroup::parse(" tuned, decode ,").unwrap(),
+            vec![VariantGroup::Decode, VariantGroup::Tuned]
+        );
+        let error = VariantGroup::parse("decode,visoin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("VLA_RT_BENCH_VARIANTS") && error.contains("`visoin`"),
+            "{error}"
+        );
     }
 }
