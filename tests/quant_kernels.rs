@@ -275,47 +275,6 @@ fn simd_dot_kernels_match_portable_kernels_on_ragged_lengths() {
 }
 
 #[test]
-fn grouped_int4_kernel_matches_per_group_reference() {
-    let mut rng = Rng(17);
-    for &(len, group) in &[
-        (1, 1),
-        (33, 33),
-        (127, 127),
-        (128, 128),
-        (129, 128),
-        (300, 128),
-        (1000, 128),
-        (96, 32),
-        (50, 8),
-    ] {
-        let x = rng.vec(len, 1.0);
-        let packed: Vec<u8> = (0..len.div_ceil(2)).map(|_| rng.next_u64() as u8).collect();
-        let scales = rng.vec(len.div_ceil(group), 2.0);
-        let exact: f64 = (0..len)
-            .map(|k| {
-                f64::from(scales[k / group])
-                    * f64::from(kernels::nibble(&packed, k))
-                    * f64::from(x[k])
-            })
-            .sum();
-        let mag: f64 = (0..len)
-            .map(|k| f64::from(scales[k / group].abs()) * 15.0 * f64::from(x[k].abs()))
-            .sum::<f64>()
-            + 1e-6;
-        let simd = kernels::dot_u4_f32_grouped(&packed, &x, &scales, group);
-        let portable = kernels::dot_u4_f32_grouped_portable(&packed, &x, &scales, group);
-        assert!(
-            (f64::from(simd) - exact).abs() <= 1e-5 * mag,
-            "len {len} group {group}"
-        );
-        assert!(
-            (f64::from(portable) - exact).abs() <= 1e-5 * mag,
-            "len {len} group {group}"
-        );
-    }
-}
-
-#[test]
 fn nibble_planes_put_each_value_under_its_nibble_scaled_back_exactly() {
     let mut rng = Rng(23);
     let x = rng.vec(200, 3.0);
@@ -337,12 +296,14 @@ fn nibble_planes_put_each_value_under_its_nibble_scaled_back_exactly() {
 }
 
 #[test]
-fn nibble_plane_int4_kernel_matches_per_group_reference() {
+fn grouped_int4_kernels_match_per_group_reference() {
     let mut rng = Rng(29);
     // Whole blocks, block tails, groups of one and several blocks, one group per row, and
-    // group sizes the plane kernel hands back to the plain one (32, 8, 96).
+    // group sizes the plane kernel hands to the per-group one (32, 8, 96, 33).
     for &(len, group) in &[
         (1, 1),
+        (33, 33),
+        (99, 33),
         (63, 63),
         (64, 64),
         (65, 65),
@@ -374,11 +335,15 @@ fn nibble_plane_int4_kernel_matches_per_group_reference() {
             .map(|k| f64::from(scales[k / group].abs()) * 15.0 * f64::from(x[k].abs()))
             .sum::<f64>()
             + 1e-6;
-        let got = kernels::dot_u4_f32_grouped_planes(&packed, &x, &planes, &scales, group);
-        assert!(
-            (f64::from(got) - exact).abs() <= 1e-5 * mag,
-            "len {len} group {group}: {got} against {exact}"
-        );
+        let planes_kernel =
+            kernels::dot_u4_f32_grouped_planes(&packed, &x, &planes, &scales, group);
+        let per_group = kernels::dot_u4_f32_grouped(&packed, &x, &scales, group);
+        for (got, kernel) in [(planes_kernel, "planes"), (per_group, "per group")] {
+            assert!(
+                (f64::from(got) - exact).abs() <= 1e-5 * mag,
+                "{kernel} kernel, len {len} group {group}: {got} against {exact}"
+            );
+        }
     }
 }
 

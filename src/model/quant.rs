@@ -418,28 +418,14 @@ pub fn matmul_int4(
     for (x_row, out_row) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)).take(m) {
         // [groups]: shared by every output row, it turns the per-group offset into one
         // multiply-add.
-        // On the stack for any row up to 64 Ki values, so that decode does not allocate.
-        let mut stack_sums = [0.0f32; MAX_STACK_GROUPS];
-        let mut heap_sums = Vec::new();
-        let group_sums: &mut [f32] = if groups <= MAX_STACK_GROUPS {
-            &mut stack_sums[..groups]
-        } else {
-            heap_sums.resize(groups, 0.0);
-            &mut heap_sums
-        };
+        let (mut stack_sums, mut heap_sums) = ([0.0f32; MAX_STACK_GROUPS], Vec::new());
+        let group_sums = scratch(&mut stack_sums, &mut heap_sums, groups);
         for (sum, chunk) in group_sums.iter_mut().zip(x_row.chunks(group)) {
             *sum = chunk.iter().sum();
         }
         let group_sums: &[f32] = group_sums;
-        let planes_len = u4_planes_len(k);
-        let mut stack_planes = [0.0f32; MAX_STACK_PLANES];
-        let mut heap_planes = Vec::new();
-        let planes: &mut [f32] = if planes_len <= MAX_STACK_PLANES {
-            &mut stack_planes[..planes_len]
-        } else {
-            heap_planes.resize(planes_len, 0.0);
-            &mut heap_planes
-        };
+        let (mut stack_planes, mut heap_planes) = ([0.0f32; MAX_STACK_PLANES], Vec::new());
+        let planes = scratch(&mut stack_planes, &mut heap_planes, u4_planes_len(k));
         u4_planes(x_row, planes);
         let planes: &[f32] = planes;
         let block = gemv_block_rows(n, k);
@@ -461,6 +447,17 @@ pub fn matmul_int4(
         } else {
             out_row.par_chunks_mut(block).enumerate().for_each(rows);
         }
+    }
+}
+
+/// `len` values of scratch: in `stack` when they fit, so that decode does not allocate, else
+/// in `heap`.
+fn scratch<'a>(stack: &'a mut [f32], heap: &'a mut Vec<f32>, len: usize) -> &'a mut [f32] {
+    if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0.0);
+        heap
     }
 }
 

@@ -9,8 +9,8 @@
 //! kernel up to the order of float additions.
 //!
 //! INT4 decode runs [`dot_u4_f32_grouped_planes`], which reads the packed weights as 32-bit
-//! words and needs the activations rearranged once per row ([`u4_planes`]); it replaces the
-//! nibble-unpacking shuffles of [`dot_u4_f32_grouped`] with one mask per 8 weights.
+//! words and needs the activations rearranged once per row ([`u4_planes`]); it needs one mask
+//! per 8 weights where [`dot_u4_f32`] unpacks nibbles with shuffles.
 //!
 //! INT4 packing (shared with [`super::quant`]): element `k` of a row lives in byte `k / 2`,
 //! in the low nibble when `k` is even and the high nibble when odd.
@@ -65,44 +65,19 @@ pub fn dot_u4_f32(packed: &[u8], x: &[f32]) -> f32 {
 }
 
 /// `Σ_g scales[g] · Σ_{k ∈ g} q[k] · x[k]` over the groups of `group_size` values of one
-/// packed INT4 row (`len = x.len()`, the last group may be shorter). Looping over the groups
-/// inside the SIMD body keeps the per-group cost to one vector multiply-add.
-#[inline]
+/// packed INT4 row (`len = x.len()`, the last group may be shorter), one [`dot_u4_f32`] per
+/// group. The decode path takes [`dot_u4_f32_grouped_planes`], which falls back to this for
+/// group sizes it does not take.
 pub fn dot_u4_f32_grouped(packed: &[u8], x: &[f32], scales: &[f32], group_size: usize) -> f32 {
     let group_size = group_size.max(1);
     let len = x.len().min(packed.len() * 2).min(scales.len() * group_size);
-    let x = &x[..len];
-    let packed = &packed[..len.div_ceil(2)];
-    // Groups must start on a byte boundary: an even group size, or a single group.
-    if group_size % 2 == 0 || group_size >= len {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: AVX2 and FMA were detected just above; `packed` holds ⌈len/2⌉ bytes,
-            // `scales` at least ⌈len/group_size⌉ values, and groups start on even elements.
-            return unsafe { x86::dot_u4_f32_grouped(packed, x, scales, group_size) };
-        }
-    }
-    dot_u4_f32_grouped_portable(packed, x, scales, group_size)
-}
-
-/// Portable [`dot_u4_f32_grouped`].
-pub fn dot_u4_f32_grouped_portable(
-    packed: &[u8],
-    x: &[f32],
-    scales: &[f32],
-    group_size: usize,
-) -> f32 {
-    let group_size = group_size.max(1);
     let mut sum = 0.0;
-    for (g, xg) in x.chunks(group_size).enumerate() {
+    for (g, xg) in x[..len].chunks(group_size).enumerate() {
         let start = g * group_size;
         let dot = if start % 2 == 0 {
             dot_u4_f32(&packed[start / 2..], xg)
         } else {
-            xg.iter()
-                .enumerate()
-                .map(|(j, &xv)| f32::from(nibble(packed, start + j)) * xv)
-                .sum()
+            u4_tail(packed, x, start, start + xg.len())
         };
         sum += scales[g] * dot;
     }
@@ -370,69 +345,6 @@ mod x86 {
             sum += f32::from(super::nibble(packed, k)) * xv;
         }
         sum
-    }
-
-    /// Caller guarantees AVX2 + FMA, `packed.len() == x.len().div_ceil(2)`,
-    /// `scales.len() ≥ ⌈x.len() / group_size⌉` and an even `group_size` unless it covers the row.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_u4_f32_grouped(
-        packed: &[u8],
-        x: &[f32],
-        scales: &[f32],
-        group_size: usize,
-    ) -> f32 {
-        let len = x.len();
-        let (bp, xp) = (packed.as_ptr(), x.as_ptr());
-        let low_mask = _mm_set1_epi8(0x0F);
-        let mut row = _mm256_setzero_ps();
-        let mut row_tail = 0.0f32;
-        let mut start = 0;
-        let mut g = 0;
-        while start < len {
-            let end = (start + group_size).min(len);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut i = start;
-            while i + 32 <= end {
-                // SAFETY: i + 32 ≤ end ≤ len and i is even, so bytes i/2 .. i/2 + 16 lie
-                // inside `packed` (⌈len/2⌉ bytes) and floats i .. i + 32 inside `x`.
-                let bytes = unsafe { _mm_loadu_si128(bp.add(i / 2).cast()) };
-                let low = _mm_and_si128(bytes, low_mask);
-                let high = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_mask);
-                // Interleaving low and high nibbles restores element order.
-                let first = _mm_unpacklo_epi8(low, high); // elements i .. i + 16
-                let second = _mm_unpackhi_epi8(low, high); // elements i + 16 .. i + 32
-                let w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(first));
-                let w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(first, 8)));
-                let w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(second));
-                let w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(second, 8)));
-                // SAFETY: i + 32 ≤ len.
-                let (x0, x1, x2, x3) = unsafe {
-                    (
-                        _mm256_loadu_ps(xp.add(i)),
-                        _mm256_loadu_ps(xp.add(i + 8)),
-                        _mm256_loadu_ps(xp.add(i + 16)),
-                        _mm256_loadu_ps(xp.add(i + 24)),
-                    )
-                };
-                acc[0] = _mm256_fmadd_ps(w0, x0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(w1, x1, acc[1]);
-                acc[2] = _mm256_fmadd_ps(w2, x2, acc[2]);
-                acc[3] = _mm256_fmadd_ps(w3, x3, acc[3]);
-                i += 32;
-            }
-            let scale = scales[g];
-            let group_acc =
-                _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            row = _mm256_fmadd_ps(_mm256_set1_ps(scale), group_acc, row);
-            // Only the row's last group can have a tail; the test keeps the common empty case
-            // from calling out of the SIMD code.
-            if i < end {
-                row_tail += scale * super::u4_tail(packed, x, i, end);
-            }
-            start = end;
-            g += 1;
-        }
-        hsum_ps(row) + row_tail
     }
 
     /// Caller guarantees AVX2 + FMA, `packed.len() == x.len().div_ceil(2)`, `planes` =
