@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing vla-rt needs on a fresh Debian/Ubuntu or JetPack machine:
-# libclang for the v4l bindings, a C compiler for the emulated test camera, and the Python
-# packages the tests drive the service with. Safe to run again; skips what is already there.
+# libclang for the v4l bindings, C and C++ compilers for the emulated test camera and the C++
+# record decoder's test, and the Python packages the tests drive the service with. Safe to run
+# again; skips what is already there.
 set -euo pipefail
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
+command -v c++ >/dev/null || need_apt+=(g++)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -n1)" ] || need_apt+=(libclang-dev)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
