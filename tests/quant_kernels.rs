@@ -296,6 +296,20 @@ fn nibble_planes_put_each_value_under_its_nibble_scaled_back_exactly() {
 }
 
 #[test]
+fn int8_dot_is_exact_at_the_extremes_of_its_range() {
+    // -128 weights against ±127 activations: the largest i16 pair sums the SIMD kernels form.
+    for len in [64usize, 130, 4096] {
+        let weights = vec![-128i8; len];
+        for activation in [127i8, -127] {
+            let acts = vec![activation; len];
+            let exact = len as i32 * -128 * i32::from(activation);
+            assert_eq!(kernels::dot_i8_i8(&weights, &acts), exact, "len {len}");
+            assert_eq!(kernels::dot_i8_i8(&acts, &acts), len as i32 * 127 * 127);
+        }
+    }
+}
+
+#[test]
 fn grouped_int4_kernels_match_per_group_reference() {
     let mut rng = Rng(29);
     // Whole blocks, block tails, groups of one and several blocks, one group per row, and

@@ -153,8 +153,9 @@ pub fn dot_u4_f32_grouped_planes(
     dot_u4_f32_grouped(packed, x, scales, group_size)
 }
 
-/// `Σ a[i] · b[i]` for two int8 vectors, accumulated exactly in i32. Exact for any length
-/// below 2³¹ / 127² ≈ 133 000, far above any layer width.
+/// `Σ a[i] · b[i]` for two int8 vectors, accumulated exactly in i32, for `b` in [-127, 127]
+/// (what [`super::quant::quantize_activations`] writes; `a` may take any value). Exact for
+/// any length below 2³¹ / 128² ≈ 131 000, far above any layer width.
 #[inline]
 pub fn dot_i8_i8(a: &[i8], b: &[i8]) -> i32 {
     let len = a.len().min(b.len());
@@ -406,28 +407,31 @@ mod x86 {
         hsum_ps(row) + row_tail
     }
 
-    /// Caller guarantees AVX2 and `a.len() == b.len()`.
+    /// Caller guarantees AVX2, `a.len() == b.len()` and no -128 in `b`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_i8_i8(a: &[i8], b: &[i8]) -> i32 {
         let len = a.len();
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_si256(); 2];
         let mut i = 0;
-        while i + 32 <= len {
-            for (lane, slot) in acc.iter_mut().enumerate() {
-                let offset = i + 16 * lane;
-                // SAFETY: offset + 16 ≤ len for both slices.
+        while i + 64 <= len {
+            for (half, slot) in acc.iter_mut().enumerate() {
+                let offset = i + 32 * half;
+                // SAFETY: offset + 32 ≤ len for both slices.
                 let (va, vb) = unsafe {
                     (
-                        _mm_loadu_si128(ap.add(offset).cast()),
-                        _mm_loadu_si128(bp.add(offset).cast()),
+                        _mm256_loadu_si256(ap.add(offset).cast()),
+                        _mm256_loadu_si256(bp.add(offset).cast()),
                     )
                 };
-                // Widening to i16 keeps products exact; madd sums adjacent pairs into i32.
-                let prod = _mm256_madd_epi16(_mm256_cvtepi8_epi16(va), _mm256_cvtepi8_epi16(vb));
-                *slot = _mm256_add_epi32(*slot, prod);
+                // |a| (unsigned) times b with a's sign: a·b in i16 pairs. b never is -128, so
+                // negating it cannot wrap, and a pair sums to at most 2·128·127 < 2¹⁵, so
+                // maddubs never saturates.
+                let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(va), _mm256_sign_epi8(vb, va));
+                *slot = _mm256_add_epi32(*slot, _mm256_madd_epi16(pairs, ones));
             }
-            i += 32;
+            i += 64;
         }
         let mut sum = hsum_epi32(_mm256_add_epi32(acc[0], acc[1]));
         for k in i..len {
