@@ -96,7 +96,8 @@ pub fn u4_planes_len(len: usize) -> usize {
 /// weights, the 32-bit word `d` of a block holds elements `8d .. 8d + 8`, nibble `n` being
 /// element `8d + n`; so `planes[64b + 8n + d] = x[64b + 8d + n] · 16⁻ⁿ` (nibble 7 unscaled),
 /// and the kernel masks nibble `n` in place (`c · 16ⁿ`, exact in f32) with no shuffle. Both
-/// scalings are powers of two, so each product equals `c · x` as before.
+/// scalings are powers of two, so each product equals `c · x` as before (unless |x| < 2⁻¹⁰²,
+/// where x · 16⁻⁶ loses bits to underflow: far below any activation).
 /// `planes.len()` must be [`u4_planes_len`]`(x.len())`.
 pub fn u4_planes(x: &[f32], planes: &mut [f32]) {
     for (block, out) in x
