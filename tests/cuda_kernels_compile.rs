@@ -8,23 +8,26 @@
 use vla_rt::backend::cuda::kernels::{self, CI_ARCHS, SOURCES};
 use vla_rt::backend::cuda::libs;
 
-fn nvrtc_available() -> bool {
-    if libs::ensure_loaded(libs::NVRTC).is_none() {
-        return false;
-    }
-    // SAFETY: a dlopen by name only; no symbol is called.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
-}
-
-#[test]
-fn every_kernel_compiles_with_nvrtc_for_hopper_and_orin() {
-    if !nvrtc_available() {
+/// Whether NVRTC is there to compile with; without it the test is skipped with a message,
+/// except under CI (`CI` set), where every kernel must compile.
+fn nvrtc_or_skip() -> bool {
+    let found = libs::ensure_loaded(libs::NVRTC).is_some()
+        // SAFETY: a dlopen by name only; no symbol is called.
+        && unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if !found {
         let msg = "NVRTC (libnvrtc.so) not found: install the nvidia-cuda-nvrtc wheel \
                    (scripts/setup.sh) or put CUDA's lib folder on LD_LIBRARY_PATH";
         if std::env::var_os("CI").is_some() {
             panic!("{msg}; CI must compile every kernel");
         }
         eprintln!("skipped: {msg}");
+    }
+    found
+}
+
+#[test]
+fn every_kernel_compiles_with_nvrtc_for_hopper_and_orin() {
+    if !nvrtc_or_skip() {
         return;
     }
     let mut compiled = 0;
@@ -59,11 +62,7 @@ fn every_kernel_compiles_with_nvrtc_for_hopper_and_orin() {
 /// trap the launch never reaches), or no kernel at all would load on such a card.
 #[test]
 fn every_kernel_compiles_for_turing_too() {
-    if !nvrtc_available() {
-        if std::env::var_os("CI").is_some() {
-            panic!("NVRTC not found; CI must compile every kernel");
-        }
-        eprintln!("skipped: NVRTC not found");
+    if !nvrtc_or_skip() {
         return;
     }
     let arch = kernels::arch_for(7, 5).expect("7.5 is supported");
@@ -81,11 +80,7 @@ fn every_kernel_compiles_for_turing_too() {
 
 #[test]
 fn a_kernel_with_an_error_fails_to_compile_with_its_log() {
-    if !nvrtc_available() {
-        if std::env::var_os("CI").is_some() {
-            panic!("NVRTC not found; CI must compile every kernel");
-        }
-        eprintln!("skipped: NVRTC not found");
+    if !nvrtc_or_skip() {
         return;
     }
     let broken = kernels::KernelSource {
@@ -101,8 +96,7 @@ fn a_kernel_with_an_error_fails_to_compile_with_its_log() {
 
 #[test]
 fn the_cached_ptx_is_the_compiled_ptx() {
-    if !nvrtc_available() {
-        eprintln!("skipped: NVRTC not found");
+    if !nvrtc_or_skip() {
         return;
     }
     let first = kernels::cached_ptx(&kernels::GEMV, "compute_90").unwrap();
