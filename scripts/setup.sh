@@ -1,42 +1,323 @@
 #!/usr/bin/env bash
-# Installs what building and testing vla-rt needs on a fresh Debian/Ubuntu or JetPack machine:
-# libclang for the v4l bindings, C and C++ compilers for the emulated test camera and the C++
-# record decoder's test, and the Python packages the tests drive the service with. Safe to run
-# again; skips what is already there.
-set -euo pipefail
+# Installs what building and testing vla-rt needs on a fresh Debian/Ubuntu or JetPack machine,
+# then checks each item the way the build and the tests use it:
+#   - libclang as bindgen (clang-sys) finds and loads it, for the v4l bindings;
+#   - C and C++ compilers (linker, the emulated test camera, the C++ record decoder's test);
+#   - CA certificates (cargo fetches crates over HTTPS);
+#   - systemd-analyze (the systemd unit's tests);
+#   - NVRTC together with its builtins library, compiling a kernel as the backend does
+#     (no GPU needed: the kernels' tests compile every CUDA source);
+#   - the Python packages the tests drive the service with.
+# Safe to run again; installs only what is missing. Ends with one line per failed check, naming
+# the package to install, and a non-zero exit if any failed.
+#
+#   scripts/setup.sh           install what is missing, then check
+#   scripts/setup.sh --check   check only, install nothing
+set -uo pipefail
 
-need_apt=()
-command -v cc >/dev/null || need_apt+=(gcc)
-command -v c++ >/dev/null || need_apt+=(g++)
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -n1)" ] || need_apt+=(libclang-dev)
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
-fi
+PY_ZENOH="eclipse-zenoh==1.10.2"
+NVRTC_WHEEL="nvidia-cuda-nvrtc==13.0.88"
 
-py_need=()
-python3 -c 'import zenoh' 2>/dev/null || py_need+=("eclipse-zenoh==1.10.2")
-if [ ${#py_need[@]} -gt 0 ]; then
-    python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}" \
-        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_need[@]}"
-fi
+install=1
+case "${1:-}" in
+    --check) install=0 ;;
+    "") ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
 
-# NVRTC (no GPU needed) so that the tests compile every CUDA kernel: the nvidia-cuda-nvrtc
-# wheel puts libnvrtc.so.13 under site-packages/nvidia/cu13/lib, where the backend and its
-# test look. Skipped when a CUDA toolkit or an NVRTC wheel is already there.
-have_nvrtc() {
-    ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so' && return 0
-    [ -e /usr/local/cuda/lib64/libnvrtc.so ] && return 0
-    python3 - <<'PY' 2>/dev/null
-import glob, os, sys, nvidia
-sys.exit(0 if any(glob.glob(os.path.join(p, "cu1*", "lib", "libnvrtc.so.*")) for p in nvidia.__path__) else 1)
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Each check prints why it failed (one line) and returns non-zero; it prints nothing on success.
+
+# The C compiler must also link a program: rustc links through `cc`, with libc's start files.
+check_cc() {
+    have cc || { echo "no C compiler (cc)"; return 1; }
+    local dir
+    dir=$(mktemp -d) || return 1
+    printf '#include <stdio.h>\nint main(void) { return puts("") < 0; }\n' >"$dir/t.c"
+    if ! cc -o "$dir/t" "$dir/t.c" >/dev/null 2>&1; then
+        rm -rf "$dir"
+        echo "cc cannot build and link a C program (C library headers and start files?)"
+        return 1
+    fi
+    rm -rf "$dir"
+}
+check_cxx() { have c++ || { echo "no C++ compiler (c++)"; return 1; }; }
+check_pkg_config() { have pkg-config || { echo "no pkg-config"; return 1; }; }
+check_ca_certificates() {
+    [ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "no CA certificates for HTTPS"; return 1; }
+}
+check_systemd_analyze() { have systemd-analyze || { echo "no systemd-analyze"; return 1; }; }
+check_python() { have python3 || { echo "no python3"; return 1; }; }
+check_pip() {
+    python3 -m pip --version >/dev/null 2>&1 || { echo "no pip for python3"; return 1; }
+}
+
+# libclang as clang-sys (bindgen's loader, `runtime` feature) finds it: LIBCLANG_PATH alone when
+# set, else `llvm-config --prefix`/{bin,lib,lib64}, LD_LIBRARY_PATH, LIBRARY_PATH and the usual
+# library folders; names libclang.so, libclang-*.so, libclang.so.*, libclang-*.so.*, never
+# libclang-cpp (a different library); the highest version wins. The library it picks must then
+# load and parse the V4L2 header the bindings are made from, with its own built-in headers.
+check_libclang() {
+    have python3 || { echo "cannot look for libclang without python3"; return 1; }
+    python3 - <<'PY'
+import ctypes, glob, os, subprocess, sys, tempfile
+
+NAMES = ["libclang.so", "libclang-*.so", "libclang.so.*", "libclang-*.so.*"]
+DIRS = ["/usr/local/llvm*/lib*", "/usr/local/lib*/*/*", "/usr/local/lib*/*", "/usr/local/lib*",
+        "/usr/lib*/*/*", "/usr/lib*/*", "/usr/lib*"]
+
+def search(directory):
+    found = []
+    for pattern in NAMES:
+        for path in sorted(glob.glob(os.path.join(glob.escape(directory), pattern))):
+            if "-cpp." not in os.path.basename(path):
+                found.append(path)
+    return found
+
+def candidates():
+    given = os.environ.get("LIBCLANG_PATH")
+    if given is not None:
+        if os.path.basename(given) in map(os.path.basename, search(os.path.dirname(given) or ".")):
+            return [given]
+        return search(given)
+    found = []
+    try:
+        out = subprocess.run([os.environ.get("LLVM_CONFIG_PATH", "llvm-config"), "--prefix"],
+                             capture_output=True, text=True).stdout.splitlines()
+        if out:
+            for sub in ("bin", "lib", "lib64"):
+                found += search(os.path.join(out[0], sub))
+    except OSError:
+        pass
+    for var in ("LD_LIBRARY_PATH", "LIBRARY_PATH"):
+        for d in filter(None, os.environ.get(var, "").split(":")):
+            found += search(d)
+    for pattern in DIRS:
+        for d in sorted(glob.glob(pattern)):
+            if os.path.isdir(d):
+                found += search(d)
+    return found
+
+def version(name):
+    if name.startswith("libclang.so."):
+        text = name[len("libclang.so."):]
+    elif name.startswith("libclang-"):
+        text = name[9:-3]
+    else:
+        return []
+    def num(s):
+        try:
+            return int(s)
+        except ValueError:
+            return 0
+    return [num(s) for s in text.split(".")]
+
+def elf64(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(5) == b"\x7fELF\x02"
+    except OSError:
+        return False
+
+valid = [p for p in candidates() if elf64(p)]
+if not valid:
+    print("no libclang.so that bindgen loads (libclang-cpp is another library)")
+    sys.exit(1)
+best = valid[0]
+for p in valid:
+    if version(os.path.basename(p)) > version(os.path.basename(best)):
+        best = p
+try:
+    lib = ctypes.CDLL(best)
+    lib.clang_createIndex.restype = ctypes.c_void_p
+    lib.clang_parseTranslationUnit.restype = ctypes.c_void_p
+    lib.clang_parseTranslationUnit.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    lib.clang_getNumDiagnostics.argtypes = [ctypes.c_void_p]
+    lib.clang_getDiagnostic.restype = ctypes.c_void_p
+    lib.clang_getDiagnostic.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.clang_getDiagnosticSeverity.argtypes = [ctypes.c_void_p]
+except (OSError, AttributeError) as e:
+    print(f"{best} is what bindgen would load, but it does not load as libclang: {e}")
+    sys.exit(1)
+with tempfile.NamedTemporaryFile("w", suffix=".h") as header:
+    header.write("#include <linux/videodev2.h>\n#include <stddef.h>\n")
+    header.flush()
+    index = lib.clang_createIndex(0, 0)
+    unit = lib.clang_parseTranslationUnit(index, header.name.encode(), None, 0, None, 0, 0)
+    if not unit:
+        print(f"{best} cannot parse a header")
+        sys.exit(1)
+    errors = [lib.clang_getDiagnosticSeverity(lib.clang_getDiagnostic(unit, i))
+              for i in range(lib.clang_getNumDiagnostics(unit))]
+    if any(severity >= 3 for severity in errors):
+        print(f"{best} loads, but cannot parse <linux/videodev2.h> (its built-in headers "
+              "or the kernel headers are missing)")
+        sys.exit(1)
 PY
 }
-if ! have_nvrtc; then
-    python3 -m pip install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.0.88" \
-        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "nvidia-cuda-nvrtc==13.0.88"
+
+# NVRTC as the backend finds it (src/backend/cuda/libs.rs): the loader's path, a CUDA toolkit or
+# an nvidia-* wheel; then its builtins library from beside it, and one kernel compiled.
+check_nvrtc() {
+    have python3 || { echo "cannot look for NVRTC without python3"; return 1; }
+    python3 - <<'PY'
+import ctypes, glob, os, sys
+
+STEMS = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
+
+def wheel_dirs():
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return [os.path.join(root, sub, "lib") for root in nvidia.__path__
+            for sub in ("cu13", "cu12", "cuda_nvrtc")]
+
+def open_nvrtc():
+    for stem in STEMS:
+        try:
+            return ctypes.CDLL(stem, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass
+    dirs = [os.path.join(os.environ[v], "lib64") for v in ("CUDA_HOME", "CUDA_PATH") if v in os.environ]
+    dirs += ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib",
+             "/usr/local/cuda/targets/aarch64-linux/lib"] + wheel_dirs()
+    for d in dirs:
+        for stem in STEMS:
+            path = os.path.join(d, stem)
+            if os.path.isfile(path):
+                try:
+                    return ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                except OSError:
+                    pass
+    return None
+
+def mapped_path(prefix):
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if os.path.basename(path).startswith(prefix):
+                return path
+    return None
+
+nvrtc = open_nvrtc()
+if nvrtc is None:
+    print("no libnvrtc.so (CUDA toolkit or the nvidia-cuda-nvrtc wheel)")
+    sys.exit(1)
+where = mapped_path("libnvrtc.so")
+major, minor = ctypes.c_int(), ctypes.c_int()
+nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+name = f"libnvrtc-builtins.so.{major.value}.{minor.value}"
+beside = os.path.join(os.path.dirname(where or ""), name)
+if os.path.isfile(beside):
+    ctypes.CDLL(beside, mode=ctypes.RTLD_GLOBAL)
+else:
+    try:
+        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        print(f"{name} is neither beside {where} nor on the loader's path")
+        sys.exit(1)
+program = ctypes.c_void_p()
+source = b'extern "C" __global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }'
+if nvrtc.nvrtcCreateProgram(ctypes.byref(program), source, b"k.cu", 0, None, None) != 0:
+    print(f"nvrtcCreateProgram failed with {where}")
+    sys.exit(1)
+options = (ctypes.c_char_p * 1)(b"--gpu-architecture=compute_90")
+result = nvrtc.nvrtcCompileProgram(program, 1, options)
+if result != 0:
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(program, log)
+    first = (log.value.decode(errors="replace").strip().splitlines() or [""])[0]
+    print(f"{where} cannot compile a kernel (error {result}): {first}")
+    sys.exit(1)
+PY
+}
+
+check_python_zenoh() {
+    have python3 || { echo "no python3 for the Python subscriber's test"; return 1; }
+    python3 - "$PY_ZENOH" <<'PY'
+import sys
+from importlib import metadata
+name, wanted = sys.argv[1].split("==")
+try:
+    import zenoh  # noqa: F401
+    have = metadata.version(name)
+except Exception as e:
+    print(f"python3 cannot import zenoh ({type(e).__name__})")
+    sys.exit(1)
+if have != wanted:
+    print(f"python3 has {name} {have}, the tests talk to the service with {wanted}")
+    sys.exit(1)
+PY
+}
+
+# Every item: its check, and what installs it ("apt:PACKAGE..." or "pip:REQUIREMENT").
+ITEMS=(
+    "check_cc apt:gcc,libc6-dev"
+    "check_cxx apt:g++"
+    "check_pkg_config apt:pkg-config"
+    "check_ca_certificates apt:ca-certificates"
+    "check_systemd_analyze apt:systemd"
+    "check_python apt:python3"
+    "check_pip apt:python3-pip"
+    "check_libclang apt:libclang-dev"
+    "check_python_zenoh pip:$PY_ZENOH"
+    "check_nvrtc pip:$NVRTC_WHEEL"
+)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check "$@" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+
+if [ "$install" -eq 1 ]; then
+    # System packages first (python3 and pip among them), then the Python packages.
+    apt_need=()
+    for item in "${ITEMS[@]}"; do
+        read -r check source <<<"$item"
+        case "$source" in
+            apt:*) $check >/dev/null || IFS=, read -r -a packages <<<"${source#apt:}" \
+                && apt_need+=("${packages[@]}") ;;
+        esac
+    done
+    if [ ${#apt_need[@]} -gt 0 ]; then
+        echo "setup: installing ${apt_need[*]} (apt)"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_need[@]}" \
+            >/dev/null
+    fi
+    for item in "${ITEMS[@]}"; do
+        read -r check source <<<"$item"
+        case "$source" in
+            pip:*)
+                if ! $check >/dev/null; then
+                    echo "setup: installing ${source#pip:} (pip)"
+                    pip_install "${source#pip:}"
+                fi
+                ;;
+        esac
+    done
 fi
+
+failed=0
+for item in "${ITEMS[@]}"; do
+    read -r check source <<<"$item"
+    if ! reason=$($check 2>&1); then
+        case "$source" in
+            apt:*) how="apt-get install ${source#apt:}"; how=${how//,/ } ;;
+            pip:*) how="python3 -m pip install ${source#pip:}" ;;
+        esac
+        echo "setup: FAILED ${check#check_}: ${reason:-failed}; install with: $how"
+        failed=1
+    fi
+done
+[ "$failed" -eq 0 ] && echo "setup: every check passed"
+exit "$failed"

@@ -1,7 +1,8 @@
 //! Every CUDA kernel source compiles with NVRTC for the H100/H200 (compute_90) and Orin
-//! (compute_87). Needs only the NVRTC library, no GPU: found on the loader's path, in a CUDA
-//! toolkit or in the `nvidia-cuda-nvrtc` wheel (`scripts/setup.sh` installs it). Skipped with
-//! a message when NVRTC is absent, except under CI (`CI` set), where that is a failure.
+//! (compute_87). Needs only the NVRTC library and its builtins, no GPU and no
+//! `LD_LIBRARY_PATH`: found on the loader's path, in a CUDA toolkit or in the
+//! `nvidia-cuda-nvrtc` wheel (`scripts/setup.sh` installs it). Skipped with a message when
+//! NVRTC is absent, except under CI (`CI` set), where that is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,18 +12,110 @@ use vla_rt::backend::cuda::libs;
 /// Whether NVRTC is there to compile with; without it the test is skipped with a message,
 /// except under CI (`CI` set), where every kernel must compile.
 fn nvrtc_or_skip() -> bool {
-    let found = libs::ensure_loaded(libs::NVRTC).is_some()
-        // SAFETY: a dlopen by name only; no symbol is called.
-        && unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    if !found {
-        let msg = "NVRTC (libnvrtc.so) not found: install the nvidia-cuda-nvrtc wheel \
-                   (scripts/setup.sh) or put CUDA's lib folder on LD_LIBRARY_PATH";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}; CI must compile every kernel");
+    match libs::ensure_nvrtc() {
+        Ok(_) => true,
+        Err(e) => {
+            let msg = format!(
+                "{e} (scripts/setup.sh installs the nvidia-cuda-nvrtc wheel, which is enough)"
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}; CI must compile every kernel");
+            }
+            eprintln!("skipped: {msg}");
+            false
         }
-        eprintln!("skipped: {msg}");
     }
-    found
+}
+
+/// Set in the child process of `kernels_compile_with_no_library_path_set`.
+const CHILD_MARK: &str = "VLA_RT_NVRTC_CHILD";
+
+/// NVRTC opens `libnvrtc-builtins.so.X.Y` by name at its first compile, and the wheel's
+/// `libnvrtc` has no RPATH: the backend must have loaded the builtins from beside the
+/// `libnvrtc` it opened.
+#[test]
+fn nvrtc_builtins_are_loaded_from_beside_libnvrtc() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let loaded = libs::ensure_nvrtc().unwrap();
+    let name = loaded
+        .nvrtc
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("libnvrtc.so"),
+        "{}",
+        loaded.nvrtc.display()
+    );
+    let builtins = loaded
+        .builtins
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        builtins.starts_with("libnvrtc-builtins.so."),
+        "{}",
+        loaded.builtins.display()
+    );
+    if loaded.builtins.is_absolute() {
+        let beside = |p: &std::path::Path| p.parent().map(|d| d.to_path_buf());
+        let real = std::fs::canonicalize(&loaded.nvrtc).unwrap();
+        assert!(
+            beside(&loaded.builtins) == beside(&loaded.nvrtc)
+                || beside(&loaded.builtins) == beside(&real),
+            "builtins {} are not beside {}",
+            loaded.builtins.display(),
+            loaded.nvrtc.display()
+        );
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let real_builtins = std::fs::canonicalize(&loaded.builtins).unwrap();
+        assert!(
+            maps.contains(&*real_builtins.to_string_lossy()),
+            "{} is not mapped into the process",
+            real_builtins.display()
+        );
+    }
+}
+
+/// The kernels compile in a process started with no `LD_LIBRARY_PATH`, as `vla-rt` is on a
+/// machine whose NVRTC comes from the wheel. Runs one compiling test of this file again in a
+/// child process with the variable removed (and `CI` set, so that it cannot skip).
+#[test]
+fn kernels_compile_with_no_library_path_set() {
+    if std::env::var_os(CHILD_MARK).is_some() || !nvrtc_or_skip() {
+        return;
+    }
+    let loaded = libs::ensure_nvrtc().unwrap();
+    let folder = loaded.nvrtc.parent().unwrap().to_path_buf();
+    if !libs::candidate_dirs().contains(&folder) {
+        eprintln!(
+            "skipped: NVRTC came from {}, which only the loader's own path names",
+            folder.display()
+        );
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_cached_ptx_is_the_compiled_ptx",
+            "--nocapture",
+        ])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("CI", "true")
+        .env(CHILD_MARK, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
 }
 
 #[test]

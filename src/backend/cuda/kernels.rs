@@ -101,7 +101,10 @@ impl KernelSource {
 
 /// Compiles one source to PTX for `arch` (e.g. `compute_90`). Precise division, square root
 /// and no flush-to-zero: parity with the CPU reference matters more than the last percent.
+/// NVRTC and its builtins library are loaded first ([`super::libs::ensure_nvrtc`]), so a
+/// machine without them gets an error naming the library, never cudarc's panic.
 pub fn compile(source: &KernelSource, arch: &'static str) -> Result<Ptx, CudaError> {
+    super::libs::ensure_nvrtc()?;
     let options = CompileOptions {
         arch: Some(arch),
         ftz: Some(false),
