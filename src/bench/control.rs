@@ -16,7 +16,7 @@ use std::time::Duration;
 use zenoh::qos::{CongestionControl, Priority};
 use zenoh::Wait;
 
-use crate::cli::CliError;
+use super::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::clock;
 use crate::control::ControlState;
@@ -94,23 +94,23 @@ struct NaiveRun {
     achieved_hz: f64,
 }
 
-fn free_port() -> Result<u16, CliError> {
+fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| CliError::failure(format!("no free loopback port: {e}")))
+        .map_err(|e| BenchError::failure(format!("no free loopback port: {e}")))
 }
 
-fn zenoh_error(what: &str) -> impl Fn(zenoh::Error) -> CliError + '_ {
+fn zenoh_error(what: &str) -> impl Fn(zenoh::Error) -> BenchError + '_ {
     move |e| {
-        CliError::failure(format!(
+        BenchError::failure(format!(
             "{what}: {}",
             crate::transport::zenoh_error_text(&*e)
         ))
     }
 }
 
-fn peer_config(listen: Option<u16>, connect: Option<u16>) -> Result<zenoh::Config, CliError> {
+fn peer_config(listen: Option<u16>, connect: Option<u16>) -> Result<zenoh::Config, BenchError> {
     let mut config = zenoh::Config::default();
     let set = |config: &mut zenoh::Config, key: &str, value: String| {
         config
@@ -145,7 +145,7 @@ fn latency_subscriber(
         crossbeam::channel::Receiver<i64>,
         zenoh::pubsub::Subscriber<()>,
     ),
-    CliError,
+    BenchError,
 > {
     let session = zenoh::open(peer_config(None, Some(port))?)
         .wait()
@@ -164,7 +164,7 @@ fn latency_subscriber(
     Ok((session, receiver, subscriber))
 }
 
-fn load(args: &ControlBenchArgs, model: &std::path::Path) -> Result<Box<dyn Policy>, CliError> {
+fn load(args: &ControlBenchArgs, model: &std::path::Path) -> Result<Box<dyn Policy>, BenchError> {
     let options = PolicyOptions {
         unnorm_key: args.unnorm_key.clone().or_else(|| {
             args.model
@@ -173,14 +173,14 @@ fn load(args: &ControlBenchArgs, model: &std::path::Path) -> Result<Box<dyn Poli
         }),
         ..PolicyOptions::default()
     };
-    crate::backend::load_policy(model, &options).map_err(CliError::from)
+    crate::backend::load_policy(model, &options).map_err(BenchError::from)
 }
 
 fn run_service(
     args: &ControlBenchArgs,
     model: &std::path::Path,
     rate_hz: f64,
-) -> Result<ServiceRun, CliError> {
+) -> Result<ServiceRun, BenchError> {
     let port = free_port()?;
     let mut config = ServiceConfig::builtin();
     config.robot_id = "bench".into();
@@ -189,10 +189,10 @@ fn run_service(
     config.zenoh.listen = Some(vec![format!("tcp/127.0.0.1:{port}")]);
     config
         .validate("bench config")
-        .map_err(|e| CliError::bad_input(e.to_string()))?;
+        .map_err(|e| BenchError::bad_input(e.to_string()))?;
     let ticks = (args.seconds * rate_hz).ceil() as usize + 2;
     let source = crate::capture::open_source(&config.camera)
-        .map_err(|e| CliError::failure(e.to_string()))?;
+        .map_err(|e| BenchError::failure(e.to_string()))?;
     let policy = load(args, model)?;
     let service = Service::start(
         &config,
@@ -204,7 +204,7 @@ fn run_service(
             ..ServiceOptions::default()
         },
     )
-    .map_err(|e| CliError::failure(e.to_string()))?;
+    .map_err(|e| BenchError::failure(e.to_string()))?;
     let (session, latencies, subscriber) = latency_subscriber(port, "vla/bench/cmd")?;
     let control = service.control_stats();
     let publish = service.publish_stats();
@@ -251,7 +251,7 @@ fn run_naive(
     args: &ControlBenchArgs,
     model: &std::path::Path,
     rate_hz: f64,
-) -> Result<NaiveRun, CliError> {
+) -> Result<NaiveRun, BenchError> {
     let port = free_port()?;
     let session = zenoh::open(peer_config(Some(port), None)?)
         .wait()
@@ -322,12 +322,14 @@ fn run_naive(
     })
 }
 
-pub fn run(args: ControlBenchArgs) -> Result<(), CliError> {
+pub fn run(args: ControlBenchArgs) -> Result<(), BenchError> {
     if !(args.seconds.is_finite() && args.seconds > 0.0) {
-        return Err(CliError::bad_input("--seconds: must be > 0"));
+        return Err(BenchError::bad_input("--seconds: must be > 0"));
     }
     if let Some(bad) = args.rates.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
-        return Err(CliError::bad_input(format!("--rates: {bad} is not a rate")));
+        return Err(BenchError::bad_input(format!(
+            "--rates: {bad} is not a rate"
+        )));
     }
     let model = args
         .model

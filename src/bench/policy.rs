@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::BenchError;
 use crate::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
-use crate::cli::CliError;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
 use crate::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
@@ -193,13 +193,13 @@ fn random_checkpoint(vits: &[VitShape; 2], llm: &LlmShape) -> Vec<Tensor> {
         .collect()
 }
 
-fn bench_error(e: impl std::fmt::Display) -> CliError {
-    CliError::bad_input(e.to_string())
+fn bench_error(e: impl std::fmt::Display) -> BenchError {
+    BenchError::bad_input(e.to_string())
 }
 
 /// An OpenVLA model of `shape` with random weights, using the template's tokenizer and
 /// dataset statistics.
-fn random_model(shape: BenchShape, template: &Path) -> Result<(OpenVla, usize), CliError> {
+fn random_model(shape: BenchShape, template: &Path) -> Result<(OpenVla, usize), BenchError> {
     let (vits, llm) = shape_dims(shape);
     let tensors = random_checkpoint(&vits, &llm);
     let params = tensors.iter().map(|(_, _, v)| v.len()).sum();
@@ -267,17 +267,17 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-pub fn run(args: PolicyBenchArgs) -> Result<(), CliError> {
+pub fn run(args: PolicyBenchArgs) -> Result<(), BenchError> {
     match args.backend {
         BackendKind::Cpu if args.parity.is_some() => {
-            return Err(CliError::bad_input(
+            return Err(BenchError::bad_input(
                 "--parity compares the cuda backend with the cpu one: add --backend cuda",
             ))
         }
         BackendKind::Cpu => {}
-        BackendKind::Cuda => return crate::backend::cuda::bench::run(&args),
+        BackendKind::Cuda => return super::cuda::run(&args),
         BackendKind::Tensorrt => {
-            return Err(CliError::bad_input(
+            return Err(BenchError::bad_input(
                 "--backend tensorrt: not available in this build",
             ))
         }
@@ -290,11 +290,11 @@ pub fn run(args: PolicyBenchArgs) -> Result<(), CliError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| CliError::failure(format!("thread pool: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("thread pool: {e}")))?;
     pool.install(|| run_in_pool(&args, threads))
 }
 
-fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
+fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), BenchError> {
     let start = Instant::now();
     let (model, source, template) = if args.random_weights {
         let (model, params) = random_model(args.shape, &args.template)?;
@@ -356,7 +356,7 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), CliError> {
         };
         let mut timings = runner
             .predict_pixels(&pixels, &args.instruction)
-            .map_err(|e| CliError::failure(e.to_string()))?
+            .map_err(|e| BenchError::failure(e.to_string()))?
             .timings;
         timings.preprocess_ms = preprocess_ms;
         timings.total_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::cli::CliError;
+use super::BenchError;
 use crate::model::linear::{Linear, QuantFormat};
 
 #[derive(Debug, clap::Args)]
@@ -82,7 +82,7 @@ fn random_linear(
     out_features: usize,
     in_features: usize,
     seed: u64,
-) -> Result<Linear, CliError> {
+) -> Result<Linear, BenchError> {
     let amplitude = (3.0 / in_features as f32).sqrt();
     Linear::from_f32(
         name,
@@ -91,7 +91,7 @@ fn random_linear(
         in_features,
         None,
     )
-    .map_err(|e| CliError::failure(e.to_string()))
+    .map_err(|e| BenchError::failure(e.to_string()))
 }
 
 struct Block {
@@ -124,7 +124,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn random(args: &QuantBenchArgs) -> Result<Self, CliError> {
+    fn random(args: &QuantBenchArgs) -> Result<Self, BenchError> {
         let (h, i) = (args.hidden, args.intermediate);
         let mut blocks = Vec::with_capacity(args.layers);
         for l in 0..args.layers {
@@ -145,8 +145,8 @@ impl Stack {
 
     fn for_each_linear(
         &mut self,
-        f: &mut dyn FnMut(&str, &mut Linear) -> Result<(), CliError>,
-    ) -> Result<(), CliError> {
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<(), BenchError>,
+    ) -> Result<(), BenchError> {
         for block in &mut self.blocks {
             for (name, linear) in block.linears_mut() {
                 f(name, linear)?;
@@ -166,8 +166,8 @@ impl Stack {
 
     /// One pass of `rows` tokens through every linear layer; the residual stream is kept
     /// bounded so that repeated steps do not overflow.
-    fn step(&self, x: &mut [f32], scratch: &mut Scratch, rows: usize) -> Result<(), CliError> {
-        let math = |e: crate::model::ModelError| CliError::failure(e.to_string());
+    fn step(&self, x: &mut [f32], scratch: &mut Scratch, rows: usize) -> Result<(), BenchError> {
+        let math = |e: crate::model::ModelError| BenchError::failure(e.to_string());
         let h = self.lm_head.in_features();
         for block in &self.blocks {
             let hid = &mut scratch.hidden[..rows * h];
@@ -228,7 +228,7 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn time_ms(mut f: impl FnMut() -> Result<(), CliError>) -> Result<f64, CliError> {
+fn time_ms(mut f: impl FnMut() -> Result<(), BenchError>) -> Result<f64, BenchError> {
     let start = Instant::now();
     f()?;
     Ok(start.elapsed().as_secs_f64() * 1e3)
@@ -246,7 +246,7 @@ fn bench_stack(
     args: &QuantBenchArgs,
     mode: &'static str,
     bytes: usize,
-) -> Result<Row, CliError> {
+) -> Result<Row, BenchError> {
     let mut scratch = Scratch::new(args, args.prefill.max(1));
     let mut x = random_values(args.hidden, 1.0, 99);
     stack.step(&mut x, &mut scratch, 1)?;
@@ -268,7 +268,7 @@ fn bench_stack(
     })
 }
 
-fn parse_projector(spec: &str) -> Result<Option<[usize; 3]>, CliError> {
+fn parse_projector(spec: &str) -> Result<Option<[usize; 3]>, BenchError> {
     if spec.trim().is_empty() {
         return Ok(None);
     }
@@ -276,18 +276,18 @@ fn parse_projector(spec: &str) -> Result<Option<[usize; 3]>, CliError> {
         .split(',')
         .map(|d| d.trim().parse::<usize>())
         .collect::<Result<_, _>>()
-        .map_err(|e| CliError::bad_input(format!("--projector {spec:?}: {e}")))?;
+        .map_err(|e| BenchError::bad_input(format!("--projector {spec:?}: {e}")))?;
     match dims.as_slice() {
         &[v, h, l] if v > 0 && h > 0 && l > 0 => Ok(Some([v, h, l])),
-        _ => Err(CliError::bad_input(format!(
+        _ => Err(BenchError::bad_input(format!(
             "--projector {spec:?}: expected three positive sizes VISION,HIDDEN,LLM"
         ))),
     }
 }
 
-fn bench_projector(dims: [usize; 3], tokens: usize) -> Result<(), CliError> {
+fn bench_projector(dims: [usize; 3], tokens: usize) -> Result<(), BenchError> {
     let [v, h, l] = dims;
-    let math = |e: crate::model::ModelError| CliError::failure(e.to_string());
+    let math = |e: crate::model::ModelError| BenchError::failure(e.to_string());
     let base = [
         random_linear("fc1", h, v, 501)?,
         random_linear("fc2", l, h, 502)?,
@@ -336,12 +336,12 @@ fn bench_projector(dims: [usize; 3], tokens: usize) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn run(args: QuantBenchArgs) -> Result<(), CliError> {
+pub fn run(args: QuantBenchArgs) -> Result<(), BenchError> {
     if let Some(model) = &args.model {
         return print_accuracy(model, &args.fixtures);
     }
     if args.hidden == 0 || args.intermediate == 0 || args.vocab == 0 || args.tokens == 0 {
-        return Err(CliError::bad_input(
+        return Err(BenchError::bad_input(
             "--hidden, --intermediate, --vocab and --tokens must be positive",
         ));
     }
@@ -367,7 +367,7 @@ pub fn run(args: QuantBenchArgs) -> Result<(), CliError> {
         stack
             .lm_head
             .quantize("lm_head", format)
-            .map_err(|e| CliError::failure(e.to_string()))?;
+            .map_err(|e| BenchError::failure(e.to_string()))?;
         for block in &mut f32_stack.blocks {
             let mut copy = Block {
                 q: block.q.clone(),
@@ -381,7 +381,7 @@ pub fn run(args: QuantBenchArgs) -> Result<(), CliError> {
             for (name, linear) in copy.linears_mut() {
                 linear
                     .quantize(name, format)
-                    .map_err(|e| CliError::failure(e.to_string()))?;
+                    .map_err(|e| BenchError::failure(e.to_string()))?;
             }
             stack.blocks.push(copy);
         }
@@ -431,22 +431,22 @@ pub struct AccuracyCase {
 }
 
 /// The cases of a fixture folder's `expected.json` (`tests/fixtures/openvla-tiny`).
-pub fn fixture_cases(dir: &std::path::Path) -> Result<Vec<AccuracyCase>, CliError> {
+pub fn fixture_cases(dir: &std::path::Path) -> Result<Vec<AccuracyCase>, BenchError> {
     let path = dir.join("expected.json");
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
+        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
     let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
+        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
     let cases = json
         .get("cases")
         .and_then(|c| c.as_array())
-        .ok_or_else(|| CliError::bad_input(format!("{}: no \"cases\" list", path.display())))?;
-    let field = |case: &serde_json::Value, key: &str| -> Result<String, CliError> {
+        .ok_or_else(|| BenchError::bad_input(format!("{}: no \"cases\" list", path.display())))?;
+    let field = |case: &serde_json::Value, key: &str| -> Result<String, BenchError> {
         case.get(key)
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| {
-                CliError::bad_input(format!("{}: a case has no \"{key}\"", path.display()))
+                BenchError::bad_input(format!("{}: a case has no \"{key}\"", path.display()))
             })
     };
     cases
@@ -456,7 +456,7 @@ pub fn fixture_cases(dir: &std::path::Path) -> Result<Vec<AccuracyCase>, CliErro
             Ok(AccuracyCase {
                 name: field(case, "name")?,
                 image: crate::preprocess::load_image(&image_path)
-                    .map_err(|e| CliError::bad_input(e.to_string()))?,
+                    .map_err(|e| BenchError::bad_input(e.to_string()))?,
                 instruction: field(case, "instruction")?,
                 unnorm_key: field(case, "unnorm_key")?,
             })
@@ -505,8 +505,8 @@ pub struct ModeAccuracy {
     pub per_case: Vec<(String, usize, usize)>,
 }
 
-fn policy_error(e: crate::policy::PolicyError) -> CliError {
-    CliError::from(e)
+fn policy_error(e: crate::policy::PolicyError) -> BenchError {
+    BenchError::from(e)
 }
 
 /// Runs every case through the f32 policy and through each mode, and scores the modes.
@@ -514,7 +514,7 @@ pub fn evaluate_accuracy(
     model_dir: &std::path::Path,
     cases: &[AccuracyCase],
     modes: &[AccuracyMode],
-) -> Result<Vec<ModeAccuracy>, CliError> {
+) -> Result<Vec<ModeAccuracy>, BenchError> {
     use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
     use crate::model::quant_calib::action_accuracy;
     use crate::policy::{Policy, PolicyOptions};
@@ -585,7 +585,10 @@ pub fn evaluate_accuracy(
     Ok(results)
 }
 
-fn print_accuracy(model_dir: &std::path::Path, fixtures: &std::path::Path) -> Result<(), CliError> {
+fn print_accuracy(
+    model_dir: &std::path::Path,
+    fixtures: &std::path::Path,
+) -> Result<(), BenchError> {
     let cases = fixture_cases(fixtures)?;
     let results = evaluate_accuracy(model_dir, &cases, &accuracy_modes())?;
     println!(

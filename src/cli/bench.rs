@@ -23,9 +23,10 @@ pub enum BenchCommand {
 }
 
 pub fn main(args: BenchArgs) -> Result<(), CliError> {
-    match args.command {
+    let result = match args.command {
         None => bench::policy::run(args.policy),
         Some(BenchCommand::Control(a)) => bench::control::run(a),
         Some(BenchCommand::Quant(a)) => bench::quant::run(a),
-    }
+    };
+    result.map_err(CliError::from)
 }

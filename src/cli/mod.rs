@@ -1,4 +1,4 @@
-//! The `vla-rt` command line (DESIGN.md §5). Each subcommand lives in its own module and
+//! The `vla-rt` command line (ARCHITECTURE.md §6). Each subcommand lives in its own module and
 //! returns a [`CliError`] carrying its exit code: 2 for bad usage or bad input (the message
 //! names the culprit), 1 for any other failure.
 
@@ -62,6 +62,16 @@ impl CliError {
 
 impl From<crate::policy::PolicyError> for CliError {
     fn from(e: crate::policy::PolicyError) -> Self {
+        if e.is_bad_input() {
+            Self::bad_input(e.to_string())
+        } else {
+            Self::failure(e.to_string())
+        }
+    }
+}
+
+impl From<crate::bench::BenchError> for CliError {
+    fn from(e: crate::bench::BenchError) -> Self {
         if e.is_bad_input() {
             Self::bad_input(e.to_string())
         } else {

@@ -1,4 +1,4 @@
-//! The CUDA backend (DESIGN.md §7): the model in FP16 on an NVIDIA GPU through cudarc, with
+//! The CUDA backend (ARCHITECTURE.md §10): the model in FP16 on an NVIDIA GPU through cudarc, with
 //! the driver, NVRTC and cuBLAS loaded at run time, so that the crate builds and its tests
 //! run on machines without CUDA.
 //!
@@ -25,12 +25,10 @@
 //! allocate device memory per call after load, or copy intermediate tensors to the host on
 //! the prediction path.
 
-pub mod bench;
 pub mod device;
 pub mod kernels;
 pub mod libs;
 pub mod llama;
-pub mod parity;
 pub mod policy;
 pub mod tuned;
 pub mod vision;
@@ -116,7 +114,8 @@ impl From<CudaError> for crate::policy::PolicyError {
     }
 }
 
-/// Checks that the driver, NVRTC, cuBLAS and cuBLASLt can be loaded (in that order, without
+/// Checks that the driver, NVRTC (with its builtins), cuBLAS and cuBLASLt can be loaded (in
+/// that order, without
 /// letting cudarc panic on a missing one), initialises the driver and opens device 0.
 pub fn probe() -> Result<Arc<CudaContext>, CudaError> {
     // SAFETY: only tries to dlopen the driver library by its known names; no symbol is used.
@@ -126,12 +125,12 @@ pub fn probe() -> Result<Arc<CudaContext>, CudaError> {
             hint: "no NVIDIA driver on this machine; use --backend cpu".into(),
         });
     }
-    for lib in [libs::NVRTC, libs::CUBLAS, libs::CUBLASLT] {
+    libs::ensure_nvrtc()?;
+    for lib in [libs::CUBLAS, libs::CUBLASLT] {
         libs::ensure_loaded(lib);
     }
     type Probe = unsafe fn() -> bool;
-    let checks: [(&'static str, Probe); 3] = [
-        ("libnvrtc", cudarc::nvrtc::sys::is_culib_present),
+    let checks: [(&'static str, Probe); 2] = [
         ("libcublas", cudarc::cublas::sys::is_culib_present),
         ("libcublasLt", cudarc::cublaslt::sys::is_culib_present),
     ];

@@ -10,11 +10,12 @@
 
 use std::path::Path;
 
-use super::llama::DecodeKernels;
-use super::policy::CudaModelRunner;
+use super::policy::PolicyBenchArgs;
+use super::BenchError;
 use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
-use crate::bench::policy::PolicyBenchArgs;
-use crate::cli::CliError;
+use crate::backend::cuda::llama::DecodeKernels;
+use crate::backend::cuda::policy::CudaModelRunner;
+use crate::backend::cuda::CudaError;
 use crate::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
 use crate::preprocess::load_image;
 
@@ -78,18 +79,21 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
+pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), BenchError> {
     let model = args
         .model
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("engines/openvla-tiny"));
     let path = fixtures.join("expected.json");
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
+        .map_err(|e| BenchError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
     let expected: Expected = serde_json::from_str(&text)
-        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
+        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
     let Some(first) = expected.cases.first() else {
-        return Err(CliError::bad_input(format!("{}: no cases", path.display())));
+        return Err(BenchError::bad_input(format!(
+            "{}: no cases",
+            path.display()
+        )));
     };
     let options = |quantization| PolicyOptions {
         unnorm_key: Some(first.unnorm_key.clone()),
@@ -100,7 +104,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
     for case in &expected.cases {
         images.push(
             load_image(&fixtures.join(&case.image))
-                .map_err(|e| CliError::bad_input(e.to_string()))?,
+                .map_err(|e| BenchError::bad_input(e.to_string()))?,
         );
     }
     // The W8A8 projector's activation scales, calibrated on the CPU over the fixture images.
@@ -179,8 +183,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
             options(quantization)
         };
         let mut cpu = CpuPolicy::load(&model, &pass_options)?;
-        let mut gpu = CudaModelRunner::load(&model, &pass_options)
-            .map_err(|e| CliError::from(crate::policy::PolicyError::from(e)))?;
+        let mut gpu = CudaModelRunner::load(&model, &pass_options).map_err(BenchError::Cuda)?;
         if decode_kernels != DecodeKernels::POLICY {
             let format = gpu.format();
             let (device, llama, _) = gpu.llama_mut();
@@ -200,7 +203,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         }
         if split_scores || tuned_gemms {
             gpu.set_vision_variants(split_scores, tuned_gemms)
-                .map_err(|e| CliError::failure(format!("backend cuda: {e}")))?;
+                .map_err(|e| BenchError::failure(format!("backend cuda: {e}")))?;
         }
         for (case, image) in expected.cases.iter().zip(&images) {
             let cpu_pred = cpu.predict(image, &case.instruction)?;
@@ -214,7 +217,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
                 .projector_output(&pixels)
                 .map_err(crate::policy::PolicyError::from)?;
             let cpu_logits = cpu.runner_mut().step0_logits(&pixels, &case.instruction)?;
-            let fail = |e: super::CudaError| CliError::failure(format!("backend cuda: {e}"));
+            let fail = |e: CudaError| BenchError::failure(format!("backend cuda: {e}"));
             let features = gpu.vision_features(&pixels).map_err(fail)?;
             let proj = gpu.projector_output(&pixels).map_err(fail)?;
             let logits = gpu.step0_logits(&pixels, &case.instruction)?;
@@ -262,7 +265,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), CliError> {
         }
     }
     if failures > 0 {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "parity: {failures} case(s) failed"
         )));
     }

@@ -1,6 +1,6 @@
 //! `vla-rt bench --backend cuda`: per-stage device times of the policy at real shapes
 //! (random weights generated on the device, or a checkpoint), and the parity mode
-//! (`--parity`, see [`super::parity`]).
+//! (`--parity`, see [`super::cuda_parity`]).
 //!
 //! Every figure is the median wall time of queueing the stage and waiting for it (what a
 //! caller sees, launch overhead included), after warm-up. Decode steps are reported with the
@@ -10,14 +10,14 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::device::{Gpu, Lane};
-use super::llama::DecodeKernels;
-use super::policy::{CudaModelRunner, ModelSpec};
-use super::vision::VisionMode;
-use super::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
-use super::CudaError;
-use crate::bench::policy::{median, shape_dims, BenchShape, PolicyBenchArgs};
-use crate::cli::CliError;
+use super::policy::{median, shape_dims, BenchShape, PolicyBenchArgs};
+use super::BenchError;
+use crate::backend::cuda::device::{Gpu, Lane};
+use crate::backend::cuda::llama::DecodeKernels;
+use crate::backend::cuda::policy::{CudaModelRunner, ModelSpec};
+use crate::backend::cuda::vision::VisionMode;
+use crate::backend::cuda::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
+use crate::backend::cuda::CudaError;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{OpenVlaConfig, RuntimeModelConfig};
 use crate::model::llama::LlamaConfig;
@@ -26,17 +26,13 @@ use crate::model::prompt::PromptTokenizer;
 use crate::model::vit::VitConfig;
 use crate::policy::PolicyOptions;
 
-fn cuda_error(e: CudaError) -> CliError {
-    if e.is_bad_input() {
-        CliError::bad_input(format!("backend cuda: {e}"))
-    } else {
-        CliError::failure(format!("backend cuda: {e}"))
-    }
+fn cuda_error(e: CudaError) -> BenchError {
+    BenchError::Cuda(e)
 }
 
-pub fn run(args: &PolicyBenchArgs) -> Result<(), CliError> {
+pub fn run(args: &PolicyBenchArgs) -> Result<(), BenchError> {
     if let Some(fixtures) = &args.parity {
-        return super::parity::run(args, fixtures);
+        return super::cuda_parity::run(args, fixtures);
     }
     // Fail fast, with one line, on a machine without CUDA.
     let gpu = Gpu::open().map_err(cuda_error)?;
@@ -73,8 +69,8 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), CliError> {
     bench_runner(&mut runner, args, &label, build_s).map_err(cuda_error)
 }
 
-fn bad(e: impl std::fmt::Display) -> CliError {
-    CliError::bad_input(e.to_string())
+fn bad(e: impl std::fmt::Display) -> BenchError {
+    BenchError::bad_input(e.to_string())
 }
 
 fn options(config: &OpenVlaConfig) -> PolicyOptions {
@@ -90,7 +86,7 @@ fn random_runner(
     gpu: Gpu,
     shape: BenchShape,
     template: &std::path::Path,
-) -> Result<(CudaModelRunner, String), CliError> {
+) -> Result<(CudaModelRunner, String), BenchError> {
     let (vits, llm) = shape_dims(shape);
     let config_path = template.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path)
