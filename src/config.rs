@@ -102,7 +102,7 @@ impl Default for CameraConfig {
     }
 }
 
-/// Number of action dimensions a command carries (DESIGN.md §4: dx, dy, dz, droll, dpitch,
+/// Number of action dimensions a command carries (ARCHITECTURE.md §9: dx, dy, dz, droll, dpitch,
 /// dyaw, gripper).
 pub const ACTION_DIM: usize = 7;
 
@@ -111,7 +111,7 @@ pub const BUNDLED_MODEL_DIR: &str = "engines/openvla-tiny";
 /// Dataset statistics the bundled checkpoint is un-normalised with by default.
 pub const BUNDLED_UNNORM_KEY: &str = "tiny_bridge";
 
-/// The whole service configuration: one TOML file (DESIGN.md §6).
+/// The whole service configuration: one TOML file (ARCHITECTURE.md §7).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {

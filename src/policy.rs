@@ -117,7 +117,7 @@ pub enum ProjectorFormat {
     Int8,
 }
 
-/// Which device runs the policy (DESIGN.md §7).
+/// Which device runs the policy (ARCHITECTURE.md §10).
 #[derive(
     Debug,
     Clone,

@@ -1,4 +1,4 @@
-//! `vla-calib`: the install-time calibration tool (DESIGN.md §5, §8).
+//! `vla-calib`: the install-time calibration tool (ARCHITECTURE.md §6, §11).
 //!
 //! `vla-calib --camera SOURCE [--model DIR] --out FILE [--frames N]` opens the camera (for
 //! V4L2: lists what it offers, turns automatic exposure and white balance on, lets them

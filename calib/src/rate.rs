@@ -6,7 +6,7 @@ const RATES_HZ: [f64; 14] = [
 ];
 
 /// Headroom kept above the p99 policy latency: the result must be ready one period after its
-/// frame was latched (DESIGN.md §2), with margin for load the calibration did not see.
+/// frame was latched (ARCHITECTURE.md §4), with margin for load the calibration did not see.
 pub const MARGIN: f64 = 1.25;
 
 /// The highest offered rate whose period covers `p99_ms × MARGIN`; `None` when even the

@@ -19,7 +19,7 @@ use vla_rt::preprocess::Preprocessor;
 
 const FRAMES: u32 = 12;
 const TIMEOUT: Duration = Duration::from_secs(120);
-/// The contact sheet's layout (DESIGN.md §8 leaves it to the tool; these are its constants):
+/// The contact sheet's layout (ARCHITECTURE.md §11 leaves it to the tool; these are its constants):
 /// 224-pixel tiles, 4 columns, 4 pixels of background around and between them.
 const TILE: u32 = 224;
 const GAP: u32 = 4;

@@ -1,5 +1,5 @@
 // vla-rt command record v1 for C++ arm drivers: decoding and checking of the 64-byte payload
-// published on `vla/<robot_id>/cmd` (DESIGN.md §4). Header-only, C++17, no dependencies; the
+// published on `vla/<robot_id>/cmd` (ARCHITECTURE.md §9). Header-only, C++17, no dependencies; the
 // payload bytes come from any Zenoh binding (zenoh-cpp: the sample's payload as bytes).
 //
 //   vla::Command command;

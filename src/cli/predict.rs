@@ -1,4 +1,4 @@
-//! `vla-rt predict`: runs the policy once on an image file (DESIGN.md §5). With `--json` it
+//! `vla-rt predict`: runs the policy once on an image file (ARCHITECTURE.md §6). With `--json` it
 //! prints one JSON object (`tokens`, `normalized`, `action`, `timings_ms`); otherwise a short
 //! summary. Exit code 2 names the bad input; 1 is any other failure.
 

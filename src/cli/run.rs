@@ -1,4 +1,4 @@
-//! `vla-rt run`: the service (DESIGN.md §5). Without `--config` it runs the bundled default:
+//! `vla-rt run`: the service (ARCHITECTURE.md §6). Without `--config` it runs the bundled default:
 //! synthetic camera, bundled tiny checkpoint, CPU, a Zenoh peer on loopback.
 
 use std::io::IsTerminal;

@@ -1,4 +1,4 @@
-//! The lock-free hand-offs around the control thread (DESIGN.md §2): the inference trigger,
+//! The lock-free hand-offs around the control thread (ARCHITECTURE.md §3): the inference trigger,
 //! the newest-wins action result slot, the command outbox to the publisher thread and the
 //! inputs written by Zenoh callbacks. Every operation the control thread calls is a few
 //! atomic instructions and at most one futex wake: no lock, no allocation.

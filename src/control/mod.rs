@@ -1,7 +1,7 @@
 //! The control stage: the fixed-rate loop, the ACT/HOLD/STOP state machine and the safety
 //! filter. After start the tick allocates nothing, takes no lock and never panics.
 
-/// What a command tells the arm (DESIGN.md §3); the discriminant is the wire value.
+/// What a command tells the arm (ARCHITECTURE.md §5); the discriminant is the wire value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[repr(u16)]
 pub enum ControlState {

@@ -1,4 +1,4 @@
-//! The ACT/HOLD/STOP state machine (DESIGN.md §3), as a pure function of each tick's inputs
+//! The ACT/HOLD/STOP state machine (ARCHITECTURE.md §5), as a pure function of each tick's inputs
 //! so that every transition can be tested without threads or clocks.
 
 use super::safety::{Filtered, SafetyFilter};

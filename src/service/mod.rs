@@ -1,5 +1,5 @@
 //! The service: wires the capture thread, the inference worker, the control loop, the
-//! publisher and the status reporter together (DESIGN.md §2), with real-time set-up,
+//! publisher and the status reporter together (ARCHITECTURE.md §3), with real-time set-up,
 //! signals and systemd notification.
 
 pub mod inference;

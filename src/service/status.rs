@@ -57,7 +57,7 @@ fn state_of(control: &ControlStats) -> ControlState {
 }
 
 impl StatusSources {
-    /// The status document (DESIGN.md §4): state, tick counts, misses, latency p50/p99 per
+    /// The status document (ARCHITECTURE.md §8): state, tick counts, misses, latency p50/p99 per
     /// stage, backend, model.
     pub fn to_json(&self, uptime: Duration, measured_rate_hz: f64) -> serde_json::Value {
         let c = &self.control;

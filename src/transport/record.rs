@@ -1,4 +1,4 @@
-//! Command record v1 (DESIGN.md §4): 64 bytes, little-endian, CRC-32 (IEEE) over bytes 0..60.
+//! Command record v1 (ARCHITECTURE.md §9): 64 bytes, little-endian, CRC-32 (IEEE) over bytes 0..60.
 //!
 //! | offset | type | field |
 //! | --- | --- | --- |

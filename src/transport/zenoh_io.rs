@@ -1,4 +1,4 @@
-//! The Zenoh side of the service (DESIGN.md §4): the session, the command publisher thread,
+//! The Zenoh side of the service (ARCHITECTURE.md §8): the session, the command publisher thread,
 //! the status publisher, the liveliness token and the instruction and e-stop subscribers.
 //!
 //! The control thread never calls Zenoh: it drops each encoded record into the
