@@ -47,7 +47,9 @@ impl EStopStore {
         })?;
         Ok(Self {
             path: state_dir.join(format!("{robot_id}.estop")),
-            temp_path: state_dir.join(format!(".{robot_id}.estop.tmp")),
+            // One temporary name per process: two services (a misconfiguration, or tests)
+            // writing at once must not rename each other's half-written file.
+            temp_path: state_dir.join(format!(".{robot_id}.estop.{}.tmp", std::process::id())),
             dir: state_dir.to_path_buf(),
         })
     }
@@ -155,7 +157,12 @@ mod tests {
             "released\n"
         );
         // No temporary file is left behind, and other robots have their own file.
-        assert!(!dir.join(".arm1.estop.tmp").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         assert_eq!(
             EStopStore::open(&dir, "arm2").unwrap().read(),
             StoredState::Missing

@@ -123,7 +123,22 @@ pub fn limit_motion(
     limits: &MotionLimits,
 ) -> Limited {
     let dt = if dt.is_finite() && dt > 0.0 { dt } else { 1e-3 };
-    let wanted: [f64; 6] = std::array::from_fn(|i| delta[i] / dt);
+    let mut wanted: [f64; 6] = std::array::from_fn(|i| delta[i] / dt);
+    // A velocity over its bound is scaled down with the whole command first (same heading),
+    // so that one axis at its bound does not hold the others back.
+    let mut over = 1.0f64;
+    for (i, v) in wanted.iter().enumerate() {
+        let bound = limits.axis(i).velocity;
+        if v.abs() > bound {
+            over = over.min(bound / v.abs());
+        }
+    }
+    let mut limited = over < 1.0;
+    if limited {
+        for v in &mut wanted {
+            *v *= over;
+        }
+    }
     let mut low = [0.0; 6];
     let mut high = [0.0; 6];
     let mut coast = [0.0; 6];
@@ -153,24 +168,32 @@ pub fn limit_motion(
         high[i] = v + a_high * dt;
         coast[i] = (v + a * dt).clamp(low[i], high[i]);
     }
-    // The largest step from `coast` towards `wanted` that every axis allows.
+    // The largest step from `coast` towards `wanted` that every axis allows; an axis whose
+    // wanted velocity is inside its interval allows all of it (the intervals are convex).
+    let slack = |bound: f64| bound.abs() * 1e-12 + 1e-15;
     let mut scale = 1.0f64;
     for i in 0..6 {
         let change = wanted[i] - coast[i];
-        let room = if change > 0.0 {
+        let room = if wanted[i] > high[i] + slack(high[i]) {
             high[i] - coast[i]
-        } else {
+        } else if wanted[i] < low[i] - slack(low[i]) {
             low[i] - coast[i]
+        } else {
+            continue;
         };
         if change != 0.0 && room / change < scale {
             scale = (room / change).max(0.0);
         }
     }
-    let mut limited = scale < 1.0;
     let mut velocity = wanted;
-    if limited {
+    if scale < 1.0 {
+        limited = true;
         for i in 0..6 {
             velocity[i] = (coast[i] + scale * (wanted[i] - coast[i])).clamp(low[i], high[i]);
+        }
+    } else {
+        for i in 0..6 {
+            velocity[i] = wanted[i].clamp(low[i], high[i]);
         }
     }
     let mut out: [f64; 6] = std::array::from_fn(|i| velocity[i] * dt);
@@ -281,15 +304,23 @@ mod tests {
 
     #[test]
     fn commands_within_the_limits_pass_unchanged() {
-        let mut state = MotionState::default();
-        // 1 mm per 10 ms = 0.1 m/s: reached within the acceleration bound after ramping.
-        let wanted = [0.0001, 0.0, 0.0, 0.0, 0.0, 0.0];
+        // Moving at 0.1 m/s: going on, and a change of 0.005 m/s (0.5 m/s², 50 m/s³ from
+        // steady motion), are within every bound.
+        let mut state = MotionState {
+            velocity: [0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
+            ..MotionState::default()
+        };
+        let wanted = [0.1 * DT, 0.0, 0.0, 0.0, 0.0, 0.0];
         let out = limit_motion(&wanted, 0.0, DT, &state, &limits());
         assert!(!out.limited, "{out:?}");
         assert_eq!(out.delta, wanted);
         state = out.state;
-        let again = limit_motion(&wanted, 0.0, DT, &state, &limits());
-        assert!(!again.limited);
+        let faster = [0.105 * DT, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let again = limit_motion(&faster, 0.0, DT, &state, &limits());
+        assert!(!again.limited, "{again:?}");
+        assert_eq!(again.delta, faster);
+        // From rest the same velocity is more acceleration than allowed: limited.
+        assert!(limit_motion(&wanted, 0.0, DT, &MotionState::default(), &limits()).limited);
     }
 
     #[test]
