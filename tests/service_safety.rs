@@ -288,7 +288,9 @@ fn run_extreme(robot_id: &str, workspace: Option<([f64; 3], [f64; 3])>) -> (Serv
 /// (the limiter restarts from rest after each HOLD or STOP, which publish zero deltas at
 /// once). At the workspace wall a move ends short, a hard stop: acceleration and jerk are
 /// not checked on the tick that stops there and the next. Returns the peaks of |v|, |a|,
-/// |j| over the translation axes, as fractions of their bounds.
+/// |j| over the translation axes, as fractions of their bounds. A command lost on the way
+/// (Zenoh drops under load) breaks the chain: the derivatives restart after it, and the pose
+/// is unknown until the next arming.
 fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usize) -> [f64; 3] {
     let s = &config.safety;
     let dt = 1.0 / config.control.rate_hz;
@@ -300,12 +302,24 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
     let mut acts = 0;
     let mut from_rest = 0;
     let mut peak = [0.0f64; 3];
+    let mut pose_known = true;
+    let mut unchecked = 0u32;
+    let mut lost = 0u64;
     for (k, record) in records.iter().enumerate() {
         if k == rearm_at {
             position = [0.0; 3];
+            pose_known = true;
         }
         if let Some(p) = previous {
-            assert_eq!(record.seq, p.seq + 1, "a command was lost: the checks need them all");
+            if record.seq != p.seq + 1 {
+                lost += record.seq - p.seq - 1;
+                pose_known = false;
+                unchecked = 3;
+                previous = None;
+            }
+        }
+        unchecked = unchecked.saturating_sub(1);
+        if let Some(p) = previous {
             let step = (record.action[6] - p.action[6]).abs();
             assert!(
                 f64::from(step) <= s.max_gripper_rate * dt + 1e-6,
@@ -317,7 +331,7 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
         if record.state == ControlState::Act {
             acts += 1;
             let after_act = previous.is_some_and(|p| p.state == ControlState::Act);
-            if !after_act {
+            if !after_act && unchecked == 0 {
                 previous_velocity = [0.0; 6];
                 previous_acceleration = [0.0; 6];
                 if record.action[0].abs() > 1e-7 {
@@ -329,6 +343,9 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
             }
             for i in 0..3 {
                 position[i] += f64::from(record.action[i]);
+                if !pose_known {
+                    continue;
+                }
                 if let (Some(lo), Some(hi)) = (s.workspace_min, s.workspace_max) {
                     assert!(
                         position[i] >= lo[i] - 1e-5 && position[i] <= hi[i] + 1e-5,
@@ -355,7 +372,7 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
                     "axis {i} v {} in {record:?}",
                     velocity[i]
                 );
-                let at_wall = i < 3 && wall_stop_ticks > 0;
+                let at_wall = (i < 3 && wall_stop_ticks > 0) || unchecked > 0;
                 if !at_wall {
                     assert!(a.abs() <= a_max * (1.0 + 1e-3) + 1e-3, "axis {i} a {a} in {record:?}");
                     assert!(j.abs() <= j_max * (1.0 + 1e-3) + 0.1, "axis {i} j {j} in {record:?}");
@@ -376,6 +393,7 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
     }
     assert!(acts > 300, "{acts} ACT");
     assert!(from_rest >= 2, "{from_rest} ACT from rest");
+    assert!(lost * 20 < records.len() as u64, "{lost} of {} commands lost", records.len());
     peak
 }
 
