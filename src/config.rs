@@ -617,16 +617,25 @@ impl ServiceConfig {
         }
         if let Some(hz) = self.model.action_hz {
             if !hz.is_finite() || hz <= 0.0 || hz > 1000.0 {
-                return Err(invalid("model.action_hz", "must be > 0 and at most 1000".into()));
+                return Err(invalid(
+                    "model.action_hz",
+                    "must be > 0 and at most 1000".into(),
+                ));
             }
         }
         let safety = &self.safety;
         for (key, value) in [
             ("safety.max_linear_velocity", safety.max_linear_velocity),
-            ("safety.max_linear_acceleration", safety.max_linear_acceleration),
+            (
+                "safety.max_linear_acceleration",
+                safety.max_linear_acceleration,
+            ),
             ("safety.max_linear_jerk", safety.max_linear_jerk),
             ("safety.max_angular_velocity", safety.max_angular_velocity),
-            ("safety.max_angular_acceleration", safety.max_angular_acceleration),
+            (
+                "safety.max_angular_acceleration",
+                safety.max_angular_acceleration,
+            ),
             ("safety.max_angular_jerk", safety.max_angular_jerk),
             ("safety.max_gripper_rate", safety.max_gripper_rate),
         ] {
@@ -653,13 +662,19 @@ impl ServiceConfig {
                     if !lo[i].is_finite() || lo[i] > 0.0 {
                         return Err(invalid(
                             &format!("safety.workspace_min[{i}]"),
-                            format!("{} must be finite and <= 0: the box holds the pose at arming", lo[i]),
+                            format!(
+                                "{} must be finite and <= 0: the box holds the pose at arming",
+                                lo[i]
+                            ),
                         ));
                     }
                     if !hi[i].is_finite() || hi[i] < 0.0 {
                         return Err(invalid(
                             &format!("safety.workspace_max[{i}]"),
-                            format!("{} must be finite and >= 0: the box holds the pose at arming", hi[i]),
+                            format!(
+                                "{} must be finite and >= 0: the box holds the pose at arming",
+                                hi[i]
+                            ),
                         ));
                     }
                 }
@@ -870,7 +885,10 @@ mod tests {
             .resolved_action_hz("c.toml")
             .unwrap_err()
             .to_string();
-        assert!(message.starts_with("c.toml: model.action_hz: required"), "{message}");
+        assert!(
+            message.starts_with("c.toml: model.action_hz: required"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -885,19 +903,34 @@ mod tests {
         assert_eq!(config.control.estop_missing, EStopMissing::Latched);
         assert_eq!(config.control.state_dir, Path::new(DEFAULT_STATE_DIR));
         for (text, expected) in [
-            ("[safety]\nmax_linear_jerk = 0.0\n", "safety.max_linear_jerk: must be"),
-            ("[safety]\nmax_angular_velocity = nan\n", "safety.max_angular_velocity"),
-            ("[safety]\nworkspace_min = [-1.0, -1.0, -1.0]\n", "safety.workspace_max: must be set"),
+            (
+                "[safety]\nmax_linear_jerk = 0.0\n",
+                "safety.max_linear_jerk: must be",
+            ),
+            (
+                "[safety]\nmax_angular_velocity = nan\n",
+                "safety.max_angular_velocity",
+            ),
+            (
+                "[safety]\nworkspace_min = [-1.0, -1.0, -1.0]\n",
+                "safety.workspace_max: must be set",
+            ),
             (
                 "[safety]\nworkspace_min = [0.1, -1.0, -1.0]\nworkspace_max = [1.0, 1.0, 1.0]\n",
                 "safety.workspace_min[0]",
             ),
             ("[model]\naction_hz = 0.0\n", "model.action_hz: must be > 0"),
-            ("[control]\nestop_missing = \"maybe\"\n", "control.estop_missing"),
+            (
+                "[control]\nestop_missing = \"maybe\"\n",
+                "control.estop_missing",
+            ),
             ("[control]\nstate_dir = \"\"\n", "control.state_dir"),
         ] {
             let message = error_text(text);
-            assert!(message.contains(expected), "`{expected}` not in `{message}`");
+            assert!(
+                message.contains(expected),
+                "`{expected}` not in `{message}`"
+            );
         }
     }
 

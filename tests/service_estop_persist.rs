@@ -88,7 +88,10 @@ fn terminate(mut child: Reaper, stream: &CommandStream) -> String {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "vla-rt did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "vla-rt did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let log = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
@@ -122,13 +125,19 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     assert_eq!(std::fs::read_to_string(&latch_file).unwrap(), "latched\n");
     put_arm(&session, ROBOT, "arm");
     all_stop(&stream, 10, "`arm` while latched");
-    session.put(format!("vla/{ROBOT}/estop"), "release").wait().unwrap();
+    session
+        .put(format!("vla/{ROBOT}/estop"), "release")
+        .wait()
+        .unwrap();
     all_stop(&stream, 15, "`release` alone");
     assert_eq!(std::fs::read_to_string(&latch_file).unwrap(), "released\n");
     arm_until_act(&session, &stream, ROBOT, WAIT);
 
     // An e-stop: on disk once its STOP is seen.
-    session.put(format!("vla/{ROBOT}/estop"), "stop").wait().unwrap();
+    session
+        .put(format!("vla/{ROBOT}/estop"), "stop")
+        .wait()
+        .unwrap();
     stream.until(WAIT, "STOP after the e-stop", is_state(ControlState::Stop));
     assert_eq!(std::fs::read_to_string(&latch_file).unwrap(), "latched\n");
     let log = terminate(child, &stream);
@@ -147,12 +156,18 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     all_stop(&stream, 10, "after the restart");
     put_arm(&session, ROBOT, "arm");
     all_stop(&stream, 15, "`arm` after the restart, still latched");
-    session.put(format!("vla/{ROBOT}/estop"), "release").wait().unwrap();
+    session
+        .put(format!("vla/{ROBOT}/estop"), "release")
+        .wait()
+        .unwrap();
     all_stop(&stream, 15, "`release` alone after the restart");
     arm_until_act(&session, &stream, ROBOT, WAIT);
     let log = terminate(child, &stream);
     assert!(log.contains("e-stop latched"), "{log}");
-    assert!(log.contains("`arm` refused: STOP (e-stop) still holds"), "{log}");
+    assert!(
+        log.contains("`arm` refused: STOP (e-stop) still holds"),
+        "{log}"
+    );
     drop(stream);
     session.close().wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

@@ -72,8 +72,10 @@ fn commands_arrive_every_tick_well_formed_and_end_with_stop() {
     }
     // At steady state the paced values are the policy's: dy per tick is a tenth of its dy.
     assert!(
-        acts.iter()
-            .any(|r| (f64::from(r.action[1]) - f64::from(dy_for(&config.instruction.default)) * share).abs() < 2e-6),
+        acts.iter().any(|r| (f64::from(r.action[1])
+            - f64::from(dy_for(&config.instruction.default)) * share)
+            .abs()
+            < 2e-6),
         "{acts:?}"
     );
     for record in records.iter().filter(|r| r.state == ControlState::Hold) {

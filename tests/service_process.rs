@@ -35,7 +35,10 @@ fn default_run_publishes_commands_and_sigterm_ends_with_stop() {
     let held: Vec<_> = (0..10)
         .map(|_| stream.next(Duration::from_secs(2)))
         .collect();
-    assert!(held.iter().all(|r| r.state == ControlState::Hold), "{held:?}");
+    assert!(
+        held.iter().all(|r| r.state == ControlState::Hold),
+        "{held:?}"
+    );
     arm_until_act(&session, &stream, "process", Duration::from_secs(30));
     let records: Vec<_> = (0..20)
         .map(|_| stream.next(Duration::from_secs(2)))

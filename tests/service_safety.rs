@@ -62,7 +62,9 @@ fn states(records: &[CommandRecord]) -> Vec<ControlState> {
 }
 
 fn next_n(stream: &CommandStream, n: usize) -> Vec<CommandRecord> {
-    (0..n).map(|_| stream.next(Duration::from_secs(3))).collect()
+    (0..n)
+        .map(|_| stream.next(Duration::from_secs(3)))
+        .collect()
 }
 
 #[test]
@@ -78,7 +80,9 @@ fn a_fresh_start_holds_until_armed_and_disarm_holds_again() {
     // Fresh actions arrive (the policy runs) but nothing moves: 2 s of HOLD.
     let first = next_n(&stream, 100);
     assert!(
-        first.iter().all(|r| r.state == ControlState::Hold && r.action[..6] == [0.0; 6]),
+        first
+            .iter()
+            .all(|r| r.state == ControlState::Hold && r.action[..6] == [0.0; 6]),
         "{:?}",
         states(&first)
     );
@@ -167,7 +171,11 @@ fn a_silent_camera_stops_and_its_return_alone_gives_no_act() {
 
     open.store(false, Ordering::Release);
     let silent_since = Instant::now();
-    let seen = stream.until(WAIT, "STOP from the silent camera", is_state(ControlState::Stop));
+    let seen = stream.until(
+        WAIT,
+        "STOP from the silent camera",
+        is_state(ControlState::Stop),
+    );
     assert!(
         silent_since.elapsed() >= Duration::from_millis(config.control.max_frame_age_ms - 50),
         "STOP {:?} after the camera fell silent",
@@ -210,7 +218,11 @@ struct ExtremePolicy {
 }
 
 impl Policy for ExtremePolicy {
-    fn predict(&mut self, _image: &RgbImage, _instruction: &str) -> Result<Prediction, PolicyError> {
+    fn predict(
+        &mut self,
+        _image: &RgbImage,
+        _instruction: &str,
+    ) -> Result<Prediction, PolicyError> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let segment = n / 25;
         let s = match segment % 3 {
@@ -249,7 +261,10 @@ impl Policy for ExtremePolicy {
 /// Runs the extreme policy at 50 Hz: armed, 300 commands, disarmed, armed again (from rest,
 /// pose reset), 200 commands. Returns the config, the commands and where the second arming
 /// starts.
-fn run_extreme(robot_id: &str, workspace: Option<([f64; 3], [f64; 3])>) -> (ServiceConfig, Vec<CommandRecord>, usize) {
+fn run_extreme(
+    robot_id: &str,
+    workspace: Option<([f64; 3], [f64; 3])>,
+) -> (ServiceConfig, Vec<CommandRecord>, usize) {
     let port = free_port();
     let mut config = loopback_config(robot_id, port, 50.0);
     config.control.start_armed = false;
@@ -265,7 +280,11 @@ fn run_extreme(robot_id: &str, workspace: Option<([f64; 3], [f64; 3])>) -> (Serv
     let service = Service::start(
         &config,
         source,
-        move || Ok(Box::new(ExtremePolicy { calls: policy_calls }) as Box<dyn Policy>),
+        move || {
+            Ok(Box::new(ExtremePolicy {
+                calls: policy_calls,
+            }) as Box<dyn Policy>)
+        },
         ServiceOptions::default(),
     )
     .unwrap();
@@ -361,9 +380,17 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
             }
             for i in 0..6 {
                 let (v_max, a_max, j_max) = if i < 3 {
-                    (s.max_linear_velocity, s.max_linear_acceleration, s.max_linear_jerk)
+                    (
+                        s.max_linear_velocity,
+                        s.max_linear_acceleration,
+                        s.max_linear_jerk,
+                    )
                 } else {
-                    (s.max_angular_velocity, s.max_angular_acceleration, s.max_angular_jerk)
+                    (
+                        s.max_angular_velocity,
+                        s.max_angular_acceleration,
+                        s.max_angular_jerk,
+                    )
                 };
                 let a = (velocity[i] - previous_velocity[i]) / dt;
                 let j = (a - previous_acceleration[i]) / dt;
@@ -374,8 +401,14 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
                 );
                 let at_wall = (i < 3 && wall_stop_ticks > 0) || unchecked > 0;
                 if !at_wall {
-                    assert!(a.abs() <= a_max * (1.0 + 1e-3) + 1e-3, "axis {i} a {a} in {record:?}");
-                    assert!(j.abs() <= j_max * (1.0 + 1e-3) + 0.1, "axis {i} j {j} in {record:?}");
+                    assert!(
+                        a.abs() <= a_max * (1.0 + 1e-3) + 1e-3,
+                        "axis {i} a {a} in {record:?}"
+                    );
+                    assert!(
+                        j.abs() <= j_max * (1.0 + 1e-3) + 0.1,
+                        "axis {i} j {j} in {record:?}"
+                    );
                 }
                 if i < 3 && !at_wall {
                     peak[0] = peak[0].max(velocity[i].abs() / v_max);
@@ -393,7 +426,11 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
     }
     assert!(acts > 300, "{acts} ACT");
     assert!(from_rest >= 2, "{from_rest} ACT from rest");
-    assert!(lost * 20 < records.len() as u64, "{lost} of {} commands lost", records.len());
+    assert!(
+        lost * 20 < records.len() as u64,
+        "{lost} of {} commands lost",
+        records.len()
+    );
     peak
 }
 
@@ -401,7 +438,9 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
 fn extreme_policy_outputs_stay_inside_velocity_acceleration_and_jerk_bounds() {
     let (config, records, rearm_at) = run_extreme("extreme", None);
     let [v, a, j] = check_motion(&config, &records, rearm_at);
-    eprintln!("extreme policy, no workspace: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds");
+    eprintln!(
+        "extreme policy, no workspace: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds"
+    );
     // The bounds were reached, not merely unchallenged.
     assert!(v > 0.9 && a > 0.9 && j > 0.9, "{v} {a} {j}");
 }
@@ -411,7 +450,9 @@ fn extreme_policy_outputs_stay_inside_the_workspace() {
     let workspace = ([-0.05, -0.04, -0.03], [0.05, 0.04, 0.03]);
     let (config, records, rearm_at) = run_extreme("extreme-box", Some(workspace));
     let [v, a, j] = check_motion(&config, &records, rearm_at);
-    eprintln!("extreme policy, workspace box: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds");
+    eprintln!(
+        "extreme policy, workspace box: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds"
+    );
 }
 
 #[test]
@@ -427,9 +468,21 @@ fn at_200_hz_a_5_hz_policy_acts_on_every_tick() {
     // second on a busy machine; the service publishes them all).
     let stats = service.control_stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let before = [&stats.ticks, &stats.act_ticks, &stats.stop_ticks, &stats.misses].map(load);
+    let before = [
+        &stats.ticks,
+        &stats.act_ticks,
+        &stats.stop_ticks,
+        &stats.misses,
+    ]
+    .map(load);
     let records = next_n(&stream, 1000);
-    let after = [&stats.ticks, &stats.act_ticks, &stats.stop_ticks, &stats.misses].map(load);
+    let after = [
+        &stats.ticks,
+        &stats.act_ticks,
+        &stats.stop_ticks,
+        &stats.misses,
+    ]
+    .map(load);
     let overruns = load(&stats.overruns);
     service.stop();
     let ticks = after[0] - before[0];
@@ -437,7 +490,10 @@ fn at_200_hz_a_5_hz_policy_acts_on_every_tick() {
     let stops = after[2] - before[2];
     let misses = after[3] - before[3];
     let share = acts as f64 / ticks as f64;
-    let received_acts = records.iter().filter(|r| r.state == ControlState::Act).count();
+    let received_acts = records
+        .iter()
+        .filter(|r| r.state == ControlState::Act)
+        .count();
     eprintln!(
         "200 Hz, bundled checkpoint (5 Hz actions): {acts} ACT of {ticks} ticks ({:.1} %), {stops} STOP, {misses} missed steps, {overruns} overruns; {received_acts} ACT of {} commands received",
         share * 100.0,
@@ -497,7 +553,10 @@ fn displacement_per_second_does_not_depend_on_the_control_rate() {
         records.extend(next_n(&stream, (8.0 * rate_hz) as usize));
         service.stop();
         assert_well_formed(&records, &config);
-        let acts = records.iter().filter(|r| r.state == ControlState::Act).count();
+        let acts = records
+            .iter()
+            .filter(|r| r.state == ControlState::Act)
+            .count();
         let v = displacement_per_second(&records);
         eprintln!(
             "{rate_hz} Hz: {acts} ACT of {} commands, displacement per second ({:.5}, {:.5}, {:.5}) m/s, |v| {:.5} m/s",
@@ -513,7 +572,10 @@ fn displacement_per_second_does_not_depend_on_the_control_rate() {
     let (slow, fast) = (&per_second[0], &per_second[1]);
     assert!(norm(slow) > 1e-3, "the arm hardly moved: {slow:?}");
     let ratio = norm(fast) / norm(slow);
-    assert!((0.9..=1.1).contains(&ratio), "20 Hz / 10 Hz speed ratio {ratio}: {per_second:?}");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "20 Hz / 10 Hz speed ratio {ratio}: {per_second:?}"
+    );
     let cosine = slow.iter().zip(fast).map(|(a, b)| a * b).sum::<f64>() / (norm(slow) * norm(fast));
     assert!(cosine > 0.99, "directions differ: {per_second:?}");
     std::fs::remove_dir_all(&dir).unwrap();

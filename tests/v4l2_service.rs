@@ -252,7 +252,11 @@ impl RunningService {
             assert!(
                 Instant::now() < deadline,
                 "no ACT within {timeout:?} of arming; last (seq, state): {:?}",
-                seen.iter().rev().take(15).map(|r| (r.seq, r.state)).collect::<Vec<_>>()
+                seen.iter()
+                    .rev()
+                    .take(15)
+                    .map(|r| (r.seq, r.state))
+                    .collect::<Vec<_>>()
             );
         }
     }
@@ -465,7 +469,9 @@ fn a_stall_holds_then_stops_and_acting_resumes_when_frames_return() {
         records.push(service.next(NEXT_COMMAND));
     }
     assert!(
-        records[stop_at..].iter().all(|r| r.state == ControlState::Stop),
+        records[stop_at..]
+            .iter()
+            .all(|r| r.state == ControlState::Stop),
         "STOP did not hold without an arm"
     );
     records.extend(service.arm_until_act(Duration::from_secs(10)));

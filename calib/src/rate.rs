@@ -102,7 +102,11 @@ mod tests {
         let choice = recommend(5.0, 400.0).unwrap();
         assert_eq!(choice.rate_hz, 20.0);
         assert!(!choice.keeps_up);
-        assert!(choice.reason.contains("slower than trained"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("slower than trained"),
+            "{}",
+            choice.reason
+        );
         // 3 Hz actions (Fractal), 100 ms policy: 12 Hz for the steps, 40 Hz for the latency.
         assert_eq!(recommend(3.0, 100.0).unwrap().rate_hz, 50.0);
         // A 1 ms policy: the fastest offered rate.

@@ -105,8 +105,7 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
         .model
         .resolved_action_hz(&file)
         .map_err(|e| CliError::bad_input(e.to_string()))?;
-    if args.config.is_none() && config.control.start_armed && config.robot_id != DEFAULT_ROBOT_ID
-    {
+    if args.config.is_none() && config.control.start_armed && config.robot_id != DEFAULT_ROBOT_ID {
         // The bundled simulation starts armed under its own id only: under another id it
         // may be talking to a real arm.
         config.control.start_armed = false;

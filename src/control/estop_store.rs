@@ -78,11 +78,7 @@ impl EStopStore {
             StoredState::Missing => {
                 let latched = missing == EStopMissing::Latched;
                 let exists = self.path.exists();
-                let what = if exists {
-                    "unreadable"
-                } else {
-                    "missing"
-                };
+                let what = if exists { "unreadable" } else { "missing" };
                 let meaning = if latched {
                     "latched (control.estop_missing = \"latched\"): put `release` on the e-stop key to start"
                 } else {
@@ -132,10 +128,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "vla-rt-estop-store-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("vla-rt-estop-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }

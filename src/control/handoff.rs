@@ -316,9 +316,15 @@ mod tests {
         inputs.request_estop();
         assert!(inputs.estop_latched());
         let reopened = EStopStore::open(&dir, "arm").unwrap();
-        assert_eq!(reopened.read(), super::super::estop_store::StoredState::Latched);
+        assert_eq!(
+            reopened.read(),
+            super::super::estop_store::StoredState::Latched
+        );
         inputs.release_estop();
-        assert_eq!(reopened.read(), super::super::estop_store::StoredState::Released);
+        assert_eq!(
+            reopened.read(),
+            super::super::estop_store::StoredState::Released
+        );
         assert_eq!(inputs.estop_persist_failures(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }

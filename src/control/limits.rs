@@ -287,13 +287,19 @@ mod tests {
                 let v = out.delta[i] / dt;
                 let a = (v - state.velocity[i]) / dt;
                 let j = (a - state.acceleration[i]) / dt;
-                assert!(v.abs() <= axis.velocity * (1.0 + tolerance), "tick {tick} axis {i}: v {v}");
+                assert!(
+                    v.abs() <= axis.velocity * (1.0 + tolerance),
+                    "tick {tick} axis {i}: v {v}"
+                );
                 assert!(
                     a.abs() <= axis.acceleration * (1.0 + tolerance),
                     "tick {tick} axis {i}: a {a}"
                 );
                 let jerk = axis.jerk.min(axis.acceleration / dt);
-                assert!(j.abs() <= jerk * (1.0 + 1e-6) + 1e-6, "tick {tick} axis {i}: j {j}");
+                assert!(
+                    j.abs() <= jerk * (1.0 + 1e-6) + 1e-6,
+                    "tick {tick} axis {i}: j {j}"
+                );
                 assert!(out.delta[i].is_finite());
             }
             state = out.state;
@@ -391,7 +397,13 @@ mod tests {
             velocity: [0.2, 0.1, 0.0, 0.0, 0.0, 0.0],
             ..MotionState::default()
         };
-        let out = limit_motion(&[0.002, 0.001, 0.0, 0.0, 0.0, 0.0], 0.0, DT, &at_wall, &limits);
+        let out = limit_motion(
+            &[0.002, 0.001, 0.0, 0.0, 0.0, 0.0],
+            0.0,
+            DT,
+            &at_wall,
+            &limits,
+        );
         assert!(out.limited);
         assert!((out.state.position[0] - 0.1).abs() < 1e-12);
         assert!((out.delta[1] / out.delta[0] - 0.5).abs() < 1e-9, "{out:?}");

@@ -252,9 +252,7 @@ impl Supervisor {
             }
         }
         let step_start = *self.step_start.get_or_insert(index);
-        let elapsed_ns = index
-            .saturating_sub(step_start)
-            .saturating_mul(s.period_ns);
+        let elapsed_ns = index.saturating_sub(step_start).saturating_mul(s.period_ns);
         let misses = match s.step_ns {
             0 => 0,
             step => u32::try_from(elapsed_ns / step).unwrap_or(u32::MAX),
@@ -430,7 +428,14 @@ mod tests {
 
     fn stopped(cause: StopCause) -> Supervisor {
         let mut s = disarmed();
-        s.step(0, ActionInput::Nothing, Conditions { estop: true, ..CLEAR });
+        s.step(
+            0,
+            ActionInput::Nothing,
+            Conditions {
+                estop: true,
+                ..CLEAR
+            },
+        );
         if cause != StopCause::EStop {
             let conditions = match cause {
                 StopCause::CameraSilent => Conditions {
@@ -466,13 +471,23 @@ mod tests {
     fn disarmed_disarm_stays_disarmed() {
         let mut s = disarmed();
         let d = s.step(0, fresh(0.01, 1.0), DISARM);
-        assert_eq!((d.safety, d.state), (SafetyState::Disarmed, ControlState::Hold));
+        assert_eq!(
+            (d.safety, d.state),
+            (SafetyState::Disarmed, ControlState::Hold)
+        );
     }
 
     #[test]
     fn disarmed_stop_condition_stops() {
         let mut s = disarmed();
-        let d = s.step(0, fresh(0.01, 1.0), Conditions { camera_silent: true, ..CLEAR });
+        let d = s.step(
+            0,
+            fresh(0.01, 1.0),
+            Conditions {
+                camera_silent: true,
+                ..CLEAR
+            },
+        );
         assert_eq!(d.state, ControlState::Stop);
         assert_eq!(d.stop_cause, StopCause::CameraSilent);
     }
@@ -482,7 +497,10 @@ mod tests {
         let mut s = disarmed();
         for index in 0..100 {
             let d = s.step(index, fresh(0.01, 1.0), CLEAR);
-            assert_eq!((d.safety, d.state), (SafetyState::Disarmed, ControlState::Hold));
+            assert_eq!(
+                (d.safety, d.state),
+                (SafetyState::Disarmed, ControlState::Hold)
+            );
             assert_eq!(d.action[..6], [0.0; 6]);
         }
     }
@@ -492,7 +510,10 @@ mod tests {
         let mut s = armed();
         assert_eq!(s.step(0, fresh(0.01, 1.0), CLEAR).state, ControlState::Act);
         let d = s.step(1, fresh(0.01, 1.0), DISARM);
-        assert_eq!((d.safety, d.state), (SafetyState::Disarmed, ControlState::Hold));
+        assert_eq!(
+            (d.safety, d.state),
+            (SafetyState::Disarmed, ControlState::Hold)
+        );
         assert_eq!(d.action, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
     }
 
@@ -508,8 +529,20 @@ mod tests {
     fn armed_stop_conditions_stop_most_severe_first() {
         for (conditions, cause) in [
             (ESTOP, StopCause::EStop),
-            (Conditions { worker_fault: true, ..CLEAR }, StopCause::Fault),
-            (Conditions { camera_silent: true, ..CLEAR }, StopCause::CameraSilent),
+            (
+                Conditions {
+                    worker_fault: true,
+                    ..CLEAR
+                },
+                StopCause::Fault,
+            ),
+            (
+                Conditions {
+                    camera_silent: true,
+                    ..CLEAR
+                },
+                StopCause::CameraSilent,
+            ),
             (
                 Conditions {
                     shutting_down: true,
@@ -521,11 +554,19 @@ mod tests {
                 StopCause::Shutdown,
             ),
             (
-                Conditions { estop: true, worker_fault: true, ..CLEAR },
+                Conditions {
+                    estop: true,
+                    worker_fault: true,
+                    ..CLEAR
+                },
                 StopCause::EStop,
             ),
             (
-                Conditions { worker_fault: true, camera_silent: true, ..CLEAR },
+                Conditions {
+                    worker_fault: true,
+                    camera_silent: true,
+                    ..CLEAR
+                },
                 StopCause::Fault,
             ),
         ] {
@@ -546,13 +587,20 @@ mod tests {
         assert_eq!(s.step(0, fresh(0.01, 0.5), CLEAR).state, ControlState::Act);
         // Ticks 1-9 finish the step; from tick 10 on the step is used up: HOLD, one miss.
         for index in 1..10 {
-            assert_eq!(s.step(index, ActionInput::Nothing, CLEAR).state, ControlState::Act);
+            assert_eq!(
+                s.step(index, ActionInput::Nothing, CLEAR).state,
+                ControlState::Act
+            );
         }
         let d = s.step(10, ActionInput::Nothing, CLEAR);
         assert_eq!(d.state, ControlState::Hold);
         assert_eq!(d.misses, 1);
         assert_eq!(d.action, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]);
-        assert_eq!(s.step(11, ActionInput::Stale, CLEAR).misses, 0, "a tick is not a miss");
+        assert_eq!(
+            s.step(11, ActionInput::Stale, CLEAR).misses,
+            0,
+            "a tick is not a miss"
+        );
         assert_eq!(s.step(20, ActionInput::Nothing, CLEAR).misses, 1);
         let d = s.step(30, ActionInput::Nothing, CLEAR);
         assert_eq!(d.state, ControlState::Stop);
@@ -576,13 +624,26 @@ mod tests {
     #[test]
     fn stopped_arm_is_refused_while_the_estop_is_latched() {
         let mut s = stopped(StopCause::EStop);
-        let d = s.step(1, fresh(0.01, 1.0), Conditions { request: Some(OperatorRequest::Arm), ..ESTOP });
+        let d = s.step(
+            1,
+            fresh(0.01, 1.0),
+            Conditions {
+                request: Some(OperatorRequest::Arm),
+                ..ESTOP
+            },
+        );
         assert!(d.arm_refused);
-        assert_eq!((d.state, d.stop_cause), (ControlState::Stop, StopCause::EStop));
+        assert_eq!(
+            (d.state, d.stop_cause),
+            (ControlState::Stop, StopCause::EStop)
+        );
         // And while the policy still misses its steps.
         let mut s = armed();
         s.step(0, ActionInput::Nothing, CLEAR);
-        assert_eq!(s.step(30, ActionInput::Nothing, CLEAR).state, ControlState::Stop);
+        assert_eq!(
+            s.step(30, ActionInput::Nothing, CLEAR).state,
+            ControlState::Stop
+        );
         let d = s.step(31, ActionInput::Nothing, ARM);
         assert!(d.arm_refused);
         assert_eq!(d.stop_cause, StopCause::PolicyMisses);
@@ -596,13 +657,23 @@ mod tests {
     fn stopped_disarm_stays_stopped() {
         let mut s = stopped(StopCause::Fault);
         let d = s.step(2, fresh(0.01, 1.0), DISARM);
-        assert_eq!((d.state, d.stop_cause), (ControlState::Stop, StopCause::Fault));
+        assert_eq!(
+            (d.state, d.stop_cause),
+            (ControlState::Stop, StopCause::Fault)
+        );
     }
 
     #[test]
     fn stopped_new_stop_condition_updates_the_cause() {
         let mut s = stopped(StopCause::EStop);
-        let d = s.step(1, ActionInput::Nothing, Conditions { camera_silent: true, ..CLEAR });
+        let d = s.step(
+            1,
+            ActionInput::Nothing,
+            Conditions {
+                camera_silent: true,
+                ..CLEAR
+            },
+        );
         assert_eq!(d.stop_cause, StopCause::CameraSilent);
     }
 
@@ -610,7 +681,10 @@ mod tests {
     fn stopped_recovery_alone_never_acts() {
         let mut s = stopped(StopCause::CameraSilent);
         for index in 2..200 {
-            assert_eq!(s.step(index, fresh(0.01, 1.0), CLEAR).state, ControlState::Stop);
+            assert_eq!(
+                s.step(index, fresh(0.01, 1.0), CLEAR).state,
+                ControlState::Stop
+            );
         }
     }
 
@@ -632,7 +706,10 @@ mod tests {
             sum += f64::from(d.action[0]);
         }
         assert!((sum - 0.02).abs() < 1e-6, "{sum}");
-        assert_eq!(s.step(10, ActionInput::Nothing, CLEAR).state, ControlState::Hold);
+        assert_eq!(
+            s.step(10, ActionInput::Nothing, CLEAR).state,
+            ControlState::Hold
+        );
     }
 
     #[test]
@@ -644,9 +721,15 @@ mod tests {
         assert!((d.action[0] + 0.004).abs() < 1e-7, "{d:?}");
         assert_eq!(d.action[6], 0.0);
         for index in 3..12 {
-            assert_eq!(s.step(index, ActionInput::Nothing, CLEAR).state, ControlState::Act);
+            assert_eq!(
+                s.step(index, ActionInput::Nothing, CLEAR).state,
+                ControlState::Act
+            );
         }
-        assert_eq!(s.step(12, ActionInput::Nothing, CLEAR).state, ControlState::Hold);
+        assert_eq!(
+            s.step(12, ActionInput::Nothing, CLEAR).state,
+            ControlState::Hold
+        );
     }
 
     #[test]
@@ -658,7 +741,10 @@ mod tests {
         });
         let d = s.step(0, fresh(0.02, 1.0), CLEAR);
         assert!((d.action[0] - 0.02).abs() < 1e-7);
-        assert_eq!(s.step(1, ActionInput::Nothing, CLEAR).state, ControlState::Hold);
+        assert_eq!(
+            s.step(1, ActionInput::Nothing, CLEAR).state,
+            ControlState::Hold
+        );
     }
 
     #[test]
@@ -671,7 +757,10 @@ mod tests {
         let d = s.step(2, fresh(f32::INFINITY, 1.0), CLEAR);
         assert!(d.rejected && d.action.iter().all(|v| v.is_finite()));
         // Rejected actions start no step: the old one runs out, then the misses stop.
-        assert_eq!(s.step(30, fresh(f32::NAN, 1.0), CLEAR).state, ControlState::Stop);
+        assert_eq!(
+            s.step(30, fresh(f32::NAN, 1.0), CLEAR).state,
+            ControlState::Stop
+        );
     }
 
     #[test]

@@ -452,7 +452,10 @@ mod tests {
     #[test]
     fn arm_payloads() {
         assert_eq!(parse_arm_request(b"arm"), Some(OperatorRequest::Arm));
-        assert_eq!(parse_arm_request(b" DISARM\n"), Some(OperatorRequest::Disarm));
+        assert_eq!(
+            parse_arm_request(b" DISARM\n"),
+            Some(OperatorRequest::Disarm)
+        );
         assert_eq!(parse_arm_request(b"armed"), None);
         assert_eq!(parse_arm_request(b""), None);
         assert_eq!(parse_arm_request(&[0xff]), None);
