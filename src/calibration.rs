@@ -315,8 +315,9 @@ impl Calibration {
         let rate = config.control.rate_hz;
         if rate > self.recommended_rate_hz {
             warnings.push(format!(
-                "control.rate_hz = {rate} is above the calibrated {} Hz: the policy's p99 \
-                 latency on this machine does not fit one period with margin, expect HOLD ticks",
+                "control.rate_hz = {rate} is above the calibrated {} Hz: harmless for the \
+                 arm's speed (each action is spread over its step), but the extra ticks cut \
+                 the steps no finer than the policy's latency can use and cost CPU",
                 self.recommended_rate_hz
             ));
         }

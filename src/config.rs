@@ -106,6 +106,10 @@ impl Default for CameraConfig {
 /// dyaw, gripper).
 pub const ACTION_DIM: usize = 7;
 
+/// The robot id of the bundled simulation: distinct from the example drivers' default
+/// (`robot`), so that the demo never drives a real arm listening under that id.
+pub const DEFAULT_ROBOT_ID: &str = "sim";
+
 /// Checkpoint the service runs when no config file names one.
 pub const BUNDLED_MODEL_DIR: &str = "engines/openvla-tiny";
 /// Dataset statistics the bundled checkpoint is un-normalised with by default.
@@ -129,7 +133,7 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
-            robot_id: "robot".into(),
+            robot_id: DEFAULT_ROBOT_ID.into(),
             model: ModelConfig::default(),
             camera: CameraConfig::default(),
             control: ControlConfig::default(),
@@ -155,6 +159,10 @@ pub struct ModelConfig {
     /// Pre-quantized weights written by `vla-rt quantize` (memory-mapped at start); without
     /// it, `quantization` is applied to the checkpoint's weights at load.
     pub quantized_weights: Option<PathBuf>,
+    /// Rate of the policy's training data (action steps per second: 5 for Bridge, about 3
+    /// for Fractal). Each action is the displacement of one such step. Unset: the
+    /// checkpoint's `vla_rt_model.json` `action_hz`; a checkpoint without one refuses to run.
+    pub action_hz: Option<f64>,
 }
 
 impl Default for ModelConfig {
@@ -166,11 +174,40 @@ impl Default for ModelConfig {
             quantization: Quantization::None,
             projector: ProjectorFormat::F32,
             quantized_weights: None,
+            action_hz: None,
         }
     }
 }
 
 impl ModelConfig {
+    /// The policy's action step rate: `action_hz`, else the checkpoint's
+    /// `vla_rt_model.json`. `file` names the config in errors.
+    pub fn resolved_action_hz(&self, file: &str) -> Result<f64, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: "model.action_hz".into(),
+            message,
+        };
+        if let Some(hz) = self.action_hz {
+            return Ok(hz);
+        }
+        let runtime = crate::model::config::RuntimeModelConfig::from_dir(&self.path)
+            .map_err(|e| invalid(e.to_string()))?;
+        match runtime.action_hz {
+            Some(hz) if hz.is_finite() && hz > 0.0 => Ok(hz),
+            Some(hz) => Err(invalid(format!(
+                "{}/{}: action_hz = {hz} must be > 0",
+                self.path.display(),
+                crate::model::config::RUNTIME_MODEL_CONFIG_FILE
+            ))),
+            None => Err(invalid(format!(
+                "required: the rate of the policy's training data in action steps per \
+                 second (5 for Bridge, 3 for Fractal); {} does not say",
+                self.path.display()
+            ))),
+        }
+    }
+
     pub fn policy_options(&self) -> PolicyOptions {
         PolicyOptions {
             backend: self.backend,
@@ -198,6 +235,23 @@ pub enum RealtimeMode {
     Require,
 }
 
+/// What a missing or unreadable e-stop state file means at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EStopMissing {
+    /// Start latched: the operator releases the e-stop explicitly (first install included).
+    #[default]
+    Latched,
+    /// Start released (the bundled simulation).
+    Released,
+}
+
+/// Where a real installation keeps its state (the systemd unit's `StateDirectory=vla-rt`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vla-rt";
+/// The bundled simulation's state folder, relative to the source tree: writable without
+/// privileges, kept across restarts (and reboots), apart from every real installation.
+pub const BUNDLED_STATE_DIR: &str = "target/vla-rt-state";
+
 /// `[control]` (*contract*: `rate_hz`).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,6 +268,12 @@ pub struct ControlConfig {
     pub realtime: RealtimeMode,
     /// SCHED_FIFO priority of the control thread (1-99) when `realtime` is not `off`.
     pub priority: i32,
+    /// Start armed (ACT without an `arm` request). Only for simulations.
+    pub start_armed: bool,
+    /// Folder of the persistent e-stop latch (`<robot_id>.estop`).
+    pub state_dir: PathBuf,
+    /// What a missing or unreadable e-stop file means at start.
+    pub estop_missing: EStopMissing,
 }
 
 impl Default for ControlConfig {
@@ -225,6 +285,9 @@ impl Default for ControlConfig {
             max_frame_age_ms: 500,
             realtime: RealtimeMode::Try,
             priority: 80,
+            start_armed: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            estop_missing: EStopMissing::Latched,
         }
     }
 }
@@ -235,32 +298,76 @@ impl ControlConfig {
         (1e9 / self.rate_hz).round() as u64
     }
 
-    /// [`ControlConfig::max_action_age_ms`] with its default applied, in nanoseconds.
-    pub fn max_action_age_ns(&self) -> u64 {
+    /// [`ControlConfig::max_action_age_ms`] with its default applied, in nanoseconds: one
+    /// action step (`1 / action_hz`) or two control periods, whichever is longer.
+    pub fn max_action_age_ns(&self, action_hz: f64) -> u64 {
         match self.max_action_age_ms {
             Some(ms) => ms.saturating_mul(1_000_000),
-            None => self.period_ns().saturating_mul(2),
+            None => self
+                .period_ns()
+                .saturating_mul(2)
+                .max(step_period_ns(action_hz)),
         }
     }
 }
 
-/// `[safety]`: per-dimension limits applied to every action before it is published.
+/// The period of one action step at `action_hz`, in nanoseconds.
+pub fn step_period_ns(action_hz: f64) -> u64 {
+    if action_hz.is_finite() && action_hz > 0.0 {
+        (1e9 / action_hz).round() as u64
+    } else {
+        0
+    }
+}
+
+/// `[safety]`: limits applied to every action (per action step) and to every command
+/// (in physical units) before it is published.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SafetyConfig {
-    /// Lower limits of dx, dy, dz, droll, dpitch, dyaw, gripper.
+    /// Lower limits of dx, dy, dz, droll, dpitch, dyaw, gripper, per action step.
     pub min: [f32; ACTION_DIM],
     /// Upper limits, same order.
     pub max: [f32; ACTION_DIM],
+    /// Each translation axis, m/s.
+    pub max_linear_velocity: f64,
+    /// Each translation axis, m/s².
+    pub max_linear_acceleration: f64,
+    /// Each translation axis, m/s³.
+    pub max_linear_jerk: f64,
+    /// Each rotation axis, rad/s.
+    pub max_angular_velocity: f64,
+    /// Each rotation axis, rad/s².
+    pub max_angular_acceleration: f64,
+    /// Each rotation axis, rad/s³.
+    pub max_angular_jerk: f64,
+    /// Gripper range (0 closed .. 1 open) per second.
+    pub max_gripper_rate: f64,
+    /// Lower corner of the workspace box (m, x y z), relative to the pose at arming,
+    /// integrated from the published deltas. Unset: no workspace limit.
+    pub workspace_min: Option<[f64; 3]>,
+    /// Upper corner of the workspace box; set both corners or neither.
+    pub workspace_max: Option<[f64; 3]>,
 }
 
 impl Default for SafetyConfig {
     fn default() -> Self {
         // Translation in metres, rotation in radians per step, gripper 0 (closed) to 1 (open):
         // wider than the usual OpenVLA dataset statistics, narrow enough to stop a runaway.
+        // The rates are about a fifth of a collaborative arm's (Franka: 1.7 m/s, 13 m/s²,
+        // 6500 m/s³ at the end effector).
         Self {
             min: [-0.05, -0.05, -0.05, -0.25, -0.25, -0.25, 0.0],
             max: [0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0],
+            max_linear_velocity: 0.25,
+            max_linear_acceleration: 2.0,
+            max_linear_jerk: 50.0,
+            max_angular_velocity: 1.0,
+            max_angular_acceleration: 8.0,
+            max_angular_jerk: 200.0,
+            max_gripper_rate: 2.0,
+            workspace_min: None,
+            workspace_max: None,
         }
     }
 }
@@ -385,12 +492,19 @@ impl ServiceConfig {
     /// The bundled default: synthetic camera, bundled tiny checkpoint, CPU, loopback Zenoh peer.
     /// The checkpoint is looked up in the working directory first, then in the source tree this
     /// binary was built from.
+    /// It starts armed, with its e-stop state in the source tree's `target/vla-rt-state`
+    /// (released when that file is missing): a simulation, never a robot's configuration.
     pub fn builtin() -> Self {
         let mut config = Self::default();
+        config.control.start_armed = true;
+        config.control.estop_missing = EStopMissing::Released;
+        config.control.state_dir = PathBuf::from(BUNDLED_STATE_DIR);
         if !config.model.path.exists() {
-            let in_source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL_DIR);
+            let source_tree = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let in_source_tree = source_tree.join(BUNDLED_MODEL_DIR);
             if in_source_tree.exists() {
                 config.model.path = in_source_tree;
+                config.control.state_dir = source_tree.join(BUNDLED_STATE_DIR);
             }
         }
         config
@@ -412,6 +526,7 @@ impl ServiceConfig {
         if let Some(p) = self.calibration.path.as_mut() {
             resolve(p);
         }
+        resolve(&mut self.control.state_dir);
         if let Some(dir) = self.camera.source.strip_prefix("images:") {
             let dir = Path::new(dir);
             if dir.is_relative() && !dir.as_os_str().is_empty() {
@@ -496,6 +611,74 @@ impl ServiceConfig {
         }
         if !(1..=99).contains(&control.priority) {
             return Err(invalid("control.priority", "must be 1 to 99".into()));
+        }
+        if control.state_dir.as_os_str().is_empty() {
+            return Err(invalid("control.state_dir", "must name a folder".into()));
+        }
+        if let Some(hz) = self.model.action_hz {
+            if !hz.is_finite() || hz <= 0.0 || hz > 1000.0 {
+                return Err(invalid(
+                    "model.action_hz",
+                    "must be > 0 and at most 1000".into(),
+                ));
+            }
+        }
+        let safety = &self.safety;
+        for (key, value) in [
+            ("safety.max_linear_velocity", safety.max_linear_velocity),
+            (
+                "safety.max_linear_acceleration",
+                safety.max_linear_acceleration,
+            ),
+            ("safety.max_linear_jerk", safety.max_linear_jerk),
+            ("safety.max_angular_velocity", safety.max_angular_velocity),
+            (
+                "safety.max_angular_acceleration",
+                safety.max_angular_acceleration,
+            ),
+            ("safety.max_angular_jerk", safety.max_angular_jerk),
+            ("safety.max_gripper_rate", safety.max_gripper_rate),
+        ] {
+            if !value.is_finite() || value <= 0.0 {
+                return Err(invalid(key, "must be a finite number > 0".into()));
+            }
+        }
+        match (safety.workspace_min, safety.workspace_max) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "safety.workspace_max",
+                    "must be set with safety.workspace_min".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "safety.workspace_min",
+                    "must be set with safety.workspace_max".into(),
+                ))
+            }
+            (Some(lo), Some(hi)) => {
+                for i in 0..3 {
+                    if !lo[i].is_finite() || lo[i] > 0.0 {
+                        return Err(invalid(
+                            &format!("safety.workspace_min[{i}]"),
+                            format!(
+                                "{} must be finite and <= 0: the box holds the pose at arming",
+                                lo[i]
+                            ),
+                        ));
+                    }
+                    if !hi[i].is_finite() || hi[i] < 0.0 {
+                        return Err(invalid(
+                            &format!("safety.workspace_max[{i}]"),
+                            format!(
+                                "{} must be finite and >= 0: the box holds the pose at arming",
+                                hi[i]
+                            ),
+                        ));
+                    }
+                }
+            }
         }
 
         for i in 0..ACTION_DIM {
@@ -667,7 +850,7 @@ mod tests {
         assert_eq!(config.camera.format, "MJPG");
         assert_eq!(config.control.realtime, RealtimeMode::Require);
         assert_eq!(config.control.period_ns(), 200_000_000);
-        assert_eq!(config.control.max_action_age_ns(), 400_000_000);
+        assert_eq!(config.control.max_action_age_ns(5.0), 400_000_000);
         assert_eq!(config.safety.max[3], 0.5);
         assert_eq!(config.zenoh.mode, Some(ZenohMode::Client));
         assert_eq!(config.zenoh.listen_or_default(), Vec::<String>::new());
@@ -679,10 +862,76 @@ mod tests {
     }
 
     #[test]
-    fn default_action_age_is_two_periods() {
+    fn default_action_age_is_one_step_or_two_periods() {
         let config = parse_and_validate("[control]\nrate_hz = 50.0\n").unwrap();
         assert_eq!(config.control.period_ns(), 20_000_000);
-        assert_eq!(config.control.max_action_age_ns(), 40_000_000);
+        // 5 Hz actions: one step (200 ms) is longer than two periods (40 ms).
+        assert_eq!(config.control.max_action_age_ns(5.0), 200_000_000);
+        // 100 Hz actions: two periods.
+        assert_eq!(config.control.max_action_age_ns(100.0), 40_000_000);
+    }
+
+    #[test]
+    fn action_hz_comes_from_the_config_or_the_checkpoint_or_is_refused() {
+        let mut config = ServiceConfig::builtin();
+        // The bundled checkpoint says 5 Hz (Bridge).
+        assert_eq!(config.model.resolved_action_hz("c.toml").unwrap(), 5.0);
+        config.model.action_hz = Some(3.0);
+        assert_eq!(config.model.resolved_action_hz("c.toml").unwrap(), 3.0);
+        config.model.action_hz = None;
+        config.model.path = std::env::temp_dir();
+        let message = config
+            .model
+            .resolved_action_hz("c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("c.toml: model.action_hz: required"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn safety_keys_parse_and_are_checked() {
+        let config = parse_and_validate(
+            "[safety]\nmax_linear_velocity = 0.1\nworkspace_min = [-0.2, -0.2, 0.0]\nworkspace_max = [0.2, 0.2, 0.3]\n",
+        )
+        .unwrap();
+        assert_eq!(config.safety.max_linear_velocity, 0.1);
+        assert_eq!(config.safety.workspace_max, Some([0.2, 0.2, 0.3]));
+        assert!(!config.control.start_armed);
+        assert_eq!(config.control.estop_missing, EStopMissing::Latched);
+        assert_eq!(config.control.state_dir, Path::new(DEFAULT_STATE_DIR));
+        for (text, expected) in [
+            (
+                "[safety]\nmax_linear_jerk = 0.0\n",
+                "safety.max_linear_jerk: must be",
+            ),
+            (
+                "[safety]\nmax_angular_velocity = nan\n",
+                "safety.max_angular_velocity",
+            ),
+            (
+                "[safety]\nworkspace_min = [-1.0, -1.0, -1.0]\n",
+                "safety.workspace_max: must be set",
+            ),
+            (
+                "[safety]\nworkspace_min = [0.1, -1.0, -1.0]\nworkspace_max = [1.0, 1.0, 1.0]\n",
+                "safety.workspace_min[0]",
+            ),
+            ("[model]\naction_hz = 0.0\n", "model.action_hz: must be > 0"),
+            (
+                "[control]\nestop_missing = \"maybe\"\n",
+                "control.estop_missing",
+            ),
+            ("[control]\nstate_dir = \"\"\n", "control.state_dir"),
+        ] {
+            let message = error_text(text);
+            assert!(
+                message.contains(expected),
+                "`{expected}` not in `{message}`"
+            );
+        }
     }
 
     #[test]

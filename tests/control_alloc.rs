@@ -1,5 +1,6 @@
 //! Zero heap allocations per steady-state control tick, publish hand-off, inference trigger
-//! and systemd notification included. A counting global allocator counts the allocations
+//! and systemd notification included, through every state: disarmed HOLD, armed ACT paced
+//! over its action step and cut by the motion limiter, e-stop STOP, re-arming. A counting global allocator counts the allocations
 //! made on the control thread only (the test thread runs the loop) while the rest of the
 //! service runs for real around it: synthetic capture thread, inference thread with a
 //! policy, command publisher thread with a Zenoh session and a remote subscriber.
@@ -217,10 +218,19 @@ fn steady_state_ticks_allocate_nothing() {
     let mut control = ControlLoop::new(
         LoopSettings {
             period_ns: 2_000_000,
-            max_action_age_ns: 4_000_000,
+            // Ten ticks per action step: every ACT is a paced share of its action.
+            step_ns: 20_000_000,
+            max_action_age_ns: 20_000_000,
             max_frame_age_ns: 500_000_000,
             stop_after_misses: 5,
-            safety: SafetyConfig::default(),
+            start_armed: false,
+            // The default limits: the policy's 0.6 m/s is cut to 0.25 m/s by the limiter,
+            // inside a workspace box it reaches.
+            safety: SafetyConfig {
+                workspace_min: Some([-0.05, -0.05, -0.05]),
+                workspace_max: Some([0.05, 0.05, 0.05]),
+                ..SafetyConfig::default()
+            },
         },
         LoopLinks {
             frames: Arc::clone(&frames),
@@ -233,27 +243,38 @@ fn steady_state_ticks_allocate_nothing() {
     )
     .with_notifier(Some(notifier));
 
-    // Warm-up: first ticks may touch lazily initialised state (thread-locals, futex queues).
-    assert_eq!(control.run(Some(100)), LoopEnd::BudgetSpent);
+    // Warm-up: first ticks may touch lazily initialised state (thread-locals, futex queues),
+    // disarmed (HOLD), then armed (ACT).
+    assert_eq!(control.run(Some(50)), LoopEnd::BudgetSpent);
+    inputs.request_arm();
+    assert_eq!(control.run(Some(50)), LoopEnd::BudgetSpent);
 
-    // Steady state through every state: ACT, e-stop STOP, HOLD/STOP from a slow policy.
+    // Steady state through every state: paced and limited ACT, e-stop STOP, re-arming,
+    // HOLD/STOP from a slow policy (30 ms against 20 ms steps), disarmed HOLD.
     let disturber = {
         let inputs = Arc::clone(&inputs);
         let slow = Arc::clone(&slow);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(200));
             inputs.request_estop();
             std::thread::sleep(Duration::from_millis(100));
             inputs.release_estop();
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
+            inputs.request_arm();
+            std::thread::sleep(Duration::from_millis(150));
             slow.store(true, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(150));
             slow.store(false, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(50));
+            inputs.request_arm();
+            std::thread::sleep(Duration::from_millis(100));
+            inputs.request_disarm();
         })
     };
     let acts_before = stats.act_ticks.load(Ordering::Relaxed);
     let stops_before = stats.stop_ticks.load(Ordering::Relaxed);
     let holds_before = stats.hold_ticks.load(Ordering::Relaxed);
+    let limited_before = stats.limited.load(Ordering::Relaxed);
     let (allocations, end) = allocations_during(|| control.run(Some(500)));
     disturber.join().unwrap();
     assert_eq!(end, LoopEnd::BudgetSpent);
@@ -264,6 +285,8 @@ fn steady_state_ticks_allocate_nothing() {
     assert!(stats.act_ticks.load(Ordering::Relaxed) > acts_before);
     assert!(stats.stop_ticks.load(Ordering::Relaxed) > stops_before);
     assert!(stats.hold_ticks.load(Ordering::Relaxed) > holds_before);
+    assert!(stats.limited.load(Ordering::Relaxed) > limited_before);
+    assert!(stats.misses.load(Ordering::Relaxed) > 0);
 
     // The shutdown tick (final STOP) allocates nothing either.
     inputs.request_shutdown();

@@ -89,6 +89,30 @@ fn invalid_config_names_the_key() {
 }
 
 #[test]
+fn a_checkpoint_without_an_action_rate_is_refused_naming_the_key() {
+    let model = std::env::temp_dir().join(format!("vla-rt-{}-no-action-hz", std::process::id()));
+    std::fs::create_dir_all(&model).unwrap();
+    let path = temp_file(
+        "no-action-hz.toml",
+        &format!("[model]\npath = \"{}\"\n", model.display()),
+    );
+    assert_bad_input(
+        &["run", "--config", &path],
+        &[&path, "model.action_hz", "required"],
+    );
+    let path = temp_file(
+        "unwritable-state.toml",
+        &format!(
+            "[model]\npath = \"{}\"\naction_hz = 5.0\n[control]\nstate_dir = \"/proc/vla-rt-state\"\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("engines/openvla-tiny")
+                .display()
+        ),
+    );
+    assert_bad_input(&["run", "--config", &path], &["/proc/vla-rt-state"]);
+}
+
+#[test]
 fn bad_flag_values_name_the_flag() {
     assert_bad_input(&["run", "--rate-hz=-5"], &["control.rate_hz", "--rate-hz"]);
     assert_bad_input(&["run", "--robot-id", "a/b"], &["robot_id", "--robot-id"]);

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use vla_rt::config::{RealtimeMode, ServiceConfig, ZenohMode};
+use vla_rt::config::{EStopMissing, RealtimeMode, ServiceConfig, ZenohMode};
 use vla_rt::policy::BackendKind;
 
 fn shipped(name: &str) -> ServiceConfig {
@@ -27,6 +27,15 @@ fn default_toml_is_the_builtin_default() {
         checkpoint(&Path::new(env!("CARGO_MANIFEST_DIR")).join(&builtin.model.path))
     );
     from_file.model.path = builtin.model.path.clone();
+    // The same state folder: the source tree's target/vla-rt-state.
+    assert_eq!(
+        lexically_normal(&from_file.control.state_dir),
+        lexically_normal(&Path::new(env!("CARGO_MANIFEST_DIR")).join(&builtin.control.state_dir))
+    );
+    from_file.control.state_dir = builtin.control.state_dir.clone();
+    // A simulation: armed at start, under its own robot id.
+    assert!(builtin.control.start_armed);
+    assert_eq!(builtin.robot_id, "sim");
     // The builtin leaves listen/connect/mode unset, which means exactly these values.
     assert_eq!(from_file.zenoh.mode, Some(ZenohMode::Peer));
     assert_eq!(
@@ -38,9 +47,30 @@ fn default_toml_is_the_builtin_default() {
     assert_eq!(from_file, builtin);
 }
 
+/// `a/b/../c` as `a/c`, without touching the file system (the folder may not exist yet).
+fn lexically_normal(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[test]
 fn robot_example_is_valid() {
     let config = shipped("robot.example.toml");
+    // Motion only on an explicit `arm`, a latched e-stop until released, a real step rate.
+    assert!(!config.control.start_armed);
+    assert_eq!(config.control.estop_missing, EStopMissing::Latched);
+    assert_eq!(config.control.state_dir, Path::new("/var/lib/vla-rt"));
+    assert!(config.model.action_hz.is_some());
+    assert_ne!(config.robot_id, "robot");
     assert_eq!(config.camera.source, "/dev/video0");
     assert_eq!(config.model.backend, BackendKind::Cuda);
     assert_eq!(config.control.realtime, RealtimeMode::Require);

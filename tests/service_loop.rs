@@ -1,6 +1,6 @@
 //! The service on loopback with a fake policy and the synthetic camera: the command stream,
-//! e-stop latch and release, instruction updates, a slow policy (HOLD, then STOP, then
-//! recovery), status and liveliness. Every wait is bounded.
+//! e-stop latch, release and re-arm, instruction updates, a slow policy (HOLD, then STOP
+//! until an `arm`), status and liveliness. Every wait is bounded.
 
 // Test helpers fail the test by panicking, like the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -58,16 +58,28 @@ fn commands_arrive_every_tick_well_formed_and_end_with_stop() {
         acts.len(),
         records.len()
     );
+    // One tick's share of a 5 Hz action step at 50 Hz: a tenth.
+    let share = 0.1;
     for record in &acts {
-        // dz = 0.5 from the policy is clamped to the 0.05 limit; dy echoes the instruction.
-        assert_eq!(record.action[2], config.safety.max[2]);
-        assert_eq!(record.action[1], dy_for(&config.instruction.default));
-        assert_eq!(record.action[6], 1.0);
+        // dz = 0.5 from the policy is clamped to the 0.05 step limit, a tenth of it per tick
+        // (0.25 m/s, the velocity bound); dy echoes the instruction; the gripper opens.
+        assert!(record.action[2] > 0.0);
+        assert!(f64::from(record.action[2]) <= f64::from(config.safety.max[2]) * share + 1e-6);
+        assert!(record.action[1] >= 0.0);
+        assert!(record.action[6] > 0.0 && record.action[6] <= 1.0);
         assert!(record.action[0] > 0.0);
         assert!(record.capture_time_ns > 0 && record.capture_time_ns <= record.tick_time_ns);
     }
+    // At steady state the paced values are the policy's: dy per tick is a tenth of its dy.
+    assert!(
+        acts.iter().any(|r| (f64::from(r.action[1])
+            - f64::from(dy_for(&config.instruction.default)) * share)
+            .abs()
+            < 2e-6),
+        "{acts:?}"
+    );
     for record in records.iter().filter(|r| r.state == ControlState::Hold) {
-        assert_eq!(record.action, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(record.action[..6], [0.0; 6]);
     }
     // The synthetic scene moves, so the actions change.
     assert!(acts.windows(2).any(|w| w[0].action[0] != w[1].action[0]));
@@ -106,8 +118,24 @@ fn estop_latches_stop_until_released() {
         .iter()
         .all(|r| r.action[..6] == [0.0; 6] && r.capture_time_ns == 0));
 
+    // An `arm` while latched is refused.
+    put_arm(&session, "estop", "arm");
+    let refused_deadline = Instant::now() + WAIT;
+    while service.control_stats().arm_refused.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < refused_deadline, "the arm was not refused");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     session.put("vla/estop/estop", "release").wait().unwrap();
-    stream.until(WAIT, "ACT after the release", is_state(ControlState::Act));
+    // A release alone does not move the arm: STOP holds until an `arm`.
+    let released: Vec<_> = (0..15)
+        .map(|_| stream.next(Duration::from_secs(2)))
+        .collect();
+    assert!(
+        released.iter().all(|r| r.state == ControlState::Stop),
+        "{:?}",
+        released.iter().map(|r| r.state).collect::<Vec<_>>()
+    );
+    arm_until_act(&session, &stream, "estop", WAIT);
 
     // A payload that is not understood stops too.
     session.put("vla/estop/estop", "halt!").wait().unwrap();
@@ -117,11 +145,7 @@ fn estop_latches_stop_until_released() {
         is_state(ControlState::Stop),
     );
     session.put("vla/estop/estop", "release").wait().unwrap();
-    stream.until(
-        WAIT,
-        "ACT after the second release",
-        is_state(ControlState::Act),
-    );
+    arm_until_act(&session, &stream, "estop", WAIT);
     service.stop();
 }
 
@@ -141,8 +165,11 @@ fn a_new_instruction_reaches_the_policy() {
         .put("vla/instruct/instruction", instruction)
         .wait()
         .unwrap();
+    // dy per tick is a tenth of the policy's (a 5 Hz step at 50 Hz), once the limiter has
+    // ramped to it.
     stream.until(WAIT, "an action for the new instruction", |r| {
-        r.state == ControlState::Act && r.action[1] == dy_for(instruction)
+        r.state == ControlState::Act
+            && (f64::from(r.action[1]) - f64::from(dy_for(instruction)) * 0.1).abs() < 2e-6
     });
     let seen = controls.instructions.lock().unwrap().clone();
     assert_eq!(
@@ -153,7 +180,7 @@ fn a_new_instruction_reaches_the_policy() {
 }
 
 #[test]
-fn slow_policy_holds_then_stops_and_recovers() {
+fn slow_policy_holds_then_stops_and_stays_stopped_until_armed() {
     let port = free_port();
     let mut config = loopback_config("slow", port, 50.0);
     config.control.stop_after_misses = 3;
@@ -163,8 +190,9 @@ fn slow_policy_holds_then_stops_and_recovers() {
     let stream = CommandStream::new(&session, "slow");
     stream.until(WAIT, "the first ACT", is_state(ControlState::Act));
 
-    // 100 ms per prediction against a 20 ms period and a 40 ms action age limit.
-    controls.delay_ms.store(100, Ordering::Relaxed);
+    // 400 ms per prediction against 200 ms action steps and a 200 ms action age limit:
+    // every step ends without a fresh action.
+    controls.delay_ms.store(400, Ordering::Relaxed);
     let seen = stream.until(
         WAIT,
         "STOP from the slow policy",
@@ -172,27 +200,28 @@ fn slow_policy_holds_then_stops_and_recovers() {
     );
     let n = seen.len();
     assert!(n >= 3, "{seen:?}");
-    // HOLD after the first miss, STOP at the third consecutive one.
-    assert_eq!(seen[n - 3].state, ControlState::Hold, "{seen:?}");
-    assert_eq!(seen[n - 2].state, ControlState::Hold, "{seen:?}");
+    // HOLD once the last step is used up, STOP at the third missed step (600 ms later).
+    let holds = seen[..n - 1]
+        .iter()
+        .rev()
+        .take_while(|r| r.state == ControlState::Hold)
+        .count();
+    assert!(holds >= 10, "{holds} HOLD before STOP: {seen:?}");
     let stop_cause = service.control_stats().stop_cause.load(Ordering::Relaxed);
     assert_eq!(
         vla_rt::control::supervisor::StopCause::from_u64(stop_cause),
         vla_rt::control::supervisor::StopCause::PolicyMisses
     );
-    // It stays stopped while the policy is slow.
-    let stopped: Vec<_> = (0..10)
+    assert!(service.control_stats().misses.load(Ordering::Relaxed) >= 3);
+
+    // Fast again: fresh actions, but STOP holds until an `arm`.
+    controls.delay_ms.store(1, Ordering::Relaxed);
+    let stopped: Vec<_> = (0..40)
         .map(|_| stream.next(Duration::from_secs(2)))
         .collect();
     assert!(stopped.iter().all(|r| r.state == ControlState::Stop));
-
-    controls.delay_ms.store(1, Ordering::Relaxed);
-    stream.until(
-        WAIT,
-        "ACT after the policy sped up",
-        is_state(ControlState::Act),
-    );
-    assert!(service.control_stats().misses.load(Ordering::Relaxed) >= 13);
+    assert!(!service.control_stats().armed.load(Ordering::Relaxed));
+    arm_until_act(&session, &stream, "slow", WAIT);
     service.stop();
 }
 
@@ -215,11 +244,7 @@ fn non_finite_actions_are_never_published() {
     assert_well_formed(&seen, &config);
     assert!(service.control_stats().rejected.load(Ordering::Relaxed) >= 2);
     controls.emit_nan.store(false, Ordering::Relaxed);
-    stream.until(
-        WAIT,
-        "ACT after finite actions return",
-        is_state(ControlState::Act),
-    );
+    arm_until_act(&session, &stream, "nan", WAIT);
     service.stop();
 }
 
@@ -256,6 +281,9 @@ fn status_and_liveliness_follow_the_service() {
     assert!(document["ticks"]["total"].as_u64().unwrap() > 0);
     assert!(document["misses"].is_u64());
     assert!(document["overruns"].is_u64());
+    assert_eq!(document["armed"], true, "{document}");
+    assert!(document["limited"].is_u64(), "{document}");
+    assert!(document["arm"]["refused"].is_u64(), "{document}");
     for stage in ["policy_total", "tick_jitter", "publish"] {
         assert!(
             document["latency_ms"][stage]["p50"].is_number(),

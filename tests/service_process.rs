@@ -1,6 +1,7 @@
 //! The real `vla-rt run` with its bundled default (synthetic camera, bundled tiny checkpoint,
-//! CPU) on loopback: well-formed commands with ACT after warm-up, then SIGTERM gives one
-//! final STOP and exit code 0. Every wait is bounded.
+//! CPU) on loopback: under another robot id than the simulation's it starts disarmed (HOLD
+//! only), `arm` gives well-formed ACT commands, then SIGTERM gives one final STOP and exit
+//! code 0. Every wait is bounded.
 
 // Test helpers fail the test by panicking, like the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,11 +29,17 @@ fn default_run_publishes_commands_and_sigterm_ends_with_stop() {
     let session = client_session(port);
     let stream = CommandStream::new(&session, "process");
 
-    stream.until(
-        Duration::from_secs(30),
-        "the first ACT",
-        is_state(ControlState::Act),
+    // Not the simulation's id: disarmed, HOLD only, until an `arm`.
+    let first = stream.next(Duration::from_secs(60));
+    assert_eq!(first.state, ControlState::Hold, "{first:?}");
+    let held: Vec<_> = (0..10)
+        .map(|_| stream.next(Duration::from_secs(2)))
+        .collect();
+    assert!(
+        held.iter().all(|r| r.state == ControlState::Hold),
+        "{held:?}"
     );
+    arm_until_act(&session, &stream, "process", Duration::from_secs(30));
     let records: Vec<_> = (0..20)
         .map(|_| stream.next(Duration::from_secs(2)))
         .collect();
@@ -69,6 +76,7 @@ fn default_run_publishes_commands_and_sigterm_ends_with_stop() {
     let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("state STOP (shutdown)"), "{stderr}");
+    assert!(stderr.contains("starts armed only as `sim`"), "{stderr}");
     // One STOP, and nothing after it.
     assert!(stream
         .receiver

@@ -220,10 +220,12 @@ fn watchdog_pings_follow_the_control_loop() {
         &config,
         format!(
             "robot_id = \"notified\"\n[model]\npath = \"{}\"\n[camera]\nwidth = 160\nheight = 120\n\
-             [control]\nrate_hz = 20.0\nrealtime = \"off\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n",
+             [control]\nrate_hz = 20.0\nrealtime = \"off\"\nstate_dir = \"{}\"\nestop_missing = \"released\"\n\
+             [zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n",
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("engines/openvla-tiny")
-                .display()
+                .display(),
+            dir.join("state").display()
         ),
     )
     .unwrap();

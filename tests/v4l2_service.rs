@@ -70,6 +70,9 @@ rate_hz = {RATE_HZ}
 stop_after_misses = {STOP_AFTER_MISSES}
 max_frame_age_ms = {MAX_FRAME_AGE_MS}
 realtime = "off"
+start_armed = true
+state_dir = "{state_dir}"
+estop_missing = "released"
 
 [zenoh]
 mode = "peer"
@@ -77,7 +80,15 @@ listen = ["tcp/127.0.0.1:{port}"]
 connect = []
 "#,
         device = v4l2emu::DEVICE,
+        state_dir = v4l2emu::scratch_dir(&format!("state-{robot_id}")).display(),
     )
+}
+
+/// The limits every command is checked against: the bundled ones at this test's rate.
+fn limits_config() -> ServiceConfig {
+    let mut config = ServiceConfig::builtin();
+    config.control.rate_hz = RATE_HZ;
+    config
 }
 
 fn tiny_model_dir() -> String {
@@ -107,6 +118,7 @@ struct RunningService {
     _command_subscriber: zenoh::pubsub::Subscriber<()>,
     _status_subscriber: zenoh::pubsub::Subscriber<()>,
     session: Option<zenoh::Session>,
+    robot_id: String,
     /// Every status document read so far, in order.
     status_log: Vec<serde_json::Value>,
     _guard: std::sync::MutexGuard<'static, ()>,
@@ -168,6 +180,7 @@ impl RunningService {
             _command_subscriber: command_subscriber,
             _status_subscriber: status_subscriber,
             session: Some(session),
+            robot_id,
             status_log: Vec::new(),
             _guard: guard,
         }
@@ -211,6 +224,40 @@ impl RunningService {
                         .collect::<Vec<_>>()
                 ),
             }
+        }
+    }
+
+    /// Puts `arm` every second until an ACT comes (an `arm` is refused while the camera is
+    /// still silent, and leaving STOP takes one); returns the commands read, the ACT last.
+    fn arm_until_act(&self, timeout: Duration) -> Vec<CommandRecord> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let session = self.session.as_ref().unwrap();
+        loop {
+            session
+                .put(format!("vla/{}/arm", self.robot_id), "arm")
+                .wait()
+                .unwrap();
+            let round = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < round {
+                let left = round.saturating_duration_since(Instant::now());
+                if let Ok(raw) = self.commands.recv_timeout(left) {
+                    let record = checked(&raw);
+                    seen.push(record);
+                    if record.state == ControlState::Act {
+                        return seen;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ACT within {timeout:?} of arming; last (seq, state): {:?}",
+                seen.iter()
+                    .rev()
+                    .take(15)
+                    .map(|r| (r.seq, r.state))
+                    .collect::<Vec<_>>()
+            );
         }
     }
 
@@ -261,7 +308,7 @@ impl RunningService {
         let tail = self.until(Duration::from_secs(10), "the final STOP", |r| {
             r.state == ControlState::Stop
         });
-        assert_well_formed(&tail, &ServiceConfig::builtin());
+        assert_well_formed(&tail, &limits_config());
         let deadline = Instant::now() + Duration::from_secs(15);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -356,7 +403,7 @@ fn camera_drives_the_service(name: &str, format: &str, settings: &[(&str, &str)]
     let mut records = service.until(FIRST_ACT, "the first ACT", is(ControlState::Act));
     let warm_up = records.len() - 1;
     records.extend((0..30).map(|_| service.next(NEXT_COMMAND)));
-    assert_well_formed(&records, &ServiceConfig::builtin());
+    assert_well_formed(&records, &limits_config());
     let steady = &records[warm_up..];
     let act_count = count(steady, ControlState::Act);
     assert!(
@@ -416,12 +463,19 @@ fn a_stall_holds_then_stops_and_acting_resumes_when_frames_return() {
         is(ControlState::Stop),
     ));
     let stop_at = records.len() - 1;
-    records.extend(service.until(
-        Duration::from_millis(STALL_MS) + Duration::from_secs(10),
-        "ACT once frames return",
-        is(ControlState::Act),
-    ));
-    assert_well_formed(&records, &ServiceConfig::builtin());
+    // Frames alone do not resume: STOP holds past the stall's end, until an `arm`.
+    let until_frames_are_back = Instant::now() + Duration::from_millis(STALL_MS + 1_500);
+    while Instant::now() < until_frames_are_back {
+        records.push(service.next(NEXT_COMMAND));
+    }
+    assert!(
+        records[stop_at..]
+            .iter()
+            .all(|r| r.state == ControlState::Stop),
+        "STOP did not hold without an arm"
+    );
+    records.extend(service.arm_until_act(Duration::from_secs(10)));
+    assert_well_formed(&records, &limits_config());
 
     let last_act_at = records[..stop_at]
         .iter()
@@ -508,14 +562,11 @@ fn an_unplug_reopens_the_camera_and_the_service_recovers() {
     assert_eq!(camera(&status, "corrupt"), 0, "{status}");
     assert_eq!(status["camera"]["failed"], false, "{status}");
     records.extend(service.drain());
-    records.extend(service.until(
-        Duration::from_secs(15),
-        "ACT after the reopen",
-        is(ControlState::Act),
-    ));
+    // A STOP from the silence (if it lasted max_frame_age) holds until an `arm`.
+    records.extend(service.arm_until_act(Duration::from_secs(15)));
     let settling: Vec<_> = (0..10).map(|_| service.next(NEXT_COMMAND)).collect();
     records.extend(&settling);
-    assert_well_formed(&records, &ServiceConfig::builtin());
+    assert_well_formed(&records, &limits_config());
     assert_capture_times_follow_the_frames(&records);
 
     // The outage is the longest wait between the frames of two consecutive ACTs: the device
@@ -591,7 +642,7 @@ fn corrupt_mjpeg_and_gaps_are_counted_and_acting_goes_on() {
 
     let mut records = vec![*warm_up.last().unwrap()];
     records.extend(service.drain());
-    assert_well_formed(&records, &ServiceConfig::builtin());
+    assert_well_formed(&records, &limits_config());
     assert_eq!(count(&records, ControlState::Stop), 0, "{records:?}");
     let longest_without_act = records
         .split(|r| r.state == ControlState::Act)

@@ -128,6 +128,8 @@ struct Plan {
     settle: Duration,
     out: PathBuf,
     sheet: PathBuf,
+    /// The policy's action step rate (`[model] action_hz` or the checkpoint's).
+    action_hz: f64,
 }
 
 fn plan(args: &Args) -> Result<Plan, CalibError> {
@@ -176,6 +178,7 @@ fn plan(args: &Args) -> Result<Plan, CalibError> {
             message: "no such checkpoint folder".into(),
         });
     }
+    let action_hz = checked.model.resolved_action_hz(&origin)?;
     let (out, sheet) = output_paths(&args.out)?;
     Ok(Plan {
         camera: checked.camera.clone(),
@@ -186,6 +189,7 @@ fn plan(args: &Args) -> Result<Plan, CalibError> {
         settle: Duration::from_secs_f64(args.settle_seconds),
         out,
         sheet,
+        action_hz,
     })
 }
 
@@ -305,10 +309,11 @@ fn run(args: &Args) -> Result<(), CalibError> {
         .latency
         .get("total")
         .map_or(f64::NAN, |l| l.p99_ms);
-    let (rate_hz, rate_offered) = match rate::recommend_rate_hz(total_p99) {
-        Some(rate) => (rate, true),
-        None => (rate::sustainable_rate_hz(total_p99), false),
-    };
+    let choice = rate::recommend(plan.action_hz, total_p99).ok_or_else(|| CalibError::Model {
+        path: plan.model_dir.display().to_string(),
+        message: format!("no usable latency measured (p99 {total_p99} ms)"),
+    })?;
+    let rate_hz = choice.rate_hz;
 
     let mut calibration = Calibration {
         format: CALIBRATION_FORMAT.into(),
@@ -371,16 +376,11 @@ fn run(args: &Args) -> Result<(), CalibError> {
             );
         }
     }
-    if rate_offered {
+    println!("  rate       {rate_hz} Hz recommended: {}", choice.reason);
+    if !choice.keeps_up {
         println!(
-            "  rate       {rate_hz} Hz recommended (p99 {total_p99:.1} ms x {} margin = {:.1} ms within the {:.1} ms period)",
-            rate::MARGIN,
-            total_p99 * rate::MARGIN,
-            1000.0 / rate_hz
-        );
-    } else {
-        println!(
-            "  rate       {rate_hz} Hz at most: slower than every usual control rate (p99 {total_p99:.1} ms)"
+            "  warning    the policy is too slow for its {} Hz actions on this machine: use a faster backend or quantization",
+            plan.action_hz
         );
     }
     println!(

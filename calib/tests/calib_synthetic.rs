@@ -94,8 +94,9 @@ fn calibration_file_describes_the_run() {
         calibration.latency
     );
 
-    // The recommendation leaves 25 % over the p99 inside one period, and the next faster
-    // usual rate would not.
+    // The recommendation cuts each 200 ms action step (the bundled checkpoint's 5 Hz) into
+    // at least four ticks and picks a result up within a quarter of the p99 latency; the
+    // next slower usual rate would not (unless it is the fastest offered).
     let rate = calibration.recommended_rate_hz;
     let usual = [
         200.0, 100.0, 50.0, 30.0, 25.0, 20.0, 15.0, 10.0, 5.0, 4.0, 2.0, 1.0,
@@ -104,12 +105,10 @@ fn calibration_file_describes_the_run() {
         .iter()
         .position(|&r| r == rate)
         .expect("an offered rate");
-    assert!(
-        1000.0 / rate >= total.p99_ms * 1.25,
-        "{rate} Hz vs {total:?}"
-    );
-    if at > 0 {
-        assert!(1000.0 / usual[at - 1] < total.p99_ms * 1.25);
+    let needed = (4.0 * 5.0f64).max(4000.0 / total.p99_ms);
+    assert!(rate >= needed || at == 0, "{rate} Hz vs {total:?}");
+    if at + 1 < usual.len() {
+        assert!(usual[at + 1] < needed, "{rate} Hz vs {total:?}");
     }
 
     let scales = &calibration.projector_scales;
@@ -408,7 +407,7 @@ fn service_config_calibration_gives_the_int8_projector_its_scales() {
         format!(
             "[model]\npath = \"{}\"\nunnorm_key = \"tiny_bridge\"\nprojector = \"int8\"\n\
              [camera]\nwidth = 160\nheight = 120\nfps = 30\n\
-             [control]\nrate_hz = 500.0\nrealtime = \"off\"\n\
+             [control]\nrate_hz = 500.0\nrealtime = \"off\"\nestop_missing = \"released\"\nstate_dir = \"state\"\n\
              [zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n\
              [calibration]\npath = \"calibration.toml\"\n",
             bundled_model().display()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::calibration::{AppliedCalibration, Calibration};
-use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME};
+use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME, DEFAULT_ROBOT_ID};
 use crate::policy::PolicyOptions;
 use crate::service::{signals, Service, ServiceOptions};
 
@@ -100,6 +100,20 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
             "{file}: model.path: {}: no such checkpoint folder",
             config.model.path.display()
         )));
+    }
+    config
+        .model
+        .resolved_action_hz(&file)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    if args.config.is_none() && config.control.start_armed && config.robot_id != DEFAULT_ROBOT_ID {
+        // The bundled simulation starts armed under its own id only: under another id it
+        // may be talking to a real arm.
+        config.control.start_armed = false;
+        log::warn!(
+            "--robot-id {}: the bundled simulation starts armed only as `{DEFAULT_ROBOT_ID}`; put `arm` on vla/{}/arm to act",
+            config.robot_id,
+            config.robot_id
+        );
     }
     Ok(config)
 }

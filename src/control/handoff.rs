@@ -4,11 +4,12 @@
 //! atomic instructions and at most one futex wake: no lock, no allocation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
 use crossbeam::queue::ArrayQueue;
 
+use super::estop_store::EStopStore;
 use crate::config::ACTION_DIM;
 use crate::policy::StageTimings;
 use crate::transport::record::RECORD_LEN;
@@ -153,24 +154,61 @@ impl CommandOutbox {
 }
 
 /// Inputs the control thread reads every tick, written from other threads (Zenoh callbacks,
-/// signal handling, the owner of the service).
+/// signal handling, the owner of the service). The control thread only loads atomics; the
+/// writers of the e-stop persist it first (see [`EStopStore`]).
 #[derive(Default)]
 pub struct ControlInputs {
     estop_latched: AtomicBool,
     /// Stop requests ever received; a stop and a release between two ticks still give one
     /// STOP tick.
     estop_requests: AtomicU64,
+    /// Where the latch is persisted; the lock orders file and flag between writers.
+    estop_store: Mutex<Option<EStopStore>>,
+    /// Latch changes that could not be written to disk (the latch changed in memory anyway).
+    estop_persist_failures: AtomicU64,
+    arm_requests: AtomicU64,
+    disarm_requests: AtomicU64,
+    /// Payloads on the arm key that were neither `arm` nor `disarm`.
+    ignored_arm_payloads: AtomicU64,
     shutdown: AtomicBool,
 }
 
 impl ControlInputs {
+    /// Inputs whose e-stop latch is persisted in `store`, starting `latched`.
+    pub fn with_estop_store(store: EStopStore, latched: bool) -> Self {
+        let inputs = Self::default();
+        inputs.estop_latched.store(latched, Ordering::Release);
+        if let Ok(mut slot) = inputs.estop_store.lock() {
+            *slot = Some(store);
+        }
+        inputs
+    }
+
+    /// Latches the e-stop: on disk first (when persisted), then for the control thread.
     pub fn request_estop(&self) {
-        self.estop_latched.store(true, Ordering::Release);
+        self.change_latch(true);
         self.estop_requests.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Releases the latch (on disk first). The service stays in STOP until an `arm`.
     pub fn release_estop(&self) {
-        self.estop_latched.store(false, Ordering::Release);
+        self.change_latch(false);
+    }
+
+    fn change_latch(&self, latched: bool) {
+        let guard = match self.estop_store.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(store) = guard.as_ref() {
+            if let Err(e) = store.write(latched) {
+                // The latch must change all the same: a stop is never held back by a disk.
+                self.estop_persist_failures.fetch_add(1, Ordering::Relaxed);
+                log::error!("{e}; the e-stop changed in memory only");
+            }
+        }
+        self.estop_latched.store(latched, Ordering::Release);
+        drop(guard);
     }
 
     pub fn estop_latched(&self) -> bool {
@@ -179,6 +217,37 @@ impl ControlInputs {
 
     pub fn estop_requests(&self) -> u64 {
         self.estop_requests.load(Ordering::Acquire)
+    }
+
+    pub fn estop_persist_failures(&self) -> u64 {
+        self.estop_persist_failures.load(Ordering::Relaxed)
+    }
+
+    /// An operator's `arm`: the control thread arms at its next tick unless a stop
+    /// condition holds.
+    pub fn request_arm(&self) {
+        self.arm_requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An operator's `disarm`: HOLD from the next tick on.
+    pub fn request_disarm(&self) {
+        self.disarm_requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn arm_requests(&self) -> u64 {
+        self.arm_requests.load(Ordering::Acquire)
+    }
+
+    pub fn disarm_requests(&self) -> u64 {
+        self.disarm_requests.load(Ordering::Acquire)
+    }
+
+    pub fn ignore_arm_payload(&self) {
+        self.ignored_arm_payloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ignored_arm_payloads(&self) -> u64 {
+        self.ignored_arm_payloads.load(Ordering::Relaxed)
     }
 
     pub fn request_shutdown(&self) {
@@ -235,6 +304,29 @@ mod tests {
             last = record[0];
         }
         assert_eq!(last, OUTBOX_CAPACITY as u8 + 1);
+    }
+
+    #[test]
+    fn a_persisted_latch_is_on_disk_before_the_flag_and_survives() {
+        let dir = std::env::temp_dir().join(format!("vla-rt-inputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EStopStore::open(&dir, "arm").unwrap();
+        let inputs = ControlInputs::with_estop_store(store, false);
+        assert!(!inputs.estop_latched());
+        inputs.request_estop();
+        assert!(inputs.estop_latched());
+        let reopened = EStopStore::open(&dir, "arm").unwrap();
+        assert_eq!(
+            reopened.read(),
+            super::super::estop_store::StoredState::Latched
+        );
+        inputs.release_estop();
+        assert_eq!(
+            reopened.read(),
+            super::super::estop_store::StoredState::Released
+        );
+        assert_eq!(inputs.estop_persist_failures(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

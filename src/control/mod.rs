@@ -33,7 +33,9 @@ impl ControlState {
 }
 
 pub mod clock;
+pub mod estop_store;
 pub mod handoff;
+pub mod limits;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;

@@ -67,6 +67,7 @@ mod tests {
         SafetyFilter::new(&SafetyConfig {
             min: [-0.1, -0.1, -0.1, -0.5, -0.5, -0.5, 0.0],
             max: [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 1.0],
+            ..SafetyConfig::default()
         })
     }
 

@@ -1,7 +1,7 @@
 //! Counters and latency histograms shared between the real-time threads and the status
 //! reporter. Writers only do relaxed atomic adds and stores: no lock, no allocation.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Values below this are their own bucket (microseconds).
 const LINEAR_LIMIT: u64 = 32;
@@ -139,7 +139,7 @@ pub struct ControlStats {
     pub act_ticks: AtomicU64,
     pub hold_ticks: AtomicU64,
     pub stop_ticks: AtomicU64,
-    /// Ticks without a fresh, valid action (missing, stale or rejected).
+    /// Action steps that ended without a fresh, valid action.
     pub misses: AtomicU64,
     pub consecutive_misses: AtomicU64,
     /// Actions rejected by the safety filter (non-finite values).
@@ -148,6 +148,13 @@ pub struct ControlStats {
     pub clamped: AtomicU64,
     /// Actions that arrived older than `max_action_age`.
     pub stale: AtomicU64,
+    /// ACT commands changed by the motion limits (velocity, acceleration, jerk, workspace,
+    /// gripper rate).
+    pub limited: AtomicU64,
+    /// `arm` requests refused because a stop condition held.
+    pub arm_refused: AtomicU64,
+    /// Whether the newest tick left the service armed.
+    pub armed: AtomicBool,
     /// Tick slots skipped because the loop woke too late.
     pub overruns: AtomicU64,
     /// The wire value of the state of the newest tick.

@@ -1,7 +1,7 @@
 //! The fixed-rate control loop: absolute deadlines on CLOCK_MONOTONIC (`next += period`),
 //! late wake-ups skip whole tick slots and count them, one timestamp per tick. Each tick
-//! reads the e-stop and camera state, takes the newest action result, decides
-//! ACT/HOLD/STOP, hands exactly one command record to the publisher thread and fires the
+//! reads the e-stop, operator and camera state, takes the newest action result, decides
+//! ACT/HOLD/STOP (paced and limited by the [`Supervisor`]), hands exactly one command record to the publisher thread and fires the
 //! next inference. Nothing in a tick allocates, locks or panics.
 
 use std::fmt::Write;
@@ -10,9 +10,12 @@ use std::sync::Arc;
 
 use super::clock;
 use super::handoff::{ActionResult, CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
+use super::limits::MotionLimits;
 use super::safety::SafetyFilter;
 use super::stats::ControlStats;
-use super::supervisor::{ActionInput, Conditions, StopCause, Supervisor};
+use super::supervisor::{
+    ActionInput, Conditions, OperatorRequest, StopCause, Supervisor, SupervisorSettings,
+};
 use super::ControlState;
 use crate::capture::thread::LatestFrame;
 use crate::config::ServiceConfig;
@@ -27,19 +30,26 @@ const STOP_POLL_NS: u64 = 100_000_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopSettings {
     pub period_ns: u64,
+    /// One action step of the policy: `1 / action_hz`.
+    pub step_ns: u64,
     pub max_action_age_ns: u64,
     pub max_frame_age_ns: u64,
+    /// Consecutive action steps without a fresh action before STOP.
     pub stop_after_misses: u32,
+    pub start_armed: bool,
     pub safety: crate::config::SafetyConfig,
 }
 
 impl LoopSettings {
-    pub fn from_config(config: &ServiceConfig) -> Self {
+    /// `action_hz` is the policy's resolved step rate ([`crate::config::ModelConfig::resolved_action_hz`]).
+    pub fn from_config(config: &ServiceConfig, action_hz: f64) -> Self {
         Self {
             period_ns: config.control.period_ns(),
-            max_action_age_ns: config.control.max_action_age_ns(),
+            step_ns: crate::config::step_period_ns(action_hz),
+            max_action_age_ns: config.control.max_action_age_ns(action_hz),
             max_frame_age_ns: config.control.max_frame_age_ms.saturating_mul(1_000_000),
             stop_after_misses: config.control.stop_after_misses,
+            start_armed: config.control.start_armed,
             safety: config.safety.clone(),
         }
     }
@@ -104,8 +114,8 @@ pub struct ControlLoop {
     /// Slot at which the loop stops with a final STOP (from `--duration`).
     stop_at_index: Option<u64>,
     last_estop_requests: u64,
-    /// Whether an inference has been fired, i.e. whether an action is due.
-    fired: bool,
+    last_arm_requests: u64,
+    last_disarm_requests: u64,
     last_state: Option<ControlState>,
     encoded: [u8; RECORD_LEN],
     trace: Vec<TickTrace>,
@@ -113,12 +123,18 @@ pub struct ControlLoop {
 
 impl ControlLoop {
     pub fn new(settings: LoopSettings, links: LoopLinks) -> Self {
-        let supervisor = Supervisor::new(
-            SafetyFilter::new(&settings.safety),
-            settings.stop_after_misses,
-        );
+        let supervisor = Supervisor::new(SupervisorSettings {
+            filter: SafetyFilter::new(&settings.safety),
+            limits: MotionLimits::from_config(&settings.safety),
+            period_ns: settings.period_ns,
+            step_ns: settings.step_ns,
+            stop_after_misses: settings.stop_after_misses,
+            start_armed: settings.start_armed,
+        });
         Self {
             last_estop_requests: links.inputs.estop_requests(),
+            last_arm_requests: links.inputs.arm_requests(),
+            last_disarm_requests: links.inputs.disarm_requests(),
             settings,
             links,
             supervisor,
@@ -129,7 +145,6 @@ impl ControlLoop {
             started: false,
             start_ns: 0,
             stop_at_index: None,
-            fired: false,
             last_state: None,
             encoded: [0; RECORD_LEN],
             trace: Vec::new(),
@@ -267,8 +282,7 @@ impl ControlLoop {
                     }
                 }
             }
-            None if self.fired => ActionInput::Missing,
-            None => ActionInput::NotDue,
+            None => ActionInput::Nothing,
         }
     }
 
@@ -282,15 +296,28 @@ impl ControlLoop {
         let shutting_down = inputs.shutdown_requested()
             || signals::termination_requested()
             || self.stop_at_index.is_some_and(|at| time.index >= at);
+        let arm_requests = inputs.arm_requests();
+        let disarm_requests = inputs.disarm_requests();
+        let request = if disarm_requests != self.last_disarm_requests {
+            Some(OperatorRequest::Disarm)
+        } else if arm_requests != self.last_arm_requests {
+            Some(OperatorRequest::Arm)
+        } else {
+            None
+        };
+        self.last_arm_requests = arm_requests;
+        self.last_disarm_requests = disarm_requests;
         let conditions = Conditions {
             shutting_down,
             estop,
             camera_silent: self.camera_silent(time.monotonic_ns),
+            worker_fault: false,
+            request,
         };
 
         let result = links.results.take();
         let input = self.action_input(result, &time);
-        let decision = self.supervisor.step(input, conditions);
+        let decision = self.supervisor.step(time.index, input, conditions);
         // Counters first: whoever sees this tick's command must also see its counters.
         self.record_stats(&decision, input, result.as_ref(), &time);
 
@@ -316,7 +343,6 @@ impl ControlLoop {
 
         if !shutting_down {
             self.links.trigger.fire(time.index);
-            self.fired = true;
         }
         if shutting_down {
             self.links.outbox.close();
@@ -343,8 +369,10 @@ impl ControlLoop {
             ControlState::Stop => &stats.stop_ticks,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if decision.miss {
-            stats.misses.fetch_add(1, Ordering::Relaxed);
+        if decision.misses > 0 {
+            stats
+                .misses
+                .fetch_add(u64::from(decision.misses), Ordering::Relaxed);
         }
         if decision.rejected {
             stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -352,6 +380,15 @@ impl ControlLoop {
         if decision.clamped {
             stats.clamped.fetch_add(1, Ordering::Relaxed);
         }
+        if decision.limited {
+            stats.limited.fetch_add(1, Ordering::Relaxed);
+        }
+        if decision.arm_refused {
+            stats.arm_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .armed
+            .store(self.supervisor.armed(), Ordering::Release);
         if input == ActionInput::Stale {
             stats.stale.fetch_add(1, Ordering::Relaxed);
         }
@@ -384,10 +421,15 @@ impl ControlLoop {
             let misses = stats.misses.load(Ordering::Relaxed);
             let overruns = stats.overruns.load(Ordering::Relaxed);
             let state = decision.state.name();
+            let armed = if self.supervisor.armed() {
+                "armed"
+            } else {
+                "disarmed"
+            };
             notifier.after_tick(time.monotonic_ns, self.settings.period_ns, |line| {
                 let _ = write!(
                     line,
-                    "{state} tick {seq} misses {misses} overruns {overruns}"
+                    "{state} {armed} tick {seq} misses {misses} overruns {overruns}"
                 );
             });
         }
@@ -407,13 +449,22 @@ mod tests {
 
     const PERIOD: u64 = 20_000_000;
 
+    /// One action step per tick, armed from the start, motion limits out of the way.
     fn settings() -> LoopSettings {
         LoopSettings {
             period_ns: PERIOD,
+            step_ns: PERIOD,
             max_action_age_ns: 2 * PERIOD,
             max_frame_age_ns: 500_000_000,
             stop_after_misses: 3,
-            safety: SafetyConfig::default(),
+            start_armed: true,
+            safety: SafetyConfig {
+                max_linear_velocity: 100.0,
+                max_linear_acceleration: 1e6,
+                max_linear_jerk: 1e9,
+                max_gripper_rate: 1e6,
+                ..SafetyConfig::default()
+            },
         }
     }
 
@@ -488,46 +539,88 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_stale_actions_hold_then_stop() {
+    fn missing_and_stale_actions_hold_then_stop_until_armed() {
         let (mut control, links) = control_loop();
         control.tick(at(0));
         links.results.post(result(0, 0.01));
         assert_eq!(control.tick(at(1)), Some(ControlState::Act));
+        // The step (one period) is used up: HOLD and one missed step.
         assert_eq!(control.tick(at(2)), Some(ControlState::Hold));
-        // Latched at tick 1, ready at tick 4: three periods old, over the two-period limit.
+        // Latched at tick 1, ready at tick 3: two periods old, not over the limit... but
+        // three periods old at tick 4 is: ignored. Three missed steps: STOP.
         links.results.post(result(1, 0.02));
-        assert_eq!(control.tick(at(4)), Some(ControlState::Hold));
-        assert_eq!(control.tick(at(5)), Some(ControlState::Stop));
+        assert_eq!(control.tick(at(4)), Some(ControlState::Stop));
         assert_eq!(links.stats.misses.load(Ordering::Relaxed), 3);
         assert_eq!(links.stats.stale.load(Ordering::Relaxed), 1);
-        // Two periods old is still in time, and recovers.
+        // Fresh actions again: still STOP, until an operator arms.
         links.results.post(result(4, 0.03));
-        assert_eq!(control.tick(at(6)), Some(ControlState::Act));
+        assert_eq!(control.tick(at(5)), Some(ControlState::Stop));
+        links.inputs.request_arm();
+        links.results.post(result(5, 0.03));
+        assert_eq!(control.tick(at(6)), Some(ControlState::Hold));
+        assert!(links.stats.armed.load(Ordering::Relaxed));
+        links.results.post(result(6, 0.03));
+        assert_eq!(control.tick(at(7)), Some(ControlState::Act));
     }
 
     #[test]
-    fn estop_latches_until_released_and_a_brief_stop_is_never_lost() {
+    fn a_fresh_start_is_disarmed_until_an_arm_request() {
+        let links = links();
+        links
+            .frames
+            .publish(crate::capture::Frame::default(), 1_000_000_000);
+        let settings = LoopSettings {
+            start_armed: false,
+            ..settings()
+        };
+        let mut control = ControlLoop::new(settings, links.clone());
+        control.start_ns = 1_000_000_000;
+        for index in 0..10 {
+            links.results.post(result(index, 0.01));
+            assert_eq!(control.tick(at(index + 1)), Some(ControlState::Hold));
+        }
+        assert!(!links.stats.armed.load(Ordering::Relaxed));
+        links.inputs.request_arm();
+        links.results.post(result(11, 0.01));
+        assert_eq!(control.tick(at(12)), Some(ControlState::Hold));
+        links.results.post(result(12, 0.01));
+        assert_eq!(control.tick(at(13)), Some(ControlState::Act));
+        links.inputs.request_disarm();
+        links.results.post(result(13, 0.01));
+        assert_eq!(control.tick(at(14)), Some(ControlState::Hold));
+    }
+
+    #[test]
+    fn estop_latches_until_released_and_armed_and_a_brief_stop_is_never_lost() {
         let (mut control, links) = control_loop();
         control.tick(at(0));
         links.inputs.request_estop();
         links.results.post(result(0, 0.01));
         assert_eq!(control.tick(at(1)), Some(ControlState::Stop));
+        // An arm while latched is refused.
+        links.inputs.request_arm();
         links.results.post(result(1, 0.01));
         assert_eq!(control.tick(at(2)), Some(ControlState::Stop));
+        assert_eq!(links.stats.arm_refused.load(Ordering::Relaxed), 1);
         links.inputs.release_estop();
         links.results.post(result(2, 0.01));
-        assert_eq!(control.tick(at(3)), Some(ControlState::Act));
-        // Stop and release between two ticks: one STOP tick all the same.
-        links.inputs.request_estop();
-        links.inputs.release_estop();
+        assert_eq!(control.tick(at(3)), Some(ControlState::Stop));
+        links.inputs.request_arm();
         links.results.post(result(3, 0.01));
-        assert_eq!(control.tick(at(4)), Some(ControlState::Stop));
+        assert_eq!(control.tick(at(4)), Some(ControlState::Hold));
         links.results.post(result(4, 0.01));
         assert_eq!(control.tick(at(5)), Some(ControlState::Act));
+        // Stop and release between two ticks: one STOP tick all the same, and STOP stays.
+        links.inputs.request_estop();
+        links.inputs.release_estop();
+        links.results.post(result(5, 0.01));
+        assert_eq!(control.tick(at(6)), Some(ControlState::Stop));
+        links.results.post(result(6, 0.01));
+        assert_eq!(control.tick(at(7)), Some(ControlState::Stop));
     }
 
     #[test]
-    fn silent_camera_stops() {
+    fn silent_camera_stops_and_its_return_alone_does_not_act() {
         let (mut control, links) = control_loop();
         control.tick(at(0));
         links.results.post(result(0, 0.01));
@@ -541,7 +634,12 @@ mod tests {
             .frames
             .publish(crate::capture::Frame::default(), at(31).monotonic_ns);
         links.results.post(result(30, 0.01));
-        assert_eq!(control.tick(at(31)), Some(ControlState::Act));
+        assert_eq!(control.tick(at(31)), Some(ControlState::Stop));
+        links.inputs.request_arm();
+        links.results.post(result(31, 0.01));
+        assert_eq!(control.tick(at(32)), Some(ControlState::Hold));
+        links.results.post(result(32, 0.01));
+        assert_eq!(control.tick(at(33)), Some(ControlState::Act));
     }
 
     #[test]
@@ -589,7 +687,6 @@ mod tests {
         control.next_index = 10;
         control.next_deadline_ns = now - 7 * PERIOD / 2;
         control.start_ns = control.next_deadline_ns - 10 * PERIOD;
-        control.fired = true;
         links.results.post(result(9, 0.01));
         assert_eq!(control.run(Some(1)), LoopEnd::BudgetSpent);
         let records = published(&links);

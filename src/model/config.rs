@@ -229,6 +229,10 @@ impl OpenVlaConfig {
 /// (`{"featurizer": {"num_heads": 16}, "fused_featurizer": {"num_heads": 16}}`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RuntimeModelConfig {
+    /// Rate of the training data's action steps (`[model] action_hz` when the service
+    /// config leaves it unset).
+    #[serde(default)]
+    pub action_hz: Option<f64>,
     #[serde(flatten)]
     pub featurizers: BTreeMap<String, FeaturizerOverrides>,
 }

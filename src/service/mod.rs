@@ -16,6 +16,7 @@ use zenoh::Wait;
 use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
 use crate::config::{RealtimeMode, ServiceConfig};
+use crate::control::estop_store::{EStopStore, EStopStoreError};
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
@@ -42,6 +43,10 @@ pub enum ServiceError {
     Realtime(#[from] RealtimeError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    EStopState(#[from] EStopStoreError),
     #[error("cannot start the {thread} thread: {message}")]
     Thread {
         thread: &'static str,
@@ -60,6 +65,7 @@ impl ServiceError {
             ServiceError::Transport(e) => e.is_bad_input(),
             ServiceError::Policy(e) => e.is_bad_input(),
             ServiceError::Inference(e) => e.is_bad_input(),
+            ServiceError::Config(_) | ServiceError::EStopState(_) => true,
             ServiceError::Realtime(_) | ServiceError::Notify(_) | ServiceError::Thread { .. } => {
                 false
             }
@@ -120,8 +126,10 @@ impl Service {
         let priority = config.control.priority;
         let keys = RobotKeys::new(&config.robot_id);
 
-        // Cheap checks first: a missing camera or a taken port is reported before a model
-        // that may take minutes to load.
+        // Cheap checks first: a missing step rate, an unwritable e-stop latch, a missing
+        // camera or a taken port is reported before a model that may take minutes to load.
+        let action_hz = config.model.resolved_action_hz("config")?;
+        let inputs = Arc::new(open_estop_latch(config)?);
         source.start()?;
         let camera = source.describe();
         let session = match zenoh_io::open_session(&config.zenoh) {
@@ -173,7 +181,6 @@ impl Service {
 
         rt::apply(realtime, rt::lock_memory)?;
 
-        let inputs = Arc::new(ControlInputs::default());
         let interface = RobotInterface::declare(
             &session,
             &keys,
@@ -222,7 +229,7 @@ impl Service {
             options.terminal_status,
         )?;
 
-        let settings = LoopSettings::from_config(config);
+        let settings = LoopSettings::from_config(config, action_hz);
         let tick_limit = options.duration.map(|d| {
             let ticks = d.as_nanos() / u128::from(settings.period_ns.max(1));
             u64::try_from(ticks).unwrap_or(u64::MAX)
@@ -303,11 +310,22 @@ impl Service {
             return Err(e.into());
         }
         log::info!(
-            "running: robot `{}`, {} Hz, camera {camera}, model {model} on {backend}, commands on {}",
+            "running: robot `{}`, {} Hz, actions at {action_hz} Hz, camera {camera}, model {model} on {backend}, commands on {}",
             config.robot_id,
             config.control.rate_hz,
             keys.cmd
         );
+        if service.inputs.estop_latched() {
+            log::warn!(
+                "e-stop latched: STOP until `release` on {} and then `arm` on {}",
+                keys.estop,
+                keys.arm
+            );
+        } else if config.control.start_armed {
+            log::warn!("started armed (control.start_armed): ACT as soon as actions arrive");
+        } else {
+            log::info!("disarmed: HOLD until `arm` on {}", keys.arm);
+        }
         Ok(service)
     }
 
@@ -370,6 +388,19 @@ impl Service {
         }
         summary
     }
+}
+
+/// The e-stop latch as persisted in `[control] state_dir` (a missing or unreadable file
+/// means `estop_missing`), written back at once so that an unwritable folder is refused
+/// at start rather than found out at the first e-stop.
+fn open_estop_latch(config: &ServiceConfig) -> Result<ControlInputs, ServiceError> {
+    let store = EStopStore::open(&config.control.state_dir, &config.robot_id)?;
+    let (latched, note) = store.initial_latch(config.control.estop_missing);
+    if let Some(note) = note {
+        log::warn!("{note}");
+    }
+    store.write(latched)?;
+    Ok(ControlInputs::with_estop_store(store, latched))
 }
 
 /// Closes the command outbox when a start fails half-way, so the publisher thread ends.

@@ -81,6 +81,12 @@ impl StatusSources {
             "state": state.name(),
             "stop_cause": stop_cause,
             "estop": self.inputs.estop_latched(),
+            "armed": c.armed.load(Ordering::Acquire),
+            "arm": {
+                "refused": load(&c.arm_refused),
+                "ignored": self.inputs.ignored_arm_payloads(),
+            },
+            "estop_persist_failures": self.inputs.estop_persist_failures(),
             "uptime_s": (uptime.as_secs_f64() * 10.0).round() / 10.0,
             "rate_hz": self.rate_hz,
             "measured_rate_hz": (measured_rate_hz * 10.0).round() / 10.0,
@@ -95,6 +101,7 @@ impl StatusSources {
             "overruns": load(&c.overruns),
             "rejected": load(&c.rejected),
             "clamped": load(&c.clamped),
+            "limited": load(&c.limited),
             "stale": load(&c.stale),
             "commands": {
                 "published": load(&self.publish.published),
@@ -144,8 +151,13 @@ impl StatusSources {
                 .quantile_ms(q)
                 .map_or("-".to_string(), |v| format!("{v:.1}"))
         };
+        let armed = if c.armed.load(Ordering::Acquire) {
+            "armed"
+        } else {
+            "disarmed"
+        };
         format!(
-            "{:<4} tick {:>7}  {:>5.1} Hz  misses {}  overruns {}  policy p50 {} ms p99 {} ms",
+            "{:<4} {armed:<8} tick {:>7}  {:>5.1} Hz  misses {}  overruns {}  policy p50 {} ms p99 {} ms",
             state_of(c).name(),
             load(&c.ticks),
             measured_rate_hz,
@@ -230,9 +242,22 @@ fn status_loop(
     let mut last_rotation = start;
     let mut last_state: Option<ControlState> = None;
     let mut last_stop_cause = StopCause::None;
+    let mut last_arm_refused = 0u64;
+    let mut last_armed = false;
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(Duration::from_millis(100));
         let state = state_of(&sources.control);
+        let armed = sources.control.armed.load(Ordering::Acquire);
+        let refused = sources.control.arm_refused.load(Ordering::Relaxed);
+        if refused > last_arm_refused {
+            let cause = StopCause::from_u64(sources.control.stop_cause.load(Ordering::Relaxed));
+            log::warn!("`arm` refused: STOP ({}) still holds", cause.name());
+            last_arm_refused = refused;
+        }
+        if armed != last_armed {
+            log::warn!("{}", if armed { "armed" } else { "disarmed" });
+            last_armed = armed;
+        }
         let ticks = sources.control.ticks.load(Ordering::Relaxed);
         let cause = StopCause::from_u64(sources.control.stop_cause.load(Ordering::Relaxed));
         if ticks > 0

@@ -21,6 +21,7 @@ use crate::config::{ZenohConfig, ZenohMode};
 use crate::control::clock;
 use crate::control::handoff::{CommandOutbox, ControlInputs};
 use crate::control::stats::LatencyHistogram;
+use crate::control::supervisor::OperatorRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -58,6 +59,7 @@ pub struct RobotKeys {
     pub status: String,
     pub instruction: String,
     pub estop: String,
+    pub arm: String,
     pub alive: String,
 }
 
@@ -68,6 +70,7 @@ impl RobotKeys {
             status: format!("vla/{robot_id}/status"),
             instruction: format!("vla/{robot_id}/instruction"),
             estop: format!("vla/{robot_id}/estop"),
+            arm: format!("vla/{robot_id}/arm"),
             alive: format!("vla/{robot_id}/alive"),
         }
     }
@@ -265,7 +268,18 @@ pub trait InstructionSink: Send + Sync + 'static {
 pub struct RobotInterface {
     instruction_subscriber: Option<Subscriber<()>>,
     estop_subscriber: Option<Subscriber<()>>,
+    arm_subscriber: Option<Subscriber<()>>,
     alive: Option<LivelinessToken>,
+}
+
+/// An arm-key payload: `arm` or `disarm` (trimmed, any case); anything else is ignored.
+pub fn parse_arm_request(payload: &[u8]) -> Option<OperatorRequest> {
+    let text = String::from_utf8_lossy(payload);
+    match text.trim().to_ascii_lowercase().as_str() {
+        "arm" => Some(OperatorRequest::Arm),
+        "disarm" => Some(OperatorRequest::Disarm),
+        _ => None,
+    }
 }
 
 /// What an e-stop payload asks for. Anything but `release` stops: an unreadable e-stop
@@ -303,6 +317,32 @@ impl RobotInterface {
                 message: zenoh_error_text(&*e),
             }
         };
+        let arm_key = keys.arm.clone();
+        let arm_inputs = Arc::clone(&inputs);
+        let arm_subscriber = session
+            .declare_subscriber(keys.arm.clone())
+            .callback(move |sample| {
+                let payload = sample.payload().to_bytes();
+                match parse_arm_request(&payload) {
+                    Some(OperatorRequest::Arm) => {
+                        log::warn!("arm requested on {arm_key}");
+                        arm_inputs.request_arm();
+                    }
+                    Some(OperatorRequest::Disarm) => {
+                        log::warn!("disarm requested on {arm_key}");
+                        arm_inputs.request_disarm();
+                    }
+                    None => {
+                        arm_inputs.ignore_arm_payload();
+                        log::warn!(
+                            "{arm_key}: payload {:?} is neither `arm` nor `disarm`, ignored",
+                            String::from_utf8_lossy(&payload)
+                        );
+                    }
+                }
+            })
+            .wait()
+            .map_err(declare_error(&keys.arm))?;
         let estop_key = keys.estop.clone();
         let estop_subscriber = session
             .declare_subscriber(keys.estop.clone())
@@ -311,7 +351,7 @@ impl RobotInterface {
                 match EStopRequest::parse(&payload) {
                     (EStopRequest::Release, _) => {
                         inputs.release_estop();
-                        log::warn!("e-stop released on {estop_key}");
+                        log::warn!("e-stop released on {estop_key}; STOP holds until `arm`");
                     }
                     (EStopRequest::Stop, understood) => {
                         inputs.request_estop();
@@ -344,6 +384,7 @@ impl RobotInterface {
         Ok(Self {
             instruction_subscriber: Some(instruction_subscriber),
             estop_subscriber: Some(estop_subscriber),
+            arm_subscriber: Some(arm_subscriber),
             alive: None,
         })
     }
@@ -375,6 +416,7 @@ impl RobotInterface {
         for subscriber in [
             self.instruction_subscriber.take(),
             self.estop_subscriber.take(),
+            self.arm_subscriber.take(),
         ]
         .into_iter()
         .flatten()
@@ -403,7 +445,20 @@ mod tests {
         assert_eq!(keys.status, "vla/arm7/status");
         assert_eq!(keys.instruction, "vla/arm7/instruction");
         assert_eq!(keys.estop, "vla/arm7/estop");
+        assert_eq!(keys.arm, "vla/arm7/arm");
         assert_eq!(keys.alive, "vla/arm7/alive");
+    }
+
+    #[test]
+    fn arm_payloads() {
+        assert_eq!(parse_arm_request(b"arm"), Some(OperatorRequest::Arm));
+        assert_eq!(
+            parse_arm_request(b" DISARM\n"),
+            Some(OperatorRequest::Disarm)
+        );
+        assert_eq!(parse_arm_request(b"armed"), None);
+        assert_eq!(parse_arm_request(b""), None);
+        assert_eq!(parse_arm_request(&[0xff]), None);
     }
 
     #[test]

@@ -87,10 +87,25 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A loopback service config: synthetic camera, `rate_hz`, no real-time, its own port.
+/// A fresh, empty folder for one service's e-stop latch.
+pub fn state_dir(name: &str) -> std::path::PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vla-rt-test-state-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A loopback service config: synthetic camera, `rate_hz`, no real-time, its own port and
+/// e-stop state folder; armed at start like the bundled simulation (the bundled checkpoint's
+/// 5 Hz action steps).
 pub fn loopback_config(robot_id: &str, port: u16, rate_hz: f64) -> ServiceConfig {
     let mut config = ServiceConfig::builtin();
     config.robot_id = robot_id.to_string();
+    config.control.state_dir = state_dir(robot_id);
     config.camera.width = 64;
     config.camera.height = 48;
     config.camera.fps = 100;
@@ -187,6 +202,47 @@ impl CommandStream {
     }
 }
 
+/// Puts `payload` (`arm`, `disarm`) on `vla/<robot_id>/arm`.
+pub fn put_arm(session: &zenoh::Session, robot_id: &str, payload: &str) {
+    session
+        .put(format!("vla/{robot_id}/arm"), payload)
+        .wait()
+        .unwrap();
+}
+
+/// Puts `arm` every 500 ms until an ACT comes, failing after `timeout`.
+pub fn arm_until_act(
+    session: &zenoh::Session,
+    stream: &CommandStream,
+    robot_id: &str,
+    timeout: Duration,
+) -> Vec<CommandRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        put_arm(session, robot_id, "arm");
+        let round = Instant::now() + Duration::from_millis(500);
+        while let Ok(Ok(record)) = stream
+            .receiver
+            .recv_timeout(round.saturating_duration_since(Instant::now()))
+        {
+            seen.push(record);
+            if record.state == ControlState::Act {
+                return seen;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ACT within {timeout:?} of arming; last: {:?}",
+            seen.iter()
+                .rev()
+                .take(12)
+                .map(|r: &CommandRecord| (r.seq, r.state))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 pub fn is_state(state: ControlState) -> impl Fn(&CommandRecord) -> bool {
     move |r| r.state == state
 }
@@ -203,6 +259,20 @@ pub fn assert_well_formed(records: &[CommandRecord], config: &ServiceConfig) {
             assert!(
                 *value >= config.safety.min[i] && *value <= config.safety.max[i],
                 "dimension {i} out of limits in {record:?}"
+            );
+        }
+        // Per tick, no axis moves faster than its velocity bound.
+        let dt = 1.0 / config.control.rate_hz;
+        for i in 0..6 {
+            let bound = if i < 3 {
+                config.safety.max_linear_velocity
+            } else {
+                config.safety.max_angular_velocity
+            };
+            let speed = f64::from(record.action[i]).abs() / dt;
+            assert!(
+                speed <= bound * (1.0 + 1e-4),
+                "axis {i} at {speed} per s over {bound} in {record:?}"
             );
         }
     }
