@@ -214,6 +214,11 @@ pub struct ControlConfig {
     pub realtime: RealtimeMode,
     /// SCHED_FIFO priority of the control thread (1-99) when `realtime` is not `off`.
     pub priority: i32,
+    /// A worker thread (capture, inference, publisher, status, a Zenoh callback) that has
+    /// not checked in for this long counts as stalled: STOP, and the process exits with
+    /// code 3. The capture thread gets one camera wait more; a prediction in progress gets
+    /// at least 60 s or ten control periods.
+    pub worker_timeout_ms: u64,
 }
 
 impl Default for ControlConfig {
@@ -225,9 +230,13 @@ impl Default for ControlConfig {
             max_frame_age_ms: 500,
             realtime: RealtimeMode::Try,
             priority: 80,
+            worker_timeout_ms: 1000,
         }
     }
 }
+
+/// Smallest `[control] worker_timeout_ms`: the workers check in every 100 ms at most.
+pub const MIN_WORKER_TIMEOUT_MS: u64 = 250;
 
 impl ControlConfig {
     /// The tick period in nanoseconds (rounded to the nearest nanosecond).
@@ -496,6 +505,14 @@ impl ServiceConfig {
         }
         if !(1..=99).contains(&control.priority) {
             return Err(invalid("control.priority", "must be 1 to 99".into()));
+        }
+        if control.worker_timeout_ms < MIN_WORKER_TIMEOUT_MS {
+            return Err(invalid(
+                "control.worker_timeout_ms",
+                format!(
+                    "must be at least {MIN_WORKER_TIMEOUT_MS} (the workers check in every 100 ms)"
+                ),
+            ));
         }
 
         for i in 0..ACTION_DIM {

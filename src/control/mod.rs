@@ -34,6 +34,7 @@ impl ControlState {
 
 pub mod clock;
 pub mod handoff;
+pub mod heartbeat;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;

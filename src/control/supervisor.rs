@@ -30,6 +30,8 @@ pub enum StopCause {
     EStop = 2,
     CameraSilent = 3,
     PolicyMisses = 4,
+    /// A supervised worker thread died or stalled; the service ends after this STOP.
+    Fault = 5,
 }
 
 impl StopCause {
@@ -39,6 +41,7 @@ impl StopCause {
             2 => Self::EStop,
             3 => Self::CameraSilent,
             4 => Self::PolicyMisses,
+            5 => Self::Fault,
             _ => Self::None,
         }
     }
@@ -50,6 +53,7 @@ impl StopCause {
             Self::EStop => "e-stop",
             Self::CameraSilent => "camera silent",
             Self::PolicyMisses => "policy misses",
+            Self::Fault => "worker fault",
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct Conditions {
     pub shutting_down: bool,
     pub estop: bool,
     pub camera_silent: bool,
+    /// A supervised worker died or stalled (a fault means STOP).
+    pub worker_fault: bool,
 }
 
 /// The command a tick publishes.
@@ -131,6 +137,8 @@ impl Supervisor {
 
         let stop_cause = if conditions.shutting_down {
             StopCause::Shutdown
+        } else if conditions.worker_fault {
+            StopCause::Fault
         } else if conditions.estop {
             StopCause::EStop
         } else if conditions.camera_silent {
@@ -191,6 +199,7 @@ mod tests {
         shutting_down: false,
         estop: false,
         camera_silent: false,
+        worker_fault: false,
     };
 
     #[test]
@@ -297,11 +306,33 @@ mod tests {
             shutting_down: true,
             estop: true,
             camera_silent: true,
+            worker_fault: true,
         };
         let d = s.step(fresh(0.01, 1.0), all);
         assert_eq!(
             (d.state, d.stop_cause),
             (ControlState::Stop, StopCause::Shutdown)
+        );
+    }
+
+    #[test]
+    fn a_worker_fault_stops_before_any_other_cause_but_shutdown() {
+        let mut s = supervisor(3);
+        let fault = Conditions {
+            worker_fault: true,
+            estop: true,
+            camera_silent: true,
+            ..CLEAR
+        };
+        let d = s.step(fresh(0.01, 1.0), fault);
+        assert_eq!(
+            (d.state, d.stop_cause),
+            (ControlState::Stop, StopCause::Fault)
+        );
+        assert_eq!(d.action[0], 0.0);
+        assert_eq!(
+            StopCause::from_u64(StopCause::Fault as u64),
+            StopCause::Fault
         );
     }
 }
