@@ -15,8 +15,14 @@ use vla_rt::control::ControlState;
 use vla_rt::transport::guard::{CommandGuard, Verdict};
 use vla_rt::transport::record::{CommandRecord, RecordError, RECORD_LEN};
 
-/// `examples/cpp/decode_records.cpp`, compiled with `-Wall -Wextra -Wpedantic -Werror`.
+/// `examples/cpp/decode_records.cpp`, compiled with `-Wall -Wextra -Wpedantic -Werror`, once
+/// for all the tests (running one while another test writes it fails with ETXTBSY).
 fn decoder() -> PathBuf {
+    static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(build_decoder).clone()
+}
+
+fn build_decoder() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cpp_decoder");
     std::fs::create_dir_all(&dir).unwrap();
     let program = dir.join(format!("decode_records.{}", std::process::id()));
