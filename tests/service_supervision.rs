@@ -114,13 +114,28 @@ fn fault_ends_in_stop_and_exit_3(
     poke(&session);
 
     // The fault fires 4 s after start; within the worker timeout (plus the watchdog's round
-    // and the control thread's wake-up) the STOP must come.
-    let tail = stream.until(
-        Duration::from_secs(15),
-        "the final STOP",
-        is_state(ControlState::Stop),
+    // and the control thread's wake-up) the STOP must come, and the orderly shutdown, or at
+    // worst the 3 s grace after the fault, ends the process. (A STOP may come before, from
+    // policy misses on a busy machine: the final one is the last command.)
+    let (status, stderr) = wait_exit(&mut service, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{status}:\n{stderr}");
+    // Everything the process sent before it exited (the subscriber's channel holds it).
+    let mut tail = Vec::new();
+    loop {
+        match stream.receiver.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(record)) => tail.push(record),
+            Ok(Err(e)) => panic!("undecodable command: {e}"),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let stop = *tail.last().expect("no command after the first ACT");
+    assert_eq!(
+        stop.state,
+        ControlState::Stop,
+        "{:?}",
+        &tail[tail.len().saturating_sub(5)..]
     );
-    let stop_at = Instant::now();
+    assert_eq!(stop.action[..6], [0.0; 6], "{stop:?}");
     // Commands handed over while a dead publisher could not send them are lost: seq may
     // jump, but never goes back, and every value stays within the limits.
     let limits = ServiceConfig::builtin().safety;
@@ -134,21 +149,6 @@ fn fault_ends_in_stop_and_exit_3(
                 "{record:?}"
             );
         }
-    }
-    let stop = tail.last().unwrap();
-    assert_eq!(stop.action[..6], [0.0; 6], "{stop:?}");
-    // The orderly shutdown, or at worst the 3 s grace after the fault, ends the process.
-    let (status, stderr) = wait_exit(&mut service, Duration::from_secs(10));
-    assert!(
-        stop_at.elapsed() < Duration::from_secs(8),
-        "exit {:?} after the STOP",
-        stop_at.elapsed()
-    );
-    assert_eq!(status.code(), Some(3), "{status}:\n{stderr}");
-    // One STOP, and nothing after it.
-    match stream.receiver.recv_timeout(Duration::from_millis(300)) {
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-        Ok(record) => panic!("a command after the final STOP: {record:?}"),
     }
     assert!(stderr.contains("VLA_RT_TEST_FAULT"), "{stderr}");
     stderr

@@ -312,7 +312,10 @@ impl Supervision {
 
     /// Runs `work`, turning a panic into a fault of `worker`; `None` when it panicked.
     pub fn guard<R>(&self, worker: Worker, work: impl FnOnce() -> R) -> Option<R> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        let outer = GUARDED_WORKER.with(|current| current.replace(Some(worker)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        GUARDED_WORKER.with(|current| current.set(outer));
+        match outcome {
             Ok(value) => Some(value),
             Err(payload) => {
                 self.report(Fault {
@@ -421,6 +424,12 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// The worker whose guarded work runs on this thread, for the panic hook (Zenoh's
+    /// threads run the callbacks).
+    static GUARDED_WORKER: std::cell::Cell<Option<Worker>> = const { std::cell::Cell::new(None) };
+}
+
 /// The first panic anywhere in the process, once [`install_panic_hook`] ran.
 static HOOKED_PANIC: OnceLock<Fault> = OnceLock::new();
 
@@ -430,7 +439,8 @@ static HOOKED_PANIC: OnceLock<Fault> = OnceLock::new();
 pub fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        previous(info);
+        // Recorded before the previous hook prints, which can take seconds (a backtrace is
+        // symbolised), so the fault is known at once rather than taken for a stall.
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         let message = panic_text(info.payload());
@@ -438,11 +448,17 @@ pub fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
+        let worker = GUARDED_WORKER
+            .try_with(std::cell::Cell::get)
+            .ok()
+            .flatten()
+            .or_else(|| Worker::of_thread(name));
         let _ = HOOKED_PANIC.set(Fault {
-            worker: Worker::of_thread(name),
+            worker,
             kind: FaultKind::Panicked,
             detail: format!("{message} (thread `{name}`{location})"),
         });
+        previous(info);
     }));
 }
 
