@@ -106,8 +106,10 @@ fn decodes_the_same_commands(robot_id: &str, mut command: Command) {
     for line in &printed {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         let seq = value["seq"].as_u64().unwrap();
+        // A record the publisher reached later than one period after its tick is dropped,
+        // not sent late: seq may skip on a busy machine, never go back.
         if let Some(previous) = previous_seq {
-            assert_eq!(seq, previous + 1, "{line}");
+            assert!(seq > previous, "{line}");
         }
         previous_seq = Some(seq);
         let Some(record) = by_seq.get(&seq) else {
@@ -205,29 +207,27 @@ fn halts_on_old_records_gaps_and_stop(robot_id: &str, mut command: Command) {
         .wait()
         .unwrap();
 
-    // Ticks 100 ms apart from now on (so ages are small), except one sent two seconds old.
-    let start = vla_rt::control::clock::realtime_ns();
-    let tick = |seq: u64| start + seq * 100 * MS;
-    let script: [(ControlState, u64, u64, &str, &str, bool); 9] = [
-        // state, seq, tick time, verdict, reason, halted after
-        (ControlState::Act, 0, tick(0), "halt", "unjudged", true),
-        (ControlState::Act, 1, tick(1), "move", "", false),
-        (
-            ControlState::Act,
-            2,
-            start - 2_000 * MS,
-            "halt",
-            "stale",
-            true,
-        ),
-        (ControlState::Act, 3, tick(3), "move", "", false),
-        // seq 4 to 7 missing: 500 ms, over the learned two periods.
-        (ControlState::Act, 8, tick(8), "halt", "gap", true),
-        (ControlState::Stop, 9, tick(9), "halt", "stop", true),
-        (ControlState::Hold, 10, tick(10), "hold", "", true),
-        (ControlState::Hold, 11, tick(11), "hold", "", true),
-        (ControlState::Act, 12, tick(12), "move", "", false),
-    ];
+    // Ticks 100 ms apart from when the records are sent (so ages are small), except one
+    // sent two seconds old.
+    let start = std::cell::Cell::new(0u64);
+    let tick = |seq: u64| start.get() + seq * 100 * MS;
+    let old = || start.get() - 2_000 * MS;
+    let script = || -> [(ControlState, u64, u64, &str, &str, bool); 9] {
+        [
+            // state, seq, tick time, verdict, reason, halted after
+            (ControlState::Act, 0, tick(0), "halt", "unjudged", true),
+            (ControlState::Act, 1, tick(1), "move", "", false),
+            (ControlState::Act, 2, old(), "halt", "stale", true),
+            (ControlState::Act, 3, tick(3), "move", "", false),
+            // seq 4 to 7 missing: 500 ms, over the learned two periods.
+            (ControlState::Act, 8, tick(8), "halt", "gap", true),
+            (ControlState::Stop, 9, tick(9), "halt", "stop", true),
+            (ControlState::Hold, 10, tick(10), "hold", "", true),
+            (ControlState::Hold, 11, tick(11), "hold", "", true),
+            (ControlState::Act, 12, tick(12), "move", "", false),
+        ]
+    };
+    let count = script().len();
 
     command
         .args(["--connect", &format!("tcp/127.0.0.1:{port}")])
@@ -235,7 +235,7 @@ fn halts_on_old_records_gaps_and_stop(robot_id: &str, mut command: Command) {
             "--robot-id",
             robot_id,
             "--count",
-            &script.len().to_string(),
+            &count.to_string(),
             "--json",
         ])
         .stdout(Stdio::piped())
@@ -248,6 +248,8 @@ fn halts_on_old_records_gaps_and_stop(robot_id: &str, mut command: Command) {
     }
     // Subscribed; give the subscription a moment to settle on both sides.
     std::thread::sleep(Duration::from_millis(300));
+    start.set(vla_rt::control::clock::realtime_ns());
+    let script = script();
     for (state, seq, tick_time_ns, ..) in &script {
         let mut bytes = [0u8; RECORD_LEN];
         CommandRecord {
