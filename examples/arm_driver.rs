@@ -1,16 +1,21 @@
 //! A minimal arm driver: subscribes to `vla/<robot_id>/cmd`, decodes each command record v1,
-//! integrates the ACT deltas into a simulated end-effector pose and stops on STOP, on a
-//! damaged record, or when commands stop coming.
+//! integrates the ACT deltas into a simulated end-effector pose, and halts on STOP, on a
+//! damaged record, on a record older than the maximum age, on records missing for longer
+//! than that, or when commands stop coming; after a halt only an ACT that passes these
+//! checks moves the arm again (`vla_rt::transport::guard`).
 //!
 //! ```sh
 //! cargo run --release --example arm_driver -- --connect tcp/127.0.0.1:7447 --robot-id robot
 //! ```
-//! `--json` prints one JSON object per command instead of the human-readable line.
+//! `--json` prints one JSON object per command instead of the human-readable line;
+//! `--max-age-ms N` sets the maximum age (default: two tick periods, learned from the
+//! records' tick times; the service's and the driver's clocks must agree).
 
 use std::time::Duration;
 
 use clap::Parser;
-use vla_rt::control::ControlState;
+use vla_rt::control::clock;
+use vla_rt::transport::guard::{CommandGuard, Verdict};
 use vla_rt::transport::record::CommandRecord;
 use zenoh::Wait;
 
@@ -27,36 +32,32 @@ struct Args {
     /// Print each command as one JSON object.
     #[arg(long)]
     json: bool,
-    /// Stop the arm when no command came for this long.
-    #[arg(long, default_value_t = 500)]
-    timeout_ms: u64,
+    /// Oldest record to act on, in ms (tick time to arrival); default: two tick periods,
+    /// learned from consecutive records.
+    #[arg(long)]
+    max_age_ms: Option<u64>,
 }
 
-/// The simulated arm: a pose that ACT deltas move and anything else freezes.
+/// The simulated arm: a pose that passing ACT deltas move.
 #[derive(Debug, Default)]
 struct Arm {
     position: [f64; 3],
     rotation: [f64; 3],
     gripper: f64,
-    stopped: bool,
 }
 
 impl Arm {
-    fn apply(&mut self, record: &CommandRecord) {
-        match record.state {
-            ControlState::Act => {
-                for i in 0..3 {
-                    self.position[i] += f64::from(record.action[i]);
-                    self.rotation[i] += f64::from(record.action[3 + i]);
-                }
-                self.gripper = f64::from(record.action[6]);
-                self.stopped = false;
-            }
-            ControlState::Hold => {}
-            ControlState::Stop => self.stopped = true,
+    fn apply(&mut self, action: &[f32; 7]) {
+        for i in 0..3 {
+            self.position[i] += f64::from(action[i]);
+            self.rotation[i] += f64::from(action[3 + i]);
         }
+        self.gripper = f64::from(action[6]);
     }
 }
+
+/// How often the driver looks for silence when no command comes.
+const SILENCE_POLL: Duration = Duration::from_millis(20);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -89,42 +90,44 @@ fn main() -> anyhow::Result<()> {
     eprintln!("arm_driver: listening on {key}");
 
     let mut arm = Arm::default();
+    let mut guard = CommandGuard::new(args.max_age_ms.map(|ms| ms.saturating_mul(1_000_000)));
     let mut seen = 0u64;
-    let mut last_seq: Option<u64> = None;
     while args.count.is_none_or(|n| seen < n) {
-        let bytes = match receiver.recv_timeout(Duration::from_millis(args.timeout_ms)) {
+        let bytes = match receiver.recv_timeout(SILENCE_POLL) {
             Ok(bytes) => bytes,
             Err(_) => {
-                if !arm.stopped {
-                    eprintln!(
-                        "arm_driver: no command for {} ms: stopping the arm",
-                        args.timeout_ms
-                    );
-                    arm.stopped = true;
+                if let Some(reason) = guard.check_silence(clock::realtime_ns()) {
+                    eprintln!("arm_driver: halted: {}", reason.name());
                 }
                 continue;
             }
         };
+        let now = clock::realtime_ns();
+        seen += 1;
         let record = match CommandRecord::decode(&bytes) {
             Ok(record) => record,
             Err(e) => {
-                eprintln!("arm_driver: {e}: stopping the arm");
-                arm.stopped = true;
+                guard.bad_record();
+                eprintln!("arm_driver: {e}: halted");
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"verdict": "halt", "reason": "bad-record", "halted": true})
+                    );
+                }
                 continue;
             }
         };
-        if let Some(last) = last_seq {
-            if record.seq != last + 1 {
-                eprintln!(
-                    "arm_driver: {} command(s) lost",
-                    record.seq.saturating_sub(last + 1)
-                );
+        let was_halted = guard.halted();
+        let verdict = guard.check(&record, now);
+        let (verdict_name, reason) = match verdict {
+            Verdict::Move(action) => {
+                arm.apply(&action);
+                ("move", None)
             }
-        }
-        last_seq = Some(record.seq);
-        let was_stopped = arm.stopped;
-        arm.apply(&record);
-        seen += 1;
+            Verdict::Hold => ("hold", None),
+            Verdict::Halt(reason) => ("halt", Some(reason.name())),
+        };
         if args.json {
             println!(
                 "{}",
@@ -134,20 +137,31 @@ fn main() -> anyhow::Result<()> {
                     "tick_time_ns": record.tick_time_ns,
                     "capture_time_ns": record.capture_time_ns,
                     "action": record.action,
+                    "age_ms": now.saturating_sub(record.tick_time_ns) as f64 / 1e6,
+                    "verdict": verdict_name,
+                    "reason": reason,
+                    "halted": guard.halted(),
+                    "position": arm.position,
+                    "rotation": arm.rotation,
+                    "gripper": arm.gripper,
                 })
             );
         } else {
             let a = record.action;
             println!(
-                "{:>6} {:<4} d=({:+.4} {:+.4} {:+.4}) r=({:+.3} {:+.3} {:+.3}) g={:.2}  pos=({:+.3} {:+.3} {:+.3})",
+                "{:>6} {:<4} {:<4} d=({:+.4} {:+.4} {:+.4}) r=({:+.3} {:+.3} {:+.3}) g={:.2}  pos=({:+.3} {:+.3} {:+.3})",
                 record.seq,
                 record.state.name(),
+                verdict_name,
                 a[0], a[1], a[2], a[3], a[4], a[5], a[6],
                 arm.position[0], arm.position[1], arm.position[2],
             );
         }
-        if arm.stopped && !was_stopped {
-            eprintln!("arm_driver: STOP received: arm halted");
+        if let (Some(reason), false) = (reason, was_halted) {
+            eprintln!("arm_driver: halted: {reason}");
+        }
+        if was_halted && !guard.halted() {
+            eprintln!("arm_driver: ACT passed the checks: moving");
         }
     }
     let _ = subscriber.undeclare().wait();

@@ -274,6 +274,11 @@ pub struct ControlConfig {
     pub state_dir: PathBuf,
     /// What a missing or unreadable e-stop file means at start.
     pub estop_missing: EStopMissing,
+    /// A worker thread (capture, inference, publisher, status, a Zenoh callback) that has
+    /// not checked in for this long counts as stalled: STOP, and the process exits with
+    /// code 3. The capture thread gets one camera wait more; a prediction in progress gets
+    /// at least 60 s or ten control periods.
+    pub worker_timeout_ms: u64,
 }
 
 impl Default for ControlConfig {
@@ -288,9 +293,13 @@ impl Default for ControlConfig {
             start_armed: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             estop_missing: EStopMissing::Latched,
+            worker_timeout_ms: 1000,
         }
     }
 }
+
+/// Smallest `[control] worker_timeout_ms`: the workers check in every 100 ms at most.
+pub const MIN_WORKER_TIMEOUT_MS: u64 = 250;
 
 impl ControlConfig {
     /// The tick period in nanoseconds (rounded to the nearest nanosecond).
@@ -679,6 +688,14 @@ impl ServiceConfig {
                     }
                 }
             }
+        }
+        if control.worker_timeout_ms < MIN_WORKER_TIMEOUT_MS {
+            return Err(invalid(
+                "control.worker_timeout_ms",
+                format!(
+                    "must be at least {MIN_WORKER_TIMEOUT_MS} (the workers check in every 100 ms)"
+                ),
+            ));
         }
 
         for i in 0..ACTION_DIM {

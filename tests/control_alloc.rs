@@ -1,6 +1,7 @@
-//! Zero heap allocations per steady-state control tick, publish hand-off, inference trigger
-//! and systemd notification included, through every state: disarmed HOLD, armed ACT paced
-//! over its action step and cut by the motion limiter, e-stop STOP, re-arming. A counting global allocator counts the allocations
+//! Zero heap allocations per steady-state control tick, publish hand-off, inference trigger,
+//! heartbeat check-ins, the fault check and systemd notification included, through every
+//! state: disarmed HOLD, armed ACT paced over its action step and cut by the motion limiter,
+//! e-stop STOP, re-arming. A counting global allocator counts the allocations
 //! made on the control thread only (the test thread runs the loop) while the rest of the
 //! service runs for real around it: synthetic capture thread, inference thread with a
 //! policy, command publisher thread with a Zenoh session and a remote subscriber.
@@ -17,6 +18,7 @@ use std::time::Duration;
 use vla_rt::capture::thread::{CaptureThread, LatestFrame};
 use vla_rt::config::{CameraConfig, SafetyConfig};
 use vla_rt::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
+use vla_rt::control::heartbeat::{Limits, Supervision};
 use vla_rt::control::stats::ControlStats;
 use vla_rt::control::tick_loop::{ControlLoop, LoopEnd, LoopLinks, LoopSettings};
 use vla_rt::control::ControlState;
@@ -27,7 +29,7 @@ use vla_rt::service::inference::{
 };
 use vla_rt::service::notify::SystemdNotifier;
 use vla_rt::transport::record::CommandRecord;
-use vla_rt::transport::zenoh_io::{CommandPublisherThread, PublishStats};
+use vla_rt::transport::zenoh_io::{CommandPublisherThread, PublishStats, PublisherSettings};
 use zenoh::Wait;
 
 struct CountingAllocator;
@@ -130,6 +132,11 @@ fn steady_state_ticks_allocate_nothing() {
         .unwrap()
         .port();
 
+    let supervision = Arc::new(Supervision::new(
+        Limits::for_service(&vla_rt::config::ServiceConfig::builtin()),
+        None,
+    ));
+
     // Camera.
     let frames = Arc::new(LatestFrame::new());
     let camera = CameraConfig {
@@ -156,6 +163,7 @@ fn steady_state_ticks_allocate_nothing() {
             results: Arc::clone(&results),
             instructions: Arc::new(InstructionCell::new("pick up the block")),
             stats: Arc::new(InferenceStats::default()),
+            supervision: Some(Arc::clone(&supervision)),
         },
         Duration::from_secs(10),
     )
@@ -198,6 +206,10 @@ fn steady_state_ticks_allocate_nothing() {
         "vla/alloc/cmd",
         Arc::clone(&outbox),
         Arc::new(PublishStats::new(0)),
+        PublisherSettings {
+            period_ns: 2_000_000,
+            supervision: Some(Arc::clone(&supervision)),
+        },
         || {},
     )
     .unwrap();
@@ -241,7 +253,8 @@ fn steady_state_ticks_allocate_nothing() {
             stats: Arc::clone(&stats),
         },
     )
-    .with_notifier(Some(notifier));
+    .with_notifier(Some(notifier))
+    .with_supervision(Some(Arc::clone(&supervision)));
 
     // Warm-up: first ticks may touch lazily initialised state (thread-locals, futex queues),
     // disarmed (HOLD), then armed (ACT).
@@ -305,12 +318,20 @@ fn steady_state_ticks_allocate_nothing() {
         received.load(Ordering::Relaxed)
     );
     assert!(received_stop.load(Ordering::Relaxed));
+    // READY=1 and a STATUS= line once a second (WATCHDOG=1 is not the control thread's).
     let mut buffer = [0u8; 256];
-    let mut messages = 0;
-    while manager.recv(&mut buffer).is_ok() {
-        messages += 1;
+    let mut messages = Vec::new();
+    while let Ok(n) = manager.recv(&mut buffer) {
+        messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
     }
-    assert!(messages > 10, "only {messages} systemd notifications");
+    assert_eq!(messages.first().map(String::as_str), Some("READY=1"));
+    assert!(
+        messages.iter().filter(|m| m.starts_with("STATUS=")).count() >= 1,
+        "{messages:?}"
+    );
+    // The control thread checked in through every tick; no fault was seen.
+    assert!(!supervision.has_fault());
+    assert!(supervision.control_silence_ns(vla_rt::control::clock::monotonic_ns()) < 1_000_000_000);
 
     inference.stop();
     capture.stop();

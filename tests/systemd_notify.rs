@@ -2,6 +2,8 @@
 //! datagram socket and sets `WATCHDOG_USEC`, as systemd does for `Type=notify` with
 //! `WatchdogSec=`. It sees READY=1, WATCHDOG=1 at least every WATCHDOG_USEC, no WATCHDOG=1
 //! while the control loop is stalled, the pings again once it runs, and STOPPING=1 at the end.
+//! At a control rate of 0.5 Hz (a period as long as `WatchdogSec=2s` itself) the pings still
+//! come at least every half of WATCHDOG_USEC: they have their own schedule.
 //!
 //! The stall is made from outside, without any hook in the service: the test ptrace-stops
 //! the one thread named `vla-control` (`PTRACE_SEIZE` + `PTRACE_INTERRUPT` stop a single
@@ -290,8 +292,10 @@ fn watchdog_pings_follow_the_control_loop() {
     let control = thread_named(pid, "vla-control").expect("a thread named vla-control");
     let stalled = StoppedThread::stop(control);
     let stopped_at = Instant::now();
-    // A datagram sent just before the stop may still be on its way to the reader.
-    let _in_flight = collect_until(&messages, stopped_at + Duration::from_millis(100));
+    // A datagram sent just before the stop may still be on its way to the reader, and the
+    // watchdog thread pings until the control thread has been silent for half of
+    // WATCHDOG_USEC (200 ms).
+    let _in_flight = collect_until(&messages, stopped_at + Duration::from_millis(300));
     while status_rx.try_recv().is_ok() {}
     let during = collect_until(&messages, stopped_at + STALL);
     let statuses_during = status_rx.try_iter().count();
@@ -303,7 +307,7 @@ fn watchdog_pings_follow_the_control_loop() {
     );
     assert!(
         during.is_empty(),
-        "the stopped control thread is the only sender: {during:?}"
+        "the stopped control thread sends READY and STATUS, and pings are withheld: {during:?}"
     );
     assert!(
         statuses_during >= 1,
@@ -333,5 +337,78 @@ fn watchdog_pings_follow_the_control_loop() {
     };
     assert!(status.success(), "{status}");
     drop(session);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// At 0.5 Hz with WatchdogSec=2s (the shipped unit's), WATCHDOG=1 still comes at least every
+/// second: the pings do not wait for ticks.
+#[test]
+fn watchdog_pings_keep_their_schedule_at_a_slow_rate() {
+    const SLOW_WATCHDOG_USEC: u64 = 2_000_000;
+    let dir = scratch("systemd-notify-slow");
+    let socket_path = dir.join("notify.sock");
+    let messages = listen(UnixDatagram::bind(&socket_path).unwrap());
+    let port = service_support::free_port();
+    let config = dir.join("service.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "robot_id = \"slow\"\n[model]\npath = \"{}\"\n[camera]\nwidth = 160\nheight = 120\n\
+             [control]\nrate_hz = 0.5\nrealtime = \"off\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("engines/openvla-tiny")
+                .display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BINARY)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", SLOW_WATCHDOG_USEC.to_string())
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "warn,zenoh=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut service = ServiceProcess(Some(child));
+    let ready_at = wait_for(&messages, "READY=1", Duration::from_secs(60))
+        .last()
+        .unwrap()
+        .0;
+    // 7 s: three and a half control periods.
+    let running = collect_until(&messages, ready_at + Duration::from_secs(7));
+    let mut pings = vec![ready_at];
+    pings.extend(watchdog_times(&running));
+    assert!(
+        pings.len() >= 8,
+        "{} pings in 7 s: {running:?}",
+        pings.len()
+    );
+    for pair in pings.windows(2) {
+        assert!(
+            pair[1] - pair[0] <= Duration::from_micros(SLOW_WATCHDOG_USEC / 2),
+            "gap of {:?} between pings at 0.5 Hz",
+            pair[1] - pair[0]
+        );
+    }
+    let mut child = service.0.take().unwrap();
+    // SAFETY: `kill` on the child's pid, which is still ours to signal (not yet reaped).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    wait_for(&messages, "STOPPING=1", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the service did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,6 +14,17 @@
 // Checks, in the order of the Rust decoder (`vla_rt::transport::record`): length, CRC-32
 // (IEEE) over bytes 0..60, magic `VLA1`, version 1, state. Fields are read little-endian
 // byte by byte, so the host's byte order does not matter.
+//
+// A record that checks out may still be one not to act on: `vla::Guard` applies the rules of
+// the Rust `vla_rt::transport::guard::CommandGuard` (age, seq gaps, silence, STOP latching
+// until the next ACT), and every driver should:
+//
+//   vla::Guard guard;  // maximum age: two tick periods, learned from the records
+//   const vla::Judgement j = ok ? guard.check(command, now_unix_ns()) : guard.bad_record();
+//   if (j.verdict == vla::Verdict::Move) apply_delta(command.action);
+//   else if (j.verdict == vla::Verdict::Halt) halt_arm();
+//   // and, when no record came for a while:
+//   if (guard.check_silence(now_unix_ns())) halt_arm();
 #pragma once
 
 #include <array>
@@ -116,5 +127,136 @@ inline bool decode(const std::uint8_t* data, std::size_t len, Command& out, Deco
     out = command;
     return true;
 }
+
+/// What to do with one record.
+enum class Verdict { Move, Hold, Halt };
+
+/// Why the arm must halt (names as in the Rust `HaltReason`).
+enum class HaltReason { None, Stop, Stale, Gap, Restart, Unjudged, Silence, BadRecord };
+
+inline const char* describe(HaltReason reason) {
+    switch (reason) {
+        case HaltReason::None: return "none";
+        case HaltReason::Stop: return "stop";
+        case HaltReason::Stale: return "stale";
+        case HaltReason::Gap: return "gap";
+        case HaltReason::Restart: return "restart";
+        case HaltReason::Unjudged: return "unjudged";
+        case HaltReason::Silence: return "silence";
+        case HaltReason::BadRecord: return "bad-record";
+    }
+    return "?";
+}
+
+struct Judgement {
+    Verdict verdict = Verdict::Halt;
+    HaltReason reason = HaltReason::None;
+};
+
+/// The checks a driver makes before acting on a decoded record; the arm starts halted.
+///
+/// - Age: a record older than the maximum age on arrival (receive time minus tick time,
+///   both CLOCK_REALTIME, so the clocks must be synchronised across machines) halts. The
+///   maximum age is `max_age_ns`, or two tick periods, the period being the smallest
+///   tick-time step between two consecutive seq; until one is known, nothing can be judged.
+/// - Gaps: records missing for longer than the maximum age halt; a seq that does not
+///   increase (a restarted service) halts and the period is learned again.
+/// - Silence: `check_silence` halts once the newest record is older than the maximum age.
+/// - STOP latches: after any halt, HOLD keeps the arm halted; only an ACT that passes the
+///   checks moves it again (the service leaves STOP only on a new `arm`, so an ACT after a
+///   STOP comes from a newer arming).
+class Guard {
+public:
+    /// `max_age_ns` 0: two tick periods, learned from the records.
+    explicit Guard(std::uint64_t max_age_ns = 0) : fixed_max_age_ns_(max_age_ns) {}
+
+    bool halted() const { return halted_; }
+
+    /// The maximum age in use; false while it is not known yet.
+    bool max_age_ns(std::uint64_t& out) const {
+        if (fixed_max_age_ns_ != 0) {
+            out = fixed_max_age_ns_;
+            return true;
+        }
+        if (period_ns_ == 0) return false;
+        out = period_ns_ > UINT64_MAX / 2 ? UINT64_MAX : 2 * period_ns_;
+        return true;
+    }
+
+    /// Judges `command`, received at `now_unix_ns`.
+    Judgement check(const Command& command, std::uint64_t now_unix_ns) {
+        HaltReason sequence_problem = HaltReason::None;
+        if (has_last_) {
+            if (command.seq <= last_seq_) {
+                period_ns_ = 0;
+                sequence_problem = HaltReason::Restart;
+            } else if (command.seq == last_seq_ + 1) {
+                const std::uint64_t step = since(command.tick_time_ns, last_tick_ns_);
+                if (step > 0 && (period_ns_ == 0 || step < period_ns_)) period_ns_ = step;
+            } else {
+                std::uint64_t max = 0;
+                if (!max_age_ns(max) || since(command.tick_time_ns, last_tick_ns_) > max) {
+                    sequence_problem = HaltReason::Gap;
+                }
+            }
+        }
+        has_last_ = true;
+        last_seq_ = command.seq;
+        last_tick_ns_ = command.tick_time_ns;
+        HaltReason age_problem = HaltReason::None;
+        std::uint64_t max = 0;
+        if (!max_age_ns(max)) {
+            age_problem = HaltReason::Unjudged;
+        } else if (since(now_unix_ns, command.tick_time_ns) > max) {
+            age_problem = HaltReason::Stale;
+        }
+        HaltReason reason = command.state == State::Stop ? HaltReason::Stop
+                            : sequence_problem != HaltReason::None ? sequence_problem
+                                                                  : age_problem;
+        Judgement judgement;
+        if (reason != HaltReason::None) {
+            halted_ = true;
+            judgement.verdict = Verdict::Halt;
+            judgement.reason = reason;
+        } else if (command.state == State::Act) {
+            halted_ = false;
+            judgement.verdict = Verdict::Move;
+        } else {
+            judgement.verdict = Verdict::Hold;
+        }
+        return judgement;
+    }
+
+    /// A payload that did not decode: halt.
+    Judgement bad_record() {
+        halted_ = true;
+        Judgement judgement;
+        judgement.reason = HaltReason::BadRecord;
+        return judgement;
+    }
+
+    /// True when the arm just halted because the newest record got older than the maximum age.
+    bool check_silence(std::uint64_t now_unix_ns) {
+        std::uint64_t max = 0;
+        if (halted_ || !has_last_ || !max_age_ns(max)) return false;
+        if (since(now_unix_ns, last_tick_ns_) > max) {
+            halted_ = true;
+            return true;
+        }
+        return false;
+    }
+
+private:
+    static std::uint64_t since(std::uint64_t later, std::uint64_t earlier) {
+        return later > earlier ? later - earlier : 0;
+    }
+
+    std::uint64_t fixed_max_age_ns_;
+    std::uint64_t period_ns_ = 0;
+    bool has_last_ = false;
+    std::uint64_t last_seq_ = 0;
+    std::uint64_t last_tick_ns_ = 0;
+    bool halted_ = true;
+};
 
 }  // namespace vla

@@ -106,6 +106,17 @@ impl LatestFrame {
     }
 }
 
+/// Who watches the capture thread: told at every turn of its loop (at least once per camera
+/// wait), and when it ends on its own after the source failed for good.
+pub trait CaptureWatch: Send + 'static {
+    fn alive(&self);
+    fn ended(&self);
+    /// Runs the capture loop; a watcher may catch a panic in it.
+    fn run(&self, capture: &mut dyn FnMut()) {
+        capture();
+    }
+}
+
 /// A running capture thread; [`CaptureThread::stop`] ends it and releases the source.
 pub struct CaptureThread {
     stop: Arc<AtomicBool>,
@@ -115,8 +126,17 @@ pub struct CaptureThread {
 impl CaptureThread {
     /// Runs `source` (already started) on its own thread, publishing into `latest`.
     pub fn spawn(
+        source: Box<dyn FrameSource>,
+        latest: Arc<LatestFrame>,
+    ) -> Result<Self, CaptureError> {
+        Self::spawn_watched(source, latest, None)
+    }
+
+    /// [`CaptureThread::spawn`], reporting to `watch`.
+    pub fn spawn_watched(
         mut source: Box<dyn FrameSource>,
         latest: Arc<LatestFrame>,
+        watch: Option<Box<dyn CaptureWatch>>,
     ) -> Result<Self, CaptureError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
@@ -124,7 +144,15 @@ impl CaptureThread {
         let handle = std::thread::Builder::new()
             .name("vla-capture".into())
             .spawn(move || {
-                capture_loop(source.as_mut(), &latest, &stop_flag);
+                match &watch {
+                    Some(watch) => watch.run(&mut || {
+                        capture_loop(source.as_mut(), &latest, &stop_flag, Some(watch.as_ref()));
+                        if latest.has_failed() {
+                            watch.ended();
+                        }
+                    }),
+                    None => capture_loop(source.as_mut(), &latest, &stop_flag, None),
+                }
                 source.stop();
             })
             .map_err(|e| CaptureError::Io {
@@ -135,6 +163,13 @@ impl CaptureThread {
             stop,
             handle: Some(handle),
         })
+    }
+
+    /// Leaves the thread behind without waiting for it (it is stalled); it ends with the
+    /// process.
+    pub fn abandon(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle = None;
     }
 
     /// Asks the thread to finish and waits for it (at most one frame period or stall timeout).
@@ -154,10 +189,18 @@ impl Drop for CaptureThread {
     }
 }
 
-fn capture_loop(source: &mut dyn FrameSource, latest: &LatestFrame, stop: &AtomicBool) {
+fn capture_loop(
+    source: &mut dyn FrameSource,
+    latest: &LatestFrame,
+    stop: &AtomicBool,
+    watch: Option<&dyn CaptureWatch>,
+) {
     let mut frame = latest.buffer();
     let mut last_error_logged_ns = 0u64;
     while !stop.load(Ordering::Acquire) {
+        if let Some(watch) = watch {
+            watch.alive();
+        }
         match source.next_frame(&mut frame) {
             Ok(()) => {
                 let filled = std::mem::replace(&mut frame, latest.buffer());

@@ -1,6 +1,7 @@
 //! The `vla-rt` command line (ARCHITECTURE.md §6). Each subcommand lives in its own module and
 //! returns a [`CliError`] carrying its exit code: 2 for bad usage or bad input (the message
-//! names the culprit), 1 for any other failure.
+//! names the culprit), 3 when `run` stopped because a worker thread died or stalled, 1 for any
+//! other failure.
 
 pub mod bench;
 pub mod cameras;
@@ -35,6 +36,9 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
 }
 
+/// Exit code of `vla-rt run` after a worker fault (a thread died or stalled).
+pub const EXIT_WORKER_FAULT: i32 = 3;
+
 /// A failure with the process exit code it maps to.
 #[derive(Debug)]
 pub struct CliError {
@@ -47,6 +51,15 @@ impl CliError {
     pub fn bad_input(message: impl Into<String>) -> Self {
         Self {
             exit_code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// The service stopped because a worker thread died or stalled: exit code 3 (systemd's
+    /// `Restart=on-failure` restarts it).
+    pub fn worker_fault(message: impl Into<String>) -> Self {
+        Self {
+            exit_code: EXIT_WORKER_FAULT,
             message: message.into(),
         }
     }

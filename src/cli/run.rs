@@ -8,8 +8,27 @@ use std::time::Duration;
 use super::CliError;
 use crate::calibration::{AppliedCalibration, Calibration};
 use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME, DEFAULT_ROBOT_ID};
+use crate::control::heartbeat::{self, FaultInjection, FAULT_INJECTION_ENV};
 use crate::policy::PolicyOptions;
 use crate::service::{signals, Service, ServiceOptions};
+
+/// After a fault, the orderly shutdown gets this long; then the process exits with code 3
+/// whatever still hangs (a stalled thread, a Zenoh close waiting for a stuck callback).
+const FAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// The test hook `VLA_RT_TEST_FAULT`, when set.
+fn fault_injection() -> Result<Option<FaultInjection>, CliError> {
+    match std::env::var(FAULT_INJECTION_ENV) {
+        Ok(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| CliError::bad_input(format!("{FAULT_INJECTION_ENV}: {e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::bad_input(format!(
+            "{FAULT_INJECTION_ENV}: not UTF-8"
+        ))),
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -163,6 +182,19 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     let mut policy_options = config.model.policy_options();
     apply_calibration(&mut config, &mut policy_options, args.camera.is_some())?;
     let duration = duration(&args)?;
+    let fault_injection = fault_injection()?;
+    if let Some(injection) = &fault_injection {
+        log::warn!(
+            "{FAULT_INJECTION_ENV}: test fault armed: the {} thread will {} after {} ms",
+            injection.worker.name(),
+            match injection.fault {
+                heartbeat::InjectedFault::Panic => "panic",
+                heartbeat::InjectedFault::Stall(_) => "stall",
+            },
+            injection.after.as_millis()
+        );
+    }
+    heartbeat::install_panic_hook();
     signals::install_termination_handlers()
         .map_err(|e| CliError::failure(format!("cannot install signal handlers: {e}")))?;
     let source = crate::capture::open_source(&config.camera).map_err(|e| {
@@ -181,6 +213,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
         duration,
         terminal_status: std::io::stderr().is_terminal(),
         systemd_notify: true,
+        fault_injection,
         ..ServiceOptions::default()
     };
     let service = Service::start(
@@ -196,7 +229,34 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
             CliError::failure(e.to_string())
         }
     })?;
+    exit_after_fault_grace(service.supervision());
     let summary = service.wait();
+    if let Some(fault) = summary.fault {
+        return Err(CliError::worker_fault(format!(
+            "stopped after {} commands: {fault}",
+            summary.commands
+        )));
+    }
     log::info!("stopped after {} commands", summary.commands);
     Ok(())
+}
+
+/// Bounds the shutdown after a fault: once `supervision` reports one, the process gets
+/// [`FAULT_SHUTDOWN_GRACE`] to stop in order, then exits with code 3 regardless.
+fn exit_after_fault_grace(supervision: std::sync::Arc<heartbeat::Supervision>) {
+    let spawned = std::thread::Builder::new()
+        .name("vla-fault-exit".into())
+        .spawn(move || {
+            while !supervision.has_fault() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(FAULT_SHUTDOWN_GRACE);
+            log::error!(
+                "shutdown after the fault did not finish within {FAULT_SHUTDOWN_GRACE:?}: exiting"
+            );
+            std::process::exit(super::EXIT_WORKER_FAULT);
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the fault-exit thread: {e}");
+    }
 }

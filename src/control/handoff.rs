@@ -1,18 +1,19 @@
 //! The lock-free hand-offs around the control thread (ARCHITECTURE.md §3): the inference trigger,
-//! the newest-wins action result slot, the command outbox to the publisher thread and the
-//! inputs written by Zenoh callbacks. Every operation the control thread calls is a few
-//! atomic instructions and at most one futex wake: no lock, no allocation.
+//! the newest-wins action result slot, the command outbox (a ring of one) to the publisher
+//! thread and the inputs written by Zenoh callbacks. Every operation the control thread calls
+//! is a few atomic instructions and at most one futex wake: no lock, no allocation.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
 use crossbeam::queue::ArrayQueue;
 
 use super::estop_store::EStopStore;
+use super::ControlState;
 use crate::config::ACTION_DIM;
 use crate::policy::StageTimings;
-use crate::transport::record::RECORD_LEN;
+use crate::transport::record::{CommandRecord, RECORD_LEN};
 
 /// What the inference thread produces for the control thread.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,47 +93,102 @@ impl InferenceTrigger {
     }
 }
 
-/// Commands on their way from the control thread to the publisher thread. A full outbox
-/// drops its oldest record, so the newest command (a STOP included) always goes out.
+/// Commands on their way from the control thread to the publisher thread: a ring of one.
+/// A record the publisher has not taken yet is replaced by the newer one, so a publisher
+/// that was held up sends the newest command, never a burst of old ones. A STOP is not lost
+/// that way: once a STOP-causing event happened, the newer records are STOP too (e-stop and
+/// faults latch, and the final STOP is the last record of all).
 pub struct CommandOutbox {
-    queue: ArrayQueue<[u8; RECORD_LEN]>,
+    slot: ArrayQueue<OutboxRecord>,
     publisher: OnceLock<Thread>,
     closed: AtomicBool,
+    /// Records replaced before the publisher took them.
     dropped: AtomicU64,
+    /// The newest record's seq and gripper (f32 bits), for a last-resort STOP sent by
+    /// someone else than the control thread (see [`CommandOutbox::last_resort_stop`]).
+    newest_seq: AtomicU64,
+    newest_gripper_bits: AtomicU32,
+    sent: AtomicBool,
 }
 
-/// Records the outbox holds before it drops the oldest.
-pub const OUTBOX_CAPACITY: usize = 16;
+/// One record in the outbox with the CLOCK_MONOTONIC time it was handed over, by which the
+/// publisher judges its age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub bytes: [u8; RECORD_LEN],
+    pub handed_over_ns: u64,
+}
+
+impl OutboxRecord {
+    /// Whether the record commands STOP (state field, bytes 6..8).
+    pub fn is_stop(&self) -> bool {
+        u16::from_le_bytes([self.bytes[6], self.bytes[7]]) == ControlState::Stop as u16
+    }
+}
+
+/// Records the outbox holds: one, the newest.
+pub const OUTBOX_CAPACITY: usize = 1;
 
 impl Default for CommandOutbox {
     fn default() -> Self {
         Self {
-            queue: ArrayQueue::new(OUTBOX_CAPACITY),
+            slot: ArrayQueue::new(OUTBOX_CAPACITY),
             publisher: OnceLock::new(),
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            newest_seq: AtomicU64::new(0),
+            newest_gripper_bits: AtomicU32::new(0),
+            sent: AtomicBool::new(false),
         }
     }
 }
 
 impl CommandOutbox {
+    /// An outbox that keeps up to `records` records instead of one (tests that look at every
+    /// tick's command).
+    #[cfg(test)]
+    pub(crate) fn keeping(records: usize) -> Self {
+        Self {
+            slot: ArrayQueue::new(records),
+            ..Self::default()
+        }
+    }
+
     /// Called once by the publisher thread itself, before it waits for records.
     pub fn register_publisher(&self) {
         let _ = self.publisher.set(std::thread::current());
     }
 
-    pub fn send(&self, record: &[u8; RECORD_LEN]) {
-        if self.queue.force_push(*record).is_some() {
+    /// Hands `record` over, handed over at `now_monotonic_ns`; replaces a record not taken yet.
+    pub fn send(&self, record: &[u8; RECORD_LEN], now_monotonic_ns: u64) {
+        self.note_newest(record);
+        let item = OutboxRecord {
+            bytes: *record,
+            handed_over_ns: now_monotonic_ns,
+        };
+        if self.slot.force_push(item).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.wake();
     }
 
-    pub fn receive(&self) -> Option<[u8; RECORD_LEN]> {
-        self.queue.pop()
+    fn note_newest(&self, record: &[u8; RECORD_LEN]) {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&record[8..16]);
+        let mut gripper = [0u8; 4];
+        gripper.copy_from_slice(&record[56..60]);
+        self.newest_seq
+            .store(u64::from_le_bytes(seq), Ordering::Relaxed);
+        self.newest_gripper_bits
+            .store(u32::from_le_bytes(gripper), Ordering::Relaxed);
+        self.sent.store(true, Ordering::Release);
     }
 
-    /// No more records will come; the publisher drains what is queued and ends.
+    pub fn receive(&self) -> Option<OutboxRecord> {
+        self.slot.pop()
+    }
+
+    /// No more records will come; the publisher sends what is left and ends.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake();
@@ -144,6 +200,32 @@ impl CommandOutbox {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Hands over a STOP that follows the newest record (next seq, zero deltas, gripper
+    /// kept) and closes the outbox: for when the control thread died and cannot send its
+    /// final STOP. Not for the control thread (it builds its own records).
+    pub fn last_resort_stop(&self, now_unix_ns: u64, now_monotonic_ns: u64) -> CommandRecord {
+        let mut action = [0.0f32; ACTION_DIM];
+        let seq = if self.sent.load(Ordering::Acquire) {
+            action[ACTION_DIM - 1] =
+                f32::from_bits(self.newest_gripper_bits.load(Ordering::Relaxed));
+            self.newest_seq.load(Ordering::Relaxed).saturating_add(1)
+        } else {
+            0
+        };
+        let record = CommandRecord {
+            state: ControlState::Stop,
+            seq,
+            tick_time_ns: now_unix_ns,
+            capture_time_ns: 0,
+            action,
+        };
+        let mut bytes = [0u8; RECORD_LEN];
+        record.encode(&mut bytes);
+        self.send(&bytes, now_monotonic_ns);
+        self.close();
+        record
     }
 
     fn wake(&self) {
@@ -291,19 +373,48 @@ mod tests {
         assert_eq!(trigger.requested(), Some(4));
     }
 
+    fn record(state: ControlState, seq: u64, gripper: f32) -> [u8; RECORD_LEN] {
+        let mut bytes = [0u8; RECORD_LEN];
+        CommandRecord {
+            state,
+            seq,
+            tick_time_ns: 1_000 + seq,
+            capture_time_ns: 0,
+            action: [0.01, 0.0, 0.0, 0.0, 0.0, 0.0, gripper],
+        }
+        .encode(&mut bytes);
+        bytes
+    }
+
     #[test]
-    fn full_outbox_drops_the_oldest_and_keeps_the_newest() {
+    fn outbox_keeps_only_the_newest_record() {
         let outbox = CommandOutbox::default();
-        for i in 0..(OUTBOX_CAPACITY as u8 + 2) {
-            outbox.send(&[i; RECORD_LEN]);
+        for seq in 0..5 {
+            outbox.send(&record(ControlState::Act, seq, 0.5), 100 + seq);
         }
-        assert_eq!(outbox.dropped(), 2);
-        assert_eq!(outbox.receive().unwrap()[0], 2);
-        let mut last = 0;
-        while let Some(record) = outbox.receive() {
-            last = record[0];
-        }
-        assert_eq!(last, OUTBOX_CAPACITY as u8 + 1);
+        assert_eq!(outbox.dropped(), 4);
+        let newest = outbox.receive().unwrap();
+        assert_eq!(CommandRecord::decode(&newest.bytes).unwrap().seq, 4);
+        assert_eq!(newest.handed_over_ns, 104);
+        assert!(!newest.is_stop());
+        assert_eq!(outbox.receive(), None);
+    }
+
+    #[test]
+    fn last_resort_stop_follows_the_newest_record() {
+        let outbox = CommandOutbox::default();
+        outbox.send(&record(ControlState::Act, 41, 0.25), 7);
+        let _ = outbox.receive();
+        let stop = outbox.last_resort_stop(5_000, 9);
+        assert_eq!(stop.state, ControlState::Stop);
+        assert_eq!(stop.seq, 42);
+        assert_eq!(stop.action, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25]);
+        assert!(outbox.is_closed());
+        let queued = outbox.receive().unwrap();
+        assert!(queued.is_stop());
+        assert_eq!(CommandRecord::decode(&queued.bytes).unwrap(), stop);
+        // Nothing sent before: the STOP starts the sequence.
+        assert_eq!(CommandOutbox::default().last_resort_stop(1, 1).seq, 0);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod estop_store;
 pub mod handoff;
 pub mod limits;
+pub mod heartbeat;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;

@@ -55,7 +55,7 @@ pub enum StopCause {
     EStop = 2,
     CameraSilent = 3,
     PolicyMisses = 4,
-    /// A supervised worker died or stalled.
+    /// A supervised worker thread died or stalled; the service ends after this STOP.
     Fault = 5,
 }
 
@@ -262,6 +262,8 @@ impl Supervisor {
 
         let stop_cause = if conditions.shutting_down {
             StopCause::Shutdown
+        } else if conditions.worker_fault {
+            StopCause::Fault
         } else if conditions.estop {
             StopCause::EStop
         } else if conditions.worker_fault {
@@ -793,5 +795,26 @@ mod tests {
             limited += usize::from(d.limited);
         }
         assert_eq!(limited, 10);
+    }
+
+    #[test]
+    fn a_worker_fault_stops_before_any_other_cause_but_shutdown() {
+        let mut s = armed();
+        let fault = Conditions {
+            worker_fault: true,
+            estop: true,
+            camera_silent: true,
+            ..CLEAR
+        };
+        let d = s.step(0, fresh(0.01, 1.0), fault);
+        assert_eq!(
+            (d.state, d.stop_cause),
+            (ControlState::Stop, StopCause::Fault)
+        );
+        assert_eq!(d.action[0], 0.0);
+        assert_eq!(
+            StopCause::from_u64(StopCause::Fault as u64),
+            StopCause::Fault
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::clock;
 use super::handoff::{ActionResult, CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use super::limits::MotionLimits;
+use super::heartbeat::{Supervision, Worker};
 use super::safety::SafetyFilter;
 use super::stats::ControlStats;
 use super::supervisor::{
@@ -104,6 +105,8 @@ pub struct ControlLoop {
     links: LoopLinks,
     supervisor: Supervisor,
     notifier: Option<SystemdNotifier>,
+    /// Heartbeats: the loop checks in at every wake-up and ends with STOP on a worker fault.
+    supervision: Option<Arc<Supervision>>,
     /// Next command's sequence number.
     seq: u64,
     /// Next tick's schedule slot and deadline.
@@ -139,6 +142,7 @@ impl ControlLoop {
             links,
             supervisor,
             notifier: None,
+            supervision: None,
             seq: 0,
             next_index: 0,
             next_deadline_ns: 0,
@@ -155,6 +159,22 @@ impl ControlLoop {
     pub fn with_notifier(mut self, notifier: Option<SystemdNotifier>) -> Self {
         self.notifier = notifier;
         self
+    }
+
+    /// Checks in with `supervision` and ends with a STOP when it reports a worker fault.
+    pub fn with_supervision(mut self, supervision: Option<Arc<Supervision>>) -> Self {
+        self.supervision = supervision;
+        self
+    }
+
+    fn check_in(&self) {
+        if let Some(supervision) = &self.supervision {
+            supervision.check_in(Worker::Control);
+        }
+    }
+
+    fn worker_fault(&self) -> bool {
+        self.supervision.as_ref().is_some_and(|s| s.has_fault())
     }
 
     /// Stops with a final STOP after `ticks` tick slots.
@@ -209,12 +229,16 @@ impl ControlLoop {
     /// systemd's stop timeout instead of a whole period later.
     fn sleep_until_deadline_or_stop(&self, deadline_ns: u64) {
         loop {
+            self.check_in();
             let now = clock::monotonic_ns();
             if now >= deadline_ns {
                 return;
             }
             clock::sleep_until_monotonic(deadline_ns.min(now.saturating_add(STOP_POLL_NS)));
-            if self.links.inputs.shutdown_requested() || signals::termination_requested() {
+            if self.links.inputs.shutdown_requested()
+                || signals::termination_requested()
+                || self.worker_fault()
+            {
                 return;
             }
         }
@@ -307,11 +331,12 @@ impl ControlLoop {
         };
         self.last_arm_requests = arm_requests;
         self.last_disarm_requests = disarm_requests;
+        let worker_fault = self.worker_fault();
         let conditions = Conditions {
             shutting_down,
             estop,
             camera_silent: self.camera_silent(time.monotonic_ns),
-            worker_fault: false,
+            worker_fault,
             request,
         };
 
@@ -330,7 +355,7 @@ impl ControlLoop {
             action: decision.action,
         }
         .encode(&mut self.encoded);
-        links.outbox.send(&self.encoded);
+        links.outbox.send(&self.encoded, time.monotonic_ns);
         if self.trace.len() < self.trace.capacity() {
             self.trace.push(TickTrace {
                 seq: self.seq,
@@ -341,10 +366,12 @@ impl ControlLoop {
         }
         self.seq += 1;
 
-        if !shutting_down {
+        // A fault ends the loop like a shutdown: this STOP is the last command.
+        let ending = shutting_down || worker_fault;
+        if !ending {
             self.links.trigger.fire(time.index);
         }
-        if shutting_down {
+        if ending {
             self.links.outbox.close();
             if let Some(notifier) = self.notifier.as_mut() {
                 notifier.stopping();
@@ -426,7 +453,7 @@ impl ControlLoop {
             } else {
                 "disarmed"
             };
-            notifier.after_tick(time.monotonic_ns, self.settings.period_ns, |line| {
+            notifier.after_tick(time.monotonic_ns, |line| {
                 let _ = write!(
                     line,
                     "{state} {armed} tick {seq} misses {misses} overruns {overruns}"
@@ -473,7 +500,8 @@ mod tests {
             frames: Arc::new(LatestFrame::new()),
             results: Arc::new(ResultSlot::default()),
             trigger: Arc::new(InferenceTrigger::default()),
-            outbox: Arc::new(CommandOutbox::default()),
+            // Every record kept, so a test sees each tick's command.
+            outbox: Arc::new(CommandOutbox::keeping(64)),
             inputs: Arc::new(ControlInputs::default()),
             stats: Arc::new(ControlStats::default()),
         }
@@ -512,7 +540,7 @@ mod tests {
 
     fn published(links: &LoopLinks) -> Vec<CommandRecord> {
         std::iter::from_fn(|| links.outbox.receive())
-            .map(|bytes| CommandRecord::decode(&bytes).unwrap())
+            .map(|record| CommandRecord::decode(&record.bytes).unwrap())
             .collect()
     }
 

@@ -13,6 +13,7 @@ use crate::capture::thread::LatestFrame;
 use crate::capture::Frame;
 use crate::config::ACTION_DIM;
 use crate::control::handoff::{ActionResult, InferenceTrigger, ResultSlot};
+use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;
 use crate::policy::{Policy, PolicyError, Prediction};
 use crate::transport::zenoh_io::InstructionSink;
@@ -184,6 +185,9 @@ pub struct InferenceLinks {
     pub results: Arc<ResultSlot>,
     pub instructions: Arc<InstructionCell>,
     pub stats: Arc<InferenceStats>,
+    /// Heartbeats: the loop checks in at least every 50 ms and a prediction is a busy
+    /// section (judged by its own, longer limit).
+    pub supervision: Option<Arc<Supervision>>,
 }
 
 pub struct InferenceThread {
@@ -221,7 +225,13 @@ impl InferenceThread {
                 let ok = warm_up.is_ok();
                 let _ = ready_tx.send(warm_up);
                 if ok {
-                    worker_loop(policy.as_mut(), &links, &stop_flag, held);
+                    let work = || worker_loop(policy.as_mut(), &links, &stop_flag, held);
+                    match links.supervision.clone() {
+                        Some(supervision) => {
+                            let _ = supervision.guard(Worker::Inference, work);
+                        }
+                        None => work(),
+                    }
                 }
             })
             .map_err(|e| InferenceError::Thread {
@@ -245,6 +255,13 @@ impl InferenceThread {
                 })
             }
         }
+    }
+
+    /// Leaves the thread behind without waiting for it (it is stalled); it ends with the
+    /// process.
+    pub fn abandon(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle = None;
     }
 
     pub fn stop(&mut self) {
@@ -305,7 +322,13 @@ fn worker_loop(
     // posting nothing instead makes the tick a miss, so the arm HOLDs at once. The warm-up
     // frame's prediction was not published, so it may serve the first trigger.
     let mut held_predicted = false;
+    let check_in = || {
+        if let Some(supervision) = &links.supervision {
+            supervision.check_in(Worker::Inference);
+        }
+    };
     while !stop.load(Ordering::Acquire) {
+        check_in();
         let requested = links.trigger.requested();
         let Some(tick) = requested.filter(|&t| Some(t) != handled) else {
             std::thread::park_timeout(Duration::from_millis(50));
@@ -331,7 +354,13 @@ fn worker_loop(
             instruction = next;
             links.instructions.set_current(&instruction);
         }
-        match policy.predict(&frame.image, &instruction) {
+        let predicted = match &links.supervision {
+            Some(supervision) => supervision.busy(Worker::Inference, || {
+                policy.predict(&frame.image, &instruction)
+            }),
+            None => policy.predict(&frame.image, &instruction),
+        };
+        match predicted {
             Ok(prediction) => match to_action_result(&prediction, tick, frame.capture_time_ns) {
                 Ok(result) => {
                     links.stats.predictions.fetch_add(1, Ordering::Relaxed);
@@ -452,6 +481,7 @@ mod tests {
             results: Arc::new(ResultSlot::default()),
             instructions: Arc::new(InstructionCell::new("pick")),
             stats: Arc::new(InferenceStats::default()),
+            supervision: None,
         };
         let calls = Arc::new(AtomicU64::new(0));
         links.frames.publish(frame(7, 700), 1);

@@ -1,12 +1,13 @@
 //! The service: wires the capture thread, the inference worker, the control loop, the
 //! publisher and the status reporter together (ARCHITECTURE.md §3), with real-time set-up,
-//! signals and systemd notification.
+//! signals, systemd notification and the supervision of every thread ([`supervision`]).
 
 pub mod inference;
 pub mod notify;
 pub mod rt;
 pub mod signals;
 pub mod status;
+pub mod supervision;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +18,25 @@ use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::estop_store::{EStopStore, EStopStoreError};
+use crate::control::clock;
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
+use crate::control::heartbeat::{Fault, FaultInjection, FaultKind, Limits, Supervision, Worker};
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
 use crate::policy::{Policy, PolicyError};
 use crate::transport::zenoh_io::{
-    self, CommandPublisherThread, PublishStats, RobotInterface, RobotKeys, TransportError,
+    self, CommandPublisherThread, PublishStats, PublisherSettings, RobotInterface, RobotKeys,
+    TransportError,
 };
 use inference::{InferenceError, InferenceLinks, InferenceStats, InferenceThread, InstructionCell};
 use notify::{NotifyError, SystemdNotifier};
 use rt::RealtimeError;
 use status::{StatusSources, StatusThread};
+use supervision::{CaptureHeartbeat, WatchdogThread};
+
+/// How long the publisher thread may take to send the final STOP and end at shutdown;
+/// after that the main thread sends what is left itself.
+const PUBLISHER_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -86,6 +95,8 @@ pub struct ServiceOptions {
     pub trace_ticks: usize,
     /// Longest wait for the camera's first frame.
     pub first_frame_timeout: Option<Duration>,
+    /// A test fault to inject into one worker (`VLA_RT_TEST_FAULT`).
+    pub fault_injection: Option<FaultInjection>,
 }
 
 /// What a finished run reports.
@@ -93,6 +104,9 @@ pub struct ServiceOptions {
 pub struct ServiceSummary {
     pub commands: u64,
     pub trace: Vec<TickTrace>,
+    /// Why the service stopped on its own: a worker died or stalled (`vla-rt run` exits
+    /// with code 3).
+    pub fault: Option<Fault>,
 }
 
 /// A running service. [`Service::wait`] returns once the control loop has published its
@@ -102,7 +116,10 @@ pub struct Service {
     outbox: Arc<CommandOutbox>,
     session: zenoh::Session,
     interface: RobotInterface,
-    control: Option<std::thread::JoinHandle<ServiceSummary>>,
+    /// Ends with `None` when the control loop panicked.
+    control: Option<std::thread::JoinHandle<Option<ServiceSummary>>>,
+    supervision: Arc<Supervision>,
+    watchdog: Option<WatchdogThread>,
     publisher: CommandPublisherThread,
     status: StatusThread,
     inference: InferenceThread,
@@ -150,8 +167,16 @@ impl Service {
         let backend = policy.backend_name().to_string();
         let model = policy.model_name().to_string();
 
+        let supervision = Arc::new(Supervision::new(
+            Limits::for_service(config),
+            options.fault_injection,
+        ));
         let frames = Arc::new(LatestFrame::new());
-        let capture = CaptureThread::spawn(source, Arc::clone(&frames))?;
+        let capture = CaptureThread::spawn_watched(
+            source,
+            Arc::clone(&frames),
+            Some(Box::new(CaptureHeartbeat(Arc::clone(&supervision)))),
+        )?;
 
         let trigger = Arc::new(InferenceTrigger::default());
         let results = Arc::new(ResultSlot::default());
@@ -175,6 +200,7 @@ impl Service {
                 results: Arc::clone(&results),
                 instructions: Arc::clone(&instructions),
                 stats: Arc::clone(&inference_stats),
+                supervision: Some(Arc::clone(&supervision)),
             },
             first_frame_timeout,
         )?;
@@ -186,6 +212,7 @@ impl Service {
             &keys,
             Arc::clone(&inputs),
             Arc::clone(&instructions) as Arc<dyn zenoh_io::InstructionSink>,
+            Some(Arc::clone(&supervision)),
         )?;
 
         let outbox = Arc::new(CommandOutbox::default());
@@ -195,6 +222,10 @@ impl Service {
             &keys.cmd,
             Arc::clone(&outbox),
             Arc::clone(&publish_stats),
+            PublisherSettings {
+                period_ns: config.control.period_ns(),
+                supervision: Some(Arc::clone(&supervision)),
+            },
             move || {
                 // Same priority as the control thread, which wakes it every tick; a refusal
                 // was already judged by the control thread's own set-up.
@@ -225,6 +256,7 @@ impl Service {
                 outbox: Arc::clone(&outbox),
                 inputs: Arc::clone(&inputs),
                 instructions: Arc::clone(&instructions),
+                supervision: Arc::clone(&supervision),
             },
             options.terminal_status,
         )?;
@@ -239,6 +271,7 @@ impl Service {
         } else {
             None
         };
+        let watchdog_notifier = notifier.as_ref().map(|n| n.try_clone()).transpose()?;
         let mut control_loop = ControlLoop::new(
             settings,
             LoopLinks {
@@ -251,10 +284,12 @@ impl Service {
             },
         )
         .with_notifier(notifier)
+        .with_supervision(Some(Arc::clone(&supervision)))
         .with_tick_limit(tick_limit)
         .with_trace(options.trace_ticks);
 
         let (rt_tx, rt_rx) = crossbeam::channel::bounded(1);
+        let control_supervision = Arc::clone(&supervision);
         let control = std::thread::Builder::new()
             .name("vla-control".into())
             .spawn(move || {
@@ -262,13 +297,14 @@ impl Service {
                 let go = setup.is_ok();
                 let _ = rt_tx.send(setup);
                 if !go {
-                    return ServiceSummary::default();
+                    return Some(ServiceSummary::default());
                 }
-                control_loop.run(None);
-                ServiceSummary {
+                control_supervision.guard(Worker::Control, || control_loop.run(None))?;
+                Some(ServiceSummary {
                     commands: control_loop.commands_sent(),
                     trace: control_loop.trace().to_vec(),
-                }
+                    fault: None,
+                })
             })
             .map_err(|e| ServiceError::Thread {
                 thread: "control",
@@ -280,6 +316,8 @@ impl Service {
             session,
             interface,
             control: Some(control),
+            supervision: Arc::clone(&supervision),
+            watchdog: None,
             publisher,
             status,
             inference,
@@ -308,6 +346,17 @@ impl Service {
             service.request_stop();
             service.shut_down();
             return Err(e.into());
+        }
+        match WatchdogThread::spawn(Arc::clone(&supervision), watchdog_notifier) {
+            Ok(watchdog) => service.watchdog = Some(watchdog),
+            Err(e) => {
+                service.request_stop();
+                service.shut_down();
+                return Err(ServiceError::Thread {
+                    thread: "watchdog",
+                    message: e.to_string(),
+                });
+            }
         }
         log::info!(
             "running: robot `{}`, {} Hz, actions at {action_hz} Hz, camera {camera}, model {model} on {backend}, commands on {}",
@@ -346,6 +395,11 @@ impl Service {
         Arc::clone(&self.publish_stats)
     }
 
+    /// The workers' heartbeats and the fault, if one happened.
+    pub fn supervision(&self) -> Arc<Supervision> {
+        Arc::clone(&self.supervision)
+    }
+
     /// Asks the control loop to publish its final STOP and end.
     pub fn request_stop(&self) {
         self.inputs.request_shutdown();
@@ -363,29 +417,74 @@ impl Service {
         self.wait()
     }
 
+    /// Stops everything in order: the control loop's final STOP first (a last-resort STOP
+    /// when the control thread died), then the publisher (the main thread sends the final
+    /// STOP itself when the publisher died or hangs), the Zenoh declarations and the other
+    /// threads. A thread that stalled is left behind rather than waited for.
     fn shut_down(&mut self) -> ServiceSummary {
-        let summary = match self.control.take() {
-            Some(handle) => handle.join().unwrap_or_else(|_| {
-                log::error!("control thread panicked");
-                self.inputs.request_shutdown();
-                ServiceSummary::default()
-            }),
-            None => ServiceSummary::default(),
+        let (mut summary, control_died) = match self.control.take() {
+            Some(handle) => match handle.join() {
+                Ok(Some(summary)) => (summary, false),
+                Ok(None) | Err(_) => (ServiceSummary::default(), true),
+            },
+            None => (ServiceSummary::default(), false),
         };
+        if let Some(mut watchdog) = self.watchdog.take() {
+            watchdog.stop();
+        }
+        if control_died {
+            self.supervision.report(Fault {
+                worker: Some(Worker::Control),
+                kind: FaultKind::Panicked,
+                detail: "ended without its final STOP".into(),
+            });
+            let stop = self
+                .outbox
+                .last_resort_stop(clock::realtime_ns(), clock::monotonic_ns());
+            log::error!(
+                "control thread died: last-resort STOP (seq {}) handed to the publisher",
+                stop.seq
+            );
+        }
         // The control loop closed the outbox after its final STOP (closing again is harmless,
-        // and needed if the loop never ran); the publisher drains it and ends.
+        // and needed if the loop never ran); the publisher sends what is left and ends.
         self.outbox.close();
-        self.publisher.join();
+        let stalled = self
+            .supervision
+            .fault()
+            .filter(|fault| fault.kind == FaultKind::Stalled)
+            .and_then(|fault| fault.worker);
+        let publisher_ended = self.publisher.join_within(PUBLISHER_DRAIN_LIMIT);
+        if self.publisher.send_left_over(&self.session, &self.outbox) {
+            log::warn!(
+                "the final STOP was sent by the main thread (publisher thread {})",
+                if publisher_ended {
+                    "dead"
+                } else {
+                    "not responding"
+                }
+            );
+        }
         self.interface.undeclare();
-        self.status.stop();
-        self.inference.stop();
-        self.capture.stop();
+        match stalled {
+            Some(Worker::Status) => self.status.abandon(),
+            _ => self.status.stop(),
+        }
+        match stalled {
+            Some(Worker::Inference) => self.inference.abandon(),
+            _ => self.inference.stop(),
+        }
+        match stalled {
+            Some(Worker::Capture) => self.capture.abandon(),
+            _ => self.capture.stop(),
+        }
         if let Err(e) = self.session.close().wait() {
             log::warn!(
                 "zenoh: closing the session: {}",
                 crate::transport::zenoh_error_text(&*e)
             );
         }
+        summary.fault = self.supervision.fault();
         summary
     }
 }

@@ -1,7 +1,8 @@
-//! systemd notification (`sd_notify` protocol) from the control thread: `READY=1` after the
-//! first tick, `WATCHDOG=1` at most half a watchdog period apart, `STATUS=...` once a
-//! second, `STOPPING=1` on shutdown. The socket is connected once at start and every message
-//! is a pre-built byte string or formatted into a stack buffer, so a tick never allocates.
+//! systemd notification (`sd_notify` protocol): from the control thread `READY=1` after the
+//! first tick, `STATUS=...` once a second and `STOPPING=1` on shutdown; from the watchdog
+//! thread ([`crate::service::supervision`]) `WATCHDOG=1`, on its own schedule. The socket is
+//! connected once at start and every message is a pre-built byte string or formatted into a
+//! stack buffer, so a tick never allocates.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -15,9 +16,8 @@ pub enum NotifyError {
 
 pub struct SystemdNotifier {
     socket: UnixDatagram,
-    /// Longest gap between two `WATCHDOG=1`, in ns (half of `WATCHDOG_USEC`).
-    watchdog_interval_ns: Option<u64>,
-    last_watchdog_ns: u64,
+    /// `WATCHDOG_USEC`, when the manager watches this process.
+    watchdog_usec: Option<u64>,
     last_status_ns: u64,
     ready_sent: bool,
     /// Sends that failed (the manager went away); never fatal for the control loop.
@@ -101,8 +101,7 @@ impl SystemdNotifier {
         socket.set_nonblocking(true).map_err(socket_error)?;
         Ok(Self {
             socket,
-            watchdog_interval_ns: watchdog_usec.filter(|&us| us > 0).map(|us| us * 1_000 / 2),
-            last_watchdog_ns: 0,
+            watchdog_usec: watchdog_usec.filter(|&us| us > 0),
             last_status_ns: 0,
             ready_sent: false,
             failed_sends: 0,
@@ -115,28 +114,32 @@ impl SystemdNotifier {
         }
     }
 
-    /// Called by the control thread after every tick. `period_ns` is the tick period, so that
-    /// the watchdog gap, rounded up to whole ticks, stays within half of `WATCHDOG_USEC`;
-    /// `write_status` fills the `STATUS=` text when one is due.
-    pub fn after_tick(
-        &mut self,
-        now_ns: u64,
-        period_ns: u64,
-        write_status: impl FnOnce(&mut StatusLine),
-    ) {
+    /// A second sender on the same socket (for the watchdog thread).
+    pub fn try_clone(&self) -> Result<Self, NotifyError> {
+        let socket = self.socket.try_clone().map_err(|e| NotifyError::Socket {
+            path: "NOTIFY_SOCKET".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            socket,
+            watchdog_usec: self.watchdog_usec,
+            last_status_ns: 0,
+            ready_sent: self.ready_sent,
+            failed_sends: 0,
+        })
+    }
+
+    /// `WATCHDOG_USEC` when the service manager expects `WATCHDOG=1` from this process.
+    pub fn watchdog_usec(&self) -> Option<u64> {
+        self.watchdog_usec
+    }
+
+    /// Called by the control thread after every tick: `READY=1` after the first, and the
+    /// `STATUS=` text `write_status` fills once a second.
+    pub fn after_tick(&mut self, now_ns: u64, write_status: impl FnOnce(&mut StatusLine)) {
         if !self.ready_sent {
             self.send(b"READY=1");
             self.ready_sent = true;
-            self.last_watchdog_ns = now_ns;
-            if self.watchdog_interval_ns.is_some() {
-                self.send(b"WATCHDOG=1");
-            }
-        }
-        if let Some(interval) = self.watchdog_interval_ns {
-            if now_ns.saturating_sub(self.last_watchdog_ns) + period_ns >= interval {
-                self.send(b"WATCHDOG=1");
-                self.last_watchdog_ns = now_ns;
-            }
         }
         if now_ns.saturating_sub(self.last_status_ns) >= STATUS_INTERVAL_NS {
             let mut line = StatusLine::default();
@@ -147,6 +150,11 @@ impl SystemdNotifier {
             self.send(&bytes[..len]);
             self.last_status_ns = now_ns;
         }
+    }
+
+    /// `WATCHDOG=1`: everything checked in recently.
+    pub fn watchdog(&mut self) {
+        self.send(b"WATCHDOG=1");
     }
 
     pub fn stopping(&mut self) {
@@ -169,40 +177,44 @@ mod tests {
     }
 
     #[test]
-    fn sends_ready_watchdog_status_and_stopping() {
+    fn sends_ready_status_watchdog_and_stopping() {
         let name = format!("vla-rt-notify-test-{}", std::process::id());
         use std::os::linux::net::SocketAddrExt;
         let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let manager = UnixDatagram::bind_addr(&address).unwrap();
         manager.set_nonblocking(true).unwrap();
 
-        // WATCHDOG_USEC = 100 ms: at most 50 ms between two WATCHDOG=1; ticks of 10 ms.
         let mut notifier = SystemdNotifier::connect(&format!("@{name}"), Some(100_000)).unwrap();
+        assert_eq!(notifier.watchdog_usec(), Some(100_000));
+        // Ticks of 10 ms for 2 s: READY once, STATUS once a second, no WATCHDOG from ticks.
         let period = 10_000_000;
         let start = 5_000_000_000;
-        let mut watchdog_times = Vec::new();
+        let mut messages = Vec::new();
         for tick in 0..200u64 {
-            let now = start + tick * period;
-            notifier.after_tick(now, period, |line| {
+            notifier.after_tick(start + tick * period, |line| {
                 let _ = write!(line, "state=ACT tick={tick}");
             });
-            for message in receive_all(&manager) {
-                if message == "WATCHDOG=1" {
-                    watchdog_times.push(now);
-                } else if tick == 0 {
-                    assert!(message == "READY=1" || message == "STATUS=state=ACT tick=0");
-                } else {
-                    assert!(message.starts_with("STATUS=state=ACT tick="), "{message}");
-                }
-            }
+            messages.extend(receive_all(&manager));
         }
-        assert!(watchdog_times.len() >= 200 * 10 / 50);
-        for pair in watchdog_times.windows(2) {
-            assert!(pair[1] - pair[0] <= 50_000_000, "gap {}", pair[1] - pair[0]);
-        }
+        assert_eq!(
+            messages,
+            [
+                "READY=1",
+                "STATUS=state=ACT tick=0",
+                "STATUS=state=ACT tick=100"
+            ]
+        );
+        let mut watchdog = notifier.try_clone().unwrap();
+        watchdog.watchdog();
         notifier.stopping();
-        assert_eq!(receive_all(&manager), vec!["STOPPING=1".to_string()]);
+        assert_eq!(receive_all(&manager), ["WATCHDOG=1", "STOPPING=1"]);
         assert_eq!(notifier.failed_sends, 0);
+        assert_eq!(
+            SystemdNotifier::connect(&format!("@{name}"), Some(0))
+                .unwrap()
+                .watchdog_usec(),
+            None
+        );
     }
 
     #[test]

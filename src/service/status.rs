@@ -15,6 +15,7 @@ use super::inference::{InferenceStats, InstructionCell, STAGE_NAMES};
 use crate::capture::thread::LatestFrame;
 use crate::control::clock;
 use crate::control::handoff::{CommandOutbox, ControlInputs};
+use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::{ControlStats, LatencyHistogram};
 use crate::control::supervisor::StopCause;
 use crate::control::ControlState;
@@ -36,6 +37,7 @@ pub struct StatusSources {
     pub outbox: Arc<CommandOutbox>,
     pub inputs: Arc<ControlInputs>,
     pub instructions: Arc<InstructionCell>,
+    pub supervision: Arc<Supervision>,
 }
 
 /// Latency percentiles cover the last one to two of these windows.
@@ -107,7 +109,9 @@ impl StatusSources {
                 "published": load(&self.publish.published),
                 "failed": load(&self.publish.failed),
                 "dropped": self.outbox.dropped(),
+                "stale": load(&self.publish.stale),
             },
+            "fault": self.supervision.fault().map(|fault| fault.to_string()),
             "camera": {
                 "source": self.camera,
                 "frames": camera.frames,
@@ -196,7 +200,10 @@ impl StatusThread {
         let handle = std::thread::Builder::new()
             .name("vla-status".into())
             .spawn(move || {
-                status_loop(&publisher, &sources, terminal, &stop_flag);
+                let supervision = Arc::clone(&sources.supervision);
+                let _ = supervision.guard(Worker::Status, || {
+                    status_loop(&publisher, &sources, terminal, &stop_flag);
+                });
                 if terminal {
                     eprintln!();
                 }
@@ -210,6 +217,13 @@ impl StatusThread {
             stop,
             handle: Some(handle),
         })
+    }
+
+    /// Leaves the thread behind without waiting for it (it is stalled); it ends with the
+    /// process.
+    pub fn abandon(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle = None;
     }
 
     pub fn stop(&mut self) {
@@ -245,6 +259,7 @@ fn status_loop(
     let mut last_arm_refused = 0u64;
     let mut last_armed = false;
     while !stop.load(Ordering::Acquire) {
+        sources.supervision.check_in(Worker::Status);
         std::thread::park_timeout(Duration::from_millis(100));
         let state = state_of(&sources.control);
         let armed = sources.control.armed.load(Ordering::Acquire);

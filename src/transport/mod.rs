@@ -1,7 +1,8 @@
-//! Transport: the command record ([`record`]) and everything Zenoh ([`zenoh_io`]): the
-//! session, the command publisher, status, the liveliness token and the instruction and
-//! e-stop subscribers.
+//! Transport: the command record ([`record`]), the checks a driver makes before acting on
+//! one ([`guard`]) and everything Zenoh ([`zenoh_io`]): the session, the command publisher,
+//! status, the liveliness token and the instruction and e-stop subscribers.
 
+pub mod guard;
 pub mod record;
 pub mod zenoh_io;
 

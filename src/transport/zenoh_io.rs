@@ -2,9 +2,12 @@
 //! the status publisher, the liveliness token and the instruction and e-stop subscribers.
 //!
 //! The control thread never calls Zenoh: it drops each encoded record into the
-//! [`CommandOutbox`], and the publisher thread (same real-time priority) puts it with
-//! `Priority::RealTime`, `express` and `CongestionControl::Drop`. Subscriber callbacks only
-//! write atomics and single-slot cells.
+//! [`CommandOutbox`] (a ring of one), and the publisher thread (same real-time priority)
+//! puts it with `Priority::RealTime`, `express` and `CongestionControl::Drop`. A record that
+//! waited longer than one tick period before the publisher reached it is dropped and counted
+//! instead of sent late (a STOP is always sent). Subscriber callbacks only write atomics and
+//! single-slot cells. The publisher thread and the callbacks check in with the service's
+//! [`Supervision`]; a panic in them is a fault of the service.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,8 @@ use super::record::{CommandRecord, RECORD_LEN};
 use super::zenoh_error_text;
 use crate::config::{ZenohConfig, ZenohMode};
 use crate::control::clock;
-use crate::control::handoff::{CommandOutbox, ControlInputs};
+use crate::control::handoff::{CommandOutbox, ControlInputs, OutboxRecord};
+use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;
 use crate::control::supervisor::OperatorRequest;
 
@@ -147,6 +151,9 @@ pub fn open_session(config: &ZenohConfig) -> Result<Session, TransportError> {
 pub struct PublishStats {
     pub published: AtomicU64,
     pub failed: AtomicU64,
+    /// Records older than one tick period when the publisher reached them: dropped, not
+    /// sent late.
+    pub stale: AtomicU64,
     /// CLOCK_REALTIME after `put` returned minus the record's tick time.
     pub delay: LatencyHistogram,
     /// CLOCK_MONOTONIC after `put` returned, by sequence number, for the first records
@@ -159,6 +166,7 @@ impl PublishStats {
         Self {
             published: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
             delay: LatencyHistogram::default(),
             put_done_ns: (0..trace_capacity).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -168,6 +176,15 @@ impl PublishStats {
 /// The command publisher on its own thread.
 pub struct CommandPublisherThread {
     handle: Option<JoinHandle<()>>,
+    key: String,
+}
+
+/// How the publisher thread judges and reports.
+pub struct PublisherSettings {
+    /// The tick period: a record older than this when the publisher reaches it is dropped
+    /// (unless it is a STOP).
+    pub period_ns: u64,
+    pub supervision: Option<Arc<Supervision>>,
 }
 
 impl CommandPublisherThread {
@@ -178,23 +195,21 @@ impl CommandPublisherThread {
         key: &str,
         outbox: Arc<CommandOutbox>,
         stats: Arc<PublishStats>,
+        settings: PublisherSettings,
         on_start: impl FnOnce() + Send + 'static,
     ) -> Result<Self, TransportError> {
-        let publisher = session
-            .declare_publisher(key.to_string())
-            .priority(Priority::RealTime)
-            .express(true)
-            .congestion_control(CongestionControl::Drop)
-            .wait()
-            .map_err(|e| TransportError::Declare {
-                key: key.to_string(),
-                message: zenoh_error_text(&*e),
-            })?;
+        let publisher = declare_command_publisher(session, key)?;
         let handle = std::thread::Builder::new()
             .name("vla-publish".into())
             .spawn(move || {
                 on_start();
-                publisher_loop(&publisher, &outbox, &stats);
+                let work = || publisher_loop(&publisher, &outbox, &stats, &settings);
+                match &settings.supervision {
+                    Some(supervision) => {
+                        let _ = supervision.guard(Worker::Publisher, work);
+                    }
+                    None => work(),
+                }
                 if let Err(e) = publisher.undeclare().wait() {
                     log::warn!(
                         "zenoh: undeclaring the command publisher: {}",
@@ -208,6 +223,7 @@ impl CommandPublisherThread {
             })?;
         Ok(Self {
             handle: Some(handle),
+            key: key.to_string(),
         })
     }
 
@@ -219,15 +235,89 @@ impl CommandPublisherThread {
             }
         }
     }
+
+    /// Waits at most `limit` for the thread to drain the closed outbox and end; whether it
+    /// ended normally. A publisher that died or hangs is left behind (see
+    /// [`CommandPublisherThread::send_left_over`]).
+    pub fn join_within(&mut self, limit: std::time::Duration) -> bool {
+        let Some(handle) = self.handle.take() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + limit;
+        while !handle.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if !handle.is_finished() {
+            log::error!("command publisher thread did not end within {limit:?}");
+            return false;
+        }
+        // A panic caught by the supervision ends the thread normally, after the fault was
+        // reported; the caller asks the supervision about that.
+        handle.join().is_ok()
+    }
+
+    /// Puts the record still in `outbox` (the final STOP) from the calling thread with the
+    /// command QoS: for when the publisher thread died or hangs. Whether one went out.
+    pub fn send_left_over(&self, session: &Session, outbox: &CommandOutbox) -> bool {
+        let Some(record) = outbox.receive() else {
+            return false;
+        };
+        let put = declare_command_publisher(session, &self.key).and_then(|publisher| {
+            publisher
+                .put(record.bytes)
+                .wait()
+                .map_err(|e| TransportError::Declare {
+                    key: self.key.clone(),
+                    message: zenoh_error_text(&*e),
+                })?;
+            let _ = publisher.undeclare().wait();
+            Ok(())
+        });
+        match put {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("last command: {e}");
+                false
+            }
+        }
+    }
 }
 
-fn publisher_loop(publisher: &Publisher<'static>, outbox: &CommandOutbox, stats: &PublishStats) {
+fn declare_command_publisher(
+    session: &Session,
+    key: &str,
+) -> Result<Publisher<'static>, TransportError> {
+    session
+        .declare_publisher(key.to_string())
+        .priority(Priority::RealTime)
+        .express(true)
+        .congestion_control(CongestionControl::Drop)
+        .wait()
+        .map_err(|e| TransportError::Declare {
+            key: key.to_string(),
+            message: zenoh_error_text(&*e),
+        })
+}
+
+fn publisher_loop(
+    publisher: &Publisher<'static>,
+    outbox: &CommandOutbox,
+    stats: &PublishStats,
+    settings: &PublisherSettings,
+) {
     outbox.register_publisher();
     loop {
+        if let Some(supervision) = &settings.supervision {
+            supervision.check_in(Worker::Publisher);
+        }
         // Read before draining: a close that comes after the drain is seen next round.
         let closed = outbox.is_closed();
         while let Some(record) = outbox.receive() {
-            publish_one(publisher, &record, stats);
+            if is_in_time(&record, clock::monotonic_ns(), settings.period_ns) {
+                publish_one(publisher, &record.bytes, stats);
+            } else {
+                stats.stale.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if closed {
             return;
@@ -257,6 +347,13 @@ fn publish_one(publisher: &Publisher<'static>, record: &[u8; RECORD_LEN], stats:
             }
         }
     }
+}
+
+/// Whether `record` may still go out at `now_ns`: a STOP always, anything else only within
+/// one tick period of its hand-over (a late command would move the arm on an old decision,
+/// and the next tick's command is due anyway).
+pub fn is_in_time(record: &OutboxRecord, now_ns: u64, period_ns: u64) -> bool {
+    record.is_stop() || now_ns.saturating_sub(record.handed_over_ns) <= period_ns
 }
 
 /// A newest-wins instruction slot written by the subscriber and read by the inference thread.
@@ -309,7 +406,23 @@ impl RobotInterface {
         keys: &RobotKeys,
         inputs: Arc<ControlInputs>,
         instructions: Arc<dyn InstructionSink>,
+        supervision: Option<Arc<Supervision>>,
     ) -> Result<Self, TransportError> {
+        // Each callback runs as a busy section of the callback worker (a callback stuck past
+        // the worker timeout is a stall) and a panic in it is a fault.
+        let supervised = move |work: &dyn Fn()| match &supervision {
+            Some(supervision) => {
+                let _ = supervision.busy(Worker::Callbacks, || {
+                    supervision.guard(Worker::Callbacks, || {
+                        supervision.check_in(Worker::Callbacks);
+                        work();
+                    })
+                });
+            }
+            None => work(),
+        };
+        let supervised = Arc::new(supervised);
+        let estop_supervised = Arc::clone(&supervised);
         let declare_error = |key: &str| {
             let key = key.to_string();
             move |e: zenoh::Error| TransportError::Declare {
@@ -347,6 +460,7 @@ impl RobotInterface {
         let estop_subscriber = session
             .declare_subscriber(keys.estop.clone())
             .callback(move |sample| {
+                estop_supervised(&|| {
                 let payload = sample.payload().to_bytes();
                 match EStopRequest::parse(&payload) {
                     (EStopRequest::Release, _) => {
@@ -365,19 +479,22 @@ impl RobotInterface {
                         }
                     }
                 }
+                });
             })
             .wait()
             .map_err(declare_error(&keys.estop))?;
         let instruction_key = keys.instruction.clone();
         let instruction_subscriber = session
             .declare_subscriber(keys.instruction.clone())
-            .callback(move |sample| match sample.payload().try_to_string() {
-                Ok(text) if !text.trim().is_empty() => {
-                    log::info!("new instruction: {text:?}");
-                    instructions.submit(text.trim().to_string());
-                }
-                Ok(_) => log::warn!("{instruction_key}: empty instruction ignored"),
-                Err(_) => log::warn!("{instruction_key}: instruction is not UTF-8, ignored"),
+            .callback(move |sample| {
+                supervised(&|| match sample.payload().try_to_string() {
+                    Ok(text) if !text.trim().is_empty() => {
+                        log::info!("new instruction: {text:?}");
+                        instructions.submit(text.trim().to_string());
+                    }
+                    Ok(_) => log::warn!("{instruction_key}: empty instruction ignored"),
+                    Err(_) => log::warn!("{instruction_key}: instruction is not UTF-8, ignored"),
+                })
             })
             .wait()
             .map_err(declare_error(&keys.instruction))?;
@@ -437,6 +554,36 @@ impl Drop for RobotInterface {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outbox_record(state: crate::control::ControlState, handed_over_ns: u64) -> OutboxRecord {
+        let mut bytes = [0u8; RECORD_LEN];
+        CommandRecord {
+            state,
+            seq: 3,
+            tick_time_ns: 1,
+            capture_time_ns: 0,
+            action: [0.0; 7],
+        }
+        .encode(&mut bytes);
+        OutboxRecord {
+            bytes,
+            handed_over_ns,
+        }
+    }
+
+    #[test]
+    fn a_record_older_than_a_period_is_not_sent_unless_it_is_a_stop() {
+        use crate::control::ControlState;
+        let period = 100_000_000;
+        let act = outbox_record(ControlState::Act, 1_000_000_000);
+        assert!(is_in_time(&act, 1_000_000_000, period));
+        assert!(is_in_time(&act, 1_100_000_000, period));
+        assert!(!is_in_time(&act, 1_100_000_001, period));
+        let hold = outbox_record(ControlState::Hold, 1_000_000_000);
+        assert!(!is_in_time(&hold, 3_000_000_000, period));
+        let stop = outbox_record(ControlState::Stop, 1_000_000_000);
+        assert!(is_in_time(&stop, 60_000_000_000, period));
+    }
 
     #[test]
     fn keys_follow_the_contract() {
