@@ -47,6 +47,13 @@ fn commands_arrive_every_tick_well_formed_and_end_with_stop() {
         .map(|_| stream.next(Duration::from_secs(2)))
         .collect();
     assert_well_formed(&records, &config);
+    // Every skipped command was dropped by the outbox or the publisher, and counted.
+    let skipped = skipped_seqs(&records);
+    assert!(
+        skipped <= service.dropped_commands(),
+        "{skipped} commands skipped, {} counted as dropped",
+        service.dropped_commands()
+    );
 
     let acts: Vec<_> = records
         .iter()

@@ -395,6 +395,16 @@ impl Service {
         Arc::clone(&self.publish_stats)
     }
 
+    /// Commands that never went out: replaced in the outbox by a newer one before the
+    /// publisher took them, or older than a period when it did.
+    pub fn dropped_commands(&self) -> u64 {
+        self.outbox.dropped()
+            + self
+                .publish_stats
+                .stale
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The workers' heartbeats and the fault, if one happened.
     pub fn supervision(&self) -> Arc<Supervision> {
         Arc::clone(&self.supervision)

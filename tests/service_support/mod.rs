@@ -247,10 +247,12 @@ pub fn is_state(state: ControlState) -> impl Fn(&CommandRecord) -> bool {
     move |r| r.state == state
 }
 
-/// Checks the invariants every command must hold.
+/// Checks the invariants every command must hold. `seq` increases by one per tick; a record
+/// the publisher could not send within its period is dropped (and counted), so a busy
+/// machine may skip some: see [`skipped_seqs`].
 pub fn assert_well_formed(records: &[CommandRecord], config: &ServiceConfig) {
     for pair in records.windows(2) {
-        assert_eq!(pair[1].seq, pair[0].seq + 1, "sequence gap: {pair:?}");
+        assert!(pair[1].seq > pair[0].seq, "sequence out of order: {pair:?}");
         assert!(pair[1].tick_time_ns > pair[0].tick_time_ns);
     }
     for record in records {
@@ -276,4 +278,12 @@ pub fn assert_well_formed(records: &[CommandRecord], config: &ServiceConfig) {
             );
         }
     }
+}
+
+/// How many sequence numbers `records` (in order) skip.
+pub fn skipped_seqs(records: &[CommandRecord]) -> u64 {
+    records
+        .windows(2)
+        .map(|pair| pair[1].seq.saturating_sub(pair[0].seq + 1))
+        .sum()
 }
