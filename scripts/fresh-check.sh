@@ -86,6 +86,8 @@ mount -t proc proc "$root/proc"
 mounted+=("$root/proc")
 mount_into /sys "$root/sys" ro
 mount_into /dev "$root/dev"
+# apt keeps its terminal log through a pseudo-terminal.
+if mountpoint -q /dev/pts; then mount_into /dev/pts "$root/dev/pts"; fi
 mount_into "$cargo_bin" "$root/opt/cargo/bin" ro
 mount_into "$rustup_home" "$root/opt/rustup" ro
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
