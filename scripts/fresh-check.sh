@@ -86,9 +86,18 @@ mount -t proc proc "$root/proc"
 mounted+=("$root/proc")
 mount_into /sys "$root/sys" ro
 mount_into /dev "$root/dev"
+# apt keeps its terminal log through a pseudo-terminal.
+if mountpoint -q /dev/pts; then mount_into /dev/pts "$root/dev/pts"; fi
 mount_into "$cargo_bin" "$root/opt/cargo/bin" ro
 mount_into "$rustup_home" "$root/opt/rustup" ro
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The network's own trust: certificate authorities this machine adds (a proxy's, a company's)
+# are handed to the root the same way, so that when setup.sh installs ca-certificates they
+# join the root's bundle and pip and cargo reach their registries.
+if [ -d /usr/local/share/ca-certificates ]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 
 git clone --quiet --no-local "$repo" "$root/src/vla-rt"
 git -C "$root/src/vla-rt" checkout --quiet "$(git -C "$repo" rev-parse HEAD)"

@@ -273,9 +273,15 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# A distribution's own Python (Debian 12, Ubuntu 23.04 and later) marks itself externally
+# managed (PEP 668); the packages then go to /usr/local, beside the distribution's own ones.
 pip_install() {
-    python3 -m pip install --quiet --disable-pip-version-check "$@" \
-        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+    local flags=(--quiet --disable-pip-version-check)
+    if python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        flags+=(--break-system-packages)
+    fi
+    python3 -m pip install "${flags[@]}" "$@"
 }
 
 if [ "$install" -eq 1 ]; then

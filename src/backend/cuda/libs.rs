@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(name, "libnvrtc-builtins.so.13.0");
         let dirs = [empty.clone(), wheel.clone(), toolkit.clone()];
         assert_eq!(builtins_in(&dirs, &name), Some(wheel.join(&name)));
-        assert_eq!(builtins_in(&[empty.clone()], &name), None);
+        assert_eq!(builtins_in(std::slice::from_ref(&empty), &name), None);
         assert_eq!(
             builtins_in(&[wheel, toolkit.clone()], &nvrtc_builtins_name(12, 6)),
             Some(toolkit.join("libnvrtc-builtins.so.12.6"))
