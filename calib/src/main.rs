@@ -74,6 +74,10 @@ struct Args {
     /// Dataset statistics key of the checkpoint (sets `[model] unnorm_key`).
     #[arg(long, value_name = "KEY")]
     unnorm_key: Option<String>,
+    /// Action steps per second of the policy's training data (sets `[model] action_hz`;
+    /// required when neither the config nor the checkpoint says).
+    #[arg(long, value_name = "HZ")]
+    action_hz: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,9 @@ fn plan(args: &Args) -> Result<Plan, CalibError> {
     }
     if let Some(key) = &args.unnorm_key {
         checked.model.unnorm_key = Some(key.clone());
+    }
+    if let Some(hz) = args.action_hz {
+        checked.model.action_hz = Some(hz);
     }
     checked.validate(&origin)?;
     if !(args.settle_seconds.is_finite() && (0.0..=600.0).contains(&args.settle_seconds)) {

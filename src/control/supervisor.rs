@@ -456,7 +456,29 @@ mod tests {
         s
     }
 
-    // One test per arrow of the table.
+    #[test]
+    fn the_transition_table() {
+        use SafetyState::{Armed, Disarmed, Stopped};
+        let (camera, estop) = (StopCause::CameraSilent, StopCause::EStop);
+        for (from, event, to) in [
+            (Disarmed, Event::Stop(camera), Stopped(camera)),
+            (Disarmed, Event::Arm, Armed),
+            (Disarmed, Event::Disarm, Disarmed),
+            (Disarmed, Event::Nothing, Disarmed),
+            (Armed, Event::Stop(camera), Stopped(camera)),
+            (Armed, Event::Arm, Armed),
+            (Armed, Event::Disarm, Disarmed),
+            (Armed, Event::Nothing, Armed),
+            (Stopped(estop), Event::Stop(camera), Stopped(camera)),
+            (Stopped(estop), Event::Arm, Armed),
+            (Stopped(estop), Event::Disarm, Stopped(estop)),
+            (Stopped(estop), Event::Nothing, Stopped(estop)),
+        ] {
+            assert_eq!(transition(from, event), to, "{from:?} --{event:?}-->");
+        }
+    }
+
+    // One test per arrow of the table, through the tick's inputs.
 
     #[test]
     fn disarmed_arm_arms() {
