@@ -40,3 +40,30 @@ if ! have_nvrtc; then
     python3 -m pip install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.0.88" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "nvidia-cuda-nvrtc==13.0.88"
 fi
+
+# The simulated robot (sim/, tests/sim_loop.rs): MuJoCo renders headless through EGL on
+# Mesa's software renderer, which needs libEGL, libOpenGL and the Mesa DRI drivers (checked
+# on a clean Debian bookworm root); the Python packages are pinned in sim/requirements.txt.
+sim_apt=()
+ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1' || sim_apt+=(libegl1)
+ldconfig -p 2>/dev/null | grep -q 'libOpenGL\.so\.0' || sim_apt+=(libopengl0)
+compgen -G '/usr/lib/*/dri/swrast_dri.so' >/dev/null || sim_apt+=(libgl1-mesa-dri)
+if [ ${#sim_apt[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${sim_apt[@]}"
+fi
+sim_requirements="$(dirname "$0")/../sim/requirements.txt"
+python3 - "$sim_requirements" <<'PY' 2>/dev/null || \
+    python3 -m pip install --quiet --disable-pip-version-check -r "$sim_requirements" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages -r "$sim_requirements"
+import sys
+from importlib.metadata import version
+pins = [l.split("#")[0].strip() for l in open(sys.argv[1])]
+sys.exit(any(p and version(p.split("==")[0]) != p.split("==")[1] for p in pins))
+PY
+if ! (cd "$(dirname "$0")/../sim" && MUJOCO_GL=egl python3 -c 'import tabletop; s = tabletop.Tabletop(); s.reset(0); assert s.render().shape == (224, 224, 3); s.close()'); then
+    echo "setup.sh: MuJoCo cannot render headless (MUJOCO_GL=egl): see the error above" >&2
+    exit 1
+fi

@@ -69,7 +69,7 @@ impl<'de> Deserialize<'de> for ControlValue {
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
-    /// `synthetic`, `images:<dir>` or a `/dev/videoN` path.
+    /// `synthetic`, `images:<dir>`, `zenoh:<key expression>` or a `/dev/videoN` path.
     pub source: String,
     pub width: u32,
     pub height: u32,
@@ -445,10 +445,22 @@ impl ServiceConfig {
                 .strip_prefix("images:")
                 .is_some_and(|d| !d.is_empty())
             || source.starts_with("/dev/");
-        if !source_ok {
+        if let Some(key) = source.strip_prefix("zenoh:") {
+            zenoh::key_expr::KeyExpr::try_from(key).map_err(|e| {
+                invalid(
+                    "camera.source",
+                    format!(
+                        "`{key}` is not a Zenoh key expression: {}",
+                        crate::transport::zenoh_error_text(&*e)
+                    ),
+                )
+            })?;
+        } else if !source_ok {
             return Err(invalid(
                 "camera.source",
-                format!("`{source}` is not `synthetic`, `images:<dir>` or a `/dev/videoN` path"),
+                format!(
+                    "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path"
+                ),
             ));
         }
         if camera.width == 0 || camera.width > 16384 {
