@@ -34,6 +34,8 @@ import robot as sim_robot  # noqa: E402
 import tabletop  # noqa: E402
 
 BUNDLED_MODEL = REPO / "engines" / "openvla-tiny"
+# Camera frames per control period: every tick then has a frame it has not acted on.
+FRAMES_PER_ACTION = 2
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -69,7 +71,7 @@ def write_config(path: pathlib.Path, args, port: int, camera_key: str) -> None:
         "[camera]",
         f"source = {toml_string('zenoh:' + camera_key)}",
         f"width = {tabletop.IMAGE_SIZE}", f"height = {tabletop.IMAGE_SIZE}",
-        f"fps = {max(1, round(args.rate_hz))}",
+        f"fps = {max(1, round(args.rate_hz * FRAMES_PER_ACTION))}",
         "stall_timeout_ms = 500",
         "[control]",
         f"rate_hz = {args.rate_hz}",
@@ -150,13 +152,13 @@ def estop_check(robot, session, robot_id: str, seed: int) -> dict:
     """Moves under ACT, puts `stop` on the e-stop key and measures what moves after STOP."""
     robot.start_episode(seed)
     acts_before = robot.counts["ACT"]
-    robot.run_periods(50, until=lambda s: robot.counts["ACT"] >= acts_before + 3)
+    robot.run_frames(50, until=lambda s: robot.counts["ACT"] >= acts_before + 3)
     acts_during = robot.counts["ACT"] - acts_before
     stops_before = robot.counts["STOP"]
     session.put(f"vla/{robot_id}/estop", "stop")
-    robot.run_periods(50, until=lambda s: robot.counts["STOP"] > stops_before)
+    robot.run_frames(50, until=lambda s: robot.counts["STOP"] > stops_before)
     stopped_at = robot.sim.hand_position
-    robot.run_periods(10)
+    robot.run_frames(20)
     travel = float(((robot.sim.hand_position - stopped_at) ** 2).sum() ** 0.5)
     return {"act_commands_before_stop": acts_during,
             "stop_commands": robot.counts["STOP"] - stops_before,
@@ -210,7 +212,8 @@ def main() -> int:
         deadline = time.monotonic() + args.startup_timeout
         session = open_session(port, deadline)
         try:
-            robot = sim_robot.ZenohRobot(session, args.robot_id, sim, camera_key)
+            robot = sim_robot.ZenohRobot(session, args.robot_id, sim, camera_key,
+                                         frames_per_action=FRAMES_PER_ACTION)
             robot.keep_frames = 600 if args.gif else 0
             status = StatusWatch(session, args.robot_id)
             # The service warms its policy up on the first frame: publish until it reports.
@@ -221,7 +224,7 @@ def main() -> int:
                                        f"see {log_path}:\n{log_path.read_text()[-2000:]}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no status from vla-rt within {args.startup_timeout} s")
-                robot.run_periods(1)
+                robot.run_frames(1)
             episodes = []
             for index in range(args.episodes):
                 session.put(f"vla/{args.robot_id}/arm", "arm")
@@ -237,7 +240,7 @@ def main() -> int:
             seen = status.get()[1]
             wait_until = time.monotonic() + 3.0
             while status.get()[1] == seen and time.monotonic() < wait_until:
-                robot.run_periods(1)
+                robot.run_frames(1)
             last_status = status.get()[0] or {}
             status.close()
             robot.close()
@@ -254,7 +257,7 @@ def main() -> int:
 
         successes = sum(e["success"] for e in episodes)
         low, high = wilson_interval(successes, len(episodes))
-        times = [e["steps"] / args.rate_hz for e in episodes if e["success"]]
+        times = [e["time_s"] for e in episodes if e["success"]]
         report = {
             "model": str(args.model), "backend": args.backend, "quantization": args.quantization,
             "projector": args.projector, "rate_hz": args.rate_hz, "seed": args.seed,

@@ -5,11 +5,14 @@
   where it is going, STOP halts it where it is; with no command for `command_timeout_s` it
   halts as well, as an arm driver does;
 - publishes the camera as JPEG frame records v1 (README, "Cameras on Zenoh") on the camera
-  key the service reads (`[camera] source = "zenoh:<key>"`), one frame per action period;
+  key the service reads (`[camera] source = "zenoh:<key>"`), `frames_per_action` frames per
+  action period (2: every control tick then finds a frame it has not acted on, although the
+  two clocks are not in step);
 - puts each episode's instruction on `vla/<robot>/instruction`;
 - publishes its own state as JSON on `sim/<robot>/state` every period (not a vla-rt key).
 
-It runs in real time at the action rate of the dataset (tabletop.ACTION_RATE_HZ).
+It runs in real time at the action rate of the dataset (tabletop.ACTION_RATE_HZ); the
+simulation advances between frames, commands are applied as they arrive.
 """
 from __future__ import annotations
 
@@ -70,11 +73,13 @@ class ZenohRobot:
     """Runs episodes of the simulator in real time against a vla-rt service."""
 
     def __init__(self, session: zenoh.Session, robot_id: str, sim: tabletop.Tabletop,
-                 camera_key: str | None = None, command_timeout_s: float = 0.5):
+                 camera_key: str | None = None, command_timeout_s: float = 0.5,
+                 frames_per_action: int = 2):
         self.session = session
         self.sim = sim
         self.robot_id = robot_id
-        self.period_s = 1.0 / sim.rate_hz
+        self.frames_per_action = frames_per_action
+        self.frame_period_s = 1.0 / (sim.rate_hz * frames_per_action)
         self.command_timeout_s = command_timeout_s
         self.camera_key = camera_key or f"vla/{robot_id}/camera"
         self.instruction_key = f"vla/{robot_id}/instruction"
@@ -103,7 +108,7 @@ class ZenohRobot:
         self._camera.undeclare()
         self._state.undeclare()
 
-    # One action period ----------------------------------------------------------------------
+    # One camera frame ------------------------------------------------------------------------
 
     def apply_commands(self) -> list[dict]:
         """Applies every command that arrived since the last period, in order."""
@@ -157,11 +162,12 @@ class ZenohRobot:
             self.frames_kept.append((image, self.sim.task.instruction, self.last_command,
                                      self.sim.state()))
 
-    def period(self) -> dict:
-        """Applies the commands, simulates one period and publishes the frame and the state."""
+    def frame(self) -> dict:
+        """Applies the commands, simulates one frame interval and publishes the frame and the
+        state."""
         applied = self.apply_commands()
         before = self.sim.hand_position
-        self.sim.advance()
+        self.sim.advance(1.0 / self.frames_per_action)
         moved = float(np.linalg.norm(self.sim.hand_position - before))
         if any(c["state"] == "ACT" for c in applied):
             self.act_travel_m += moved
@@ -180,14 +186,15 @@ class ZenohRobot:
         self.session.put(self.instruction_key, task.instruction)
         return task
 
-    def run_periods(self, count: int, until=None) -> int:
-        """Runs up to `count` periods in real time; stops early when `until(state)` holds."""
+    def run_frames(self, count: int, until=None) -> int:
+        """Runs up to `count` frame intervals in real time; stops early when `until(state)`
+        holds."""
         next_deadline = time.monotonic()
         for index in range(count):
-            state = self.period()
+            state = self.frame()
             if until is not None and until(state):
                 return index + 1
-            next_deadline += self.period_s
+            next_deadline += self.frame_period_s
             delay = next_deadline - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -196,12 +203,13 @@ class ZenohRobot:
         return count
 
     def run_episode(self, seed: int, max_steps: int) -> dict:
+        """One episode of at most `max_steps` action periods; ends at success."""
         task = self.start_episode(seed)
-        started = time.monotonic()
-        steps = self.run_periods(max_steps, until=lambda s: s["success"])
+        frames = self.run_frames(max_steps * self.frames_per_action, until=lambda s: s["success"])
         success = self.sim.success()
         return {"seed": seed, "instruction": task.instruction, "success": success,
-                "steps": steps, "time_s": round(time.monotonic() - started, 3)}
+                "steps": -(-frames // self.frames_per_action),
+                "time_s": round(frames * self.frame_period_s, 3)}
 
 
 def main() -> int:

@@ -134,6 +134,7 @@ class Tabletop:
         self.gripper = 1.0
         self.task = Task("reach", self.colours[0])
         self.steps = 0
+        self._period_done = 0.0
 
     def close(self) -> None:
         self.renderer.close()
@@ -163,6 +164,7 @@ class Tabletop:
         mujoco.mj_forward(self.model, self.data)
         self.task = Task(task_kind, str(rng.choice(self.colours)))
         self.steps = 0
+        self._period_done = 0.0
         return self.task
 
     # Stepping -------------------------------------------------------------------------------
@@ -180,17 +182,21 @@ class Tabletop:
         """Stops where the gripper is now: the target becomes the current position."""
         self.target = self.data.mocap_pos[0].copy()
 
-    def advance(self) -> None:
-        """Simulates one action period towards the current target, without a new action."""
+    def advance(self, fraction: float = 1.0) -> None:
+        """Simulates `fraction` of an action period towards the current target, without a
+        new action; `steps` counts whole periods."""
         self._set_fingers(self.gripper)
         max_step = MAX_SPEED_M_S * PHYSICS_TIMESTEP
-        for _ in range(self.substeps):
+        self._period_done += fraction
+        for _ in range(max(1, round(self.substeps * fraction))):
             error = self.target - self.data.mocap_pos[0]
             distance = float(np.linalg.norm(error))
             if distance > 0.0:
                 self.data.mocap_pos[0] += error * min(1.0, max_step / distance)
             mujoco.mj_step(self.model, self.data)
-        self.steps += 1
+        if self._period_done >= 1.0 - 1e-9:
+            self._period_done = 0.0
+            self.steps += 1
 
     def _set_fingers(self, gripper: float, instantly: bool = False) -> None:
         opening = FINGER_CLOSED + (FINGER_OPEN - FINGER_CLOSED) * gripper
