@@ -634,6 +634,14 @@ mod tests {
     }
 
     #[test]
+    fn a_camera_on_zenoh_is_a_key_expression() {
+        let config = parse_and_validate("[camera]\nsource = \"zenoh:vla/sim/camera\"\n").unwrap();
+        assert_eq!(config.camera.source, "zenoh:vla/sim/camera");
+        let wildcard = parse_and_validate("[camera]\nsource = \"zenoh:cams/*/front\"\n").unwrap();
+        assert_eq!(wildcard.camera.source, "zenoh:cams/*/front");
+    }
+
+    #[test]
     fn contract_keys_parse() {
         let config = parse_and_validate(
             r#"
@@ -733,6 +741,10 @@ mod tests {
             (
                 "[camera]\nsource = \"webcam\"\n",
                 "camera.source: `webcam` is not",
+            ),
+            (
+                "[camera]\nsource = \"zenoh:vla//camera\"\n",
+                "camera.source: `vla//camera` is not a Zenoh key expression",
             ),
             ("[camera]\nfps = 0\n", "camera.fps"),
             ("[camera]\nresolution = 3\n", "camera.resolution"),
