@@ -148,20 +148,29 @@ def draw_gif(path: str, frames, rate_hz: float) -> None:
                        duration=round(1000 / rate_hz), loop=0)
 
 
-def estop_check(robot, session, robot_id: str, seed: int) -> dict:
-    """Moves under ACT, puts `stop` on the e-stop key and measures what moves after STOP."""
+def estop_check(robot, session, status, robot_id: str, seed: int) -> dict:
+    """Moves under ACT, puts `stop` on the e-stop key and measures what moves after STOP.
+
+    The measurement starts once a STOP arrived and the status reports the e-stop latched:
+    a STOP for policy misses before the latch could still be followed by ACT."""
     robot.start_episode(seed)
     acts_before = robot.counts["ACT"]
     robot.run_frames(50, until=lambda s: robot.counts["ACT"] >= acts_before + 3)
     acts_during = robot.counts["ACT"] - acts_before
     stops_before = robot.counts["STOP"]
     session.put(f"vla/{robot_id}/estop", "stop")
-    robot.run_frames(50, until=lambda s: robot.counts["STOP"] > stops_before)
+
+    def latched(_state) -> bool:
+        document = status.get()[0] or {}
+        return robot.counts["STOP"] > stops_before and document.get("estop") is True
+
+    robot.run_frames(100, until=latched)
     stopped_at = robot.sim.hand_position
     robot.run_frames(20)
     travel = float(((robot.sim.hand_position - stopped_at) ** 2).sum() ** 0.5)
     return {"act_commands_before_stop": acts_during,
             "stop_commands": robot.counts["STOP"] - stops_before,
+            "latched": latched(None),
             "travel_after_stop_m": travel,
             "halted": robot.halted}
 
@@ -234,7 +243,7 @@ def main() -> int:
                     print(f"episode {index}: seed {episode['seed']} {episode['instruction']!r}: "
                           f"{'success' if episode['success'] else 'failure'} after "
                           f"{episode['steps']} steps", flush=True)
-            estop = estop_check(robot, session, args.robot_id, args.seed + args.episodes) \
+            estop = estop_check(robot, session, status, args.robot_id, args.seed + args.episodes) \
                 if args.estop_check else None
             # A status published after the last episode.
             seen = status.get()[1]
