@@ -216,7 +216,8 @@ def main() -> int:
     report = {}
     try:
         with open(log_path, "wb") as log:
-            service = subprocess.Popen([args.vla_rt, "run", "--config", str(config_path)],
+            service = subprocess.Popen([args.vla_rt, "run", "--config", str(config_path),
+                                        "--robot-id", args.robot_id],
                                        stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + args.startup_timeout
         session = open_session(port, deadline)
