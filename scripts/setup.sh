@@ -255,6 +255,40 @@ if have != wanted:
 PY
 }
 
+# The simulated robot (sim/, tests/sim_loop.rs): MuJoCo renders headless through EGL on Mesa's
+# software renderer, which needs libEGL, libOpenGL and the Mesa DRI drivers (checked on a clean
+# Debian bookworm root); its Python packages are pinned in sim/requirements.txt.
+SIM_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/sim/requirements.txt"
+check_gl_libraries() {
+    ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1' || { echo "no libEGL.so.1"; return 1; }
+    ldconfig -p 2>/dev/null | grep -q 'libOpenGL\.so\.0' || { echo "no libOpenGL.so.0"; return 1; }
+    compgen -G '/usr/lib/*/dri/swrast_dri.so' >/dev/null \
+        || { echo "no Mesa software renderer (swrast_dri.so)"; return 1; }
+}
+check_sim_python() {
+    have python3 || { echo "no python3 for the simulated robot"; return 1; }
+    python3 - "$SIM_REQUIREMENTS" <<'PY' || return 1
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for line in open(sys.argv[1]):
+    pin = line.split("#")[0].strip()
+    if not pin:
+        continue
+    name, wanted = pin.split("==")
+    try:
+        have = version(name)
+    except PackageNotFoundError:
+        print(f"python3 has no {name} (sim/requirements.txt pins {wanted})")
+        sys.exit(1)
+    if have != wanted:
+        print(f"python3 has {name} {have}, sim/requirements.txt pins {wanted}")
+        sys.exit(1)
+PY
+    (cd "$(dirname "$SIM_REQUIREMENTS")" && MUJOCO_GL=egl python3 -c 'import tabletop
+s = tabletop.Tabletop(); s.reset(0); assert s.render().shape == (224, 224, 3); s.close()' \
+        >/dev/null 2>&1) || { echo "MuJoCo cannot render headless (MUJOCO_GL=egl)"; return 1; }
+}
+
 # Every item: its check, and what installs it ("apt:PACKAGE..." or "pip:REQUIREMENT").
 ITEMS=(
     "check_cc apt:gcc,libc6-dev"
@@ -267,6 +301,8 @@ ITEMS=(
     "check_libclang apt:libclang-dev"
     "check_python_zenoh pip:$PY_ZENOH"
     "check_nvrtc pip:$NVRTC_WHEEL"
+    "check_gl_libraries apt:libegl1,libopengl0,libgl1-mesa-dri"
+    "check_sim_python pip:-r,$SIM_REQUIREMENTS"
 )
 
 as_root() {
@@ -290,8 +326,12 @@ if [ "$install" -eq 1 ]; then
     for item in "${ITEMS[@]}"; do
         read -r check source <<<"$item"
         case "$source" in
-            apt:*) $check >/dev/null || IFS=, read -r -a packages <<<"${source#apt:}" \
-                && apt_need+=("${packages[@]}") ;;
+            apt:*)
+                if ! $check >/dev/null; then
+                    IFS=, read -r -a packages <<<"${source#apt:}"
+                    apt_need+=("${packages[@]}")
+                fi
+                ;;
         esac
     done
     if [ ${#apt_need[@]} -gt 0 ]; then
@@ -305,8 +345,9 @@ if [ "$install" -eq 1 ]; then
         case "$source" in
             pip:*)
                 if ! $check >/dev/null; then
-                    echo "setup: installing ${source#pip:} (pip)"
-                    pip_install "${source#pip:}"
+                    IFS=, read -r -a requirements <<<"${source#pip:}"
+                    echo "setup: installing ${requirements[*]} (pip)"
+                    pip_install "${requirements[@]}"
                 fi
                 ;;
         esac
@@ -319,7 +360,7 @@ for item in "${ITEMS[@]}"; do
     if ! reason=$($check 2>&1); then
         case "$source" in
             apt:*) how="apt-get install ${source#apt:}"; how=${how//,/ } ;;
-            pip:*) how="python3 -m pip install ${source#pip:}" ;;
+            pip:*) how="python3 -m pip install ${source#pip:}"; how=${how//,/ } ;;
         esac
         echo "setup: FAILED ${check#check_}: ${reason:-failed}; install with: $how"
         failed=1

@@ -69,7 +69,7 @@ impl<'de> Deserialize<'de> for ControlValue {
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
-    /// `synthetic`, `images:<dir>` or a `/dev/videoN` path.
+    /// `synthetic`, `images:<dir>`, `zenoh:<key expression>` or a `/dev/videoN` path.
     pub source: String,
     pub width: u32,
     pub height: u32,
@@ -569,10 +569,22 @@ impl ServiceConfig {
                 .strip_prefix("images:")
                 .is_some_and(|d| !d.is_empty())
             || source.starts_with("/dev/");
-        if !source_ok {
+        if let Some(key) = source.strip_prefix("zenoh:") {
+            zenoh::key_expr::KeyExpr::try_from(key).map_err(|e| {
+                invalid(
+                    "camera.source",
+                    format!(
+                        "`{key}` is not a Zenoh key expression: {}",
+                        crate::transport::zenoh_error_text(&*e)
+                    ),
+                )
+            })?;
+        } else if !source_ok {
             return Err(invalid(
                 "camera.source",
-                format!("`{source}` is not `synthetic`, `images:<dir>` or a `/dev/videoN` path"),
+                format!(
+                    "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path"
+                ),
             ));
         }
         if camera.width == 0 || camera.width > 16384 {
@@ -822,6 +834,14 @@ mod tests {
     }
 
     #[test]
+    fn a_camera_on_zenoh_is_a_key_expression() {
+        let config = parse_and_validate("[camera]\nsource = \"zenoh:vla/sim/camera\"\n").unwrap();
+        assert_eq!(config.camera.source, "zenoh:vla/sim/camera");
+        let wildcard = parse_and_validate("[camera]\nsource = \"zenoh:cams/*/front\"\n").unwrap();
+        assert_eq!(wildcard.camera.source, "zenoh:cams/*/front");
+    }
+
+    #[test]
     fn contract_keys_parse() {
         let config = parse_and_validate(
             r#"
@@ -987,6 +1007,10 @@ mod tests {
             (
                 "[camera]\nsource = \"webcam\"\n",
                 "camera.source: `webcam` is not",
+            ),
+            (
+                "[camera]\nsource = \"zenoh:vla//camera\"\n",
+                "camera.source: `vla//camera` is not a Zenoh key expression",
             ),
             ("[camera]\nfps = 0\n", "camera.fps"),
             ("[camera]\nresolution = 3\n", "camera.resolution"),

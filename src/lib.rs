@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The modules follow that path:
-//! - [`capture`]: frame sources (synthetic, image folders, V4L2) behind one [`capture::FrameSource`] trait.
+//! - [`capture`]: frame sources (synthetic, image folders, V4L2, Zenoh) behind one [`capture::FrameSource`] trait.
 //! - [`preprocess`]: Pillow-exact bicubic resize to 224 and the two normalisations.
 //! - [`model`]: the checkpoint and the pure model math (ViTs, projector, Llama, action
 //!   de-tokenisation); it knows nothing of threads, cameras or Zenoh.

@@ -6,6 +6,7 @@ pub mod mjpeg;
 pub mod v4l2;
 pub mod v4l2_convert;
 pub mod v4l2_device;
+pub mod zenoh_source;
 
 use crate::preprocess::RgbImage;
 
@@ -81,21 +82,39 @@ pub trait FrameSource: Send {
     fn stop(&mut self);
     /// A short description for logs and status (`synthetic`, `/dev/video0 MJPG 640x480@30`).
     fn describe(&self) -> String;
+    /// Hands the service's Zenoh session over after [`FrameSource::start`], so that a source
+    /// reading from Zenoh subscribes on it (sharing its endpoints, identity and access rules)
+    /// rather than opening a session of its own. Sources that do not use Zenoh ignore it.
+    fn attach_session(&mut self, _session: &zenoh::Session) -> Result<(), CaptureError> {
+        Ok(())
+    }
 }
 
 pub mod images;
 pub mod synthetic;
 pub mod thread;
 
-/// Builds the source a `[camera] source` value names (`synthetic`, `images:<dir>` or a
-/// `/dev/...` path); the device is opened by [`FrameSource::start`], which reports a missing
+/// Builds the source a `[camera] source` value names (`synthetic`, `images:<dir>`,
+/// `zenoh:<key>` or a `/dev/...` path); the device is opened by [`FrameSource::start`], which reports a missing
 /// node as [`CaptureError::DeviceMissing`] (opening, not `stat`, is the test: what answers
 /// `open` on a path is what a capture needs, and the service starts the camera before
 /// anything slow).
 pub fn open_source(
     config: &crate::config::CameraConfig,
 ) -> Result<Box<dyn FrameSource>, CaptureError> {
+    open_source_with_zenoh(config, &crate::config::ZenohConfig::default())
+}
+
+/// [`open_source`], with the `[zenoh]` settings a `zenoh:<key>` source opens its own session
+/// with when no session is attached to it.
+pub fn open_source_with_zenoh(
+    config: &crate::config::CameraConfig,
+    zenoh: &crate::config::ZenohConfig,
+) -> Result<Box<dyn FrameSource>, CaptureError> {
     let source = config.source.as_str();
+    if source.starts_with(zenoh_source::SOURCE_PREFIX) {
+        return Ok(Box::new(zenoh_source::ZenohSource::new(config, zenoh)?));
+    }
     if source == "synthetic" {
         return Ok(Box::new(synthetic::SyntheticSource::new(config)?));
     }
@@ -110,6 +129,6 @@ pub fn open_source(
     }
     Err(CaptureError::Config {
         source_name: source.to_string(),
-        message: "not `synthetic`, `images:<dir>` or a `/dev/videoN` path".into(),
+        message: "not `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path".into(),
     })
 }

@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Calibration file written by `vla-calib` (sets `[calibration] path`).
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
-    /// Camera source: `synthetic`, `images:<dir>` or a `/dev/videoN` path (sets `[camera] source`).
+    /// Camera source: `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path (sets
+    /// `[camera] source`).
     #[arg(long, value_name = "SOURCE")]
     pub camera: Option<String>,
     /// Robot id in the key expressions `vla/<robot_id>/...` (sets `robot_id`).
@@ -197,17 +198,18 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     heartbeat::install_panic_hook();
     signals::install_termination_handlers()
         .map_err(|e| CliError::failure(format!("cannot install signal handlers: {e}")))?;
-    let source = crate::capture::open_source(&config.camera).map_err(|e| {
-        if matches!(
-            e,
-            crate::capture::CaptureError::DeviceMissing { .. }
-                | crate::capture::CaptureError::Config { .. }
-        ) {
-            CliError::bad_input(e.to_string())
-        } else {
-            CliError::failure(e.to_string())
-        }
-    })?;
+    let source =
+        crate::capture::open_source_with_zenoh(&config.camera, &config.zenoh).map_err(|e| {
+            if matches!(
+                e,
+                crate::capture::CaptureError::DeviceMissing { .. }
+                    | crate::capture::CaptureError::Config { .. }
+            ) {
+                CliError::bad_input(e.to_string())
+            } else {
+                CliError::failure(e.to_string())
+            }
+        })?;
     let model_path = config.model.path.clone();
     let options = ServiceOptions {
         duration,

@@ -156,6 +156,11 @@ impl Service {
                 return Err(e.into());
             }
         };
+        if let Err(e) = source.attach_session(&session) {
+            source.stop();
+            let _ = session.close().wait();
+            return Err(e.into());
+        }
         let policy = match load_policy() {
             Ok(policy) => policy,
             Err(e) => {
