@@ -40,3 +40,12 @@ if ! have_nvrtc; then
     python3 -m pip install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.0.88" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "nvidia-cuda-nvrtc==13.0.88"
 fi
+
+# openssl: tests/zenoh_security.rs makes its CA and certificates with scripts/make-certs.sh.
+if ! command -v openssl >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl
+fi
+openssl version >/dev/null

@@ -92,7 +92,7 @@ fn estop_latches_stop_until_released() {
     let stream = CommandStream::new(&session, "estop");
     stream.until(WAIT, "the first ACT", is_state(ControlState::Act));
 
-    session.put("vla/estop/estop", "stop").wait().unwrap();
+    session.put("vla/estop/estop/stop", "stop").wait().unwrap();
     stream.until(WAIT, "STOP after the e-stop", is_state(ControlState::Stop));
     let latched: Vec<_> = (0..15)
         .map(|_| stream.next(Duration::from_secs(2)))
@@ -106,17 +106,33 @@ fn estop_latches_stop_until_released() {
         .iter()
         .all(|r| r.action[..6] == [0.0; 6] && r.capture_time_ns == 0));
 
+    // `release` on the old key is refused, and a put on a wildcard that includes the
+    // release key does not release either.
     session.put("vla/estop/estop", "release").wait().unwrap();
+    session.put("vla/estop/estop/*", "release").wait().unwrap();
+    let held: Vec<_> = (0..15)
+        .map(|_| stream.next(Duration::from_secs(2)))
+        .collect();
+    assert!(
+        held.iter().all(|r| r.state == ControlState::Stop),
+        "released by the old key or a wildcard: {:?}",
+        held.iter().map(|r| r.state).collect::<Vec<_>>()
+    );
+
+    session
+        .put("vla/estop/estop/release", "release")
+        .wait()
+        .unwrap();
     stream.until(WAIT, "ACT after the release", is_state(ControlState::Act));
 
-    // A payload that is not understood stops too.
+    // The old key still stops, on any payload.
     session.put("vla/estop/estop", "halt!").wait().unwrap();
     stream.until(
         WAIT,
-        "STOP after an unknown payload",
+        "STOP after an unknown payload on the old key",
         is_state(ControlState::Stop),
     );
-    session.put("vla/estop/estop", "release").wait().unwrap();
+    session.put("vla/estop/estop/release", "").wait().unwrap();
     stream.until(
         WAIT,
         "ACT after the second release",

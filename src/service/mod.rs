@@ -15,11 +15,12 @@ use zenoh::Wait;
 
 use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
-use crate::config::{RealtimeMode, ServiceConfig};
+use crate::config::{RealtimeMode, ServiceConfig, INSTRUCTION_MAX_BYTES};
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
 use crate::policy::{Policy, PolicyError};
+use crate::transport::security;
 use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, RobotInterface, RobotKeys, TransportError,
 };
@@ -124,13 +125,15 @@ impl Service {
         // that may take minutes to load.
         source.start()?;
         let camera = source.describe();
-        let session = match zenoh_io::open_session(&config.zenoh) {
-            Ok(session) => session,
-            Err(e) => {
-                source.stop();
-                return Err(e.into());
-            }
-        };
+        let inbound_limit = security::inbound_message_limit(INSTRUCTION_MAX_BYTES);
+        let (session, transport_security) =
+            match zenoh_io::open_session(&config.zenoh, inbound_limit) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    source.stop();
+                    return Err(e.into());
+                }
+            };
         let policy = match load_policy() {
             Ok(policy) => policy,
             Err(e) => {
@@ -218,6 +221,7 @@ impl Service {
                 outbox: Arc::clone(&outbox),
                 inputs: Arc::clone(&inputs),
                 instructions: Arc::clone(&instructions),
+                transport: transport_security,
             },
             options.terminal_status,
         )?;

@@ -18,6 +18,7 @@ use crate::control::handoff::{CommandOutbox, ControlInputs};
 use crate::control::stats::{ControlStats, LatencyHistogram};
 use crate::control::supervisor::StopCause;
 use crate::control::ControlState;
+use crate::transport::security::TransportSecurity;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{PublishStats, TransportError};
 
@@ -36,6 +37,8 @@ pub struct StatusSources {
     pub outbox: Arc<CommandOutbox>,
     pub inputs: Arc<ControlInputs>,
     pub instructions: Arc<InstructionCell>,
+    /// What the Zenoh session's configuration says about authentication, fixed at start.
+    pub transport: TransportSecurity,
 }
 
 /// Latency percentiles cover the last one to two of these windows.
@@ -122,6 +125,7 @@ impl StatusSources {
             "latency_window_s": LATENCY_WINDOW.as_secs(),
             "backend": self.backend,
             "model": self.model,
+            "transport": self.transport,
         })
     }
 

@@ -1,8 +1,9 @@
 //! Transport: the command record ([`record`]) and everything Zenoh ([`zenoh_io`]): the
 //! session, the command publisher, status, the liveliness token and the instruction and
-//! e-stop subscribers.
+//! e-stop subscribers; and what the session's configuration exposes ([`security`]).
 
 pub mod record;
+pub mod security;
 pub mod zenoh_io;
 
 /// A Zenoh error as one line, without the source locations (` at /…/x.rs:61.`) Zenoh
