@@ -29,9 +29,6 @@ for b in vla-rt vla-calib; do
     [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b not found: run 'cargo build --release' first" >&2; exit 2; }
 done
 [ -z "$config" ] || [ -f "$config" ] || { echo "install.sh: config $config not found" >&2; exit 2; }
-# The mutual-TLS Zenoh configuration robot.example.toml names (README, "Security").
-[ -f "$root/etc/vla-rt/zenoh-mtls.json5" ] \
-    || install -m 0644 "$repo/config/zenoh-mtls.example.json5" "$root/etc/vla-rt/zenoh-mtls.json5"
 [ -z "$calib" ] || [ -f "$calib" ] || { echo "install.sh: calibration $calib not found" >&2; exit 2; }
 [ -z "$model" ] || [ -f "$model/config.json" ] || { echo "install.sh: model $model has no config.json" >&2; exit 2; }
 

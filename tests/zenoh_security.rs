@@ -297,9 +297,10 @@ fn peers_without_a_certificate_of_the_ca_cannot_connect() {
         }
     };
     let status = StatusWatch::new(&operator);
+    // The example's listener, moved to loopback for the test.
     assert_eq!(
         status.next()["transport"],
-        serde_json::json!({"tls": true, "mutual": true, "access_control": true, "loopback_only": false})
+        serde_json::json!({"tls": true, "mutual": true, "access_control": true, "loopback_only": true})
     );
 
     // The example arm driver, with the driver's configuration of README step 4.
@@ -440,7 +441,7 @@ fn a_driver_stops_but_cannot_release_instruct_or_arm_and_the_operator_can() {
         })
         .wait()
         .unwrap();
-    put_for_a_while(&driver, &key("arm"), b"arm");
+    put_for_a_while(&driver, &key("arm"), b"arm from the driver");
     // Give the operator's side time to learn of the subscription before the driver's window
     // is judged: the operator's put below must arrive for the check to mean anything.
     put_until(&operator, &key("arm"), "arm", || !armed.is_empty());
