@@ -10,6 +10,8 @@
 //! `--json` prints one JSON object per command instead of the human-readable line;
 //! `--max-age-ms N` sets the maximum age (default: two tick periods, learned from the
 //! records' tick times; the service's and the driver's clocks must agree).
+//! `--zenoh-config FILE` opens the session from a Zenoh json5 file instead (mutual TLS with
+//! the driver's own certificate: README, "Security").
 
 use std::time::Duration;
 
@@ -21,9 +23,13 @@ use zenoh::Wait;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Zenoh endpoint of the runtime (or of a router).
-    #[arg(long, default_value = "tcp/127.0.0.1:7447")]
-    connect: String,
+    /// Zenoh endpoint of the runtime (or of a router); default `tcp/127.0.0.1:7447` without
+    /// `--zenoh-config`.
+    #[arg(long)]
+    connect: Option<String>,
+    /// A Zenoh json5 file (e.g. TLS certificates); `--connect` overrides its endpoints.
+    #[arg(long)]
+    zenoh_config: Option<std::path::PathBuf>,
     #[arg(long, default_value = "robot")]
     robot_id: String,
     /// Exit after this many commands.
@@ -61,23 +67,38 @@ const SILENCE_POLL: Duration = Duration::from_millis(20);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = zenoh::Config::default();
     let insert = |config: &mut zenoh::Config, key: &str, value: String| {
         config
             .insert_json5(key, &value)
             .map_err(|e| anyhow::anyhow!("zenoh config {key}: {e}"))
     };
-    insert(&mut config, "mode", "\"peer\"".into())?;
-    insert(
-        &mut config,
-        "connect/endpoints",
-        format!("[\"{}\"]", args.connect),
-    )?;
-    insert(&mut config, "listen/endpoints", "[]".into())?;
-    insert(&mut config, "scouting/multicast/enabled", "false".into())?;
+    let mut config = match &args.zenoh_config {
+        Some(path) => zenoh::Config::from_file(path)
+            .map_err(|e| anyhow::anyhow!("zenoh config {}: {e}", path.display()))?,
+        None => {
+            let mut config = zenoh::Config::default();
+            insert(&mut config, "mode", "\"peer\"".into())?;
+            insert(&mut config, "listen/endpoints", "[]".into())?;
+            insert(&mut config, "scouting/multicast/enabled", "false".into())?;
+            config
+        }
+    };
+    let connect = match (&args.connect, &args.zenoh_config) {
+        (Some(endpoint), _) => Some(endpoint.clone()),
+        (None, None) => Some("tcp/127.0.0.1:7447".to_string()),
+        (None, Some(_)) => None,
+    };
+    if let Some(endpoint) = &connect {
+        insert(
+            &mut config,
+            "connect/endpoints",
+            format!("[\"{endpoint}\"]"),
+        )?;
+    }
+    let target = connect.unwrap_or_else(|| "the configured endpoints".into());
     let session = zenoh::open(config)
         .wait()
-        .map_err(|e| anyhow::anyhow!("zenoh: cannot connect to {}: {e}", args.connect))?;
+        .map_err(|e| anyhow::anyhow!("zenoh: cannot connect to {target}: {e}"))?;
     let key = format!("vla/{}/cmd", args.robot_id);
     let (sender, receiver) = std::sync::mpsc::sync_channel(64);
     let subscriber = session

@@ -289,6 +289,9 @@ s = tabletop.Tabletop(); s.reset(0); assert s.render().shape == (224, 224, 3); s
         >/dev/null 2>&1) || { echo "MuJoCo cannot render headless (MUJOCO_GL=egl)"; return 1; }
 }
 
+# openssl: tests/zenoh_security.rs makes its CA and certificates with scripts/make-certs.sh.
+check_openssl() { openssl version >/dev/null 2>&1 || { echo "no openssl"; return 1; }; }
+
 # Every item: its check, and what installs it ("apt:PACKAGE..." or "pip:REQUIREMENT").
 ITEMS=(
     "check_cc apt:gcc,libc6-dev"
@@ -301,6 +304,7 @@ ITEMS=(
     "check_libclang apt:libclang-dev"
     "check_python_zenoh pip:$PY_ZENOH"
     "check_nvrtc pip:$NVRTC_WHEEL"
+    "check_openssl apt:openssl"
     "check_gl_libraries apt:libegl1,libopengl0,libgl1-mesa-dri"
     "check_sim_python pip:-r,$SIM_REQUIREMENTS"
 )

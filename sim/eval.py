@@ -158,7 +158,7 @@ def estop_check(robot, session, status, robot_id: str, seed: int) -> dict:
     robot.run_frames(50, until=lambda s: robot.counts["ACT"] >= acts_before + 3)
     acts_during = robot.counts["ACT"] - acts_before
     stops_before = robot.counts["STOP"]
-    session.put(f"vla/{robot_id}/estop", "stop")
+    session.put(f"vla/{robot_id}/estop/stop", "stop")
 
     def latched(_state) -> bool:
         document = status.get()[0] or {}

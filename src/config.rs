@@ -403,6 +403,9 @@ pub struct ZenohConfig {
     pub connect: Option<Vec<String>>,
     /// A Zenoh json5 configuration file applied first; `mode`, `listen` and `connect` override it.
     pub config: Option<PathBuf>,
+    /// Refuse to start when the session would listen on, or connect to, an address other
+    /// than loopback without TLS.
+    pub require_tls: bool,
 }
 
 /// Where the service listens when nothing else is configured: loopback only.
@@ -418,6 +421,11 @@ impl ZenohConfig {
         }
     }
 }
+
+/// The longest instruction, in bytes of UTF-8, the service is built to receive. The Zenoh
+/// session's inbound message limit is derived from it
+/// ([`crate::transport::security::inbound_message_limit`]).
+pub const INSTRUCTION_MAX_BYTES: usize = 1024;
 
 /// `[instruction]` (*contract*: `default`).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]

@@ -44,6 +44,9 @@ if [ -n "$config" ]; then
 elif [ ! -f "$root/etc/vla-rt/config.toml" ]; then
     install -m 0644 "$repo/config/robot.example.toml" "$root/etc/vla-rt/config.toml"
 fi
+# The mutual-TLS Zenoh configuration robot.example.toml names (README, "Security").
+[ -f "$root/etc/vla-rt/zenoh-mtls.json5" ] \
+    || install -m 0644 "$repo/config/zenoh-mtls.example.json5" "$root/etc/vla-rt/zenoh-mtls.json5"
 [ -z "$calib" ] || install -m 0644 "$calib" "$root/etc/vla-rt/calibration.toml"
 if [ -n "$model" ]; then
     dest="$root/var/lib/vla-rt/models/$(basename "$model")"

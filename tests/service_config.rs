@@ -74,6 +74,12 @@ fn robot_example_is_valid() {
     assert_eq!(config.camera.source, "/dev/video0");
     assert_eq!(config.model.backend, BackendKind::Cuda);
     assert_eq!(config.control.realtime, RealtimeMode::Require);
-    assert_eq!(config.zenoh.mode, Some(ZenohMode::Client));
+    // Mode, endpoints and certificates come from the mutual-TLS json5 file.
+    assert_eq!(config.zenoh.mode, None);
+    assert_eq!(
+        config.zenoh.config.as_deref(),
+        Some(std::path::Path::new("/etc/vla-rt/zenoh-mtls.json5"))
+    );
+    assert!(config.zenoh.require_tls);
     assert!(config.calibration.path.is_some());
 }

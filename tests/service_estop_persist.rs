@@ -126,7 +126,7 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     put_arm(&session, ROBOT, "arm");
     all_stop(&stream, 10, "`arm` while latched");
     session
-        .put(format!("vla/{ROBOT}/estop"), "release")
+        .put(format!("vla/{ROBOT}/estop/release"), "release")
         .wait()
         .unwrap();
     all_stop(&stream, 15, "`release` alone");
@@ -135,7 +135,7 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
 
     // An e-stop: on disk once its STOP is seen.
     session
-        .put(format!("vla/{ROBOT}/estop"), "stop")
+        .put(format!("vla/{ROBOT}/estop/stop"), "stop")
         .wait()
         .unwrap();
     stream.until(WAIT, "STOP after the e-stop", is_state(ControlState::Stop));
@@ -157,7 +157,7 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     put_arm(&session, ROBOT, "arm");
     all_stop(&stream, 15, "`arm` after the restart, still latched");
     session
-        .put(format!("vla/{ROBOT}/estop"), "release")
+        .put(format!("vla/{ROBOT}/estop/release"), "release")
         .wait()
         .unwrap();
     all_stop(&stream, 15, "`release` alone after the restart");

@@ -111,7 +111,7 @@ fn estop_latches_stop_until_released() {
     let stream = CommandStream::new(&session, "estop");
     stream.until(WAIT, "the first ACT", is_state(ControlState::Act));
 
-    session.put("vla/estop/estop", "stop").wait().unwrap();
+    session.put("vla/estop/estop/stop", "stop").wait().unwrap();
     stream.until(WAIT, "STOP after the e-stop", is_state(ControlState::Stop));
     let latched: Vec<_> = (0..15)
         .map(|_| stream.next(Duration::from_secs(2)))
@@ -132,7 +132,24 @@ fn estop_latches_stop_until_released() {
         assert!(Instant::now() < refused_deadline, "the arm was not refused");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // `release` on the old key is refused, and a put on a wildcard that includes the
+    // release key does not release either.
     session.put("vla/estop/estop", "release").wait().unwrap();
+    session.put("vla/estop/estop/*", "release").wait().unwrap();
+    put_arm(&session, "estop", "arm");
+    let held: Vec<_> = (0..15)
+        .map(|_| stream.next(Duration::from_secs(2)))
+        .collect();
+    assert!(
+        held.iter().all(|r| r.state == ControlState::Stop),
+        "released by the old key or a wildcard: {:?}",
+        held.iter().map(|r| r.state).collect::<Vec<_>>()
+    );
+
+    session
+        .put("vla/estop/estop/release", "release")
+        .wait()
+        .unwrap();
     // A release alone does not move the arm: STOP holds until an `arm`.
     let released: Vec<_> = (0..15)
         .map(|_| stream.next(Duration::from_secs(2)))
@@ -144,14 +161,14 @@ fn estop_latches_stop_until_released() {
     );
     arm_until_act(&session, &stream, "estop", WAIT);
 
-    // A payload that is not understood stops too.
+    // The old key still stops, on any payload.
     session.put("vla/estop/estop", "halt!").wait().unwrap();
     stream.until(
         WAIT,
-        "STOP after an unknown payload",
+        "STOP after an unknown payload on the old key",
         is_state(ControlState::Stop),
     );
-    session.put("vla/estop/estop", "release").wait().unwrap();
+    session.put("vla/estop/estop/release", "").wait().unwrap();
     arm_until_act(&session, &stream, "estop", WAIT);
     service.stop();
 }

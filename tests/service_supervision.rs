@@ -46,10 +46,12 @@ fn config_file(name: &str, robot_id: &str, port: u16, worker_timeout_ms: u64) ->
         format!(
             "robot_id = \"{robot_id}\"\n[model]\npath = \"{}\"\n[camera]\nwidth = 160\nheight = 120\n\
              [control]\nrate_hz = {RATE_HZ}\nrealtime = \"off\"\nworker_timeout_ms = {worker_timeout_ms}\n\
+             start_armed = true\nestop_missing = \"released\"\nstate_dir = {:?}\n\
              [zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n",
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("engines/openvla-tiny")
-                .display()
+                .display(),
+            dir.join("state").display().to_string()
         ),
     )
     .unwrap();

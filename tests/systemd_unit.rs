@@ -111,6 +111,7 @@ fn install_script_stages_binaries_unit_and_config() {
         "usr/local/bin/vla-calib",
         "etc/systemd/system/vla-rt.service",
         "etc/vla-rt/config.toml",
+        "etc/vla-rt/zenoh-mtls.json5",
     ] {
         assert!(root.join(f).is_file(), "{f} not installed");
     }

@@ -431,7 +431,8 @@ fn the_service_acts_on_zenoh_frames_and_stops_when_they_stall_or_are_corrupt() {
     });
     assert_eq!(stalled["stop_cause"], "camera silent");
     test_camera.set(GOOD);
-    stream.until(wait, "ACT after the stall", is_state(ControlState::Act));
+    // A camera that is back does not move the arm by itself: leaving STOP needs an `arm`.
+    arm_until_act(&session, &stream, robot, wait);
 
     // Only corrupt frames: as silent as no frames, but counted as corrupt, not as stalls.
     let stalls_before = status_until(&status_rx, wait, "a status", |_| true)["camera"]["stalls"]
@@ -448,11 +449,7 @@ fn the_service_acts_on_zenoh_frames_and_stops_when_they_stall_or_are_corrupt() {
     });
     assert_eq!(corrupt["camera"]["stalls"].as_u64().unwrap(), stalls_before);
     test_camera.set(GOOD);
-    stream.until(
-        wait,
-        "ACT after the corrupt frames",
-        is_state(ControlState::Act),
-    );
+    arm_until_act(&session, &stream, robot, wait);
 
     service.stop();
     drop(test_camera);

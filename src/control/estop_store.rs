@@ -80,7 +80,7 @@ impl EStopStore {
                 let exists = self.path.exists();
                 let what = if exists { "unreadable" } else { "missing" };
                 let meaning = if latched {
-                    "latched (control.estop_missing = \"latched\"): put `release` on the e-stop key to start"
+                    "latched (control.estop_missing = \"latched\"): put `release` on the e-stop release key to start"
                 } else {
                     "released (control.estop_missing = \"released\")"
                 };

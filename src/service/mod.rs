@@ -16,7 +16,7 @@ use zenoh::Wait;
 
 use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
-use crate::config::{RealtimeMode, ServiceConfig};
+use crate::config::{RealtimeMode, ServiceConfig, INSTRUCTION_MAX_BYTES};
 use crate::control::estop_store::{EStopStore, EStopStoreError};
 use crate::control::clock;
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
@@ -24,6 +24,7 @@ use crate::control::heartbeat::{Fault, FaultInjection, FaultKind, Limits, Superv
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
 use crate::policy::{Policy, PolicyError};
+use crate::transport::security;
 use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, PublisherSettings, RobotInterface, RobotKeys,
     TransportError,
@@ -149,13 +150,15 @@ impl Service {
         let inputs = Arc::new(open_estop_latch(config)?);
         source.start()?;
         let camera = source.describe();
-        let session = match zenoh_io::open_session(&config.zenoh) {
-            Ok(session) => session,
-            Err(e) => {
-                source.stop();
-                return Err(e.into());
-            }
-        };
+        let inbound_limit = security::inbound_message_limit(INSTRUCTION_MAX_BYTES);
+        let (session, transport_security) =
+            match zenoh_io::open_session(&config.zenoh, inbound_limit) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    source.stop();
+                    return Err(e.into());
+                }
+            };
         if let Err(e) = source.attach_session(&session) {
             source.stop();
             let _ = session.close().wait();
@@ -262,6 +265,7 @@ impl Service {
                 inputs: Arc::clone(&inputs),
                 instructions: Arc::clone(&instructions),
                 supervision: Arc::clone(&supervision),
+                transport: transport_security,
             },
             options.terminal_status,
         )?;
@@ -372,7 +376,7 @@ impl Service {
         if service.inputs.estop_latched() {
             log::warn!(
                 "e-stop latched: STOP until `release` on {} and then `arm` on {}",
-                keys.estop,
+                keys.estop_release,
                 keys.arm
             );
         } else if config.control.start_armed {

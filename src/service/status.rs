@@ -19,6 +19,7 @@ use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::{ControlStats, LatencyHistogram};
 use crate::control::supervisor::StopCause;
 use crate::control::ControlState;
+use crate::transport::security::TransportSecurity;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{PublishStats, TransportError};
 
@@ -38,6 +39,8 @@ pub struct StatusSources {
     pub inputs: Arc<ControlInputs>,
     pub instructions: Arc<InstructionCell>,
     pub supervision: Arc<Supervision>,
+    /// What the Zenoh session's configuration says about authentication, fixed at start.
+    pub transport: TransportSecurity,
 }
 
 /// Latency percentiles cover the last one to two of these windows.
@@ -133,6 +136,7 @@ impl StatusSources {
             "latency_window_s": LATENCY_WINDOW.as_secs(),
             "backend": self.backend,
             "model": self.model,
+            "transport": self.transport,
         })
     }
 

@@ -1,9 +1,11 @@
 //! Transport: the command record ([`record`]), the checks a driver makes before acting on
 //! one ([`guard`]) and everything Zenoh ([`zenoh_io`]): the session, the command publisher,
-//! status, the liveliness token and the instruction and e-stop subscribers.
+//! status, the liveliness token and the instruction, arm and e-stop subscribers; and what the
+//! session's configuration exposes ([`security`]).
 
 pub mod guard;
 pub mod record;
+pub mod security;
 pub mod zenoh_io;
 
 /// A Zenoh error as one line, without the source locations (` at /…/x.rs:61.`) Zenoh

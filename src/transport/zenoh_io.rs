@@ -1,5 +1,7 @@
 //! The Zenoh side of the service (ARCHITECTURE.md §8): the session, the command publisher thread,
 //! the status publisher, the liveliness token and the instruction and e-stop subscribers.
+//! Who may reach and use the session is Zenoh's business (TLS, `access_control`, configured
+//! in the json5 file); [`prepare_session`] checks what the configuration exposes first.
 //!
 //! The control thread never calls Zenoh: it drops each encoded record into the
 //! [`CommandOutbox`] (a ring of one), and the publisher thread (same real-time priority)
@@ -19,6 +21,7 @@ use zenoh::qos::{CongestionControl, Priority};
 use zenoh::{Session, Wait};
 
 use super::record::{CommandRecord, RECORD_LEN};
+use super::security::{self, SecurityProblem, TransportSecurity};
 use super::zenoh_error_text;
 use crate::config::{ZenohConfig, ZenohMode};
 use crate::control::clock;
@@ -42,6 +45,14 @@ pub enum TransportError {
         thread: &'static str,
         message: String,
     },
+    #[error("zenoh: endpoint `{endpoint}`: protocol not built into vla-rt (built in: {built_in})")]
+    Protocol { endpoint: String, built_in: String },
+    #[error(
+        "zenoh.require_tls: refusing to start: {exposed} without TLS would let any host that \
+         reaches it release the e-stop, replace the instruction and forge commands \
+         (use tls/ endpoints with mutual TLS, see README \"Security\")"
+    )]
+    Insecure { exposed: String },
 }
 
 impl TransportError {
@@ -52,6 +63,8 @@ impl TransportError {
             TransportError::ConfigFile { .. }
                 | TransportError::Config { .. }
                 | TransportError::Open { .. }
+                | TransportError::Protocol { .. }
+                | TransportError::Insecure { .. }
         )
     }
 }
@@ -62,8 +75,13 @@ pub struct RobotKeys {
     pub cmd: String,
     pub status: String,
     pub instruction: String,
+    /// Any put latches STOP; a `release` here is refused (see [`EStopKey::Legacy`]).
     pub estop: String,
     pub arm: String,
+    /// Any put latches STOP.
+    pub estop_stop: String,
+    /// A put on exactly this key releases the e-stop.
+    pub estop_release: String,
     pub alive: String,
 }
 
@@ -75,6 +93,8 @@ impl RobotKeys {
             instruction: format!("vla/{robot_id}/instruction"),
             estop: format!("vla/{robot_id}/estop"),
             arm: format!("vla/{robot_id}/arm"),
+            estop_stop: format!("vla/{robot_id}/estop/stop"),
+            estop_release: format!("vla/{robot_id}/estop/release"),
             alive: format!("vla/{robot_id}/alive"),
         }
     }
@@ -125,10 +145,70 @@ fn set_json5(config: &mut zenoh::Config, key: &str, value: &str) -> Result<(), T
         })
 }
 
-/// Opens the session; the error names the endpoints, since a taken port is the usual cause.
-pub fn open_session(config: &ZenohConfig) -> Result<Session, TransportError> {
-    let zenoh_config = zenoh_config(config)?;
-    zenoh::open(zenoh_config).wait().map_err(|e| {
+/// The session's configuration with the inbound message limit applied, and what it exposes.
+/// Refuses endpoints whose protocol is not built in, and, under `require_tls`, any endpoint
+/// other hosts reach without TLS.
+pub fn prepare_session(
+    config: &ZenohConfig,
+    inbound_limit: usize,
+) -> Result<(zenoh::Config, TransportSecurity), TransportError> {
+    let mut zenoh_config = zenoh_config(config)?;
+    security::limit_inbound_messages(&mut zenoh_config, inbound_limit).map_err(|message| {
+        TransportError::Config {
+            key: "transport/link".into(),
+            message,
+        }
+    })?;
+    let assessment = security::assess(&zenoh_config).map_err(|problem| match problem {
+        SecurityProblem::UnknownProtocol { endpoint } => TransportError::Protocol {
+            endpoint,
+            built_in: security::BUILT_IN_PROTOCOLS.join(", "),
+        },
+        SecurityProblem::Unreadable { key, message } => TransportError::Config { key, message },
+    })?;
+    if config.require_tls && !assessment.exposed.is_empty() {
+        return Err(TransportError::Insecure {
+            exposed: assessment.exposed.join(", "),
+        });
+    }
+    Ok((zenoh_config, assessment))
+}
+
+/// Opens the session after [`prepare_session`], and says in one log line who can reach it;
+/// the error names the endpoints, since a taken port is the usual cause.
+pub fn open_session(
+    config: &ZenohConfig,
+    inbound_limit: usize,
+) -> Result<(Session, TransportSecurity), TransportError> {
+    let (zenoh_config, assessment) = prepare_session(config, inbound_limit)?;
+    let endpoints = assessment.endpoints.join(", ");
+    if !assessment.exposed.is_empty() {
+        log::warn!(
+            "zenoh: {} reachable from other hosts without TLS: any of them can release the \
+             e-stop, replace the instruction and forge commands (see README \"Security\"; \
+             [zenoh] require_tls = true refuses this)",
+            assessment.exposed.join(", ")
+        );
+    } else if assessment.loopback_only {
+        log::info!("zenoh: loopback only ({endpoints}): no other host can reach the service");
+    } else {
+        log::info!(
+            "zenoh: {endpoints}: TLS {}, access control {}",
+            if assessment.mutual {
+                "with client certificates"
+            } else if assessment.tls {
+                "without client certificates"
+            } else {
+                "off"
+            },
+            if assessment.access_control {
+                "enforced here (default deny)"
+            } else {
+                "not enforced by this session"
+            }
+        );
+    }
+    let session = zenoh::open(zenoh_config).wait().map_err(|e| {
         let mut endpoints = Vec::new();
         let listen = config.listen_or_default();
         if !listen.is_empty() {
@@ -144,7 +224,8 @@ pub fn open_session(config: &ZenohConfig) -> Result<Session, TransportError> {
             endpoints: endpoints.join("; "),
             message: zenoh_error_text(&*e),
         }
-    })
+    })?;
+    Ok((session, assessment))
 }
 
 /// What the publisher thread reports.
@@ -364,7 +445,7 @@ pub trait InstructionSink: Send + Sync + 'static {
 /// The declarations that live as long as the service: subscribers and the liveliness token.
 pub struct RobotInterface {
     instruction_subscriber: Option<Subscriber<()>>,
-    estop_subscriber: Option<Subscriber<()>>,
+    estop_subscribers: Vec<Subscriber<()>>,
     arm_subscriber: Option<Subscriber<()>>,
     alive: Option<LivelinessToken>,
 }
@@ -379,21 +460,98 @@ pub fn parse_arm_request(payload: &[u8]) -> Option<OperatorRequest> {
     }
 }
 
-/// What an e-stop payload asks for. Anything but `release` stops: an unreadable e-stop
-/// message must not leave the arm moving.
+/// The e-stop keys. Stopping and releasing are separate keys so that Zenoh's access control,
+/// which sees keys and never payloads, can let every peer stop the robot and only the
+/// operator release it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EStopRequest {
+pub enum EStopKey {
+    /// `vla/<robot>/estop/stop`: any put latches STOP.
     Stop,
+    /// `vla/<robot>/estop/release`: a put of `release` (or nothing) on exactly this key
+    /// releases the latch.
     Release,
+    /// `vla/<robot>/estop`, the key of earlier versions: any put latches STOP, `release`
+    /// included. Releasing here would let anyone allowed to stop also release.
+    Legacy,
 }
 
-impl EStopRequest {
-    pub fn parse(payload: &[u8]) -> (Self, bool) {
+/// What one put on an e-stop key does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EStopEffect {
+    /// Latch STOP; `understood` is false for a payload that is neither `stop` nor empty (it
+    /// stops all the same: an unreadable e-stop message must not leave the arm moving).
+    Latch {
+        understood: bool,
+    },
+    /// `release` on the legacy key: refused, and latched like any other put there.
+    LatchRefusedRelease,
+    Release,
+    /// On the release key, but sent to a wildcard (it reached the stop key too) or carrying
+    /// something other than `release`: nothing happens.
+    IgnoredRelease,
+}
+
+impl EStopKey {
+    /// The effect of `payload` put on this key; `named_exactly` is false when the put's key
+    /// expression was a wildcard that merely includes this key.
+    pub fn effect(self, named_exactly: bool, payload: &[u8]) -> EStopEffect {
         let text = String::from_utf8_lossy(payload);
-        match text.trim().to_ascii_lowercase().as_str() {
-            "release" => (Self::Release, true),
-            "stop" => (Self::Stop, true),
-            _ => (Self::Stop, false),
+        let word = text.trim().to_ascii_lowercase();
+        match self {
+            EStopKey::Stop => EStopEffect::Latch {
+                understood: word.is_empty() || word == "stop",
+            },
+            EStopKey::Legacy if word == "release" => EStopEffect::LatchRefusedRelease,
+            EStopKey::Legacy => EStopEffect::Latch {
+                understood: word == "stop",
+            },
+            EStopKey::Release if named_exactly && (word.is_empty() || word == "release") => {
+                EStopEffect::Release
+            }
+            EStopKey::Release => EStopEffect::IgnoredRelease,
+        }
+    }
+}
+
+fn estop_callback(
+    key: EStopKey,
+    key_expr: String,
+    release_key: String,
+    inputs: Arc<ControlInputs>,
+) -> impl Fn(zenoh::sample::Sample) + Send + Sync + 'static {
+    move |sample| {
+        let payload = sample.payload().to_bytes();
+        let named_exactly = sample.key_expr().as_str() == key_expr;
+        let shown = || String::from_utf8_lossy(&payload).into_owned();
+        match key.effect(named_exactly, &payload) {
+            EStopEffect::Latch { understood } => {
+                inputs.request_estop();
+                if understood {
+                    log::warn!("e-stop latched on {key_expr}");
+                } else {
+                    log::warn!(
+                        "e-stop latched on {key_expr}: unrecognised payload {:?} taken as `stop`",
+                        shown()
+                    );
+                }
+            }
+            EStopEffect::LatchRefusedRelease => {
+                inputs.request_estop();
+                log::warn!(
+                    "e-stop latched on {key_expr}: `release` is refused on this key, put it on \
+                     {release_key}"
+                );
+            }
+            EStopEffect::Release => {
+                inputs.release_estop();
+                log::warn!("e-stop released on {key_expr}");
+            }
+            EStopEffect::IgnoredRelease => log::warn!(
+                "{key_expr}: ignored {:?} put on {} (a release names this key exactly and \
+                 carries `release`)",
+                shown(),
+                sample.key_expr()
+            ),
         }
     }
 }
@@ -422,7 +580,6 @@ impl RobotInterface {
             None => work(),
         };
         let supervised = Arc::new(supervised);
-        let estop_supervised = Arc::clone(&supervised);
         let declare_error = |key: &str| {
             let key = key.to_string();
             move |e: zenoh::Error| TransportError::Declare {
@@ -432,57 +589,56 @@ impl RobotInterface {
         };
         let arm_key = keys.arm.clone();
         let arm_inputs = Arc::clone(&inputs);
+        let arm_supervised = Arc::clone(&supervised);
         let arm_subscriber = session
             .declare_subscriber(keys.arm.clone())
             .callback(move |sample| {
-                let payload = sample.payload().to_bytes();
-                match parse_arm_request(&payload) {
-                    Some(OperatorRequest::Arm) => {
-                        log::warn!("arm requested on {arm_key}");
-                        arm_inputs.request_arm();
-                    }
-                    Some(OperatorRequest::Disarm) => {
-                        log::warn!("disarm requested on {arm_key}");
-                        arm_inputs.request_disarm();
-                    }
-                    None => {
-                        arm_inputs.ignore_arm_payload();
-                        log::warn!(
-                            "{arm_key}: payload {:?} is neither `arm` nor `disarm`, ignored",
-                            String::from_utf8_lossy(&payload)
-                        );
-                    }
-                }
-            })
-            .wait()
-            .map_err(declare_error(&keys.arm))?;
-        let estop_key = keys.estop.clone();
-        let estop_subscriber = session
-            .declare_subscriber(keys.estop.clone())
-            .callback(move |sample| {
-                estop_supervised(&|| {
-                let payload = sample.payload().to_bytes();
-                match EStopRequest::parse(&payload) {
-                    (EStopRequest::Release, _) => {
-                        inputs.release_estop();
-                        log::warn!("e-stop released on {estop_key}; STOP holds until `arm`");
-                    }
-                    (EStopRequest::Stop, understood) => {
-                        inputs.request_estop();
-                        if understood {
-                            log::warn!("e-stop latched on {estop_key}");
-                        } else {
+                arm_supervised(&|| {
+                    let payload = sample.payload().to_bytes();
+                    match parse_arm_request(&payload) {
+                        Some(OperatorRequest::Arm) => {
+                            log::warn!("arm requested on {arm_key}");
+                            arm_inputs.request_arm();
+                        }
+                        Some(OperatorRequest::Disarm) => {
+                            log::warn!("disarm requested on {arm_key}");
+                            arm_inputs.request_disarm();
+                        }
+                        None => {
+                            arm_inputs.ignore_arm_payload();
                             log::warn!(
-                                "e-stop latched on {estop_key}: unrecognised payload {:?} taken as `stop`",
+                                "{arm_key}: payload {:?} is neither `arm` nor `disarm`, ignored",
                                 String::from_utf8_lossy(&payload)
                             );
                         }
                     }
-                }
-                });
+                })
             })
             .wait()
-            .map_err(declare_error(&keys.estop))?;
+            .map_err(declare_error(&keys.arm))?;
+        // One subscription per exact key: access control announces a subscription only to
+        // peers whose rules include its whole key expression, so a wildcard here would never
+        // reach a driver allowed only `estop/stop`.
+        let mut estop_subscribers = Vec::with_capacity(3);
+        for (kind, key) in [
+            (EStopKey::Stop, &keys.estop_stop),
+            (EStopKey::Release, &keys.estop_release),
+            (EStopKey::Legacy, &keys.estop),
+        ] {
+            let on_put = estop_callback(
+                kind,
+                key.clone(),
+                keys.estop_release.clone(),
+                Arc::clone(&inputs),
+            );
+            let estop_supervised = Arc::clone(&supervised);
+            let subscriber = session
+                .declare_subscriber(key.clone())
+                .callback(move |sample| estop_supervised(&|| on_put(sample.clone())))
+                .wait()
+                .map_err(declare_error(key))?;
+            estop_subscribers.push(subscriber);
+        }
         let instruction_key = keys.instruction.clone();
         let instruction_subscriber = session
             .declare_subscriber(keys.instruction.clone())
@@ -500,7 +656,7 @@ impl RobotInterface {
             .map_err(declare_error(&keys.instruction))?;
         Ok(Self {
             instruction_subscriber: Some(instruction_subscriber),
-            estop_subscriber: Some(estop_subscriber),
+            estop_subscribers,
             arm_subscriber: Some(arm_subscriber),
             alive: None,
         })
@@ -530,13 +686,12 @@ impl RobotInterface {
                 );
             }
         }
-        for subscriber in [
-            self.instruction_subscriber.take(),
-            self.estop_subscriber.take(),
-            self.arm_subscriber.take(),
-        ]
-        .into_iter()
-        .flatten()
+        for subscriber in self
+            .instruction_subscriber
+            .take()
+            .into_iter()
+            .chain(self.arm_subscriber.take())
+            .chain(self.estop_subscribers.drain(..))
         {
             if let Err(e) = subscriber.undeclare().wait() {
                 log::warn!("zenoh: undeclaring a subscriber: {}", zenoh_error_text(&*e));
@@ -593,6 +748,8 @@ mod tests {
         assert_eq!(keys.instruction, "vla/arm7/instruction");
         assert_eq!(keys.estop, "vla/arm7/estop");
         assert_eq!(keys.arm, "vla/arm7/arm");
+        assert_eq!(keys.estop_stop, "vla/arm7/estop/stop");
+        assert_eq!(keys.estop_release, "vla/arm7/estop/release");
         assert_eq!(keys.alive, "vla/arm7/alive");
     }
 
@@ -609,16 +766,24 @@ mod tests {
     }
 
     #[test]
-    fn estop_payloads() {
-        assert_eq!(EStopRequest::parse(b"stop"), (EStopRequest::Stop, true));
+    fn estop_effects() {
+        use EStopEffect::*;
+        let latch = Latch { understood: true };
+        let odd = Latch { understood: false };
+        assert_eq!(EStopKey::Stop.effect(true, b"stop"), latch);
+        assert_eq!(EStopKey::Stop.effect(true, b""), latch);
+        assert_eq!(EStopKey::Stop.effect(false, b"stop"), latch);
+        assert_eq!(EStopKey::Stop.effect(true, b"release"), odd);
+        assert_eq!(EStopKey::Stop.effect(true, &[0xff, 0x00]), odd);
+        assert_eq!(EStopKey::Release.effect(true, b" RELEASE\n"), Release);
+        assert_eq!(EStopKey::Release.effect(true, b""), Release);
+        assert_eq!(EStopKey::Release.effect(true, b"stop"), IgnoredRelease);
+        assert_eq!(EStopKey::Release.effect(false, b"release"), IgnoredRelease);
+        assert_eq!(EStopKey::Legacy.effect(true, b"stop"), latch);
+        assert_eq!(EStopKey::Legacy.effect(true, b"halt"), odd);
         assert_eq!(
-            EStopRequest::parse(b" RELEASE\n"),
-            (EStopRequest::Release, true)
-        );
-        assert_eq!(EStopRequest::parse(b"halt"), (EStopRequest::Stop, false));
-        assert_eq!(
-            EStopRequest::parse(&[0xff, 0x00]),
-            (EStopRequest::Stop, false)
+            EStopKey::Legacy.effect(true, b"release"),
+            LatchRefusedRelease
         );
     }
 
@@ -637,7 +802,7 @@ mod tests {
             listen: Some(vec![format!("tcp/127.0.0.1:{port}")]),
             ..ZenohConfig::default()
         };
-        let Err(err) = open_session(&config) else {
+        let Err(err) = open_session(&config, 4096) else {
             panic!("opened a session on a taken port");
         };
         assert!(err.is_bad_input());
@@ -647,6 +812,52 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn require_tls_refuses_plain_endpoints_beyond_loopback() {
+        let exposed = ZenohConfig {
+            listen: Some(vec!["tcp/0.0.0.0:7447".into()]),
+            require_tls: true,
+            ..ZenohConfig::default()
+        };
+        let err = prepare_session(&exposed, 4096).err().unwrap();
+        assert!(err.is_bad_input());
+        let message = err.to_string();
+        assert!(
+            message.starts_with("zenoh.require_tls: refusing to start: tcp/0.0.0.0:7447"),
+            "{message}"
+        );
+        let loopback = ZenohConfig {
+            require_tls: true,
+            ..ZenohConfig::default()
+        };
+        let (_, security) = prepare_session(&loopback, 4096).unwrap();
+        assert!(security.loopback_only && !security.tls);
+        let (_, security) = prepare_session(
+            &ZenohConfig {
+                require_tls: false,
+                ..exposed
+            },
+            4096,
+        )
+        .unwrap();
+        assert_eq!(security.exposed, vec!["tcp/0.0.0.0:7447".to_string()]);
+    }
+
+    #[test]
+    fn an_endpoint_of_a_protocol_not_built_in_is_refused() {
+        let config = ZenohConfig {
+            listen: Some(vec!["quic/127.0.0.1:7447".into()]),
+            ..ZenohConfig::default()
+        };
+        let err = prepare_session(&config, 4096).err().unwrap();
+        assert!(err.is_bad_input());
+        assert_eq!(
+            err.to_string(),
+            "zenoh: endpoint `quic/127.0.0.1:7447`: protocol not built into vla-rt \
+             (built in: tcp, udp, tls)"
+        );
     }
 
     #[test]

@@ -1,0 +1,585 @@
+//! Zenoh security of the real `vla-rt run`: mutual TLS and the access-control policy of
+//! `config/zenoh-mtls.example.json5`, with a CA and certificates made by
+//! `scripts/make-certs.sh` (openssl) for each test. Peers without a certificate of the CA
+//! cannot connect; an arm driver can stop but not release, arm or instruct; the operator can
+//! do all of it; records put on `cmd` by anyone but the robot never reach a subscriber;
+//! `require_tls` refuses an exposed endpoint and an exposed one is warned about. Every wait is
+//! bounded; a refused put is tried again and again over a window, and each refusal is paired
+//! with the same put by an allowed peer, which arrives.
+
+// Test helpers fail the test by panicking, like the test functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/bounded.rs"]
+mod bounded;
+mod service_support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bounded::run_bounded;
+use crossbeam::channel::Receiver;
+use service_support::{free_port, is_state, CommandStream};
+use vla_rt::control::ControlState;
+use vla_rt::transport::record::CommandRecord;
+use zenoh::Wait;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");
+const ROBOT: &str = "arm0";
+const WAIT: Duration = Duration::from_secs(30);
+/// How long a refused put is retried before concluding it never arrives.
+const REFUSED_WINDOW: Duration = Duration::from_secs(2);
+
+/// A CA with certificates for the robot, the operator and a driver, and a second CA that
+/// signed a certificate with the operator's name (a peer the robot must not trust).
+struct Pki {
+    dir: PathBuf,
+    rogue: PathBuf,
+}
+
+impl Pki {
+    /// `None` (after saying why) when openssl is missing outside CI; under CI it fails.
+    fn make(test: &str) -> Option<Self> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openssl is missing; scripts/setup.sh installs it"
+            );
+            eprintln!("skipped {test}: openssl is not installed (scripts/setup.sh installs it)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("vla-rt-pki-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-certs.sh");
+        let make = |dir: &Path, names: &[&str]| {
+            let output = Command::new(&script).arg(dir).args(names).output().unwrap();
+            assert!(
+                output.status.success(),
+                "make-certs.sh: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        make(
+            &dir,
+            &[
+                "vla-robot-arm0=DNS:localhost,IP:127.0.0.1",
+                "vla-operator",
+                "vla-driver-arm0",
+            ],
+        );
+        let rogue = dir.join("rogue");
+        make(&rogue, &["vla-operator"]);
+        Some(Self { dir, rogue })
+    }
+
+    /// The shipped example configuration, with this CA's files and a listen port of its own.
+    fn service_json5(&self, port: u16) -> PathBuf {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-mtls.example.json5");
+        let text = std::fs::read_to_string(example).unwrap();
+        assert!(text.contains("tls/0.0.0.0:7447") && text.contains("/etc/vla-rt/tls/"));
+        let text = text
+            .replace("tls/0.0.0.0:7447", &format!("tls/127.0.0.1:{port}"))
+            .replace("/etc/vla-rt/tls/", &format!("{}/", self.dir.display()));
+        let path = self.dir.join(format!("zenoh-{port}.json5"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A client session that connects over TLS to `port`, presenting `cert` (`None`: no
+/// certificate) and trusting `ca`.
+fn tls_client(ca: &Path, cert: Option<(&Path, &str)>, port: u16) -> Result<zenoh::Session, String> {
+    let mut tls = format!(
+        "root_ca_certificate: {:?}, enable_mtls: {}",
+        ca.join("ca.pem").display().to_string(),
+        cert.is_some()
+    );
+    if let Some((dir, name)) = cert {
+        tls += &format!(
+            ", connect_certificate: {:?}, connect_private_key: {:?}",
+            dir.join(format!("{name}.pem")).display().to_string(),
+            dir.join(format!("{name}.key")).display().to_string()
+        );
+    }
+    let json5 = format!(
+        "{{mode: \"client\", connect: {{endpoints: [\"tls/127.0.0.1:{port}\"], timeout_ms: 5000, \
+         exit_on_failure: true}}, scouting: {{multicast: {{enabled: false}}}}, \
+         transport: {{link: {{tls: {{{tls}}}}}}}}}"
+    );
+    let config = zenoh::Config::from_json5(&json5).unwrap();
+    zenoh::open(config).wait().map_err(|e| e.to_string())
+}
+
+fn client(pki: &Pki, name: &str, port: u16) -> zenoh::Session {
+    tls_client(&pki.dir, Some((&pki.dir, name)), port)
+        .unwrap_or_else(|e| panic!("{name} cannot connect: {e}"))
+}
+
+/// `vla-rt run` with the bundled tiny model on a synthetic camera, killed when dropped.
+struct ServiceProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ServiceProcess {
+    fn start(dir: &Path, zenoh_section: &str, extra_args: &[&str]) -> Self {
+        let toml = format!(
+            "robot_id = \"{ROBOT}\"\n\
+             [model]\npath = {:?}\n\
+             [camera]\nwidth = 64\nheight = 48\nfps = 100\n\
+             [control]\nrate_hz = 20.0\nrealtime = \"off\"\nstart_armed = true\n\
+             estop_missing = \"released\"\nstate_dir = {:?}\n\
+             [zenoh]\n{zenoh_section}\n",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("engines/openvla-tiny")
+                .display()
+                .to_string(),
+            dir.join(format!("state-{}", free_port())).display().to_string(),
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join(format!("service-{}.toml", free_port()));
+        std::fs::write(&config, toml).unwrap();
+        let mut child = Command::new(BINARY)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(extra_args)
+            .env("RUST_LOG", "info,zenoh=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the exit (bounded) and returns its code and stderr.
+    fn wait(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader drain the pipe.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code(), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vla-rt still running after {timeout:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status documents as they arrive.
+struct StatusWatch {
+    receiver: Receiver<serde_json::Value>,
+    _subscriber: zenoh::pubsub::Subscriber<()>,
+}
+
+impl StatusWatch {
+    fn new(session: &zenoh::Session) -> Self {
+        let (sender, receiver) = crossbeam::channel::unbounded();
+        let subscriber = session
+            .declare_subscriber(format!("vla/{ROBOT}/status"))
+            .callback(move |sample| {
+                let text = sample.payload().try_to_string().unwrap().into_owned();
+                let _ = sender.send(serde_json::from_str(&text).unwrap());
+            })
+            .wait()
+            .unwrap();
+        Self {
+            receiver,
+            _subscriber: subscriber,
+        }
+    }
+
+    /// The next document, or a failed test after [`WAIT`].
+    fn next(&self) -> serde_json::Value {
+        self.receiver
+            .recv_timeout(WAIT)
+            .expect("no status document")
+    }
+
+    fn instruction_after_next_report(&self) -> String {
+        while self.receiver.try_recv().is_ok() {}
+        self.next()["policy"]["instruction"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Puts `payload` on `key` every 100 ms until `arrived` says so; fails after [`WAIT`].
+fn put_until(session: &zenoh::Session, key: &str, payload: &str, arrived: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        session.put(key, payload).wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if arrived() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "put of {payload:?} on {key} never took effect"
+        );
+    }
+}
+
+/// Puts `payload` on `key` every 100 ms for [`REFUSED_WINDOW`].
+fn put_for_a_while(session: &zenoh::Session, key: &str, payload: &[u8]) {
+    let end = Instant::now() + REFUSED_WINDOW;
+    while Instant::now() < end {
+        session.put(key, payload.to_vec()).wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn key(suffix: &str) -> String {
+    format!("vla/{ROBOT}/{suffix}")
+}
+
+fn start_secure_service(pki: &Pki) -> (ServiceProcess, u16) {
+    let port = free_port();
+    let json5 = pki.service_json5(port);
+    let service = ServiceProcess::start(
+        &pki.dir,
+        &format!(
+            "config = {:?}\nrequire_tls = true",
+            json5.display().to_string()
+        ),
+        &[],
+    );
+    (service, port)
+}
+
+#[test]
+fn peers_without_a_certificate_of_the_ca_cannot_connect() {
+    let Some(pki) = Pki::make("noca") else { return };
+    let (service, port) = start_secure_service(&pki);
+    // The operator connects (once the service listens): the refusals below are the
+    // certificates', not a missing listener.
+    let deadline = Instant::now() + WAIT;
+    let operator = loop {
+        match tls_client(&pki.dir, Some((&pki.dir, "vla-operator")), port) {
+            Ok(session) => break session,
+            Err(e) => assert!(Instant::now() < deadline, "{e}\n{}", service.stderr()),
+        }
+    };
+    let status = StatusWatch::new(&operator);
+    // The example's listener, moved to loopback for the test.
+    assert_eq!(
+        status.next()["transport"],
+        serde_json::json!({"tls": true, "mutual": true, "access_control": true, "loopback_only": true})
+    );
+
+    // The example arm driver, with the driver's configuration of README step 4.
+    let driver_json5 = pki.dir.join("driver.json5");
+    std::fs::write(
+        &driver_json5,
+        format!(
+            "{{mode: \"client\", connect: {{endpoints: [\"tls/127.0.0.1:{port}\"]}},\n\
+             scouting: {{multicast: {{enabled: false}}}},\n\
+             transport: {{link: {{tls: {{root_ca_certificate: {:?}, connect_certificate: {:?},\n\
+             connect_private_key: {:?}, enable_mtls: true}}}}}}}}",
+            pki.dir.join("ca.pem").display().to_string(),
+            pki.dir.join("vla-driver-arm0.pem").display().to_string(),
+            pki.dir.join("vla-driver-arm0.key").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let driver_binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples/arm_driver"))
+        .unwrap();
+    let mut command = Command::new(&driver_binary);
+    command
+        .args([
+            "--robot-id",
+            ROBOT,
+            "--count",
+            "5",
+            "--json",
+            "--zenoh-config",
+        ])
+        .arg(&driver_json5);
+    let output = run_bounded(command, WAIT);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && printed.lines().count() == 5,
+        "{}\n{printed}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The operator's name on a certificate of another CA.
+    let rogue = tls_client(&pki.dir, Some((&pki.rogue, "vla-operator")), port);
+    assert!(rogue.is_err(), "a certificate of another CA was accepted");
+    // TLS without a client certificate.
+    let anonymous = tls_client(&pki.dir, None, port);
+    assert!(
+        anonymous.is_err(),
+        "a peer without a certificate was accepted"
+    );
+    // Plain TCP to the TLS port.
+    let config = zenoh::Config::from_json5(&format!(
+        "{{mode: \"client\", connect: {{endpoints: [\"tcp/127.0.0.1:{port}\"], timeout_ms: 3000, \
+         exit_on_failure: true}}, scouting: {{multicast: {{enabled: false}}}}}}"
+    ))
+    .unwrap();
+    assert!(
+        zenoh::open(config).wait().is_err(),
+        "plain TCP was accepted"
+    );
+    drop(service);
+}
+
+#[test]
+fn a_driver_stops_but_cannot_release_instruct_or_arm_and_the_operator_can() {
+    let Some(pki) = Pki::make("roles") else {
+        return;
+    };
+    let (service, port) = start_secure_service(&pki);
+    let deadline = Instant::now() + WAIT;
+    let driver = loop {
+        match tls_client(&pki.dir, Some((&pki.dir, "vla-driver-arm0")), port) {
+            Ok(session) => break session,
+            Err(e) => assert!(Instant::now() < deadline, "{e}\n{}", service.stderr()),
+        }
+    };
+    let operator = client(&pki, "vla-operator", port);
+    let commands = CommandStream::new(&driver, ROBOT);
+    let status = StatusWatch::new(&operator);
+    commands.until(WAIT, "the first ACT", is_state(ControlState::Act));
+
+    // The driver stops the robot.
+    driver.put(key("estop/stop"), "stop").wait().unwrap();
+    commands.until(WAIT, "STOP from the driver", is_state(ControlState::Stop));
+    // It cannot release it, on the new key or the old one.
+    commands.drain();
+    put_for_a_while(&driver, &key("estop/release"), b"release");
+    put_for_a_while(&driver, &key("estop"), b"release");
+    let held: Vec<_> = commands.receiver.try_iter().collect();
+    assert!(held.len() >= 40, "{} commands in 4 s at 20 Hz", held.len());
+    assert!(
+        held.iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.state == ControlState::Stop)),
+        "the driver released the e-stop"
+    );
+    // The operator can release, and then arm: leaving STOP needs both.
+    let release_and_arm = || {
+        put_until(&operator, &key("estop/release"), "release", || {
+            operator.put(key("arm"), "arm").wait().unwrap();
+            commands
+                .receiver
+                .try_iter()
+                .any(|r| r.is_ok_and(|r| r.state == ControlState::Act))
+        })
+    };
+    release_and_arm();
+    // The old key still stops, for the driver too.
+    driver.put(key("estop"), "stop").wait().unwrap();
+    commands.until(WAIT, "STOP on the old key", is_state(ControlState::Stop));
+    release_and_arm();
+
+    // Instructions: the driver's never reach the policy, the operator's do.
+    let before = status.instruction_after_next_report();
+    put_for_a_while(&driver, &key("instruction"), b"wave at the driver");
+    assert_eq!(status.instruction_after_next_report(), before);
+    put_until(&operator, &key("instruction"), "stack the cups", || {
+        status.instruction_after_next_report() == "stack the cups"
+    });
+    // Larger than any legitimate instruction: dropped by the transport, not applied.
+    let huge = "x".repeat(16 * 1024);
+    put_for_a_while(&operator, &key("instruction"), huge.as_bytes());
+    assert_eq!(status.instruction_after_next_report(), "stack the cups");
+    let longest = "y".repeat(vla_rt::config::INSTRUCTION_MAX_BYTES);
+    put_until(&operator, &key("instruction"), &longest, || {
+        status.instruction_after_next_report() == longest
+    });
+
+    // Arming (the service's handler is not part of this check): a session holding the
+    // robot's certificate subscribes to the arm key, as the service does.
+    let robot = client(&pki, "vla-robot-arm0", port);
+    let (sender, armed) = crossbeam::channel::unbounded();
+    let _arm_subscriber = robot
+        .declare_subscriber(key("arm"))
+        .callback(move |sample| {
+            let _ = sender.send(sample.payload().try_to_string().unwrap().into_owned());
+        })
+        .wait()
+        .unwrap();
+    put_for_a_while(&driver, &key("arm"), b"arm from the driver");
+    // Give the operator's side time to learn of the subscription before the driver's window
+    // is judged: the operator's put below must arrive for the check to mean anything.
+    put_until(&operator, &key("arm"), "arm", || !armed.is_empty());
+    put_for_a_while(&driver, &key("arm"), b"arm from the driver");
+    let received: Vec<String> = armed.try_iter().collect();
+    assert!(
+        received.iter().all(|p| p == "arm"),
+        "the driver's arm arrived: {received:?}"
+    );
+    drop(service);
+}
+
+#[test]
+fn records_from_anyone_but_the_robot_never_reach_a_subscriber() {
+    let Some(pki) = Pki::make("forgery") else {
+        return;
+    };
+    let (service, port) = start_secure_service(&pki);
+    let deadline = Instant::now() + WAIT;
+    let driver = loop {
+        match tls_client(&pki.dir, Some((&pki.dir, "vla-driver-arm0")), port) {
+            Ok(session) => break session,
+            Err(e) => assert!(Instant::now() < deadline, "{e}\n{}", service.stderr()),
+        }
+    };
+    let commands = CommandStream::new(&driver, ROBOT);
+    commands.until(WAIT, "the first ACT", is_state(ControlState::Act));
+
+    // Well-formed records (valid CRC) that order a large motion.
+    let forged = |seq: u64| {
+        let mut bytes = [0u8; vla_rt::transport::record::RECORD_LEN];
+        CommandRecord {
+            state: ControlState::Act,
+            seq,
+            tick_time_ns: 1,
+            capture_time_ns: 1,
+            action: [0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0],
+        }
+        .encode(&mut bytes);
+        bytes
+    };
+    const FORGED_SEQ: u64 = 4_000_000_000;
+    for name in ["vla-operator", "vla-driver-arm0"] {
+        let forger = client(&pki, name, port);
+        let end = Instant::now() + REFUSED_WINDOW;
+        while Instant::now() < end {
+            forger
+                .put(key("cmd"), forged(FORGED_SEQ).to_vec())
+                .wait()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(forger);
+    }
+    // The same put from the robot's certificate is delivered: the path exists, the policy
+    // is what stops the others.
+    let robot = client(&pki, "vla-robot-arm0", port);
+    let mut seen = Vec::new();
+    let end = Instant::now() + WAIT;
+    loop {
+        robot
+            .put(key("cmd"), forged(FORGED_SEQ + 1).to_vec())
+            .wait()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        seen.extend(commands.receiver.try_iter().map(Result::unwrap));
+        if seen.iter().any(|r| r.seq == FORGED_SEQ + 1) {
+            break;
+        }
+        assert!(Instant::now() < end, "the robot's own record never arrived");
+    }
+    assert!(
+        !seen.iter().any(|r| r.seq == FORGED_SEQ),
+        "a forged record reached the subscriber"
+    );
+    drop(service);
+}
+
+#[test]
+fn require_tls_refuses_an_exposed_endpoint() {
+    let dir = std::env::temp_dir().join(format!("vla-rt-require-tls-{}", std::process::id()));
+    let port = free_port();
+    let service = ServiceProcess::start(
+        &dir,
+        &format!("listen = [\"tcp/0.0.0.0:{port}\"]\nrequire_tls = true"),
+        &[],
+    );
+    let (code, stderr) = service.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("vla-rt: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("zenoh.require_tls"), "{}", errors[0]);
+    assert!(
+        errors[0].contains(&format!("tcp/0.0.0.0:{port}")),
+        "{}",
+        errors[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_exposed_endpoint_is_warned_about_and_loopback_is_said() {
+    let dir = std::env::temp_dir().join(format!("vla-rt-exposed-{}", std::process::id()));
+    let port = free_port();
+    let service = ServiceProcess::start(
+        &dir,
+        &format!("listen = [\"tcp/0.0.0.0:{port}\"]"),
+        &["--duration", "1"],
+    );
+    let (code, stderr) = service.wait(WAIT);
+    assert_eq!(code, Some(0), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("without TLS"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains(&format!("tcp/0.0.0.0:{port}")));
+    assert!(warnings[0].contains("release the e-stop"));
+    assert!(!stderr.contains("loopback only"), "{stderr}");
+
+    let port = free_port();
+    let service = ServiceProcess::start(
+        &dir,
+        &format!("listen = [\"tcp/127.0.0.1:{port}\"]"),
+        &["--duration", "1"],
+    );
+    let (code, stderr) = service.wait(WAIT);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("loopback only"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(&format!("tcp/127.0.0.1:{port}")));
+    assert!(!stderr.contains("without TLS"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
