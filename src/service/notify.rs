@@ -5,6 +5,8 @@
 //! stack buffer, so a tick never allocates.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -20,6 +22,8 @@ pub struct SystemdNotifier {
     watchdog_usec: Option<u64>,
     last_status_ns: u64,
     ready_sent: bool,
+    /// Set once `READY=1` went out, shared with the clones (the watchdog pings only after).
+    ready_flag: Arc<AtomicBool>,
     /// Sends that failed (the manager went away); never fatal for the control loop.
     pub failed_sends: u64,
 }
@@ -104,6 +108,7 @@ impl SystemdNotifier {
             watchdog_usec: watchdog_usec.filter(|&us| us > 0),
             last_status_ns: 0,
             ready_sent: false,
+            ready_flag: Arc::new(AtomicBool::new(false)),
             failed_sends: 0,
         })
     }
@@ -125,6 +130,7 @@ impl SystemdNotifier {
             watchdog_usec: self.watchdog_usec,
             last_status_ns: 0,
             ready_sent: self.ready_sent,
+            ready_flag: Arc::clone(&self.ready_flag),
             failed_sends: 0,
         })
     }
@@ -140,6 +146,7 @@ impl SystemdNotifier {
         if !self.ready_sent {
             self.send(b"READY=1");
             self.ready_sent = true;
+            self.ready_flag.store(true, Ordering::Release);
         }
         if now_ns.saturating_sub(self.last_status_ns) >= STATUS_INTERVAL_NS {
             let mut line = StatusLine::default();
@@ -150,6 +157,11 @@ impl SystemdNotifier {
             self.send(&bytes[..len]);
             self.last_status_ns = now_ns;
         }
+    }
+
+    /// Whether `READY=1` went out (from this notifier or the one it was cloned from).
+    pub fn ready(&self) -> bool {
+        self.ready_flag.load(Ordering::Acquire)
     }
 
     /// `WATCHDOG=1`: everything checked in recently.
@@ -205,6 +217,7 @@ mod tests {
             ]
         );
         let mut watchdog = notifier.try_clone().unwrap();
+        assert!(watchdog.ready());
         watchdog.watchdog();
         notifier.stopping();
         assert_eq!(receive_all(&manager), ["WATCHDOG=1", "STOPPING=1"]);

@@ -6,7 +6,7 @@
 //!   `worker fault` and ends; the service then shuts down in order and `vla-rt run` exits
 //!   with code 3, so that systemd restarts it;
 //! - sends systemd's `WATCHDOG=1` on its own schedule (every quarter of `WATCHDOG_USEC`,
-//!   whatever the control rate), and only while no fault is known and the control thread
+//!   whatever the control rate, from `READY=1` on), and only while no fault is known and the control thread
 //!   checked in within `min(worker_timeout_ms, WATCHDOG_USEC / 2)`. A stalled control thread
 //!   cannot publish its own STOP: withholding the pings lets systemd kill and restart the
 //!   process.
@@ -138,7 +138,8 @@ fn watch(supervision: &Supervision, mut notifier: Option<SystemdNotifier>, stop:
                 );
             }
             control_stall_logged = !control_fresh;
-            let healthy = control_fresh && !supervision.has_fault();
+            // Not before READY=1: the manager counts the watchdog from there.
+            let healthy = control_fresh && !supervision.has_fault() && notifier.ready();
             if healthy && now.saturating_sub(last_ping_ns) >= schedule.interval_ns {
                 notifier.watchdog();
                 last_ping_ns = now;
