@@ -147,7 +147,10 @@ impl Service {
 
         let trigger = Arc::new(InferenceTrigger::default());
         let results = Arc::new(ResultSlot::default());
-        let instructions = Arc::new(InstructionCell::new(&config.instruction.default));
+        let instructions = Arc::new(InstructionCell::with_limits(
+            &config.instruction.default,
+            &config.instruction,
+        ));
         let inference_stats = Arc::new(InferenceStats::default());
         let first_frame_timeout = options.first_frame_timeout.unwrap_or_else(|| {
             Duration::from_millis(
