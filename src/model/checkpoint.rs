@@ -87,10 +87,9 @@ impl Checkpoint {
             shard_names.dedup();
             // Shards live in the folder: a name with a path in it could open any file (or a
             // FIFO, and block the start) outside it.
-            if let Some(bad) = shard_names
-                .iter()
-                .find(|n| Path::new(n.as_str()).file_name() != Some(std::ffi::OsStr::new(n.as_str())))
-            {
+            if let Some(bad) = shard_names.iter().find(|n| {
+                Path::new(n.as_str()).file_name() != Some(std::ffi::OsStr::new(n.as_str()))
+            }) {
                 return Err(file_error(
                     &index_path,
                     format!("weight_map names shard `{bad}`, which is not a file name in the model folder"),

@@ -81,7 +81,9 @@ pub fn checkpoint_shards(model_dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         {
             return Err(file_error(
                 &index_path,
-                format!("weight_map names shard `{bad}`, which is not a file name in the model folder"),
+                format!(
+                    "weight_map names shard `{bad}`, which is not a file name in the model folder"
+                ),
             ));
         }
         return Ok(files.into_iter().map(|f| model_dir.join(f)).collect());

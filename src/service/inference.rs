@@ -623,7 +623,10 @@ mod tests {
         for text in ["b", "c", "d"] {
             cell.submit(text.into());
             // Within the interval of the last change: nothing is taken, the newest waits.
-            assert_eq!(cell.take_due(Some(t0), t0 + Duration::from_millis(150)), None);
+            assert_eq!(
+                cell.take_due(Some(t0), t0 + Duration::from_millis(150)),
+                None
+            );
         }
         let due = cell.take_due(Some(t0), t0 + Duration::from_millis(200));
         assert_eq!(due.as_deref(), Some("d"));
@@ -657,10 +660,12 @@ mod tests {
         }
         fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
             if instruction.len() > 20 {
-                return Err(PolicyError::Model(crate::model::ModelError::PromptTooLong {
-                    what: format!("{} bytes", instruction.len()),
-                    limit: 5,
-                }));
+                return Err(PolicyError::Model(
+                    crate::model::ModelError::PromptTooLong {
+                        what: format!("{} bytes", instruction.len()),
+                        limit: 5,
+                    },
+                ));
             }
             Ok(())
         }

@@ -273,7 +273,10 @@ pub const INSTRUCTION_LOG_CHARS: usize = 80;
 /// Why an instruction payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstructionRefusal {
-    TooLarge { bytes: usize, max_bytes: usize },
+    TooLarge {
+        bytes: usize,
+        max_bytes: usize,
+    },
     NotUtf8,
     Empty,
     /// The policy refused it (a prompt longer than the KV cache holds).
@@ -298,7 +301,10 @@ impl std::fmt::Display for InstructionRefusal {
 /// never cut inside a character. Reads at most `4 * max_chars` bytes.
 pub fn text_prefix(bytes: &[u8], max_chars: usize) -> String {
     let head = &bytes[..bytes.len().min(max_chars.saturating_mul(4))];
-    String::from_utf8_lossy(head).chars().take(max_chars).collect()
+    String::from_utf8_lossy(head)
+        .chars()
+        .take(max_chars)
+        .collect()
 }
 
 /// Checks an instruction payload: at most `max_bytes`, UTF-8 and not blank; the text comes
