@@ -4,11 +4,18 @@
 //! and sealed with a checksum, so that a file made for another model, or edited by hand, is
 //! refused instead of silently driving the robot with wrong settings.
 //!
+//! The checksum is an integrity check, not an authentication: it catches a file edited by
+//! hand or damaged on disk, but anyone who can write the file can also recompute it (the
+//! algorithm is public and there is no key). What protects the file from a hostile writer is
+//! its ownership and mode: [`Calibration::load`] refuses a file that its group or other users
+//! may write, as the install script's `/etc/vla-rt` layout never makes it.
+//!
 //! [`Calibration::apply`] is the one place that decides what a loaded calibration changes in
 //! a service configuration.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +37,9 @@ pub struct StageLatency {
     pub p99_ms: f64,
 }
 
+/// A calibration as `vla-calib` writes it. [`Calibration::checksum`] proves the contents
+/// were not changed by accident since they were sealed; it does not prove who wrote them
+/// (anyone able to write the file can reseal it), so the file's permissions are what guard it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
@@ -62,7 +72,8 @@ pub struct Calibration {
     pub latency: BTreeMap<String, StageLatency>,
     /// The projector's per-tensor INT8 activation scales (used with `[model] projector = "int8"`).
     pub projector_scales: ProjectorScales,
-    /// `sha256:<hex>` over the file's other contents; see [`Calibration::seal`].
+    /// `sha256:<hex>` over the file's other contents; see [`Calibration::seal`]. An
+    /// integrity check against accidental edits, not a signature.
     pub checksum: String,
 }
 
@@ -119,20 +130,65 @@ impl Calibration {
             message: e.to_string(),
         })?;
         let header = "# Written by vla-calib. Do not edit: the checksum seals the contents; run vla-calib again instead.\n";
-        std::fs::write(path, format!("{header}{text}")).map_err(|e| CalibrationError::Io {
+        let io_error = |e: std::io::Error| CalibrationError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        };
+        std::fs::write(path, format!("{header}{text}")).map_err(io_error)?;
+        // Owner-writable only, whatever the umask: `load` refuses anything looser.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io_error)
     }
 
-    /// Reads and checks a calibration file: format, version, checksum, and that it was made
-    /// for the checkpoint in `model_dir`.
+    /// Reads and checks a calibration file: that only its owner may write it, then format,
+    /// version, checksum, activation scales, and that it was made for the checkpoint in
+    /// `model_dir`.
     pub fn load(path: &Path, model_dir: &Path) -> Result<Self, CalibrationError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| CalibrationError::Io {
+        let io_error = |e: std::io::Error| CalibrationError::Io {
             path: shown.clone(),
             message: e.to_string(),
+        };
+        // Mode and contents from the same open file, so they describe the same file.
+        let mut file = std::fs::File::open(path).map_err(io_error)?;
+        let mode = file.metadata().map_err(io_error)?.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(CalibrationError::Invalid {
+                path: shown,
+                message: format!(
+                    "mode {:04o}: writable by {}; only its owner may write it (chmod go-w)",
+                    mode & 0o7777,
+                    match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                        (true, true) => "its group and other users",
+                        (true, false) => "its group",
+                        _ => "other users",
+                    }
+                ),
+            });
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(io_error)?;
+        let calibration = Self::parse(&text, &shown)?;
+        let fingerprint = crate::model::checkpoint_fingerprint(model_dir).map_err(|e| {
+            CalibrationError::Invalid {
+                path: shown.clone(),
+                message: format!("cannot identify the model to check it against: {e}"),
+            }
         })?;
+        if fingerprint != calibration.model_fingerprint {
+            return Err(CalibrationError::WrongModel {
+                path: shown,
+                model_dir: model_dir.display().to_string(),
+                found: calibration.model_fingerprint,
+                expected: fingerprint,
+            });
+        }
+        Ok(calibration)
+    }
+
+    /// Checks the text of a calibration file (`shown` names it in errors): format, version,
+    /// fields, checksum and activation scales; not the model it was made for.
+    pub fn parse(text: &str, shown: &str) -> Result<Self, CalibrationError> {
+        let shown = shown.to_string();
         let invalid = |message: String| CalibrationError::Invalid {
             path: shown.clone(),
             message,
@@ -171,19 +227,15 @@ impl Calibration {
         if expected != calibration.checksum {
             return Err(CalibrationError::Tampered { path: shown });
         }
-        let fingerprint = crate::model::checkpoint_fingerprint(model_dir).map_err(|e| {
-            CalibrationError::Invalid {
-                path: shown.clone(),
-                message: format!("cannot identify the model to check it against: {e}"),
+        // A zero, negative or non-finite scale would quantize every activation to 0 or
+        // saturate it; a sealed file can still carry one if its writer computed it so.
+        for (i, layer) in calibration.projector_scales.layers.iter().enumerate() {
+            if !(layer.scale.is_finite() && layer.scale > 0.0) {
+                return Err(invalid(format!(
+                    "projector_scales.layers[{i}].scale ({}): {} must be finite and > 0",
+                    layer.layer, layer.scale
+                )));
             }
-        })?;
-        if fingerprint != calibration.model_fingerprint {
-            return Err(CalibrationError::WrongModel {
-                path: shown,
-                model_dir: model_dir.display().to_string(),
-                found: calibration.model_fingerprint,
-                expected: fingerprint,
-            });
         }
         Ok(calibration)
     }
@@ -468,6 +520,53 @@ mod tests {
             let err = Calibration::load(&path, &model_dir()).unwrap_err();
             assert!(matches!(err, CalibrationError::Invalid { .. }), "{err}");
             assert!(!err.to_string().contains('\n'), "{err}");
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn group_or_other_writable_file_is_refused() {
+        let fingerprint = crate::model::checkpoint_fingerprint(&model_dir()).unwrap();
+        let path = temp_file("mode");
+        sample(&fingerprint).save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "save writes owner-writable only");
+        Calibration::load(&path, &model_dir()).unwrap();
+        for (mode, who) in [
+            (0o664, "writable by its group;"),
+            (0o646, "writable by other users;"),
+            (0o666, "writable by its group and other users;"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Calibration::load(&path, &model_dir()).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, CalibrationError::Invalid { .. }), "{err}");
+            assert!(
+                message.starts_with(&format!("calibration {}: mode 0{mode:o}", path.display())),
+                "{message}"
+            );
+            assert!(message.contains(who), "{message}");
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn zero_negative_or_non_finite_scales_are_refused_even_when_sealed() {
+        let fingerprint = crate::model::checkpoint_fingerprint(&model_dir()).unwrap();
+        let path = temp_file("scales");
+        for bad in [0.0f32, -0.05, f32::NAN, f32::INFINITY] {
+            let mut calibration = sample(&fingerprint);
+            calibration.projector_scales.layers[1].scale = bad;
+            calibration.save(&path).unwrap();
+            let err = Calibration::load(&path, &model_dir()).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, CalibrationError::Invalid { .. }), "{err}");
+            assert!(
+                message.contains("projector_scales.layers[1].scale (projector.fc2)"),
+                "{message}"
+            );
+            assert!(message.contains("must be finite and > 0"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
         }
         std::fs::remove_file(path).unwrap();
     }

@@ -422,23 +422,33 @@ impl ZenohConfig {
     }
 }
 
-/// The longest instruction, in bytes of UTF-8, the service is built to receive. The Zenoh
-/// session's inbound message limit is derived from it
-/// ([`crate::transport::security::inbound_message_limit`]).
+/// The default `[instruction] max_bytes`: the longest instruction, in bytes of UTF-8, a
+/// service receives unless its config says otherwise.
 pub const INSTRUCTION_MAX_BYTES: usize = 1024;
 
-/// `[instruction]` (*contract*: `default`).
+/// Largest `[instruction] max_bytes` accepted: far above any task description, far below
+/// what would let one message cost the prompt path real memory.
+pub const MAX_INSTRUCTION_BYTES_LIMIT: usize = 64 * 1024;
+
+/// `[instruction]` (*contract*: `default`, `max_bytes`, `min_interval_ms`).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstructionConfig {
     /// The task the policy runs until one arrives on `vla/<robot_id>/instruction`.
     pub default: String,
+    /// A longer instruction payload is refused unread (the previous instruction stays).
+    pub max_bytes: usize,
+    /// At most one new instruction is applied per this many milliseconds; of a burst, the
+    /// newest is applied when the interval has passed.
+    pub min_interval_ms: u64,
 }
 
 impl Default for InstructionConfig {
     fn default() -> Self {
         Self {
             default: "pick up the red block".into(),
+            max_bytes: INSTRUCTION_MAX_BYTES,
+            min_interval_ms: 200,
         }
     }
 }
@@ -781,6 +791,33 @@ impl ServiceConfig {
         if self.instruction.default.trim().is_empty() {
             return Err(invalid("instruction.default", "must not be empty".into()));
         }
+        if self.instruction.max_bytes == 0
+            || self.instruction.max_bytes > MAX_INSTRUCTION_BYTES_LIMIT
+        {
+            return Err(invalid(
+                "instruction.max_bytes",
+                format!(
+                    "{} is not in 1..={MAX_INSTRUCTION_BYTES_LIMIT}",
+                    self.instruction.max_bytes
+                ),
+            ));
+        }
+        if self.instruction.default.len() > self.instruction.max_bytes {
+            return Err(invalid(
+                "instruction.default",
+                format!(
+                    "is {} bytes, more than instruction.max_bytes ({})",
+                    self.instruction.default.len(),
+                    self.instruction.max_bytes
+                ),
+            ));
+        }
+        if self.instruction.min_interval_ms > 60_000 {
+            return Err(invalid(
+                "instruction.min_interval_ms",
+                format!("{} ms is over a minute", self.instruction.min_interval_ms),
+            ));
+        }
         Ok(())
     }
 }
@@ -1047,6 +1084,22 @@ mod tests {
             (
                 "[instruction]\ndefault = \"  \"\n",
                 "instruction.default: must not be empty",
+            ),
+            (
+                "[instruction]\nmax_bytes = 0\n",
+                "instruction.max_bytes: 0 is not in 1..=65536",
+            ),
+            (
+                "[instruction]\nmax_bytes = 100000\n",
+                "instruction.max_bytes: 100000 is not in 1..=65536",
+            ),
+            (
+                "[instruction]\nmax_bytes = 4\n",
+                "instruction.default: is 21 bytes, more than instruction.max_bytes (4)",
+            ),
+            (
+                "[instruction]\nmin_interval_ms = 600000\n",
+                "instruction.min_interval_ms: 600000 ms is over a minute",
             ),
             ("[calibration]\nfile = \"x\"\n", "calibration.file"),
             ("colour = 1\n", "colour"),

@@ -18,6 +18,8 @@
 //! - [`control`]: the fixed-rate loop, ACT/HOLD/STOP and the safety filter.
 //! - [`transport`]: the command record and the Zenoh session.
 //! - [`config`]: the service configuration (TOML), validated at start.
+//!
+//! [`fuzzing`] holds the fuzz harnesses of every parser of outside input (`fuzz/`).
 
 pub mod backend;
 pub mod bench;
@@ -26,6 +28,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fuzzing;
 pub mod model;
 pub mod policy;
 pub mod preprocess;

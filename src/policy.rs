@@ -68,6 +68,15 @@ pub trait Policy: Send {
     fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError>;
     /// Number of action dimensions (7 for OpenVLA).
     fn action_dim(&self) -> usize;
+    /// Whether `predict` would take this instruction (not empty, a prompt that fits), checked
+    /// without running the model, so a bad instruction can be refused before it replaces a
+    /// good one. Policies without such limits take any non-empty text.
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+        if instruction.trim().is_empty() {
+            return Err(PolicyError::EmptyInstruction);
+        }
+        Ok(())
+    }
     /// `cpu`, `cuda` or `tensorrt`.
     fn backend_name(&self) -> &'static str;
     /// A short name of the loaded model, for status messages.

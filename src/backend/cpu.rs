@@ -80,12 +80,22 @@ impl CpuModelRunner {
         self.decoder.action_dim()
     }
 
-    /// The prompt's token ids (`<s>` … `▁`), as `input_ids` in the reference.
+    /// The prompt's token ids (`<s>` … `▁`), as `input_ids` in the reference; an instruction
+    /// whose prompt would not fit the KV cache is refused before anything is sized by it.
     pub fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError> {
         if instruction.trim().is_empty() {
             return Err(PolicyError::EmptyInstruction);
         }
-        Ok(self.model.tokenizer().encode_instruction(instruction)?)
+        let limit = self.max_prompt_tokens();
+        Ok(self
+            .model
+            .tokenizer()
+            .encode_instruction_within(instruction, limit)?)
+    }
+
+    /// The longest prompt, in tokens, that [`CpuModelRunner::predict_pixels`] accepts.
+    pub fn max_prompt_tokens(&self) -> usize {
+        self.model.max_prompt_tokens(self.decoder.action_dim())
     }
 
     /// Each featurizer's patch features (`[256, D_i]`: DINOv2, then SigLIP).
@@ -186,6 +196,10 @@ impl PixelRunner for CpuModelRunner {
         instruction: &str,
     ) -> Result<Prediction, PolicyError> {
         CpuModelRunner::predict_pixels(self, pixel_values, instruction)
+    }
+
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+        self.prompt_ids(instruction).map(|_| ())
     }
 }
 

@@ -46,6 +46,9 @@ pub trait PixelRunner: Send {
         pixel_values: &[f32],
         instruction: &str,
     ) -> Result<Prediction, PolicyError>;
+    /// Refuses an instruction [`PixelRunner::predict_pixels`] would refuse (empty, or a prompt
+    /// longer than the KV cache holds), without running the model.
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError>;
 }
 
 /// A backend's runner behind the preprocessing: the [`Policy`] every backend exposes.
@@ -125,6 +128,13 @@ impl<R: PixelRunner> Policy for ImagePolicy<R> {
 
     fn action_dim(&self) -> usize {
         self.runner.action_dim()
+    }
+
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+        if instruction.trim().is_empty() {
+            return Err(PolicyError::EmptyInstruction);
+        }
+        self.runner.check_instruction(instruction)
     }
 
     fn backend_name(&self) -> &'static str {

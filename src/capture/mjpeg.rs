@@ -34,6 +34,12 @@ impl MjpegDecoder {
     /// Decodes `jpeg` into `rgb` (`width * height * 3` bytes, resized only if its length
     /// differs). On error `rgb` holds unspecified pixels.
     pub fn decode_into(&self, jpeg: &[u8], rgb: &mut Vec<u8>) -> Result<(), String> {
+        if self.width == 0 || self.height == 0 {
+            return Err(format!(
+                "empty negotiated size {}x{}",
+                self.width, self.height
+            ));
+        }
         let jpeg = complete_jpeg(jpeg)?;
         let mut decoder = JpegDecoder::new_with_options(ZCursor::new(jpeg), self.options);
         decoder
@@ -121,6 +127,18 @@ mod tests {
         MjpegDecoder::new(16, 16)
             .decode_into(&jpeg, &mut out)
             .unwrap();
+    }
+
+    #[test]
+    fn zero_negotiated_size_is_an_error_not_a_panic() {
+        let jpeg = encode(16, 16, &[10u8; 16 * 16 * 3]);
+        let mut out = Vec::new();
+        for (width, height) in [(0, 0), (0, 16), (16, 0)] {
+            let err = MjpegDecoder::new(width, height)
+                .decode_into(&jpeg, &mut out)
+                .unwrap_err();
+            assert_eq!(err, format!("empty negotiated size {width}x{height}"));
+        }
     }
 
     #[test]

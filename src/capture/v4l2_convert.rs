@@ -12,17 +12,20 @@ fn prepare(
     bytes_per_pixel: usize,
     dst: &mut Vec<u8>,
 ) -> Result<(), String> {
+    // A zero-sized frame has no rows to convert (and zero-length rows cannot be chunked).
+    if width == 0 || height == 0 {
+        return Err(format!("empty frame size {width}x{height}"));
+    }
     let row_bytes = width as usize * bytes_per_pixel;
     if stride < row_bytes {
         return Err(format!(
             "row stride {stride} is shorter than a row of {row_bytes} bytes"
         ));
     }
-    let needed = if height == 0 {
-        0
-    } else {
-        stride * (height as usize - 1) + row_bytes
-    };
+    let needed = stride
+        .checked_mul(height as usize - 1)
+        .and_then(|rows| rows.checked_add(row_bytes))
+        .ok_or_else(|| format!("row stride {stride} x {height} rows overflows"))?;
     if src.len() < needed {
         return Err(format!(
             "short frame: {} bytes, {width}x{height} needs {needed}",
@@ -139,6 +142,24 @@ mod tests {
         let src = [1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12];
         rgb24_to_rgb(&src, 2, 2, 8, &mut out).unwrap();
         assert_eq!(out, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn zero_width_or_height_is_an_error_not_a_panic() {
+        let mut out = Vec::new();
+        for (width, height) in [(0, 0), (0, 4), (4, 0)] {
+            for convert in [yuyv_to_rgb, rgb24_to_rgb, grey_to_rgb] {
+                let err = convert(&[0; 64], width, height, 16, &mut out).unwrap_err();
+                assert_eq!(err, format!("empty frame size {width}x{height}"));
+            }
+        }
+    }
+
+    #[test]
+    fn huge_strides_are_errors() {
+        let mut out = Vec::new();
+        let err = grey_to_rgb(&[0; 64], 2, 3, usize::MAX, &mut out).unwrap_err();
+        assert!(err.contains("overflows"), "{err}");
     }
 
     #[test]

@@ -85,6 +85,16 @@ impl Checkpoint {
             let mut shard_names: Vec<&String> = index.weight_map.values().collect();
             shard_names.sort();
             shard_names.dedup();
+            // Shards live in the folder: a name with a path in it could open any file (or a
+            // FIFO, and block the start) outside it.
+            if let Some(bad) = shard_names.iter().find(|n| {
+                Path::new(n.as_str()).file_name() != Some(std::ffi::OsStr::new(n.as_str()))
+            }) {
+                return Err(file_error(
+                    &index_path,
+                    format!("weight_map names shard `{bad}`, which is not a file name in the model folder"),
+                ));
+            }
             if shard_names.is_empty() {
                 return Err(file_error(&index_path, "weight_map lists no shard"));
             }

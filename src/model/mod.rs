@@ -52,6 +52,8 @@ pub enum ModelError {
     Unsupported { what: String, message: String },
     #[error("sequence of {len} tokens exceeds the KV cache capacity of {capacity} (instruction too long?)")]
     SequenceTooLong { len: usize, capacity: usize },
+    #[error("instruction too long: {what}; the prompt may have at most {limit} tokens (what the KV cache holds besides the image and the action)")]
+    PromptTooLong { what: String, limit: usize },
     #[error("layer {name}: {message}")]
     Quantized { name: String, message: String },
     #[error("{path}: pre-quantized weight file {field} is {got}, expected {expected}")]
@@ -75,6 +77,7 @@ impl ModelError {
             | ModelError::AmbiguousUnnormKey { .. }
             | ModelError::Unsupported { .. }
             | ModelError::SequenceTooLong { .. }
+            | ModelError::PromptTooLong { .. }
             | ModelError::Quantized { .. }
             | ModelError::QuantizedFile { .. } => true,
             ModelError::Math { .. } => false,

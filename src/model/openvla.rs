@@ -164,6 +164,15 @@ impl OpenVla {
         (1 + self.num_patches() + MAX_TEXT_TOKENS).min(self.config.llm_max_length)
     }
 
+    /// The longest prompt (`<s>` … `▁`, in tokens) whose prefill and `action_dim` greedy
+    /// steps fit the KV cache: the prompt and the image tokens, then every action token but
+    /// the last (which is never fed back).
+    pub fn max_prompt_tokens(&self, action_dim: usize) -> usize {
+        self.sequence_capacity()
+            .saturating_sub(self.num_patches())
+            .saturating_sub(action_dim.saturating_sub(1))
+    }
+
     /// A state (KV cache, scratch) for this model's language model.
     pub fn new_llama_state(&self) -> LlamaState {
         let capacity = self.sequence_capacity();

@@ -17,9 +17,16 @@ pub fn prompt_text(instruction: &str) -> String {
     )
 }
 
+/// Bytes of instruction text one token can stand for, at most, per byte of its vocabulary
+/// entry: lower-casing can shrink a character to a third of its bytes (`K`, the Kelvin sign,
+/// is 3 bytes, `k` one); 4 leaves margin.
+const INSTRUCTION_BYTES_PER_TOKEN_BYTE: usize = 4;
+
 /// The checkpoint's `tokenizer.json`.
 pub struct PromptTokenizer {
     tokenizer: tokenizers::Tokenizer,
+    /// Bytes of the longest vocabulary entry: no token covers more of the text than this.
+    longest_token_bytes: usize,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -34,7 +41,45 @@ impl PromptTokenizer {
             path: path.display().to_string(),
             message: format!("cannot load tokenizer: {e}"),
         })?;
-        Ok(Self { tokenizer })
+        let longest_token_bytes = tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(Self {
+            tokenizer,
+            longest_token_bytes,
+        })
+    }
+
+    /// Token ids of the prompt for `instruction`, refused with [`ModelError::PromptTooLong`]
+    /// when they would be more than `max_tokens`. A text too long to possibly fit is refused
+    /// before it is lower-cased or tokenized, so the work and memory spent on a hostile
+    /// instruction stay bounded by the limit, not by its length.
+    pub fn encode_instruction_within(
+        &self,
+        instruction: &str,
+        max_tokens: usize,
+    ) -> Result<Vec<u32>, ModelError> {
+        let max_bytes = max_tokens
+            .saturating_mul(self.longest_token_bytes)
+            .saturating_mul(INSTRUCTION_BYTES_PER_TOKEN_BYTE);
+        if instruction.len() > max_bytes {
+            return Err(ModelError::PromptTooLong {
+                what: format!("{} bytes", instruction.len()),
+                limit: max_tokens,
+            });
+        }
+        let ids = self.encode_instruction(instruction)?;
+        if ids.len() > max_tokens {
+            return Err(ModelError::PromptTooLong {
+                what: format!("{} prompt tokens", ids.len()),
+                limit: max_tokens,
+            });
+        }
+        Ok(ids)
     }
 
     /// Token ids of the prompt for `instruction`, with `<s>` first and 29871 last.

@@ -75,6 +75,17 @@ pub fn checkpoint_shards(model_dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
             .collect();
         files.sort();
         files.dedup();
+        if let Some(bad) = files
+            .iter()
+            .find(|f| Path::new(f.as_str()).file_name() != Some(std::ffi::OsStr::new(f.as_str())))
+        {
+            return Err(file_error(
+                &index_path,
+                format!(
+                    "weight_map names shard `{bad}`, which is not a file name in the model folder"
+                ),
+            ));
+        }
         return Ok(files.into_iter().map(|f| model_dir.join(f)).collect());
     }
     let single = model_dir.join("model.safetensors");
@@ -358,6 +369,15 @@ impl QuantizedFile {
     /// Maps `path` and checks its format tag, version, group size and that it was made from
     /// the checkpoint in `model_dir`.
     pub fn open(path: &Path, model_dir: &Path) -> Result<Self, ModelError> {
+        Self::open_expecting(path, || checkpoint_hash(model_dir))
+    }
+
+    /// [`Self::open`] against a checkpoint hash computed by `expected_hash` (called only
+    /// once the format fields passed).
+    pub fn open_expecting(
+        path: &Path,
+        expected_hash: impl FnOnce() -> Result<String, ModelError>,
+    ) -> Result<Self, ModelError> {
         let map = map_file(path)?;
         let (header_len, metadata, _) = parse_header(path, &map)?;
         let data_start = 8 + header_len;
@@ -403,7 +423,7 @@ impl QuantizedFile {
                 ))
             }
         };
-        let expected_hash = checkpoint_hash(model_dir)?;
+        let expected_hash = expected_hash()?;
         check(
             CHECKPOINT_HASH_KEY,
             "checkpoint hash (the file was made from another checkpoint than this model folder)",
@@ -463,6 +483,11 @@ impl QuantizedFile {
     /// The projector's format this file holds.
     pub fn projector(&self) -> ProjectorFormat {
         self.projector
+    }
+
+    /// The shape of a stored tensor (`L.qweight`, `L.scales`, `L.mins`).
+    pub fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
     }
 
     /// Names of the layers stored (checkpoint weight names without `.weight`).

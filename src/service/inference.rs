@@ -16,31 +16,96 @@ use crate::control::handoff::{ActionResult, InferenceTrigger, ResultSlot};
 use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;
 use crate::policy::{Policy, PolicyError, Prediction};
-use crate::transport::zenoh_io::InstructionSink;
+use crate::transport::zenoh_io::{
+    text_prefix, InstructionRefusal, InstructionSink, INSTRUCTION_LOG_CHARS,
+};
+
+/// The instruction in force, as the status reports it: a short prefix, its length and a
+/// hash, computed once when it is applied (the status goes out every second).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstructionSummary {
+    /// The first [`STATUS_INSTRUCTION_CHARS`] characters.
+    pub prefix: String,
+    pub bytes: usize,
+    /// First 16 hex digits of the SHA-256 of the text.
+    pub sha256: String,
+}
+
+/// Characters of the instruction in force that the status shows.
+pub const STATUS_INSTRUCTION_CHARS: usize = 40;
+
+impl InstructionSummary {
+    pub fn of(text: &str) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let sha256 = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            prefix: text_prefix(text.as_bytes(), STATUS_INSTRUCTION_CHARS),
+            bytes: text.len(),
+            sha256,
+        }
+    }
+}
 
 /// The instruction the policy runs with: a newest-wins slot filled by the Zenoh callback,
-/// taken by the inference thread before each prediction.
+/// taken by the inference thread before a prediction, at most once per `min_interval`.
+/// Refused instructions (too large, not UTF-8, blank, a prompt too long for the model) leave
+/// the one in force and are counted.
 pub struct InstructionCell {
+    /// The configured instruction, in force until another is applied.
+    initial: String,
     pending: ArrayQueue<String>,
-    current: Mutex<String>,
+    current: Mutex<InstructionSummary>,
+    max_bytes: usize,
+    min_interval: Duration,
     updates: AtomicU64,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+    /// Monotonic ns of the latest rejection logged at `warn` (a flood logs one a second).
+    last_rejection_log_ns: AtomicU64,
 }
 
 impl InstructionCell {
+    /// A cell with the default limits of `[instruction]`.
     pub fn new(initial: &str) -> Self {
+        Self::with_limits(initial, &crate::config::InstructionConfig::default())
+    }
+
+    pub fn with_limits(initial: &str, limits: &crate::config::InstructionConfig) -> Self {
         Self {
+            initial: initial.to_string(),
             pending: ArrayQueue::new(1),
-            current: Mutex::new(initial.to_string()),
+            current: Mutex::new(InstructionSummary::of(initial)),
+            max_bytes: limits.max_bytes,
+            min_interval: Duration::from_millis(limits.min_interval_ms),
             updates: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            last_rejection_log_ns: AtomicU64::new(0),
         }
+    }
+
+    /// The configured instruction the service starts with.
+    pub fn initial(&self) -> &str {
+        &self.initial
     }
 
     fn take_pending(&self) -> Option<String> {
         self.pending.pop()
     }
 
-    /// The instruction in use (for status).
-    pub fn current(&self) -> String {
+    /// The newest pending instruction if `last_applied` is at least `min_interval` ago (or
+    /// none was applied yet); otherwise it stays pending, to be replaced by a newer one or
+    /// taken later.
+    fn take_due(&self, last_applied: Option<Instant>, now: Instant) -> Option<String> {
+        match last_applied {
+            Some(at) if now.duration_since(at) < self.min_interval => None,
+            _ => self.take_pending(),
+        }
+    }
+
+    /// The instruction in force (for status).
+    pub fn summary(&self) -> InstructionSummary {
         match self.current.lock() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -48,21 +113,60 @@ impl InstructionCell {
     }
 
     fn set_current(&self, text: &str) {
+        let summary = InstructionSummary::of(text);
+        log::info!(
+            "instruction applied: {:?} ({} bytes, sha256 {})",
+            text_prefix(text.as_bytes(), INSTRUCTION_LOG_CHARS),
+            summary.bytes,
+            summary.sha256
+        );
         match self.current.lock() {
-            Ok(mut current) => text.clone_into(&mut current),
-            Err(poisoned) => text.clone_into(&mut poisoned.into_inner()),
+            Ok(mut current) => *current = summary,
+            Err(poisoned) => *poisoned.into_inner() = summary,
         }
+        self.applied.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Instructions received and handed on (not refused at the edge).
     pub fn updates(&self) -> u64 {
         self.updates.load(Ordering::Relaxed)
+    }
+
+    /// Instructions that became the one in force.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Instructions refused, at the edge or by the policy.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 }
 
 impl InstructionSink for InstructionCell {
+    fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     fn submit(&self, instruction: String) {
         let _ = self.pending.force_push(instruction);
         self.updates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reject(&self, refusal: InstructionRefusal, prefix: &str) {
+        let count = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::control::clock::monotonic_ns().max(1);
+        let last = self.last_rejection_log_ns.load(Ordering::Relaxed);
+        let quiet = last != 0 && now.saturating_sub(last) < 1_000_000_000;
+        if quiet {
+            log::debug!("instruction refused ({refusal}): {prefix:?}");
+        } else {
+            self.last_rejection_log_ns.store(now, Ordering::Relaxed);
+            log::warn!(
+                "instruction refused ({refusal}), the previous one stays in force \
+                 ({count} refused so far): {prefix:?}"
+            );
+        }
     }
 }
 
@@ -299,9 +403,9 @@ fn warm_up(
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    let instruction = links.instructions.current();
+    let instruction = links.instructions.initial();
     let prediction = policy
-        .predict(&frame.image, &instruction)
+        .predict(&frame.image, instruction)
         .map_err(InferenceError::WarmUp)?;
     to_action_result(&prediction, 0, frame.capture_time_ns)?;
     *held = Some(frame);
@@ -314,7 +418,8 @@ fn worker_loop(
     stop: &AtomicBool,
     mut held: Option<Frame>,
 ) {
-    let mut instruction = links.instructions.current();
+    let mut instruction = links.instructions.initial().to_string();
+    let mut last_applied: Option<Instant> = None;
     let mut handled: Option<u64> = None;
     // Each frame is predicted on once. Predicting again on an image already acted on would
     // publish its delta a second time for a scene that was not observed again, and would
@@ -350,9 +455,21 @@ fn worker_loop(
             continue;
         }
         held_predicted = true;
-        if let Some(next) = links.instructions.take_pending() {
-            instruction = next;
-            links.instructions.set_current(&instruction);
+        let now = Instant::now();
+        if let Some(next) = links.instructions.take_due(last_applied, now) {
+            // Checked before it replaces the one in force: an instruction the policy would
+            // refuse must not leave every later prediction failing.
+            match policy.check_instruction(&next) {
+                Ok(()) => {
+                    instruction = next;
+                    links.instructions.set_current(&instruction);
+                    last_applied = Some(now);
+                }
+                Err(e) => links.instructions.reject(
+                    InstructionRefusal::Policy(e.to_string()),
+                    &text_prefix(next.as_bytes(), INSTRUCTION_LOG_CHARS),
+                ),
+            }
         }
         let predicted = match &links.supervision {
             Some(supervision) => supervision.busy(Worker::Inference, || {
@@ -519,6 +636,115 @@ mod tests {
         assert_eq!(cell.take_pending().as_deref(), Some("third"));
         assert_eq!(cell.take_pending(), None);
         assert_eq!(cell.updates(), 2);
-        assert_eq!(cell.current(), "first");
+        assert_eq!(cell.summary().prefix, "first");
+    }
+
+    #[test]
+    fn rate_limit_applies_the_newest_of_a_burst_after_the_interval() {
+        let limits = crate::config::InstructionConfig {
+            min_interval_ms: 200,
+            ..Default::default()
+        };
+        let cell = InstructionCell::with_limits("first", &limits);
+        let t0 = Instant::now();
+        assert_eq!(cell.take_due(None, t0), None, "nothing pending");
+        cell.submit("a".into());
+        assert_eq!(cell.take_due(None, t0).as_deref(), Some("a"));
+        for text in ["b", "c", "d"] {
+            cell.submit(text.into());
+            // Within the interval of the last change: nothing is taken, the newest waits.
+            assert_eq!(
+                cell.take_due(Some(t0), t0 + Duration::from_millis(150)),
+                None
+            );
+        }
+        let due = cell.take_due(Some(t0), t0 + Duration::from_millis(200));
+        assert_eq!(due.as_deref(), Some("d"));
+        assert_eq!(cell.take_due(Some(t0), t0 + Duration::from_secs(1)), None);
+        assert_eq!(cell.updates(), 4);
+    }
+
+    #[test]
+    fn status_summary_is_short_and_char_safe() {
+        let long = "\u{e9}".repeat(5_000);
+        let summary = InstructionSummary::of(&long);
+        assert_eq!(summary.prefix, "\u{e9}".repeat(STATUS_INSTRUCTION_CHARS));
+        assert_eq!(summary.bytes, 10_000);
+        assert_eq!(summary.sha256.len(), 16);
+        assert_ne!(summary.sha256, InstructionSummary::of("other").sha256);
+    }
+
+    /// Records the instruction of every prediction; refuses instructions over 20 bytes as
+    /// the CPU policy refuses prompts longer than its KV cache.
+    struct PickyPolicy(Arc<Mutex<Vec<String>>>);
+
+    impl Policy for PickyPolicy {
+        fn predict(
+            &mut self,
+            _image: &crate::preprocess::RgbImage,
+            instruction: &str,
+        ) -> Result<Prediction, PolicyError> {
+            self.check_instruction(instruction)?;
+            self.0.lock().unwrap().push(instruction.to_string());
+            Ok(prediction(vec![0.0; ACTION_DIM], vec![1; ACTION_DIM]))
+        }
+        fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+            if instruction.len() > 20 {
+                return Err(PolicyError::Model(
+                    crate::model::ModelError::PromptTooLong {
+                        what: format!("{} bytes", instruction.len()),
+                        limit: 5,
+                    },
+                ));
+            }
+            Ok(())
+        }
+        fn action_dim(&self) -> usize {
+            ACTION_DIM
+        }
+        fn backend_name(&self) -> &'static str {
+            "picky"
+        }
+        fn model_name(&self) -> &str {
+            "picky"
+        }
+    }
+
+    #[test]
+    fn refused_instruction_leaves_the_previous_in_force_and_is_counted() {
+        let limits = crate::config::InstructionConfig {
+            min_interval_ms: 0,
+            ..Default::default()
+        };
+        let links = InferenceLinks {
+            frames: Arc::new(LatestFrame::new()),
+            trigger: Arc::new(InferenceTrigger::default()),
+            results: Arc::new(ResultSlot::default()),
+            instructions: Arc::new(InstructionCell::with_limits("pick", &limits)),
+            stats: Arc::new(InferenceStats::default()),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        links.frames.publish(frame(1, 100), 1);
+        let mut thread = InferenceThread::start(
+            Box::new(PickyPolicy(Arc::clone(&seen))),
+            links.clone(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        links.instructions.submit("place".into());
+        fire_expecting_result(&links, 0);
+        links
+            .instructions
+            .submit("a task far longer than the model takes".into());
+        links.frames.publish(frame(2, 200), 2);
+        fire_expecting_result(&links, 1);
+        links.frames.publish(frame(3, 300), 3);
+        fire_expecting_result(&links, 2);
+        thread.stop();
+        assert_eq!(*seen.lock().unwrap(), ["pick", "place", "place", "place"]);
+        assert_eq!(links.instructions.rejected(), 1);
+        assert_eq!(links.instructions.applied(), 1);
+        assert_eq!(links.instructions.summary().prefix, "place");
+        assert_eq!(links.stats.failures.load(Ordering::Relaxed), 0);
     }
 }

@@ -16,7 +16,7 @@ use zenoh::Wait;
 
 use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
-use crate::config::{RealtimeMode, ServiceConfig, INSTRUCTION_MAX_BYTES};
+use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::estop_store::{EStopStore, EStopStoreError};
 use crate::control::clock;
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
@@ -150,7 +150,7 @@ impl Service {
         let inputs = Arc::new(open_estop_latch(config)?);
         source.start()?;
         let camera = source.describe();
-        let inbound_limit = security::inbound_message_limit(INSTRUCTION_MAX_BYTES);
+        let inbound_limit = security::inbound_message_limit(config.instruction.max_bytes);
         let (session, transport_security) =
             match zenoh_io::open_session(&config.zenoh, inbound_limit) {
                 Ok(opened) => opened,
@@ -188,7 +188,10 @@ impl Service {
 
         let trigger = Arc::new(InferenceTrigger::default());
         let results = Arc::new(ResultSlot::default());
-        let instructions = Arc::new(InstructionCell::new(&config.instruction.default));
+        let instructions = Arc::new(InstructionCell::with_limits(
+            &config.instruction.default,
+            &config.instruction,
+        ));
         let inference_stats = Arc::new(InferenceStats::default());
         let first_frame_timeout = options.first_frame_timeout.unwrap_or_else(|| {
             Duration::from_millis(

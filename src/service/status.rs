@@ -79,6 +79,7 @@ impl StatusSources {
         latency.insert("tick_jitter".into(), percentiles(&c.tick_jitter));
         latency.insert("publish".into(), percentiles(&self.publish.delay));
         latency.insert("action_age".into(), percentiles(&c.action_age));
+        let instruction = self.instructions.summary();
         let stop_cause =
             (state == ControlState::Stop).then(|| StopCause::from_u64(load(&c.stop_cause)).name());
         json!({
@@ -129,8 +130,12 @@ impl StatusSources {
                 "predictions": load(&self.inference.predictions),
                 "failures": load(&self.inference.failures),
                 "no_new_frame": load(&self.inference.no_new_frame),
-                "instruction": self.instructions.current(),
+                "instruction": instruction.prefix,
+                "instruction_bytes": instruction.bytes,
+                "instruction_sha256": instruction.sha256,
                 "instruction_updates": self.instructions.updates(),
+                "instructions_applied": self.instructions.applied(),
+                "instructions_rejected": self.instructions.rejected(),
             },
             "latency_ms": latency,
             "latency_window_s": LATENCY_WINDOW.as_secs(),

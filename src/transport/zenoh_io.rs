@@ -439,7 +439,100 @@ pub fn is_in_time(record: &OutboxRecord, now_ns: u64, period_ns: u64) -> bool {
 
 /// A newest-wins instruction slot written by the subscriber and read by the inference thread.
 pub trait InstructionSink: Send + Sync + 'static {
+    /// Payloads longer than this are refused without being read.
+    fn max_bytes(&self) -> usize;
+    /// A well-formed instruction (UTF-8, not blank, trimmed, at most `max_bytes`).
     fn submit(&self, instruction: String);
+    /// A refused payload: `prefix` is its start as text (at most
+    /// [`INSTRUCTION_LOG_CHARS`] characters), for one log line.
+    fn reject(&self, refusal: InstructionRefusal, prefix: &str);
+}
+
+/// Characters of a refused instruction that its log line shows.
+pub const INSTRUCTION_LOG_CHARS: usize = 80;
+
+/// Why an instruction payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstructionRefusal {
+    TooLarge {
+        bytes: usize,
+        max_bytes: usize,
+    },
+    NotUtf8,
+    Empty,
+    /// The policy refused it (a prompt longer than the KV cache holds).
+    Policy(String),
+}
+
+impl std::fmt::Display for InstructionRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge { bytes, max_bytes } => write!(
+                f,
+                "{bytes} bytes, more than instruction.max_bytes ({max_bytes})"
+            ),
+            Self::NotUtf8 => f.write_str("not UTF-8"),
+            Self::Empty => f.write_str("empty"),
+            Self::Policy(message) => f.write_str(message),
+        }
+    }
+}
+
+/// The first `max_chars` characters of `bytes` read as UTF-8 (invalid sequences as U+FFFD),
+/// never cut inside a character. Reads at most `4 * max_chars` bytes.
+pub fn text_prefix(bytes: &[u8], max_chars: usize) -> String {
+    let head = &bytes[..bytes.len().min(max_chars.saturating_mul(4))];
+    String::from_utf8_lossy(head)
+        .chars()
+        .take(max_chars)
+        .collect()
+}
+
+/// Checks an instruction payload: at most `max_bytes`, UTF-8 and not blank; the text comes
+/// back trimmed.
+pub fn parse_instruction(payload: &[u8], max_bytes: usize) -> Result<&str, InstructionRefusal> {
+    if payload.len() > max_bytes {
+        return Err(InstructionRefusal::TooLarge {
+            bytes: payload.len(),
+            max_bytes,
+        });
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| InstructionRefusal::NotUtf8)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(InstructionRefusal::Empty);
+    }
+    Ok(text)
+}
+
+/// Hands one instruction sample to `sink`: a payload over the sink's limit is refused from its
+/// length alone, before any copy or conversion sized by it.
+fn receive_instruction(payload: &zenoh::bytes::ZBytes, sink: &dyn InstructionSink) {
+    let max_bytes = sink.max_bytes();
+    if payload.len() > max_bytes {
+        let mut head = [0u8; 4 * INSTRUCTION_LOG_CHARS];
+        let mut filled = 0;
+        let mut reader = payload.reader();
+        while filled < head.len() {
+            match std::io::Read::read(&mut reader, &mut head[filled..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        sink.reject(
+            InstructionRefusal::TooLarge {
+                bytes: payload.len(),
+                max_bytes,
+            },
+            &text_prefix(&head[..filled], INSTRUCTION_LOG_CHARS),
+        );
+        return;
+    }
+    let bytes = payload.to_bytes();
+    match parse_instruction(&bytes, max_bytes) {
+        Ok(text) => sink.submit(text.to_string()),
+        Err(refusal) => sink.reject(refusal, &text_prefix(&bytes, INSTRUCTION_LOG_CHARS)),
+    }
 }
 
 /// The declarations that live as long as the service: subscribers and the liveliness token.
@@ -639,18 +732,10 @@ impl RobotInterface {
                 .map_err(declare_error(key))?;
             estop_subscribers.push(subscriber);
         }
-        let instruction_key = keys.instruction.clone();
         let instruction_subscriber = session
             .declare_subscriber(keys.instruction.clone())
             .callback(move |sample| {
-                supervised(&|| match sample.payload().try_to_string() {
-                    Ok(text) if !text.trim().is_empty() => {
-                        log::info!("new instruction: {text:?}");
-                        instructions.submit(text.trim().to_string());
-                    }
-                    Ok(_) => log::warn!("{instruction_key}: empty instruction ignored"),
-                    Err(_) => log::warn!("{instruction_key}: instruction is not UTF-8, ignored"),
-                })
+                supervised(&|| receive_instruction(sample.payload(), instructions.as_ref()))
             })
             .wait()
             .map_err(declare_error(&keys.instruction))?;
@@ -785,6 +870,39 @@ mod tests {
             EStopKey::Legacy.effect(true, b"release"),
             LatchRefusedRelease
         );
+    }
+
+    #[test]
+    fn instruction_payloads() {
+        assert_eq!(parse_instruction(b"  pick it up\n", 64), Ok("pick it up"));
+        assert_eq!(
+            parse_instruction(&[b'a'; 65], 64),
+            Err(InstructionRefusal::TooLarge {
+                bytes: 65,
+                max_bytes: 64
+            })
+        );
+        assert_eq!(parse_instruction(&[b'a'; 64], 64), Ok(&"a".repeat(64)[..]));
+        assert_eq!(
+            parse_instruction(b"\xff\xfe go", 64),
+            Err(InstructionRefusal::NotUtf8)
+        );
+        assert_eq!(
+            parse_instruction(b" \t\n", 64),
+            Err(InstructionRefusal::Empty)
+        );
+    }
+
+    #[test]
+    fn log_prefix_never_splits_a_character() {
+        // 100 three-byte characters: the prefix is 80 whole ones.
+        let text = "\u{20ac}".repeat(100);
+        assert_eq!(text_prefix(text.as_bytes(), 80), "\u{20ac}".repeat(80));
+        // A cut inside a character gives U+FFFD, not a panic.
+        let cut = &text.as_bytes()[..4];
+        assert_eq!(text_prefix(cut, 80), "\u{20ac}\u{fffd}");
+        assert_eq!(text_prefix(b"short", 80), "short");
+        assert_eq!(text_prefix(&[0xff; 1000], 3), "\u{fffd}\u{fffd}\u{fffd}");
     }
 
     #[test]

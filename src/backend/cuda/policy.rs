@@ -104,6 +104,8 @@ pub struct CudaModelRunner {
     decoder: ActionDecoder,
     unnorm_key: String,
     format: DecodeFormat,
+    /// The longest prompt whose prefill and decode fit the KV cache.
+    max_prompt_tokens: usize,
     /// `[6, S, S]` staging buffer for the upload.
     pinned: PinnedHostSlice<f32>,
     /// Dropped last: every buffer above frees into its context.
@@ -223,6 +225,10 @@ impl CudaModelRunner {
         // SAFETY: the pinned buffer is only read after `write_pixels` filled all of it.
         let pinned = unsafe { gpu.context().alloc_pinned::<f32>(pinned_len) }
             .map_err(CudaError::driver("cuMemHostAlloc"))?;
+        let max_prompt_tokens = spec
+            .capacity
+            .saturating_sub(patches)
+            .saturating_sub(decoder.action_dim().saturating_sub(1));
         Ok(Self {
             vision,
             llama,
@@ -230,6 +236,7 @@ impl CudaModelRunner {
             decoder,
             unnorm_key,
             format,
+            max_prompt_tokens,
             pinned,
             gpu,
         })
@@ -286,7 +293,9 @@ impl CudaModelRunner {
         if instruction.trim().is_empty() {
             return Err(PolicyError::EmptyInstruction);
         }
-        Ok(self.tokenizer.encode_instruction(instruction)?)
+        Ok(self
+            .tokenizer
+            .encode_instruction_within(instruction, self.max_prompt_tokens)?)
     }
 
     /// Stages `pixel_values` in pinned memory and queues the upload on lane A.
@@ -433,5 +442,9 @@ impl PixelRunner for CudaModelRunner {
         instruction: &str,
     ) -> Result<Prediction, PolicyError> {
         CudaModelRunner::predict_pixels(self, pixel_values, instruction)
+    }
+
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+        self.prompt_ids(instruction).map(|_| ())
     }
 }

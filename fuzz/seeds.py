@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Writes the seed inputs of every fuzz target into fuzz/corpus/<target>/ (run once; the
+fuzzer grows and `cargo fuzz cmin` minimizes the corpora from there). Layouts follow the
+harnesses in src/fuzzing.rs."""
+
+import io
+import json
+import os
+import struct
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = os.path.join(ROOT, "fuzz", "corpus")
+
+
+def put(target, name, data):
+    folder = os.path.join(CORPUS, target)
+    os.makedirs(folder, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(folder, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+def record(state, seq, action):
+    body = struct.pack("<4sHHQQQ7f", b"VLA1", 1, state, seq, 1_790_000_000_000_000_000, 1_789_999_999_990_000_000, *action)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def safetensors(tensors, metadata=None):
+    header = {}
+    offset = 0
+    blobs = []
+    for name, dtype, shape, data in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def parts(*chunks):
+    out = b""
+    for chunk in chunks:
+        out += struct.pack("<H", len(chunk)) + chunk
+    return out
+
+
+def main():
+    put("command_record", "act", record(0, 7, [0.01, -0.02, 0.0, 0.1, 0.0, -0.1, 1.0]))
+    put("command_record", "stop", record(2, 8, [0.0] * 7))
+    put("command_record", "short", record(1, 9, [0.0] * 7)[:40])
+
+    for name in ("default.toml", "robot.example.toml"):
+        with open(os.path.join(ROOT, "config", name), "rb") as f:
+            put("service_config", name, f.read())
+    put("service_config", "small", '[control]\nrate_hz = 50.0\n[instruction]\nmax_bytes = 64\nmin_interval_ms = 0\n')
+
+    calibration = """format = "vla-rt-calibration"
+version = 1
+created_unix_s = 1790000000
+model_fingerprint = "sha256:00"
+model_path = "engines/openvla-tiny"
+backend = "cpu"
+quantization = "none"
+projector = "f32"
+instruction = "pick up the red block"
+frames = 16
+contact_sheet = "calibration.png"
+contact_sheet_frames = [0, 5, 10]
+recommended_rate_hz = 10.0
+camera_description = "/dev/video0 YUYV 320x240@15"
+checksum = "sha256:00"
+
+[camera]
+source = "/dev/video0"
+width = 320
+height = 240
+fps = 15
+format = "YUYV"
+exposure = 250
+white_balance = 4600
+gain = 32
+
+[latency.total]
+p50_ms = 40.0
+p99_ms = 55.0
+
+[projector_scales]
+percentile = 99.99
+frames = 16
+
+[[projector_scales.layers]]
+layer = "projector.fc1"
+abs_percentile = 6.35
+abs_max = 7.5
+scale = 0.05
+"""
+    put("calibration_file", "sample.toml", calibration)
+
+    with open(os.path.join(ROOT, "engines", "openvla-tiny", "config.json"), "rb") as f:
+        config = f.read()
+    f32 = struct.pack("<6f", 1, 2, 3, 4, 5, 6)
+    f16 = struct.pack("<6e", 1, 2, 3, 4, 5, 6)
+    bf16 = b"".join(struct.pack("<f", v)[2:] for v in (1, 2, 3, 4, 5, 6))
+    weights = safetensors([
+        ("a.weight", "F32", [2, 3], f32),
+        ("b.weight", "F16", [3, 2], f16),
+        ("c.bias", "BF16", [6], bf16),
+    ])
+    put("checkpoint", "single", b"\x00" + parts(config[:600], b"") + weights)
+    index = json.dumps({"weight_map": {name: "model-00001-of-00001.safetensors" for name in ("a.weight", "b.weight", "c.bias")}}).encode()
+    put("checkpoint", "sharded", b"\x01" + parts(b"{}", index) + weights)
+
+    meta = {
+        "format": "vla-rt-quantized",
+        "format_version": "1",
+        "int4_group_size": "128",
+        "quantization": "int8",
+        "projector": "f32",
+        "checkpoint_sha256": "fuzz",
+    }
+    int8 = safetensors([
+        ("l.qweight", "I8", [2, 4], bytes(range(8))),
+        ("l.scales", "F32", [2], struct.pack("<2f", 0.1, 0.2)),
+    ], meta)
+    put("quantized_file", "int8", int8)
+    meta4 = dict(meta, quantization="int4")
+    int4 = safetensors([
+        ("l.qweight", "U8", [2, 2], bytes([0x12, 0x34, 0x56, 0x78])),
+        ("l.scales", "F32", [2, 1], struct.pack("<2f", 0.1, 0.2)),
+        ("l.mins", "F32", [2, 1], struct.pack("<2f", -0.5, -0.25)),
+    ], meta4)
+    put("quantized_file", "int4", int4)
+
+    put("instruction", "plain", "Move the blue cup 3 cm to the left of the bowl (slowly)")
+    put("instruction", "unicode", "Stell den Becher \u00fcber die Schale \u212a \u0130 \u00df \U0001f916")
+    put("instruction", "spaces", "  put    the  carrot\ton the plate \n")
+    put("instruction", "bytes", b"\xff\xfe\x00pick\xc3")
+
+    for fmt, bpp in ((0, 2), (1, 3), (2, 1)):
+        width, height = 4, 2
+        stride = width * bpp + 2
+        frame = bytes((i * 37) % 256 for i in range(stride * height))
+        put("raw_frame", f"format{fmt}", struct.pack("<BHHI", fmt, width, height, stride) + frame)
+    put("raw_frame", "zero", struct.pack("<BHHI", 0, 0, 2, 8) + bytes(16))
+
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None
+    if Image is not None:
+        for (w, h, sub) in ((16, 8, 0), (8, 8, 2)):
+            image = Image.new("RGB", (w, h), (200, 40, 90))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90, subsampling=sub)
+            put("mjpeg_frame", f"{w}x{h}", struct.pack("<HH", w, h) + buffer.getvalue())
+    put("mjpeg_frame", "zero", struct.pack("<HH", 0, 0) + b"\xff\xd8\xff\xd9")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+//! Harnesses for every parser of outside input, one function per target, each taking
+//! arbitrary bytes. The cargo-fuzz targets in `fuzz/` call them, and `tests/fuzz_corpus.rs`
+//! replays each target's minimized corpus (`fuzz/corpus/<target>/`) through them on stable
+//! Rust, so a finding stays fixed.
+//!
+//! A harness returns normally for every input: a parser must answer bad input with an error,
+//! and a panic (an index out of range, an overflow, a failed invariant below) is a finding.
+//! Files the loaders read from disk are written to a folder private to the process first.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::calibration::Calibration;
+use crate::capture::mjpeg::MjpegDecoder;
+use crate::capture::v4l2_convert;
+use crate::config::ServiceConfig;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::OpenVlaConfig;
+use crate::model::prompt::PromptTokenizer;
+use crate::model::quant_file::QuantizedFile;
+use crate::model::ModelError;
+use crate::transport::record::{CommandRecord, RECORD_LEN};
+use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG_CHARS};
+
+/// A fuzz target: its name (the folder of its corpus) and its harness.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target, in the order `fuzz/run.sh` runs them.
+pub const TARGETS: [Target; 8] = [
+    ("command_record", command_record),
+    ("service_config", service_config),
+    ("calibration_file", calibration_file),
+    ("checkpoint", checkpoint),
+    ("quantized_file", quantized_file),
+    ("instruction", instruction),
+    ("raw_frame", raw_frame),
+    ("mjpeg_frame", mjpeg_frame),
+];
+
+/// The command record decoder: whatever it accepts encodes back to the same bytes.
+pub fn command_record(data: &[u8]) {
+    if let Ok(record) = CommandRecord::decode(data) {
+        let mut again = [0u8; RECORD_LEN];
+        record.encode(&mut again);
+        assert_eq!(&again[..], data, "decode/encode round trip");
+    }
+}
+
+/// The service config (TOML): parse, then validate.
+pub fn service_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = ServiceConfig::from_toml_str(text, "fuzz.toml") {
+        let _ = config.validate("fuzz.toml");
+    }
+}
+
+/// The calibration file's text (format, version, fields, checksum, scales).
+pub fn calibration_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(calibration) = Calibration::parse(text, "fuzz.toml") {
+        for layer in &calibration.projector_scales.layers {
+            assert!(layer.scale.is_finite() && layer.scale > 0.0, "{layer:?}");
+        }
+    }
+}
+
+/// Splits `data` into `count` length-prefixed parts (u16 little-endian each) and the rest.
+fn split_parts(mut data: &[u8], count: usize) -> (Vec<&[u8]>, &[u8]) {
+    let mut parts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = match data {
+            [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])),
+            _ => 0,
+        };
+        data = data.get(2..).unwrap_or(&[]);
+        let len = len.min(data.len());
+        parts.push(&data[..len]);
+        data = &data[len..];
+    }
+    (parts, data)
+}
+
+/// A folder private to this process (and thread) for the files a loader reads.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "vla-rt-fuzz-{}-{:?}-{name}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    // A write that fails leaves the loader a missing file: an error it must report anyway.
+    let _ = std::fs::write(path, bytes);
+}
+
+/// Checkpoint loading: `config.json`, then the safetensors header and every tensor of a
+/// single `model.safetensors` or of shards listed by `model.safetensors.index.json`.
+/// Layout: one flag byte (bit 0: with an index), then `config.json` and the index as
+/// length-prefixed parts, then the safetensors bytes.
+pub fn checkpoint(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let (parts, weights) = split_parts(rest, 2);
+    let dir = scratch_dir("checkpoint");
+    if let Ok(text) = std::str::from_utf8(parts[0]) {
+        let _ = OpenVlaConfig::from_json_str(text, &dir.join("config.json"));
+    }
+    if flags & 1 == 1 {
+        write(&dir.join("model.safetensors.index.json"), parts[1]);
+        write(&dir.join("model-00001-of-00001.safetensors"), weights);
+    } else {
+        write(&dir.join("model.safetensors"), weights);
+    }
+    if let Ok(ckpt) = Checkpoint::open_dir(&dir) {
+        let names: Vec<String> = ckpt.names().map(str::to_string).collect();
+        for name in names {
+            let Ok(shape) = ckpt.shape(&name).map(<[usize]>::to_vec) else {
+                continue;
+            };
+            if let Ok((values, got)) = ckpt.f32_any_shape(&name) {
+                assert_eq!(got, shape, "{name}");
+                assert_eq!(values.len(), shape.iter().product::<usize>(), "{name}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hash the quantized-file target's files are checked against (its seeds carry it).
+pub const FUZZ_CHECKPOINT_HASH: &str = "fuzz";
+
+/// The pre-quantized weight file: header, metadata checks, and every stored layer read
+/// back at the shape its `qweight` declares.
+pub fn quantized_file(data: &[u8]) {
+    let dir = scratch_dir("quantized");
+    let path = dir.join("weights.safetensors");
+    write(&path, data);
+    if let Ok(file) = QuantizedFile::open_expecting(&path, || Ok(FUZZ_CHECKPOINT_HASH.into())) {
+        let layers: Vec<String> = file.layers().map(str::to_string).collect();
+        for layer in layers {
+            let Some(shape) = file.tensor_shape(&format!("{layer}.qweight")) else {
+                continue;
+            };
+            let (out, packed_in) = match shape {
+                [out, packed_in] => (*out, *packed_in),
+                _ => continue,
+            };
+            for in_features in [packed_in, packed_in.saturating_mul(2)] {
+                let _ = file.layer_weights(&layer, out, in_features);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The bundled checkpoint's tokenizer (the real Llama-2 vocabulary and normalizer).
+fn tokenizer() -> &'static Option<PromptTokenizer> {
+    static TOKENIZER: OnceLock<Option<PromptTokenizer>> = OnceLock::new();
+    TOKENIZER.get_or_init(|| {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("engines/openvla-tiny/tokenizer.json");
+        PromptTokenizer::from_file(&path).ok()
+    })
+}
+
+/// A prompt limit small enough that the byte pre-check is reached by short inputs.
+const FUZZ_PROMPT_TOKENS: usize = 8;
+
+/// An instruction payload as the service receives it, then the prompt path: the payload
+/// check, the log prefix, and tokenizing within a token limit. The byte pre-check must never
+/// refuse a text whose prompt would fit.
+pub fn instruction(data: &[u8]) {
+    let prefix = text_prefix(data, INSTRUCTION_LOG_CHARS);
+    assert!(prefix.chars().count() <= INSTRUCTION_LOG_CHARS);
+    let text = match parse_instruction(data, data.len()) {
+        Ok(text) => text.to_string(),
+        Err(_) => String::from_utf8_lossy(data).into_owned(),
+    };
+    let Some(tokenizer) = tokenizer() else {
+        panic!("the bundled tokenizer (engines/openvla-tiny/tokenizer.json) does not load");
+    };
+    match tokenizer.encode_instruction_within(&text, FUZZ_PROMPT_TOKENS) {
+        Ok(ids) => assert!(ids.len() <= FUZZ_PROMPT_TOKENS, "{} ids", ids.len()),
+        Err(ModelError::PromptTooLong { what, .. }) if what.ends_with(" bytes") => {
+            // Refused unread: the text's prompt must really be over the limit.
+            if let Ok(ids) = tokenizer.encode_instruction(&text) {
+                assert!(
+                    ids.len() > FUZZ_PROMPT_TOKENS,
+                    "{} bytes refused unread, but the prompt is {} tokens",
+                    text.len(),
+                    ids.len()
+                );
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// The V4L2 raw conversions (YUYV, RGB24, GREY) at any size and stride, zero included.
+/// Layout: format selector, width and height (u16 each), stride (u32), then the frame.
+pub fn raw_frame(data: &[u8]) {
+    if data.len() < 9 {
+        return;
+    }
+    let format = data[0] % 3;
+    let width = u32::from(u16::from_le_bytes([data[1], data[2]]));
+    let height = u32::from(u16::from_le_bytes([data[3], data[4]]));
+    let stride = u32::from_le_bytes([data[5], data[6], data[7], data[8]]) as usize;
+    let frame = &data[9..];
+    // Sizes whose output would be large are cut down: the conversion refuses a short frame
+    // before writing, so only sizes the frame could fill matter.
+    if (width as usize).saturating_mul(height as usize) > 1 << 20 {
+        return;
+    }
+    let mut rgb = Vec::new();
+    let result = match format {
+        0 => v4l2_convert::yuyv_to_rgb(frame, width, height, stride, &mut rgb),
+        1 => v4l2_convert::rgb24_to_rgb(frame, width, height, stride, &mut rgb),
+        _ => v4l2_convert::grey_to_rgb(frame, width, height, stride, &mut rgb),
+    };
+    if result.is_ok() {
+        assert_eq!(rgb.len(), width as usize * height as usize * 3);
+    }
+}
+
+/// The MJPEG decoder at any negotiated size, zero included. Layout: width and height (u16
+/// each), then the JPEG bytes.
+pub fn mjpeg_frame(data: &[u8]) {
+    if data.len() < 4 {
+        return;
+    }
+    let width = u32::from(u16::from_le_bytes([data[0], data[1]]));
+    let height = u32::from(u16::from_le_bytes([data[2], data[3]]));
+    if (width as usize).saturating_mul(height as usize) > 1 << 22 {
+        return;
+    }
+    let mut rgb = Vec::new();
+    if MjpegDecoder::new(width, height)
+        .decode_into(&data[4..], &mut rgb)
+        .is_ok()
+    {
+        assert_eq!(rgb.len(), width as usize * height as usize * 3);
+    }
+}
