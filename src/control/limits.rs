@@ -14,7 +14,9 @@
 //! The optional workspace box bounds the position integrated from the published
 //! translations (relative to the pose at arming); a translation that would leave it is
 //! shortened along its direction to end on the wall, a hard stop that overrides the
-//! acceleration and jerk bounds. The gripper (absolute) moves at a bounded rate.
+//! acceleration and jerk bounds on that tick; the translation then restarts from its new
+//! velocity with no acceleration, within every bound. The gripper (absolute) moves at a
+//! bounded rate.
 //!
 //! Only ACT commands go through the limiter. HOLD and STOP publish zero deltas at once; the
 //! state then restarts from rest ([`MotionState::at_rest`]).
@@ -202,6 +204,7 @@ pub fn limit_motion(
     }
 
     let mut position = last.position;
+    let mut wall_stop = false;
     if let Some(box_) = &limits.workspace {
         let mut fraction = 1.0f64;
         for i in 0..3 {
@@ -214,6 +217,7 @@ pub fn limit_motion(
         }
         if fraction < 1.0 {
             limited = true;
+            wall_stop = true;
             for i in 0..3 {
                 out[i] *= fraction;
                 velocity[i] = out[i] / dt;
@@ -232,7 +236,15 @@ pub fn limit_motion(
     let gripper_out = gripper.clamp(last.gripper - step, last.gripper + step);
     limited |= gripper_out != gripper;
 
-    let acceleration = std::array::from_fn(|i| (velocity[i] - last.velocity[i]) / dt);
+    // A wall stop is a stop: the translation restarts from its new velocity with no
+    // acceleration, so that the bounds hold again from the next tick on.
+    let acceleration = std::array::from_fn(|i| {
+        if wall_stop && i < 3 {
+            0.0
+        } else {
+            (velocity[i] - last.velocity[i]) / dt
+        }
+    });
     Limited {
         delta: out,
         gripper: gripper_out,
@@ -376,10 +388,29 @@ mod tests {
             max: [0.1, 0.1, 0.05],
         });
         let mut state = MotionState::default();
+        let mut previous_acceleration = [0.0f64; 3];
+        let mut wall_before = false;
+        let mut walls = 0;
         for tick in 0..2000 {
             let s = if (tick / 400) % 2 == 0 { 1.0 } else { -1.0 };
             let wanted = [s * 1.0, s * 0.5, -s * 10.0, 0.0, 0.0, 0.0];
             let out = limit_motion(&wanted, 0.0, DT, &state, &limits);
+            let at_wall = (0..3).any(|i| {
+                let box_ = limits.workspace.unwrap();
+                out.state.position[i] <= box_.min[i] + 1e-12
+                    || out.state.position[i] >= box_.max[i] - 1e-12
+            }) && out.limited;
+            for i in 0..3 {
+                let a = (out.delta[i] / DT - state.velocity[i]) / DT;
+                let j = (a - previous_acceleration[i]) / DT;
+                if !at_wall && !wall_before {
+                    assert!(a.abs() <= 2.0 + 1e-6, "tick {tick} axis {i}: a {a}");
+                    assert!(j.abs() <= 50.0 + 1e-3, "tick {tick} axis {i}: j {j}");
+                }
+                previous_acceleration[i] = a;
+            }
+            walls += usize::from(at_wall);
+            wall_before = at_wall;
             for i in 0..3 {
                 assert!(
                     out.state.position[i] >= -0.1 - 1e-12 && out.state.position[i] <= 0.1 + 1e-12,
@@ -391,7 +422,9 @@ mod tests {
             assert!(out.state.position[2].abs() <= 0.05 + 1e-12);
             state = out.state;
         }
+        assert!(walls > 0, "the walls were never reached");
         // Heading at the wall: a move that would cross the wall ends on it, in its direction.
+        // (Checked again below on a fresh state.)
         let at_wall = MotionState {
             position: [0.099, 0.0, 0.0],
             velocity: [0.2, 0.1, 0.0, 0.0, 0.0, 0.0],
