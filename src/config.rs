@@ -155,6 +155,11 @@ pub struct ModelConfig {
     /// Pre-quantized weights written by `vla-rt quantize` (memory-mapped at start); without
     /// it, `quantization` is applied to the checkpoint's weights at load.
     pub quantized_weights: Option<PathBuf>,
+    /// `backend = "tensorrt"`: the folder `engines/build-trt.sh` wrote (unset: `<path>/tensorrt`).
+    pub engines: Option<PathBuf>,
+    /// `backend = "tensorrt"`: the libnvinfer to open (unset: `libnvinfer.so.10` from the
+    /// loader's path).
+    pub tensorrt_library: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -166,6 +171,8 @@ impl Default for ModelConfig {
             quantization: Quantization::None,
             projector: ProjectorFormat::F32,
             quantized_weights: None,
+            engines: None,
+            tensorrt_library: None,
         }
     }
 }
@@ -179,6 +186,13 @@ impl ModelConfig {
             projector: self.projector,
             quantized_weights: self.quantized_weights.clone(),
             projector_scales: None,
+        }
+    }
+
+    pub fn tensorrt_options(&self) -> crate::backend::TensorrtOptions {
+        crate::backend::TensorrtOptions {
+            engines: self.engines.clone(),
+            library: self.tensorrt_library.clone(),
         }
     }
 }
@@ -404,6 +418,9 @@ impl ServiceConfig {
         };
         resolve(&mut self.model.path);
         if let Some(p) = self.model.quantized_weights.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.model.engines.as_mut() {
             resolve(p);
         }
         if let Some(p) = self.zenoh.config.as_mut() {

@@ -3,3 +3,5 @@
 pub mod control;
 pub mod policy;
 pub mod quant;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
