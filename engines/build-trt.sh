@@ -44,8 +44,9 @@ PY
 while read -r name file input shape; do
     echo "== $name: $onnx_dir/$file -> $out_dir/$name.plan"
     # shellcheck disable=SC2086
+    # The graph's shapes are fixed ($input $shape), so no optimisation profile is needed.
     "$trtexec" --onnx="$onnx_dir/$file" --saveEngine="$out_dir/$name.plan" --fp16 \
-        --shapes="$input:$shape" --skipInference ${TRTEXEC_ARGS:-} \
+        --skipInference ${TRTEXEC_ARGS:-} \
         > "$out_dir/$name.trtexec.log" 2>&1 || {
         echo "trtexec failed for $file; the last lines of $out_dir/$name.trtexec.log:" >&2
         tail -20 "$out_dir/$name.trtexec.log" >&2

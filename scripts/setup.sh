@@ -40,3 +40,11 @@ if ! have_nvrtc; then
     python3 -m pip install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.0.88" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "nvidia-cuda-nvrtc==13.0.88"
 fi
+
+# onnxruntime (CPU) for the ONNX export test (tests/onnx_export.rs runs the exported encoder
+# graphs in it).
+if ! python3 -c 'import onnxruntime, numpy' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "onnxruntime==1.32.0" numpy \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages onnxruntime numpy
+fi
+python3 -c 'import onnxruntime; print("onnxruntime", onnxruntime.__version__)'

@@ -825,6 +825,29 @@ mod tests {
     }
 
     #[test]
+    fn tensorrt_engines_resolve_against_the_config_folder_and_the_library_stays_a_name() {
+        let dir = std::env::temp_dir().join(format!("vla-rt-config-trt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("robot.toml");
+        std::fs::write(
+            &file,
+            "[model]\npath = \"models/tiny\"\nbackend = \"tensorrt\"\nengines = \"trt\"\n\
+             tensorrt_library = \"libnvinfer.so.10\"\n",
+        )
+        .unwrap();
+        let config = ServiceConfig::from_file(&file).unwrap();
+        assert_eq!(config.model.backend, BackendKind::Tensorrt);
+        let trt = config.model.tensorrt_options();
+        assert_eq!(trt.engines, Some(dir.join("trt")));
+        assert_eq!(trt.library(), PathBuf::from("libnvinfer.so.10"));
+        // Unset: the engines beside the checkpoint, the loader's libnvinfer.so.10.
+        let unset = ModelConfig::default().tensorrt_options();
+        assert_eq!(unset.engines_dir(Path::new("m")), Path::new("m/tensorrt"));
+        assert_eq!(unset.library(), PathBuf::from("libnvinfer.so.10"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let message = ServiceConfig::from_file(Path::new("/nonexistent/vla.toml"))
             .unwrap_err()
