@@ -30,7 +30,7 @@ pub use runner::{TensorrtModelRunner, TensorrtPolicy};
 #[derive(Debug, thiserror::Error)]
 pub enum TensorrtError {
     /// libnvinfer cannot be opened or is not TensorRT.
-    #[error("{library} not usable: {message}; install TensorRT 10 (JetPack 6 has it) or set [model] tensorrt_library")]
+    #[error("{library} not usable: {message}; install TensorRT 10 (JetPack 6 has it) or name the library ([model] tensorrt_library, --tensorrt-library)")]
     Library { library: String, message: String },
     #[error("{library}: {message}")]
     Version { library: String, message: String },
