@@ -72,6 +72,37 @@ if [ -n "$failed_groups" ]; then
     done
 fi
 
+# TensorRT encoders, wherever trtexec and libnvinfer.so.10 are installed: export the tiny
+# checkpoint, build its engines, parity against the CPU backend, the vision path and each
+# engine's time (trtexec's own GPU compute time beside it).
+trt_rc=skipped
+TRTEXEC=${TRTEXEC:-$(command -v trtexec || { [ -x /usr/src/tensorrt/bin/trtexec ] && echo /usr/src/tensorrt/bin/trtexec; })}
+TRT_LIB=${TRT_LIB:-$(ldconfig -p 2>/dev/null | awk '/libnvinfer\.so\.10 /{print $NF; exit}')}
+if [ -n "$TRTEXEC" ] && [ -n "$TRT_LIB" ]; then
+    step "TensorRT encoders on the tiny checkpoint ($TRT_LIB)"
+    trt_dir=$LOG_DIR/tensorrt
+    rm -rf "$trt_dir"
+    {
+        "$BIN" export-onnx --model engines/openvla-tiny --out "$trt_dir/onnx" \
+        && TRTEXEC=$TRTEXEC engines/build-trt.sh "$trt_dir/onnx" "$trt_dir/engines" \
+        && timeout ${TRT_TIMEOUT:-120} "$BIN" bench --backend tensorrt --model engines/openvla-tiny \
+            --engines "$trt_dir/engines" --tensorrt-library "$TRT_LIB" --parity tests/fixtures/openvla-tiny \
+        && timeout ${TRT_TIMEOUT:-120} "$BIN" bench --backend tensorrt --model engines/openvla-tiny \
+            --engines "$trt_dir/engines" --tensorrt-library "$TRT_LIB" --runs "$RUNS" --warmup 3 \
+        && echo "the CUDA backend's own kernels on the same checkpoint, for comparison:" \
+        && timeout ${TRT_TIMEOUT:-120} "$BIN" bench --backend cuda --model engines/openvla-tiny --runs "$RUNS" --warmup 3
+    } 2>&1 | tee "$LOG_DIR/tensorrt.txt"
+    trt_rc=${PIPESTATUS[0]}
+    for engine in dinov2 siglip; do
+        [ -f "$trt_dir/engines/$engine.plan" ] || continue
+        "$TRTEXEC" --loadEngine="$trt_dir/engines/$engine.plan" --iterations=200 --useCudaGraph 2>&1 \
+            | grep -E "GPU Compute Time" | sed "s/^/trtexec $engine: /" | tee -a "$LOG_DIR/tensorrt.txt"
+    done
+    [ "$trt_rc" -eq 0 ] || status=1
+else
+    echo "TensorRT: trtexec or libnvinfer.so.10 not found, TensorRT encoders not checked"
+fi
+
 torch_rc=skipped
 if python3 -c 'import torch, timm, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
     step "PyTorch on the same card (bench/torch_compare.py)"
@@ -82,7 +113,8 @@ else
 fi
 
 step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
-echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, torch exit $torch_rc"
+echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, tensorrt $trt_rc, torch exit $torch_rc"
+grep -E "^tensorrt parity:|vision path \(both engines|^trtexec " "$LOG_DIR/tensorrt.txt" 2>/dev/null || true
 grep -hE "^benchmark variant group" "$LOG_DIR/bench_cuda.txt" "$LOG_DIR/bench_variants_alone.txt" 2>/dev/null || true
 grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
 printf '%-108s %10s %10s\n' "stage" "vla-rt ms" "torch ms"

@@ -292,6 +292,14 @@ s = tabletop.Tabletop(); s.reset(0); assert s.render().shape == (224, 224, 3); s
 # openssl: tests/zenoh_security.rs makes its CA and certificates with scripts/make-certs.sh.
 check_openssl() { openssl version >/dev/null 2>&1 || { echo "no openssl"; return 1; }; }
 
+# onnxruntime (CPU) for the ONNX export test (tests/onnx_export.rs runs the exported encoder
+# graphs in it).
+ONNXRUNTIME="onnxruntime==1.32.0"
+check_onnxruntime() {
+    python3 -c 'import onnxruntime, numpy' >/dev/null 2>&1 \
+        || { echo "python3 cannot import onnxruntime and numpy"; return 1; }
+}
+
 # Every item: its check, and what installs it ("apt:PACKAGE..." or "pip:REQUIREMENT").
 ITEMS=(
     "check_cc apt:gcc,libc6-dev"
@@ -305,6 +313,7 @@ ITEMS=(
     "check_python_zenoh pip:$PY_ZENOH"
     "check_nvrtc pip:$NVRTC_WHEEL"
     "check_openssl apt:openssl"
+    "check_onnxruntime pip:$ONNXRUNTIME,numpy"
     "check_gl_libraries apt:libegl1,libopengl0,libgl1-mesa-dri"
     "check_sim_python pip:-r,$SIM_REQUIREMENTS"
 )

@@ -163,6 +163,11 @@ pub struct ModelConfig {
     /// for Fractal). Each action is the displacement of one such step. Unset: the
     /// checkpoint's `vla_rt_model.json` `action_hz`; a checkpoint without one refuses to run.
     pub action_hz: Option<f64>,
+    /// `backend = "tensorrt"`: the folder `engines/build-trt.sh` wrote (unset: `<path>/tensorrt`).
+    pub engines: Option<PathBuf>,
+    /// `backend = "tensorrt"`: the libnvinfer to open (unset: `libnvinfer.so.10` from the
+    /// loader's path).
+    pub tensorrt_library: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -175,6 +180,8 @@ impl Default for ModelConfig {
             projector: ProjectorFormat::F32,
             quantized_weights: None,
             action_hz: None,
+            engines: None,
+            tensorrt_library: None,
         }
     }
 }
@@ -216,6 +223,13 @@ impl ModelConfig {
             projector: self.projector,
             quantized_weights: self.quantized_weights.clone(),
             projector_scales: None,
+        }
+    }
+
+    pub fn tensorrt_options(&self) -> crate::backend::TensorrtOptions {
+        crate::backend::TensorrtOptions {
+            engines: self.engines.clone(),
+            library: self.tensorrt_library.clone(),
         }
     }
 }
@@ -545,6 +559,9 @@ impl ServiceConfig {
         };
         resolve(&mut self.model.path);
         if let Some(p) = self.model.quantized_weights.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.model.engines.as_mut() {
             resolve(p);
         }
         if let Some(p) = self.zenoh.config.as_mut() {
@@ -1155,6 +1172,29 @@ mod tests {
             config.camera.source,
             format!("images:{}", dir.join("frames").display())
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tensorrt_engines_resolve_against_the_config_folder_and_the_library_stays_a_name() {
+        let dir = std::env::temp_dir().join(format!("vla-rt-config-trt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("robot.toml");
+        std::fs::write(
+            &file,
+            "[model]\npath = \"models/tiny\"\nbackend = \"tensorrt\"\nengines = \"trt\"\n\
+             tensorrt_library = \"libnvinfer.so.10\"\n",
+        )
+        .unwrap();
+        let config = ServiceConfig::from_file(&file).unwrap();
+        assert_eq!(config.model.backend, BackendKind::Tensorrt);
+        let trt = config.model.tensorrt_options();
+        assert_eq!(trt.engines, Some(dir.join("trt")));
+        assert_eq!(trt.library(), PathBuf::from("libnvinfer.so.10"));
+        // Unset: the engines beside the checkpoint, the loader's libnvinfer.so.10.
+        let unset = ModelConfig::default().tensorrt_options();
+        assert_eq!(unset.engines_dir(Path::new("m")), Path::new("m/tensorrt"));
+        assert_eq!(unset.library(), PathBuf::from("libnvinfer.so.10"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

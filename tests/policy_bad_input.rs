@@ -153,9 +153,16 @@ fn unavailable_backend_and_foreign_quantized_weights_are_refused() {
     assert_bad_input(
         predict(
             &tiny,
-            &["--unnorm-key", "tiny_bridge", "--backend", "tensorrt"],
+            &[
+                "--unnorm-key",
+                "tiny_bridge",
+                "--backend",
+                "tensorrt",
+                "--tensorrt-library",
+                "/nonexistent/libnvinfer.so.10",
+            ],
         ),
-        &["tensorrt", "not available"],
+        &["tensorrt", "/nonexistent/libnvinfer.so.10", "not usable"],
     );
     // A checkpoint is not a pre-quantized weight file: its format tag is missing.
     let checkpoint = tiny.join("model.safetensors");

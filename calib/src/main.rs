@@ -127,6 +127,7 @@ struct Plan {
     camera: vla_rt::config::CameraConfig,
     model_dir: PathBuf,
     policy_options: PolicyOptions,
+    tensorrt: vla_rt::backend::TensorrtOptions,
     instruction: String,
     frames: usize,
     settle: Duration,
@@ -190,6 +191,7 @@ fn plan(args: &Args) -> Result<Plan, CalibError> {
     Ok(Plan {
         camera: checked.camera.clone(),
         policy_options: checked.model.policy_options(),
+        tensorrt: checked.model.tensorrt_options(),
         model_dir,
         instruction: checked.instruction.default.clone(),
         frames: args.frames as usize,
@@ -309,6 +311,7 @@ fn run(args: &Args) -> Result<(), CalibError> {
     let measurement = measure::measure(
         &plan.model_dir,
         &plan.policy_options,
+        &plan.tensorrt,
         &plan.instruction,
         &images,
     )?;

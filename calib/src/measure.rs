@@ -71,6 +71,7 @@ pub fn latency_table(timings: &[StageTimings]) -> BTreeMap<String, StageLatency>
 pub fn measure(
     model_dir: &Path,
     options: &PolicyOptions,
+    tensorrt: &vla_rt::backend::TensorrtOptions,
     instruction: &str,
     images: &[RgbImage],
 ) -> Result<Measurement, PolicyError> {
@@ -100,7 +101,7 @@ pub fn measure(
             ..options.clone()
         };
         let loading = progress::spinner("loading the model as the service runs it");
-        let loaded = vla_rt::backend::load_policy(model_dir, &latency_options);
+        let loaded = vla_rt::backend::load_policy_with(model_dir, &latency_options, tensorrt);
         loading.finish_and_clear();
         loaded?
     };

@@ -2,8 +2,10 @@
 
 pub mod cpu;
 pub mod cuda;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::model::ModelError;
@@ -13,23 +15,79 @@ use crate::preprocess::{Preprocessor, RgbImage};
 /// The checkpoint file that holds the normalisation constants of the preprocessing.
 pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
 
-/// Loads the checkpoint folder `model_dir` on the backend named in `options`.
+/// The TensorRT runtime library opened when none is configured.
+pub const DEFAULT_TENSORRT_LIBRARY: &str = "libnvinfer.so.10";
+/// Where the engines are looked for when none is configured: this folder of the checkpoint.
+pub const DEFAULT_ENGINES_SUBDIR: &str = "tensorrt";
+
+/// Where the TensorRT backend finds its engines and its library (`[model] engines`,
+/// `[model] tensorrt_library`); unused by the other backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TensorrtOptions {
+    /// The folder `engines/build-trt.sh` wrote (engines + manifest); default
+    /// `<model>/tensorrt`.
+    pub engines: Option<PathBuf>,
+    /// libnvinfer to open; default `libnvinfer.so.10` through the dynamic loader's path.
+    pub library: Option<PathBuf>,
+}
+
+impl TensorrtOptions {
+    pub fn engines_dir(&self, model_dir: &Path) -> PathBuf {
+        self.engines
+            .clone()
+            .unwrap_or_else(|| model_dir.join(DEFAULT_ENGINES_SUBDIR))
+    }
+
+    pub fn library(&self) -> PathBuf {
+        self.library
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TENSORRT_LIBRARY))
+    }
+}
+
+/// Loads the checkpoint folder `model_dir` on the backend named in `options` (TensorRT
+/// engines from their default place).
 pub fn load_policy(
     model_dir: &Path,
     options: &PolicyOptions,
 ) -> Result<Box<dyn Policy>, PolicyError> {
+    load_policy_with(model_dir, options, &TensorrtOptions::default())
+}
+
+/// [`load_policy`] with the TensorRT backend's engines and library given.
+pub fn load_policy_with(
+    model_dir: &Path,
+    options: &PolicyOptions,
+    tensorrt: &TensorrtOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
     match options.backend {
         BackendKind::Cpu => Ok(Box::new(cpu::CpuPolicy::load(model_dir, options)?)),
         BackendKind::Cuda => Ok(Box::new(cuda::CudaPolicy::load(model_dir, options)?)),
-        BackendKind::Tensorrt => Err(unavailable("tensorrt")),
+        BackendKind::Tensorrt => load_tensorrt(model_dir, options, tensorrt),
     }
 }
 
-fn unavailable(backend: &'static str) -> PolicyError {
-    PolicyError::Backend {
-        backend,
-        message: "not available in this build".into(),
-    }
+#[cfg(feature = "tensorrt")]
+fn load_tensorrt(
+    model_dir: &Path,
+    options: &PolicyOptions,
+    tensorrt: &TensorrtOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    Ok(Box::new(tensorrt::TensorrtPolicy::load(
+        model_dir, options, tensorrt,
+    )?))
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn load_tensorrt(
+    _model_dir: &Path,
+    _options: &PolicyOptions,
+    _tensorrt: &TensorrtOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    Err(PolicyError::Unavailable {
+        backend: "tensorrt",
+        message: "this build has no TensorRT support (cargo feature `tensorrt`)".into(),
+    })
 }
 
 /// What a backend runs after the (CPU, Pillow-exact) preprocessing: `pixel_values`

@@ -9,6 +9,8 @@ pub mod cuda;
 pub mod cuda_parity;
 pub mod policy;
 pub mod quant;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
 
 use crate::backend::cuda::CudaError;
 use crate::policy::PolicyError;

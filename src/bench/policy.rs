@@ -58,10 +58,17 @@ pub struct PolicyBenchArgs {
     /// device timings).
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
-    /// With --backend cuda: instead of timing, compare the CUDA backend with the CPU backend
+    /// With --backend cuda or tensorrt: instead of timing, compare that backend with the CPU backend
     /// on every case of this fixture folder (expected.json) and exit non-zero on a mismatch.
     #[arg(long, value_name = "FIXTURE_DIR")]
     pub parity: Option<PathBuf>,
+    /// With --backend tensorrt: the engine folder from engines/build-trt.sh (default:
+    /// MODEL/tensorrt).
+    #[arg(long, value_name = "DIR")]
+    pub engines: Option<PathBuf>,
+    /// With --backend tensorrt: the libnvinfer to open (default: libnvinfer.so.10).
+    #[arg(long, value_name = "FILE")]
+    pub tensorrt_library: Option<PathBuf>,
 }
 
 /// Dimensions of one random-weight ViT.
@@ -276,9 +283,12 @@ pub fn run(args: PolicyBenchArgs) -> Result<(), BenchError> {
         }
         BackendKind::Cpu => {}
         BackendKind::Cuda => return super::cuda::run(&args),
+        #[cfg(feature = "tensorrt")]
+        BackendKind::Tensorrt => return super::tensorrt::run(&args),
+        #[cfg(not(feature = "tensorrt"))]
         BackendKind::Tensorrt => {
             return Err(BenchError::bad_input(
-                "--backend tensorrt: not available in this build",
+                "--backend tensorrt: this build has no TensorRT support (cargo feature `tensorrt`)",
             ))
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cameras;
+pub mod export_onnx;
 pub mod predict;
 pub mod quantize;
 pub mod run;
@@ -34,6 +35,8 @@ pub enum Command {
     Cameras(cameras::CamerasArgs),
     /// Write a pre-quantized weight file for a checkpoint.
     Quantize(quantize::QuantizeArgs),
+    /// Write the vision encoders as ONNX graphs (for TensorRT engines).
+    ExportOnnx(export_onnx::ExportOnnxArgs),
 }
 
 /// Exit code of `vla-rt run` after a worker fault (a thread died or stalled).
@@ -100,5 +103,6 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::main(args),
         Command::Cameras(args) => cameras::main(args),
         Command::Quantize(args) => quantize::main(args),
+        Command::ExportOnnx(args) => export_onnx::main(args),
     }
 }

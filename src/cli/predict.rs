@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::CliError;
-use crate::backend::load_policy;
+use crate::backend::{load_policy_with, TensorrtOptions};
 use crate::model::quant_calib::ProjectorScales;
 use crate::policy::{BackendKind, PolicyOptions, Prediction, ProjectorFormat, Quantization};
 use crate::preprocess::load_image;
@@ -41,6 +41,13 @@ pub struct PredictArgs {
     /// projector runs W8A8; without them, INT8 weights only.
     #[arg(long, value_name = "FILE")]
     pub projector_scales: Option<PathBuf>,
+    /// `--backend tensorrt`: the engine folder from engines/build-trt.sh (default: MODEL/tensorrt).
+    #[arg(long, value_name = "DIR")]
+    pub engines: Option<PathBuf>,
+    /// `--backend tensorrt`: the libnvinfer to open (default: libnvinfer.so.10 from the
+    /// loader's path).
+    #[arg(long, value_name = "FILE")]
+    pub tensorrt_library: Option<PathBuf>,
 }
 
 /// Reads a [`ProjectorScales`] JSON file, naming the file on any error.
@@ -55,25 +62,11 @@ pub fn read_projector_scales(path: &std::path::Path) -> Result<ProjectorScales, 
     })
 }
 
-fn backend_name(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Cpu => "cpu",
-        BackendKind::Cuda => "cuda",
-        BackendKind::Tensorrt => "tensorrt",
-    }
-}
-
 pub fn main(args: PredictArgs) -> Result<(), CliError> {
     if args.instruction.trim().is_empty() {
         return Err(CliError::bad_input(
             "--instruction: empty instruction: the policy needs a task description",
         ));
-    }
-    if args.backend == BackendKind::Tensorrt {
-        return Err(CliError::bad_input(format!(
-            "--backend {}: not available in this build",
-            backend_name(args.backend)
-        )));
     }
     let options = PolicyOptions {
         backend: args.backend,
@@ -88,7 +81,11 @@ pub fn main(args: PredictArgs) -> Result<(), CliError> {
             .transpose()?,
     };
     let start = Instant::now();
-    let mut policy = load_policy(&args.model, &options)?;
+    let tensorrt = TensorrtOptions {
+        engines: args.engines.clone(),
+        library: args.tensorrt_library.clone(),
+    };
+    let mut policy = load_policy_with(&args.model, &options, &tensorrt)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let image = load_image(&args.image).map_err(|e| CliError::bad_input(e.to_string()))?;
     let prediction = policy.predict(&image, &args.instruction)?;

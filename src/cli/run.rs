@@ -211,6 +211,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
             }
         })?;
     let model_path = config.model.path.clone();
+    let tensorrt = config.model.tensorrt_options();
     let options = ServiceOptions {
         duration,
         terminal_status: std::io::stderr().is_terminal(),
@@ -221,7 +222,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     let service = Service::start(
         &config,
         source,
-        move || crate::backend::load_policy(&model_path, &policy_options),
+        move || crate::backend::load_policy_with(&model_path, &policy_options, &tensorrt),
         options,
     )
     .map_err(|e| {

@@ -20,7 +20,7 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Names of the featurizers under `vision_backbone`, in `pixel_values` channel order.
-const FEATURIZER_NAMES: [&str; 2] = ["featurizer", "fused_featurizer"];
+pub const FEATURIZER_NAMES: [&str; 2] = ["featurizer", "fused_featurizer"];
 
 /// Positions kept for the prompt and generated tokens beyond `<s>` and the image tokens.
 pub const MAX_TEXT_TOKENS: usize = 512;
@@ -285,7 +285,7 @@ impl OpenVla {
 
 /// Head count of featurizer `index`: `vla_rt_model.json`, else the timm architecture when
 /// the width matches it, else an error naming the file and key to add.
-fn resolve_vit_heads(
+pub fn resolve_vit_heads(
     dir: &Path,
     config: &OpenVlaConfig,
     runtime: &RuntimeModelConfig,

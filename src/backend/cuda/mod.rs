@@ -70,6 +70,9 @@ pub enum CudaError {
     Shape { op: &'static str, message: String },
     #[error("{what}: {message}")]
     Unsupported { what: String, message: String },
+    /// A failure of encoders run by another engine (TensorRT) inside the vision path.
+    #[error("{engine}: {message}")]
+    External { engine: String, message: String },
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
 }

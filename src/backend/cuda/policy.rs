@@ -8,7 +8,7 @@ use cudarc::driver::PinnedHostSlice;
 
 use super::device::{Gpu, Lane};
 use super::llama::DeviceLlama;
-use super::vision::{DeviceProjector, DeviceVit, VisionMode, VisionPath};
+use super::vision::{DeviceProjector, DeviceVit, ExternalEncoders, VisionMode, VisionPath};
 use super::weights::{CheckpointWeights, DecodeFormat, WeightSource};
 use super::CudaError;
 use crate::backend::{ImagePolicy, PixelRunner};
@@ -169,20 +169,47 @@ impl CudaModelRunner {
         options: &PolicyOptions,
         replace_f16: bool,
     ) -> Result<Self, CudaError> {
+        Self::build_with_encoders(
+            gpu,
+            src,
+            spec,
+            config,
+            tokenizer,
+            options,
+            replace_f16,
+            None,
+        )
+    }
+
+    /// [`build`](Self::build), with `encoders` (when given) running the ViTs in place of this
+    /// backend's kernels; their weights are then never loaded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_with_encoders(
+        gpu: Gpu,
+        src: &mut dyn WeightSource,
+        spec: &ModelSpec,
+        config: &OpenVlaConfig,
+        tokenizer: PromptTokenizer,
+        options: &PolicyOptions,
+        replace_f16: bool,
+        encoders: Option<Box<dyn ExternalEncoders>>,
+    ) -> Result<Self, CudaError> {
         let unnorm_key = resolve_unnorm_key(&config.norm_stats, options.unnorm_key.as_deref())?;
         let stats = &config.norm_stats[&unnorm_key].action;
         let decoder = ActionDecoder::new(config.text_vocab_size(), config.n_action_bins, stats);
         let lanes = [Lane::A, Lane::B];
         let mut vits = Vec::with_capacity(spec.vits.len());
-        for (i, (prefix, vit, covers)) in spec.vits.iter().enumerate() {
-            vits.push(DeviceVit::load(
-                &gpu,
-                src,
-                prefix,
-                vit.clone(),
-                *covers,
-                lanes[i % 2],
-            )?);
+        if encoders.is_none() {
+            for (i, (prefix, vit, covers)) in spec.vits.iter().enumerate() {
+                vits.push(DeviceVit::load(
+                    &gpu,
+                    src,
+                    prefix,
+                    vit.clone(),
+                    *covers,
+                    lanes[i % 2],
+                )?);
+            }
         }
         let patches = spec.vits[0].1.num_patches();
         if let Some((p, v, _)) = spec
@@ -211,7 +238,13 @@ impl CudaModelRunner {
         if options.projector == ProjectorFormat::Int8 {
             projector.use_int8(&gpu, src, "projector", options.projector_scales.as_ref())?;
         }
-        let vision = VisionPath::new(&gpu, vits, projector)?;
+        let vision = match encoders {
+            Some(encoders) => {
+                let configs = spec.vits.iter().map(|(_, v, _)| v.clone()).collect();
+                VisionPath::with_external(&gpu, configs, projector, encoders)?
+            }
+            None => VisionPath::new(&gpu, vits, projector)?,
+        };
         let mut llama = DeviceLlama::load(
             &gpu,
             src,
@@ -336,15 +369,11 @@ impl CudaModelRunner {
         self.upload_pixels(pixel_values)?;
         self.run_vision()?;
         let mut out = Vec::new();
-        for v in &self.vision.vits {
-            let c = v.config();
+        for (i, c) in self.vision.configs().iter().enumerate() {
+            let (buf, first_row) = self.vision.features(i);
             let mut f = vec![0.0f32; c.num_patches() * c.embed_dim];
-            self.gpu.read(
-                Lane::A,
-                v.output(),
-                c.num_prefix_tokens() * c.embed_dim,
-                &mut f,
-            )?;
+            self.gpu
+                .read(Lane::A, buf, first_row * c.embed_dim, &mut f)?;
             out.push(f);
         }
         Ok(out)

@@ -857,6 +857,9 @@ impl DeviceProjector {
     }
 }
 
+/// Lane of encoder `i`: DINOv2 on A, SigLIP on B.
+const LANES: [Lane; 2] = [Lane::A, Lane::B];
+
 /// How the vision work is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VisionMode {
@@ -866,14 +869,42 @@ pub enum VisionMode {
     TwoStreams,
 }
 
+/// Encoders run by another engine (TensorRT) instead of this backend's kernels: encoder `i`
+/// reads its `[3, S, S]` f32 pixels and writes its `[patches, D]` f32 features straight into
+/// device buffers of the vision path, on the stream it is given.
+pub trait ExternalEncoders: Send {
+    /// Binds encoder `index` to its pixels and features; called once per encoder, before
+    /// any [`enqueue`](Self::enqueue). Both addresses stay valid while the path lives.
+    fn bind(&mut self, index: usize, pixels: u64, features: u64) -> Result<(), CudaError>;
+    /// Queues encoder `index` on `stream`.
+    fn enqueue(&self, index: usize, stream: cudarc::driver::sys::CUstream)
+        -> Result<(), CudaError>;
+    /// What runs the encoders (`TensorRT 10.3.0`), for logs and benchmarks.
+    fn describe(&self) -> String;
+}
+
+/// External encoders with the feature buffers they write.
+struct External {
+    encoders: Box<dyn ExternalEncoders>,
+    /// `[patches, D_i]` per encoder.
+    features: Vec<DeviceBuffer<f32>>,
+    /// Queued once outside a capture (lazy set-up inside the engines), before the graph.
+    warmed: bool,
+    /// The path could not be captured (an engine that is not capturable): queued eagerly.
+    uncapturable: bool,
+}
+
 /// Both featurizers, the concat and the projector, with the pixel buffer they read.
 pub struct VisionPath {
+    /// This backend's encoders (empty when [`ExternalEncoders`] run them).
     pub vits: Vec<DeviceVit>,
     pub projector: DeviceProjector,
     /// `[3 · featurizers, S, S]`
     pub pixels: DeviceBuffer<f32>,
     /// `[patches, Σ D]`
     pub fused: DeviceBuffer<f16>,
+    configs: Vec<VitConfig>,
+    external: Option<External>,
     fork: CudaEvent,
     join: CudaEvent,
     graph: Option<Graph>,
@@ -902,10 +933,13 @@ impl VisionPath {
         };
         let s = first.config().image_size;
         let patches = first.config().num_patches();
-        let width: usize = vits.iter().map(|v| v.config().embed_dim).sum();
+        let configs: Vec<VitConfig> = vits.iter().map(|v| v.config().clone()).collect();
+        let width: usize = configs.iter().map(|c| c.embed_dim).sum();
         Ok(Self {
             pixels: gpu.alloc(3 * vits.len() * s * s)?,
             fused: gpu.alloc(patches * width)?,
+            configs,
+            external: None,
             fork: gpu.event()?,
             join: gpu.event()?,
             graph: None,
@@ -914,18 +948,109 @@ impl VisionPath {
         })
     }
 
+    /// The path with `encoders` (shapes `configs`) in place of this backend's ViTs; each
+    /// encoder is bound to its slice of `pixels` and to a `[patches, D]` f32 feature buffer.
+    pub fn with_external(
+        gpu: &Gpu,
+        configs: Vec<VitConfig>,
+        projector: DeviceProjector,
+        mut encoders: Box<dyn ExternalEncoders>,
+    ) -> Result<Self, CudaError> {
+        let Some(first) = configs.first() else {
+            return Err(CudaError::Shape {
+                op: "vision",
+                message: "no featurizer".into(),
+            });
+        };
+        let s = first.image_size;
+        let patches = first.num_patches();
+        let width: usize = configs.iter().map(|c| c.embed_dim).sum();
+        let pixels = gpu.alloc::<f32>(3 * configs.len() * s * s)?;
+        let mut features = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            let buf = gpu.alloc::<f32>(c.num_patches() * c.embed_dim)?;
+            encoders.bind(i, pixels.at(i * 3 * s * s), buf.ptr())?;
+            features.push(buf);
+        }
+        Ok(Self {
+            pixels,
+            fused: gpu.alloc(patches * width)?,
+            configs,
+            external: Some(External {
+                encoders,
+                features,
+                warmed: false,
+                uncapturable: false,
+            }),
+            fork: gpu.event()?,
+            join: gpu.event()?,
+            graph: None,
+            vits: Vec::new(),
+            projector,
+        })
+    }
+
+    /// Shapes of the encoders, in `pixel_values` channel order.
+    pub fn configs(&self) -> &[VitConfig] {
+        &self.configs
+    }
+
+    /// What runs the encoders: `None` for this backend's kernels.
+    pub fn external_encoders(&self) -> Option<String> {
+        self.external.as_ref().map(|e| e.encoders.describe())
+    }
+
+    /// Encoder `i`'s features: the buffer and the row where its `[patches, D]` rows start.
+    pub fn features(&self, i: usize) -> (&DeviceBuffer<f32>, usize) {
+        match &self.external {
+            Some(e) => (&e.features[i], 0),
+            None => (self.vits[i].output(), self.configs[i].num_prefix_tokens()),
+        }
+    }
+
     fn pixels_of(&self, i: usize) -> u64 {
-        let s = self.vits[0].config().image_size;
+        let s = self.configs[0].image_size;
         self.pixels.at(i * 3 * s * s)
+    }
+
+    /// Queues external encoder `i` on `lane`.
+    fn enqueue_external(
+        &self,
+        gpu: &Gpu,
+        external: &External,
+        i: usize,
+        lane: Lane,
+    ) -> Result<(), CudaError> {
+        external.encoders.enqueue(i, gpu.stream(lane).cu_stream())
     }
 
     /// Queues one featurizer alone on its lane (benchmarks).
     pub fn encoder(&self, gpu: &Gpu, i: usize) -> Result<(), CudaError> {
-        self.vits[i].forward(gpu, self.pixels_of(i))
+        match &self.external {
+            Some(e) => self.enqueue_external(gpu, e, i, LANES[i % 2]),
+            None => self.vits[i].forward(gpu, self.pixels_of(i)),
+        }
     }
 
     /// Queues both encoders (on one or two streams; lane A waits for both at the end).
     pub fn encoders(&self, gpu: &Gpu, mode: VisionMode) -> Result<(), CudaError> {
+        if let Some(e) = &self.external {
+            return match mode {
+                VisionMode::OneStream => {
+                    for i in 0..self.configs.len() {
+                        self.enqueue_external(gpu, e, i, Lane::A)?;
+                    }
+                    Ok(())
+                }
+                VisionMode::TwoStreams => {
+                    gpu.join(&self.fork, Lane::A, Lane::B)?;
+                    for i in 0..self.configs.len() {
+                        self.enqueue_external(gpu, e, i, LANES[i % 2])?;
+                    }
+                    gpu.join(&self.join, Lane::B, Lane::A)
+                }
+            };
+        }
         match mode {
             VisionMode::OneStream => {
                 for (i, v) in self.vits.iter().enumerate() {
@@ -945,25 +1070,25 @@ impl VisionPath {
 
     /// Queues the concat of the featurizers' patch rows into `fused` on lane A.
     pub fn concat(&self, gpu: &Gpu) -> Result<(), CudaError> {
-        let a = &self.vits[0];
-        let patches = a.config().num_patches();
-        let (b_buf, b_first, b_dim) = match self.vits.get(1) {
-            Some(b) => (
-                b.output().ptr(),
-                b.config().num_prefix_tokens(),
-                b.config().embed_dim,
-            ),
+        let a = &self.configs[0];
+        let (a_buf, a_first) = self.features(0);
+        let patches = a.num_patches();
+        let (b_buf, b_first, b_dim) = match self.configs.get(1) {
+            Some(b) => {
+                let (buf, first) = self.features(1);
+                (buf.ptr(), first, b.embed_dim)
+            }
             None => (0, 0, 0),
         };
-        let width = a.config().embed_dim + b_dim;
+        let width = a.embed_dim + b_dim;
         gpu.launch_elementwise(
             Lane::A,
             &gpu.kernels.concat_features_f16,
             patches * width,
             &[
-                Arg::Ptr(a.output().ptr()),
-                int("concat", a.config().num_prefix_tokens())?,
-                int("concat", a.config().embed_dim)?,
+                Arg::Ptr(a_buf.ptr()),
+                int("concat", a_first)?,
+                int("concat", a.embed_dim)?,
                 Arg::Ptr(b_buf),
                 int("concat", b_first)?,
                 int("concat", b_dim)?,
@@ -1010,14 +1135,48 @@ impl VisionPath {
     }
 
     /// Replays the captured graph on lane A (captures it first if needed).
+    ///
+    /// With external encoders the path is first queued once outside any capture (engines
+    /// set themselves up lazily at their first enqueue); an engine that cannot be captured
+    /// leaves the path queued eagerly at every call instead.
     pub fn replay(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+        if let Some(e) = &self.external {
+            if e.uncapturable {
+                return self.queue(gpu, VisionMode::TwoStreams);
+            }
+            if !e.warmed {
+                self.queue(gpu, VisionMode::TwoStreams)?;
+                gpu.sync(Lane::A)?;
+                if let Some(e) = &mut self.external {
+                    e.warmed = true;
+                }
+            }
+        }
         if self.graph.is_none() {
-            self.capture(gpu)?;
+            match (self.capture(gpu), &mut self.external) {
+                (Ok(()), _) => {}
+                (Err(err), Some(e)) => {
+                    log::warn!(
+                        "{}: the vision path cannot be captured as a CUDA graph ({err}); \
+                         queueing it at every call",
+                        e.encoders.describe()
+                    );
+                    e.uncapturable = true;
+                    return self.queue(gpu, VisionMode::TwoStreams);
+                }
+                (Err(err), None) => return Err(err),
+            }
         }
         match &self.graph {
             Some(g) => g.launch(),
             None => Ok(()),
         }
+    }
+
+    /// Whether the path replays a CUDA graph (false before the first replay, and for
+    /// external encoders that cannot be captured).
+    pub fn is_captured(&self) -> bool {
+        self.graph.is_some()
     }
 }
 
