@@ -143,7 +143,9 @@ impl ServiceProcess {
                 .join("engines/openvla-tiny")
                 .display()
                 .to_string(),
-            dir.join(format!("state-{}", free_port())).display().to_string(),
+            dir.join(format!("state-{}", free_port()))
+                .display()
+                .to_string(),
         );
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join(format!("service-{}.toml", free_port()));

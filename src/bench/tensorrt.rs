@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::policy::{median, PolicyBenchArgs};
+use super::BenchError;
 use crate::backend::cpu::CpuModelRunner;
 use crate::backend::cuda::device::Lane;
 use crate::backend::tensorrt::TensorrtModelRunner;
 use crate::backend::{PixelRunner, TensorrtOptions};
-use super::BenchError;
 use crate::model::config::OpenVlaConfig;
 use crate::model::openvla::CONFIG_FILE;
 use crate::policy::{PolicyError, PolicyOptions};

@@ -48,6 +48,16 @@ pub const FRAME_MAGIC: [u8; 4] = *b"VLAF";
 pub const FRAME_VERSION: u16 = 1;
 pub const FRAME_HEADER_LEN: usize = 32;
 
+/// The largest frame record a source of `width × height` accepts (raw RGB): what a Zenoh
+/// session carrying the camera must let through.
+pub fn largest_frame_payload(width: u32, height: u32) -> usize {
+    FRAME_HEADER_LEN.saturating_add(
+        (width as usize)
+            .saturating_mul(height as usize)
+            .saturating_mul(3),
+    )
+}
+
 /// Image encoding of a frame record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameFormat {
@@ -251,12 +261,14 @@ impl ZenohSource {
 
     /// Subscribes on a session of the source's own, from `[zenoh]`.
     fn subscribe_on_own_session(&mut self) -> Result<(), CaptureError> {
-        let session = crate::transport::zenoh_io::open_session(&self.zenoh).map_err(|e| {
-            CaptureError::Config {
+        let inbound_limit = crate::transport::security::inbound_message_limit(
+            largest_frame_payload(self.width, self.height),
+        );
+        let (session, _) = crate::transport::zenoh_io::open_session(&self.zenoh, inbound_limit)
+            .map_err(|e| CaptureError::Config {
                 source_name: self.source_name.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         self.own_session = Some(session.clone());
         self.subscribe(&session)
     }

@@ -35,8 +35,8 @@ impl ControlState {
 pub mod clock;
 pub mod estop_store;
 pub mod handoff;
-pub mod limits;
 pub mod heartbeat;
+pub mod limits;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use super::clock;
 use super::handoff::{ActionResult, CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
-use super::limits::MotionLimits;
 use super::heartbeat::{Supervision, Worker};
+use super::limits::MotionLimits;
 use super::safety::SafetyFilter;
 use super::stats::ControlStats;
 use super::supervisor::{

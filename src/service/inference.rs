@@ -722,6 +722,7 @@ mod tests {
             results: Arc::new(ResultSlot::default()),
             instructions: Arc::new(InstructionCell::with_limits("pick", &limits)),
             stats: Arc::new(InferenceStats::default()),
+            supervision: None,
         };
         let seen = Arc::new(Mutex::new(Vec::new()));
         links.frames.publish(frame(1, 100), 1);

@@ -17,8 +17,8 @@ use zenoh::Wait;
 use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
 use crate::config::{RealtimeMode, ServiceConfig};
-use crate::control::estop_store::{EStopStore, EStopStoreError};
 use crate::control::clock;
+use crate::control::estop_store::{EStopStore, EStopStoreError};
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use crate::control::heartbeat::{Fault, FaultInjection, FaultKind, Limits, Supervision, Worker};
 use crate::control::stats::ControlStats;
@@ -150,7 +150,21 @@ impl Service {
         let inputs = Arc::new(open_estop_latch(config)?);
         source.start()?;
         let camera = source.describe();
-        let inbound_limit = security::inbound_message_limit(config.instruction.max_bytes);
+        // The largest legitimate inbound payload: the instruction, or a camera frame when the
+        // camera comes over this session.
+        let mut largest_payload = config.instruction.max_bytes;
+        if config
+            .camera
+            .source
+            .starts_with(crate::capture::zenoh_source::SOURCE_PREFIX)
+        {
+            largest_payload =
+                largest_payload.max(crate::capture::zenoh_source::largest_frame_payload(
+                    config.camera.width,
+                    config.camera.height,
+                ));
+        }
+        let inbound_limit = security::inbound_message_limit(largest_payload);
         let (session, transport_security) =
             match zenoh_io::open_session(&config.zenoh, inbound_limit) {
                 Ok(opened) => opened,

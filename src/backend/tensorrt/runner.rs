@@ -318,4 +318,8 @@ impl PixelRunner for TensorrtModelRunner {
             .predict_pixels(pixel_values, instruction)
             .map_err(as_tensorrt)
     }
+
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+        self.inner.prompt_ids(instruction).map(|_| ())
+    }
 }
