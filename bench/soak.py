@@ -207,7 +207,7 @@ rate_hz = {RATE_HZ}
 stop_after_misses = 50
 max_action_age_ms = 250
 max_frame_age_ms = 500
-realtime = "try"
+realtime = "{self.args.realtime}"
 
 [zenoh]
 mode = "client"
@@ -656,6 +656,9 @@ def main():
     )
     parser.add_argument("--sample-every", type=float, default=60)
     parser.add_argument("--quiet", type=float, default=120, help="seconds without faults at the end")
+    parser.add_argument(
+        "--realtime", default="try", choices=["off", "try", "require"], help="[control] realtime"
+    )
     parser.add_argument("--rss-limit-mb", type=float, default=2.0)
     parser.add_argument("--out", default="target/soak")
     args = parser.parse_args()

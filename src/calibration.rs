@@ -196,7 +196,7 @@ impl Calibration {
         let one_line = |e: &dyn std::fmt::Display| e.to_string().trim().replace('\n', " ");
         // Format and version first, so that another TOML file (a service config, a file of a
         // later version) is named for what it is rather than for its first unknown key.
-        let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(one_line(&e)))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| invalid(one_line(&e)))?;
         match table.get("format").and_then(|v| v.as_str()) {
             Some(CALIBRATION_FORMAT) => {}
             Some(other) => {
