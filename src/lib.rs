@@ -29,5 +29,6 @@ pub mod control;
 pub mod model;
 pub mod policy;
 pub mod preprocess;
+pub mod record;
 pub mod service;
 pub mod transport;

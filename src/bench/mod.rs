@@ -3,3 +3,4 @@
 pub mod control;
 pub mod policy;
 pub mod quant;
+pub mod record;

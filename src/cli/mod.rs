@@ -6,6 +6,8 @@ pub mod bench;
 pub mod cameras;
 pub mod predict;
 pub mod quantize;
+pub mod record_info;
+pub mod replay;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,10 @@ pub enum Command {
     Cameras(cameras::CamerasArgs),
     /// Write a pre-quantized weight file for a checkpoint.
     Quantize(quantize::QuantizeArgs),
+    /// Run the policy again on a recording's frames and compare with what was recorded.
+    Replay(replay::ReplayArgs),
+    /// Print what a recording holds: duration, messages per channel, model, config, gaps.
+    RecordInfo(record_info::RecordInfoArgs),
 }
 
 /// A failure with the process exit code it maps to.
@@ -77,5 +83,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::main(args),
         Command::Cameras(args) => cameras::main(args),
         Command::Quantize(args) => quantize::main(args),
+        Command::Replay(args) => replay::main(args),
+        Command::RecordInfo(args) => record_info::main(args),
     }
 }

@@ -3,12 +3,14 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::CliError;
 use crate::calibration::{AppliedCalibration, Calibration};
 use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME};
 use crate::policy::PolicyOptions;
+use crate::record::{RecordSettings, Recorder, SessionInfo};
 use crate::service::{signals, Service, ServiceOptions};
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +39,9 @@ pub struct RunArgs {
     /// Stop cleanly (final STOP, exit 0) after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Record the session to this MCAP file (sets `[record] path`).
+    #[arg(long, value_name = "FILE.mcap")]
+    pub record: Option<PathBuf>,
 }
 
 /// The config file (or the built-in default) with the command-line overrides applied and
@@ -69,6 +74,10 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
     if !args.zenoh_listen.is_empty() {
         config.zenoh.listen = Some(args.zenoh_listen.clone());
         overridden.push(("zenoh.listen", "--zenoh-listen"));
+    }
+    if let Some(path) = &args.record {
+        config.record.path = Some(path.clone());
+        overridden.push(("record.path", "--record"));
     }
     if !args.zenoh_connect.is_empty() {
         config.zenoh.connect = Some(args.zenoh_connect.clone());
@@ -162,11 +171,13 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
             CliError::failure(e.to_string())
         }
     })?;
+    let recorder = start_recorder(&config, &policy_options)?;
     let model_path = config.model.path.clone();
     let options = ServiceOptions {
         duration,
         terminal_status: std::io::stderr().is_terminal(),
         systemd_notify: true,
+        recorder: recorder.clone(),
         ..ServiceOptions::default()
     };
     let service = Service::start(
@@ -184,5 +195,87 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     })?;
     let summary = service.wait();
     log::info!("stopped after {} commands", summary.commands);
+    if let Some(recorder) = recorder {
+        recorder.finish();
+        let stats = recorder.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        log::info!(
+            "recording {}: {} messages, {} bytes, {} dropped{}",
+            stats.path(),
+            load(&stats.written),
+            load(&stats.bytes),
+            load(&stats.dropped),
+            stats
+                .error()
+                .map_or(String::new(), |e| format!(", error: {e}"))
+        );
+    }
     Ok(())
+}
+
+/// The session description written into every recording file.
+pub fn session_info(
+    config: &ServiceConfig,
+    policy_options: &PolicyOptions,
+) -> Result<SessionInfo, CliError> {
+    let model_dir = &config.model.path;
+    let fingerprint = crate::model::fingerprint::checkpoint_fingerprint(model_dir)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    let model_path = std::fs::canonicalize(model_dir).unwrap_or_else(|_| model_dir.clone());
+    let calibration = match &config.calibration.path {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            CliError::bad_input(format!("calibration.path: {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    Ok(SessionInfo {
+        vla_rt_version: env!("CARGO_PKG_VERSION").to_string(),
+        robot_id: config.robot_id.clone(),
+        rate_hz: config.control.rate_hz,
+        model_path: model_path.display().to_string(),
+        model_fingerprint: fingerprint,
+        model_name: model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        backend: serde_name(&policy_options.backend),
+        quantization: serde_name(&policy_options.quantization),
+        projector: serde_name(&policy_options.projector),
+        unnorm_key: policy_options.unnorm_key.clone(),
+        quantized_weights: policy_options
+            .quantized_weights
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        projector_scales: policy_options
+            .projector_scales
+            .as_ref()
+            .and_then(|s| serde_json::to_string(s).ok()),
+        config: toml::to_string(config).unwrap_or_default(),
+        calibration,
+    })
+}
+
+/// The config-file spelling of an enum value (`cpu`, `int8`, `f32`).
+pub fn serde_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Starts the recorder when `[record] path` is set; an unwritable path is bad input.
+fn start_recorder(
+    config: &ServiceConfig,
+    policy_options: &PolicyOptions,
+) -> Result<Option<Arc<Recorder>>, CliError> {
+    let Some(path) = &config.record.path else {
+        return Ok(None);
+    };
+    let session = session_info(config, policy_options)?;
+    let path =
+        crate::record::expand_time(path, crate::control::clock::realtime_ns() / 1_000_000_000);
+    let settings = RecordSettings::from_config(&config.record, &path);
+    Recorder::start(settings, session)
+        .map(Some)
+        .map_err(|e| CliError::bad_input(format!("record.path: {e}")))
 }

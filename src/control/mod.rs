@@ -37,4 +37,5 @@ pub mod handoff;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;
+pub mod tap;
 pub mod tick_loop;

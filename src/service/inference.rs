@@ -15,6 +15,7 @@ use crate::config::ACTION_DIM;
 use crate::control::handoff::{ActionResult, InferenceTrigger, ResultSlot};
 use crate::control::stats::LatencyHistogram;
 use crate::policy::{Policy, PolicyError, Prediction};
+use crate::record::Recorder;
 use crate::transport::zenoh_io::InstructionSink;
 
 /// The instruction the policy runs with: a newest-wins slot filled by the Zenoh callback,
@@ -196,9 +197,19 @@ impl InferenceThread {
     /// Starts the thread, waits for the first frame (at most `first_frame_timeout`) and runs
     /// one warm-up prediction on it, so that a broken model fails here, not at the first tick.
     pub fn start(
+        policy: Box<dyn Policy>,
+        links: InferenceLinks,
+        first_frame_timeout: Duration,
+    ) -> Result<Self, InferenceError> {
+        Self::start_recorded(policy, links, first_frame_timeout, None)
+    }
+
+    /// [`InferenceThread::start`], handing every prediction and its frame to `recorder`.
+    pub fn start_recorded(
         mut policy: Box<dyn Policy>,
         links: InferenceLinks,
         first_frame_timeout: Duration,
+        recorder: Option<Arc<Recorder>>,
     ) -> Result<Self, InferenceError> {
         if policy.action_dim() != ACTION_DIM {
             return Err(InferenceError::Output {
@@ -221,7 +232,13 @@ impl InferenceThread {
                 let ok = warm_up.is_ok();
                 let _ = ready_tx.send(warm_up);
                 if ok {
-                    worker_loop(policy.as_mut(), &links, &stop_flag, held);
+                    worker_loop(
+                        policy.as_mut(),
+                        &links,
+                        &stop_flag,
+                        held,
+                        recorder.as_deref(),
+                    );
                 }
             })
             .map_err(|e| InferenceError::Thread {
@@ -296,6 +313,7 @@ fn worker_loop(
     links: &InferenceLinks,
     stop: &AtomicBool,
     mut held: Option<Frame>,
+    recorder: Option<&Recorder>,
 ) {
     let mut instruction = links.instructions.current();
     let mut handled: Option<u64> = None;
@@ -337,6 +355,9 @@ fn worker_loop(
                     links.stats.predictions.fetch_add(1, Ordering::Relaxed);
                     links.stats.record(&prediction);
                     links.results.post(result);
+                    if let Some(recorder) = recorder {
+                        recorder.prediction(frame, &instruction, &prediction, tick);
+                    }
                 }
                 Err(e) => links.stats.fail(e.to_string()),
             },

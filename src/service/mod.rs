@@ -20,6 +20,7 @@ use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, Re
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
 use crate::policy::{Policy, PolicyError};
+use crate::record::Recorder;
 use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, RobotInterface, RobotKeys, TransportError,
 };
@@ -80,6 +81,8 @@ pub struct ServiceOptions {
     pub trace_ticks: usize,
     /// Longest wait for the camera's first frame.
     pub first_frame_timeout: Option<Duration>,
+    /// Record the session (frames, predictions, commands, status) with this recorder.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// What a finished run reports.
@@ -159,7 +162,7 @@ impl Service {
                 .max(5_000),
             )
         });
-        let inference = InferenceThread::start(
+        let inference = InferenceThread::start_recorded(
             policy,
             InferenceLinks {
                 frames: Arc::clone(&frames),
@@ -169,6 +172,7 @@ impl Service {
                 stats: Arc::clone(&inference_stats),
             },
             first_frame_timeout,
+            options.recorder.clone(),
         )?;
 
         rt::apply(realtime, rt::lock_memory)?;
@@ -218,6 +222,7 @@ impl Service {
                 outbox: Arc::clone(&outbox),
                 inputs: Arc::clone(&inputs),
                 instructions: Arc::clone(&instructions),
+                recorder: options.recorder.clone(),
             },
             options.terminal_status,
         )?;
@@ -245,7 +250,13 @@ impl Service {
         )
         .with_notifier(notifier)
         .with_tick_limit(tick_limit)
-        .with_trace(options.trace_ticks);
+        .with_trace(options.trace_ticks)
+        .with_command_tap(
+            options
+                .recorder
+                .clone()
+                .map(|r| r as Arc<dyn crate::control::tap::CommandTap>),
+        );
 
         let (rt_tx, rt_rx) = crossbeam::channel::bounded(1);
         let control = std::thread::Builder::new()

@@ -18,6 +18,7 @@ use crate::control::handoff::{CommandOutbox, ControlInputs};
 use crate::control::stats::{ControlStats, LatencyHistogram};
 use crate::control::supervisor::StopCause;
 use crate::control::ControlState;
+use crate::record::Recorder;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{PublishStats, TransportError};
 
@@ -36,6 +37,8 @@ pub struct StatusSources {
     pub outbox: Arc<CommandOutbox>,
     pub inputs: Arc<ControlInputs>,
     pub instructions: Arc<InstructionCell>,
+    /// The session recording, if one is made.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// Latency percentiles cover the last one to two of these windows.
@@ -122,6 +125,7 @@ impl StatusSources {
             "latency_window_s": LATENCY_WINDOW.as_secs(),
             "backend": self.backend,
             "model": self.model,
+            "record": self.recorder.as_ref().map(|r| r.stats().to_json()),
         })
     }
 
@@ -261,7 +265,11 @@ fn status_loop(
         last_ticks = ticks;
         last_report = now;
         let document = sources.to_json(now.duration_since(start), rate);
-        if let Err(e) = publisher.put(document.to_string()).wait() {
+        let text = document.to_string();
+        if let Some(recorder) = &sources.recorder {
+            recorder.status(clock::realtime_ns(), text.clone());
+        }
+        if let Err(e) = publisher.put(text).wait() {
             log::debug!("zenoh: publishing status: {}", zenoh_error_text(&*e));
         }
         if terminal {
