@@ -184,7 +184,11 @@ fn a_recording_holds_the_session_and_replays_with_identical_tokens() {
     assert!(text.contains("complete:  yes"), "{text}");
     assert!(text.contains("gaps:      none"), "{text}");
     assert!(
-        text.contains(&format!("/policy/prediction {:>8}", recording.steps.len())),
+        text.contains(&format!(
+            "{:<22} {:>8}",
+            "/policy/prediction",
+            recording.steps.len()
+        )),
         "{text}"
     );
     assert!(
