@@ -128,6 +128,7 @@ pub struct ServiceConfig {
     pub zenoh: ZenohConfig,
     pub instruction: InstructionConfig,
     pub calibration: CalibrationConfig,
+    pub record: RecordConfig,
 }
 
 impl Default for ServiceConfig {
@@ -141,6 +142,7 @@ impl Default for ServiceConfig {
             zenoh: ZenohConfig::default(),
             instruction: InstructionConfig::default(),
             calibration: CalibrationConfig::default(),
+            record: RecordConfig::default(),
         }
     }
 }
@@ -474,6 +476,31 @@ pub struct CalibrationConfig {
     pub path: Option<PathBuf>,
 }
 
+/// `[record]`: the session recording (MCAP).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Record the session to this MCAP file; unset records nothing.
+    pub path: Option<PathBuf>,
+    /// Start the next file once this many MiB were written (0: never).
+    pub max_file_mb: u64,
+    /// Start the next file after this many seconds (0: never).
+    pub max_file_s: u64,
+    /// JPEG quality of the viewing copy of each frame (1 to 100).
+    pub jpeg_quality: u8,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_file_mb: 1024,
+            max_file_s: 0,
+            jpeg_quality: 80,
+        }
+    }
+}
+
 /// A configuration that cannot be used; the message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -571,6 +598,9 @@ impl ServiceConfig {
             resolve(p);
         }
         resolve(&mut self.control.state_dir);
+        if let Some(p) = self.record.path.as_mut() {
+            resolve(p);
+        }
         if let Some(dir) = self.camera.source.strip_prefix("images:") {
             let dir = Path::new(dir);
             if dir.is_relative() && !dir.as_os_str().is_empty() {
@@ -633,6 +663,18 @@ impl ServiceConfig {
         }
         if camera.stall_timeout_ms == 0 {
             return Err(invalid("camera.stall_timeout_ms", "must be > 0".into()));
+        }
+
+        if self.record.jpeg_quality == 0 || self.record.jpeg_quality > 100 {
+            return Err(invalid("record.jpeg_quality", "must be 1 to 100".into()));
+        }
+        if self
+            .record
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("record.path", "must name a file".into()));
         }
 
         let control = &self.control;

@@ -32,5 +32,6 @@ pub mod fuzzing;
 pub mod model;
 pub mod policy;
 pub mod preprocess;
+pub mod record;
 pub mod service;
 pub mod transport;

@@ -4,7 +4,8 @@
 //! e-stop STOP, re-arming. A counting global allocator counts the allocations
 //! made on the control thread only (the test thread runs the loop) while the rest of the
 //! service runs for real around it: synthetic capture thread, inference thread with a
-//! policy, command publisher thread with a Zenoh session and a remote subscriber.
+//! policy, command publisher thread with a Zenoh session and a remote subscriber, and the
+//! session recorder (MCAP) tapping every command and prediction.
 
 // Test helpers fail the test by panicking, like the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,10 +21,13 @@ use vla_rt::config::{CameraConfig, SafetyConfig};
 use vla_rt::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use vla_rt::control::heartbeat::{Limits, Supervision};
 use vla_rt::control::stats::ControlStats;
+use vla_rt::control::tap::CommandTap;
 use vla_rt::control::tick_loop::{ControlLoop, LoopEnd, LoopLinks, LoopSettings};
 use vla_rt::control::ControlState;
 use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
 use vla_rt::preprocess::RgbImage;
+use vla_rt::record::reader::Recording;
+use vla_rt::record::{RecordSettings, Recorder, SessionInfo};
 use vla_rt::service::inference::{
     InferenceLinks, InferenceStats, InferenceThread, InstructionCell,
 };
@@ -149,11 +153,29 @@ fn steady_state_ticks_allocate_nothing() {
     source.start().unwrap();
     let mut capture = CaptureThread::spawn(source, Arc::clone(&frames)).unwrap();
 
+    // Recording.
+    let recording_path =
+        std::env::temp_dir().join(format!("vla-rt-alloc-{}.mcap", std::process::id()));
+    let recorder = Recorder::start(
+        RecordSettings {
+            path: recording_path.clone(),
+            max_file_bytes: 0,
+            max_file_ns: 0,
+            jpeg_quality: 80,
+        },
+        SessionInfo {
+            robot_id: "alloc".into(),
+            rate_hz: 500.0,
+            ..SessionInfo::default()
+        },
+    )
+    .unwrap();
+
     // Policy.
     let trigger = Arc::new(InferenceTrigger::default());
     let results = Arc::new(ResultSlot::default());
     let slow = Arc::new(AtomicBool::new(false));
-    let mut inference = InferenceThread::start(
+    let mut inference = InferenceThread::start_recorded(
         Box::new(BusyPolicy {
             slow: Arc::clone(&slow),
         }),
@@ -166,6 +188,7 @@ fn steady_state_ticks_allocate_nothing() {
             supervision: Some(Arc::clone(&supervision)),
         },
         Duration::from_secs(10),
+        Some(Arc::clone(&recorder)),
     )
     .unwrap();
 
@@ -254,7 +277,8 @@ fn steady_state_ticks_allocate_nothing() {
         },
     )
     .with_notifier(Some(notifier))
-    .with_supervision(Some(Arc::clone(&supervision)));
+    .with_supervision(Some(Arc::clone(&supervision)))
+    .with_command_tap(Some(Arc::clone(&recorder) as Arc<dyn CommandTap>));
 
     // Warm-up: first ticks may touch lazily initialised state (thread-locals, futex queues),
     // disarmed (HOLD), then armed (ACT).
@@ -335,6 +359,20 @@ fn steady_state_ticks_allocate_nothing() {
 
     inference.stop();
     capture.stop();
+
+    // Every command reached the recording: none was dropped on the way.
+    recorder.finish();
+    let record_stats = recorder.stats();
+    assert_eq!(record_stats.error(), None);
+    assert_eq!(record_stats.dropped.load(Ordering::Relaxed), 0);
+    let recording = Recording::read(&recording_path).unwrap();
+    assert_eq!(recording.damage, None);
+    let seqs: Vec<u64> = recording.commands.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (0..control.commands_sent()).collect::<Vec<_>>());
+    assert!(!recording.steps.is_empty());
+    assert!(recording.steps.iter().all(|s| s.input_png.is_some()));
+    std::fs::remove_file(&recording_path).unwrap();
+
     session.close().wait().unwrap();
     subscriber_session.close().wait().unwrap();
 }

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod cuda_parity;
 pub mod policy;
 pub mod quant;
+pub mod record;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 

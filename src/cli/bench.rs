@@ -20,6 +20,8 @@ pub enum BenchCommand {
     Control(bench::control::ControlBenchArgs),
     /// Weight bytes and decode speed of each weight format.
     Quant(bench::quant::QuantBenchArgs),
+    /// The service's tick and publish timing without and with a session recording.
+    Record(bench::record::RecordBenchArgs),
 }
 
 pub fn main(args: BenchArgs) -> Result<(), CliError> {
@@ -27,6 +29,7 @@ pub fn main(args: BenchArgs) -> Result<(), CliError> {
         None => bench::policy::run(args.policy),
         Some(BenchCommand::Control(a)) => bench::control::run(a),
         Some(BenchCommand::Quant(a)) => bench::quant::run(a),
+        Some(BenchCommand::Record(a)) => bench::record::run(a),
     };
     result.map_err(CliError::from)
 }

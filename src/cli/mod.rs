@@ -8,6 +8,8 @@ pub mod cameras;
 pub mod export_onnx;
 pub mod predict;
 pub mod quantize;
+pub mod record_info;
+pub mod replay;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,10 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Write the vision encoders as ONNX graphs (for TensorRT engines).
     ExportOnnx(export_onnx::ExportOnnxArgs),
+    /// Run the policy again on a recording's frames and compare with what was recorded.
+    Replay(replay::ReplayArgs),
+    /// Print what a recording holds: duration, messages per channel, model, config, gaps.
+    RecordInfo(record_info::RecordInfoArgs),
 }
 
 /// Exit code of `vla-rt run` after a worker fault (a thread died or stalled).
@@ -104,5 +110,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Cameras(args) => cameras::main(args),
         Command::Quantize(args) => quantize::main(args),
         Command::ExportOnnx(args) => export_onnx::main(args),
+        Command::Replay(args) => replay::main(args),
+        Command::RecordInfo(args) => record_info::main(args),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::CliError;
@@ -10,6 +11,7 @@ use crate::calibration::{AppliedCalibration, Calibration};
 use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME, DEFAULT_ROBOT_ID};
 use crate::control::heartbeat::{self, FaultInjection, FAULT_INJECTION_ENV};
 use crate::policy::PolicyOptions;
+use crate::record::{RecordSettings, Recorder};
 use crate::service::{signals, Service, ServiceOptions};
 
 /// After a fault, the orderly shutdown gets this long; then the process exits with code 3
@@ -57,6 +59,9 @@ pub struct RunArgs {
     /// Stop cleanly (final STOP, exit 0) after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Record the session to this MCAP file (sets `[record] path`).
+    #[arg(long, value_name = "FILE.mcap")]
+    pub record: Option<PathBuf>,
 }
 
 /// The config file (or the built-in default) with the command-line overrides applied and
@@ -89,6 +94,10 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
     if !args.zenoh_listen.is_empty() {
         config.zenoh.listen = Some(args.zenoh_listen.clone());
         overridden.push(("zenoh.listen", "--zenoh-listen"));
+    }
+    if let Some(path) = &args.record {
+        config.record.path = Some(path.clone());
+        overridden.push(("record.path", "--record"));
     }
     if !args.zenoh_connect.is_empty() {
         config.zenoh.connect = Some(args.zenoh_connect.clone());
@@ -210,6 +219,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
                 CliError::failure(e.to_string())
             }
         })?;
+    let recorder = start_recorder(&config, &policy_options)?;
     let model_path = config.model.path.clone();
     let tensorrt = config.model.tensorrt_options();
     let options = ServiceOptions {
@@ -217,6 +227,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
         terminal_status: std::io::stderr().is_terminal(),
         systemd_notify: true,
         fault_injection,
+        recorder: recorder.clone(),
         ..ServiceOptions::default()
     };
     let service = Service::start(
@@ -241,6 +252,21 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
         )));
     }
     log::info!("stopped after {} commands", summary.commands);
+    if let Some(recorder) = recorder {
+        recorder.finish();
+        let stats = recorder.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        log::info!(
+            "recording {}: {} messages, {} bytes, {} dropped{}",
+            stats.path(),
+            load(&stats.written),
+            load(&stats.bytes),
+            load(&stats.dropped),
+            stats
+                .error()
+                .map_or(String::new(), |e| format!(", error: {e}"))
+        );
+    }
     Ok(())
 }
 
@@ -262,4 +288,22 @@ fn exit_after_fault_grace(supervision: std::sync::Arc<heartbeat::Supervision>) {
     if let Err(e) = spawned {
         log::warn!("cannot start the fault-exit thread: {e}");
     }
+}
+
+/// Starts the recorder when `[record] path` is set; an unwritable path is bad input.
+fn start_recorder(
+    config: &ServiceConfig,
+    policy_options: &PolicyOptions,
+) -> Result<Option<Arc<Recorder>>, CliError> {
+    let Some(path) = &config.record.path else {
+        return Ok(None);
+    };
+    let session =
+        crate::record::session_info(config, policy_options).map_err(CliError::bad_input)?;
+    let path =
+        crate::record::expand_time(path, crate::control::clock::realtime_ns() / 1_000_000_000);
+    let settings = RecordSettings::from_config(&config.record, &path);
+    Recorder::start(settings, session)
+        .map(Some)
+        .map_err(|e| CliError::bad_input(format!("record.path: {e}")))
 }

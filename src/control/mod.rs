@@ -40,4 +40,5 @@ pub mod limits;
 pub mod safety;
 pub mod stats;
 pub mod supervisor;
+pub mod tap;
 pub mod tick_loop;

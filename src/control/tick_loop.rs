@@ -17,6 +17,7 @@ use super::stats::ControlStats;
 use super::supervisor::{
     ActionInput, Conditions, OperatorRequest, StopCause, Supervisor, SupervisorSettings,
 };
+use super::tap::CommandTap;
 use super::ControlState;
 use crate::capture::thread::LatestFrame;
 use crate::config::ServiceConfig;
@@ -122,6 +123,7 @@ pub struct ControlLoop {
     last_state: Option<ControlState>,
     encoded: [u8; RECORD_LEN],
     trace: Vec<TickTrace>,
+    tap: Option<Arc<dyn CommandTap>>,
 }
 
 impl ControlLoop {
@@ -152,7 +154,14 @@ impl ControlLoop {
             last_state: None,
             encoded: [0; RECORD_LEN],
             trace: Vec::new(),
+            tap: None,
         }
+    }
+
+    /// Hands a copy of every published command to `tap` (a session recorder).
+    pub fn with_command_tap(mut self, tap: Option<Arc<dyn CommandTap>>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// Sends systemd notifications from the loop.
@@ -356,6 +365,9 @@ impl ControlLoop {
         }
         .encode(&mut self.encoded);
         links.outbox.send(&self.encoded, time.monotonic_ns);
+        if let Some(tap) = &self.tap {
+            tap.command(&self.encoded, decision.stop_cause.name());
+        }
         if self.trace.len() < self.trace.capacity() {
             self.trace.push(TickTrace {
                 seq: self.seq,

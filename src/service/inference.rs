@@ -46,6 +46,7 @@ impl InstructionSummary {
         }
     }
 }
+use crate::record::Recorder;
 
 /// The instruction the policy runs with: a newest-wins slot filled by the Zenoh callback,
 /// taken by the inference thread before a prediction, at most once per `min_interval`.
@@ -304,9 +305,19 @@ impl InferenceThread {
     /// Starts the thread, waits for the first frame (at most `first_frame_timeout`) and runs
     /// one warm-up prediction on it, so that a broken model fails here, not at the first tick.
     pub fn start(
+        policy: Box<dyn Policy>,
+        links: InferenceLinks,
+        first_frame_timeout: Duration,
+    ) -> Result<Self, InferenceError> {
+        Self::start_recorded(policy, links, first_frame_timeout, None)
+    }
+
+    /// [`InferenceThread::start`], handing every prediction and its frame to `recorder`.
+    pub fn start_recorded(
         mut policy: Box<dyn Policy>,
         links: InferenceLinks,
         first_frame_timeout: Duration,
+        recorder: Option<Arc<Recorder>>,
     ) -> Result<Self, InferenceError> {
         if policy.action_dim() != ACTION_DIM {
             return Err(InferenceError::Output {
@@ -329,7 +340,15 @@ impl InferenceThread {
                 let ok = warm_up.is_ok();
                 let _ = ready_tx.send(warm_up);
                 if ok {
-                    let work = || worker_loop(policy.as_mut(), &links, &stop_flag, held);
+                    let work = || {
+                        worker_loop(
+                            policy.as_mut(),
+                            &links,
+                            &stop_flag,
+                            held,
+                            recorder.as_deref(),
+                        )
+                    };
                     match links.supervision.clone() {
                         Some(supervision) => {
                             let _ = supervision.guard(Worker::Inference, work);
@@ -417,6 +436,7 @@ fn worker_loop(
     links: &InferenceLinks,
     stop: &AtomicBool,
     mut held: Option<Frame>,
+    recorder: Option<&Recorder>,
 ) {
     let mut instruction = links.instructions.initial().to_string();
     let mut last_applied: Option<Instant> = None;
@@ -483,6 +503,9 @@ fn worker_loop(
                     links.stats.predictions.fetch_add(1, Ordering::Relaxed);
                     links.stats.record(&prediction);
                     links.results.post(result);
+                    if let Some(recorder) = recorder {
+                        recorder.prediction(frame, &instruction, &prediction, tick);
+                    }
                 }
                 Err(e) => links.stats.fail(e.to_string()),
             },

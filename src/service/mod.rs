@@ -24,6 +24,7 @@ use crate::control::heartbeat::{Fault, FaultInjection, FaultKind, Limits, Superv
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
 use crate::policy::{Policy, PolicyError};
+use crate::record::Recorder;
 use crate::transport::security;
 use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, PublisherSettings, RobotInterface, RobotKeys,
@@ -98,6 +99,8 @@ pub struct ServiceOptions {
     pub first_frame_timeout: Option<Duration>,
     /// A test fault to inject into one worker (`VLA_RT_TEST_FAULT`).
     pub fault_injection: Option<FaultInjection>,
+    /// Record the session (frames, predictions, commands, status) with this recorder.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// What a finished run reports.
@@ -217,7 +220,7 @@ impl Service {
                 .max(5_000),
             )
         });
-        let inference = InferenceThread::start(
+        let inference = InferenceThread::start_recorded(
             policy,
             InferenceLinks {
                 frames: Arc::clone(&frames),
@@ -228,6 +231,7 @@ impl Service {
                 supervision: Some(Arc::clone(&supervision)),
             },
             first_frame_timeout,
+            options.recorder.clone(),
         )?;
 
         rt::apply(realtime, rt::lock_memory)?;
@@ -283,6 +287,7 @@ impl Service {
                 instructions: Arc::clone(&instructions),
                 supervision: Arc::clone(&supervision),
                 transport: transport_security,
+                recorder: options.recorder.clone(),
             },
             options.terminal_status,
         )?;
@@ -312,7 +317,13 @@ impl Service {
         .with_notifier(notifier)
         .with_supervision(Some(Arc::clone(&supervision)))
         .with_tick_limit(tick_limit)
-        .with_trace(options.trace_ticks);
+        .with_trace(options.trace_ticks)
+        .with_command_tap(
+            options
+                .recorder
+                .clone()
+                .map(|r| r as Arc<dyn crate::control::tap::CommandTap>),
+        );
 
         let (rt_tx, rt_rx) = crossbeam::channel::bounded(1);
         let control_supervision = Arc::clone(&supervision);

@@ -19,6 +19,7 @@ use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::{ControlStats, LatencyHistogram};
 use crate::control::supervisor::StopCause;
 use crate::control::ControlState;
+use crate::record::Recorder;
 use crate::transport::security::TransportSecurity;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{PublishStats, TransportError};
@@ -41,6 +42,8 @@ pub struct StatusSources {
     pub supervision: Arc<Supervision>,
     /// What the Zenoh session's configuration says about authentication, fixed at start.
     pub transport: TransportSecurity,
+    /// The session recording, if one is made.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// Latency percentiles cover the last one to two of these windows.
@@ -142,6 +145,7 @@ impl StatusSources {
             "backend": self.backend,
             "model": self.model,
             "transport": self.transport,
+            "record": self.recorder.as_ref().map(|r| r.stats().to_json()),
         })
     }
 
@@ -310,7 +314,11 @@ fn status_loop(
         last_ticks = ticks;
         last_report = now;
         let document = sources.to_json(now.duration_since(start), rate);
-        if let Err(e) = publisher.put(document.to_string()).wait() {
+        let text = document.to_string();
+        if let Some(recorder) = &sources.recorder {
+            recorder.status(clock::realtime_ns(), text.clone());
+        }
+        if let Err(e) = publisher.put(text).wait() {
             log::debug!("zenoh: publishing status: {}", zenoh_error_text(&*e));
         }
         if terminal {
