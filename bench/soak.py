@@ -378,13 +378,11 @@ min_interval_ms = 200
 
     def estop(self, observer):
         t = time.monotonic()
-        observer.put(f"{KEY}/estop", "stop")
         observer.put(f"{KEY}/estop/stop", "stop")
         time.sleep(1.0)
         states = observer.states_between(t + 0.3, time.monotonic())
         status, _ = observer.latest_status()
         stopped = bool(states) and all(s == "STOP" for s in states)
-        observer.put(f"{KEY}/estop", "release")
         observer.put(f"{KEY}/estop/release", "release")
         if self.has_arm:
             time.sleep(0.3)

@@ -77,6 +77,9 @@ def write_config(path: pathlib.Path, args, port: int, camera_key: str) -> None:
         f"rate_hz = {args.rate_hz}",
         'realtime = "off"',
         "max_frame_age_ms = 1000",
+        # A simulation: its e-stop latch lives beside its config, released when missing.
+        f"state_dir = {toml_string(str(path.parent / 'state'))}",
+        'estop_missing = "released"',
         "[zenoh]",
         f"listen = [{toml_string(f'tcp/127.0.0.1:{port}')}]",
         "[instruction]",

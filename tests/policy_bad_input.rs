@@ -250,6 +250,6 @@ fn instruction_longer_than_the_kv_cache_is_refused() {
             &tiny_model_dir(),
             &["--unnorm-key", "tiny_bridge", "--instruction", &long],
         ),
-        &["KV cache capacity"],
+        &["instruction too long", "KV cache"],
     );
 }

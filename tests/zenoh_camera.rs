@@ -362,6 +362,12 @@ fn the_service_acts_on_zenoh_frames_and_stops_when_they_stall_or_are_corrupt() {
     config.camera = camera("vla/zcam/camera");
     config.control.max_frame_age_ms = 500;
     config.control.stop_after_misses = 40;
+    // One action step per tick and limits wide open: each ACT carries the policy's echo of
+    // the frame unchanged (pacing and the motion limits have tests of their own).
+    config.model.action_hz = Some(20.0);
+    config.safety.max_linear_velocity = 100.0;
+    config.safety.max_linear_acceleration = 1e6;
+    config.safety.max_linear_jerk = 1e9;
     config.validate("test config").unwrap();
     // The service's own session: the source subscribes on it.
     let source = vla_rt::capture::open_source(&config.camera).unwrap();

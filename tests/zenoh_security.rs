@@ -428,7 +428,12 @@ fn a_driver_stops_but_cannot_release_instruct_or_arm_and_the_operator_can() {
     let huge = "x".repeat(16 * 1024);
     put_for_a_while(&operator, &key("instruction"), huge.as_bytes());
     assert_eq!(status.instruction_after_next_report(), "stack the cups");
-    let longest = "y".repeat(vla_rt::config::INSTRUCTION_MAX_BYTES);
+    // Exactly the longest instruction allowed, in words the prompt's token limit holds.
+    let longest: String = "pick up the cup "
+        .repeat(vla_rt::config::INSTRUCTION_MAX_BYTES / 16 + 1)
+        .chars()
+        .take(vla_rt::config::INSTRUCTION_MAX_BYTES)
+        .collect();
     // The status shows the instruction in force by its first 40 characters.
     put_until(&operator, &key("instruction"), &longest, || {
         status.instruction_after_next_report() == longest[..40]

@@ -262,8 +262,6 @@ impl Supervisor {
 
         let stop_cause = if conditions.shutting_down {
             StopCause::Shutdown
-        } else if conditions.worker_fault {
-            StopCause::Fault
         } else if conditions.estop {
             StopCause::EStop
         } else if conditions.worker_fault {
@@ -820,11 +818,10 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_fault_stops_before_any_other_cause_but_shutdown() {
+    fn a_worker_fault_stops_before_a_silent_camera() {
         let mut s = armed();
         let fault = Conditions {
             worker_fault: true,
-            estop: true,
             camera_silent: true,
             ..CLEAR
         };
