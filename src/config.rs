@@ -275,9 +275,9 @@ pub struct ControlConfig {
     /// Commands per second; one command every tick.
     pub rate_hz: f64,
     /// Oldest action (time since the tick that latched its frame) that may still be published;
-    /// unset means two control periods.
+    /// unset means one action step or two control periods, whichever is longer.
     pub max_action_age_ms: Option<u64>,
-    /// Consecutive ticks without a fresh, valid action before HOLD turns into STOP.
+    /// Action steps in a row that end without a fresh, valid action before STOP.
     pub stop_after_misses: u32,
     /// A camera silent for longer than this forces STOP.
     pub max_frame_age_ms: u64,

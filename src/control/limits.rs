@@ -400,14 +400,14 @@ mod tests {
                 out.state.position[i] <= box_.min[i] + 1e-12
                     || out.state.position[i] >= box_.max[i] - 1e-12
             }) && out.limited;
-            for i in 0..3 {
+            for (i, previous) in previous_acceleration.iter_mut().enumerate() {
                 let a = (out.delta[i] / DT - state.velocity[i]) / DT;
-                let j = (a - previous_acceleration[i]) / DT;
+                let j = (a - *previous) / DT;
                 if !at_wall && !wall_before {
                     assert!(a.abs() <= 2.0 + 1e-6, "tick {tick} axis {i}: a {a}");
                     assert!(j.abs() <= 50.0 + 1e-3, "tick {tick} axis {i}: j {j}");
                 }
-                previous_acceleration[i] = a;
+                *previous = a;
             }
             walls += usize::from(at_wall);
             wall_before = at_wall;

@@ -405,34 +405,6 @@ pub fn rotated_path(path: &Path, n: u64) -> PathBuf {
     path.with_file_name(name)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_placeholders_become_utc_stamps() {
-        // 2026-12-02 06:15:00 UTC.
-        assert_eq!(
-            expand_time(Path::new("/r/s-{time}.mcap"), 1_796_192_100),
-            PathBuf::from("/r/s-20261202-061500.mcap")
-        );
-        // 2024-02-29 23:59:59 UTC (a leap day).
-        assert_eq!(
-            expand_time(Path::new("{time}.mcap"), 1_709_251_199),
-            PathBuf::from("20240229-235959.mcap")
-        );
-        assert_eq!(expand_time(Path::new("a.mcap"), 0), PathBuf::from("a.mcap"));
-    }
-
-    #[test]
-    fn rotated_files_are_numbered_before_the_extension() {
-        let p = Path::new("/data/run.mcap");
-        assert_eq!(rotated_path(p, 0), PathBuf::from("/data/run.mcap"));
-        assert_eq!(rotated_path(p, 2), PathBuf::from("/data/run.2.mcap"));
-        assert_eq!(rotated_path(Path::new("run"), 1), PathBuf::from("run.1"));
-    }
-}
-
 /// The session description written into every recording file.
 pub fn session_info(
     config: &crate::config::ServiceConfig,
@@ -482,4 +454,32 @@ pub fn serde_name<T: serde::Serialize>(value: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_placeholders_become_utc_stamps() {
+        // 2026-12-02 06:15:00 UTC.
+        assert_eq!(
+            expand_time(Path::new("/r/s-{time}.mcap"), 1_796_192_100),
+            PathBuf::from("/r/s-20261202-061500.mcap")
+        );
+        // 2024-02-29 23:59:59 UTC (a leap day).
+        assert_eq!(
+            expand_time(Path::new("{time}.mcap"), 1_709_251_199),
+            PathBuf::from("20240229-235959.mcap")
+        );
+        assert_eq!(expand_time(Path::new("a.mcap"), 0), PathBuf::from("a.mcap"));
+    }
+
+    #[test]
+    fn rotated_files_are_numbered_before_the_extension() {
+        let p = Path::new("/data/run.mcap");
+        assert_eq!(rotated_path(p, 0), PathBuf::from("/data/run.mcap"));
+        assert_eq!(rotated_path(p, 2), PathBuf::from("/data/run.2.mcap"));
+        assert_eq!(rotated_path(Path::new("run"), 1), PathBuf::from("run.1"));
+    }
 }
