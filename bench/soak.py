@@ -208,6 +208,11 @@ stop_after_misses = 50
 max_action_age_ms = 250
 max_frame_age_ms = 500
 realtime = "{self.args.realtime}"
+# A test bench: armed at start, its e-stop latch beside its logs; after every STOP the
+# soak re-arms as an operator would.
+start_armed = true
+state_dir = "{os.path.join(self.out, 'state')}"
+estop_missing = "released"
 
 [zenoh]
 mode = "client"
@@ -473,11 +478,13 @@ min_interval_ms = 200
             self.fault(f"camera {kind}", False, f"camera.{counter} stayed at {before}")
             return
         seen_at = time.monotonic()
-        recovered = wait_for(
-            "ACT after the camera fault",
-            lambda: "ACT" in observer.states_between(seen_at + 1, time.monotonic()),
-            20,
-        )
+        def rearmed():
+            # A STOP for a silent camera disarms: the operator arms again once it is back.
+            if self.has_arm:
+                self.arm(observer, True)
+            return "ACT" in observer.states_between(seen_at + 1, time.monotonic())
+
+        recovered = wait_for("ACT after the camera fault", rearmed, 20)
         states = observer.states_between(seen_at - 6, seen_at + 4)
         stopped = "STOP" in states or "HOLD" in states
         self.fault(
