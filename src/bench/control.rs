@@ -218,17 +218,7 @@ fn run_service(
         .iter()
         .map(|t| t.wake_ns as i64 - t.scheduled_ns as i64)
         .collect();
-    let mut published: Vec<i64> = summary
-        .trace
-        .iter()
-        .filter_map(|t| {
-            let done = publish
-                .put_done_ns
-                .get(t.seq as usize)?
-                .load(Ordering::Relaxed);
-            (done > 0).then(|| done as i64 - t.scheduled_ns as i64)
-        })
-        .collect();
+    let mut published = publish_delays_ns(&summary.trace, &publish);
     // The subscriber connects a moment after the first ticks; it measures what it got.
     let mut to_subscriber: Vec<i64> = latencies.try_iter().collect();
     let ticks_total = control.ticks.load(Ordering::Relaxed).max(1);
@@ -368,6 +358,24 @@ pub fn run(args: ControlBenchArgs) -> Result<(), BenchError> {
         );
     }
     Ok(())
+}
+
+/// Scheduled tick to the end of its record's put, in ns, for every traced tick whose record
+/// was put.
+pub fn publish_delays_ns(
+    trace: &[crate::control::tick_loop::TickTrace],
+    publish: &crate::transport::zenoh_io::PublishStats,
+) -> Vec<i64> {
+    trace
+        .iter()
+        .filter_map(|t| {
+            let done = publish
+                .put_done_ns
+                .get(t.seq as usize)?
+                .load(Ordering::Relaxed);
+            (done > 0).then(|| done as i64 - t.scheduled_ns as i64)
+        })
+        .collect()
 }
 
 #[cfg(test)]

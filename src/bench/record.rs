@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::control::Spread;
+use super::control::{publish_delays_ns, Spread};
 use super::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::record::{RecordSettings, Recorder};
@@ -103,17 +103,7 @@ fn run_once(args: &RecordBenchArgs, record: bool) -> Result<Run, BenchError> {
         .iter()
         .map(|t| t.handed_off_ns as i64 - t.wake_ns as i64)
         .collect();
-    let mut published: Vec<i64> = summary
-        .trace
-        .iter()
-        .filter_map(|t| {
-            let done = publish
-                .put_done_ns
-                .get(t.seq as usize)?
-                .load(Ordering::Relaxed);
-            (done > 0).then(|| done as i64 - t.scheduled_ns as i64)
-        })
-        .collect();
+    let mut published = publish_delays_ns(&summary.trace, &publish);
     Ok(Run {
         tick: Spread::of_ns(&mut tick),
         publish: Spread::of_ns(&mut published),
