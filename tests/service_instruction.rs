@@ -114,11 +114,18 @@ fn oversized_and_invalid_instructions_are_refused_and_the_previous_stays() {
     // session's inbound message limit, twice max_bytes plus 2 KiB, drops it before the
     // service sees it; the 2 KiB payload after it is within that limit and over max_bytes.)
     let rss_before = rss_kb(pid);
+    // A put is dropped by default when the sender's queue is full, as it is while 8 MB leave
+    // a loaded machine; the two that must arrive block for room instead.
     let huge = vec![b'a'; 8 << 20];
     session.put(&key, huge).wait().unwrap();
-    session.put(&key, vec![b'b'; 2048]).wait().unwrap();
+    session
+        .put(&key, vec![b'b'; 2048])
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()
+        .unwrap();
     session
         .put(&key, &b"\xff\xfe not UTF-8 at all"[..])
+        .congestion_control(zenoh::qos::CongestionControl::Block)
         .wait()
         .unwrap();
     let refused = status.until(Duration::from_secs(10), "the refusals counted", |d| {
