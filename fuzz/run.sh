@@ -20,7 +20,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(command_record service_config calibration_file checkpoint quantized_file instruction raw_frame mjpeg_frame)
 fi
-rustup toolchain list | grep -q '^nightly' || { echo "fuzz: needs a nightly toolchain (rustup toolchain install nightly)" >&2; exit 2; }
+rustup toolchain list | grep '^nightly' >/dev/null || { echo "fuzz: needs a nightly toolchain (rustup toolchain install nightly)" >&2; exit 2; }
 command -v cargo-fuzz >/dev/null || nice -n 19 cargo install cargo-fuzz --locked
 nice -n 19 cargo +nightly fuzz build "${flags[@]}"
 mkdir -p work

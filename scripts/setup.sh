@@ -260,8 +260,10 @@ PY
 # Debian bookworm root); its Python packages are pinned in sim/requirements.txt.
 SIM_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/sim/requirements.txt"
 check_gl_libraries() {
-    ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1' || { echo "no libEGL.so.1"; return 1; }
-    ldconfig -p 2>/dev/null | grep -q 'libOpenGL\.so\.0' || { echo "no libOpenGL.so.0"; return 1; }
+    # Not `grep -q`: under pipefail, its early exit fails ldconfig with SIGPIPE, and so the
+    # check, at random.
+    ldconfig -p 2>/dev/null | grep 'libEGL\.so\.1' >/dev/null || { echo "no libEGL.so.1"; return 1; }
+    ldconfig -p 2>/dev/null | grep 'libOpenGL\.so\.0' >/dev/null || { echo "no libOpenGL.so.0"; return 1; }
     compgen -G '/usr/lib/*/dri/swrast_dri.so' >/dev/null \
         || { echo "no Mesa software renderer (swrast_dri.so)"; return 1; }
 }
