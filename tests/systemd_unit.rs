@@ -9,11 +9,15 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn systemd_analyze_available() -> bool {
-    Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Fails the test when systemd-analyze is missing: `scripts/setup.sh` installs it.
+fn require_systemd_analyze() {
+    assert!(
+        Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "systemd-analyze is missing; scripts/setup.sh installs it (apt package systemd)"
+    );
 }
 
 /// The unit with its `ExecStart` binary pointed at the freshly built one, so that `verify`
@@ -36,10 +40,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    if !systemd_analyze_available() {
-        eprintln!("skipped: systemd-analyze is not installed");
-        return;
-    }
+    require_systemd_analyze();
     let dir = temp_dir("unit-verify");
     let unit = unit_with_built_binary(&dir);
     let out = Command::new("systemd-analyze")
@@ -57,10 +58,7 @@ fn unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn unit_exposure_level_is_ok() {
-    if !systemd_analyze_available() {
-        eprintln!("skipped: systemd-analyze is not installed");
-        return;
-    }
+    require_systemd_analyze();
     let dir = temp_dir("unit-security");
     let unit = unit_with_built_binary(&dir);
     let out = Command::new("systemd-analyze")
@@ -90,10 +88,10 @@ fn install_script_stages_binaries_unit_and_config() {
         .parent()
         .unwrap()
         .to_path_buf();
-    if !bin_dir.join("vla-calib").exists() {
-        eprintln!("skipped: vla-calib is not built next to vla-rt");
-        return;
-    }
+    assert!(
+        bin_dir.join("vla-calib").exists(),
+        "vla-calib is not built next to vla-rt: run the tests with --workspace"
+    );
     let root = temp_dir("install-root");
     let out = Command::new(repo().join("systemd/install.sh"))
         .arg("--bin-dir")
