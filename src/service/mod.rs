@@ -263,6 +263,7 @@ impl Service {
                     RealtimeMode::Try | RealtimeMode::Require => RealtimeMode::Try,
                 };
                 let _ = rt::apply(mode, || rt::make_current_thread_fifo(priority));
+                rt::prefault_stack();
             },
         )?;
         // From here on, a failed start must close the outbox so the publisher thread ends.
@@ -331,6 +332,7 @@ impl Service {
             .name("vla-control".into())
             .spawn(move || {
                 let setup = rt::apply(realtime, || rt::make_current_thread_fifo(priority));
+                rt::prefault_stack();
                 let go = setup.is_ok();
                 let _ = rt_tx.send(setup);
                 if !go {
