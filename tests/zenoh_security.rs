@@ -316,6 +316,61 @@ fn key(suffix: &str) -> String {
     format!("vla/{ROBOT}/{suffix}")
 }
 
+/// A driver's put on `estop/stop` stops the robot, and none of `attempts` (key suffix and
+/// payload, each put for [`REFUSED_WINDOW`]) lets anything but STOP out.
+fn driver_stops_and_cannot_leave_stop(
+    driver: &zenoh::Session,
+    commands: &CommandStream,
+    attempts: &[(&str, &[u8])],
+) {
+    driver.put(key("estop/stop"), "stop").wait().unwrap();
+    commands.until(WAIT, "STOP from the driver", is_state(ControlState::Stop));
+    commands.drain();
+    for (suffix, payload) in attempts {
+        put_for_a_while(driver, &key(suffix), payload);
+    }
+    let held: Vec<_> = commands.receiver.try_iter().collect();
+    let seconds = REFUSED_WINDOW.as_secs_f64() * attempts.len() as f64;
+    assert!(
+        held.len() as f64 >= 10.0 * seconds,
+        "{} commands in {seconds} s at 20 Hz",
+        held.len()
+    );
+    assert!(
+        held.iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.state == ControlState::Stop)),
+        "a driver's put on {attempts:?} left STOP"
+    );
+}
+
+/// The operator releases the e-stop and arms (leaving STOP needs both), until ACT is back.
+fn operator_releases_and_arms(operator: &zenoh::Session, commands: &CommandStream) {
+    put_until(operator, &key("estop/release"), "release", || {
+        operator.put(key("arm"), "arm").wait().unwrap();
+        commands
+            .receiver
+            .try_iter()
+            .any(|r| r.is_ok_and(|r| r.state == ControlState::Act))
+    });
+}
+
+/// A well-formed record (valid CRC) with `seq` that orders a large motion.
+fn forged_record(seq: u64) -> [u8; vla_rt::transport::record::RECORD_LEN] {
+    let mut bytes = [0u8; vla_rt::transport::record::RECORD_LEN];
+    CommandRecord {
+        state: ControlState::Act,
+        seq,
+        tick_time_ns: 1,
+        capture_time_ns: 1,
+        action: [0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0],
+    }
+    .encode(&mut bytes);
+    bytes
+}
+
+/// Far above any sequence number the service reaches in a test.
+const FORGED_SEQ: u64 = 4_000_000_000;
+
 fn start_secure_service(pki: &Pki) -> (ServiceProcess, u16) {
     let port = free_port();
     let json5 = pki.service_json5(port);
@@ -428,35 +483,17 @@ fn a_driver_stops_but_cannot_release_instruct_or_arm_and_the_operator_can() {
     let status = StatusWatch::new(&operator);
     commands.until(WAIT, "the first ACT", is_state(ControlState::Act));
 
-    // The driver stops the robot.
-    driver.put(key("estop/stop"), "stop").wait().unwrap();
-    commands.until(WAIT, "STOP from the driver", is_state(ControlState::Stop));
-    // It cannot release it, on the new key or the old one.
-    commands.drain();
-    put_for_a_while(&driver, &key("estop/release"), b"release");
-    put_for_a_while(&driver, &key("estop"), b"release");
-    let held: Vec<_> = commands.receiver.try_iter().collect();
-    assert!(held.len() >= 40, "{} commands in 4 s at 20 Hz", held.len());
-    assert!(
-        held.iter()
-            .all(|r| r.as_ref().is_ok_and(|r| r.state == ControlState::Stop)),
-        "the driver released the e-stop"
+    // The driver stops the robot and cannot release it, on the new key or the old one.
+    driver_stops_and_cannot_leave_stop(
+        &driver,
+        &commands,
+        &[("estop/release", b"release"), ("estop", b"release")],
     );
-    // The operator can release, and then arm: leaving STOP needs both.
-    let release_and_arm = || {
-        put_until(&operator, &key("estop/release"), "release", || {
-            operator.put(key("arm"), "arm").wait().unwrap();
-            commands
-                .receiver
-                .try_iter()
-                .any(|r| r.is_ok_and(|r| r.state == ControlState::Act))
-        })
-    };
-    release_and_arm();
+    operator_releases_and_arms(&operator, &commands);
     // The old key still stops, for the driver too.
     driver.put(key("estop"), "stop").wait().unwrap();
     commands.until(WAIT, "STOP on the old key", is_state(ControlState::Stop));
-    release_and_arm();
+    operator_releases_and_arms(&operator, &commands);
 
     // Instructions: the driver's never reach the policy, the operator's do.
     let before = status.instruction_after_next_report();
@@ -518,26 +555,12 @@ fn records_from_anyone_but_the_robot_never_reach_a_subscriber() {
     let commands = CommandStream::new(&driver, ROBOT);
     commands.until(WAIT, "the first ACT", is_state(ControlState::Act));
 
-    // Well-formed records (valid CRC) that order a large motion.
-    let forged = |seq: u64| {
-        let mut bytes = [0u8; vla_rt::transport::record::RECORD_LEN];
-        CommandRecord {
-            state: ControlState::Act,
-            seq,
-            tick_time_ns: 1,
-            capture_time_ns: 1,
-            action: [0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0],
-        }
-        .encode(&mut bytes);
-        bytes
-    };
-    const FORGED_SEQ: u64 = 4_000_000_000;
     for name in ["vla-operator", "vla-driver-arm0"] {
         let forger = client(&pki, name, port);
         let end = Instant::now() + REFUSED_WINDOW;
         while Instant::now() < end {
             forger
-                .put(key("cmd"), forged(FORGED_SEQ).to_vec())
+                .put(key("cmd"), forged_record(FORGED_SEQ).to_vec())
                 .wait()
                 .unwrap();
             std::thread::sleep(Duration::from_millis(50));
@@ -551,7 +574,7 @@ fn records_from_anyone_but_the_robot_never_reach_a_subscriber() {
     let end = Instant::now() + WAIT;
     loop {
         robot
-            .put(key("cmd"), forged(FORGED_SEQ + 1).to_vec())
+            .put(key("cmd"), forged_record(FORGED_SEQ + 1).to_vec())
             .wait()
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -602,42 +625,18 @@ fn a_router_enforces_the_same_policy_for_a_client_service() {
         service.stderr()
     );
 
-    // A driver stops the robot and cannot release it.
-    driver.put(key("estop/stop"), "stop").wait().unwrap();
-    commands.until(WAIT, "STOP from the driver", is_state(ControlState::Stop));
-    commands.drain();
-    put_for_a_while(&driver, &key("estop/release"), b"release");
-    put_for_a_while(&driver, &key("arm"), b"arm");
-    let held: Vec<_> = commands.receiver.try_iter().collect();
-    assert!(held.len() >= 40, "{} commands in 4 s at 20 Hz", held.len());
-    assert!(
-        held.iter()
-            .all(|r| r.as_ref().is_ok_and(|r| r.state == ControlState::Stop)),
-        "the driver released the e-stop through the router"
+    // A driver stops the robot and can neither release it nor arm.
+    driver_stops_and_cannot_leave_stop(
+        &driver,
+        &commands,
+        &[("estop/release", b"release"), ("arm", b"arm")],
     );
-    // The operator releases and arms.
-    put_until(&operator, &key("estop/release"), "release", || {
-        operator.put(key("arm"), "arm").wait().unwrap();
-        commands
-            .receiver
-            .try_iter()
-            .any(|r| r.is_ok_and(|r| r.state == ControlState::Act))
-    });
+    operator_releases_and_arms(&operator, &commands);
 
     // A record forged by an authenticated driver never reaches a subscriber.
     let forger = client(&pki, "vla-driver-arm0", port);
-    const FORGED_SEQ: u64 = 4_000_000_000;
-    let mut bytes = [0u8; vla_rt::transport::record::RECORD_LEN];
-    CommandRecord {
-        state: ControlState::Act,
-        seq: FORGED_SEQ,
-        tick_time_ns: 1,
-        capture_time_ns: 1,
-        action: [0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0],
-    }
-    .encode(&mut bytes);
     commands.drain();
-    put_for_a_while(&forger, &key("cmd"), &bytes);
+    put_for_a_while(&forger, &key("cmd"), &forged_record(FORGED_SEQ));
     let seen: Vec<CommandRecord> = commands.receiver.try_iter().map(Result::unwrap).collect();
     assert!(seen.len() >= 20, "{} commands in 2 s at 20 Hz", seen.len());
     assert!(
