@@ -54,10 +54,12 @@ fn assert_bad_input(args: &[&str], needles: &[&str]) {
             errors[0]
         );
     }
+    // Besides the error: progress lines, and the start's note on the e-stop file, which a
+    // fresh checkout (no earlier run) has not written yet.
     assert!(
-        stderr
-            .lines()
-            .all(|l| l.starts_with("vla-rt: error:") || l.contains(" INFO ")),
+        stderr.lines().all(|l| l.starts_with("vla-rt: error:")
+            || l.contains(" INFO ")
+            || (l.contains(" WARN ") && l.contains("e-stop state"))),
         "unexpected output: {stderr}"
     );
 }
@@ -160,6 +162,34 @@ fn taken_zenoh_endpoint_is_named() {
         &["run", "--zenoh-listen", &endpoint],
         &[&endpoint, "Address already in use"],
     );
+}
+
+#[test]
+fn zenoh_settings_this_build_would_ignore_are_named() {
+    let quic = temp_file(
+        "quic.json5",
+        "{listen: {endpoints: [\"quic/127.0.0.1:7447\"]}}",
+    );
+    let usrpwd = temp_file(
+        "usrpwd.json5",
+        "{transport: {auth: {usrpwd: {user: \"operator\", password: \"secret\"}}}}",
+    );
+    for (json5, needles) in [
+        (quic, &["quic/127.0.0.1:7447", "not built into vla-rt"][..]),
+        (usrpwd, &["transport/auth/usrpwd/", "mutual TLS"][..]),
+    ] {
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/engines/openvla-tiny");
+        let state = std::env::temp_dir().join(format!("vla-rt-{}-state", std::process::id()));
+        let toml = temp_file(
+            "zenoh-config.toml",
+            &format!(
+                "[model]\npath = {model:?}\n[control]\nstate_dir = {:?}\n\
+                 estop_missing = \"released\"\n[zenoh]\nconfig = {json5:?}\n",
+                state.display().to_string()
+            ),
+        );
+        assert_bad_input(&["run", "--config", &toml], needles);
+    }
 }
 
 #[test]

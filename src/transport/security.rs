@@ -45,7 +45,13 @@ pub enum SecurityProblem {
     UnknownProtocol { endpoint: String },
     /// A configuration value that cannot be read.
     Unreadable { key: String, message: String },
+    /// Settings of an authentication method this binary is built without (Zenoh's
+    /// `auth_usrpwd` and `auth_pubkey`), which Zenoh would ignore without a word.
+    AuthNotBuiltIn { key: String },
 }
+
+/// Zenoh authentication settings that this build does not compile in.
+const AUTH_NOT_BUILT_IN: [&str; 2] = ["transport/auth/usrpwd", "transport/auth/pubkey"];
 
 /// The largest inbound Zenoh message the session accepts for `largest_payload` bytes of
 /// legitimate payload (the instruction): twice the payload, plus 2 KiB for the key
@@ -73,6 +79,15 @@ pub fn limit_inbound_messages(config: &mut zenoh::Config, limit: usize) -> Resul
 
 /// Reads the session's endpoints, TLS and access-control settings from `config`.
 pub fn assess(config: &zenoh::Config) -> Result<TransportSecurity, SecurityProblem> {
+    for section in AUTH_NOT_BUILT_IN {
+        if let serde_json::Value::Object(fields) = get_json(config, section)? {
+            if let Some((field, _)) = fields.iter().find(|(_, value)| !value.is_null()) {
+                return Err(SecurityProblem::AuthNotBuiltIn {
+                    key: format!("{section}/{field}"),
+                });
+            }
+        }
+    }
     let mode = get_json(config, "mode")?
         .as_str()
         .unwrap_or("peer")
@@ -288,6 +303,30 @@ mod tests {
                 endpoint: "quic/0.0.0.0:7447".into()
             }
         );
+    }
+
+    #[test]
+    fn authentication_methods_not_built_in_are_refused() {
+        let err = assess(&config(
+            r#"{transport: {auth: {usrpwd: {user: "operator", password: "secret"}}}}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, SecurityProblem::AuthNotBuiltIn { key } if key.starts_with("transport/auth/usrpwd/")),
+            "{err:?}"
+        );
+        let err = assess(&config(
+            r#"{transport: {auth: {pubkey: {known_keys_file: "/etc/vla-rt/keys"}}}}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SecurityProblem::AuthNotBuiltIn {
+                key: "transport/auth/pubkey/known_keys_file".into()
+            }
+        );
+        // Zenoh's defaults (every field null) are no request for either.
+        assert!(assess(&zenoh::Config::default()).is_ok());
     }
 
     #[test]

@@ -165,6 +165,12 @@ pub fn prepare_session(
             built_in: security::BUILT_IN_PROTOCOLS.join(", "),
         },
         SecurityProblem::Unreadable { key, message } => TransportError::Config { key, message },
+        SecurityProblem::AuthNotBuiltIn { key } => TransportError::Config {
+            key,
+            message: "Zenoh's user/password and public-key authentication are not built into \
+                      vla-rt; use mutual TLS and access_control (README, Security)"
+                .into(),
+        },
     })?;
     if config.require_tls && !assessment.exposed.is_empty() {
         return Err(TransportError::Insecure {
