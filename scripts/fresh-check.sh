@@ -6,6 +6,7 @@
 # crates from crates.io). Needs root, network access to a Debian mirror and crates.io, and a few
 # GB of disk. Prints one line per command with its result and duration; the full output of each
 # goes to the log folder (default target/fresh-check). Exit 0 when both commands succeed.
+# `CI`, when set, is passed in: tests that would skip for a missing tool then fail instead.
 #
 #   scripts/fresh-check.sh [--logs DIR] [--keep]     (--keep leaves the root in place)
 set -euo pipefail
@@ -112,6 +113,7 @@ for i in "${!COMMANDS[@]}"; do
         HOME=/root \
         PATH=/opt/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         CARGO_HOME=/root/.cargo RUSTUP_HOME=/opt/rustup CARGO_TERM_COLOR=never LANG=C.UTF-8 \
+        ${CI:+CI=$CI} \
         /bin/bash -c "cd /src/vla-rt && $command" >"$log" 2>&1; then
         echo "fresh-check: $command: ok ($(seconds "$start") s)"
     else
