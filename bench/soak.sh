@@ -22,11 +22,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --short)
             # Three fault cycles of 50 s, 20 s quiet at the end; the baseline after the first.
-            # Without mlockall: under it, each of the first router restarts leaves 2 MiB more
-            # resident (most likely stacks of restarted threads, kept by glibc), a few MB in
-            # all and then flat (BENCHMARKS.md, Soak), which three cycles cannot tell from a
-            # leak.
-            args+=(--duration 180 --first-cycle 10 --cycle 50 --quiet 20 --sample-every 15 --realtime off)
+            args+=(--duration 180 --first-cycle 10 --cycle 50 --quiet 20 --sample-every 15)
             out="target/soak-short"
             ;;
         --out)
