@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Fuzzes every target of fuzz/ (libFuzzer through cargo-fuzz, nightly Rust) for SECONDS each
-# (default 600), at most JOBS targets at a time (default 2), under `nice -n 19`, then
-# minimizes each corpus into fuzz/corpus/<target> (cargo fuzz cmin). Crashes land in
-# fuzz/artifacts/<target>/; the stats of each run in fuzz/work/<target>.log.
+# (default 600), at most JOBS targets at a time (default 2), under `nice -n 19`, in the working
+# corpus fuzz/work/<target> (kept between runs, not in git). Then it minimizes that corpus into
+# fuzz/corpus/<target>, the one kept in git and replayed by tests/fuzz_corpus.rs: the fewest
+# inputs that reach every edge the working corpus reaches (a libFuzzer merge without hit
+# counters, -use_counters=0). Crashes land in fuzz/artifacts/<target>/; the stats of each run in
+# fuzz/work/<target>.log.
 #
 #   fuzz/run.sh                       # all targets, 10 minutes each
 #   fuzz/run.sh 60 instruction raw_frame
+#   fuzz/run.sh 0                     # minimize the working corpora only
 #
 # Installs cargo-fuzz from crates.io when it is missing. Built with debug assertions (overflow
 # checks) and, by default, without AddressSanitizer (SANITIZER=address to add it): the parsers
@@ -38,22 +42,27 @@ run_one() {
     echo "fuzz: $target: $((SECONDS - start)) s, $execs executions, $(ls "artifacts/$target" | wc -l) artifacts"
 }
 
-running=0
-for target in "${targets[@]}"; do
-    run_one "$target" &
-    running=$((running + 1))
-    if [ "$running" -ge "$jobs" ]; then
-        wait -n
-        running=$((running - 1))
-    fi
-done
-wait
+if [ "$seconds" -gt 0 ]; then
+    running=0
+    for target in "${targets[@]}"; do
+        run_one "$target" &
+        running=$((running + 1))
+        if [ "$running" -ge "$jobs" ]; then
+            wait -n
+            running=$((running - 1))
+        fi
+    done
+    wait
+fi
 
 for target in "${targets[@]}"; do
-    nice -n 19 cargo +nightly fuzz cmin "${flags[@]}" "$target" "work/$target" -- -max_len=65536 >"work/$target.cmin.log" 2>&1
-    # The minimized corpus replaces the kept one (seeds and findings stay: cmin keeps every
-    # input that adds coverage).
+    [ -d "work/$target" ] || { echo "fuzz: no working corpus work/$target to minimize" >&2; exit 2; }
+    # Findings stay: a crash input reaches edges nothing else does.
+    rm -rf "corpus/$target.new"
+    mkdir -p "corpus/$target.new"
+    nice -n 19 cargo +nightly fuzz run "${flags[@]}" "$target" "corpus/$target.new" "work/$target" -- \
+        -merge=1 -use_counters=0 -max_len=65536 >"work/$target.cmin.log" 2>&1
     rm -rf "corpus/$target"
-    cp -r "work/$target" "corpus/$target"
-    echo "fuzz: $target corpus: $(ls "corpus/$target" | wc -l) files, $(du -sk "corpus/$target" | cut -f1) KB"
+    mv "corpus/$target.new" "corpus/$target"
+    echo "fuzz: $target corpus: $(ls "corpus/$target" | wc -l) files, $(cat "corpus/$target"/* | wc -c) bytes"
 done
