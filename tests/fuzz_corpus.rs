@@ -1,5 +1,5 @@
-//! Replays every fuzz target's corpus (`fuzz/corpus/<target>/`, minimized by `cargo fuzz
-//! cmin`, findings included) through the same harnesses the fuzzer runs
+//! Replays every fuzz target's corpus (`fuzz/corpus/<target>/`, minimized by `fuzz/run.sh` to
+//! the inputs that reach every edge, findings included) through the same harnesses the fuzzer runs
 //! (`vla_rt::fuzzing`), on stable Rust: an input that once crashed a parser stays fixed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
