@@ -113,11 +113,12 @@ impl Pki {
     }
 
     /// The service's json5 as a client of the router on `port`, proving itself with the
-    /// robot's certificate.
+    /// robot's certificate. By address: a clean root file system may have no /etc/hosts to
+    /// resolve `localhost`.
     fn service_client_json5(&self, port: u16) -> PathBuf {
         let file = |name: &str| self.dir.join(name).display().to_string();
         let text = format!(
-            "{{mode: \"client\", connect: {{endpoints: [\"tls/localhost:{port}\"]}},\n\
+            "{{mode: \"client\", connect: {{endpoints: [\"tls/127.0.0.1:{port}\"]}},\n\
              scouting: {{multicast: {{enabled: false}}}},\n\
              transport: {{link: {{protocols: [\"tls\"], tls: {{root_ca_certificate: {:?},\n\
              connect_certificate: {:?}, connect_private_key: {:?}, enable_mtls: true,\n\
@@ -612,11 +613,19 @@ fn a_router_enforces_the_same_policy_for_a_client_service() {
     let operator = client(&pki, "vla-operator", port);
     let commands = CommandStream::new(&driver, ROBOT);
     let status = StatusWatch::new(&operator);
-    commands.until(
-        WAIT,
-        "the first ACT through the router",
-        is_state(ControlState::Act),
-    );
+    let deadline = Instant::now() + WAIT;
+    while !commands
+        .receiver
+        .try_iter()
+        .any(|r| r.is_ok_and(|r| r.state == ControlState::Act))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no ACT through the router within {WAIT:?}; the service said:\n{}",
+            service.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The service's own session has no policy: the router's is not visible to it.
     assert_eq!(
         status.next()["transport"],
