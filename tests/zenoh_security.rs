@@ -613,18 +613,12 @@ fn a_router_enforces_the_same_policy_for_a_client_service() {
     let operator = client(&pki, "vla-operator", port);
     let commands = CommandStream::new(&driver, ROBOT);
     let status = StatusWatch::new(&operator);
-    let deadline = Instant::now() + WAIT;
-    while !commands
-        .receiver
-        .try_iter()
-        .any(|r| r.is_ok_and(|r| r.state == ControlState::Act))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no ACT through the router within {WAIT:?}; the service said:\n{}",
-            service.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(why) = commands.try_until(
+        WAIT,
+        "the first ACT through the router",
+        is_state(ControlState::Act),
+    ) {
+        panic!("{why}; the service said:\n{}", service.stderr());
     }
     // The service's own session has no policy: the router's is not visible to it.
     assert_eq!(

@@ -171,6 +171,17 @@ impl CommandStream {
         what: &str,
         wanted: impl Fn(&CommandRecord) -> bool,
     ) -> Vec<CommandRecord> {
+        self.try_until(timeout, what, wanted)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Self::until`], with the failure as text for a caller that adds its own context.
+    pub fn try_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        wanted: impl Fn(&CommandRecord) -> bool,
+    ) -> Result<Vec<CommandRecord>, String> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
@@ -180,18 +191,20 @@ impl CommandStream {
                     let done = wanted(&record);
                     seen.push(record);
                     if done {
-                        return seen;
+                        return Ok(seen);
                     }
                 }
-                Ok(Err(e)) => panic!("undecodable command: {e}"),
-                Err(_) => panic!(
-                    "waited {timeout:?} for {what}; last states: {:?}",
-                    seen.iter()
-                        .rev()
-                        .take(12)
-                        .map(|r| (r.seq, r.state))
-                        .collect::<Vec<_>>()
-                ),
+                Ok(Err(e)) => return Err(format!("undecodable command: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "waited {timeout:?} for {what}; last states: {:?}",
+                        seen.iter()
+                            .rev()
+                            .take(12)
+                            .map(|r| (r.seq, r.state))
+                            .collect::<Vec<_>>()
+                    ))
+                }
             }
         }
     }
