@@ -77,7 +77,8 @@ pub fn limit_inbound_messages(config: &mut zenoh::Config, limit: usize) -> Resul
     Ok(())
 }
 
-/// Reads the session's endpoints, TLS and access-control settings from `config`.
+/// Reads the session's endpoints, TLS and access-control settings from `config`, and refuses
+/// authentication settings this build would ignore.
 pub fn assess(config: &zenoh::Config) -> Result<TransportSecurity, SecurityProblem> {
     for section in AUTH_NOT_BUILT_IN {
         if let serde_json::Value::Object(fields) = get_json(config, section)? {
