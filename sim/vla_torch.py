@@ -237,6 +237,19 @@ class LlamaAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, d))
 
+    def probabilities(self, x, cos, sin, rows: int):
+        """The attention probabilities [B, heads, rows, N] of the last `rows` positions, as
+        `forward` computes them (x is the layer's normalised input)."""
+        b, n, d = x.shape
+        hd = d // self.heads
+        q = self.q_proj(x[:, -rows:]).view(b, rows, self.heads, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.heads, hd).transpose(1, 2)
+        q = q * cos[-rows:] + rotate_half(q) * sin[-rows:]
+        k = k * cos + rotate_half(k) * sin
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        future = torch.arange(n)[None, :] > torch.arange(n - rows, n)[:, None]
+        return scores.masked_fill(future, float("-inf")).softmax(-1)
+
 
 class LlamaMlp(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
@@ -271,12 +284,14 @@ class LlamaModel(nn.Module):
         self.norm = RmsNorm(dims.hidden)
         self.head_dim = dims.hidden // dims.heads
 
-    def forward(self, x, hidden_states: list | None = None):
-        n = x.shape[1]
+    def rope(self, n: int):
         inv_freq = 1.0 / ROPE_THETA ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
         freqs = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]
         emb = torch.cat([freqs, freqs], -1)
-        cos, sin = emb.cos(), emb.sin()
+        return emb.cos(), emb.sin()
+
+    def forward(self, x, hidden_states: list | None = None):
+        cos, sin = self.rope(x.shape[1])
         for layer in self.layers:
             x = layer(x, cos, sin)
             if hidden_states is not None:
