@@ -2,28 +2,34 @@
 """Trains a tiny OpenVLA on the simulator's expert episodes by behaviour cloning, and exports
 it as an HF OpenVLA checkpoint folder that vla-rt loads.
 
-    python3 sim/make_dataset.py --episodes 1500 --seed 0 --out data/train
-    python3 sim/train.py --data data/train --work data/run --minutes 60 --export engines/openvla-sim
+    python3 sim/train.py --data data/noisy0 data/noisy1 data/clean --work data/run \
+        --steps 12000 --attention-weight 0 --until-step 2500 --threads 2
+    python3 sim/train.py --data data/noisy0 data/noisy1 data/clean --work data/run \
+        --steps 10000 --threads 2 --export engines/openvla-sim
 
+(the recipe of engines/openvla-sim: the README's "The trained checkpoint" gives the datasets).
 The loss is OpenVLA's: cross-entropy of the 7 action tokens given the image and the prompt
 (teacher forcing). Greedy decoding takes the argmax over the whole vocabulary, so every id must
 lose to the right action token; the softmax of each step covers the 256 action ids, the
 padding ids and `--sampled-text-ids` text ids drawn at random (a sampled softmax: the full
-32064-way head would be a quarter of the training time). The export checks the margin over
-all ids on held-out frames (make_fixture.py).
-Training from scratch on a CPU needs help, so two training-only heads, which are not
-exported, add auxiliary losses:
+32064-way head would be a quarter of the training time). make_fixture.py records each greedy
+step's margin over all ids on held-out frames.
+
+Training from scratch on a CPU needs help, so three auxiliary losses are added, from
+training-only heads that are not exported:
 - a per-patch object label (table, gripper, each block) from the concatenated vision
   features, so the ViTs learn to see the blocks and the gripper early;
 - a regression, from the LLM's hidden state where the first action token is predicted, of
-  where the named block is, where the fingertips are and the error between them, so the LLM
-  learns to find the block the instruction names rather than the mean action.
+  where the named block is, where the fingertips are and the error between them;
+- `--attention-weight`: the attention that head 0 of LLM layer `--attention-layer` gives, from
+  the action positions, to the patches of the named block, so that the LLM learns to look
+  for the block the instruction names rather than at any block.
 The position embeddings start as a 2-D sine-cosine table.
 
 Seeded (`--seed`) and resumable: `--work` holds `last.pt` (model, optimiser, step, random
 states), written every `--save-every` steps and at the end; running again with the same
-`--work` continues from it. `--minutes` or `--steps` bounds the run. torch is not in
-sim/requirements.txt: `pip install -r sim/requirements-train.txt`.
+`--work` continues from it. `--minutes`, `--until-step` or `--steps` bounds the run. torch is
+not in sim/requirements.txt: `pip install -r sim/requirements-train.txt`.
 """
 from __future__ import annotations
 
@@ -31,7 +37,6 @@ import argparse
 import json
 import math
 import pathlib
-import random
 import shutil
 import sys
 import time
@@ -199,6 +204,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
     parser.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
+    parser.add_argument("--until-step", type=int, default=None,
+                        help="stop at this step without shortening the schedule (resume later)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
@@ -258,7 +265,8 @@ def main() -> int:
     started = time.monotonic()
     running: dict[str, float] = {}
     model.train()
-    while step < args.steps:
+    last_step = min(args.steps, args.until_step) if args.until_step is not None else args.steps
+    while step < last_step:
         if args.minutes is not None and time.monotonic() - started > args.minutes * 60:
             break
         for group in optimiser.param_groups:

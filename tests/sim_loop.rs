@@ -1,10 +1,10 @@
-//! The closed loop: `sim/eval.py` starts the real `vla-rt run` (bundled tiny random
-//! checkpoint, CPU) with its camera on Zenoh, and the MuJoCo tabletop (sim/) is the robot:
-//! it publishes JPEG frames, the service's commands move its gripper. Five short seeded
-//! episodes, then `stop` on the e-stop key. Asserts that the loop works (frames reach the
-//! service from the Zenoh source, commands reach the simulator, ACT moves the gripper, STOP
-//! stops it, the service exits cleanly); the random checkpoint's success rate is not a
-//! property of the runtime and is not asserted.
+//! The closed loop: `sim/eval.py` starts the real `vla-rt run` (the checkpoint trained on the
+//! simulator, `engines/openvla-sim`, CPU) with its camera on Zenoh, and the MuJoCo tabletop
+//! (sim/) is the robot: it publishes JPEG frames, the service's commands move its gripper.
+//! Five short seeded episodes, then `stop` on the e-stop key. Asserts that the loop works
+//! (frames reach the service from the Zenoh source, commands reach the simulator, ACT moves
+//! the gripper, STOP stops it, the service exits cleanly); the success rate is the
+//! benchmark's (BENCHMARKS.md), not asserted here.
 //!
 //! Needs `python3` with sim/requirements.txt (`scripts/setup.sh` installs them): skipped
 //! with a message when they are missing, a failure under `CI=true`.

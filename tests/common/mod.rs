@@ -22,10 +22,7 @@ pub fn tiny_fixture_dir() -> PathBuf {
 
 /// `expected.json` of the tiny fixture.
 pub fn tiny_expected() -> serde_json::Value {
-    let path = tiny_fixture_dir().join("expected.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    fixture_expected(&tiny_fixture_dir())
 }
 
 /// One fixture case of `expected.json["cases"]`.
@@ -66,7 +63,31 @@ impl FixtureCase {
 }
 
 pub fn tiny_cases() -> Vec<FixtureCase> {
-    let expected = tiny_expected();
+    fixture_cases(&tiny_fixture_dir())
+}
+
+/// The checkpoint trained on the simulator (sim/train.py).
+pub fn sim_model_dir() -> PathBuf {
+    repo_root().join("engines/openvla-sim")
+}
+
+/// `tests/fixtures/openvla-sim`: held-out simulator frames and what PyTorch computed for them
+/// at export (sim/make_fixture.py).
+pub fn sim_fixture_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/openvla-sim")
+}
+
+/// `expected.json` of a fixture folder.
+pub fn fixture_expected(dir: &Path) -> serde_json::Value {
+    let path = dir.join("expected.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The cases of a fixture folder; each case's files are in the folder named after it.
+pub fn fixture_cases(dir: &Path) -> Vec<FixtureCase> {
+    let expected = fixture_expected(dir);
     expected["cases"]
         .as_array()
         .expect("cases array")
@@ -74,7 +95,7 @@ pub fn tiny_cases() -> Vec<FixtureCase> {
         .map(|c| {
             let name = c["name"].as_str().expect("case name").to_string();
             FixtureCase {
-                dir: tiny_fixture_dir().join(&name),
+                dir: dir.join(&name),
                 name,
                 json: c.clone(),
             }
