@@ -39,12 +39,7 @@ fn image_to_action_matches_reference_for_every_case() {
             "{} pixel_values max abs {pixel_error:e}",
             case.name
         );
-        assert_eq!(
-            prediction.tokens,
-            case.u32s("generated_token_ids"),
-            "{}",
-            case.name
-        );
+        case.assert_tokens(&prediction.tokens);
         assert_close_f64(
             &case.name,
             &prediction.normalized,

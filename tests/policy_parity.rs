@@ -79,12 +79,7 @@ fn step0_logits_tokens_and_actions_match_reference() {
         let prediction = runner
             .predict_pixels(&pixels.data, instruction)
             .expect("predicts");
-        assert_eq!(
-            prediction.tokens,
-            case.u32s("generated_token_ids"),
-            "{}",
-            case.name
-        );
+        case.assert_tokens(&prediction.tokens);
         for (what, got, want) in [
             (
                 "normalized",

@@ -38,12 +38,7 @@ fn int8_llm_keeps_actions_close_to_the_f32_path() {
         let mut f32_policy = CpuPolicy::load(&tiny_model_dir(), &options(key)).unwrap();
         let want = f32_policy.predict(&image, instruction).unwrap();
         // The f32 path is the fixture's: the reference the modes are compared with is right.
-        assert_eq!(
-            want.tokens,
-            case.u32s("generated_token_ids"),
-            "{}",
-            case.name
-        );
+        case.assert_tokens(&want.tokens);
         let mut int8 = options(key);
         int8.quantization = Quantization::Int8;
         let got = CpuPolicy::load(&tiny_model_dir(), &int8)

@@ -57,6 +57,16 @@ impl FixtureCase {
             .collect()
     }
 
+    /// Asserts that `tokens` are the case's `generated_token_ids`.
+    pub fn assert_tokens(&self, tokens: &[u32]) {
+        assert_eq!(
+            tokens,
+            self.u32s("generated_token_ids").as_slice(),
+            "{}: generated tokens",
+            self.name
+        );
+    }
+
     pub fn npy(&self, file: &str) -> Npy {
         read_npy_f32(&self.dir.join(file))
     }
