@@ -8,25 +8,18 @@
 mod common;
 
 use common::{fixture_cases, fixture_expected, sim_fixture_dir, sim_model_dir};
-use sha2::{Digest, Sha256};
 use vla_rt::backend::cpu::CpuPolicy;
+use vla_rt::model::onnx::sha256_tag;
 use vla_rt::policy::{Policy, PolicyOptions};
 use vla_rt::preprocess::load_image;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 #[test]
 fn the_fixture_was_computed_from_the_bundled_weights() {
     let weights = std::fs::read(sim_model_dir().join("model.safetensors")).unwrap();
     let expected = fixture_expected(&sim_fixture_dir());
     assert_eq!(
-        sha256_hex(&weights),
-        expected["model_sha256"].as_str().unwrap(),
+        sha256_tag(&weights),
+        format!("sha256:{}", expected["model_sha256"].as_str().unwrap()),
         "engines/openvla-sim/model.safetensors changed since tests/fixtures/openvla-sim was made"
     );
 }
@@ -63,8 +56,8 @@ fn tokens_on_held_out_frames_equal_the_ones_pytorch_computed_at_export() {
         });
         let image_bytes = std::fs::read(case.dir.join("image.png")).unwrap();
         assert_eq!(
-            sha256_hex(&image_bytes),
-            case.str("image_sha256"),
+            sha256_tag(&image_bytes),
+            format!("sha256:{}", case.str("image_sha256")),
             "{}",
             case.name
         );

@@ -20,11 +20,6 @@ pub fn tiny_fixture_dir() -> PathBuf {
     repo_root().join("tests/fixtures/openvla-tiny")
 }
 
-/// `expected.json` of the tiny fixture.
-pub fn tiny_expected() -> serde_json::Value {
-    fixture_expected(&tiny_fixture_dir())
-}
-
 /// One fixture case of `expected.json["cases"]`.
 pub struct FixtureCase {
     pub name: String,
