@@ -34,20 +34,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import vla_torch  # noqa: E402
 
 
-def greedy_with_margins(model, pixels, prompt_ids, count=7):
-    """Greedy tokens and, per step, the top logit's lead over the second of the full vocabulary."""
-    x, _ = model.embeddings(pixels, prompt_ids)
-    embed = model.language_model.model.embed_tokens
-    tokens, margins = [], []
-    for _ in range(count):
-        logits = model.language_model.lm_head(model.language_model.model(x)[:, -1])
-        top = logits.topk(2, -1)
-        tokens.append(top.indices[:, 0])
-        margins.append(top.values[:, 0] - top.values[:, 1])
-        x = torch.cat([x, embed(top.indices[:, 0])[:, None]], 1)
-    return torch.stack(tokens, 1), torch.stack(margins, 1)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -78,7 +64,7 @@ def main() -> int:
         ids = prompts(instruction)
         with torch.no_grad():
             pixels = preprocess(torch.from_numpy(frames))
-            tokens, margins = greedy_with_margins(model, pixels, torch.tensor([ids] * len(frames)))
+            tokens, _, margins = model.generate(pixels, torch.tensor([ids] * len(frames)))
         tokens, margins = tokens.numpy(), margins.numpy()
         predicted = actions.actions(tokens)
         agreement["frames"] += len(frames)
@@ -94,7 +80,6 @@ def main() -> int:
         (out / name).mkdir(exist_ok=True)
         image_path = out / name / "image.png"
         Image.fromarray(frames[step]).save(image_path)
-        normalised = actions.centers[np.clip(vla_torch.TEXT_VOCAB - tokens[step] - 1, 0, 254)]
         cases.append({
             "name": name,
             "image": f"{name}/image.png",
@@ -107,7 +92,7 @@ def main() -> int:
             "input_ids": ids,
             "generated_token_ids": tokens[step].tolist(),
             "step_margins": [round(float(m), 5) for m in margins[step]],
-            "normalized_actions": normalised.tolist(),
+            "normalized_actions": actions.normalised(tokens[step]).tolist(),
             "actions": predicted[step].tolist(),
             "expert_action": expert[step].tolist(),
         })

@@ -110,11 +110,12 @@ class Dataset:
         self.actions = np.concatenate(parts["actions"])
         self.tip = torch.from_numpy(np.concatenate(parts["tip"]))
         self.goal = torch.from_numpy(np.concatenate(parts["goal"]))
-        self.classes = 2 + len(meta["colours"])
+        self.classes = 2 + len(self.meta["colours"])
         self.patch_labels = torch.from_numpy(pool_patch_labels(
             np.concatenate(parts["patch_labels"]), self.classes, grid).astype(np.int64))
         if len({len(i) for i in ids}) != 1:
-            raise ValueError(f"{folder}: prompts of different lengths; batching needs one length")
+            raise ValueError(f"{', '.join(map(str, folders))}: prompts of different lengths; "
+                             "batching needs one length")
         self.prompt_ids = torch.tensor(ids)
         # The patch label of the block each instruction names.
         self.target_class = torch.tensor(

@@ -335,18 +335,20 @@ class OpenVla(nn.Module):
     @torch.no_grad()
     def generate(self, pixel_values, prompt_ids, count: int = 7):
         """Greedy decoding (full recompute each step: the model is small). Returns the token
-        ids [B, count] and the step-0 logits [B, vocab]."""
+        ids [B, count], the step-0 logits [B, vocab] and each step's margin [B, count]: the top
+        logit's lead over the runner-up of the whole vocabulary."""
         x, _ = self.embeddings(pixel_values, prompt_ids)
         embed = self.language_model.model.embed_tokens
-        tokens, first = [], None
+        tokens, margins, first = [], [], None
         for _ in range(count):
             logits = self.language_model.lm_head(self.language_model.model(x)[:, -1])
             if first is None:
                 first = logits
-            token = logits.argmax(-1)
-            tokens.append(token)
-            x = torch.cat([x, embed(token)[:, None]], 1)
-        return torch.stack(tokens, 1), first
+            top = logits.topk(2, -1)
+            tokens.append(top.indices[:, 0])
+            margins.append(top.values[:, 0] - top.values[:, 1])
+            x = torch.cat([x, embed(top.indices[:, 0])[:, None]], 1)
+        return torch.stack(tokens, 1), first, torch.stack(margins, 1)
 
 
 # Checkpoint I/O ---------------------------------------------------------------------------
@@ -442,8 +444,12 @@ class ActionTokenizer:
     def tokens(self, actions: np.ndarray) -> np.ndarray:
         return TEXT_VOCAB - np.digitize(self.normalise(actions), self.bins)
 
+    def normalised(self, tokens: np.ndarray) -> np.ndarray:
+        """The bin centre in [-1, 1] of each action token."""
+        return self.centers[np.clip(TEXT_VOCAB - np.asarray(tokens) - 1, 0, len(self.centers) - 1)]
+
     def actions(self, tokens: np.ndarray) -> np.ndarray:
-        normalised = self.centers[np.clip(TEXT_VOCAB - np.asarray(tokens) - 1, 0, len(self.centers) - 1)]
+        normalised = self.normalised(tokens)
         return np.where(self.mask, 0.5 * (normalised + 1) * (self.q99 - self.q01) + self.q01, normalised)
 
 
@@ -461,7 +467,7 @@ def check_against_fixture(fixture: pathlib.Path, model_dir: pathlib.Path) -> lis
             dino = model.vision_backbone.featurizer(pixels[:, :3])[0].numpy()
             siglip = model.vision_backbone.fused_featurizer(pixels[:, 3:])[0].numpy()
             projected = model.projector(model.vision_backbone(pixels))[0].numpy()
-            tokens, logits = model.generate(pixels, ids)
+            tokens, logits, _ = model.generate(pixels, ids)
 
         def rel(a, b):
             return float(np.linalg.norm(a - b) / np.linalg.norm(b))
