@@ -38,13 +38,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import tabletop  # noqa: E402
 from expert import expert_action  # noqa: E402
+from robot import JPEG_QUALITY  # noqa: E402
 
 FORMAT = "vla-rt-sim-tabletop-v2"
 PATCH = 14
 # A patch is labelled with an object only when it covers this share of the patch.
 PATCH_LABEL_MIN_SHARE = 0.15
-# The quality the simulated robot publishes its JPEG frames with (robot.encode_frame).
-JPEG_QUALITY = 90
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:

@@ -51,7 +51,13 @@ def decode_command(payload: bytes) -> dict:
             "capture_time_ns": capture_ns, "action": np.array(action, dtype=float)}
 
 
-def encode_frame(image: np.ndarray, capture_time_ns: int, sequence: int, quality: int = 90) -> bytes:
+# The JPEG quality of the published frames; sim/make_dataset.py trains on frames that took
+# the same round trip.
+JPEG_QUALITY = 90
+
+
+def encode_frame(image: np.ndarray, capture_time_ns: int, sequence: int,
+                 quality: int = JPEG_QUALITY) -> bytes:
     """A JPEG frame record v1: the 32-byte header, then the JPEG file."""
     height, width, _ = image.shape
     buffer = io.BytesIO()
