@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{CameraConfig, ControlValue, ServiceConfig};
 use crate::model::quant_calib::ProjectorScales;
-use crate::policy::{BackendKind, PolicyOptions, ProjectorFormat, Quantization};
+use crate::policy::{BackendKind, NamedVariant, PolicyOptions, ProjectorFormat, Quantization};
 
 /// Value of the `format` field, so that another TOML file is never mistaken for one.
 pub const CALIBRATION_FORMAT: &str = "vla-rt-calibration";
@@ -268,11 +268,8 @@ pub struct AppliedCalibration {
 }
 
 /// The lowercase name a config file uses for an option value (`cpu`, `int8`, ...).
-fn value_name<T: clap::ValueEnum>(value: &T) -> String {
-    value
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default()
+fn value_name<T: NamedVariant>(value: &T) -> String {
+    value.name().to_string()
 }
 
 fn control_text(value: ControlValue) -> String {

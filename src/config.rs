@@ -102,9 +102,9 @@ impl Default for CameraConfig {
     }
 }
 
-/// Number of action dimensions a command carries (ARCHITECTURE.md §9: dx, dy, dz, droll, dpitch,
-/// dyaw, gripper).
-pub const ACTION_DIM: usize = 7;
+// The control layer owns these settings and their validation; the service config holds them.
+pub use vla_control::safety_config::{step_period_ns, EStopMissing, SafetyConfig};
+pub use vla_control::ACTION_DIM;
 
 /// The robot id of the bundled simulation: distinct from the example drivers' default
 /// (`robot`), so that the demo never drives a real arm listening under that id.
@@ -238,7 +238,7 @@ impl ModelConfig {
 
 /// Whether the control thread asks for SCHED_FIFO and locked memory.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum RealtimeMode {
@@ -251,16 +251,7 @@ pub enum RealtimeMode {
     Require,
 }
 
-/// What a missing or unreadable e-stop state file means at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EStopMissing {
-    /// Start latched: the operator releases the e-stop explicitly (first install included).
-    #[default]
-    Latched,
-    /// Start released (the bundled simulation).
-    Released,
-}
+vla_model::named_variants!(RealtimeMode { Off => "off", Try => "try", Require => "require" });
 
 /// Where a real installation keeps its state (the systemd unit's `StateDirectory=vla-rt`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vla-rt";
@@ -314,6 +305,37 @@ impl Default for ControlConfig {
     }
 }
 
+impl ServiceConfig {
+    /// The watchdog's limits for this (validated) config (ARCHITECTURE.md §5).
+    pub fn watchdog_limits(&self) -> vla_control::heartbeat::Limits {
+        let camera = &self.camera;
+        // One camera wait (a stall timeout, or a frame period of a slow source) is normal.
+        let camera_wait_ns = camera
+            .stall_timeout_ms
+            .max(1_000 / u64::from(camera.fps.max(1)))
+            .saturating_mul(1_000_000);
+        vla_control::heartbeat::Limits::new(
+            self.control.worker_timeout_ms.saturating_mul(1_000_000),
+            camera_wait_ns,
+            self.control.period_ns(),
+        )
+    }
+
+    /// Timing and limits of the control loop for this (validated) config, with the policy's
+    /// resolved step rate ([`ModelConfig::resolved_action_hz`]).
+    pub fn loop_settings(&self, action_hz: f64) -> vla_control::tick_loop::LoopSettings {
+        vla_control::tick_loop::LoopSettings {
+            period_ns: self.control.period_ns(),
+            step_ns: step_period_ns(action_hz),
+            max_action_age_ns: self.control.max_action_age_ns(action_hz),
+            max_frame_age_ns: self.control.max_frame_age_ms.saturating_mul(1_000_000),
+            stop_after_misses: self.control.stop_after_misses,
+            start_armed: self.control.start_armed,
+            safety: self.safety.clone(),
+        }
+    }
+}
+
 /// Smallest `[control] worker_timeout_ms`: the workers check in every 100 ms at most.
 pub const MIN_WORKER_TIMEOUT_MS: u64 = 250;
 
@@ -336,66 +358,6 @@ impl ControlConfig {
     }
 }
 
-/// The period of one action step at `action_hz`, in nanoseconds.
-pub fn step_period_ns(action_hz: f64) -> u64 {
-    if action_hz.is_finite() && action_hz > 0.0 {
-        (1e9 / action_hz).round() as u64
-    } else {
-        0
-    }
-}
-
-/// `[safety]`: limits applied to every action (per action step) and to every command
-/// (in physical units) before it is published.
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SafetyConfig {
-    /// Lower limits of dx, dy, dz, droll, dpitch, dyaw, gripper, per action step.
-    pub min: [f32; ACTION_DIM],
-    /// Upper limits, same order.
-    pub max: [f32; ACTION_DIM],
-    /// Each translation axis, m/s.
-    pub max_linear_velocity: f64,
-    /// Each translation axis, m/s².
-    pub max_linear_acceleration: f64,
-    /// Each translation axis, m/s³.
-    pub max_linear_jerk: f64,
-    /// Each rotation axis, rad/s.
-    pub max_angular_velocity: f64,
-    /// Each rotation axis, rad/s².
-    pub max_angular_acceleration: f64,
-    /// Each rotation axis, rad/s³.
-    pub max_angular_jerk: f64,
-    /// Gripper range (0 closed .. 1 open) per second.
-    pub max_gripper_rate: f64,
-    /// Lower corner of the workspace box (m, x y z), relative to the pose at arming,
-    /// integrated from the published deltas. Unset: no workspace limit.
-    pub workspace_min: Option<[f64; 3]>,
-    /// Upper corner of the workspace box; set both corners or neither.
-    pub workspace_max: Option<[f64; 3]>,
-}
-
-impl Default for SafetyConfig {
-    fn default() -> Self {
-        // Translation in metres, rotation in radians per step, gripper 0 (closed) to 1 (open):
-        // wider than the usual OpenVLA dataset statistics, narrow enough to stop a runaway.
-        // The rates are about a fifth of a collaborative arm's (Franka: 1.7 m/s, 13 m/s²,
-        // 6500 m/s³ at the end effector).
-        Self {
-            min: [-0.05, -0.05, -0.05, -0.25, -0.25, -0.25, 0.0],
-            max: [0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0],
-            max_linear_velocity: 0.25,
-            max_linear_acceleration: 2.0,
-            max_linear_jerk: 50.0,
-            max_angular_velocity: 1.0,
-            max_angular_acceleration: 8.0,
-            max_angular_jerk: 200.0,
-            max_gripper_rate: 2.0,
-            workspace_min: None,
-            workspace_max: None,
-        }
-    }
-}
 
 /// How this process joins the Zenoh network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -721,63 +683,9 @@ impl ServiceConfig {
                 ));
             }
         }
-        let safety = &self.safety;
-        for (key, value) in [
-            ("safety.max_linear_velocity", safety.max_linear_velocity),
-            (
-                "safety.max_linear_acceleration",
-                safety.max_linear_acceleration,
-            ),
-            ("safety.max_linear_jerk", safety.max_linear_jerk),
-            ("safety.max_angular_velocity", safety.max_angular_velocity),
-            (
-                "safety.max_angular_acceleration",
-                safety.max_angular_acceleration,
-            ),
-            ("safety.max_angular_jerk", safety.max_angular_jerk),
-            ("safety.max_gripper_rate", safety.max_gripper_rate),
-        ] {
-            if !value.is_finite() || value <= 0.0 {
-                return Err(invalid(key, "must be a finite number > 0".into()));
-            }
-        }
-        match (safety.workspace_min, safety.workspace_max) {
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(invalid(
-                    "safety.workspace_max",
-                    "must be set with safety.workspace_min".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "safety.workspace_min",
-                    "must be set with safety.workspace_max".into(),
-                ))
-            }
-            (Some(lo), Some(hi)) => {
-                for i in 0..3 {
-                    if !lo[i].is_finite() || lo[i] > 0.0 {
-                        return Err(invalid(
-                            &format!("safety.workspace_min[{i}]"),
-                            format!(
-                                "{} must be finite and <= 0: the box holds the pose at arming",
-                                lo[i]
-                            ),
-                        ));
-                    }
-                    if !hi[i].is_finite() || hi[i] < 0.0 {
-                        return Err(invalid(
-                            &format!("safety.workspace_max[{i}]"),
-                            format!(
-                                "{} must be finite and >= 0: the box holds the pose at arming",
-                                hi[i]
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
+        self.safety
+            .validate()
+            .map_err(|(key, message)| invalid(&key, message))?;
         if control.worker_timeout_ms < MIN_WORKER_TIMEOUT_MS {
             return Err(invalid(
                 "control.worker_timeout_ms",
@@ -785,44 +693,6 @@ impl ServiceConfig {
                     "must be at least {MIN_WORKER_TIMEOUT_MS} (the workers check in every 100 ms)"
                 ),
             ));
-        }
-
-        for i in 0..ACTION_DIM {
-            let (lo, hi) = (self.safety.min[i], self.safety.max[i]);
-            if !lo.is_finite() {
-                return Err(invalid(
-                    &format!("safety.min[{i}]"),
-                    "must be finite".into(),
-                ));
-            }
-            if !hi.is_finite() {
-                return Err(invalid(
-                    &format!("safety.max[{i}]"),
-                    "must be finite".into(),
-                ));
-            }
-            if lo > hi {
-                return Err(invalid(
-                    &format!("safety.min[{i}]"),
-                    format!("{lo} is above safety.max[{i}] = {hi}"),
-                ));
-            }
-            // HOLD and STOP command zero deltas (the gripper is kept, dimension 6): zero must
-            // lie within the limits, or those commands would leave the configured range.
-            if i < ACTION_DIM - 1 {
-                if lo > 0.0 {
-                    return Err(invalid(
-                        &format!("safety.min[{i}]"),
-                        format!("{lo} is above 0; HOLD and STOP command a zero delta"),
-                    ));
-                }
-                if hi < 0.0 {
-                    return Err(invalid(
-                        &format!("safety.max[{i}]"),
-                        format!("{hi} is below 0; HOLD and STOP command a zero delta"),
-                    ));
-                }
-            }
         }
 
         for (list, key) in [
@@ -1030,6 +900,22 @@ mod tests {
             message.starts_with("c.toml: model.action_hz: required"),
             "{message}"
         );
+    }
+
+    /// `vla-rt bench control --realtime` offers the names the config file takes.
+    #[test]
+    fn realtime_names_are_the_config_names() {
+        use crate::policy::NamedVariant;
+        for name in RealtimeMode::NAMES {
+            let config = ServiceConfig::from_toml_str(
+                &format!("[control]\nrealtime = \"{name}\"\n"),
+                "test.toml",
+            )
+            .unwrap();
+            assert_eq!(Some(config.control.realtime), RealtimeMode::from_name(name));
+            assert_eq!(config.control.realtime.name(), *name);
+        }
+        assert_eq!(RealtimeMode::NAMES.len(), 3);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::model::config::OpenVlaConfig;
 use crate::model::prompt::PromptTokenizer;
 use crate::model::quant_file::QuantizedFile;
 use crate::model::ModelError;
-use crate::transport::record::{CommandRecord, RECORD_LEN};
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG_CHARS};
 
 /// A fuzz target: its name (the folder of its corpus) and its harness.

@@ -21,17 +21,17 @@
 //!
 //! [`fuzzing`] holds the fuzz harnesses of every parser of outside input (`fuzz/`).
 
-pub mod backend;
-pub mod bench;
 pub mod calibration;
 pub mod capture;
 pub mod cli;
 pub mod config;
-pub mod control;
+#[cfg(feature = "test-hooks")]
 pub mod fuzzing;
-pub mod model;
-pub mod policy;
-pub mod preprocess;
 pub mod record;
 pub mod service;
 pub mod transport;
+
+// The layers below are crates of their own (ARCHITECTURE.md §1); their modules keep their
+// paths here.
+pub use vla_control as control;
+pub use vla_model::{backend, model, policy, preprocess};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use vla_rt::capture::thread::{CaptureThread, LatestFrame};
 use vla_rt::config::{CameraConfig, SafetyConfig};
 use vla_rt::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
-use vla_rt::control::heartbeat::{Limits, Supervision};
+use vla_rt::control::heartbeat::Supervision;
 use vla_rt::control::stats::ControlStats;
 use vla_rt::control::tap::CommandTap;
 use vla_rt::control::tick_loop::{ControlLoop, LoopEnd, LoopLinks, LoopSettings};
@@ -32,7 +32,7 @@ use vla_rt::service::inference::{
     InferenceLinks, InferenceStats, InferenceThread, InstructionCell,
 };
 use vla_rt::service::notify::SystemdNotifier;
-use vla_rt::transport::record::CommandRecord;
+use vla_rt::control::command_record::CommandRecord;
 use vla_rt::transport::zenoh_io::{CommandPublisherThread, PublishStats, PublisherSettings};
 use zenoh::Wait;
 
@@ -137,8 +137,7 @@ fn steady_state_ticks_allocate_nothing() {
         .port();
 
     let supervision = Arc::new(Supervision::new(
-        Limits::for_service(&vla_rt::config::ServiceConfig::builtin()),
-        None,
+        vla_rt::config::ServiceConfig::builtin().watchdog_limits(),
     ));
 
     // Camera.
@@ -268,15 +267,16 @@ fn steady_state_ticks_allocate_nothing() {
             },
         },
         LoopLinks {
-            frames: Arc::clone(&frames),
+            frames: frames.clone(),
             results,
             trigger,
             outbox: Arc::clone(&outbox),
             inputs: Arc::clone(&inputs),
             stats: Arc::clone(&stats),
+            termination_requested: vla_rt::service::signals::termination_requested,
         },
     )
-    .with_notifier(Some(notifier))
+    .with_notifier(Some(Box::new(notifier)))
     .with_supervision(Some(Arc::clone(&supervision)))
     .with_command_tap(Some(Arc::clone(&recorder) as Arc<dyn CommandTap>));
 

@@ -3,6 +3,11 @@
 //! (`vla_rt::fuzzing`), on stable Rust: an input that once crashed a parser stays fixed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(not(feature = "test-hooks"))]
+compile_error!(
+    "this test needs the test-hooks feature: cargo test --release --workspace --features test-hooks"
+);
+
 use std::path::Path;
 
 use vla_rt::fuzzing::TARGETS;

@@ -199,7 +199,7 @@ fn a_recording_holds_the_session_and_replays_with_identical_tokens() {
 
 #[test]
 fn an_int8_replay_reports_the_quantization_benchmarks_measure() {
-    use vla_rt::bench::quant::{evaluate_accuracy, AccuracyCase, AccuracyMode};
+    use vla_bench::quant::{evaluate_accuracy, AccuracyCase, AccuracyMode};
     use vla_rt::policy::{ProjectorFormat, Quantization};
 
     let path = recording();
@@ -482,7 +482,7 @@ fn a_full_disk_is_counted_and_changes_nothing_the_robot_sees() {
         .declare_subscriber(format!("vla/{robot}/cmd"))
         .callback(move |sample| {
             let record =
-                vla_rt::transport::record::CommandRecord::decode(&sample.payload().to_bytes())
+                vla_rt::control::command_record::CommandRecord::decode(&sample.payload().to_bytes())
                     .unwrap();
             c.lock().unwrap().push(record);
         })

@@ -22,7 +22,7 @@ use vla_rt::control::ControlState;
 use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
 use vla_rt::preprocess::RgbImage;
 use vla_rt::service::{Service, ServiceOptions};
-use vla_rt::transport::record::CommandRecord;
+use vla_rt::control::command_record::CommandRecord;
 
 const WAIT: Duration = Duration::from_secs(10);
 

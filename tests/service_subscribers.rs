@@ -19,7 +19,7 @@ use service_support::*;
 use vla_rt::control::ControlState;
 use vla_rt::policy::Policy;
 use vla_rt::service::{Service, ServiceOptions};
-use vla_rt::transport::record::{CommandRecord, RECORD_LEN};
+use vla_rt::control::command_record::{CommandRecord, RECORD_LEN};
 use zenoh::Wait;
 
 const COUNT: usize = 40;

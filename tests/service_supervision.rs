@@ -9,6 +9,11 @@
 
 mod service_support;
 
+#[cfg(not(feature = "test-hooks"))]
+compile_error!(
+    "this test needs the test-hooks feature: cargo test --release --workspace --features test-hooks"
+);
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +23,7 @@ use service_support::*;
 use vla_rt::config::ServiceConfig;
 use vla_rt::control::clock;
 use vla_rt::control::ControlState;
-use vla_rt::transport::record::CommandRecord;
+use vla_rt::control::command_record::CommandRecord;
 use zenoh::Wait;
 
 const RATE_HZ: f64 = 10.0;

@@ -24,7 +24,7 @@ use bounded::run_bounded;
 use crossbeam::channel::Receiver;
 use service_support::{free_port, is_state, CommandStream};
 use vla_rt::control::ControlState;
-use vla_rt::transport::record::CommandRecord;
+use vla_rt::control::command_record::CommandRecord;
 use zenoh::Wait;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");
@@ -356,8 +356,8 @@ fn operator_releases_and_arms(operator: &zenoh::Session, commands: &CommandStrea
 }
 
 /// A well-formed record (valid CRC) with `seq` that orders a large motion.
-fn forged_record(seq: u64) -> [u8; vla_rt::transport::record::RECORD_LEN] {
-    let mut bytes = [0u8; vla_rt::transport::record::RECORD_LEN];
+fn forged_record(seq: u64) -> [u8; vla_rt::control::command_record::RECORD_LEN] {
+    let mut bytes = [0u8; vla_rt::control::command_record::RECORD_LEN];
     CommandRecord {
         state: ControlState::Act,
         seq,

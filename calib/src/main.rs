@@ -24,7 +24,7 @@ use clap::Parser;
 use vla_rt::calibration::{Calibration, CalibrationError, CALIBRATION_FORMAT, CALIBRATION_VERSION};
 use vla_rt::capture::CaptureError;
 use vla_rt::config::{ConfigError, ServiceConfig};
-use vla_rt::policy::{PolicyError, PolicyOptions};
+use vla_rt::policy::{NamedVariant, PolicyError, PolicyOptions};
 use vla_rt::preprocess::{Preprocessor, RgbImage};
 
 #[derive(Debug, Parser)]
@@ -407,11 +407,8 @@ fn run(args: &Args) -> Result<(), CalibError> {
     Ok(())
 }
 
-fn value_name<T: clap::ValueEnum>(value: &T) -> String {
-    value
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default()
+fn value_name<T: NamedVariant>(value: &T) -> String {
+    value.name().to_string()
 }
 
 fn main() {

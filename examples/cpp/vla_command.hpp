@@ -11,7 +11,7 @@
 //       apply_delta(command.action);
 //   }
 //
-// Checks, in the order of the Rust decoder (`vla_rt::transport::record`): length, CRC-32
+// Checks, in the order of the Rust decoder (`vla_rt::control::command_record`): length, CRC-32
 // (IEEE) over bytes 0..60, magic `VLA1`, version 1, state. Fields are read little-endian
 // byte by byte, so the host's byte order does not matter.
 //

@@ -322,3 +322,13 @@ mod tests {
         assert_eq!(latest.take_newest().unwrap().sequence, 5);
     }
 }
+
+impl vla_control::tick_loop::FrameHealth for LatestFrame {
+    fn has_failed(&self) -> bool {
+        LatestFrame::has_failed(self)
+    }
+
+    fn last_frame_monotonic_ns(&self) -> u64 {
+        LatestFrame::last_frame_monotonic_ns(self)
+    }
+}

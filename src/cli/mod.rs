@@ -14,6 +14,8 @@ pub mod run;
 
 use clap::{Parser, Subcommand};
 
+pub use vla_bench::named;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vla-rt",
@@ -92,8 +94,8 @@ impl From<crate::policy::PolicyError> for CliError {
     }
 }
 
-impl From<crate::bench::BenchError> for CliError {
-    fn from(e: crate::bench::BenchError) -> Self {
+impl From<vla_bench::BenchError> for CliError {
+    fn from(e: vla_bench::BenchError) -> Self {
         if e.is_bad_input() {
             Self::bad_input(e.to_string())
         } else {

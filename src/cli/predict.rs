@@ -25,14 +25,14 @@ pub struct PredictArgs {
     /// Dataset statistics for un-normalisation; needed when the checkpoint has several.
     #[arg(long, value_name = "KEY")]
     pub unnorm_key: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = super::named::<BackendKind>(), default_value = "cpu")]
     pub backend: BackendKind,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = super::named::<Quantization>(), default_value = "none")]
     pub quantization: Quantization,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = super::named::<ProjectorFormat>(), default_value = "f32")]
     pub projector: ProjectorFormat,
     /// Pre-quantized weights written by `vla-rt quantize` for this checkpoint (memory-mapped).
     #[arg(long, value_name = "FILE")]

@@ -14,10 +14,10 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Format of the language model's linear layers.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::named::<Quantization>())]
     pub quantization: Quantization,
     /// Format of the projector's weights (INT8 here; activation scales come from calibration).
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_parser = super::named::<ProjectorFormat>(), default_value = "f32")]
     pub projector: ProjectorFormat,
     /// Output safetensors file.
     #[arg(long)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::CliError;
 use crate::model::config::OpenVlaConfig;
 use crate::model::quant_calib::action_accuracy;
-use crate::policy::{BackendKind, PolicyOptions, ProjectorFormat, Quantization};
+use crate::policy::{BackendKind, NamedVariant, PolicyOptions, ProjectorFormat, Quantization};
 use crate::record::reader::Recording;
 
 #[derive(Debug, clap::Args)]
@@ -22,13 +22,13 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Backend (default: the recording's).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::named::<BackendKind>())]
     pub backend: Option<BackendKind>,
     /// Language-model weight format (default: the recording's).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::named::<Quantization>())]
     pub quantization: Option<Quantization>,
     /// Projector weight format (default: the recording's).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::named::<ProjectorFormat>())]
     pub projector: Option<ProjectorFormat>,
     /// Pre-quantized weights written by `vla-rt quantize` for the checkpoint.
     #[arg(long, value_name = "FILE")]
@@ -90,8 +90,8 @@ fn name<T: serde::Serialize>(value: &T) -> String {
     crate::record::serde_name(value)
 }
 
-fn parse_or<T: clap::ValueEnum>(recorded: &str, what: &str, file: &Path) -> Result<T, CliError> {
-    T::from_str(recorded, true).map_err(|_| {
+fn parse_or<T: NamedVariant>(recorded: &str, what: &str, file: &Path) -> Result<T, CliError> {
+    T::from_name(&recorded.to_ascii_lowercase()).ok_or_else(|| {
         CliError::bad_input(format!(
             "{}: recorded {what} `{recorded}` is not known to this build; pass --{what}",
             file.display()

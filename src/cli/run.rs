@@ -9,7 +9,9 @@ use std::time::Duration;
 use super::CliError;
 use crate::calibration::{AppliedCalibration, Calibration};
 use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME, DEFAULT_ROBOT_ID};
-use crate::control::heartbeat::{self, FaultInjection, FAULT_INJECTION_ENV};
+use crate::control::heartbeat;
+#[cfg(feature = "test-hooks")]
+use crate::control::fault_injection::{FaultInjection, InjectedFault, FAULT_INJECTION_ENV};
 use crate::policy::PolicyOptions;
 use crate::record::{RecordSettings, Recorder};
 use crate::service::{signals, Service, ServiceOptions};
@@ -18,7 +20,9 @@ use crate::service::{signals, Service, ServiceOptions};
 /// whatever still hangs (a stalled thread, a Zenoh close waiting for a stuck callback).
 const FAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// The test hook `VLA_RT_TEST_FAULT`, when set.
+/// The test hook `VLA_RT_TEST_FAULT`, when set (only in builds with the `test-hooks`
+/// feature; the service's release build has no such hook).
+#[cfg(feature = "test-hooks")]
 fn fault_injection() -> Result<Option<FaultInjection>, CliError> {
     match std::env::var(FAULT_INJECTION_ENV) {
         Ok(text) => text
@@ -192,14 +196,16 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     let mut policy_options = config.model.policy_options();
     apply_calibration(&mut config, &mut policy_options, args.camera.is_some())?;
     let duration = duration(&args)?;
+    #[cfg(feature = "test-hooks")]
     let fault_injection = fault_injection()?;
+    #[cfg(feature = "test-hooks")]
     if let Some(injection) = &fault_injection {
         log::warn!(
             "{FAULT_INJECTION_ENV}: test fault armed: the {} thread will {} after {} ms",
             injection.worker.name(),
             match injection.fault {
-                heartbeat::InjectedFault::Panic => "panic",
-                heartbeat::InjectedFault::Stall(_) => "stall",
+                InjectedFault::Panic => "panic",
+                InjectedFault::Stall(_) => "stall",
             },
             injection.after.as_millis()
         );
@@ -226,6 +232,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
         duration,
         terminal_status: std::io::stderr().is_terminal(),
         systemd_notify: true,
+        #[cfg(feature = "test-hooks")]
         fault_injection,
         recorder: recorder.clone(),
         ..ServiceOptions::default()

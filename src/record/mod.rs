@@ -29,7 +29,7 @@ use crate::capture::Frame;
 use crate::control::tap::CommandTap;
 use crate::policy::Prediction;
 use crate::preprocess::RgbImage;
-use crate::transport::record::RECORD_LEN;
+use crate::control::command_record::RECORD_LEN;
 
 /// The MCAP profile of our recordings.
 pub const PROFILE: &str = "vla-rt";

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::control::ControlState;
 use crate::preprocess::RgbImage;
-use crate::transport::record::CommandRecord;
+use crate::control::command_record::CommandRecord;
 
 /// Chunks are closed at this size, or at [`FLUSH_INTERVAL`], whichever comes first: a cut-off
 /// file loses at most the chunk being filled.

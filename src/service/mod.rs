@@ -20,9 +20,11 @@ use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::clock;
 use crate::control::estop_store::{EStopStore, EStopStoreError};
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
-use crate::control::heartbeat::{Fault, FaultInjection, FaultKind, Limits, Supervision, Worker};
+#[cfg(feature = "test-hooks")]
+use crate::control::fault_injection::FaultInjection;
+use crate::control::heartbeat::{Fault, FaultKind, Supervision, Worker};
 use crate::control::stats::ControlStats;
-use crate::control::tick_loop::{ControlLoop, LoopLinks, LoopSettings, TickTrace};
+use crate::control::tick_loop::{ControlLoop, LoopLinks, TickNotifier, TickTrace};
 use crate::policy::{Policy, PolicyError};
 use crate::record::Recorder;
 use crate::transport::security;
@@ -98,6 +100,7 @@ pub struct ServiceOptions {
     /// Longest wait for the camera's first frame.
     pub first_frame_timeout: Option<Duration>,
     /// A test fault to inject into one worker (`VLA_RT_TEST_FAULT`).
+    #[cfg(feature = "test-hooks")]
     pub fault_injection: Option<FaultInjection>,
     /// Record the session (frames, predictions, commands, status) with this recorder.
     pub recorder: Option<Arc<Recorder>>,
@@ -192,10 +195,10 @@ impl Service {
         let backend = policy.backend_name().to_string();
         let model = policy.model_name().to_string();
 
-        let supervision = Arc::new(Supervision::new(
-            Limits::for_service(config),
-            options.fault_injection,
-        ));
+        let supervision = Supervision::new(config.watchdog_limits());
+        #[cfg(feature = "test-hooks")]
+        let supervision = supervision.with_fault_injection(options.fault_injection);
+        let supervision = Arc::new(supervision);
         let frames = Arc::new(LatestFrame::new());
         let capture = CaptureThread::spawn_watched(
             source,
@@ -293,7 +296,7 @@ impl Service {
             options.terminal_status,
         )?;
 
-        let settings = LoopSettings::from_config(config, action_hz);
+        let settings = config.loop_settings(action_hz);
         let tick_limit = options.duration.map(|d| {
             let ticks = d.as_nanos() / u128::from(settings.period_ns.max(1));
             u64::try_from(ticks).unwrap_or(u64::MAX)
@@ -307,15 +310,16 @@ impl Service {
         let mut control_loop = ControlLoop::new(
             settings,
             LoopLinks {
-                frames: Arc::clone(&frames),
+                frames: frames.clone(),
                 results,
                 trigger,
                 outbox: Arc::clone(&outbox),
                 inputs: Arc::clone(&inputs),
                 stats: Arc::clone(&control_stats),
+                termination_requested: signals::termination_requested,
             },
         )
-        .with_notifier(notifier)
+        .with_notifier(notifier.map(|n| Box::new(n) as Box<dyn TickNotifier>))
         .with_supervision(Some(Arc::clone(&supervision)))
         .with_tick_limit(tick_limit)
         .with_trace(options.trace_ticks)

@@ -249,3 +249,13 @@ mod tests {
         );
     }
 }
+
+impl vla_control::tick_loop::TickNotifier for SystemdNotifier {
+    fn after_tick(&mut self, now_ns: u64, write_status: &mut dyn FnMut(&mut dyn std::fmt::Write)) {
+        SystemdNotifier::after_tick(self, now_ns, |line| write_status(line));
+    }
+
+    fn stopping(&mut self) {
+        SystemdNotifier::stopping(self);
+    }
+}

@@ -157,7 +157,7 @@ mod tests {
     fn limits(ms: u64) -> Limits {
         let mut config = ServiceConfig::builtin();
         config.control.worker_timeout_ms = ms;
-        Limits::for_service(&config)
+        config.watchdog_limits()
     }
 
     #[test]

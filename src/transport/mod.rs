@@ -1,10 +1,9 @@
-//! Transport: the command record ([`record`]), the checks a driver makes before acting on
-//! one ([`guard`]) and everything Zenoh ([`zenoh_io`]): the session, the command publisher,
+//! Transport: the checks a driver makes before acting on a command record ([`guard`]; the
+//! record itself is [`crate::control::command_record`]) and everything Zenoh ([`zenoh_io`]): the session, the command publisher,
 //! status, the liveliness token and the instruction, arm and e-stop subscribers; and what the
 //! session's configuration exposes ([`security`]).
 
 pub mod guard;
-pub mod record;
 pub mod security;
 pub mod zenoh_io;
 

@@ -20,7 +20,7 @@ use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::{CongestionControl, Priority};
 use zenoh::{Session, Wait};
 
-use super::record::{CommandRecord, RECORD_LEN};
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use super::security::{self, SecurityProblem, TransportSecurity};
 use super::zenoh_error_text;
 use crate::config::{ZenohConfig, ZenohMode};

@@ -1,9 +1,12 @@
 //! `vla-rt bench`: benchmarks. Without a subcommand it times the policy stages (see
-//! [`crate::bench::policy`]); `control` times the control loop and transport; `quant` the
+//! [`vla_bench::policy`]); `control` times the control loop and transport; `quant` the
 //! quantized weight formats.
 
+pub mod control;
+pub mod recording;
+
 use super::CliError;
-use crate::bench;
+use vla_bench as bench;
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -17,19 +20,19 @@ pub struct BenchArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Publish jitter and tick-to-subscriber latency of the control loop.
-    Control(bench::control::ControlBenchArgs),
+    Control(control::ControlBenchArgs),
     /// Weight bytes and decode speed of each weight format.
     Quant(bench::quant::QuantBenchArgs),
     /// The service's tick and publish timing without and with a session recording.
-    Record(bench::record::RecordBenchArgs),
+    Record(recording::RecordBenchArgs),
 }
 
 pub fn main(args: BenchArgs) -> Result<(), CliError> {
     let result = match args.command {
         None => bench::policy::run(args.policy),
-        Some(BenchCommand::Control(a)) => bench::control::run(a),
+        Some(BenchCommand::Control(a)) => control::run(a),
         Some(BenchCommand::Quant(a)) => bench::quant::run(a),
-        Some(BenchCommand::Record(a)) => bench::record::run(a),
+        Some(BenchCommand::Record(a)) => recording::run(a),
     };
     result.map_err(CliError::from)
 }

@@ -12,12 +12,12 @@ use std::path::Path;
 
 use super::policy::PolicyBenchArgs;
 use super::BenchError;
-use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
-use crate::backend::cuda::llama::DecodeKernels;
-use crate::backend::cuda::policy::CudaModelRunner;
-use crate::backend::cuda::CudaError;
-use crate::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
-use crate::preprocess::load_image;
+use vla_model::backend::cpu::{collect_projector_scales, CpuPolicy};
+use vla_model::backend::cuda::llama::DecodeKernels;
+use vla_model::backend::cuda::policy::CudaModelRunner;
+use vla_model::backend::cuda::CudaError;
+use vla_model::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
+use vla_model::preprocess::load_image;
 
 /// One parity pass: a device configuration against the CPU backend in the same format.
 struct Pass {
@@ -211,11 +211,11 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), BenchError> {
             let cpu_features = cpu
                 .runner()
                 .vision_features(&pixels)
-                .map_err(crate::policy::PolicyError::from)?;
+                .map_err(vla_model::policy::PolicyError::from)?;
             let cpu_proj = cpu
                 .runner()
                 .projector_output(&pixels)
-                .map_err(crate::policy::PolicyError::from)?;
+                .map_err(vla_model::policy::PolicyError::from)?;
             let cpu_logits = cpu.runner_mut().step0_logits(&pixels, &case.instruction)?;
             let fail = |e: CudaError| BenchError::failure(format!("backend cuda: {e}"));
             let features = gpu.vision_features(&pixels).map_err(fail)?;

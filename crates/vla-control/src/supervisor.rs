@@ -30,7 +30,7 @@
 use super::limits::{limit_motion, MotionLimits, MotionState};
 use super::safety::{Filtered, SafetyFilter};
 use super::ControlState;
-use crate::config::ACTION_DIM;
+use crate::ACTION_DIM;
 
 /// What the policy side delivered for this tick.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -363,7 +363,7 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SafetyConfig;
+    use crate::safety_config::SafetyConfig;
 
     /// 10 ms ticks, 100 ms action steps (10 ticks per step).
     const PERIOD: u64 = 10_000_000;

@@ -3,7 +3,7 @@
 //! publisher: an implementation must return at once, allocate nothing, take no lock and never
 //! block; when it cannot keep up it drops and counts.
 
-use crate::transport::record::RECORD_LEN;
+use crate::command_record::RECORD_LEN;
 
 pub trait CommandTap: Send + Sync {
     /// `record` is the encoded command as published; `stop_cause` names why a STOP is one

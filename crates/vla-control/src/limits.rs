@@ -21,7 +21,7 @@
 //! Only ACT commands go through the limiter. HOLD and STOP publish zero deltas at once; the
 //! state then restarts from rest ([`MotionState::at_rest`]).
 
-use crate::config::SafetyConfig;
+use crate::safety_config::SafetyConfig;
 
 /// Bounds of one group of axes.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::EStopMissing;
+use crate::safety_config::EStopMissing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EStopStoreError {

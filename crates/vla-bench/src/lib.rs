@@ -1,20 +1,29 @@
-//! Benchmarks behind `vla-rt bench`. Timing claims live here, never in tests.
+//! # vla-bench
 //!
-//! This layer sits above the backends and the model: it imports them, never the other way
-//! round, and reports failures as [`BenchError`]; only the command line turns those into exit
-//! codes.
+//! The model's benchmarks and parity runs behind `vla-rt bench` (the policy stages, the
+//! quantized weight formats, CUDA and TensorRT against the CPU). Timing claims live here,
+//! never in tests. The service's own benchmarks (`bench control`, `bench record`) sit with the
+//! command line in vla-rt, since they run the whole service.
+//!
+//! This crate sits above vla-model: it imports it, never the other way round, and reports
+//! failures as [`BenchError`]; only the command line turns those into exit codes.
 
-pub mod control;
 pub mod cuda;
 pub mod cuda_parity;
 pub mod policy;
 pub mod quant;
-pub mod record;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 
-use crate::backend::cuda::CudaError;
-use crate::policy::PolicyError;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use vla_model::backend::cuda::CudaError;
+use vla_model::policy::{NamedVariant, PolicyError};
+
+/// The command-line parser of an option chosen by name: offers exactly the names a config
+/// file takes ([`NamedVariant::NAMES`]). vla-rt's command line uses it too.
+pub fn named<T: NamedVariant + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::NAMES).try_map(|name| T::from_name(&name).ok_or("unknown value"))
+}
 
 /// A benchmark or parity run that could not be done or did not pass.
 #[derive(Debug, thiserror::Error)]

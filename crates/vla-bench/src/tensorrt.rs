@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use super::policy::{median, PolicyBenchArgs};
 use super::BenchError;
-use crate::backend::cpu::CpuModelRunner;
-use crate::backend::cuda::device::Lane;
-use crate::backend::tensorrt::TensorrtModelRunner;
-use crate::backend::{PixelRunner, TensorrtOptions};
-use crate::model::config::OpenVlaConfig;
-use crate::model::openvla::CONFIG_FILE;
-use crate::policy::{PolicyError, PolicyOptions};
+use vla_model::backend::cpu::CpuModelRunner;
+use vla_model::backend::cuda::device::Lane;
+use vla_model::backend::tensorrt::TensorrtModelRunner;
+use vla_model::backend::{PixelRunner, TensorrtOptions};
+use vla_model::model::config::OpenVlaConfig;
+use vla_model::model::openvla::CONFIG_FILE;
+use vla_model::policy::{PolicyError, PolicyOptions};
 
 /// Features and projector output within this relative L2 of the CPU backend's (FP16 engines:
 /// looser than the f32 export's 1e-5; the CUDA backend's own FP16 path stays under 1.2e-3).
@@ -54,7 +54,7 @@ fn options(dir: &Path) -> Result<PolicyOptions, BenchError> {
     let config = OpenVlaConfig::from_file(&dir.join(CONFIG_FILE))
         .map_err(|e| BenchError::bad_input(e.to_string()))?;
     Ok(PolicyOptions {
-        backend: crate::policy::BackendKind::Tensorrt,
+        backend: vla_model::policy::BackendKind::Tensorrt,
         unnorm_key: config.norm_stats.keys().next().cloned(),
         ..PolicyOptions::default()
     })
@@ -78,12 +78,12 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), BenchError> {
     let mut runner = load(args, &dir)?;
     let load_s = start.elapsed().as_secs_f64();
     let cuda =
-        |e: crate::backend::cuda::CudaError| BenchError::failure(format!("backend tensorrt: {e}"));
+        |e: vla_model::backend::cuda::CudaError| BenchError::failure(format!("backend tensorrt: {e}"));
     let pixels = vec![0.1f32; runner.pixel_values_len()];
     let inner = runner.inner_mut();
     inner.upload_pixels(&pixels).map_err(cuda)?;
     inner.run_vision().map_err(cuda)?;
-    let time = |f: &mut dyn FnMut() -> Result<(), crate::backend::cuda::CudaError>| {
+    let time = |f: &mut dyn FnMut() -> Result<(), vla_model::backend::cuda::CudaError>| {
         for _ in 0..args.warmup {
             f()?;
         }
@@ -93,7 +93,7 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), BenchError> {
             f()?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        Ok::<f64, crate::backend::cuda::CudaError>(median(ms))
+        Ok::<f64, vla_model::backend::cuda::CudaError>(median(ms))
     };
     println!(
         "bench --backend tensorrt: checkpoint {}, engines {}, {} on {}, loaded in {load_s:.1} s",
@@ -156,16 +156,16 @@ fn parity(args: &PolicyBenchArgs, dir: &Path, fixtures: &Path) -> Result<(), Ben
         .map_err(|e| BenchError::bad_input(format!("{}: {e}", expected_path.display())))?;
     let cases = expected["cases"].as_array().cloned().unwrap_or_default();
     let cuda =
-        |e: crate::backend::cuda::CudaError| BenchError::failure(format!("backend tensorrt: {e}"));
+        |e: vla_model::backend::cuda::CudaError| BenchError::failure(format!("backend tensorrt: {e}"));
     let mut failures = 0;
     for case in &cases {
         let name = case["name"].as_str().unwrap_or("?");
         let instruction = case["instruction"].as_str().unwrap_or(&args.instruction);
         let image_path = fixtures.join(name).join("image.png");
-        let image = crate::preprocess::load_image(&image_path)
+        let image = vla_model::preprocess::load_image(&image_path)
             .map_err(|e| BenchError::bad_input(e.to_string()))?;
-        let mut preprocessor = crate::preprocess::Preprocessor::from_config_file(
-            &dir.join(crate::backend::PREPROCESSOR_CONFIG_FILE),
+        let mut preprocessor = vla_model::preprocess::Preprocessor::from_config_file(
+            &dir.join(vla_model::backend::PREPROCESSOR_CONFIG_FILE),
         )
         .map_err(|e| BenchError::bad_input(e.to_string()))?;
         let mut pixels = vec![0.0f32; preprocessor.output_len()];

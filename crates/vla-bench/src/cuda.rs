@@ -12,19 +12,19 @@ use std::time::Instant;
 
 use super::policy::{median, shape_dims, BenchShape, PolicyBenchArgs};
 use super::BenchError;
-use crate::backend::cuda::device::{Gpu, Lane};
-use crate::backend::cuda::llama::DecodeKernels;
-use crate::backend::cuda::policy::{CudaModelRunner, ModelSpec};
-use crate::backend::cuda::vision::VisionMode;
-use crate::backend::cuda::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
-use crate::backend::cuda::CudaError;
-use crate::model::checkpoint::Checkpoint;
-use crate::model::config::{OpenVlaConfig, RuntimeModelConfig};
-use crate::model::llama::LlamaConfig;
-use crate::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
-use crate::model::prompt::PromptTokenizer;
-use crate::model::vit::VitConfig;
-use crate::policy::PolicyOptions;
+use vla_model::backend::cuda::device::{Gpu, Lane};
+use vla_model::backend::cuda::llama::DecodeKernels;
+use vla_model::backend::cuda::policy::{CudaModelRunner, ModelSpec};
+use vla_model::backend::cuda::vision::VisionMode;
+use vla_model::backend::cuda::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
+use vla_model::backend::cuda::CudaError;
+use vla_model::model::checkpoint::Checkpoint;
+use vla_model::model::config::{OpenVlaConfig, RuntimeModelConfig};
+use vla_model::model::llama::LlamaConfig;
+use vla_model::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
+use vla_model::model::prompt::PromptTokenizer;
+use vla_model::model::vit::VitConfig;
+use vla_model::policy::PolicyOptions;
 
 fn cuda_error(e: CudaError) -> BenchError {
     BenchError::Cuda(e)

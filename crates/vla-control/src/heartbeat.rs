@@ -9,16 +9,18 @@
 //! control loop publishes STOP (cause `worker fault`) and ends. The watchdog thread
 //! (`crate::service::supervision`) does the looking.
 //!
-//! [`FaultInjection`] (the `VLA_RT_TEST_FAULT` environment variable of `vla-rt run`) makes
-//! one worker panic or stall at a check-in, for the tests. It can only take a worker away,
-//! which ends in STOP; it never produces a command.
+//! With the `fault-injection` feature (tests only; the service's release build leaves it
+//! off), [`crate::fault_injection::FaultInjection`] (the `VLA_RT_TEST_FAULT` environment
+//! variable of `vla-rt run`) makes one worker panic or stall at a check-in. It can only take a
+//! worker away, which ends in STOP; it never produces a command.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use super::clock;
-use crate::config::ServiceConfig;
+#[cfg(feature = "fault-injection")]
+use crate::fault_injection::{FaultInjection, InjectedFault, FAULT_INJECTION_ENV};
 
 /// The supervised threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,17 +120,13 @@ pub struct Limits {
 pub const MIN_PREDICTION_LIMIT: Duration = Duration::from_secs(60);
 
 impl Limits {
-    /// The limits of a service run with `config` (validated).
-    pub fn for_service(config: &ServiceConfig) -> Self {
-        let timeout_ns = config.control.worker_timeout_ms.saturating_mul(1_000_000);
-        let camera = &config.camera;
-        // One camera wait (a stall timeout, or a frame period of a slow source) is normal.
-        let camera_wait_ns = camera
-            .stall_timeout_ms
-            .max(1_000 / u64::from(camera.fps.max(1)))
-            .saturating_mul(1_000_000);
+    /// The limits of a service whose workers check in within `worker_timeout_ns`, whose
+    /// camera may normally wait `camera_wait_ns` for a frame, and whose control period is
+    /// `period_ns`.
+    pub fn new(worker_timeout_ns: u64, camera_wait_ns: u64, period_ns: u64) -> Self {
+        let timeout_ns = worker_timeout_ns;
         let prediction_ns = (MIN_PREDICTION_LIMIT.as_nanos() as u64)
-            .max(config.control.period_ns().saturating_mul(10))
+            .max(period_ns.saturating_mul(10))
             .max(timeout_ns);
         let mut idle_ns = [timeout_ns; WORKER_COUNT];
         idle_ns[Worker::Capture as usize] = timeout_ns.saturating_add(camera_wait_ns);
@@ -143,59 +141,6 @@ impl Limits {
     /// The control thread's limit, by which the watchdog decides to ping.
     pub fn control_ns(&self) -> u64 {
         self.idle_ns[Worker::Control as usize]
-    }
-}
-
-/// The environment variable that arms a [`FaultInjection`] in `vla-rt run`.
-pub const FAULT_INJECTION_ENV: &str = "VLA_RT_TEST_FAULT";
-
-/// A test hook: `<worker>:panic:<after_ms>` or `<worker>:stall:<after_ms>[:<for_ms>]`
-/// makes the worker panic, or stop checking in (for `for_ms`, or for good), at its first
-/// check-in `after_ms` after the service started. `<worker>` is one of `control`, `capture`,
-/// `inference`, `publisher`, `status`, `callback` (fires in the next instruction or e-stop
-/// callback).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultInjection {
-    pub worker: Worker,
-    pub fault: InjectedFault,
-    pub after: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InjectedFault {
-    Panic,
-    /// Stop checking in for this long (`None`: for good).
-    Stall(Option<Duration>),
-}
-
-impl std::str::FromStr for FaultInjection {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let usage = || {
-            format!(
-                "`{text}` is not <worker>:panic:<after_ms> or <worker>:stall:<after_ms>[:<for_ms>] \
-                 (workers: control, capture, inference, publisher, status, callback)"
-            )
-        };
-        let parts: Vec<&str> = text.trim().split(':').collect();
-        let ms = |s: &str| s.parse::<u64>().map(Duration::from_millis).ok();
-        let worker = parts.first().and_then(|w| Worker::from_name(w));
-        let after = parts.get(2).and_then(|s| ms(s));
-        let (Some(worker), Some(after)) = (worker, after) else {
-            return Err(usage());
-        };
-        let fault = match (parts.get(1).copied(), parts.len()) {
-            (Some("panic"), 3) => InjectedFault::Panic,
-            (Some("stall"), 3) => InjectedFault::Stall(None),
-            (Some("stall"), 4) => InjectedFault::Stall(Some(ms(parts[3]).ok_or_else(usage)?)),
-            _ => return Err(usage()),
-        };
-        Ok(Self {
-            worker,
-            fault,
-            after,
-        })
     }
 }
 
@@ -217,25 +162,38 @@ pub struct Supervision {
     limits: Limits,
     fault_seen: AtomicBool,
     fault: Mutex<Option<Fault>>,
+    #[cfg(feature = "fault-injection")]
     injection: Option<FaultInjection>,
+    #[cfg(feature = "fault-injection")]
     injection_fired: AtomicBool,
+    #[cfg(feature = "fault-injection")]
     started_ns: u64,
 }
 
 impl Supervision {
-    pub fn new(limits: Limits, injection: Option<FaultInjection>) -> Self {
+    pub fn new(limits: Limits) -> Self {
         let now = clock::monotonic_ns();
         let supervision = Self {
             hearts: Default::default(),
             limits,
             fault_seen: AtomicBool::new(false),
             fault: Mutex::new(None),
-            injection,
+            #[cfg(feature = "fault-injection")]
+            injection: None,
+            #[cfg(feature = "fault-injection")]
             injection_fired: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
             started_ns: now,
         };
         supervision.restart_clocks(now);
         supervision
+    }
+
+    /// Arms a test fault (`VLA_RT_TEST_FAULT`), timed from this supervision's creation.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_fault_injection(mut self, injection: Option<FaultInjection>) -> Self {
+        self.injection = injection;
+        self
     }
 
     /// Counts every worker as just checked in (when the watching begins, after start-up).
@@ -252,6 +210,7 @@ impl Supervision {
         self.hearts[worker as usize]
             .last_ns
             .store(now, Ordering::Relaxed);
+        #[cfg(feature = "fault-injection")]
         if let Some(injection) = &self.injection {
             if injection.worker == worker {
                 self.maybe_inject(injection, now);
@@ -259,6 +218,7 @@ impl Supervision {
         }
     }
 
+    #[cfg(feature = "fault-injection")]
     #[cold]
     fn maybe_inject(&self, injection: &FaultInjection, now_ns: u64) {
         let due = self
@@ -469,14 +429,16 @@ fn panic_seen_by_hook() -> Option<Fault> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "fault-injection")]
+    use crate::fault_injection::{FaultInjection, InjectedFault};
     use std::sync::Arc;
 
+    /// The bundled service's camera wait (500 ms stall timeout) and 10 Hz control rate.
     fn limits(ms: u64) -> Limits {
-        let mut config = ServiceConfig::builtin();
-        config.control.worker_timeout_ms = ms;
-        Limits::for_service(&config)
+        Limits::new(ms * 1_000_000, 500_000_000, 100_000_000)
     }
 
+    #[cfg(feature = "fault-injection")]
     #[test]
     fn injection_syntax() {
         let parsed: FaultInjection = "publisher:stall:2000:1000".parse().unwrap();
@@ -509,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_silent_worker_is_a_stall_and_a_busy_one_gets_its_busy_limit() {
-        let supervision = Supervision::new(limits(1000), None);
+        let supervision = Supervision::new(limits(1000));
         let start = clock::monotonic_ns();
         for worker in WORKERS {
             supervision.check_in(worker);
@@ -522,7 +484,7 @@ mod tests {
         assert!(fault.detail.contains("limit 1000 ms"), "{fault}");
 
         // A prediction running for 30 s is not a stall; one running for 61 s is.
-        let supervision = Arc::new(Supervision::new(limits(1000), None));
+        let supervision = Arc::new(Supervision::new(limits(1000)));
         let (entered_tx, entered_rx) = crossbeam::channel::bounded(1);
         let (release_tx, release_rx) = crossbeam::channel::bounded::<()>(1);
         let busy = {
@@ -557,7 +519,7 @@ mod tests {
 
     #[test]
     fn an_ended_worker_is_not_watched_and_the_control_thread_is_not_a_stall() {
-        let supervision = Supervision::new(limits(1000), None);
+        let supervision = Supervision::new(limits(1000));
         supervision.ended(Worker::Capture);
         let now = clock::monotonic_ns() + 5_000_000_000;
         for worker in [Worker::Inference, Worker::Publisher, Worker::Status] {
@@ -572,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_panic_becomes_the_first_fault() {
-        let supervision = Supervision::new(limits(1000), None);
+        let supervision = Supervision::new(limits(1000));
         assert!(!supervision.has_fault());
         let out = supervision.guard(Worker::Publisher, || -> u32 { panic!("boom") });
         assert_eq!(out, None);
@@ -588,10 +550,11 @@ mod tests {
         assert_eq!(supervision.guard(Worker::Status, || 7), Some(7));
     }
 
+    #[cfg(feature = "fault-injection")]
     #[test]
     fn an_injected_panic_fires_once_after_its_delay() {
         let injection: FaultInjection = "status:panic:0".parse().unwrap();
-        let supervision = Supervision::new(limits(1000), Some(injection));
+        let supervision = Supervision::new(limits(1000)).with_fault_injection(Some(injection));
         // Other workers are not affected.
         supervision.check_in(Worker::Publisher);
         assert_eq!(
@@ -603,7 +566,7 @@ mod tests {
             Some(())
         );
         let late: FaultInjection = "status:panic:600000".parse().unwrap();
-        let supervision = Supervision::new(limits(1000), Some(late));
+        let supervision = Supervision::new(limits(1000)).with_fault_injection(Some(late));
         assert_eq!(
             supervision.guard(Worker::Status, || supervision.check_in(Worker::Status)),
             Some(())

@@ -16,13 +16,13 @@ use std::time::Duration;
 use zenoh::qos::{CongestionControl, Priority};
 use zenoh::Wait;
 
-use super::BenchError;
+use vla_bench::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::clock;
 use crate::control::ControlState;
 use crate::policy::{Policy, PolicyOptions};
 use crate::service::{Service, ServiceOptions};
-use crate::transport::record::{CommandRecord, RECORD_LEN};
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 
 #[derive(Debug, clap::Args)]
 pub struct ControlBenchArgs {
@@ -38,7 +38,7 @@ pub struct ControlBenchArgs {
     #[arg(long)]
     pub unnorm_key: Option<String>,
     /// SCHED_FIFO and mlockall for the service's loop.
-    #[arg(long, value_enum, default_value = "try")]
+    #[arg(long, value_parser = crate::cli::named::<RealtimeMode>(), default_value = "try")]
     pub realtime: RealtimeMode,
 }
 

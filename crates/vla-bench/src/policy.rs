@@ -8,14 +8,14 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::BenchError;
-use crate::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
-use crate::model::checkpoint::Checkpoint;
-use crate::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
-use crate::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
-use crate::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
-use crate::model::prompt::PromptTokenizer;
-use crate::policy::{BackendKind, PolicyOptions, StageTimings};
-use crate::preprocess::{Preprocessor, RgbImage};
+use vla_model::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
+use vla_model::model::checkpoint::Checkpoint;
+use vla_model::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
+use vla_model::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
+use vla_model::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
+use vla_model::model::prompt::PromptTokenizer;
+use vla_model::policy::{BackendKind, PolicyOptions, StageTimings};
+use vla_model::preprocess::{Preprocessor, RgbImage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchShape {
@@ -56,7 +56,7 @@ pub struct PolicyBenchArgs {
     pub instruction: String,
     /// Where the policy runs (cpu: f32 reference; cuda: FP16 on the GPU with per-stage
     /// device timings).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = crate::named::<BackendKind>(), default_value = "cpu")]
     pub backend: BackendKind,
     /// With --backend cuda or tensorrt: instead of timing, compare that backend with the CPU backend
     /// on every case of this fixture folder (expected.json) and exit non-zero on a mismatch.

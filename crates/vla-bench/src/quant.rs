@@ -11,7 +11,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::BenchError;
-use crate::model::linear::{Linear, QuantFormat};
+use vla_model::model::linear::{Linear, QuantFormat};
 
 #[derive(Debug, clap::Args)]
 pub struct QuantBenchArgs {
@@ -167,7 +167,7 @@ impl Stack {
     /// One pass of `rows` tokens through every linear layer; the residual stream is kept
     /// bounded so that repeated steps do not overflow.
     fn step(&self, x: &mut [f32], scratch: &mut Scratch, rows: usize) -> Result<(), BenchError> {
-        let math = |e: crate::model::ModelError| BenchError::failure(e.to_string());
+        let math = |e: vla_model::model::ModelError| BenchError::failure(e.to_string());
         let h = self.lm_head.in_features();
         for block in &self.blocks {
             let hid = &mut scratch.hidden[..rows * h];
@@ -287,7 +287,7 @@ fn parse_projector(spec: &str) -> Result<Option<[usize; 3]>, BenchError> {
 
 fn bench_projector(dims: [usize; 3], tokens: usize) -> Result<(), BenchError> {
     let [v, h, l] = dims;
-    let math = |e: crate::model::ModelError| BenchError::failure(e.to_string());
+    let math = |e: vla_model::model::ModelError| BenchError::failure(e.to_string());
     let base = [
         random_linear("fc1", h, v, 501)?,
         random_linear("fc2", l, h, 502)?,
@@ -425,7 +425,7 @@ pub fn run(args: QuantBenchArgs) -> Result<(), BenchError> {
 #[derive(Debug, Clone)]
 pub struct AccuracyCase {
     pub name: String,
-    pub image: crate::preprocess::RgbImage,
+    pub image: vla_model::preprocess::RgbImage,
     pub instruction: String,
     pub unnorm_key: String,
 }
@@ -455,7 +455,7 @@ pub fn fixture_cases(dir: &std::path::Path) -> Result<Vec<AccuracyCase>, BenchEr
             let image_path = dir.join(field(case, "image")?);
             Ok(AccuracyCase {
                 name: field(case, "name")?,
-                image: crate::preprocess::load_image(&image_path)
+                image: vla_model::preprocess::load_image(&image_path)
                     .map_err(|e| BenchError::bad_input(e.to_string()))?,
                 instruction: field(case, "instruction")?,
                 unnorm_key: field(case, "unnorm_key")?,
@@ -468,15 +468,15 @@ pub fn fixture_cases(dir: &std::path::Path) -> Result<Vec<AccuracyCase>, BenchEr
 #[derive(Debug, Clone, Copy)]
 pub struct AccuracyMode {
     pub name: &'static str,
-    pub quantization: crate::policy::Quantization,
-    pub projector: crate::policy::ProjectorFormat,
+    pub quantization: vla_model::policy::Quantization,
+    pub projector: vla_model::policy::ProjectorFormat,
     /// Calibrate the projector's activations (W8A8) on the other cases (leave-one-out).
     pub calibrated: bool,
 }
 
 /// The modes reported in BENCHMARKS.md.
 pub fn accuracy_modes() -> Vec<AccuracyMode> {
-    use crate::policy::{ProjectorFormat as P, Quantization as Q};
+    use vla_model::policy::{ProjectorFormat as P, Quantization as Q};
     let mode = |name, quantization, projector, calibrated| AccuracyMode {
         name,
         quantization,
@@ -505,7 +505,7 @@ pub struct ModeAccuracy {
     pub per_case: Vec<(String, usize, usize)>,
 }
 
-fn policy_error(e: crate::policy::PolicyError) -> BenchError {
+fn policy_error(e: vla_model::policy::PolicyError) -> BenchError {
     BenchError::from(e)
 }
 
@@ -515,9 +515,9 @@ pub fn evaluate_accuracy(
     cases: &[AccuracyCase],
     modes: &[AccuracyMode],
 ) -> Result<Vec<ModeAccuracy>, BenchError> {
-    use crate::backend::cpu::{collect_projector_scales, CpuPolicy};
-    use crate::model::quant_calib::action_accuracy;
-    use crate::policy::{Policy, PolicyOptions};
+    use vla_model::backend::cpu::{collect_projector_scales, CpuPolicy};
+    use vla_model::model::quant_calib::action_accuracy;
+    use vla_model::policy::{Policy, PolicyOptions};
 
     let options_for = |case: &AccuracyCase| PolicyOptions {
         unnorm_key: Some(case.unnorm_key.clone()),

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::control::{publish_delays_ns, Spread};
-use super::BenchError;
+use vla_bench::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::record::{RecordSettings, Recorder};
 use crate::service::{Service, ServiceOptions};
@@ -26,7 +26,7 @@ pub struct RecordBenchArgs {
     #[arg(long, default_value = "/tmp/vla-rt-bench-record.mcap")]
     pub out: PathBuf,
     /// SCHED_FIFO and mlockall for the service's loop.
-    #[arg(long, value_enum, default_value = "try")]
+    #[arg(long, value_parser = crate::cli::named::<RealtimeMode>(), default_value = "try")]
     pub realtime: RealtimeMode,
 }
 

@@ -93,7 +93,6 @@ pub trait Policy: Send {
     Default,
     serde::Deserialize,
     serde::Serialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Quantization {
@@ -116,7 +115,6 @@ pub enum Quantization {
     Default,
     serde::Deserialize,
     serde::Serialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ProjectorFormat {
@@ -136,7 +134,6 @@ pub enum ProjectorFormat {
     Default,
     serde::Deserialize,
     serde::Serialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -160,4 +157,71 @@ pub struct PolicyOptions {
     /// Calibrated activation scales of the projector: with `projector = Int8` they make it
     /// W8A8; without them the projector is INT8 weight-only.
     pub projector_scales: Option<crate::model::quant_calib::ProjectorScales>,
+}
+
+/// An enum chosen by name in a config file or on a command line: the lowercase names are
+/// the serde names, and the command-line parser (which lives above this crate) offers
+/// exactly `NAMES`.
+pub trait NamedVariant: Sized + Copy + 'static {
+    /// Every variant's name, in declaration order.
+    const NAMES: &'static [&'static str];
+    /// The variant of that name, if any.
+    fn from_name(name: &str) -> Option<Self>;
+    /// This variant's name.
+    fn name(self) -> &'static str;
+}
+
+/// Implements [`NamedVariant`] for a fieldless enum from its variants' names:
+/// `named_variants!(Mode { Off => "off", On => "on" });`.
+#[macro_export]
+macro_rules! named_variants {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $crate::policy::NamedVariant for $ty {
+            const NAMES: &'static [&'static str] = &[$($name),+];
+            fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+            fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+named_variants!(Quantization { None => "none", Int8 => "int8", Int4 => "int4" });
+named_variants!(ProjectorFormat { F32 => "f32", Int8 => "int8" });
+named_variants!(BackendKind { Cpu => "cpu", Cuda => "cuda", Tensorrt => "tensorrt" });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are the serde names, so a config file and the command line agree.
+    fn names_match_serde<T: NamedVariant + serde::Serialize + std::fmt::Debug + PartialEq>()
+    where
+        T: for<'de> serde::Deserialize<'de>,
+    {
+        for name in T::NAMES {
+            let variant = T::from_name(name);
+            assert!(variant.is_some(), "{name} has no variant");
+            let from_json: T = serde_json::from_str(&format!("\"{name}\"")).unwrap_or_else(|e| {
+                panic!("serde does not accept {name}: {e}");
+            });
+            assert_eq!(Some(from_json), variant);
+            assert_eq!(from_json.name(), *name);
+        }
+        assert!(T::from_name("no-such-variant").is_none());
+    }
+
+    #[test]
+    fn variant_names_are_the_serde_names() {
+        names_match_serde::<Quantization>();
+        names_match_serde::<ProjectorFormat>();
+        names_match_serde::<BackendKind>();
+    }
 }

@@ -1,5 +1,16 @@
-//! The control stage: the fixed-rate loop, the ACT/HOLD/STOP state machine and the safety
-//! filter. After start the tick allocates nothing, takes no lock and never panics.
+//! # vla-control
+//!
+//! The real-time core of vla-rt: the fixed-rate loop, the ACT/HOLD/STOP state machine, the
+//! safety filter and motion limits, pacing, heartbeats, and the 64-byte command record.
+//! After start the tick allocates nothing, takes no lock and never panics.
+//!
+//! It knows no transport, camera or init system: the service injects them through
+//! [`tick_loop::FrameHealth`], [`tick_loop::TickNotifier`], a termination check and the
+//! [`handoff::CommandOutbox`] (ARCHITECTURE.md §1).
+
+/// Number of action dimensions a command carries (ARCHITECTURE.md §9: dx, dy, dz, droll, dpitch,
+/// dyaw, gripper).
+pub const ACTION_DIM: usize = 7;
 
 /// What a command tells the arm (ARCHITECTURE.md §5); the discriminant is the wire value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -33,11 +44,15 @@ impl ControlState {
 }
 
 pub mod clock;
+pub mod command_record;
 pub mod estop_store;
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection;
 pub mod handoff;
 pub mod heartbeat;
 pub mod limits;
 pub mod safety;
+pub mod safety_config;
 pub mod stats;
 pub mod supervisor;
 pub mod tap;

@@ -19,11 +19,7 @@ use super::supervisor::{
 };
 use super::tap::CommandTap;
 use super::ControlState;
-use crate::capture::thread::LatestFrame;
-use crate::config::ServiceConfig;
-use crate::service::notify::SystemdNotifier;
-use crate::service::signals;
-use crate::transport::record::{CommandRecord, RECORD_LEN};
+use crate::command_record::{CommandRecord, RECORD_LEN};
 
 /// Longest single sleep of the loop; see [`ControlLoop::sleep_until_deadline_or_stop`].
 const STOP_POLL_NS: u64 = 100_000_000;
@@ -39,33 +35,39 @@ pub struct LoopSettings {
     /// Consecutive action steps without a fresh action before STOP.
     pub stop_after_misses: u32,
     pub start_armed: bool,
-    pub safety: crate::config::SafetyConfig,
+    pub safety: crate::safety_config::SafetyConfig,
 }
 
-impl LoopSettings {
-    /// `action_hz` is the policy's resolved step rate ([`crate::config::ModelConfig::resolved_action_hz`]).
-    pub fn from_config(config: &ServiceConfig, action_hz: f64) -> Self {
-        Self {
-            period_ns: config.control.period_ns(),
-            step_ns: crate::config::step_period_ns(action_hz),
-            max_action_age_ns: config.control.max_action_age_ns(action_hz),
-            max_frame_age_ns: config.control.max_frame_age_ms.saturating_mul(1_000_000),
-            stop_after_misses: config.control.stop_after_misses,
-            start_armed: config.control.start_armed,
-            safety: config.safety.clone(),
-        }
-    }
+/// What the loop needs to know of the camera, read once per tick without a lock.
+pub trait FrameHealth: Send + Sync {
+    /// The source has failed for good (no reopen left).
+    fn has_failed(&self) -> bool;
+    /// CLOCK_MONOTONIC when the newest frame arrived; 0 before the first.
+    fn last_frame_monotonic_ns(&self) -> u64;
+}
+
+/// Where the loop reports that it lives and what it does (systemd's notify socket in the
+/// service). Called from the tick: implementations allocate nothing and take no lock.
+pub trait TickNotifier: Send {
+    /// After every tick; `write_status` writes the one-line status if the notifier sends one
+    /// now.
+    fn after_tick(&mut self, now_ns: u64, write_status: &mut dyn FnMut(&mut dyn Write));
+    /// Before the final STOP of an orderly shutdown.
+    fn stopping(&mut self);
 }
 
 /// The hand-offs the loop talks to.
 #[derive(Clone)]
 pub struct LoopLinks {
-    pub frames: Arc<LatestFrame>,
+    pub frames: Arc<dyn FrameHealth>,
     pub results: Arc<ResultSlot>,
     pub trigger: Arc<InferenceTrigger>,
     pub outbox: Arc<CommandOutbox>,
     pub inputs: Arc<ControlInputs>,
     pub stats: Arc<ControlStats>,
+    /// Whether the process was asked to terminate (SIGTERM, SIGINT): a plain function, read
+    /// once per tick and while sleeping.
+    pub termination_requested: fn() -> bool,
 }
 
 /// One tick's timestamps, read once at wake-up and passed to everything in the tick.
@@ -105,7 +107,7 @@ pub struct ControlLoop {
     settings: LoopSettings,
     links: LoopLinks,
     supervisor: Supervisor,
-    notifier: Option<SystemdNotifier>,
+    notifier: Option<Box<dyn TickNotifier>>,
     /// Heartbeats: the loop checks in at every wake-up and ends with STOP on a worker fault.
     supervision: Option<Arc<Supervision>>,
     /// Next command's sequence number.
@@ -165,7 +167,7 @@ impl ControlLoop {
     }
 
     /// Sends systemd notifications from the loop.
-    pub fn with_notifier(mut self, notifier: Option<SystemdNotifier>) -> Self {
+    pub fn with_notifier(mut self, notifier: Option<Box<dyn TickNotifier>>) -> Self {
         self.notifier = notifier;
         self
     }
@@ -245,7 +247,7 @@ impl ControlLoop {
             }
             clock::sleep_until_monotonic(deadline_ns.min(now.saturating_add(STOP_POLL_NS)));
             if self.links.inputs.shutdown_requested()
-                || signals::termination_requested()
+                || (self.links.termination_requested)()
                 || self.worker_fault()
             {
                 return;
@@ -327,7 +329,7 @@ impl ControlLoop {
         let estop = inputs.estop_latched() || estop_requests != self.last_estop_requests;
         self.last_estop_requests = estop_requests;
         let shutting_down = inputs.shutdown_requested()
-            || signals::termination_requested()
+            || (self.links.termination_requested)()
             || self.stop_at_index.is_some_and(|at| time.index >= at);
         let arm_requests = inputs.arm_requests();
         let disarm_requests = inputs.disarm_requests();
@@ -465,7 +467,7 @@ impl ControlLoop {
             } else {
                 "disarmed"
             };
-            notifier.after_tick(time.monotonic_ns, |line| {
+            notifier.after_tick(time.monotonic_ns, &mut |line| {
                 let _ = write!(
                     line,
                     "{state} {armed} tick {seq} misses {misses} overruns {overruns}"
@@ -483,8 +485,45 @@ impl ControlLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SafetyConfig, ACTION_DIM};
-    use crate::policy::StageTimings;
+    use crate::safety_config::SafetyConfig;
+    use crate::ACTION_DIM;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use vla_model::policy::StageTimings;
+
+    /// The camera of these tests: a frame arrives when a test publishes one.
+    #[derive(Default)]
+    struct TestFrames {
+        last_ns: AtomicU64,
+        failed: AtomicBool,
+    }
+
+    impl TestFrames {
+        fn publish(&self, _frame: (), arrival_monotonic_ns: u64) {
+            self.last_ns.store(arrival_monotonic_ns, Ordering::Release);
+        }
+    }
+
+    impl FrameHealth for TestFrames {
+        fn has_failed(&self) -> bool {
+            self.failed.load(Ordering::Acquire)
+        }
+        fn last_frame_monotonic_ns(&self) -> u64 {
+            self.last_ns.load(Ordering::Acquire)
+        }
+    }
+
+    /// The loop's links, with the test camera at hand.
+    struct Links {
+        inner: LoopLinks,
+        frames: Arc<TestFrames>,
+    }
+
+    impl std::ops::Deref for Links {
+        type Target = LoopLinks;
+        fn deref(&self) -> &LoopLinks {
+            &self.inner
+        }
+    }
 
     const PERIOD: u64 = 20_000_000;
 
@@ -507,24 +546,27 @@ mod tests {
         }
     }
 
-    fn links() -> LoopLinks {
-        LoopLinks {
-            frames: Arc::new(LatestFrame::new()),
+    fn links() -> Links {
+        let frames = Arc::new(TestFrames::default());
+        let inner = LoopLinks {
+            frames: frames.clone(),
             results: Arc::new(ResultSlot::default()),
             trigger: Arc::new(InferenceTrigger::default()),
             // Every record kept, so a test sees each tick's command.
             outbox: Arc::new(CommandOutbox::keeping(64)),
             inputs: Arc::new(ControlInputs::default()),
             stats: Arc::new(ControlStats::default()),
-        }
+            termination_requested: || false,
+        };
+        Links { inner, frames }
     }
 
     /// A loop whose camera delivered a frame at 1 s, ticking from 1 s on.
-    fn control_loop() -> (ControlLoop, LoopLinks) {
+    fn control_loop() -> (ControlLoop, Links) {
         let links = links();
         links
             .frames
-            .publish(crate::capture::Frame::default(), 1_000_000_000);
+            .publish((), 1_000_000_000);
         let mut control = ControlLoop::new(settings(), links.clone());
         control.start_ns = 1_000_000_000;
         (control, links)
@@ -608,7 +650,7 @@ mod tests {
         let links = links();
         links
             .frames
-            .publish(crate::capture::Frame::default(), 1_000_000_000);
+            .publish((), 1_000_000_000);
         let settings = LoopSettings {
             start_armed: false,
             ..settings()
@@ -672,7 +714,7 @@ mod tests {
         );
         links
             .frames
-            .publish(crate::capture::Frame::default(), at(31).monotonic_ns);
+            .publish((), at(31).monotonic_ns);
         links.results.post(result(30, 0.01));
         assert_eq!(control.tick(at(31)), Some(ControlState::Stop));
         links.inputs.request_arm();
@@ -719,7 +761,7 @@ mod tests {
     fn a_stalled_loop_judges_action_age_by_the_slot_it_wakes_in() {
         let links = links();
         let now = clock::monotonic_ns();
-        links.frames.publish(crate::capture::Frame::default(), now);
+        links.frames.publish((), now);
         let mut control = ControlLoop::new(settings(), links.clone());
         // Slots 0 to 9 ran and slot 9 fired an inference; then the thread stalled and wakes
         // 3.5 periods after slot 10's deadline, in slot 13.
@@ -743,7 +785,7 @@ mod tests {
         let links = links();
         links
             .frames
-            .publish(crate::capture::Frame::default(), clock::monotonic_ns());
+            .publish((), clock::monotonic_ns());
         let settings = LoopSettings {
             period_ns: 60 * 1_000_000_000,
             ..settings()
@@ -770,7 +812,7 @@ mod tests {
         let links = links();
         links
             .frames
-            .publish(crate::capture::Frame::default(), clock::monotonic_ns());
+            .publish((), clock::monotonic_ns());
         let settings = LoopSettings {
             period_ns: 1_000_000,
             ..settings()

@@ -1,7 +1,8 @@
 //! The safety filter: the last check before an action is published. It rejects non-finite
 //! values and clamps every dimension to its configured limits.
 
-use crate::config::{SafetyConfig, ACTION_DIM};
+use crate::safety_config::SafetyConfig;
+use crate::ACTION_DIM;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SafetyFilter {
