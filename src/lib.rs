@@ -27,7 +27,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
-pub mod record;
+pub mod recording;
 pub mod service;
 pub mod transport;
 

@@ -26,8 +26,8 @@ use vla_rt::control::tick_loop::{ControlLoop, LoopEnd, LoopLinks, LoopSettings};
 use vla_rt::control::ControlState;
 use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
 use vla_rt::preprocess::RgbImage;
-use vla_rt::record::reader::Recording;
-use vla_rt::record::{RecordSettings, Recorder, SessionInfo};
+use vla_rt::recording::reader::Recording;
+use vla_rt::recording::{RecordSettings, Recorder, SessionInfo};
 use vla_rt::service::inference::{
     InferenceLinks, InferenceStats, InferenceThread, InstructionCell,
 };

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use vla_rt::record::reader::Recording;
+use vla_rt::recording::reader::Recording;
 use zenoh::Wait;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");

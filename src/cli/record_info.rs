@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::CliError;
-use crate::record::reader::Recording;
+use crate::recording::reader::Recording;
 
 #[derive(Debug, clap::Args)]
 pub struct RecordInfoArgs {

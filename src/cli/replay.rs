@@ -11,7 +11,7 @@ use super::CliError;
 use crate::model::config::OpenVlaConfig;
 use crate::model::quant_calib::action_accuracy;
 use crate::policy::{BackendKind, NamedVariant, PolicyOptions, ProjectorFormat, Quantization};
-use crate::record::reader::Recording;
+use crate::recording::reader::Recording;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -87,7 +87,7 @@ pub struct ReplaySummary {
 }
 
 fn name<T: serde::Serialize>(value: &T) -> String {
-    crate::record::serde_name(value)
+    crate::recording::serde_name(value)
 }
 
 fn parse_or<T: NamedVariant>(recorded: &str, what: &str, file: &Path) -> Result<T, CliError> {
@@ -284,7 +284,7 @@ fn summary_line(report: &ReplayReport) -> String {
 }
 
 fn write_plot(report: &ReplayReport, path: &Path) -> Result<(), CliError> {
-    use crate::record::plot;
+    use crate::recording::plot;
     let names = ["DX", "DY", "DZ", "DROLL", "DPITCH", "DYAW", "GRIPPER"];
     let dims = report
         .steps
@@ -360,7 +360,7 @@ pub fn main(args: ReplayArgs) -> Result<(), CliError> {
             s.accuracy
         );
         if s.tokens_equal != s.recorded_tokens.len() {
-            let differing: Vec<&str> = crate::record::ACTION_NAMES
+            let differing: Vec<&str> = crate::recording::ACTION_NAMES
                 .iter()
                 .zip(s.recorded_tokens.iter().zip(&s.replayed_tokens))
                 .filter(|(_, (a, b))| a != b)

@@ -13,7 +13,7 @@ use crate::control::heartbeat;
 #[cfg(feature = "test-hooks")]
 use crate::control::fault_injection::{FaultInjection, InjectedFault, FAULT_INJECTION_ENV};
 use crate::policy::PolicyOptions;
-use crate::record::{RecordSettings, Recorder};
+use crate::recording::{RecordSettings, Recorder};
 use crate::service::{signals, Service, ServiceOptions};
 
 /// After a fault, the orderly shutdown gets this long; then the process exits with code 3
@@ -306,9 +306,9 @@ fn start_recorder(
         return Ok(None);
     };
     let session =
-        crate::record::session_info(config, policy_options).map_err(CliError::bad_input)?;
+        crate::recording::session_info(config, policy_options).map_err(CliError::bad_input)?;
     let path =
-        crate::record::expand_time(path, crate::control::clock::realtime_ns() / 1_000_000_000);
+        crate::recording::expand_time(path, crate::control::clock::realtime_ns() / 1_000_000_000);
     let settings = RecordSettings::from_config(&config.record, &path);
     Recorder::start(settings, session)
         .map(Some)

@@ -46,7 +46,7 @@ impl InstructionSummary {
         }
     }
 }
-use crate::record::Recorder;
+use crate::recording::Recorder;
 
 /// The instruction the policy runs with: a newest-wins slot filled by the Zenoh callback,
 /// taken by the inference thread before a prediction, at most once per `min_interval`.

@@ -26,7 +26,7 @@ use crate::control::heartbeat::{Fault, FaultKind, Supervision, Worker};
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, TickNotifier, TickTrace};
 use crate::policy::{Policy, PolicyError};
-use crate::record::Recorder;
+use crate::recording::Recorder;
 use crate::transport::security;
 use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, PublisherSettings, RobotInterface, RobotKeys,

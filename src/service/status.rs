@@ -19,7 +19,7 @@ use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::{ControlStats, LatencyHistogram};
 use crate::control::supervisor::StopCause;
 use crate::control::ControlState;
-use crate::record::Recorder;
+use crate::recording::Recorder;
 use crate::transport::security::TransportSecurity;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{PublishStats, TransportError};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::control::{publish_delays_ns, Spread};
 use vla_bench::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
-use crate::record::{RecordSettings, Recorder};
+use crate::recording::{RecordSettings, Recorder};
 use crate::service::{Service, ServiceOptions};
 
 #[derive(Debug, clap::Args)]
@@ -54,7 +54,7 @@ fn run_once(args: &RecordBenchArgs, record: bool) -> Result<Run, BenchError> {
     let options = config.model.policy_options();
     let recorder = if record {
         let session =
-            crate::record::session_info(&config, &options).map_err(BenchError::bad_input)?;
+            crate::recording::session_info(&config, &options).map_err(BenchError::bad_input)?;
         Some(
             Recorder::start(
                 RecordSettings::from_config(&config.record, &args.out),
