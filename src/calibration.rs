@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{CameraConfig, ControlValue, ServiceConfig};
-use crate::model::quant_calib::ProjectorScales;
+use crate::model::quant_scales::ProjectorScales;
 use crate::policy::{BackendKind, NamedVariant, PolicyOptions, ProjectorFormat, Quantization};
 
 /// Value of the `format` field, so that another TOML file is never mistaken for one.
@@ -399,7 +399,7 @@ impl Calibration {
 mod tests {
     use super::*;
     use crate::config::AutoKeyword;
-    use crate::model::quant_calib::ActivationScale;
+    use crate::model::quant_scales::ActivationScale;
 
     fn scales() -> ProjectorScales {
         ProjectorScales {

@@ -7,7 +7,7 @@ mod common;
 
 use common::{rel_l2, tiny_cases, tiny_model_dir};
 use vla_rt::backend::cpu::{collect_projector_scales, CpuModelRunner, CpuPolicy};
-use vla_rt::model::quant_calib::action_accuracy;
+use vla_rt::model::quant_scales::action_accuracy;
 use vla_rt::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
 use vla_rt::preprocess::load_image;
 

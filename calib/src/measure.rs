@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vla_rt::backend::cpu::{collect_projector_scales, CpuPolicy};
 use vla_rt::calibration::StageLatency;
-use vla_rt::model::quant_calib::ProjectorScales;
+use vla_rt::model::quant_scales::ProjectorScales;
 use vla_rt::policy::{
     BackendKind, Policy, PolicyError, PolicyOptions, ProjectorFormat, StageTimings,
 };

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::CliError;
 use crate::backend::{load_policy_with, TensorrtOptions};
-use crate::model::quant_calib::ProjectorScales;
+use crate::model::quant_scales::ProjectorScales;
 use crate::policy::{BackendKind, PolicyOptions, Prediction, ProjectorFormat, Quantization};
 use crate::preprocess::load_image;
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::CliError;
 use crate::model::config::OpenVlaConfig;
-use crate::model::quant_calib::action_accuracy;
+use crate::model::quant_scales::action_accuracy;
 use crate::policy::{BackendKind, NamedVariant, PolicyOptions, ProjectorFormat, Quantization};
 use crate::recording::reader::Recording;
 

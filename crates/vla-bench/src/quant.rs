@@ -516,7 +516,7 @@ pub fn evaluate_accuracy(
     modes: &[AccuracyMode],
 ) -> Result<Vec<ModeAccuracy>, BenchError> {
     use vla_model::backend::cpu::{collect_projector_scales, CpuPolicy};
-    use vla_model::model::quant_calib::action_accuracy;
+    use vla_model::model::quant_scales::action_accuracy;
     use vla_model::policy::{Policy, PolicyOptions};
 
     let options_for = |case: &AccuracyCase| PolicyOptions {

@@ -156,7 +156,7 @@ pub struct PolicyOptions {
     pub quantized_weights: Option<std::path::PathBuf>,
     /// Calibrated activation scales of the projector: with `projector = Int8` they make it
     /// W8A8; without them the projector is INT8 weight-only.
-    pub projector_scales: Option<crate::model::quant_calib::ProjectorScales>,
+    pub projector_scales: Option<crate::model::quant_scales::ProjectorScales>,
 }
 
 /// An enum chosen by name in a config file or on a command line: the lowercase names are

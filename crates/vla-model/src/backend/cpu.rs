@@ -9,7 +9,7 @@ use super::{ImagePolicy, PixelRunner};
 use crate::model::action::{resolve_unnorm_key, ActionDecoder};
 use crate::model::llama::LlamaState;
 use crate::model::openvla::OpenVla;
-use crate::model::quant_calib::{ProjectorScales, ScaleCollector};
+use crate::model::quant_scales::{ProjectorScales, ScaleCollector};
 use crate::model::quant_load::{apply_formats, observe_projector_inputs, FormatReport};
 use crate::model::ModelError;
 use crate::policy::{PolicyError, PolicyOptions, Prediction, StageTimings};
@@ -205,7 +205,7 @@ impl PixelRunner for CpuModelRunner {
 
 /// Runs calibration frames through preprocessing, the encoders and the projector, and returns
 /// the projector's per-tensor INT8 activation scales at the default percentile of `|x|`
-/// ([`crate::model::quant_calib::DEFAULT_PERCENTILE`]). Call it on a policy loaded with the
+/// ([`crate::model::quant_scales::DEFAULT_PERCENTILE`]). Call it on a policy loaded with the
 /// f32 projector, so that each layer's input is the one the f32 model produces.
 pub fn collect_projector_scales(
     policy: &mut CpuPolicy,
@@ -214,7 +214,7 @@ pub fn collect_projector_scales(
     collect_projector_scales_at(
         policy,
         frames,
-        crate::model::quant_calib::DEFAULT_PERCENTILE,
+        crate::model::quant_scales::DEFAULT_PERCENTILE,
     )
 }
 

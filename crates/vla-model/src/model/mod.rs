@@ -14,7 +14,7 @@ pub mod ops;
 pub mod projector;
 pub mod prompt;
 pub mod quant;
-pub mod quant_calib;
+pub mod quant_scales;
 pub mod quant_file;
 pub mod quant_kernels;
 pub mod quant_load;

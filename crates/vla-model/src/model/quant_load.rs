@@ -5,7 +5,7 @@
 
 use super::linear::{Linear, QuantFormat};
 use super::openvla::OpenVla;
-use super::quant_calib::ScaleCollector;
+use super::quant_scales::ScaleCollector;
 use super::quant_file::QuantizedFile;
 use super::ModelError;
 use crate::policy::{PolicyOptions, ProjectorFormat, Quantization};

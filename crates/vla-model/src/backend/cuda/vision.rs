@@ -722,7 +722,7 @@ impl DeviceProjector {
         gpu: &Gpu,
         src: &mut dyn WeightSource,
         prefix: &str,
-        scales: Option<&crate::model::quant_calib::ProjectorScales>,
+        scales: Option<&crate::model::quant_scales::ProjectorScales>,
     ) -> Result<(), CudaError> {
         let layers = [
             ("fc1", self.hidden, self.in_features),
