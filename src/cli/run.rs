@@ -134,10 +134,14 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
             config.model.path.display()
         )));
     }
-    config
-        .model
-        .resolved_action_hz(&file)
-        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    // Resolved once, here, so that an error names the config file; the service then reads
+    // the resolved rate from the config.
+    config.model.action_hz = Some(
+        config
+            .model
+            .resolved_action_hz(&file)
+            .map_err(|e| CliError::bad_input(e.to_string()))?,
+    );
     if args.config.is_none() && config.control.start_armed && config.robot_id != DEFAULT_ROBOT_ID {
         // The bundled simulation starts armed under its own id only: under another id it
         // may be talking to a real arm.
