@@ -26,7 +26,7 @@ done
 # The README's set-up commands, run in the clone's root folder.
 COMMANDS=(
     "scripts/setup.sh && cargo run --release -- run --duration 30"
-    "scripts/setup.sh && cargo test --release --workspace"
+    "scripts/setup.sh && cargo test --release --workspace --features test-hooks"
 )
 
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
