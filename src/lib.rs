@@ -18,6 +18,8 @@
 //! - [`control`]: the fixed-rate loop, ACT/HOLD/STOP and the safety filter.
 //! - [`transport`]: the command record and the Zenoh session.
 //! - [`config`]: the service configuration (TOML), validated at start.
+//! - [`ros2`]: the same service as a ROS 2 node over rmw_zenoh (twist, gripper, diagnostics,
+//!   instruction, e-stop, camera).
 //!
 //! [`fuzzing`] holds the fuzz harnesses of every parser of outside input (`fuzz/`).
 
@@ -33,5 +35,6 @@ pub mod model;
 pub mod policy;
 pub mod preprocess;
 pub mod record;
+pub mod ros2;
 pub mod service;
 pub mod transport;
