@@ -224,7 +224,7 @@ impl Ros2CommandPublisher {
             gid,
         }
         .encode();
-        match publisher.put(payload).attachment(&attachment).wait() {
+        match publisher.put(payload).attachment(attachment).wait() {
             Ok(()) => {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -656,7 +656,7 @@ impl Ros2Node {
             gid: discovery::endpoint_gid(&self.identity.zid, entity::DIAGNOSTICS),
         }
         .encode();
-        match publisher.put(payload).attachment(&attachment).wait() {
+        match publisher.put(payload).attachment(attachment).wait() {
             Ok(()) => {
                 self.stats.diagnostics.fetch_add(1, Ordering::Relaxed);
             }
