@@ -53,6 +53,15 @@ fn python_peer_available() -> bool {
     ok
 }
 
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
 fn f64s(value: &Value) -> Vec<f64> {
     value
         .as_array()
@@ -127,20 +136,25 @@ frame_id = "panda_link0"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Both children's pipes are drained as they write, so neither blocks on a full pipe.
+    let service_log = drain(service.stderr.take().unwrap());
+    let mut peer = peer;
+    let peer_stdout = drain(peer.stdout.take().unwrap());
+    let peer_stderr = drain(peer.stderr.take().unwrap());
     let started = Instant::now();
-    let output = {
-        let mut peer = peer;
-        loop {
-            if peer.try_wait().unwrap().is_some() {
-                break peer.wait_with_output().unwrap();
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = peer.kill();
-                let _ = service.kill();
-                panic!("the peer did not finish within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    let peer_status = loop {
+        if let Some(status) = peer.try_wait().unwrap() {
+            break status;
         }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = peer.kill();
+            let _ = service.kill();
+            panic!(
+                "the peer did not finish within 120 s: {}",
+                String::from_utf8_lossy(&peer_stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
     // SIGTERM: the service stops cleanly (final STOP, exit 0).
     // SAFETY: kill(2) on the id of a child this test started and has not reaped.
@@ -158,21 +172,16 @@ frame_id = "panda_link0"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut service_log = String::new();
-    service
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut service_log)
-        .unwrap();
-    let peer_log = String::from_utf8_lossy(&output.stderr);
+    let service_log = String::from_utf8_lossy(&service_log.join().unwrap()).into_owned();
+    let peer_log = String::from_utf8_lossy(&peer_stderr.join().unwrap()).into_owned();
+    let peer_stdout = peer_stdout.join().unwrap();
     assert!(
-        output.status.success(),
+        peer_status.success(),
         "peer failed: {peer_log}\nservice: {service_log}"
     );
     assert_eq!(status.code(), Some(0), "service: {service_log}");
     assert!(!service_log.contains("panicked"), "{service_log}");
-    let seen: Value = serde_json::from_slice(&output.stdout)
+    let seen: Value = serde_json::from_slice(&peer_stdout)
         .unwrap_or_else(|e| panic!("peer output: {e}: {peer_log}"));
     assert_eq!(
         seen["errors"],
