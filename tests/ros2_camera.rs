@@ -76,6 +76,9 @@ fn attachment(sequence: i64) -> Vec<u8> {
     out
 }
 
+/// What a faulty sample is, its payload, its attachment and its type hash.
+type Fault = (&'static str, Vec<u8>, Option<Vec<u8>>, &'static str);
+
 #[test]
 fn ros2_images_arrive_with_their_stamp_and_bad_ones_are_counted() {
     let port = free_port();
@@ -150,7 +153,7 @@ fn ros2_images_arrive_with_their_stamp_and_bad_ones_are_counted() {
 
     // Each fault is skipped and counted as corrupt.
     let good = image((1, 0), (WIDTH, HEIGHT), "rgb8", 12, &expected);
-    let faults: Vec<(&str, Vec<u8>, Option<Vec<u8>>, &str)> = vec![
+    let faults: Vec<Fault> = vec![
         ("no attachment", good.clone(), None, IMAGE_HASH),
         // Refused before its attachment is read: its number does not count.
         (
