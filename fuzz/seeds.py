@@ -159,6 +159,51 @@ scale = 0.05
             image.save(buffer, format="JPEG", quality=90, subsampling=sub)
             put("mjpeg_frame", f"{w}x{h}", struct.pack("<HH", w, h) + buffer.getvalue())
     put("mjpeg_frame", "zero", struct.pack("<HH", 0, 0) + b"\xff\xd8\xff\xd9")
+    ros2_seeds()
+
+
+def ros2_seeds():
+    """ros2_message: a selector byte, then CDR written by rosbags (independent of vla-rt)."""
+    import numpy as np
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    T = ts.types
+    Time = T["builtin_interfaces/msg/Time"]
+    Header = T["std_msgs/msg/Header"]
+    V3 = T["geometry_msgs/msg/Vector3"]
+    header = Header(stamp=Time(sec=1_790_000_000, nanosec=123), frame_id="base_link")
+    twist = T["geometry_msgs/msg/TwistStamped"](
+        header=header,
+        twist=T["geometry_msgs/msg/Twist"](linear=V3(x=0.1, y=-0.2, z=0.0), angular=V3(x=0.0, y=0.0, z=0.5)),
+    )
+    put("ros2_message", "twist", b"\x00" + bytes(ts.serialize_cdr(twist, "geometry_msgs/msg/TwistStamped")))
+    text = T["std_msgs/msg/String"](data="pick up the red block")
+    put("ros2_message", "string", b"\x01" + bytes(ts.serialize_cdr(text, "std_msgs/msg/String")))
+    flag = T["std_msgs/msg/Bool"](data=True)
+    put("ros2_message", "bool", b"\x02" + bytes(ts.serialize_cdr(flag, "std_msgs/msg/Bool")))
+    layout = T["std_msgs/msg/MultiArrayLayout"](
+        dim=[T["std_msgs/msg/MultiArrayDimension"](label="gripper", size=1, stride=1)], data_offset=0
+    )
+    array = T["std_msgs/msg/Float64MultiArray"](layout=layout, data=np.array([0.04], dtype=np.float64))
+    put("ros2_message", "float64_array", b"\x03" + bytes(ts.serialize_cdr(array, "std_msgs/msg/Float64MultiArray")))
+    try:
+        from PIL import Image as PilImage
+    except ImportError:
+        PilImage = None
+    if PilImage is not None:
+        buffer = io.BytesIO()
+        PilImage.new("RGB", (8, 8), (10, 200, 30)).save(buffer, format="JPEG", quality=90)
+        jpeg = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+        compressed = T["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=jpeg)
+        put("ros2_message", "compressed", b"\x04" + bytes(ts.serialize_cdr(compressed, "sensor_msgs/msg/CompressedImage")))
+    raw = T["sensor_msgs/msg/Image"](
+        header=header, height=8, width=8, encoding="bgr8", is_bigendian=0, step=26,
+        data=np.arange(26 * 8, dtype=np.uint8),
+    )
+    put("ros2_message", "image", b"\x05" + bytes(ts.serialize_cdr(raw, "sensor_msgs/msg/Image")))
+    attachment = struct.pack("<qqB", 7, 1_790_000_000_000_000_000, 16) + bytes(range(16))
+    put("ros2_message", "attachment", b"\x06" + attachment)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@
 #   scripts/check-layers.sh                  # the graph (cargo metadata, no build)
 #   scripts/check-layers.sh --binary FILE    # FILE, a release vla-rt built without the
 #                                            # test-hooks feature, has no test hook in it
-#   scripts/check-layers.sh --hooks FILE     # FILE, built with test-hooks, has them (so
-#                                            # that the --binary check is seen to bite)
+#   scripts/check-layers.sh --hooks FILE     # FILE, built with test-hooks, has the fault
+#                                            # hook (so that the --binary check is seen to bite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,11 +39,13 @@ case "${1:-}" in
             fi
             echo "check-layers: $binary: no fault-injection hook, no fuzz harness"
         else
-            if [ "$markers" = 0 ] || [ "$fuzz" = 0 ]; then
-                echo "check-layers: $binary was meant to hold the test hooks but does not (VLA_RT_TEST_FAULT: $markers, vla_rt::fuzzing symbols: $fuzz): the --binary check would prove nothing" >&2
+            # The binary never calls the fuzz harnesses, so even a test-hooks build links none
+            # of them; the fault hook, which `run` reads, is the marker that must show.
+            if [ "$markers" = 0 ]; then
+                echo "check-layers: $binary was meant to hold the test hooks but does not (VLA_RT_TEST_FAULT: $markers): the --binary check would prove nothing" >&2
                 exit 1
             fi
-            echo "check-layers: $binary (test-hooks build): fault-injection hook and fuzz harnesses present, as expected"
+            echo "check-layers: $binary (test-hooks build): the fault-injection hook is present, as expected (vla_rt::fuzzing symbols: $fuzz)"
         fi
         exit 0
         ;;

@@ -16,6 +16,8 @@
 set -uo pipefail
 
 PY_ZENOH="eclipse-zenoh==1.10.2"
+# The ROS 2 peer of tests/ros2_peer.rs and tests/ros2_rosbags.rs: CDR and type hashes.
+PY_ROSBAGS="rosbags==0.11.9"
 NVRTC_WHEEL="nvidia-cuda-nvrtc==13.0.88"
 
 install=1
@@ -297,6 +299,24 @@ check_openssl() { openssl version >/dev/null 2>&1 || { echo "no openssl"; return
 # onnxruntime (CPU) for the ONNX export test (tests/onnx_export.rs runs the exported encoder
 # graphs in it).
 ONNXRUNTIME="onnxruntime==1.32.0"
+check_python_rosbags() {
+    have python3 || { echo "no python3 for the ROS 2 peer's tests"; return 1; }
+    python3 - "$PY_ROSBAGS" <<'PY'
+import sys
+from importlib import metadata
+name, wanted = sys.argv[1].split("==")
+try:
+    from rosbags.typesys import Stores, get_typestore
+    get_typestore(Stores.ROS2_JAZZY)
+    have = metadata.version(name)
+except Exception as e:
+    print(f"python3 cannot use rosbags' Jazzy typestore ({type(e).__name__})")
+    sys.exit(1)
+if have != wanted:
+    print(f"python3 has {name} {have}, the ROS 2 tests' type hashes are checked with {wanted}")
+    sys.exit(1)
+PY
+}
 check_onnxruntime() {
     python3 -c 'import onnxruntime, numpy' >/dev/null 2>&1 \
         || { echo "python3 cannot import onnxruntime and numpy"; return 1; }
@@ -313,6 +333,7 @@ ITEMS=(
     "check_pip apt:python3-pip"
     "check_libclang apt:libclang-dev"
     "check_python_zenoh pip:$PY_ZENOH"
+    "check_python_rosbags pip:$PY_ROSBAGS"
     "check_nvrtc pip:$NVRTC_WHEEL"
     "check_openssl apt:openssl"
     "check_onnxruntime pip:$ONNXRUNTIME,numpy"

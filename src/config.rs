@@ -129,6 +129,8 @@ pub struct ServiceConfig {
     pub instruction: InstructionConfig,
     pub calibration: CalibrationConfig,
     pub record: RecordConfig,
+    /// `[ros2]`: the ROS 2 node over rmw_zenoh (ARCHITECTURE.md §15).
+    pub ros2: crate::ros2::Ros2Config,
 }
 
 impl Default for ServiceConfig {
@@ -143,6 +145,7 @@ impl Default for ServiceConfig {
             instruction: InstructionConfig::default(),
             calibration: CalibrationConfig::default(),
             record: RecordConfig::default(),
+            ros2: crate::ros2::Ros2Config::default(),
         }
     }
 }
@@ -606,11 +609,14 @@ impl ServiceConfig {
                     ),
                 )
             })?;
+        } else if let Some(topic) = source.strip_prefix(crate::ros2::CAMERA_SOURCE_PREFIX) {
+            crate::ros2::config::check_absolute_topic(topic)
+                .map_err(|m| invalid("camera.source", format!("`{source}`: {m}")))?;
         } else if !source_ok {
             return Err(invalid(
                 "camera.source",
                 format!(
-                    "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path"
+                    "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>`, `ros2:<topic>` or a `/dev/videoN` path"
                 ),
             ));
         }
@@ -747,6 +753,9 @@ impl ServiceConfig {
                 format!("{} ms is over a minute", self.instruction.min_interval_ms),
             ));
         }
+        self.ros2
+            .validate(&self.robot_id)
+            .map_err(|(key, message)| invalid(&key, message))?;
         Ok(())
     }
 }

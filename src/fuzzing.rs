@@ -26,7 +26,7 @@ use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("command_record", command_record),
     ("service_config", service_config),
     ("calibration_file", calibration_file),
@@ -35,6 +35,7 @@ pub const TARGETS: [Target; 8] = [
     ("instruction", instruction),
     ("raw_frame", raw_frame),
     ("mjpeg_frame", mjpeg_frame),
+    ("ros2_message", ros2_message),
 ];
 
 /// The command record decoder: whatever it accepts encodes back to the same bytes.
@@ -249,5 +250,79 @@ pub fn mjpeg_frame(data: &[u8]) {
         .is_ok()
     {
         assert_eq!(rgb.len(), width as usize * height as usize * 3);
+    }
+}
+
+/// The ROS 2 codec (`ros2::types`, `ros2::discovery`, `ros2::camera`). Input: one selector
+/// byte, then the payload. 0 TwistStamped (what decodes re-encodes to a message that decodes
+/// to the same value), 1 String, 2 Bool, 3 Float64MultiArray, 4 CompressedImage and 5 Image
+/// (through the camera's conversion at 8x8, with a valid attachment), 6 the attachment.
+pub fn ros2_message(data: &[u8]) {
+    use crate::ros2::{camera, discovery, types};
+    let Some((&selector, payload)) = data.split_first() else {
+        return;
+    };
+    match selector % 7 {
+        0 => {
+            if let Ok(twist) = types::TwistStamped::decode(payload) {
+                let mut out =
+                    vec![0u8; types::TWIST_STAMPED_FIXED_LEN + twist.header.frame_id.len()];
+                let len = match twist.encode(&mut out) {
+                    Ok(len) => len,
+                    Err(e) => panic!("a decoded twist does not fit its own size: {e}"),
+                };
+                let again = match types::TwistStamped::decode(&out[..len]) {
+                    Ok(again) => again,
+                    Err(e) => panic!("a re-encoded twist does not decode: {e}"),
+                };
+                assert_eq!(again.header, twist.header);
+                for (a, b) in again
+                    .linear
+                    .iter()
+                    .chain(&again.angular)
+                    .zip(twist.linear.iter().chain(&twist.angular))
+                {
+                    assert_eq!(a.to_bits(), b.to_bits(), "twist round trip");
+                }
+            }
+        }
+        1 => {
+            if let Ok(text) = types::decode_string(payload, 1024) {
+                assert!(text.len() <= 1024);
+            }
+        }
+        2 => {
+            let _ = types::decode_bool(payload);
+        }
+        3 => {
+            if let Ok(values) = types::decode_float64_array(payload, 16) {
+                assert!(values.len() <= 16);
+            }
+        }
+        4 | 5 => {
+            let message = if selector % 7 == 4 {
+                &types::COMPRESSED_IMAGE
+            } else {
+                &types::IMAGE
+            };
+            let key = discovery::data_key(0, "/fuzz/image", message);
+            let attachment = discovery::Attachment {
+                sequence: 1,
+                source_timestamp_ns: 1,
+                gid: [0; 16],
+            }
+            .encode();
+            let jpeg = MjpegDecoder::new(8, 8);
+            let mut frame = crate::capture::Frame::default();
+            if camera::convert(&key, Some(&attachment), payload, (8, 8), &jpeg, &mut frame).is_ok()
+            {
+                assert_eq!(frame.image.data.len(), 8 * 8 * 3);
+            }
+        }
+        _ => {
+            if let Ok(attachment) = discovery::Attachment::decode(payload) {
+                assert_eq!(&attachment.encode()[..], payload, "attachment round trip");
+            }
+        }
     }
 }

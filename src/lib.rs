@@ -18,6 +18,8 @@
 //! - [`control`]: the fixed-rate loop, ACT/HOLD/STOP and the safety filter.
 //! - [`transport`]: the command record and the Zenoh session.
 //! - [`config`]: the service configuration (TOML), validated at start.
+//! - [`ros2`]: the same service as a ROS 2 node over rmw_zenoh (twist, gripper, diagnostics,
+//!   instruction, e-stop, camera).
 //!
 //! [`fuzzing`] holds the fuzz harnesses of every parser of outside input (`fuzz/`).
 
@@ -28,6 +30,7 @@ pub mod config;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
 pub mod recording;
+pub mod ros2;
 pub mod service;
 pub mod transport;
 

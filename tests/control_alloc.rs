@@ -376,3 +376,70 @@ fn steady_state_ticks_allocate_nothing() {
     session.close().wait().unwrap();
     subscriber_session.close().wait().unwrap();
 }
+
+/// The ROS 2 side of the publisher thread (ARCHITECTURE.md §15): turning a record into its
+/// TwistStamped and Float64MultiArray, attachment sequence included, writes into buffers
+/// sized at start and allocates nothing, through ACT, HOLD and STOP records.
+#[test]
+fn the_ros2_conversion_of_a_record_allocates_nothing() {
+    use vla_rt::ros2::Ros2Node;
+    use vla_rt::control::command_record::RECORD_LEN;
+
+    let mut config = vla_rt::config::ServiceConfig::builtin();
+    config.robot_id = "alloc".into();
+    config.ros2.enabled = true;
+    config.ros2.frame_id = "a_rather_long_frame_name_for_the_twist".into();
+    config.validate("test config").unwrap();
+    let mut zenoh_config = zenoh::Config::default();
+    zenoh_config.insert_json5("listen/endpoints", "[]").unwrap();
+    zenoh_config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let session = zenoh::open(zenoh_config).wait().unwrap();
+    let node = Ros2Node::declare(
+        &session,
+        &config,
+        Arc::new(ControlInputs::default()),
+        Arc::new(InstructionCell::new("pick up the block")),
+        None,
+    )
+    .unwrap();
+    let mut publisher = node.command_publisher(&session, 2_000_000).unwrap();
+    let records: Vec<[u8; RECORD_LEN]> = (0..300u64)
+        .map(|seq| {
+            let state = match seq % 3 {
+                0 => ControlState::Act,
+                1 => ControlState::Hold,
+                _ => ControlState::Stop,
+            };
+            let mut bytes = [0u8; RECORD_LEN];
+            CommandRecord {
+                state,
+                seq,
+                tick_time_ns: 1_790_000_000_000_000_000 + seq * 2_000_000,
+                capture_time_ns: 0,
+                action: [0.001, -0.002, 0.0, 0.01, 0.0, -0.01, 0.5],
+            }
+            .encode(&mut bytes);
+            bytes
+        })
+        .collect();
+    // Warm-up.
+    assert!(publisher.encode(&records[0]).is_some());
+    let (allocations, encoded) = allocations_during(|| {
+        records
+            .iter()
+            .filter_map(|record| publisher.encode(record))
+            .count()
+    });
+    assert_eq!(encoded, records.len());
+    assert_eq!(
+        allocations,
+        0,
+        "the ROS 2 conversion allocated {allocations} times for {} records",
+        records.len()
+    );
+    node.undeclare();
+    drop(publisher);
+    session.close().wait().unwrap();
+}

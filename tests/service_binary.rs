@@ -127,6 +127,37 @@ fn bad_flag_values_name_the_flag() {
 }
 
 #[test]
+fn bad_ros2_settings_name_the_key() {
+    // A robot id that is no ROS 2 name makes no default namespace once ROS 2 is on.
+    assert_bad_input(
+        &["run", "--robot-id", "arm-7", "--ros2"],
+        &["ros2.namespace", "`/arm-7`", "--ros2"],
+    );
+    let path = temp_file("bad-domain.toml", "[ros2]\ndomain_id = 300\n");
+    assert_bad_input(
+        &["run", "--config", &path],
+        &[&path, "ros2.domain_id", "300"],
+    );
+    let path = temp_file(
+        "bad-topic.toml",
+        "[ros2]\ntwist_topic = \"servo node/cmds\"\n",
+    );
+    assert_bad_input(
+        &["run", "--config", &path],
+        &["ros2.twist_topic", "servo node"],
+    );
+    let path = temp_file("bad-ros2-key.toml", "[ros2]\ntopic = \"x\"\n");
+    assert_bad_input(
+        &["run", "--config", &path],
+        &["ros2.topic", "unknown field"],
+    );
+    assert_bad_input(
+        &["run", "--camera", "ros2:camera/image"],
+        &["camera.source", "not absolute", "--camera"],
+    );
+}
+
+#[test]
 fn a_duration_too_long_to_hold_is_refused_not_panicked_on() {
     // Finite and positive, but more seconds than a Duration holds.
     assert_bad_input(&["run", "--duration", "1e30"], &["--duration"]);

@@ -3,7 +3,9 @@
 //! `scripts/make-certs.sh` (openssl) for each test. Peers without a certificate of the CA
 //! cannot connect; an arm driver can stop but not release, arm or instruct; the operator can
 //! do all of it; records put on `cmd` by anyone but the robot never reach a subscriber;
-//! `require_tls` refuses an exposed endpoint and an exposed one is warned about. Every wait is
+//! `require_tls` refuses an exposed endpoint and an exposed one is warned about; an operator's
+//! ROS 2 machine sends the instruction and the e-stop as ROS 2 messages, of exactly their
+//! types, and cannot release, arm or use the native instruction key. Every wait is
 //! bounded; a refused put is tried again and again over a window, and each refusal is paired
 //! with the same put by an allowed peer, which arrives.
 
@@ -65,6 +67,7 @@ impl Pki {
                 "vla-operator",
                 "vla-driver-arm0",
                 "vla-router=DNS:localhost,IP:127.0.0.1",
+                "vla-ros2-operator",
             ],
         );
         let rogue = dir.join("rogue");
@@ -373,6 +376,10 @@ fn forged_record(seq: u64) -> [u8; vla_rt::control::command_record::RECORD_LEN] 
 const FORGED_SEQ: u64 = 4_000_000_000;
 
 fn start_secure_service(pki: &Pki) -> (ServiceProcess, u16) {
+    start_secure_service_with(pki, &[])
+}
+
+fn start_secure_service_with(pki: &Pki, extra_args: &[&str]) -> (ServiceProcess, u16) {
     let port = free_port();
     let json5 = pki.service_json5(port);
     let service = ServiceProcess::start(
@@ -381,7 +388,7 @@ fn start_secure_service(pki: &Pki) -> (ServiceProcess, u16) {
             "config = {:?}\nrequire_tls = true",
             json5.display().to_string()
         ),
-        &[],
+        extra_args,
     );
     (service, port)
 }
@@ -711,4 +718,114 @@ fn an_exposed_endpoint_is_warned_about_and_loopback_is_said() {
     assert!(lines[0].contains(&format!("tcp/127.0.0.1:{port}")));
     assert!(!stderr.contains("without TLS"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A ROS 2 sample as rmw_zenoh puts it: CDR payload and the 33-byte attachment.
+fn ros2_put(session: &zenoh::Session, key: &str, payload: &[u8], sequence: i64) {
+    let attachment = vla_rt::ros2::discovery::Attachment {
+        sequence,
+        source_timestamp_ns: vla_rt::control::clock::realtime_ns() as i64,
+        gid: [0x2a; 16],
+    }
+    .encode();
+    session
+        .put(key, payload.to_vec())
+        .attachment(attachment.to_vec())
+        .wait()
+        .unwrap();
+}
+
+#[test]
+fn a_ros2_operator_instructs_and_stops_and_can_do_nothing_else() {
+    use vla_rt::ros2::{discovery, types};
+    let pki = Pki::make("ros2");
+    let (service, port) = start_secure_service_with(&pki, &["--ros2"]);
+    let deadline = Instant::now() + WAIT;
+    let ros2 = loop {
+        match tls_client(&pki.dir, Some((&pki.dir, "vla-ros2-operator")), port) {
+            Ok(session) => break session,
+            Err(e) => assert!(Instant::now() < deadline, "{e}\n{}", service.stderr()),
+        }
+    };
+    let driver = client(&pki, "vla-driver-arm0", port);
+    let commands = CommandStream::new(&driver, ROBOT);
+    let status = StatusWatch::new(&driver);
+    commands.until(WAIT, "the first ACT", is_state(ControlState::Act));
+
+    // The ROS 2 graph: the node's token reaches the operator's machine.
+    let node = format!("/{ROBOT}/vla_rt");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let replies = ros2.liveliness().get("@ros2_lv/0/**").wait().unwrap();
+        let mut found = false;
+        while let Ok(reply) = replies.recv() {
+            if let Ok(sample) = reply.result() {
+                found |= sample
+                    .key_expr()
+                    .as_str()
+                    .ends_with(&format!("/NN/%/%{ROBOT}/vla_rt"));
+            }
+        }
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no liveliness token of {node}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The instruction, as std_msgs/msg/String of exactly its type: applied.
+    let instruction_key = discovery::data_key(0, &format!("/{ROBOT}/instruction"), &types::STRING);
+    let mut buffer = [0u8; 256];
+    let len = types::encode_string("fold the towel", &mut buffer).unwrap();
+    let mut sequence = 0;
+    let deadline = Instant::now() + WAIT;
+    while status.instruction_after_next_report() != "fold the towel" {
+        sequence += 1;
+        ros2_put(&ros2, &instruction_key, &buffer[..len], sequence);
+        assert!(
+            Instant::now() < deadline,
+            "the ROS 2 instruction never arrived"
+        );
+    }
+    // The native instruction key, and another type on the instruction topic: refused by the
+    // policy, so never seen by the service (not even counted as a wrong type).
+    put_for_a_while(&ros2, &key("instruction"), b"wave at the camera");
+    let bool_key = discovery::data_key(0, &format!("/{ROBOT}/instruction"), &types::BOOL);
+    let len_bool = types::encode_bool(true, &mut buffer).unwrap();
+    let end = Instant::now() + REFUSED_WINDOW;
+    while Instant::now() < end {
+        sequence += 1;
+        ros2_put(&ros2, &bool_key, &buffer[..len_bool], sequence);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while status.receiver.try_recv().is_ok() {}
+    let report = status.next();
+    assert_eq!(report["policy"]["instruction"], "fold the towel");
+    assert_eq!(report["ros2"]["refused"]["wrong_type"], 0);
+
+    // The e-stop, as std_msgs/msg/Bool true: STOP. Releasing and arming natively: refused.
+    let estop_key = discovery::data_key(0, &format!("/{ROBOT}/estop"), &types::BOOL);
+    sequence += 1;
+    ros2_put(&ros2, &estop_key, &buffer[..len_bool], sequence);
+    commands.until(
+        WAIT,
+        "STOP from the ROS 2 e-stop",
+        is_state(ControlState::Stop),
+    );
+    commands.drain();
+    for suffix in ["estop/release", "arm"] {
+        put_for_a_while(
+            &ros2,
+            &key(suffix),
+            suffix.split('/').next_back().unwrap().as_bytes(),
+        );
+    }
+    let held: Vec<_> = commands.receiver.try_iter().collect();
+    assert!(held.len() >= 40, "{} commands in 4 s at 20 Hz", held.len());
+    assert!(
+        held.iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.state == ControlState::Stop)),
+        "the ROS 2 operator's release or arm left STOP"
+    );
+    drop(service);
 }

@@ -111,7 +111,24 @@ pub fn open_source_with_zenoh(
     config: &crate::config::CameraConfig,
     zenoh: &crate::config::ZenohConfig,
 ) -> Result<Box<dyn FrameSource>, CaptureError> {
+    open_source_in_domain(config, zenoh, 0)
+}
+
+/// [`open_source_with_zenoh`], with the ROS 2 domain a `ros2:<topic>` source reads from
+/// (`[ros2] domain_id`).
+pub fn open_source_in_domain(
+    config: &crate::config::CameraConfig,
+    zenoh: &crate::config::ZenohConfig,
+    ros2_domain_id: u32,
+) -> Result<Box<dyn FrameSource>, CaptureError> {
     let source = config.source.as_str();
+    if source.starts_with(crate::ros2::CAMERA_SOURCE_PREFIX) {
+        return Ok(Box::new(zenoh_source::ZenohSource::new_ros2(
+            config,
+            zenoh,
+            ros2_domain_id,
+        )?));
+    }
     if source.starts_with(zenoh_source::SOURCE_PREFIX) {
         return Ok(Box::new(zenoh_source::ZenohSource::new(config, zenoh)?));
     }
@@ -129,6 +146,8 @@ pub fn open_source_with_zenoh(
     }
     Err(CaptureError::Config {
         source_name: source.to_string(),
-        message: "not `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path".into(),
+        message:
+            "not `synthetic`, `images:<dir>`, `zenoh:<key>`, `ros2:<topic>` or a `/dev/videoN` path"
+                .into(),
     })
 }

@@ -155,6 +155,8 @@ pub struct ZenohSource {
     last_publisher_sequence: Option<u64>,
     /// Sequence number given to the last frame (keeps increasing across publisher restarts).
     last_sequence: Option<u64>,
+    /// Samples are ROS 2 images (`ros2:<topic>`, `crate::ros2::camera`), not frame records.
+    ros2: bool,
 }
 
 impl ZenohSource {
@@ -199,7 +201,67 @@ impl ZenohSource {
             stats: CaptureStats::default(),
             last_publisher_sequence: None,
             last_sequence: None,
+            ros2: false,
         })
+    }
+
+    /// A ROS 2 image topic as a camera (`[camera] source = "ros2:<absolute topic>"`) on
+    /// ROS 2 domain `domain_id` (ARCHITECTURE.md §15); the same ring, stall, drop and
+    /// corrupt accounting as a frame-record camera.
+    pub fn new_ros2(
+        camera: &CameraConfig,
+        zenoh: &ZenohConfig,
+        domain_id: u32,
+    ) -> Result<Self, CaptureError> {
+        let prefix = crate::ros2::CAMERA_SOURCE_PREFIX;
+        let config_error = |message: String| CaptureError::Config {
+            source_name: camera.source.clone(),
+            message,
+        };
+        let topic = camera
+            .source
+            .strip_prefix(prefix)
+            .ok_or_else(|| config_error(format!("camera.source: not `{prefix}<topic>`")))?;
+        crate::ros2::config::check_absolute_topic(topic)
+            .map_err(|m| config_error(format!("camera.source: {m}")))?;
+        let as_zenoh = CameraConfig {
+            source: format!(
+                "{SOURCE_PREFIX}{}",
+                crate::ros2::camera::subscription_key(domain_id, topic)
+            ),
+            ..camera.clone()
+        };
+        let mut source = Self::new(&as_zenoh, zenoh)?;
+        source.source_name = camera.source.clone();
+        source.ros2 = true;
+        Ok(source)
+    }
+
+    /// Converts one sample into `frame`: the capture time (0: unknown) and the publisher's
+    /// sequence number, or why it is corrupt with the sequence number when the sample was
+    /// readable that far (a corrupt frame still counts in the sequence).
+    fn convert_sample(
+        &self,
+        sample: &Sample,
+        frame: &mut Frame,
+    ) -> Result<(u64, u64), (Option<u64>, String)> {
+        let payload = sample.payload().to_bytes();
+        if self.ros2 {
+            let attachment = sample.attachment().map(|a| a.to_bytes());
+            let got = crate::ros2::camera::convert(
+                sample.key_expr().as_str(),
+                attachment.as_deref(),
+                &payload,
+                (self.width, self.height),
+                &self.jpeg,
+                frame,
+            )?;
+            return Ok((got.capture_time_ns, got.sequence));
+        }
+        let (header, image) = FrameHeader::decode(&payload).map_err(|m| (None, m))?;
+        self.convert(&header, image, frame)
+            .map_err(|m| (Some(header.sequence), m))?;
+        Ok((header.capture_time_ns, header.sequence))
     }
 
     /// Checks and converts one frame record's image into `frame`; `Err` is the reason it is
@@ -328,12 +390,17 @@ impl FrameSource for ZenohSource {
                     })
                 }
             };
-            let payload = sample.payload().to_bytes();
-            let converted = FrameHeader::decode(&payload).and_then(|(header, image)| {
-                let sequence = self.track_sequence(header.sequence);
-                self.convert(&header, image, frame)
-                    .map(|()| (header.capture_time_ns, sequence))
-            });
+            let converted = match self.convert_sample(&sample, frame) {
+                Ok((capture_time_ns, publisher_sequence)) => {
+                    Ok((capture_time_ns, self.track_sequence(publisher_sequence)))
+                }
+                Err((publisher_sequence, message)) => {
+                    if let Some(publisher_sequence) = publisher_sequence {
+                        self.track_sequence(publisher_sequence);
+                    }
+                    Err(message)
+                }
+            };
             match converted {
                 Ok((capture_time_ns, sequence)) => {
                     frame.sequence = sequence;

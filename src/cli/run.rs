@@ -44,8 +44,8 @@ pub struct RunArgs {
     /// Calibration file written by `vla-calib` (sets `[calibration] path`).
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
-    /// Camera source: `synthetic`, `images:<dir>`, `zenoh:<key>` or a `/dev/videoN` path (sets
-    /// `[camera] source`).
+    /// Camera source: `synthetic`, `images:<dir>`, `zenoh:<key>`, `ros2:<topic>` or a
+    /// `/dev/videoN` path (sets `[camera] source`).
     #[arg(long, value_name = "SOURCE")]
     pub camera: Option<String>,
     /// Robot id in the key expressions `vla/<robot_id>/...` (sets `robot_id`).
@@ -66,6 +66,9 @@ pub struct RunArgs {
     /// Record the session to this MCAP file (sets `[record] path`).
     #[arg(long, value_name = "FILE.mcap")]
     pub record: Option<PathBuf>,
+    /// Also be a ROS 2 node over rmw_zenoh (sets `[ros2] enabled`).
+    #[arg(long)]
+    pub ros2: bool,
 }
 
 /// The config file (or the built-in default) with the command-line overrides applied and
@@ -106,6 +109,10 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
     if !args.zenoh_connect.is_empty() {
         config.zenoh.connect = Some(args.zenoh_connect.clone());
         overridden.push(("zenoh.connect", "--zenoh-connect"));
+    }
+    if args.ros2 {
+        config.ros2.enabled = true;
+        overridden.push(("ros2.namespace", "--ros2"));
     }
     config.validate(&file).map_err(|e| {
         let flag = match &e {
@@ -218,17 +225,18 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     signals::install_termination_handlers()
         .map_err(|e| CliError::failure(format!("cannot install signal handlers: {e}")))?;
     let source =
-        crate::capture::open_source_with_zenoh(&config.camera, &config.zenoh).map_err(|e| {
-            if matches!(
-                e,
-                crate::capture::CaptureError::DeviceMissing { .. }
-                    | crate::capture::CaptureError::Config { .. }
-            ) {
-                CliError::bad_input(e.to_string())
-            } else {
-                CliError::failure(e.to_string())
-            }
-        })?;
+        crate::capture::open_source_in_domain(&config.camera, &config.zenoh, config.ros2.domain_id)
+            .map_err(|e| {
+                if matches!(
+                    e,
+                    crate::capture::CaptureError::DeviceMissing { .. }
+                        | crate::capture::CaptureError::Config { .. }
+                ) {
+                    CliError::bad_input(e.to_string())
+                } else {
+                    CliError::failure(e.to_string())
+                }
+            })?;
     let recorder = start_recorder(&config, &policy_options)?;
     let model_path = config.model.path.clone();
     let tensorrt = config.model.tensorrt_options();

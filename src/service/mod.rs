@@ -27,6 +27,7 @@ use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, TickNotifier, TickTrace};
 use crate::policy::{Policy, PolicyError};
 use crate::recording::Recorder;
+use crate::ros2::Ros2Node;
 use crate::transport::security;
 use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, PublisherSettings, RobotInterface, RobotKeys,
@@ -123,6 +124,8 @@ pub struct Service {
     outbox: Arc<CommandOutbox>,
     session: zenoh::Session,
     interface: RobotInterface,
+    /// The ROS 2 node, with `[ros2] enabled`.
+    ros2: Option<Arc<Ros2Node>>,
     /// Ends with `None` when the control loop panicked.
     control: Option<std::thread::JoinHandle<Option<ServiceSummary>>>,
     supervision: Arc<Supervision>,
@@ -169,6 +172,16 @@ impl Service {
                     config.camera.width,
                     config.camera.height,
                 ));
+        }
+        if config
+            .camera
+            .source
+            .starts_with(crate::ros2::CAMERA_SOURCE_PREFIX)
+        {
+            largest_payload = largest_payload.max(crate::ros2::camera::largest_payload(
+                config.camera.width,
+                config.camera.height,
+            ));
         }
         let inbound_limit = security::inbound_message_limit(largest_payload);
         let (session, transport_security) =
@@ -246,10 +259,27 @@ impl Service {
             Arc::clone(&instructions) as Arc<dyn zenoh_io::InstructionSink>,
             Some(Arc::clone(&supervision)),
         )?;
+        let ros2 = if config.ros2.enabled {
+            Some(Ros2Node::declare(
+                &session,
+                config,
+                Arc::clone(&inputs),
+                Arc::clone(&instructions) as Arc<dyn zenoh_io::InstructionSink>,
+                Some(Arc::clone(&supervision)),
+            )?)
+        } else {
+            None
+        };
+        let mirror = match &ros2 {
+            Some(node) => Some(Box::new(
+                node.command_publisher(&session, config.control.period_ns())?,
+            ) as Box<dyn zenoh_io::CommandMirror>),
+            None => None,
+        };
 
         let outbox = Arc::new(CommandOutbox::default());
         let publish_stats = Arc::new(PublishStats::new(options.trace_ticks));
-        let publisher = CommandPublisherThread::spawn(
+        let publisher = CommandPublisherThread::spawn_mirrored(
             &session,
             &keys.cmd,
             Arc::clone(&outbox),
@@ -258,6 +288,7 @@ impl Service {
                 period_ns: config.control.period_ns(),
                 supervision: Some(Arc::clone(&supervision)),
             },
+            mirror,
             move || {
                 // Same priority as the control thread, which wakes it every tick; a refusal
                 // was already judged by the control thread's own set-up.
@@ -292,6 +323,7 @@ impl Service {
                 supervision: Arc::clone(&supervision),
                 transport: transport_security,
                 recorder: options.recorder.clone(),
+                ros2: ros2.clone(),
             },
             options.terminal_status,
         )?;
@@ -358,6 +390,7 @@ impl Service {
             outbox,
             session,
             interface,
+            ros2,
             control: Some(control),
             supervision: Arc::clone(&supervision),
             watchdog: None,
@@ -384,7 +417,14 @@ impl Service {
                 });
             }
         }
-        if let Err(e) = service.interface.announce(&service.session, &keys) {
+        let announced = service
+            .interface
+            .announce(&service.session, &keys)
+            .and_then(|()| match &service.ros2 {
+                Some(node) => node.announce(&service.session),
+                None => Ok(()),
+            });
+        if let Err(e) = announced {
             // The control loop already runs: end it (with its STOP) rather than leave it behind.
             service.request_stop();
             service.shut_down();
@@ -519,6 +559,9 @@ impl Service {
             );
         }
         self.interface.undeclare();
+        if let Some(node) = &self.ros2 {
+            node.undeclare();
+        }
         match stalled {
             Some(Worker::Status) => self.status.abandon(),
             _ => self.status.stop(),

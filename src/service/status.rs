@@ -44,6 +44,9 @@ pub struct StatusSources {
     pub transport: TransportSecurity,
     /// The session recording, if one is made.
     pub recorder: Option<Arc<Recorder>>,
+    /// The ROS 2 node (`[ros2] enabled`): its counters join the status, which it also
+    /// publishes as a `DiagnosticArray`.
+    pub ros2: Option<Arc<crate::ros2::Ros2Node>>,
 }
 
 /// Latency percentiles cover the last one to two of these windows.
@@ -85,6 +88,7 @@ impl StatusSources {
         let instruction = self.instructions.summary();
         let stop_cause =
             (state == ControlState::Stop).then(|| StopCause::from_u64(load(&c.stop_cause)).name());
+        let ros2 = self.ros2.as_ref().map(|node| node.stats().to_json());
         json!({
             "robot_id": self.robot_id,
             "state": state.name(),
@@ -146,6 +150,7 @@ impl StatusSources {
             "model": self.model,
             "transport": self.transport,
             "record": self.recorder.as_ref().map(|r| r.stats().to_json()),
+            "ros2": ros2,
         })
     }
 
@@ -157,6 +162,9 @@ impl StatusSources {
             histogram.rotate();
         }
         self.publish.delay.rotate();
+        if let Some(node) = &self.ros2 {
+            node.stats().rotate();
+        }
     }
 
     fn terminal_line(&self, measured_rate_hz: f64) -> String {
@@ -320,6 +328,9 @@ fn status_loop(
         }
         if let Err(e) = publisher.put(text).wait() {
             log::debug!("zenoh: publishing status: {}", zenoh_error_text(&*e));
+        }
+        if let Some(node) = &sources.ros2 {
+            node.publish_diagnostics(&document);
         }
         if terminal {
             eprint!("\r\x1b[2K{}", sources.terminal_line(rate));

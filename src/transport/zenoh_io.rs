@@ -274,6 +274,16 @@ pub struct PublisherSettings {
     pub supervision: Option<Arc<Supervision>>,
 }
 
+/// A second publisher of every record the publisher thread sends (the ROS 2 twist and
+/// gripper, ARCHITECTURE.md §15): called on the publisher thread right after the native put
+/// of the same record, with that put's duration in ns. It must not allocate or lock per
+/// record beyond what its own puts do.
+pub trait CommandMirror: Send + 'static {
+    fn mirror(&mut self, record: &[u8; RECORD_LEN], native_put_ns: u64);
+    /// Undeclares what it declared (the publisher thread ends).
+    fn close(self: Box<Self>);
+}
+
 impl CommandPublisherThread {
     /// Declares `vla/<robot>/cmd` with the command QoS and starts the thread that drains
     /// `outbox`. `on_start` runs first on the new thread (real-time set-up).
@@ -285,17 +295,35 @@ impl CommandPublisherThread {
         settings: PublisherSettings,
         on_start: impl FnOnce() + Send + 'static,
     ) -> Result<Self, TransportError> {
+        Self::spawn_mirrored(session, key, outbox, stats, settings, None, on_start)
+    }
+
+    /// [`CommandPublisherThread::spawn`], with `mirror` publishing each record sent right
+    /// after its native put.
+    pub fn spawn_mirrored(
+        session: &Session,
+        key: &str,
+        outbox: Arc<CommandOutbox>,
+        stats: Arc<PublishStats>,
+        settings: PublisherSettings,
+        mut mirror: Option<Box<dyn CommandMirror>>,
+        on_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, TransportError> {
         let publisher = declare_command_publisher(session, key)?;
         let handle = std::thread::Builder::new()
             .name("vla-publish".into())
             .spawn(move || {
                 on_start();
-                let work = || publisher_loop(&publisher, &outbox, &stats, &settings);
+                let mut work =
+                    || publisher_loop(&publisher, &outbox, &stats, &settings, &mut mirror);
                 match &settings.supervision {
                     Some(supervision) => {
                         let _ = supervision.guard(Worker::Publisher, work);
                     }
                     None => work(),
+                }
+                if let Some(mirror) = mirror.take() {
+                    mirror.close();
                 }
                 if let Err(e) = publisher.undeclare().wait() {
                     log::warn!(
@@ -391,6 +419,7 @@ fn publisher_loop(
     outbox: &CommandOutbox,
     stats: &PublishStats,
     settings: &PublisherSettings,
+    mirror: &mut Option<Box<dyn CommandMirror>>,
 ) {
     outbox.register_publisher();
     loop {
@@ -400,8 +429,13 @@ fn publisher_loop(
         // Read before draining: a close that comes after the drain is seen next round.
         let closed = outbox.is_closed();
         while let Some(record) = outbox.receive() {
-            if is_in_time(&record, clock::monotonic_ns(), settings.period_ns) {
+            let start = clock::monotonic_ns();
+            if is_in_time(&record, start, settings.period_ns) {
                 publish_one(publisher, &record.bytes, stats);
+                if let Some(mirror) = mirror.as_mut() {
+                    let put_ns = clock::monotonic_ns().saturating_sub(start);
+                    mirror.mirror(&record.bytes, put_ns);
+                }
             } else {
                 stats.stale.fetch_add(1, Ordering::Relaxed);
             }
