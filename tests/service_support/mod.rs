@@ -1,5 +1,5 @@
 //! Shared pieces of the service tests: a scriptable fake policy, a loopback config on a
-//! free port, and a command subscriber with bounded waits.
+//! reserved port, and a command subscriber with bounded waits.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -81,11 +81,9 @@ impl Policy for FakePolicy {
     }
 }
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A fresh, empty folder for one service's e-stop latch.
 pub fn state_dir(name: &str) -> std::path::PathBuf {
