@@ -10,6 +10,9 @@
 // Test helpers fail the test by panicking, like the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/ports.rs"]
+mod ports;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -130,11 +133,7 @@ impl Policy for BusyPolicy {
 
 #[test]
 fn steady_state_ticks_allocate_nothing() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ports::free_port();
 
     let supervision = Arc::new(Supervision::new(
         vla_rt::config::ServiceConfig::builtin().watchdog_limits(),

@@ -2,15 +2,18 @@
 //! (compute_87). Needs only the NVRTC library and its builtins, no GPU and no
 //! `LD_LIBRARY_PATH`: found on the loader's path, in a CUDA toolkit or in the
 //! `nvidia-cuda-nvrtc` wheel (`scripts/setup.sh` installs it). Skipped with a message when
-//! NVRTC is absent, except under CI (`CI` set), where that is a failure.
+//! NVRTC is absent, except under CI (`CI` set to any non-empty value), where that is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/skip.rs"]
+mod skip;
 
 use vla_rt::backend::cuda::kernels::{self, CI_ARCHS, SOURCES};
 use vla_rt::backend::cuda::libs;
 
 /// Whether NVRTC is there to compile with; without it the test is skipped with a message,
-/// except under CI (`CI` set), where every kernel must compile.
+/// except under CI (`CI` set to any non-empty value), where every kernel must compile.
 fn nvrtc_or_skip() -> bool {
     match libs::ensure_nvrtc() {
         Ok(_) => true,
@@ -18,10 +21,7 @@ fn nvrtc_or_skip() -> bool {
             let msg = format!(
                 "{e} (scripts/setup.sh installs the nvidia-cuda-nvrtc wheel, which is enough)"
             );
-            if std::env::var_os("CI").is_some() {
-                panic!("{msg}; CI must compile every kernel");
-            }
-            eprintln!("skipped: {msg}");
+            skip::missing_tool(&msg);
             false
         }
     }

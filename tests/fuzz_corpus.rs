@@ -51,15 +51,37 @@ fn corpora_replay_without_panics() {
 
 #[test]
 fn zero_sized_frames_are_refused_by_the_converters() {
-    // The input layout of `raw_frame`: format, width, height (u16), stride (u32), frame.
-    for format in 0u8..3 {
+    use vla_rt::capture::v4l2_convert::{grey_to_rgb, rgb24_to_rgb, yuyv_to_rgb};
+    type Convert = fn(&[u8], u32, u32, usize, &mut Vec<u8>) -> Result<(), String>;
+    let converters: [(&str, Convert); 3] = [
+        ("YUYV", yuyv_to_rgb),
+        ("RGB24", rgb24_to_rgb),
+        ("GREY", grey_to_rgb),
+    ];
+    let frame = [0u8; 256];
+    for (format, (name, convert)) in converters.into_iter().enumerate() {
         for (width, height) in [(0u16, 0u16), (0, 8), (8, 0)] {
-            let mut data = vec![format];
+            // A stride and a frame large enough for an 8x8 frame of any of the formats: only
+            // the zero size is wrong.
+            let mut rgb = vec![7u8; 3];
+            let result = convert(&frame, width.into(), height.into(), 32, &mut rgb);
+            assert!(
+                result.is_err(),
+                "{name} {width}x{height}: converted, not refused"
+            );
+            assert_eq!(rgb, [7u8; 3], "{name} {width}x{height}: output written");
+            // The same input through the fuzz harness (its layout: format, width, height
+            // (u16), stride (u32), frame) does not panic.
+            let mut data = vec![format as u8];
             data.extend_from_slice(&width.to_le_bytes());
             data.extend_from_slice(&height.to_le_bytes());
-            data.extend_from_slice(&16u32.to_le_bytes());
-            data.extend_from_slice(&[0u8; 256]);
+            data.extend_from_slice(&32u32.to_le_bytes());
+            data.extend_from_slice(&frame);
             vla_rt::fuzzing::raw_frame(&data);
         }
+        // The frame is sound: 8x8 converts, so the refusals above are the zero size's.
+        let mut rgb = Vec::new();
+        convert(&frame, 8, 8, 32, &mut rgb).unwrap();
+        assert_eq!(rgb.len(), 8 * 8 * 3, "{name}");
     }
 }

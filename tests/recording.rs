@@ -168,12 +168,9 @@ fn a_recording_holds_the_session_and_replays_with_identical_tokens() {
     assert_eq!(summary["tokens_equal"], summary["tokens"], "{summary}");
     assert_eq!(summary["steps_differing"], 0);
     assert_eq!(summary["accuracy"].as_f64(), Some(1.0));
-    for (step, recorded) in report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&recording.steps)
-    {
+    let replayed_steps = report["steps"].as_array().unwrap();
+    assert_eq!(replayed_steps.len(), recording.steps.len());
+    for (step, recorded) in replayed_steps.iter().zip(&recording.steps) {
         let replayed: Vec<u32> = serde_json::from_value(step["replayed_tokens"].clone()).unwrap();
         assert_eq!(replayed, recorded.tokens);
     }

@@ -14,6 +14,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/ports.rs"]
+mod ports;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -26,11 +28,6 @@ const RATE_HZ: f64 = 10.0;
 const ROBOT: &str = "rosbot";
 const CAMERA_TOPIC: &str = "/camera/image_raw/compressed";
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Whether python3 has eclipse-zenoh, rosbags, numpy and Pillow; under CI their absence
 /// fails the test (scripts/setup.sh installs them).
 fn python_peer_available() -> bool {
@@ -40,14 +37,9 @@ fn python_peer_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 cannot import zenoh, rosbags, numpy and PIL under CI; scripts/setup.sh \
-             installs eclipse-zenoh and rosbags"
-        );
-        println!(
-            "skipped: python3 cannot import zenoh, rosbags, numpy and PIL; scripts/setup.sh \
-             installs them"
+        common::skip::missing_tool(
+            "python3 cannot import zenoh, rosbags, numpy and PIL; scripts/setup.sh installs \
+             eclipse-zenoh and rosbags",
         );
     }
     ok
@@ -76,7 +68,7 @@ fn a_ros2_peer_sees_the_same_ticks_and_is_heard() {
     if !python_peer_available() {
         return;
     }
-    let port = free_port();
+    let port = ports::free_port();
     let dir = std::env::temp_dir().join(format!("vla-rt-ros2-peer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -223,6 +223,40 @@ fn zenoh_settings_this_build_would_ignore_are_named() {
     }
 }
 
+/// `[zenoh] listen = []` with no connect endpoint and multicast scouting off: a service no
+/// operator could reach is refused, naming the keys, whether the listen endpoints it empties
+/// came from the json5 file or from the built-in default.
+#[test]
+fn a_service_no_one_can_reach_is_refused_naming_the_keys() {
+    let json5 = temp_file(
+        "listening.json5",
+        "{listen: {endpoints: [\"tcp/127.0.0.1:7447\"]}, scouting: {multicast: {enabled: false}}}",
+    );
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/engines/openvla-tiny");
+    let state = std::env::temp_dir().join(format!("vla-rt-{}-state", std::process::id()));
+    for (name, zenoh) in [
+        ("file", format!("config = {json5:?}\nlisten = []\n")),
+        ("builtin", "listen = []\n".to_string()),
+    ] {
+        let toml = temp_file(
+            &format!("unreachable-{name}.toml"),
+            &format!(
+                "[model]\npath = {model:?}\n[control]\nstate_dir = {:?}\n\
+                 estop_missing = \"released\"\n[zenoh]\n{zenoh}",
+                state.display().to_string()
+            ),
+        );
+        assert_bad_input(
+            &["run", "--config", &toml],
+            &[
+                "[zenoh] listen",
+                "[zenoh] connect",
+                "scouting/multicast/enabled",
+            ],
+        );
+    }
+}
+
 #[test]
 fn wrong_model_path_is_named() {
     let path = temp_file(

@@ -107,6 +107,69 @@ fn all_stop(stream: &CommandStream, n: usize, what: &str) {
     }
 }
 
+/// Every command that arrived so far must be STOP.
+fn all_stop_so_far(stream: &CommandStream, what: &str) {
+    while let Ok(record) = stream.receiver.try_recv() {
+        let record = record.unwrap();
+        assert_eq!(record.state, ControlState::Stop, "{what}: {record:?}");
+    }
+}
+
+/// Puts `arm` until the service reports that it refused one (the e-stop holds); every command
+/// meanwhile and the next ten after it must be STOP.
+fn arm_is_refused(
+    session: &zenoh::Session,
+    stream: &CommandStream,
+    status: &StatusWatch,
+    what: &str,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        put_arm(session, ROBOT, "arm");
+        let refused = status.until(WAIT, "a status", |_| true)["arm"]["refused"]
+            .as_u64()
+            .unwrap();
+        all_stop_so_far(stream, what);
+        if refused > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no `arm` refused within {WAIT:?}"
+        );
+    }
+    all_stop(stream, 10, what);
+}
+
+/// Puts `release` until the service reports the e-stop released; every command meanwhile
+/// and the next fifteen after it must be STOP (no ACT without an `arm`).
+fn release_alone_keeps_stop(
+    session: &zenoh::Session,
+    stream: &CommandStream,
+    status: &StatusWatch,
+    what: &str,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        session
+            .put(format!("vla/{ROBOT}/estop/release"), "release")
+            .wait()
+            .unwrap();
+        let latched = status.until(WAIT, "a status", |_| true)["estop"]
+            .as_bool()
+            .unwrap();
+        all_stop_so_far(stream, what);
+        if !latched {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the e-stop still latched after {WAIT:?}"
+        );
+    }
+    all_stop(stream, 15, what);
+}
+
 #[test]
 fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     let dir = state_dir("persist");
@@ -119,17 +182,13 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     let child = spawn(&config);
     let session = client_session(port);
     let stream = CommandStream::new(&session, ROBOT);
+    let status = StatusWatch::new(&session, ROBOT);
     let first = stream.next(FIRST_COMMAND);
     assert_eq!(first.state, ControlState::Stop, "{first:?}");
     all_stop(&stream, 10, "a missing latch file is an e-stop");
     assert_eq!(std::fs::read_to_string(&latch_file).unwrap(), "latched\n");
-    put_arm(&session, ROBOT, "arm");
-    all_stop(&stream, 10, "`arm` while latched");
-    session
-        .put(format!("vla/{ROBOT}/estop/release"), "release")
-        .wait()
-        .unwrap();
-    all_stop(&stream, 15, "`release` alone");
+    arm_is_refused(&session, &stream, &status, "`arm` while latched");
+    release_alone_keeps_stop(&session, &stream, &status, "`release` alone");
     assert_eq!(std::fs::read_to_string(&latch_file).unwrap(), "released\n");
     arm_until_act(&session, &stream, ROBOT, WAIT);
 
@@ -143,6 +202,7 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     let log = terminate(child, &stream);
     assert!(log.contains("state STOP (e-stop)"), "{log}");
     drop(stream);
+    drop(status);
     session.close().wait().unwrap();
 
     // A new process: still STOP, `arm` refused, `release` alone not enough.
@@ -151,16 +211,22 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
     let child = spawn(&config);
     let session = client_session(port);
     let stream = CommandStream::new(&session, ROBOT);
+    let status = StatusWatch::new(&session, ROBOT);
     let first = stream.next(FIRST_COMMAND);
     assert_eq!(first.state, ControlState::Stop, "{first:?}");
     all_stop(&stream, 10, "after the restart");
-    put_arm(&session, ROBOT, "arm");
-    all_stop(&stream, 15, "`arm` after the restart, still latched");
-    session
-        .put(format!("vla/{ROBOT}/estop/release"), "release")
-        .wait()
-        .unwrap();
-    all_stop(&stream, 15, "`release` alone after the restart");
+    arm_is_refused(
+        &session,
+        &stream,
+        &status,
+        "`arm` after the restart, still latched",
+    );
+    release_alone_keeps_stop(
+        &session,
+        &stream,
+        &status,
+        "`release` alone after the restart",
+    );
     arm_until_act(&session, &stream, ROBOT, WAIT);
     let log = terminate(child, &stream);
     assert!(log.contains("e-stop latched"), "{log}");
@@ -169,6 +235,7 @@ fn a_latched_estop_survives_a_restart_and_needs_release_and_arm() {
         "{log}"
     );
     drop(stream);
+    drop(status);
     session.close().wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

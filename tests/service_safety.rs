@@ -2,7 +2,7 @@
 //! (HOLD only) until `arm`; a silent camera STOPs and its return alone does not move the
 //! arm; a policy forced to extreme outputs stays inside the velocity, acceleration, jerk,
 //! workspace and gripper-rate bounds; with the bundled 5 Hz checkpoint the service ACTs on
-//! every tick at 200 Hz; and the displacement per second does not depend on the control
+//! every tick of each action step at 200 Hz; and the displacement per second does not depend on the control
 //! rate. Every wait is bounded.
 
 // Test helpers fail the test by panicking, like the test functions themselves.
@@ -303,14 +303,22 @@ fn run_extreme(
     (config, records, rearm_at)
 }
 
+/// What [`check_motion`] saw.
+struct Motion {
+    /// Peaks of |v|, |a|, |j| over the translation axes, as fractions of their bounds.
+    peak: [f64; 3],
+    /// ACT commands that ended on a workspace wall, with the pose known exactly.
+    wall_contacts: u32,
+}
+
 /// Checks velocity, acceleration, jerk, gripper rate and the workspace on every command
 /// (the limiter restarts from rest after each HOLD or STOP, which publish zero deltas at
 /// once). At the workspace wall a move ends short, a hard stop: acceleration and jerk are
-/// not checked on the tick that stops there and the next. Returns the peaks of |v|, |a|,
-/// |j| over the translation axes, as fractions of their bounds. A command lost on the way
-/// (Zenoh drops under load) breaks the chain: the derivatives restart after it, and the pose
-/// is unknown until the next arming.
-fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usize) -> [f64; 3] {
+/// not checked on the tick that stops there and the next. A command lost on the way (Zenoh
+/// drops under load) breaks the chain: the derivatives restart after it, and the pose is
+/// known only to within what the lost commands could have moved (the velocity bound times
+/// their periods, on each axis), which the workspace check allows for from then on.
+fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usize) -> Motion {
     let s = &config.safety;
     let dt = 1.0 / config.control.rate_hz;
     let mut position = [0.0f64; 3];
@@ -321,18 +329,21 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
     let mut acts = 0;
     let mut from_rest = 0;
     let mut peak = [0.0f64; 3];
-    let mut pose_known = true;
+    // How far the true pose may be from `position` on each axis, from lost commands.
+    let mut uncertainty = 0.0f64;
+    let mut wall_contacts = 0u32;
     let mut unchecked = 0u32;
     let mut lost = 0u64;
     for (k, record) in records.iter().enumerate() {
         if k == rearm_at {
             position = [0.0; 3];
-            pose_known = true;
+            uncertainty = 0.0;
         }
         if let Some(p) = previous {
             if record.seq != p.seq + 1 {
-                lost += record.seq - p.seq - 1;
-                pose_known = false;
+                let missing = record.seq - p.seq - 1;
+                lost += missing;
+                uncertainty += missing as f64 * s.max_linear_velocity * dt;
                 unchecked = 3;
                 previous = None;
             }
@@ -362,19 +373,20 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
             }
             for i in 0..3 {
                 position[i] += f64::from(record.action[i]);
-                if !pose_known {
-                    continue;
-                }
                 if let (Some(lo), Some(hi)) = (s.workspace_min, s.workspace_max) {
+                    let u = uncertainty;
                     assert!(
-                        position[i] >= lo[i] - 1e-5 && position[i] <= hi[i] + 1e-5,
-                        "axis {i} at {} outside [{}, {}]",
+                        position[i] + u >= lo[i] - 1e-5 && position[i] - u <= hi[i] + 1e-5,
+                        "axis {i} at {} (within {u} after lost commands) outside [{}, {}]",
                         position[i],
                         lo[i],
                         hi[i]
                     );
-                    if position[i] <= lo[i] + 1e-6 || position[i] >= hi[i] - 1e-6 {
+                    if position[i] <= lo[i] + u + 1e-6 || position[i] >= hi[i] - u - 1e-6 {
                         wall_stop_ticks = 2;
+                        if u == 0.0 {
+                            wall_contacts += 1;
+                        }
                     }
                 }
             }
@@ -431,13 +443,16 @@ fn check_motion(config: &ServiceConfig, records: &[CommandRecord], rearm_at: usi
         "{lost} of {} commands lost",
         records.len()
     );
-    peak
+    Motion {
+        peak,
+        wall_contacts,
+    }
 }
 
 #[test]
 fn extreme_policy_outputs_stay_inside_velocity_acceleration_and_jerk_bounds() {
     let (config, records, rearm_at) = run_extreme("extreme", None);
-    let [v, a, j] = check_motion(&config, &records, rearm_at);
+    let [v, a, j] = check_motion(&config, &records, rearm_at).peak;
     eprintln!(
         "extreme policy, no workspace: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds"
     );
@@ -449,59 +464,108 @@ fn extreme_policy_outputs_stay_inside_velocity_acceleration_and_jerk_bounds() {
 fn extreme_policy_outputs_stay_inside_the_workspace() {
     let workspace = ([-0.05, -0.04, -0.03], [0.05, 0.04, 0.03]);
     let (config, records, rearm_at) = run_extreme("extreme-box", Some(workspace));
-    let [v, a, j] = check_motion(&config, &records, rearm_at);
+    let motion = check_motion(&config, &records, rearm_at);
+    let [v, a, j] = motion.peak;
     eprintln!(
-        "extreme policy, workspace box: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds"
+        "extreme policy, workspace box: peak |v| {v:.3}, |a| {a:.3}, |j| {j:.3} of their bounds, {} wall contacts",
+        motion.wall_contacts
+    );
+    // The walls were reached, not merely never approached: half a second at up to the
+    // velocity bound (0.25 m/s) crosses the 0.1 m box.
+    assert!(
+        motion.wall_contacts > 0,
+        "the workspace walls were never reached"
     );
 }
 
+/// At 200 Hz a 5 Hz action step lasts 40 ticks, and the service ACTs on every one of them:
+/// pacing spreads the action over its whole step (ARCHITECTURE.md §5). A HOLD comes only
+/// once a step has run out with no fresh action, which on a busy machine happens whenever
+/// the policy takes longer than a step; how many ticks ACT overall is therefore a measure
+/// (printed), not asserted. Ticks are placed in their schedule slots by the service's own
+/// tick trace, so that a late wake-up does not blur the step's end.
 #[test]
-fn at_200_hz_a_5_hz_policy_acts_on_every_tick() {
+fn at_200_hz_a_5_hz_policy_acts_on_every_tick_of_each_step() {
     let _one = ONE_MODEL.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port();
     let config = loopback_config("fast", port, 200.0);
-    let service = start_bundled(&config);
+    let source = vla_rt::capture::open_source(&config.camera).unwrap();
+    let model = config.model.path.clone();
+    let options = config.model.policy_options();
+    let service = Service::start(
+        &config,
+        source,
+        move || vla_rt::backend::load_policy(&model, &options),
+        ServiceOptions {
+            // Model load and warm-up (up to FIRST_COMMAND) and the 1000 commands after.
+            trace_ticks: 200 * 90,
+            ..ServiceOptions::default()
+        },
+    )
+    .unwrap();
     let session = client_session(port);
     let stream = CommandStream::new(&session, "fast");
-    stream.until(FIRST_COMMAND, "the first ACT", is_state(ControlState::Act));
-    // The service's own counts over 5 s (a subscriber may lose a few of 200 commands a
-    // second on a busy machine; the service publishes them all).
-    let stats = service.control_stats();
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let before = [
-        &stats.ticks,
-        &stats.act_ticks,
-        &stats.stop_ticks,
-        &stats.misses,
-    ]
-    .map(load);
-    let records = next_n(&stream, 1000);
-    let after = [
-        &stats.ticks,
-        &stats.act_ticks,
-        &stats.stop_ticks,
-        &stats.misses,
-    ]
-    .map(load);
-    let overruns = load(&stats.overruns);
-    service.stop();
-    let ticks = after[0] - before[0];
-    let acts = after[1] - before[1];
-    let stops = after[2] - before[2];
-    let misses = after[3] - before[3];
-    let share = acts as f64 / ticks as f64;
-    let received_acts = records
-        .iter()
-        .filter(|r| r.state == ControlState::Act)
-        .count();
+    let mut records = stream.until(FIRST_COMMAND, "the first ACT", is_state(ControlState::Act));
+    records = vec![*records.last().unwrap()];
+    records.extend(next_n(&stream, 1000));
+    let overruns = service.control_stats().overruns.load(Ordering::Relaxed);
+    let summary = service.stop();
+    let period_ns = (1e9 / config.control.rate_hz).round() as u64;
+    let step_slots = 40;
+    let first_slot = summary.trace[0].scheduled_ns;
+    let slot_of = |seq: u64| {
+        let tick = summary
+            .trace
+            .iter()
+            .find(|t| t.seq == seq)
+            .unwrap_or_else(|| panic!("seq {seq} not in the tick trace"));
+        (tick.scheduled_ns - first_slot + period_ns / 2) / period_ns
+    };
+    assert!(
+        records.iter().all(|r| r.state != ControlState::Stop),
+        "STOP while armed and fed"
+    );
+    // The current step's capture time, and its first slot when its first ACT was received
+    // (every step's action has a capture time of its own: one prediction per frame).
+    let mut step: Option<(u64, Option<u64>)> = None;
+    let mut checked_steps = 0;
+    let (mut acts, mut holds) = (0, 0);
+    for (k, record) in records.iter().enumerate() {
+        let slot = slot_of(record.seq);
+        let follows = k > 0 && records[k - 1].seq + 1 == record.seq;
+        if record.state == ControlState::Act {
+            acts += 1;
+            if step.is_none_or(|(capture, _)| capture != record.capture_time_ns) {
+                // A fresh action: its first ACT, unless the command before was lost.
+                step = Some((record.capture_time_ns, follows.then_some(slot)));
+                checked_steps += usize::from(follows);
+            }
+            if let Some((_, Some(first))) = step {
+                assert!(
+                    slot - first < step_slots,
+                    "ACT in slot {} of a {step_slots}-slot step (seq {})",
+                    slot - first,
+                    record.seq
+                );
+            }
+        } else {
+            holds += 1;
+            if let Some((_, Some(first))) = step {
+                assert!(
+                    slot - first >= step_slots,
+                    "HOLD in slot {} of a {step_slots}-slot step (seq {})",
+                    slot - first,
+                    record.seq
+                );
+            }
+            step = None;
+        }
+    }
     eprintln!(
-        "200 Hz, bundled checkpoint (5 Hz actions): {acts} ACT of {ticks} ticks ({:.1} %), {stops} STOP, {misses} missed steps, {overruns} overruns; {received_acts} ACT of {} commands received",
-        share * 100.0,
+        "200 Hz, bundled checkpoint (5 Hz actions): {acts} ACT, {holds} HOLD of {} commands received, {checked_steps} steps checked from their first tick, {overruns} overruns",
         records.len()
     );
-    assert_eq!(stops, 0);
-    assert!(ticks >= 500, "{ticks} ticks");
-    assert!(share >= 0.9, "only {:.1} % ACT", share * 100.0);
+    assert!(checked_steps >= 3, "{checked_steps} steps checked");
 }
 
 /// Displacement per second (x, y, z) over `records` from the first ACT on.

@@ -4,6 +4,9 @@
 //! llvm-14 has) or a file named `libclang.so` that is not a shared library is no libclang,
 //! and the failure line names the package to install. Needs `python3`, like the script.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -26,11 +29,7 @@ fn check_with_libclang_path(libclang_path: Option<&std::path::Path>) -> Option<S
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_python {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 missing: scripts/setup.sh installs it"
-        );
-        eprintln!("skipped: no python3 (scripts/setup.sh installs it)");
+        skip::missing_tool("no python3 (scripts/setup.sh installs it)");
         return None;
     }
     let mut command = Command::new(repo().join("scripts/setup.sh"));

@@ -66,12 +66,10 @@ fn tokens_on_held_out_frames_equal_the_ones_pytorch_computed_at_export() {
             .predict(&image, case.str("instruction"))
             .expect("predicts");
         case.assert_tokens(&prediction.tokens);
-        for (i, (got, want)) in prediction
-            .action
-            .iter()
-            .zip(case.f64s("actions"))
-            .enumerate()
-        {
+        let actions = case.f64s("actions");
+        assert_eq!(actions.len(), 7, "{}: the fixture's actions", case.name);
+        assert_eq!(prediction.action.len(), actions.len(), "{}", case.name);
+        for (i, (got, want)) in prediction.action.iter().zip(actions).enumerate() {
             assert!(
                 (got - want).abs() < 1e-9,
                 "{} action[{i}]: {got} vs {want}",

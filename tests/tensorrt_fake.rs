@@ -289,6 +289,9 @@ fn build_script_manifest_and_the_refusals_of_mismatched_engines() {
         manifest.checkpoint_fingerprint,
         export.checkpoint_fingerprint
     );
+    // One engine per exported encoder (DINOv2 and SigLIP), in the same order.
+    assert_eq!(export.encoders.len(), 2, "{:?}", export.encoders);
+    assert_eq!(manifest.engines.len(), export.encoders.len());
     for (engine, exported) in manifest.engines.iter().zip(&export.encoders) {
         assert_eq!(engine.onnx_sha256, exported.sha256);
         assert_eq!(engine.output, exported.output);

@@ -175,6 +175,8 @@ fn client(pki: &Pki, name: &str, port: u16) -> zenoh::Session {
 struct ServiceProcess {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// Reads stderr until the pipe closes, which is when the process has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServiceProcess {
@@ -208,7 +210,7 @@ impl ServiceProcess {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buffer) {
                 if n == 0 {
@@ -219,7 +221,11 @@ impl ServiceProcess {
                     .push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        Self { child, stderr }
+        Self {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
     }
 
     fn stderr(&self) -> String {
@@ -231,8 +237,8 @@ impl ServiceProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader drain the pipe.
-                std::thread::sleep(Duration::from_millis(100));
+                // The pipe closed with the process: the reader has read everything.
+                self.reader.take().unwrap().join().unwrap();
                 return (status.code(), self.stderr());
             }
             assert!(

@@ -36,6 +36,10 @@ pub struct TransportSecurity {
     /// The endpoints in effect, listen first (for the start-up log line).
     #[serde(skip)]
     pub endpoints: Vec<String>,
+    /// Multicast scouting is on (`scouting/multicast/enabled`): peers find the session, and
+    /// it finds them, without any endpoint configured.
+    #[serde(skip)]
+    pub multicast_scouting: bool,
 }
 
 /// A configuration this binary cannot honour, or one `require_tls` refuses.
@@ -160,6 +164,7 @@ pub fn assess(config: &zenoh::Config) -> Result<TransportSecurity, SecurityProbl
             .map(|e| format!("listen {e}"))
             .chain(connect.iter().map(|e| format!("connect {e}")))
             .collect(),
+        multicast_scouting: multicast,
     })
 }
 

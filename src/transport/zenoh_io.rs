@@ -53,6 +53,11 @@ pub enum TransportError {
          (use tls/ endpoints with mutual TLS, see README \"Security\")"
     )]
     Insecure { exposed: String },
+    #[error(
+        "zenoh: refusing to start a service no one can reach: [zenoh] listen and [zenoh] connect \
+         name no endpoint{in_file}, and multicast scouting (scouting/multicast/enabled) is off"
+    )]
+    Unreachable { in_file: String },
 }
 
 impl TransportError {
@@ -65,6 +70,7 @@ impl TransportError {
                 | TransportError::Open { .. }
                 | TransportError::Protocol { .. }
                 | TransportError::Insecure { .. }
+                | TransportError::Unreachable { .. }
         )
     }
 }
@@ -172,6 +178,15 @@ pub fn prepare_session(
                 .into(),
         },
     })?;
+    if assessment.endpoints.is_empty() && !assessment.multicast_scouting {
+        return Err(TransportError::Unreachable {
+            in_file: config
+                .config
+                .as_ref()
+                .map(|path| format!(" (nor does [zenoh] config {})", path.display()))
+                .unwrap_or_default(),
+        });
+    }
     if config.require_tls && !assessment.exposed.is_empty() {
         return Err(TransportError::Insecure {
             exposed: assessment.exposed.join(", "),
@@ -187,7 +202,12 @@ pub fn open_session(
     inbound_limit: usize,
 ) -> Result<(Session, TransportSecurity), TransportError> {
     let (zenoh_config, assessment) = prepare_session(config, inbound_limit)?;
-    let endpoints = assessment.endpoints.join(", ");
+    // No endpoint passes `prepare_session` only with multicast scouting on.
+    let endpoints = if assessment.endpoints.is_empty() {
+        "no endpoint, multicast scouting only".to_string()
+    } else {
+        assessment.endpoints.join(", ")
+    };
     if !assessment.exposed.is_empty() {
         log::warn!(
             "zenoh: {} reachable from other hosts without TLS: any of them can release the \
@@ -195,7 +215,7 @@ pub fn open_session(
              [zenoh] require_tls = true refuses this)",
             assessment.exposed.join(", ")
         );
-    } else if assessment.loopback_only {
+    } else if assessment.loopback_only && !assessment.endpoints.is_empty() {
         log::info!("zenoh: loopback only ({endpoints}): no other host can reach the service");
     } else {
         log::info!(
@@ -1016,6 +1036,39 @@ mod tests {
             "zenoh: endpoint `quic/127.0.0.1:7447`: protocol not built into vla-rt \
              (built in: tcp, udp, tls)"
         );
+    }
+
+    #[test]
+    fn a_session_no_one_can_reach_is_refused() {
+        // No file: multicast scouting is off, so empty lists leave no way in or out.
+        let nowhere = ZenohConfig {
+            listen: Some(Vec::new()),
+            connect: Some(Vec::new()),
+            ..ZenohConfig::default()
+        };
+        let err = prepare_session(&nowhere, 4096).err().unwrap();
+        assert!(err.is_bad_input());
+        let message = err.to_string();
+        for key in [
+            "[zenoh] listen",
+            "[zenoh] connect",
+            "scouting/multicast/enabled",
+        ] {
+            assert!(message.contains(key), "{message}");
+        }
+        // One way in or out is enough.
+        for reachable in [
+            ZenohConfig {
+                connect: Some(vec!["tcp/127.0.0.1:7447".into()]),
+                ..nowhere.clone()
+            },
+            ZenohConfig {
+                listen: Some(vec!["tcp/127.0.0.1:7447".into()]),
+                ..nowhere.clone()
+            },
+        ] {
+            prepare_session(&reachable, 4096).unwrap();
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Shared pieces of the service tests: a scriptable fake policy, a loopback config on a
-//! free port, and a command subscriber with bounded waits.
+//! reserved port, and a command subscriber with bounded waits.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -81,11 +81,9 @@ impl Policy for FakePolicy {
     }
 }
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A fresh, empty folder for one service's e-stop latch.
 pub fn state_dir(name: &str) -> std::path::PathBuf {
@@ -299,4 +297,47 @@ pub fn skipped_seqs(records: &[CommandRecord]) -> u64 {
         .windows(2)
         .map(|pair| pair[1].seq.saturating_sub(pair[0].seq + 1))
         .sum()
+}
+
+/// Status documents of `vla/<robot>/status` (published once a second) as they arrive.
+pub struct StatusWatch {
+    receiver: Receiver<serde_json::Value>,
+    _subscriber: zenoh::pubsub::Subscriber<()>,
+}
+
+impl StatusWatch {
+    pub fn new(session: &zenoh::Session, robot_id: &str) -> Self {
+        let (sender, receiver) = crossbeam::channel::unbounded();
+        let subscriber = session
+            .declare_subscriber(format!("vla/{robot_id}/status"))
+            .callback(move |sample| {
+                let text = sample.payload().try_to_string().unwrap().into_owned();
+                let _ = sender.send(serde_json::from_str(&text).unwrap());
+            })
+            .wait()
+            .unwrap();
+        Self {
+            receiver,
+            _subscriber: subscriber,
+        }
+    }
+
+    /// The first document that satisfies `wanted`, failing after `timeout`.
+    pub fn until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(status) if wanted(&status) => return status,
+                Ok(status) => last = Some(status),
+                Err(_) => panic!("waited {timeout:?} for a status with {what}; last: {last:?}"),
+            }
+        }
+    }
 }

@@ -92,11 +92,10 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+#[path = "../../../tests/common/ports.rs"]
+mod ports;
+#[allow(unused_imports)] // Not every test of the package starts a service.
+pub use ports::free_port;
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

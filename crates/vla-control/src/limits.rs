@@ -282,7 +282,10 @@ mod tests {
     }
 
     /// Runs `wanted(tick)` (a per-tick delta) through the limiter and checks every bound
-    /// at every tick; returns the published deltas.
+    /// at every tick, and that the limiter holds back no more than a bound demands: a
+    /// command passes unchanged, or some axis ends on one of its bounds (the velocity, the
+    /// acceleration, the jerk, or the acceleration from which the velocity bound is still
+    /// reached without overshoot). Returns the published deltas.
     fn run_checked(
         limits: &MotionLimits,
         dt: f64,
@@ -292,8 +295,14 @@ mod tests {
         let tolerance = 1e-9;
         let mut state = MotionState::default();
         let mut published = Vec::new();
+        let on = |value: f64, bound: f64| (value - bound).abs() <= bound.abs() * 1e-6 + 1e-12;
         for tick in 0..ticks {
-            let out = limit_motion(&wanted(tick), 0.0, dt, &state, limits);
+            let wanted = wanted(tick);
+            let out = limit_motion(&wanted, 0.0, dt, &state, limits);
+            if !out.limited {
+                assert_eq!(out.delta, wanted, "tick {tick}: unlimited but changed");
+            }
+            let mut at_a_bound = false;
             for i in 0..6 {
                 let axis = limits.axis(i);
                 let v = out.delta[i] / dt;
@@ -313,7 +322,21 @@ mod tests {
                     "tick {tick} axis {i}: j {j}"
                 );
                 assert!(out.delta[i].is_finite());
+                let (v_max, a_max) = (axis.velocity, axis.acceleration);
+                let a_reaching = [
+                    jerk / a_max * (v_max - state.velocity[i]),
+                    jerk / a_max * (-v_max - state.velocity[i]),
+                ];
+                at_a_bound |= on(v.abs(), v_max)
+                    || on(a.abs(), a_max)
+                    || on(j.abs(), jerk)
+                    || a_reaching.iter().any(|&bound| on(a, bound));
             }
+            assert!(
+                !out.limited || at_a_bound,
+                "tick {tick}: limited to {:?} (wanted {wanted:?}) with no axis on a bound",
+                out.delta
+            );
             state = out.state;
             published.push(out.delta);
         }
@@ -363,11 +386,45 @@ mod tests {
             let s = if tick % 2 == 0 { 1.0 } else { -1.0 };
             [s * 10.0, -s * 3.0, s, s * 100.0, -s * 100.0, s * 0.5]
         });
-        // And a slow square wave, which reaches the bounds in both directions.
-        run_checked(&limits(), DT, 1000, |tick| {
+        // And a slow square wave, which takes dx (the axis that binds the scaled command) to
+        // its velocity and acceleration bounds in both directions and leaves the axes it does
+        // not command at rest.
+        let limits = limits();
+        let published = run_checked(&limits, DT, 1000, |tick| {
             let s = if (tick / 50) % 2 == 0 { 1.0 } else { -1.0 };
             [s * 10.0, 0.0, 0.0, s * 10.0, 0.0, 0.0]
         });
+        let i = 0;
+        let axis = limits.axis(i);
+        let velocity: Vec<f64> = published.iter().map(|d| d[i] / DT).collect();
+        let acceleration: Vec<f64> = velocity.windows(2).map(|v| (v[1] - v[0]) / DT).collect();
+        let max = |x: &[f64]| x.iter().copied().fold(f64::MIN, f64::max);
+        let min = |x: &[f64]| x.iter().copied().fold(f64::MAX, f64::min);
+        // The velocity bound is approached as `a ≤ (J/A)·(V − v)` allows: to within 0.1 %.
+        let reached = |value: f64, bound: f64| (value - bound).abs() <= bound.abs() * 1e-3;
+        assert!(
+            reached(max(&velocity), axis.velocity),
+            "axis {i}: v up to {}",
+            max(&velocity)
+        );
+        assert!(
+            reached(min(&velocity), -axis.velocity),
+            "axis {i}: v down to {}",
+            min(&velocity)
+        );
+        assert!(
+            reached(max(&acceleration), axis.acceleration),
+            "axis {i}: a up to {}",
+            max(&acceleration)
+        );
+        assert!(
+            reached(min(&acceleration), -axis.acceleration),
+            "axis {i}: a down to {}",
+            min(&acceleration)
+        );
+        assert!(published
+            .iter()
+            .all(|d| [d[1], d[2], d[4], d[5]] == [0.0; 4]));
     }
 
     #[test]
