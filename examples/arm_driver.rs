@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use vla_rt::control::clock;
-use vla_rt::transport::guard::{CommandGuard, Verdict};
 use vla_rt::control::command_record::CommandRecord;
+use vla_rt::transport::guard::{CommandGuard, Verdict};
 use zenoh::Wait;
 
 #[derive(Debug, Parser)]

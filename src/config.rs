@@ -240,9 +240,7 @@ impl ModelConfig {
 }
 
 /// Whether the control thread asks for SCHED_FIFO and locked memory.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RealtimeMode {
     /// Ordinary scheduling.
@@ -360,7 +358,6 @@ impl ControlConfig {
         }
     }
 }
-
 
 /// How this process joins the Zenoh network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]

@@ -14,12 +14,12 @@ use crate::calibration::Calibration;
 use crate::capture::mjpeg::MjpegDecoder;
 use crate::capture::v4l2_convert;
 use crate::config::ServiceConfig;
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::OpenVlaConfig;
 use crate::model::prompt::PromptTokenizer;
 use crate::model::quant_file::QuantizedFile;
 use crate::model::ModelError;
-use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG_CHARS};
 
 /// A fuzz target: its name (the folder of its corpus) and its harness.

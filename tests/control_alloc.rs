@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use vla_rt::capture::thread::{CaptureThread, LatestFrame};
 use vla_rt::config::{CameraConfig, SafetyConfig};
+use vla_rt::control::command_record::CommandRecord;
 use vla_rt::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use vla_rt::control::heartbeat::Supervision;
 use vla_rt::control::stats::ControlStats;
@@ -35,7 +36,6 @@ use vla_rt::service::inference::{
     InferenceLinks, InferenceStats, InferenceThread, InstructionCell,
 };
 use vla_rt::service::notify::SystemdNotifier;
-use vla_rt::control::command_record::CommandRecord;
 use vla_rt::transport::zenoh_io::{CommandPublisherThread, PublishStats, PublisherSettings};
 use zenoh::Wait;
 
@@ -381,8 +381,8 @@ fn steady_state_ticks_allocate_nothing() {
 /// sized at start and allocates nothing, through ACT, HOLD and STOP records.
 #[test]
 fn the_ros2_conversion_of_a_record_allocates_nothing() {
-    use vla_rt::ros2::Ros2Node;
     use vla_rt::control::command_record::RECORD_LEN;
+    use vla_rt::ros2::Ros2Node;
 
     let mut config = vla_rt::config::ServiceConfig::builtin();
     config.robot_id = "alloc".into();

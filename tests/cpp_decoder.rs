@@ -11,9 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use vla_rt::control::command_record::{CommandRecord, RecordError, RECORD_LEN};
 use vla_rt::control::ControlState;
 use vla_rt::transport::guard::{CommandGuard, Verdict};
-use vla_rt::control::command_record::{CommandRecord, RecordError, RECORD_LEN};
 
 /// `examples/cpp/decode_records.cpp`, compiled with `-Wall -Wextra -Wpedantic -Werror`, once
 /// for all the tests (running one while another test writes it fails with ETXTBSY).

@@ -478,9 +478,10 @@ fn a_full_disk_is_counted_and_changes_nothing_the_robot_sees() {
     let _cmd = session
         .declare_subscriber(format!("vla/{robot}/cmd"))
         .callback(move |sample| {
-            let record =
-                vla_rt::control::command_record::CommandRecord::decode(&sample.payload().to_bytes())
-                    .unwrap();
+            let record = vla_rt::control::command_record::CommandRecord::decode(
+                &sample.payload().to_bytes(),
+            )
+            .unwrap();
             c.lock().unwrap().push(record);
         })
         .wait()

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use service_support::*;
 use vla_rt::capture::{CaptureError, CaptureStats, Frame, FrameSource};
 use vla_rt::config::ServiceConfig;
+use vla_rt::control::command_record::CommandRecord;
 use vla_rt::control::supervisor::StopCause;
 use vla_rt::control::ControlState;
 use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
 use vla_rt::preprocess::RgbImage;
 use vla_rt::service::{Service, ServiceOptions};
-use vla_rt::control::command_record::CommandRecord;
 
 const WAIT: Duration = Duration::from_secs(10);
 

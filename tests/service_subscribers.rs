@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use service_support::*;
+use vla_rt::control::command_record::{CommandRecord, RECORD_LEN};
 use vla_rt::control::ControlState;
 use vla_rt::policy::Policy;
 use vla_rt::service::{Service, ServiceOptions};
-use vla_rt::control::command_record::{CommandRecord, RECORD_LEN};
 use zenoh::Wait;
 
 const COUNT: usize = 40;

@@ -24,8 +24,8 @@ use crossbeam::channel::RecvTimeoutError;
 use service_support::*;
 use vla_rt::config::ServiceConfig;
 use vla_rt::control::clock;
-use vla_rt::control::ControlState;
 use vla_rt::control::command_record::CommandRecord;
+use vla_rt::control::ControlState;
 use zenoh::Wait;
 
 const RATE_HZ: f64 = 10.0;

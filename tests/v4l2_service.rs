@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use service_support::{assert_well_formed, client_session, free_port};
 use vla_rt::config::ServiceConfig;
-use vla_rt::control::ControlState;
 use vla_rt::control::command_record::CommandRecord;
+use vla_rt::control::ControlState;
 use zenoh::Wait;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use bounded::run_bounded;
 use crossbeam::channel::Receiver;
 use service_support::{free_port, is_state, CommandStream};
-use vla_rt::control::ControlState;
 use vla_rt::control::command_record::CommandRecord;
+use vla_rt::control::ControlState;
 use zenoh::Wait;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");

@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::CliError;
 use crate::calibration::{AppliedCalibration, Calibration};
 use crate::config::{ConfigError, ServiceConfig, BUILTIN_CONFIG_NAME, DEFAULT_ROBOT_ID};
-use crate::control::heartbeat;
 #[cfg(feature = "test-hooks")]
 use crate::control::fault_injection::{FaultInjection, InjectedFault, FAULT_INJECTION_ENV};
+use crate::control::heartbeat;
 use crate::policy::PolicyOptions;
 use crate::recording::{RecordSettings, Recorder};
 use crate::service::{signals, Service, ServiceOptions};

@@ -26,10 +26,10 @@ use std::thread::JoinHandle;
 use crossbeam::queue::ArrayQueue;
 
 use crate::capture::Frame;
+use crate::control::command_record::RECORD_LEN;
 use crate::control::tap::CommandTap;
 use crate::policy::Prediction;
 use crate::preprocess::RgbImage;
-use crate::control::command_record::RECORD_LEN;
 
 /// The MCAP profile of our recordings.
 pub const PROFILE: &str = "vla-rt";

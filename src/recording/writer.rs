@@ -19,9 +19,9 @@ use super::{
     rotated_path, schemas, topics, CommandEntry, PredictionEntry, Queues, RecordError,
     RecordSettings, RecordStats, SessionInfo, CONFIG_METADATA, PROFILE, SESSION_METADATA,
 };
+use crate::control::command_record::CommandRecord;
 use crate::control::ControlState;
 use crate::preprocess::RgbImage;
-use crate::control::command_record::CommandRecord;
 
 /// Chunks are closed at this size, or at [`FLUSH_INTERVAL`], whichever comes first: a cut-off
 /// file loses at most the chunk being filled.

@@ -36,11 +36,11 @@ use types::{MessageType, StringRefusal, TwistStamped};
 
 use crate::config::ACTION_DIM;
 use crate::control::clock;
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::control::handoff::ControlInputs;
 use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;
 use crate::control::ControlState;
-use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{
     parse_instruction, text_prefix, CommandMirror, InstructionRefusal, InstructionSink,

@@ -19,9 +19,9 @@ use crate::capture::{CaptureError, FrameSource};
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::clock;
 use crate::control::estop_store::{EStopStore, EStopStoreError};
-use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 #[cfg(feature = "test-hooks")]
 use crate::control::fault_injection::FaultInjection;
+use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
 use crate::control::heartbeat::{Fault, FaultKind, Supervision, Worker};
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, TickNotifier, TickTrace};

@@ -19,8 +19,8 @@
 //!   passes the checks moves it again. The service itself leaves STOP only through a new
 //!   `arm` request, so an ACT after a STOP comes from a newer arming.
 
-use crate::control::command_record::CommandRecord;
 use crate::config::ACTION_DIM;
+use crate::control::command_record::CommandRecord;
 use crate::control::ControlState;
 
 /// Why the arm must halt.

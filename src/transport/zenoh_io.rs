@@ -20,11 +20,11 @@ use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::{CongestionControl, Priority};
 use zenoh::{Session, Wait};
 
-use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use super::security::{self, SecurityProblem, TransportSecurity};
 use super::zenoh_error_text;
 use crate::config::{ZenohConfig, ZenohMode};
 use crate::control::clock;
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::control::handoff::{CommandOutbox, ControlInputs, OutboxRecord};
 use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use vla_rt::config::{RealtimeMode, ServiceConfig};
+use vla_rt::control::command_record::CommandRecord;
 use vla_rt::control::ControlState;
 use vla_rt::policy::{Policy, PolicyError, Prediction, StageTimings};
 use vla_rt::preprocess::RgbImage;
-use vla_rt::control::command_record::CommandRecord;
 use zenoh::Wait;
 
 /// Knobs a test turns while the service runs.

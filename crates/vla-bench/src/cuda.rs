@@ -16,7 +16,9 @@ use vla_model::backend::cuda::device::{Gpu, Lane};
 use vla_model::backend::cuda::llama::DecodeKernels;
 use vla_model::backend::cuda::policy::{CudaModelRunner, ModelSpec};
 use vla_model::backend::cuda::vision::VisionMode;
-use vla_model::backend::cuda::weights::{CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights};
+use vla_model::backend::cuda::weights::{
+    CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights,
+};
 use vla_model::backend::cuda::CudaError;
 use vla_model::model::checkpoint::Checkpoint;
 use vla_model::model::config::{OpenVlaConfig, RuntimeModelConfig};

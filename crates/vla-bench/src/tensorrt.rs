@@ -77,8 +77,9 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), BenchError> {
     let start = Instant::now();
     let mut runner = load(args, &dir)?;
     let load_s = start.elapsed().as_secs_f64();
-    let cuda =
-        |e: vla_model::backend::cuda::CudaError| BenchError::failure(format!("backend tensorrt: {e}"));
+    let cuda = |e: vla_model::backend::cuda::CudaError| {
+        BenchError::failure(format!("backend tensorrt: {e}"))
+    };
     let pixels = vec![0.1f32; runner.pixel_values_len()];
     let inner = runner.inner_mut();
     inner.upload_pixels(&pixels).map_err(cuda)?;
@@ -155,8 +156,9 @@ fn parity(args: &PolicyBenchArgs, dir: &Path, fixtures: &Path) -> Result<(), Ben
     let expected: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| BenchError::bad_input(format!("{}: {e}", expected_path.display())))?;
     let cases = expected["cases"].as_array().cloned().unwrap_or_default();
-    let cuda =
-        |e: vla_model::backend::cuda::CudaError| BenchError::failure(format!("backend tensorrt: {e}"));
+    let cuda = |e: vla_model::backend::cuda::CudaError| {
+        BenchError::failure(format!("backend tensorrt: {e}"))
+    };
     let mut failures = 0;
     for case in &cases {
         let name = case["name"].as_str().unwrap_or("?");

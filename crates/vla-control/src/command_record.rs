@@ -13,8 +13,8 @@
 //!
 //! Encoding writes into a caller-owned array and never allocates.
 
-use crate::ACTION_DIM;
 use crate::ControlState;
+use crate::ACTION_DIM;
 
 pub const RECORD_LEN: usize = 64;
 pub const MAGIC: [u8; 4] = *b"VLA1";

@@ -11,9 +11,9 @@ use crossbeam::queue::ArrayQueue;
 
 use super::estop_store::EStopStore;
 use super::ControlState;
+use crate::command_record::{CommandRecord, RECORD_LEN};
 use crate::ACTION_DIM;
 use vla_model::policy::StageTimings;
-use crate::command_record::{CommandRecord, RECORD_LEN};
 
 /// What the inference thread produces for the control thread.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -564,9 +564,7 @@ mod tests {
     /// A loop whose camera delivered a frame at 1 s, ticking from 1 s on.
     fn control_loop() -> (ControlLoop, Links) {
         let links = links();
-        links
-            .frames
-            .publish((), 1_000_000_000);
+        links.frames.publish((), 1_000_000_000);
         let mut control = ControlLoop::new(settings(), links.clone());
         control.start_ns = 1_000_000_000;
         (control, links)
@@ -648,9 +646,7 @@ mod tests {
     #[test]
     fn a_fresh_start_is_disarmed_until_an_arm_request() {
         let links = links();
-        links
-            .frames
-            .publish((), 1_000_000_000);
+        links.frames.publish((), 1_000_000_000);
         let settings = LoopSettings {
             start_armed: false,
             ..settings()
@@ -712,9 +708,7 @@ mod tests {
             StopCause::from_u64(links.stats.stop_cause.load(Ordering::Relaxed)),
             StopCause::CameraSilent
         );
-        links
-            .frames
-            .publish((), at(31).monotonic_ns);
+        links.frames.publish((), at(31).monotonic_ns);
         links.results.post(result(30, 0.01));
         assert_eq!(control.tick(at(31)), Some(ControlState::Stop));
         links.inputs.request_arm();
@@ -783,9 +777,7 @@ mod tests {
     #[test]
     fn a_stop_request_ends_a_long_period_at_once_with_a_final_stop() {
         let links = links();
-        links
-            .frames
-            .publish((), clock::monotonic_ns());
+        links.frames.publish((), clock::monotonic_ns());
         let settings = LoopSettings {
             period_ns: 60 * 1_000_000_000,
             ..settings()
@@ -821,9 +813,7 @@ mod tests {
     #[test]
     fn run_stops_at_the_tick_limit_with_a_final_stop() {
         let links = links();
-        links
-            .frames
-            .publish((), clock::monotonic_ns());
+        links.frames.publish((), clock::monotonic_ns());
         let settings = LoopSettings {
             period_ns: 1_000_000,
             ..settings()

@@ -16,13 +16,13 @@ use std::time::Duration;
 use zenoh::qos::{CongestionControl, Priority};
 use zenoh::Wait;
 
-use vla_bench::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::control::clock;
+use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::control::ControlState;
 use crate::policy::{Policy, PolicyOptions};
 use crate::service::{Service, ServiceOptions};
-use crate::control::command_record::{CommandRecord, RECORD_LEN};
+use vla_bench::BenchError;
 
 #[derive(Debug, clap::Args)]
 pub struct ControlBenchArgs {

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::control::{publish_delays_ns, Spread};
-use vla_bench::BenchError;
 use crate::config::{RealtimeMode, ServiceConfig};
 use crate::recording::{RecordSettings, Recorder};
 use crate::service::{Service, ServiceOptions};
+use vla_bench::BenchError;
 
 #[derive(Debug, clap::Args)]
 pub struct RecordBenchArgs {

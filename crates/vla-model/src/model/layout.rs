@@ -201,7 +201,8 @@ mod tests {
     #[test]
     fn the_tiny_fixture_checkpoint_matches_the_layout() {
         // The bundled checkpoint comes from the reference; its dimensions are in its config.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../engines/openvla-tiny");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../engines/openvla-tiny");
         let ckpt = crate::model::checkpoint::Checkpoint::open_dir(&dir).unwrap();
         let vit = |name: &str, class_token, registers, layer_scale| {
             let p = format!("vision_backbone.{name}");

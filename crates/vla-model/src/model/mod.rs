@@ -14,10 +14,10 @@ pub mod ops;
 pub mod projector;
 pub mod prompt;
 pub mod quant;
-pub mod quant_scales;
 pub mod quant_file;
 pub mod quant_kernels;
 pub mod quant_load;
+pub mod quant_scales;
 pub mod vit;
 
 pub use fingerprint::checkpoint_fingerprint;

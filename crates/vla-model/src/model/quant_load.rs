@@ -5,8 +5,8 @@
 
 use super::linear::{Linear, QuantFormat};
 use super::openvla::OpenVla;
-use super::quant_scales::ScaleCollector;
 use super::quant_file::QuantizedFile;
+use super::quant_scales::ScaleCollector;
 use super::ModelError;
 use crate::policy::{PolicyOptions, ProjectorFormat, Quantization};
 
