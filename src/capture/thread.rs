@@ -224,6 +224,16 @@ fn capture_loop(
     }
 }
 
+impl vla_control::tick_loop::FrameHealth for LatestFrame {
+    fn has_failed(&self) -> bool {
+        LatestFrame::has_failed(self)
+    }
+
+    fn last_frame_monotonic_ns(&self) -> u64 {
+        LatestFrame::last_frame_monotonic_ns(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,15 +330,5 @@ mod tests {
         // Frames 1, 3, 4 and 5 arrived; frame 2 was corrupt and skipped.
         assert_eq!(latest.stats().frames, 4);
         assert_eq!(latest.take_newest().unwrap().sequence, 5);
-    }
-}
-
-impl vla_control::tick_loop::FrameHealth for LatestFrame {
-    fn has_failed(&self) -> bool {
-        LatestFrame::has_failed(self)
-    }
-
-    fn last_frame_monotonic_ns(&self) -> u64 {
-        LatestFrame::last_frame_monotonic_ns(self)
     }
 }

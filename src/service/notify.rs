@@ -174,6 +174,16 @@ impl SystemdNotifier {
     }
 }
 
+impl vla_control::tick_loop::TickNotifier for SystemdNotifier {
+    fn after_tick(&mut self, now_ns: u64, write_status: &mut dyn FnMut(&mut dyn std::fmt::Write)) {
+        SystemdNotifier::after_tick(self, now_ns, |line| write_status(line));
+    }
+
+    fn stopping(&mut self) {
+        SystemdNotifier::stopping(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,15 +257,5 @@ mod tests {
             err.to_string().contains("/nonexistent/notify.sock"),
             "{err}"
         );
-    }
-}
-
-impl vla_control::tick_loop::TickNotifier for SystemdNotifier {
-    fn after_tick(&mut self, now_ns: u64, write_status: &mut dyn FnMut(&mut dyn std::fmt::Write)) {
-        SystemdNotifier::after_tick(self, now_ns, |line| write_status(line));
-    }
-
-    fn stopping(&mut self) {
-        SystemdNotifier::stopping(self);
     }
 }

@@ -175,9 +175,9 @@ mod tests {
     use super::*;
 
     /// The names are the serde names, so a config file and the command line agree.
-    fn names_match_serde<T: NamedVariant + serde::Serialize + std::fmt::Debug + PartialEq>()
+    fn names_match_serde<T>()
     where
-        T: for<'de> serde::Deserialize<'de>,
+        T: NamedVariant + std::fmt::Debug + PartialEq + for<'de> serde::Deserialize<'de>,
     {
         for name in T::NAMES {
             let variant = T::from_name(name);
