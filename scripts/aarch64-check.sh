@@ -78,7 +78,7 @@ cargo "+$toolchain" test --release --locked --target "$TARGET" "${FEATURES[@]}" 
 echo "aarch64-check: cross build: $(seconds "$start") s"
 
 # The newest version of symbol set $1 (GLIBC, GLIBCXX) the binary needs, or nothing.
-binary=target/$TARGET/release/vla-rt
+binary=${CARGO_TARGET_DIR:-target}/$TARGET/release/vla-rt
 newest() {
     aarch64-linux-gnu-objdump -T "$binary" | { grep -o "($1_[0-9.]*)" || true; } \
         | sed "s/^($1_//; s/)$//" | sort -uV | tail -n 1
@@ -95,6 +95,7 @@ done
 [ "$build_only" -eq 1 ] && exit 0
 
 start=$(date +%s)
-cargo "+$toolchain" test --release --locked --no-fail-fast --target "$TARGET" "${FEATURES[@]}" "${tests[@]}" \
-    -- "${test_args[@]}"
+# Every test target runs, so one failure does not hide another.
+cargo "+$toolchain" test --release --locked --no-fail-fast --target "$TARGET" "${FEATURES[@]}" \
+    "${tests[@]}" -- "${test_args[@]}"
 echo "aarch64-check: tests under $(basename "$qemu"): $(seconds "$start") s"
