@@ -8,11 +8,22 @@
 #   - NVRTC together with its builtins library, compiling a kernel as the backend does
 #     (no GPU needed: the kernels' tests compile every CUDA source);
 #   - the Python packages the tests drive the service with.
+# With --aarch64, also what scripts/aarch64-check.sh needs to cross-compile the JetPack 6 build
+# for aarch64 and run its tests under emulation:
+#   - the aarch64 C and C++ cross compilers, linking against the aarch64 C library (rustc links
+#     through the C compiler; build.rs compiles the TensorRT shim with the C++ one);
+#   - the aarch64 kernel headers, parsed by libclang for that target as bindgen does;
+#   - qemu-aarch64 user emulation, running a program the cross compiler linked, also when
+#     started directly (binfmt_misc), as the tests start the `vla-rt` binary;
+#   - the Rust toolchain Cargo.toml's rust-version names, with the aarch64 standard library
+#     (installed with rustup), building and linking a Rust program for aarch64.
 # Safe to run again; installs only what is missing. Ends with one line per failed check, naming
 # the package to install, and a non-zero exit if any failed.
 #
-#   scripts/setup.sh           install what is missing, then check
-#   scripts/setup.sh --check   check only, install nothing
+#   scripts/setup.sh                   install what is missing, then check
+#   scripts/setup.sh --check           check only, install nothing
+#   scripts/setup.sh --aarch64         the same, with the aarch64 cross build's items
+#   scripts/setup.sh --check --aarch64
 set -uo pipefail
 
 PY_ZENOH="eclipse-zenoh==1.10.2"
@@ -21,11 +32,14 @@ PY_ROSBAGS="rosbags==0.11.9"
 NVRTC_WHEEL="nvidia-cuda-nvrtc==13.0.88"
 
 install=1
-case "${1:-}" in
-    --check) install=0 ;;
-    "") ;;
-    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+aarch64=0
+for arg in "$@"; do
+    case "$arg" in
+        --check) install=0 ;;
+        --aarch64) aarch64=1 ;;
+        *) echo "usage: $0 [--check] [--aarch64]" >&2; exit 2 ;;
+    esac
+done
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -60,9 +74,10 @@ check_pip() {
 # library folders; names libclang.so, libclang-*.so, libclang.so.*, libclang-*.so.*, never
 # libclang-cpp (a different library); the highest version wins. The library it picks must then
 # load and parse the V4L2 header the bindings are made from, with its own built-in headers.
+# Arguments, when given, are clang's for the parse (a target and its headers).
 check_libclang() {
     have python3 || { echo "cannot look for libclang without python3"; return 1; }
-    python3 - <<'PY'
+    python3 - "$@" <<'PY'
 import ctypes, glob, os, subprocess, sys, tempfile
 
 NAMES = ["libclang.so", "libclang-*.so", "libclang.so.*", "libclang-*.so.*"]
@@ -143,19 +158,23 @@ try:
 except (OSError, AttributeError) as e:
     print(f"{best} is what bindgen would load, but it does not load as libclang: {e}")
     sys.exit(1)
+args = [a.encode() for a in sys.argv[1:]]
 with tempfile.NamedTemporaryFile("w", suffix=".h") as header:
     header.write("#include <linux/videodev2.h>\n#include <stddef.h>\n")
     header.flush()
     index = lib.clang_createIndex(0, 0)
-    unit = lib.clang_parseTranslationUnit(index, header.name.encode(), None, 0, None, 0, 0)
+    unit = lib.clang_parseTranslationUnit(index, header.name.encode(),
+                                          (ctypes.c_char_p * len(args))(*args), len(args),
+                                          None, 0, 0)
     if not unit:
         print(f"{best} cannot parse a header")
         sys.exit(1)
     errors = [lib.clang_getDiagnosticSeverity(lib.clang_getDiagnostic(unit, i))
               for i in range(lib.clang_getNumDiagnostics(unit))]
     if any(severity >= 3 for severity in errors):
-        print(f"{best} loads, but cannot parse <linux/videodev2.h> (its built-in headers "
-              "or the kernel headers are missing)")
+        given = f" with {' '.join(sys.argv[1:])}" if sys.argv[1:] else ""
+        print(f"{best} loads, but cannot parse <linux/videodev2.h>{given} (its built-in "
+              "headers or the kernel headers are missing)")
         sys.exit(1)
 PY
 }
@@ -322,7 +341,105 @@ check_onnxruntime() {
         || { echo "python3 cannot import onnxruntime and numpy"; return 1; }
 }
 
-# Every item: its check, and what installs it ("apt:PACKAGE..." or "pip:REQUIREMENT").
+# The aarch64 cross build (--aarch64; scripts/aarch64-check.sh sets the same compilers, headers
+# and emulator for cargo).
+AARCH64_TARGET=aarch64-unknown-linux-gnu
+AARCH64_SYSROOT=/usr/aarch64-linux-gnu
+# Cargo.toml's rust-version as a rustup toolchain ("1.88" is 1.88.0).
+rust_toolchain() {
+    local version
+    version=$(sed -n 's/^rust-version = "\([0-9.]*\)"$/\1/p' "$(dirname "$0")/../Cargo.toml")
+    case "$version" in
+        *.*.*) echo "$version" ;;
+        *.*) echo "$version.0" ;;
+        *) return 1 ;;
+    esac
+}
+RUST_TOOLCHAIN=$(rust_toolchain || echo "(no rust-version in Cargo.toml)")
+
+# A C program, compiled and linked by the cross compiler into DIR/t.
+aarch64_c_program() {
+    printf '#include <stdio.h>\nint main(void) { return puts("") < 0; }\n' >"$1/t.c"
+    aarch64-linux-gnu-gcc -o "$1/t" "$1/t.c" >/dev/null 2>&1
+}
+check_aarch64_cc() {
+    have aarch64-linux-gnu-gcc || { echo "no aarch64 C compiler (aarch64-linux-gnu-gcc)"; return 1; }
+    local dir ok=0
+    dir=$(mktemp -d) || return 1
+    aarch64_c_program "$dir" || ok=1
+    rm -rf "$dir"
+    [ "$ok" -eq 0 ] || { echo "aarch64-linux-gnu-gcc cannot link a C program (aarch64 C library?)"; return 1; }
+}
+# C++17 with the standard library's headers, as build.rs compiles the TensorRT shim.
+check_aarch64_cxx() {
+    have aarch64-linux-gnu-g++ || { echo "no aarch64 C++ compiler (aarch64-linux-gnu-g++)"; return 1; }
+    printf '#include <string>\nint f() { return std::string("ab").size(); }\n' \
+        | aarch64-linux-gnu-g++ -std=c++17 -x c++ -c -o /dev/null - >/dev/null 2>&1 \
+        || { echo "aarch64-linux-gnu-g++ cannot compile C++17"; return 1; }
+}
+check_aarch64_headers() {
+    [ -f "$AARCH64_SYSROOT/include/linux/videodev2.h" ] \
+        || { echo "no $AARCH64_SYSROOT/include/linux/videodev2.h"; return 1; }
+    check_libclang "--target=$AARCH64_TARGET" -isystem "$AARCH64_SYSROOT/include"
+}
+qemu_aarch64() { command -v qemu-aarch64-static || command -v qemu-aarch64; }
+check_qemu_aarch64() {
+    local qemu dir ok=0
+    qemu=$(qemu_aarch64) || { echo "no qemu-aarch64-static (or qemu-aarch64)"; return 1; }
+    dir=$(mktemp -d) || return 1
+    if ! aarch64_c_program "$dir"; then
+        ok=2
+    elif ! "$qemu" -L "$AARCH64_SYSROOT" "$dir/t" >/dev/null 2>&1; then
+        ok=1
+    fi
+    rm -rf "$dir"
+    case "$ok" in
+        2) echo "no aarch64 program to run (aarch64-linux-gnu-gcc failed)"; return 1 ;;
+        1) echo "$qemu cannot run an aarch64 program"; return 1 ;;
+    esac
+}
+# The kernel hands aarch64 programs to qemu (binfmt_misc): tests start the aarch64 `vla-rt`
+# binary as a child process, and qemu finds the aarch64 loader through QEMU_LD_PREFIX.
+check_update_binfmts() { have update-binfmts || { echo "no update-binfmts"; return 1; }; }
+check_aarch64_binfmt() {
+    local dir ok=0
+    dir=$(mktemp -d) || return 1
+    if ! aarch64_c_program "$dir"; then
+        ok=2
+    elif ! QEMU_LD_PREFIX=$AARCH64_SYSROOT "$dir/t" >/dev/null 2>&1; then
+        ok=1
+    fi
+    rm -rf "$dir"
+    case "$ok" in
+        2) echo "no aarch64 program to run (aarch64-linux-gnu-gcc failed)"; return 1 ;;
+        1) echo "the kernel does not run aarch64 programs through qemu (binfmt_misc)"; return 1 ;;
+    esac
+}
+# The toolchain builds and links a Rust program for aarch64 (its standard library for the
+# target), and qemu runs it.
+check_rust_aarch64() {
+    have rustup || { echo "no rustup (https://rustup.rs)"; return 1; }
+    local dir qemu ok=0
+    rustup run "$RUST_TOOLCHAIN" rustc --version >/dev/null 2>&1 \
+        || { echo "no Rust $RUST_TOOLCHAIN toolchain"; return 1; }
+    qemu=$(qemu_aarch64) || qemu=false
+    dir=$(mktemp -d) || return 1
+    echo 'fn main() { println!("{}", std::env::consts::ARCH); }' >"$dir/t.rs"
+    if ! rustup run "$RUST_TOOLCHAIN" rustc --target "$AARCH64_TARGET" \
+        -C linker=aarch64-linux-gnu-gcc -o "$dir/t" "$dir/t.rs" >/dev/null 2>&1; then
+        ok=1
+    elif [ "$("$qemu" -L "$AARCH64_SYSROOT" "$dir/t" 2>/dev/null)" != aarch64 ]; then
+        ok=2
+    fi
+    rm -rf "$dir"
+    case "$ok" in
+        1) echo "Rust $RUST_TOOLCHAIN cannot build for $AARCH64_TARGET (its standard library?)"; return 1 ;;
+        2) echo "Rust $RUST_TOOLCHAIN's aarch64 program does not run under qemu"; return 1 ;;
+    esac
+}
+
+# Every item: its check, and what installs it ("apt:PACKAGE...", "pip:REQUIREMENT",
+# "binfmt:ENTRY" (update-binfmts) or "rustup:TOOLCHAIN,TARGET").
 ITEMS=(
     "check_cc apt:gcc,libc6-dev"
     "check_cxx apt:g++"
@@ -340,6 +457,17 @@ ITEMS=(
     "check_gl_libraries apt:libegl1,libopengl0,libgl1-mesa-dri"
     "check_sim_python pip:-r,$SIM_REQUIREMENTS"
 )
+if [ "$aarch64" -eq 1 ]; then
+    ITEMS+=(
+        "check_aarch64_cc apt:gcc-aarch64-linux-gnu,libc6-dev-arm64-cross"
+        "check_aarch64_cxx apt:g++-aarch64-linux-gnu"
+        "check_aarch64_headers apt:linux-libc-dev-arm64-cross"
+        "check_qemu_aarch64 apt:qemu-user-static"
+        "check_update_binfmts apt:binfmt-support"
+        "check_aarch64_binfmt binfmt:qemu-aarch64"
+        "check_rust_aarch64 rustup:$RUST_TOOLCHAIN,$AARCH64_TARGET"
+    )
+fi
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -388,6 +516,28 @@ if [ "$install" -eq 1 ]; then
                 ;;
         esac
     done
+    # Then the emulator's binfmt_misc entries (installed by apt, enabled only where an init
+    # system started binfmt-support) and Rust toolchains: their checks run what the cross
+    # compiler apt installed links.
+    for item in "${ITEMS[@]}"; do
+        read -r check source <<<"$item"
+        case "$source" in
+            binfmt:*)
+                if have update-binfmts && ! $check >/dev/null; then
+                    echo "setup: enabling ${source#binfmt:} (update-binfmts)"
+                    as_root update-binfmts --enable "${source#binfmt:}"
+                fi
+                ;;
+            rustup:*)
+                if have rustup && ! $check >/dev/null; then
+                    IFS=, read -r toolchain target <<<"${source#rustup:}"
+                    echo "setup: installing Rust $toolchain with $target (rustup)"
+                    rustup toolchain install "$toolchain" --profile minimal --target "$target"
+                    rustup target add --toolchain "$toolchain" "$target"
+                fi
+                ;;
+        esac
+    done
 fi
 
 failed=0
@@ -397,6 +547,11 @@ for item in "${ITEMS[@]}"; do
         case "$source" in
             apt:*) how="apt-get install ${source#apt:}"; how=${how//,/ } ;;
             pip:*) how="python3 -m pip install ${source#pip:}"; how=${how//,/ } ;;
+            binfmt:*) how="update-binfmts --enable ${source#binfmt:}" ;;
+            rustup:*)
+                IFS=, read -r toolchain target <<<"${source#rustup:}"
+                how="rustup toolchain install $toolchain --profile minimal --target $target"
+                ;;
         esac
         echo "setup: FAILED ${check#check_}: ${reason:-failed}; install with: $how"
         failed=1
