@@ -116,6 +116,16 @@ for i in "${!COMMANDS[@]}"; do
         ${CI:+CI=$CI} \
         /bin/bash -c "cd /src/vla-rt && $command" >"$log" 2>&1; then
         echo "fresh-check: $command: ok ($(seconds "$start") s)"
+        # The first command builds the service as a user does: no test hook may be in it.
+        # The second builds it for the tests, with them (so the first check is seen to bite).
+        case $i in
+            0) check=--binary ;;
+            *) check=--hooks ;;
+        esac
+        if ! "$repo/scripts/check-layers.sh" "$check" "$root/src/vla-rt/target/release/vla-rt"; then
+            status=1
+            break
+        fi
     else
         rc=$?
         echo "fresh-check: $command: FAILED with exit code $rc ($(seconds "$start") s; $log)"
