@@ -38,12 +38,12 @@ use crate::config::ACTION_DIM;
 use crate::control::clock;
 use crate::control::command_record::{CommandRecord, RECORD_LEN};
 use crate::control::handoff::ControlInputs;
-use crate::control::heartbeat::{Supervision, Worker};
+use crate::control::heartbeat::Supervision;
 use crate::control::stats::LatencyHistogram;
 use crate::control::ControlState;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{
-    parse_instruction, text_prefix, CommandMirror, InstructionRefusal, InstructionSink,
+    self, parse_instruction, text_prefix, CommandMirror, InstructionRefusal, InstructionSink,
     TransportError, INSTRUCTION_LOG_CHARS,
 };
 
@@ -410,17 +410,7 @@ impl Ros2Node {
             node_name: names.node_name.clone(),
         };
         let stats = Arc::new(Ros2Stats::default());
-        let supervised = Arc::new(move |work: &dyn Fn()| match &supervision {
-            Some(supervision) => {
-                let _ = supervision.busy(Worker::Callbacks, || {
-                    supervision.guard(Worker::Callbacks, || {
-                        supervision.check_in(Worker::Callbacks);
-                        work();
-                    })
-                });
-            }
-            None => work(),
-        });
+        let supervised = zenoh_io::supervised_callback(supervision);
         let diagnostics_key = discovery::data_key(
             names.domain_id,
             &names.diagnostics,

@@ -644,6 +644,25 @@ pub enum EStopEffect {
     IgnoredRelease,
 }
 
+/// Wraps the body of a Zenoh callback: it runs as a busy section of the callback worker (a
+/// callback stuck past the worker timeout is a stall) and a panic in it is a fault. Without
+/// supervision the body just runs.
+pub fn supervised_callback(
+    supervision: Option<Arc<Supervision>>,
+) -> Arc<dyn Fn(&dyn Fn()) + Send + Sync> {
+    Arc::new(move |work: &dyn Fn()| match &supervision {
+        Some(supervision) => {
+            let _ = supervision.busy(Worker::Callbacks, || {
+                supervision.guard(Worker::Callbacks, || {
+                    supervision.check_in(Worker::Callbacks);
+                    work();
+                })
+            });
+        }
+        None => work(),
+    })
+}
+
 impl EStopKey {
     /// The effect of `payload` put on this key; `named_exactly` is false when the put's key
     /// expression was a wildcard that merely includes this key.
@@ -719,20 +738,7 @@ impl RobotInterface {
         instructions: Arc<dyn InstructionSink>,
         supervision: Option<Arc<Supervision>>,
     ) -> Result<Self, TransportError> {
-        // Each callback runs as a busy section of the callback worker (a callback stuck past
-        // the worker timeout is a stall) and a panic in it is a fault.
-        let supervised = move |work: &dyn Fn()| match &supervision {
-            Some(supervision) => {
-                let _ = supervision.busy(Worker::Callbacks, || {
-                    supervision.guard(Worker::Callbacks, || {
-                        supervision.check_in(Worker::Callbacks);
-                        work();
-                    })
-                });
-            }
-            None => work(),
-        };
-        let supervised = Arc::new(supervised);
+        let supervised = supervised_callback(supervision);
         let declare_error = |key: &str| {
             let key = key.to_string();
             move |e: zenoh::Error| TransportError::Declare {
