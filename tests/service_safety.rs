@@ -228,7 +228,7 @@ impl Policy for ExtremePolicy {
         let s = match segment % 3 {
             0 => 1.0,
             1 => -1.0,
-            _ if n % 2 == 0 => 1.0,
+            _ if n.is_multiple_of(2) => 1.0,
             _ => -1.0,
         };
         let magnitude = [1e6, 1.0, 1e3][(n % 3) as usize];

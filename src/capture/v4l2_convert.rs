@@ -48,7 +48,7 @@ pub fn yuyv_to_rgb(
     stride: usize,
     dst: &mut Vec<u8>,
 ) -> Result<(), String> {
-    if width % 2 != 0 {
+    if !width.is_multiple_of(2) {
         return Err(format!("YUYV width {width} is odd"));
     }
     prepare(src, width, height, stride, 2, dst)?;

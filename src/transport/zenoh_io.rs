@@ -644,12 +644,13 @@ pub enum EStopEffect {
     IgnoredRelease,
 }
 
+/// A callback body's wrapper: runs the body it is given under supervision.
+pub type SupervisedCallback = Arc<dyn Fn(&dyn Fn()) + Send + Sync>;
+
 /// Wraps the body of a Zenoh callback: it runs as a busy section of the callback worker (a
 /// callback stuck past the worker timeout is a stall) and a panic in it is a fault. Without
 /// supervision the body just runs.
-pub fn supervised_callback(
-    supervision: Option<Arc<Supervision>>,
-) -> Arc<dyn Fn(&dyn Fn()) + Send + Sync> {
+pub fn supervised_callback(supervision: Option<Arc<Supervision>>) -> SupervisedCallback {
     Arc::new(move |work: &dyn Fn()| match &supervision {
         Some(supervision) => {
             let _ = supervision.busy(Worker::Callbacks, || {

@@ -152,7 +152,10 @@ impl OpenVlaConfig {
             ));
         }
         let heads = t.num_attention_heads;
-        if heads == 0 || t.hidden_size % heads != 0 || (t.hidden_size / heads) % 2 != 0 {
+        if heads == 0
+            || !t.hidden_size.is_multiple_of(heads)
+            || !(t.hidden_size / heads).is_multiple_of(2)
+        {
             return Err(bad(
                 "text_config.num_attention_heads",
                 format!(
@@ -162,7 +165,7 @@ impl OpenVlaConfig {
             ));
         }
         let kv_heads = self.num_key_value_heads();
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(bad(
                 "text_config.num_key_value_heads",
                 format!("{kv_heads} does not divide num_attention_heads {heads}"),

@@ -332,7 +332,7 @@ impl RopeTables {
         let half = self.half;
         let rows = x.len() / width.max(1);
         let capacity = self.cos.len() / half.max(1);
-        if first_pos + rows > capacity || width % (2 * half) != 0 {
+        if first_pos + rows > capacity || !width.is_multiple_of(2 * half) {
             return Err(ModelError::Math {
                 op: "rope",
                 message: format!(

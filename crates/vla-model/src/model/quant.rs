@@ -245,7 +245,7 @@ impl Int4Weights {
                     for (j, &w) in group.iter().enumerate() {
                         let k = g * group_size + j;
                         let code = ((w - lo) * inv).round().clamp(0.0, 15.0) as u8;
-                        packed_row[k / 2] |= if k % 2 == 0 { code } else { code << 4 };
+                        packed_row[k / 2] |= if k.is_multiple_of(2) { code } else { code << 4 };
                     }
                 }
             });
@@ -298,7 +298,7 @@ impl Int4Weights {
         for (g, dst) in out[..in_features].chunks_mut(group_size).enumerate() {
             let (scale, min) = (self.scales[n * groups + g], self.mins[n * groups + g]);
             let start = g * group_size;
-            if start % 2 == 0 {
+            if start.is_multiple_of(2) {
                 // Whole bytes: two values per byte, in a loop the compiler vectorises.
                 let last_k = start + dst.len() - 1;
                 let bytes = &packed[start / 2..];

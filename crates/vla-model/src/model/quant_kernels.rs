@@ -74,7 +74,7 @@ pub fn dot_u4_f32_grouped(packed: &[u8], x: &[f32], scales: &[f32], group_size: 
     let mut sum = 0.0;
     for (g, xg) in x[..len].chunks(group_size).enumerate() {
         let start = g * group_size;
-        let dot = if start % 2 == 0 {
+        let dot = if start.is_multiple_of(2) {
             dot_u4_f32(&packed[start / 2..], xg)
         } else {
             u4_tail(packed, x, start, start + xg.len())
@@ -132,7 +132,7 @@ pub fn dot_u4_f32_grouped_planes(
     let group_size = group_size.max(1);
     let len = x.len().min(packed.len() * 2).min(scales.len() * group_size);
     let blocks_len = u4_planes_len(len);
-    if (group_size % U4_BLOCK == 0 || group_size >= len) && planes.len() >= blocks_len {
+    if (group_size.is_multiple_of(U4_BLOCK) || group_size >= len) && planes.len() >= blocks_len {
         let (packed, x, planes) = (&packed[..len.div_ceil(2)], &x[..len], &planes[..blocks_len]);
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
@@ -239,7 +239,7 @@ pub fn dot_i8_i8_portable(a: &[i8], b: &[i8]) -> i32 {
 #[inline]
 pub fn nibble(packed: &[u8], k: usize) -> u8 {
     let byte = packed[k / 2];
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         byte & 0x0F
     } else {
         byte >> 4

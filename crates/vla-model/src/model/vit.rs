@@ -68,7 +68,7 @@ impl VitConfig {
                 });
             }
         };
-        if image_size % patch_size != 0 {
+        if !image_size.is_multiple_of(patch_size) {
             return Err(ModelError::Math {
                 op: "patch embedding",
                 message: format!(

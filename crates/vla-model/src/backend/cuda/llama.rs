@@ -189,7 +189,7 @@ impl DeviceLlama {
         );
         let hd = config.head_dim();
         let kv = config.num_kv_heads * hd;
-        if hd % 2 != 0 || config.num_heads % config.num_kv_heads.max(1) != 0 {
+        if !hd.is_multiple_of(2) || !config.num_heads.is_multiple_of(config.num_kv_heads.max(1)) {
             return Err(CudaError::Unsupported {
                 what: format!("{prefix} attention"),
                 message: format!(

@@ -941,9 +941,9 @@ fn tensor_core_shared_bytes(format: DecodeFormat, in_features: usize) -> usize {
 /// shared memory. Other layers take the policy kernel.
 pub fn tensor_core_gemv_fits(format: DecodeFormat, in_features: usize, int4_group: usize) -> bool {
     let groups_fit = format != DecodeFormat::Int4
-        || (int4_group > 0 && (int4_group % 128 == 0 || int4_group >= in_features));
+        || (int4_group > 0 && (int4_group.is_multiple_of(128) || int4_group >= in_features));
     in_features > 0
-        && in_features % tensor_core_chunk(format) == 0
+        && in_features.is_multiple_of(tensor_core_chunk(format))
         && groups_fit
         && tensor_core_shared_bytes(format, in_features) <= DEFAULT_BLOCK_SHARED_BYTES
 }
@@ -960,7 +960,7 @@ fn gemv_x_argument(format: DecodeFormat) -> usize {
 /// Whether the `_norm` tensor-core GEMVs can normalise rows of `in_features` with their 256
 /// threads (common.cuh `rms_vec_fits`: four 16-byte loads per thread at most).
 fn normed_gemv_fits(in_features: usize) -> bool {
-    in_features % 4 == 0 && in_features / 4 <= 4 * 256
+    in_features.is_multiple_of(4) && in_features / 4 <= 4 * 256
 }
 
 /// Weights per 16-byte chunk of one row in `format` (gemv.cu `TcFormat<..>::E`).
