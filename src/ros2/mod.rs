@@ -43,8 +43,8 @@ use crate::control::stats::LatencyHistogram;
 use crate::control::ControlState;
 use crate::transport::zenoh_error_text;
 use crate::transport::zenoh_io::{
-    self, parse_instruction, text_prefix, CommandMirror, InstructionRefusal, InstructionSink,
-    TransportError, INSTRUCTION_LOG_CHARS,
+    self, declare_error, parse_instruction, text_prefix, CommandMirror, InstructionRefusal,
+    InstructionSink, TransportError, INSTRUCTION_LOG_CHARS,
 };
 
 /// Prefix of `[camera] source` that names a ROS 2 image topic.
@@ -290,13 +290,6 @@ pub struct Ros2Node {
     stats: Arc<Ros2Stats>,
     diagnostics_sequence: AtomicU64,
     declarations: Mutex<Declarations>,
-}
-
-fn declare_error(key: &str) -> impl FnOnce(zenoh::Error) -> TransportError + '_ {
-    move |e| TransportError::Declare {
-        key: key.to_string(),
-        message: zenoh_error_text(&*e),
-    }
 }
 
 /// Why a received sample was refused, before its content is judged.

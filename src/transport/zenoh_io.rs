@@ -644,6 +644,14 @@ pub enum EStopEffect {
     IgnoredRelease,
 }
 
+/// Turns a failed declaration on `key` into the error that names it.
+pub(crate) fn declare_error(key: &str) -> impl FnOnce(zenoh::Error) -> TransportError + '_ {
+    move |e| TransportError::Declare {
+        key: key.to_string(),
+        message: zenoh_error_text(&*e),
+    }
+}
+
 /// A callback body's wrapper: runs the body it is given under supervision.
 pub type SupervisedCallback = Arc<dyn Fn(&dyn Fn()) + Send + Sync>;
 
@@ -740,13 +748,6 @@ impl RobotInterface {
         supervision: Option<Arc<Supervision>>,
     ) -> Result<Self, TransportError> {
         let supervised = supervised_callback(supervision);
-        let declare_error = |key: &str| {
-            let key = key.to_string();
-            move |e: zenoh::Error| TransportError::Declare {
-                key,
-                message: zenoh_error_text(&*e),
-            }
-        };
         let arm_key = keys.arm.clone();
         let arm_inputs = Arc::clone(&inputs);
         let arm_supervised = Arc::clone(&supervised);
