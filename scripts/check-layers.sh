@@ -53,8 +53,11 @@ case "${1:-}" in
     *) echo "usage: $0 [--binary FILE | --hooks FILE]" >&2; exit 2 ;;
 esac
 
-cargo metadata --format-version 1 --all-features > target/cargo-metadata.json
-python3 - target/cargo-metadata.json <<'PY'
+# A clean clone has no target/ yet: this check runs before anything is built.
+metadata=$(mktemp)
+trap 'rm -f "$metadata"' EXIT
+cargo metadata --format-version 1 --all-features > "$metadata"
+python3 - "$metadata" <<'PY'
 import json, sys
 
 LAYER = {"vla-model": 1, "vla-control": 2, "vla-bench": 2, "vla-rt": 3, "vla-calib": 4}
