@@ -60,12 +60,44 @@ impl PolicyError {
     }
 }
 
+/// One request of a batch: the image and instruction of one robot.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRequest<'a> {
+    pub image: &'a RgbImage,
+    pub instruction: &'a str,
+}
+
 /// A vision-language-action policy: image + instruction in, one action out.
 ///
 /// Implementations may allocate and take their time; they run on the inference thread, never
 /// on the control thread.
 pub trait Policy: Send {
     fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError>;
+    /// One prediction per request, in request order. Each request succeeds or fails on its
+    /// own: a bad one (empty instruction, a prompt too long, an unreadable image) gets its
+    /// error while the others get their predictions, and each prediction's tokens are the
+    /// ones [`Policy::predict`] gives for that request alone.
+    ///
+    /// When the policy batches natively ([`Policy::batches_natively`]), the stages run for
+    /// the whole batch at once and every prediction's `timings` are the batch's: each stage's
+    /// wall time summed over the batch (vision, projector, prefill run per request) or spent
+    /// once for all (the batched decode), and `total_ms` the whole call, the same for every
+    /// member. The provided method runs [`Policy::predict`] on each request in turn, each with
+    /// its own timings.
+    fn predict_batch(
+        &mut self,
+        requests: &[BatchRequest<'_>],
+    ) -> Vec<Result<Prediction, PolicyError>> {
+        requests
+            .iter()
+            .map(|r| self.predict(r.image, r.instruction))
+            .collect()
+    }
+    /// Whether [`Policy::predict_batch`] runs the batch as one (faster than one request after
+    /// another) rather than the provided sequential loop.
+    fn batches_natively(&self) -> bool {
+        false
+    }
     /// Number of action dimensions (7 for OpenVLA).
     fn action_dim(&self) -> usize;
     /// Whether `predict` would take this instruction (not empty, a prompt that fits), checked

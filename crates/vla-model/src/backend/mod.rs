@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::model::ModelError;
-use crate::policy::{BackendKind, Policy, PolicyError, PolicyOptions, Prediction};
+use crate::policy::{BackendKind, BatchRequest, Policy, PolicyError, PolicyOptions, Prediction};
 use crate::preprocess::{Preprocessor, RgbImage};
 
 /// The checkpoint file that holds the normalisation constants of the preprocessing.
@@ -107,6 +107,55 @@ pub trait PixelRunner: Send {
     /// Refuses an instruction [`PixelRunner::predict_pixels`] would refuse (empty, or a prompt
     /// longer than the KV cache holds), without running the model.
     fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError>;
+    /// [`PixelRunner::predict_pixels`] for each pair of `pixel_values[i]` and
+    /// `instructions[i]`, one result per pair in order; a bad pair gets its own error without
+    /// failing the others. The provided method runs them one after another; a runner that
+    /// batches natively overrides it and [`PixelRunner::batches_natively`].
+    fn predict_pixels_batch(
+        &mut self,
+        pixel_values: &[&[f32]],
+        instructions: &[&str],
+    ) -> Vec<Result<Prediction, PolicyError>> {
+        if let Some(mismatch) = batch_length_mismatch(Self::BACKEND, pixel_values, instructions) {
+            return mismatch;
+        }
+        pixel_values
+            .iter()
+            .zip(instructions)
+            .map(|(pixels, instruction)| self.predict_pixels(pixels, instruction))
+            .collect()
+    }
+    /// Whether [`PixelRunner::predict_pixels_batch`] runs the batch as one.
+    fn batches_natively(&self) -> bool {
+        false
+    }
+}
+
+/// One error per entry of the longer list when `pixel_values` and `instructions` differ in
+/// length; `None` when they match.
+pub(crate) fn batch_length_mismatch(
+    backend: &'static str,
+    pixel_values: &[&[f32]],
+    instructions: &[&str],
+) -> Option<Vec<Result<Prediction, PolicyError>>> {
+    if pixel_values.len() == instructions.len() {
+        return None;
+    }
+    let count = pixel_values.len().max(instructions.len());
+    Some(
+        (0..count)
+            .map(|_| {
+                Err(PolicyError::Backend {
+                    backend,
+                    message: format!(
+                        "a batch of {} pixel_values and {} instructions",
+                        pixel_values.len(),
+                        instructions.len()
+                    ),
+                })
+            })
+            .collect(),
+    )
 }
 
 /// A backend's runner behind the preprocessing: the [`Policy`] every backend exposes.
@@ -116,6 +165,8 @@ pub struct ImagePolicy<R> {
     preprocessor: Preprocessor,
     /// `[6, 224, 224]`, reused between calls.
     pixel_values: Vec<f32>,
+    /// One `[6, 224, 224]` buffer per request of the largest batch so far, reused.
+    batch_pixel_values: Vec<Vec<f32>>,
     model_name: String,
 }
 
@@ -148,6 +199,7 @@ impl<R: PixelRunner> ImagePolicy<R> {
             .unwrap_or_else(|| model_dir.display().to_string());
         Ok(Self {
             pixel_values: vec![0.0; preprocessor.output_len()],
+            batch_pixel_values: Vec::new(),
             runner,
             preprocessor,
             model_name,
@@ -182,6 +234,73 @@ impl<R: PixelRunner> Policy for ImagePolicy<R> {
         prediction.timings.preprocess_ms = preprocess_ms;
         prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
         Ok(prediction)
+    }
+
+    /// Preprocesses every image, then runs the requests that are left through
+    /// [`PixelRunner::predict_pixels_batch`]. `timings.preprocess_ms` is the preprocessing of
+    /// the whole batch and `total_ms` the whole call, the same for every member; the other
+    /// stages are as the runner reports them (the batch's for a runner that batches natively).
+    fn predict_batch(
+        &mut self,
+        requests: &[BatchRequest<'_>],
+    ) -> Vec<Result<Prediction, PolicyError>> {
+        let start = Instant::now();
+        let len = self.preprocessor.output_len();
+        if self.batch_pixel_values.len() < requests.len() {
+            self.batch_pixel_values
+                .resize_with(requests.len(), || vec![0.0; len]);
+        }
+        // Requests that fail before the model get their error here; the others run.
+        let mut results: Vec<Option<Result<Prediction, PolicyError>>> = Vec::new();
+        results.resize_with(requests.len(), || None);
+        let mut ready = Vec::with_capacity(requests.len());
+        for ((request, pixels), result) in requests
+            .iter()
+            .zip(&mut self.batch_pixel_values)
+            .zip(&mut results)
+        {
+            if request.instruction.trim().is_empty() {
+                *result = Some(Err(PolicyError::EmptyInstruction));
+            } else if let Err(e) = self.preprocessor.run(request.image, pixels) {
+                *result = Some(Err(e.into()));
+            } else {
+                ready.push(request.instruction);
+            }
+        }
+        let preprocess_ms = start.elapsed().as_secs_f64() * 1e3;
+        let pixel_values: Vec<&[f32]> = self
+            .batch_pixel_values
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_none())
+            .map(|(pixels, _)| pixels.as_slice())
+            .collect();
+        let mut predicted = self
+            .runner
+            .predict_pixels_batch(&pixel_values, &ready)
+            .into_iter();
+        let total_ms = start.elapsed().as_secs_f64() * 1e3;
+        results
+            .into_iter()
+            .map(|result| match result {
+                Some(early) => early,
+                None => {
+                    let mut prediction = predicted.next().unwrap_or_else(|| {
+                        Err(PolicyError::Backend {
+                            backend: R::BACKEND,
+                            message: "the runner returned fewer results than requests".into(),
+                        })
+                    })?;
+                    prediction.timings.preprocess_ms = preprocess_ms;
+                    prediction.timings.total_ms = total_ms;
+                    Ok(prediction)
+                }
+            })
+            .collect()
+    }
+
+    fn batches_natively(&self) -> bool {
+        self.runner.batches_natively()
     }
 
     fn action_dim(&self) -> usize {
