@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{ImagePolicy, PixelRunner};
+use super::{batch_length_mismatch, ImagePolicy, PixelRunner};
 use crate::model::action::{resolve_unnorm_key, ActionDecoder};
-use crate::model::llama::LlamaState;
+use crate::model::llama::{BatchScratch, LlamaState};
 use crate::model::openvla::OpenVla;
 use crate::model::quant_load::{apply_formats, observe_projector_inputs, FormatReport};
 use crate::model::quant_scales::{ProjectorScales, ScaleCollector};
@@ -31,6 +31,21 @@ pub struct CpuModelRunner {
     /// `[vocab]`, the logits of the latest position.
     logits: Vec<f32>,
     tokens: Vec<u32>,
+    /// One state per sequence of the largest batch so far, reused by later batches.
+    batch_states: Vec<LlamaState>,
+    batch_scratch: BatchScratch,
+    /// `[B, vocab]` for the largest batch so far.
+    batch_logits: Vec<f32>,
+    batch_tokens: Vec<Vec<u32>>,
+    batch_failed: Vec<bool>,
+}
+
+/// Wall time of the per-request stages of a batch, summed over its requests.
+#[derive(Debug, Default)]
+struct BatchStages {
+    vision: Duration,
+    projector: Duration,
+    prefill: Duration,
 }
 
 impl CpuModelRunner {
@@ -58,6 +73,7 @@ impl CpuModelRunner {
         let state = model.new_llama_state();
         let logits = vec![0.0; model.llama().config().vocab_size];
         let tokens = Vec::with_capacity(decoder.action_dim());
+        let batch_scratch = model.new_batch_scratch();
         Ok(Self {
             model,
             unnorm_key,
@@ -65,6 +81,11 @@ impl CpuModelRunner {
             state,
             logits,
             tokens,
+            batch_states: Vec::new(),
+            batch_scratch,
+            batch_logits: Vec::new(),
+            batch_tokens: Vec::new(),
+            batch_failed: Vec::new(),
         })
     }
 
@@ -166,6 +187,142 @@ impl CpuModelRunner {
             },
         })
     }
+    /// The policy for a batch: each request's encoders, projector and prefill run as in
+    /// [`CpuModelRunner::predict_pixels`], each prefill into its own state of a pool that
+    /// grows to the largest batch and is reused; then one greedy decode for all of them, with
+    /// every linear layer run once on the stacked rows of the batch. A request that fails
+    /// (empty instruction, a prompt too long, wrong `pixel_values`) gets its error, the others
+    /// their predictions, whose tokens are those [`CpuModelRunner::predict_pixels`] gives for
+    /// each alone. Every prediction carries the batch's timings: vision, projector and prefill
+    /// summed over the requests, the batched decode, and the whole call.
+    pub fn predict_pixels_batch(
+        &mut self,
+        pixel_values: &[&[f32]],
+        instructions: &[&str],
+    ) -> Vec<Result<Prediction, PolicyError>> {
+        if let Some(mismatch) = batch_length_mismatch("cpu", pixel_values, instructions) {
+            return mismatch;
+        }
+        let start = Instant::now();
+        let mut stages = BatchStages::default();
+        let mut results: Vec<Option<Result<Prediction, PolicyError>>> = Vec::new();
+        results.resize_with(pixel_values.len(), || None);
+        // Request index of each filled state; states 0..live.len() hold the batch.
+        let mut live = Vec::with_capacity(pixel_values.len());
+        for ((pixels, instruction), result) in
+            pixel_values.iter().zip(instructions).zip(&mut results)
+        {
+            match self.prefill_into(live.len(), pixels, instruction, &mut stages) {
+                Ok(()) => live.push(result),
+                Err(e) => *result = Some(Err(e)),
+            }
+        }
+        let b = live.len();
+        let vocab = self.model.llama().config().vocab_size;
+        if self.batch_tokens.len() < b {
+            let dim = self.decoder.action_dim();
+            self.batch_tokens.resize_with(b, || Vec::with_capacity(dim));
+            self.batch_failed.resize(b, false);
+        }
+        let decoded = self.model.decode_batch(
+            &mut self.batch_states[..b],
+            self.decoder.action_dim(),
+            &mut self.batch_scratch,
+            &mut self.batch_logits[..b * vocab],
+            &mut self.batch_tokens[..b],
+            &mut self.batch_failed[..b],
+        );
+        let timings = |decode: Duration| StageTimings {
+            preprocess_ms: 0.0,
+            vision_ms: ms(stages.vision),
+            projector_ms: ms(stages.projector),
+            prefill_ms: ms(stages.prefill),
+            decode_ms: ms(decode),
+            total_ms: ms(start.elapsed()),
+        };
+        match decoded {
+            Ok(decode) => {
+                let timings = timings(decode);
+                for ((result, tokens), &failed) in live
+                    .into_iter()
+                    .zip(&self.batch_tokens)
+                    .zip(&self.batch_failed)
+                {
+                    *result = Some(if failed {
+                        Err(PolicyError::Model(ModelError::Math {
+                            op: "greedy decode",
+                            message: "logits are empty or all NaN".into(),
+                        }))
+                    } else {
+                        let (normalized, action) = self.decoder.decode(tokens);
+                        Ok(Prediction {
+                            tokens: tokens.clone(),
+                            normalized,
+                            action,
+                            timings,
+                        })
+                    });
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let mut error = Some(PolicyError::Model(e));
+                for result in live {
+                    *result = Some(Err(error.take().unwrap_or_else(|| PolicyError::Backend {
+                        backend: "cpu",
+                        message: message.clone(),
+                    })));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(PolicyError::Backend {
+                        backend: "cpu",
+                        message: "a batch request was left without a result".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Encoders, projector and prefill of one request of a batch into pool state `slot` and
+    /// row `slot` of the batch logits, growing the pool to `slot + 1`.
+    fn prefill_into(
+        &mut self,
+        slot: usize,
+        pixel_values: &[f32],
+        instruction: &str,
+        stages: &mut BatchStages,
+    ) -> Result<(), PolicyError> {
+        let start = Instant::now();
+        let ids = self.prompt_ids(instruction)?;
+        let outputs = self.model.featurizer_outputs(pixel_values)?;
+        stages.vision += start.elapsed();
+        let t = Instant::now();
+        let image_tokens = self.model.project(&self.model.concat_features(&outputs))?;
+        stages.projector += t.elapsed();
+        let t = Instant::now();
+        let embeddings = self.model.multimodal_embeddings(&image_tokens, &ids)?;
+        while self.batch_states.len() <= slot {
+            self.batch_states.push(self.model.new_llama_state());
+        }
+        let vocab = self.model.llama().config().vocab_size;
+        if self.batch_logits.len() < (slot + 1) * vocab {
+            self.batch_logits.resize((slot + 1) * vocab, 0.0);
+        }
+        let state = &mut self.batch_states[slot];
+        state.reset();
+        self.model.llama().forward(
+            state,
+            &embeddings,
+            &mut self.batch_logits[slot * vocab..(slot + 1) * vocab],
+        )?;
+        stages.prefill += t.elapsed();
+        Ok(())
+    }
 }
 
 /// The CPU policy: [`CpuModelRunner`] behind the preprocessing.
@@ -200,6 +357,18 @@ impl PixelRunner for CpuModelRunner {
 
     fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
         self.prompt_ids(instruction).map(|_| ())
+    }
+
+    fn predict_pixels_batch(
+        &mut self,
+        pixel_values: &[&[f32]],
+        instructions: &[&str],
+    ) -> Vec<Result<Prediction, PolicyError>> {
+        CpuModelRunner::predict_pixels_batch(self, pixel_values, instructions)
+    }
+
+    fn batches_natively(&self) -> bool {
+        true
     }
 }
 

@@ -286,6 +286,188 @@ impl Llama {
         ops::rms_norm(last, &mut s.normed[..h], h, &self.norm, cfg.rms_norm_eps);
         self.lm_head.forward(&s.normed[..h], logits)
     }
+
+    /// One decode step of a batch: feeds `tokens[b]` at the next cache position of
+    /// `states[b]` and writes its logits to row `b` of `logits` (`[B, vocab]`). Every linear
+    /// layer runs once on the `B` stacked rows (one matrix product instead of `B`
+    /// matrix-vector products); RoPE, the KV-cache write and attention run per sequence at its
+    /// own position, so the sequences may have different lengths. Each row gets what
+    /// [`Llama::step`] gives for that sequence alone, up to the rounding of the batched
+    /// matrix products.
+    pub fn step_batch(
+        &self,
+        states: &mut [LlamaState],
+        tokens: &[u32],
+        scratch: &mut BatchScratch,
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (h, hd, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.kv_width());
+        let b = states.len();
+        if tokens.len() != b || logits.len() != b * cfg.vocab_size || scratch.config != *cfg {
+            return Err(ModelError::Math {
+                op: "llama batched step",
+                message: format!(
+                    "{b} states, {} tokens, {} logits for vocab {}{}",
+                    tokens.len(),
+                    logits.len(),
+                    cfg.vocab_size,
+                    if scratch.config == *cfg {
+                        ""
+                    } else {
+                        ", scratch of another model"
+                    }
+                ),
+            });
+        }
+        if b == 0 {
+            return Ok(());
+        }
+        for state in states.iter_mut() {
+            state.prepare(1)?;
+        }
+        let s = scratch;
+        s.prepare(b);
+        for (row, &token) in s.x.chunks_exact_mut(h).zip(tokens) {
+            self.embed(token, row)?;
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention: x += o_proj(attn(rope(q), rope(k), v)) of the normed x.
+            ops::rms_norm(
+                &s.x,
+                &mut s.normed,
+                h,
+                &layer.input_layernorm,
+                cfg.rms_norm_eps,
+            );
+            let a = &layer.self_attn;
+            a.q_proj.forward(&s.normed, &mut s.q)?; // [B, heads · hd]
+            a.k_proj.forward(&s.normed, &mut s.k_new)?; // [B, kv · hd]
+            a.v_proj.forward(&s.normed, &mut s.v_new)?; // [B, kv · hd]
+            states
+                .par_iter_mut()
+                .zip(s.q.par_chunks_mut(h))
+                .zip(s.k_new.par_chunks_mut(kv))
+                .zip(s.v_new.par_chunks(kv))
+                .zip(s.attn.par_chunks_mut(h))
+                .try_for_each(|((((state, q), k), v), attn)| {
+                    attend_one(cfg, l, hd, state, q, k, v, attn)
+                })?;
+            a.o_proj.forward(&s.attn, &mut s.branch)?;
+            ops::add_in_place(&mut s.x, &s.branch);
+
+            // MLP: x += down(silu(gate(x̂)) · up(x̂)).
+            ops::rms_norm(
+                &s.x,
+                &mut s.normed,
+                h,
+                &layer.post_attention_layernorm,
+                cfg.rms_norm_eps,
+            );
+            layer.mlp.gate_proj.forward(&s.normed, &mut s.gate)?; // [B, inter]
+            layer.mlp.up_proj.forward(&s.normed, &mut s.up)?; // [B, inter]
+            ops::silu_mul(&mut s.gate, &s.up);
+            layer.mlp.down_proj.forward(&s.gate, &mut s.branch)?;
+            ops::add_in_place(&mut s.x, &s.branch);
+        }
+        for state in states.iter_mut() {
+            state.len += 1;
+        }
+        ops::rms_norm(&s.x, &mut s.normed, h, &self.norm, cfg.rms_norm_eps);
+        self.lm_head.forward(&s.normed, logits)
+    }
+}
+
+/// The per-sequence part of a batched step at layer `layer`: RoPE of the sequence's query
+/// and key row at its position, the KV-cache write, and its causal attention into `attn`
+/// (`[hidden]`), exactly as [`Llama::step`] does them for one token.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
+    cfg: &LlamaConfig,
+    layer: usize,
+    hd: usize,
+    s: &mut LlamaState,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &[f32],
+    attn: &mut [f32],
+) -> Result<(), ModelError> {
+    let past = s.len;
+    s.rope.apply(q, cfg.hidden_size, past)?;
+    s.rope.apply(k, cfg.kv_width(), past)?;
+    s.cache.write(layer, past, 1, k, v);
+    let (k_layout, v_layout) = s.cache.layouts(layer);
+    ops::attention(
+        HeadLayout {
+            data: q,
+            offset: 0,
+            head_stride: hd,
+            row_stride: cfg.hidden_size,
+        },
+        k_layout,
+        v_layout,
+        AttentionShape {
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            queries: 1,
+            keys: past + 1,
+            causal_past: Some(past),
+        },
+        &mut s.scores,
+        &mut s.head_out,
+        attn,
+    )
+}
+
+/// Scratch of [`Llama::step_batch`]: one row per sequence of the batch, side by side, grown to
+/// the largest batch seen and then reused, so a step of a batch size seen before allocates
+/// nothing.
+#[derive(Debug, Clone)]
+pub struct BatchScratch {
+    config: LlamaConfig,
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k_new: Vec<f32>,
+    v_new: Vec<f32>,
+    attn: Vec<f32>,
+    branch: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl BatchScratch {
+    /// Empty scratch for this language model; the first step sizes it.
+    pub fn new(config: &LlamaConfig) -> Self {
+        Self {
+            config: config.clone(),
+            x: Vec::new(),
+            normed: Vec::new(),
+            q: Vec::new(),
+            k_new: Vec::new(),
+            v_new: Vec::new(),
+            attn: Vec::new(),
+            branch: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+        }
+    }
+
+    /// Sizes every buffer for `b` rows.
+    fn prepare(&mut self, b: usize) {
+        let c = &self.config;
+        let (h, kv, inter) = (c.hidden_size, c.kv_width(), c.intermediate_size);
+        self.x.resize(b * h, 0.0);
+        self.normed.resize(b * h, 0.0);
+        self.q.resize(b * h, 0.0);
+        self.k_new.resize(b * kv, 0.0);
+        self.v_new.resize(b * kv, 0.0);
+        self.attn.resize(b * h, 0.0);
+        self.branch.resize(b * h, 0.0);
+        self.gate.resize(b * inter, 0.0);
+        self.up.resize(b * inter, 0.0);
+    }
 }
 
 /// Precomputed rotate-half RoPE tables, `[capacity, head_dim / 2]` each, computed in f32 the

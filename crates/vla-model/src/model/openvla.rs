@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::checkpoint::Checkpoint;
 use super::config::{timm_num_heads, OpenVlaConfig, RuntimeModelConfig, RUNTIME_MODEL_CONFIG_FILE};
 use super::linear::Linear;
-use super::llama::{Llama, LlamaConfig, LlamaState};
+use super::llama::{BatchScratch, Llama, LlamaConfig, LlamaState};
 use super::ops;
 use super::projector::Projector;
 use super::prompt::PromptTokenizer;
@@ -280,6 +280,69 @@ impl OpenVla {
             }
         }
         Ok((prefill, start.elapsed()))
+    }
+    /// Scratch for [`OpenVla::decode_batch`].
+    pub fn new_batch_scratch(&self) -> BatchScratch {
+        BatchScratch::new(self.llama.config())
+    }
+
+    /// The greedy decode of [`OpenVla::generate`] for a batch whose prefills ran: `states[b]`
+    /// holds sequence `b` after its prefill and row `b` of `logits` (`[B, vocab]`) its step-0
+    /// logits. Each step takes every row's argmax (first on ties) into `tokens[b]`, and all
+    /// the sequences but the last step's are fed back together through
+    /// [`Llama::step_batch`]. A row whose logits are all NaN marks `failed[b]` (the error
+    /// [`OpenVla::generate`] returns); that sequence stops collecting tokens while the others go
+    /// on. Returns the decode time.
+    pub fn decode_batch(
+        &self,
+        states: &mut [LlamaState],
+        count: usize,
+        scratch: &mut BatchScratch,
+        logits: &mut [f32],
+        tokens: &mut [Vec<u32>],
+        failed: &mut [bool],
+    ) -> Result<std::time::Duration, ModelError> {
+        let (b, vocab) = (states.len(), self.llama.config().vocab_size);
+        if tokens.len() != b || failed.len() != b || logits.len() != b * vocab {
+            return Err(ModelError::Math {
+                op: "batched greedy decode",
+                message: format!(
+                    "{b} states, {} token lists, {} flags, {} logits for vocab {vocab}",
+                    tokens.len(),
+                    failed.len(),
+                    logits.len()
+                ),
+            });
+        }
+        tokens.iter_mut().for_each(Vec::clear);
+        failed.fill(false);
+        let start = std::time::Instant::now();
+        let mut step_tokens = vec![0u32; b];
+        for step in 0..count {
+            for (((row, seq), flag), next) in logits
+                .chunks_exact(vocab)
+                .zip(tokens.iter_mut())
+                .zip(failed.iter_mut())
+                .zip(&mut step_tokens)
+            {
+                if *flag {
+                    continue;
+                }
+                match ops::argmax(row) {
+                    Some(token) => {
+                        *next = token as u32;
+                        seq.push(*next);
+                    }
+                    // Fed on with the last token it had; its output is never read.
+                    None => *flag = true,
+                }
+            }
+            if step + 1 < count {
+                self.llama
+                    .step_batch(states, &step_tokens, scratch, logits)?;
+            }
+        }
+        Ok(start.elapsed())
     }
 }
 
