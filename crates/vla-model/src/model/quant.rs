@@ -19,8 +19,10 @@
 //!
 //! Decode runs with one input row (M = 1): the product is a matrix-vector product bound by
 //! reading the weights, so it is a fused dequantize-dot over output rows
-//! ([`super::quant_kernels`]), split over rayon in blocks of rows. Prefill (M ≈ 280) is
-//! compute-bound: tiles of rows are dequantized to f32 and multiplied with `gemm`.
+//! ([`super::quant_kernels`]), split over rayon in blocks of rows. A batched decode step (a
+//! few rows, M ≤ 4) runs the same dot per row and output, each weight row read once for all
+//! the rows. Prefill (M ≈ 280) is compute-bound: tiles of rows are dequantized to f32 and
+//! multiplied with `gemm`.
 //!
 //! Quantized bytes are either owned or borrowed from a memory-mapped pre-quantized file
 //! ([`QuantBytes`]), so a robot loading a 7B model does not copy gigabytes at start.
@@ -379,6 +381,14 @@ pub fn matmul_int8(
         });
     }
     let codes = weights.codes();
+    if m > 1 {
+        // The same value per (input row, output) as the loop below, each weight row read
+        // once for all input rows.
+        return gemv_weight_stationary(out, m, k, n, |row, r| {
+            let dot = dot_i8_f32(&codes[row * k..(row + 1) * k], &x[r * k..(r + 1) * k]);
+            dot * weights.scales[row] + bias.map_or(0.0, |b| b[row])
+        });
+    }
     for (x_row, out_row) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)).take(m) {
         let block = gemv_block_rows(n, k);
         let rows = |(b, dst): (usize, &mut [f32])| {
@@ -415,6 +425,32 @@ pub fn matmul_int4(
     let groups = k.div_ceil(group);
     let row_bytes = k.div_ceil(2);
     let packed = weights.packed.as_slice();
+    if m > 1 {
+        // Per input row, its group sums and nibble planes; then the same value per (input
+        // row, output) as the loop below, each weight row read once for all input rows.
+        let planes_len = u4_planes_len(k);
+        let mut group_sums = vec![0.0f32; m * groups];
+        let mut planes = vec![0.0f32; m * planes_len];
+        for (r, x_row) in x.chunks_exact(k).take(m).enumerate() {
+            let sums = &mut group_sums[r * groups..(r + 1) * groups];
+            for (sum, chunk) in sums.iter_mut().zip(x_row.chunks(group)) {
+                *sum = chunk.iter().sum();
+            }
+            u4_planes(x_row, &mut planes[r * planes_len..(r + 1) * planes_len]);
+        }
+        return gemv_weight_stationary(out, m, k, n, |row, r| {
+            let x_row = &x[r * k..(r + 1) * k];
+            let sums = &group_sums[r * groups..(r + 1) * groups];
+            let row_planes = &planes[r * planes_len..(r + 1) * planes_len];
+            let packed_row = &packed[row * row_bytes..(row + 1) * row_bytes];
+            let row_scales = &weights.scales[row * groups..(row + 1) * groups];
+            let row_mins = &weights.mins[row * groups..(row + 1) * groups];
+            let offsets: f32 = row_mins.iter().zip(sums).map(|(m, s)| m * s).sum();
+            dot_u4_f32_grouped_planes(packed_row, x_row, row_planes, row_scales, group)
+                + offsets
+                + bias.map_or(0.0, |b| b[row])
+        });
+    }
     for (x_row, out_row) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)).take(m) {
         // [groups]: shared by every output row, it turns the per-group offset into one
         // multiply-add.
@@ -447,6 +483,46 @@ pub fn matmul_int4(
         } else {
             out_row.par_chunks_mut(block).enumerate().for_each(rows);
         }
+    }
+}
+
+/// `out[r, row] = value(row, r)` for the `m` rows of `out[m, n]` (a few input rows of a
+/// matrix-vector product): blocks of weight rows are split over rayon as for one input row,
+/// and inside a block each weight row serves every input row while it sits in L1, so the
+/// weights are read once for the batch instead of once per row.
+fn gemv_weight_stationary(
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    value: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    if n == 0 {
+        return;
+    }
+    let block = gemv_block_rows(n, k);
+    // Task `b` writes columns `b·block ..` of every output row.
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(block))
+        .map(|_| Vec::with_capacity(m))
+        .collect();
+    for out_row in out.chunks_exact_mut(n).take(m) {
+        for (task, dst) in tasks.iter_mut().zip(out_row.chunks_mut(block)) {
+            task.push(dst);
+        }
+    }
+    let run = |(b, mut dsts): (usize, Vec<&mut [f32]>)| {
+        let len = dsts.first().map_or(0, |d| d.len());
+        for j in 0..len {
+            let row = b * block + j;
+            for (r, dst) in dsts.iter_mut().enumerate() {
+                dst[j] = value(row, r);
+            }
+        }
+    };
+    if tasks.len() == 1 {
+        tasks.into_iter().enumerate().for_each(run);
+    } else {
+        tasks.into_par_iter().enumerate().for_each(run);
     }
 }
 
@@ -568,6 +644,53 @@ fn matmul_dequantized_tiles(
                 false,
                 gemm::Parallelism::Rayon(0),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A few input rows at once give each row bit for bit what it gives alone, on a shape
+    /// split over several tasks, with a ragged INT4 group and an odd width.
+    #[test]
+    fn a_few_rows_give_each_row_what_it_gives_alone() {
+        let (n, k) = (301, 259);
+        let w = values(n * k, 1);
+        let bias = values(n, 2);
+        let int8 = Int8Weights::quantize(&w, n, k);
+        let int4 = Int4Weights::quantize(&w, n, k);
+        for m in 2..=GEMV_MAX_ROWS {
+            let x = values(m * k, 3 + m as u64);
+            for bias in [None, Some(bias.as_slice())] {
+                let (mut together, mut alone) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+                matmul_int8(&x, &int8, &mut together, m, k, n, bias);
+                for r in 0..m {
+                    let rows = (&x[r * k..(r + 1) * k], &mut alone[r * n..(r + 1) * n]);
+                    matmul_int8(rows.0, &int8, rows.1, 1, k, n, bias);
+                }
+                assert_eq!(together, alone, "int8, {m} rows");
+                matmul_int4(&x, &int4, &mut together, m, k, n, bias);
+                for r in 0..m {
+                    let rows = (&x[r * k..(r + 1) * k], &mut alone[r * n..(r + 1) * n]);
+                    matmul_int4(rows.0, &int4, rows.1, 1, k, n, bias);
+                }
+                assert_eq!(together, alone, "int4, {m} rows");
+            }
         }
     }
 }
