@@ -406,3 +406,42 @@ pub fn collect_projector_scales_at(
     }
     Ok(collector.finish())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// The batch states, logits and token lists grow to the largest batch and are reused by
+    /// later batches, no larger.
+    #[test]
+    fn batch_buffers_grow_to_the_largest_batch_and_are_reused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../engines/openvla-tiny");
+        let options = PolicyOptions {
+            unnorm_key: Some("tiny_bridge".into()),
+            ..PolicyOptions::default()
+        };
+        let mut runner = CpuModelRunner::load(&dir, &options).expect("tiny checkpoint loads");
+        let vocab = runner.model().llama().config().vocab_size;
+        let pixels = vec![0.25f32; runner.model().pixel_values_len()];
+        let mut largest_logits = None;
+        for (batch, pool) in [(2, 2), (1, 2), (3, 3), (2, 3), (3, 3), (1, 3)] {
+            let pixel_values = vec![pixels.as_slice(); batch];
+            let instructions = vec!["pick up the cup"; batch];
+            let results = runner.predict_pixels_batch(&pixel_values, &instructions);
+            assert_eq!(results.len(), batch);
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            assert_eq!(runner.batch_states.len(), pool);
+            assert_eq!(runner.batch_logits.len(), pool * vocab);
+            assert_eq!(runner.batch_tokens.len(), pool);
+            if pool == 3 {
+                let logits = runner.batch_logits.as_ptr();
+                assert_eq!(*largest_logits.get_or_insert(logits), logits);
+            }
+        }
+        // Mismatched lists fail every entry.
+        let results = runner.predict_pixels_batch(&[pixels.as_slice()], &["a", "b"]);
+        assert_eq!(results.len(), 2);
+        assert!(results.iter().all(Result::is_err));
+    }
+}
