@@ -131,6 +131,8 @@ pub struct ServiceConfig {
     pub record: RecordConfig,
     /// `[ros2]`: the ROS 2 node over rmw_zenoh (ARCHITECTURE.md §15).
     pub ros2: crate::ros2::Ros2Config,
+    /// `[serve]`: batching of `vla-rt serve` (ARCHITECTURE.md §16).
+    pub serve: crate::remote::ServeConfig,
 }
 
 impl Default for ServiceConfig {
@@ -146,6 +148,7 @@ impl Default for ServiceConfig {
             calibration: CalibrationConfig::default(),
             record: RecordConfig::default(),
             ros2: crate::ros2::Ros2Config::default(),
+            serve: crate::remote::ServeConfig::default(),
         }
     }
 }
@@ -173,6 +176,9 @@ pub struct ModelConfig {
     /// `backend = "tensorrt"`: the libnvinfer to open (unset: `libnvinfer.so.10` from the
     /// loader's path).
     pub tensorrt_library: Option<PathBuf>,
+    /// Run the policy on `vla-rt serve` processes instead of a local backend
+    /// (ARCHITECTURE.md §16): `remote = { name = "...", timeout_ms = ..., fingerprint = "..." }`.
+    pub remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl Default for ModelConfig {
@@ -187,6 +193,7 @@ impl Default for ModelConfig {
             action_hz: None,
             engines: None,
             tensorrt_library: None,
+            remote: None,
         }
     }
 }
@@ -218,6 +225,67 @@ impl ModelConfig {
                 self.path.display()
             ))),
         }
+    }
+
+    /// `remote` with its defaults filled in: the timeout is one action step at `action_hz`,
+    /// the fingerprint that of `path` when the config gives none.
+    pub fn resolved_remote(
+        &self,
+        file: &str,
+        action_hz: f64,
+    ) -> Result<Option<crate::remote::ResolvedRemote>, ConfigError> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        crate::remote::validate_name(&remote.name).map_err(|m| invalid("model.remote.name", m))?;
+        let timeout_ms = match remote.timeout_ms {
+            Some(ms) if (1..=60_000).contains(&ms) => ms,
+            Some(ms) => {
+                return Err(invalid(
+                    "model.remote.timeout_ms",
+                    format!("{ms}: 1 to 60000"),
+                ))
+            }
+            None => ((1000.0 / action_hz).ceil() as u64).max(1),
+        };
+        if !(1..=100).contains(&remote.jpeg_quality) {
+            return Err(invalid(
+                "model.remote.jpeg_quality",
+                format!("{}: 1 to 100", remote.jpeg_quality),
+            ));
+        }
+        let fingerprint = match &remote.fingerprint {
+            Some(fingerprint) if fingerprint.starts_with("sha256:") && fingerprint.len() > 7 => {
+                fingerprint.clone()
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "model.remote.fingerprint",
+                    format!("`{other}`: a `sha256:<hex>` as `vla-rt serve` prints it"),
+                ))
+            }
+            None => crate::model::fingerprint::checkpoint_fingerprint(&self.path).map_err(|e| {
+                invalid(
+                    "model.remote.fingerprint",
+                    format!(
+                        "unset, and the checkpoint of model.path ({}) to take it from: {e}",
+                        self.path.display()
+                    ),
+                )
+            })?,
+        };
+        Ok(Some(crate::remote::ResolvedRemote {
+            name: remote.name.clone(),
+            timeout_ms,
+            fingerprint,
+            encoding: remote.encoding,
+            jpeg_quality: remote.jpeg_quality,
+        }))
     }
 
     pub fn policy_options(&self) -> PolicyOptions {
@@ -753,6 +821,13 @@ impl ServiceConfig {
         self.ros2
             .validate(&self.robot_id)
             .map_err(|(key, message)| invalid(&key, message))?;
+        self.serve
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        if let Some(remote) = &self.model.remote {
+            crate::remote::validate_name(&remote.name)
+                .map_err(|m| invalid("model.remote.name", m))?;
+        }
         Ok(())
     }
 }

@@ -30,6 +30,7 @@ pub mod config;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
 pub mod recording;
+pub mod remote;
 pub mod ros2;
 pub mod service;
 pub mod transport;

@@ -11,6 +11,7 @@ pub mod quantize;
 pub mod record_info;
 pub mod replay;
 pub mod run;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: camera → policy → safety filter → Zenoh, at a fixed rate.
     Run(run::RunArgs),
+    /// Answer inference requests from robots over Zenoh (remote inference).
+    Serve(serve::ServeArgs),
     /// Run the policy once on an image file.
     Predict(predict::PredictArgs),
     /// Benchmarks.
@@ -107,6 +110,7 @@ impl From<vla_bench::BenchError> for CliError {
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Serve(args) => serve::main(args),
         Command::Predict(args) => predict::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Cameras(args) => cameras::main(args),

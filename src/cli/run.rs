@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Also be a ROS 2 node over rmw_zenoh (sets `[ros2] enabled`).
     #[arg(long)]
     pub ros2: bool,
+    /// Run the policy on the `vla-rt serve --name NAME` servers instead of locally (sets
+    /// `[model] remote.name`).
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
 }
 
 /// The config file (or the built-in default) with the command-line overrides applied and
@@ -114,6 +118,13 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
         config.ros2.enabled = true;
         overridden.push(("ros2.namespace", "--ros2"));
     }
+    if let Some(name) = &args.remote {
+        match &mut config.model.remote {
+            Some(remote) => remote.name = name.clone(),
+            None => config.model.remote = Some(crate::remote::RemoteConfig::named(name)),
+        }
+        overridden.push(("model.remote.name", "--remote"));
+    }
     config.validate(&file).map_err(|e| {
         let flag = match &e {
             ConfigError::Invalid { key, .. } => overridden
@@ -135,7 +146,13 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
             )));
         }
     }
-    if !config.model.path.is_dir() {
+    // A remote policy needs the checkpoint folder only for what its config leaves out.
+    let remote_needs_no_checkpoint = config
+        .model
+        .remote
+        .as_ref()
+        .is_some_and(|r| r.fingerprint.is_some() && config.model.action_hz.is_some());
+    if !remote_needs_no_checkpoint && !config.model.path.is_dir() {
         return Err(CliError::bad_input(format!(
             "{file}: model.path: {}: no such checkpoint folder",
             config.model.path.display()
@@ -149,6 +166,11 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
             .resolved_action_hz(&file)
             .map_err(|e| CliError::bad_input(e.to_string()))?,
     );
+    let action_hz = config.model.action_hz.unwrap_or_default();
+    config
+        .model
+        .resolved_remote(&file, action_hz)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
     if args.config.is_none() && config.control.start_armed && config.robot_id != DEFAULT_ROBOT_ID {
         // The bundled simulation starts armed under its own id only: under another id it
         // may be talking to a real arm.

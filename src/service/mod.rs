@@ -197,7 +197,25 @@ impl Service {
             let _ = session.close().wait();
             return Err(e.into());
         }
-        let policy = match load_policy() {
+        let remote = match config.model.resolved_remote("config", action_hz) {
+            Ok(remote) => remote,
+            Err(e) => {
+                source.stop();
+                let _ = session.close().wait();
+                return Err(e.into());
+            }
+        };
+        let loaded = match &remote {
+            Some(remote) => crate::remote::RemotePolicy::connect(
+                &session,
+                remote,
+                &config.robot_id,
+                config.model.unnorm_key.as_deref(),
+            )
+            .map(|policy| Box::new(policy) as Box<dyn Policy>),
+            None => load_policy(),
+        };
+        let policy = match loaded {
             Ok(policy) => policy,
             Err(e) => {
                 source.stop();

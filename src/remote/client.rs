@@ -1,0 +1,301 @@
+//! The robot's side of remote inference: a [`Policy`] whose `predict` sends the frame to the
+//! servers of a name and waits, until the request's own deadline, for the answer of the one
+//! responsible for this robot. Everything downstream (pacing, limits, arming, supervision,
+//! recording) is the service's as it is for a local backend: a late, refused or mismatched
+//! reply is a failed prediction, so the tick counts a missed step and STOPs after
+//! `stop_after_misses`.
+
+use std::time::{Duration, Instant};
+
+use zenoh::query::{ConsolidationMode, Querier, QueryTarget};
+use zenoh::{Session, Wait};
+
+use super::wire::{instruction_hash, FrameEncoding, InstructionField, Reply, ReplyStatus, Request};
+use super::{infer_key, ResolvedRemote};
+use crate::config::ACTION_DIM;
+use crate::policy::{Policy, PolicyError, Prediction, StageTimings};
+use crate::preprocess::RgbImage;
+
+const BACKEND: &str = "remote";
+
+/// A policy answered by `vla-rt serve` processes over Zenoh.
+pub struct RemotePolicy {
+    querier: Querier<'static>,
+    name: String,
+    robot_id: String,
+    unnorm_key: String,
+    expected_fingerprint: String,
+    timeout: Duration,
+    encoding: FrameEncoding,
+    jpeg_quality: u8,
+    next_request_id: u64,
+    /// The instruction the servers have answered in full, so its hash can stand in for it.
+    acknowledged: Option<(String, [u8; 32])>,
+    request: Vec<u8>,
+    jpeg: Vec<u8>,
+}
+
+fn backend_error(message: String) -> PolicyError {
+    PolicyError::Backend {
+        backend: BACKEND,
+        message,
+    }
+}
+
+impl RemotePolicy {
+    /// Declares the querier on `vla/policy/<name>/infer`. `config.fingerprint` is the
+    /// checkpoint the robot was configured for; `unnorm_key` the statistics to un-normalise
+    /// with (unset: the server's).
+    pub fn connect(
+        session: &Session,
+        config: &ResolvedRemote,
+        robot_id: &str,
+        unnorm_key: Option<&str>,
+    ) -> Result<Self, PolicyError> {
+        let key = infer_key(&config.name);
+        let timeout = Duration::from_millis(config.timeout_ms);
+        // Every server of the name gets the request and only the one responsible for this
+        // robot answers (ARCHITECTURE.md §16): `All`, since `BestMatching` would pick the
+        // first server Zenoh knows, whatever its load or state; no consolidation, so that the
+        // answer is handed over the moment it arrives instead of being held for the others.
+        let querier = session
+            .declare_querier(key.clone())
+            .target(QueryTarget::All)
+            .consolidation(ConsolidationMode::None)
+            .timeout(timeout)
+            .wait()
+            .map_err(|e| PolicyError::Unavailable {
+                backend: BACKEND,
+                message: format!(
+                    "declaring the querier on {key}: {}",
+                    crate::transport::zenoh_error_text(&*e)
+                ),
+            })?;
+        Ok(Self {
+            querier,
+            name: config.name.clone(),
+            robot_id: robot_id.to_string(),
+            unnorm_key: unnorm_key.unwrap_or_default().to_string(),
+            expected_fingerprint: config.fingerprint.clone(),
+            timeout,
+            encoding: config.encoding,
+            jpeg_quality: config.jpeg_quality,
+            next_request_id: 1,
+            acknowledged: None,
+            request: Vec::new(),
+            jpeg: Vec::new(),
+        })
+    }
+
+    fn encode_request(
+        &mut self,
+        image: &RgbImage,
+        instruction: &str,
+        request_id: u64,
+        budget: Duration,
+        send_text: bool,
+    ) -> Result<(), PolicyError> {
+        let (width, height) = match (u16::try_from(image.width), u16::try_from(image.height)) {
+            (Ok(w), Ok(h)) => (w, h),
+            _ => {
+                return Err(backend_error(format!(
+                    "a {}×{} frame is too large to send",
+                    image.width, image.height
+                )))
+            }
+        };
+        let frame: &[u8] = match self.encoding {
+            FrameEncoding::Raw => &image.data,
+            FrameEncoding::Jpeg => {
+                self.jpeg.clear();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(
+                    &mut self.jpeg,
+                    self.jpeg_quality,
+                )
+                .encode(
+                    &image.data,
+                    image.width,
+                    image.height,
+                    image::ExtendedColorType::Rgb8,
+                )
+                .map_err(|e| backend_error(format!("JPEG encoding of the frame: {e}")))?;
+                &self.jpeg
+            }
+        };
+        let hash = match &self.acknowledged {
+            Some((text, hash)) if !send_text && text == instruction => Some(*hash),
+            _ => None,
+        };
+        let request = Request {
+            request_id,
+            capture_time_ns: crate::control::clock::monotonic_ns(),
+            budget_us: budget.as_micros().min(u32::MAX as u128) as u32,
+            robot_id: &self.robot_id,
+            unnorm_key: &self.unnorm_key,
+            instruction: match hash {
+                Some(hash) => InstructionField::Hash(hash),
+                None => InstructionField::Text(instruction),
+            },
+            encoding: self.encoding,
+            width,
+            height,
+            frame,
+        };
+        let mut out = std::mem::take(&mut self.request);
+        let encoded = request.encode(&mut out);
+        self.request = out;
+        encoded.map_err(|e| backend_error(format!("request: {e}")))
+    }
+
+    /// Sends one request and waits for its answer until `deadline`.
+    fn exchange(
+        &mut self,
+        image: &RgbImage,
+        instruction: &str,
+        deadline: Instant,
+        send_text: bool,
+    ) -> Result<Answer, PolicyError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        self.encode_request(image, instruction, request_id, budget, send_text)?;
+        let replies = self
+            .querier
+            .get()
+            .payload(self.request.as_slice())
+            .wait()
+            .map_err(|e| {
+                backend_error(format!(
+                    "sending to {}: {}",
+                    self.querier.key_expr(),
+                    crate::transport::zenoh_error_text(&*e)
+                ))
+            })?;
+        let mut refusals = Vec::new();
+        loop {
+            let reply = match replies.recv_deadline(deadline) {
+                Ok(Some(reply)) => reply,
+                // The query ended (every server answered or the timeout passed) or the
+                // deadline came first.
+                Ok(None) | Err(_) => break,
+            };
+            let Ok(sample) = reply.result() else {
+                continue;
+            };
+            let payload = sample.payload().to_bytes();
+            let decoded = match Reply::decode(&payload) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    refusals.push(format!("an unreadable reply ({e})"));
+                    continue;
+                }
+            };
+            if decoded.request_id != request_id {
+                continue;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            if decoded.fingerprint != self.expected_fingerprint {
+                return Err(backend_error(format!(
+                    "server {} of `{}` runs checkpoint {}, this robot is configured for {}: \
+                     its actions are refused",
+                    decoded.server_id, self.name, decoded.fingerprint, self.expected_fingerprint
+                )));
+            }
+            match decoded.status {
+                ReplyStatus::Ok => return Answer::from_reply(&decoded),
+                ReplyStatus::UnknownInstruction => return Ok(Answer::SendText),
+                status => refusals.push(format!(
+                    "server {}: {}{}",
+                    decoded.server_id,
+                    status.name(),
+                    if decoded.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", decoded.message)
+                    }
+                )),
+            }
+        }
+        Err(backend_error(if refusals.is_empty() {
+            format!(
+                "no answer from `{}` within {} ms (is a `vla-rt serve --name {}` reachable?)",
+                self.name,
+                self.timeout.as_millis(),
+                self.name
+            )
+        } else {
+            format!("`{}` refused: {}", self.name, refusals.join("; "))
+        }))
+    }
+}
+
+enum Answer {
+    Prediction(Prediction),
+    /// The server does not know the instruction's hash.
+    SendText,
+}
+
+impl Answer {
+    fn from_reply(reply: &Reply<'_>) -> Result<Self, PolicyError> {
+        if reply.action_dim != ACTION_DIM {
+            return Err(backend_error(format!(
+                "server {} sent actions of {} values; the command record carries {ACTION_DIM}",
+                reply.server_id, reply.action_dim
+            )));
+        }
+        let action: Vec<f64> = (0..ACTION_DIM)
+            .map(|column| f64::from(reply.action(0, column)))
+            .collect();
+        let compute_ms = f64::from(reply.timings.compute_us) / 1e3;
+        Ok(Self::Prediction(Prediction {
+            tokens: reply.tokens().take(ACTION_DIM).collect(),
+            normalized: Vec::new(),
+            action,
+            timings: StageTimings {
+                decode_ms: compute_ms,
+                ..StageTimings::default()
+            },
+        }))
+    }
+}
+
+impl Policy for RemotePolicy {
+    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
+        if instruction.trim().is_empty() {
+            return Err(PolicyError::EmptyInstruction);
+        }
+        image.validate()?;
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut answer = self.exchange(image, instruction, deadline, false)?;
+        if matches!(answer, Answer::SendText) {
+            // A server that has not seen the text (a restart, a failover): once more in full.
+            answer = self.exchange(image, instruction, deadline, true)?;
+        }
+        match answer {
+            Answer::Prediction(mut prediction) => {
+                self.acknowledged = Some((instruction.to_string(), instruction_hash(instruction)));
+                prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
+                Ok(prediction)
+            }
+            Answer::SendText => Err(backend_error(format!(
+                "`{}` does not take the instruction's text",
+                self.name
+            ))),
+        }
+    }
+
+    fn action_dim(&self) -> usize {
+        ACTION_DIM
+    }
+
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+}
