@@ -2,7 +2,7 @@
 # The one prepared check of the CUDA backend on a GPU machine, with a release binary built
 # elsewhere (target/release/vla-rt, stripped): driver, parity against the CPU backend on the
 # tiny fixture, `predict` and the service (`run`) with the CUDA backend, the 7B-shape
-# benchmark, and the PyTorch comparison on the same card in the same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
+# benchmark, remote inference (robots per server), and the PyTorch comparison on the same card in the same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
 # /tmp/vla-rt-gpu-check). Budget: well under 8 minutes on an H100/H200.
 #
 #   bench/gpu_check.sh [path/to/vla-rt]
@@ -72,6 +72,15 @@ if [ -n "$failed_groups" ]; then
     done
 fi
 
+step "remote inference on the GPU: vla-rt bench remote --backend cuda (tiny checkpoint), robots per server"
+# The robots-per-server table of BENCHMARKS.md ("Remote inference") with the server on the
+# CUDA backend: loopback through an in-process router, 1 to 8 simulated robots, unbatched and
+# batched (CUDA runs a batch's requests one after another), plus the local-against-remote hop.
+timeout ${REMOTE_TIMEOUT:-120} "$BIN" bench remote --backend cuda --model engines/openvla-tiny \
+    --robots 1,2,4,8 --actions 20 2>&1 | tee "$LOG_DIR/bench_remote.txt"
+remote_rc=${PIPESTATUS[0]}
+[ "$remote_rc" -eq 0 ] || status=1
+
 # TensorRT encoders, wherever trtexec and libnvinfer.so.10 are installed: export the tiny
 # checkpoint, build its engines, parity against the CPU backend, the vision path and each
 # engine's time (trtexec's own GPU compute time beside it).
@@ -113,10 +122,11 @@ else
 fi
 
 step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
-echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, tensorrt $trt_rc, torch exit $torch_rc"
+echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, remote $remote_rc, tensorrt $trt_rc, torch exit $torch_rc"
 grep -E "^tensorrt parity:|vision path \(both engines|^trtexec " "$LOG_DIR/tensorrt.txt" 2>/dev/null || true
 grep -hE "^benchmark variant group" "$LOG_DIR/bench_cuda.txt" "$LOG_DIR/bench_variants_alone.txt" 2>/dev/null || true
 grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true
+grep -E "^\| [0-9]+ \|" "$LOG_DIR/bench_remote.txt" 2>/dev/null || true
 printf '%-108s %10s %10s\n' "stage" "vla-rt ms" "torch ms"
 for key in "encoder 0 (DINOv2) alone:dino" "encoder 1 (SigLIP) alone:siglip" \
            "both encoders, one stream:both_1stream" "both encoders, two streams:both_2streams" \

@@ -96,6 +96,9 @@ fn in_process_server(
 fn robot_config(robot_id: &str, router_port: u16, name: &str) -> ServiceConfig {
     let mut config = loopback_config(robot_id, free_port(), 20.0);
     config.zenoh.connect = Some(vec![format!("tcp/127.0.0.1:{router_port}")]);
+    // Half-second action steps (and so a half-second timeout): room for the tests of this
+    // file, which run side by side, to share two cores.
+    config.model.action_hz = Some(2.0);
     config.control.start_armed = true;
     config.model.remote = Some(RemoteConfig::named(name));
     config.validate("test config").unwrap();
@@ -418,8 +421,9 @@ fn a_slow_server_gives_stop_and_no_late_answer_moves_the_robot() {
         remote.fingerprint = Some(fingerprint());
     }
     let source = vla_rt::capture::open_source(&config.camera).unwrap();
-    // The warm-up prediction itself gets no answer in time: the service refuses to start,
-    // naming the server.
+    // The warm-up prediction (retried for the first-answer timeout, each try with the
+    // configured 150 ms) gets no answer in time: the service refuses to start, naming the
+    // server.
     let refused = Service::start(
         &config,
         source,
@@ -430,7 +434,10 @@ fn a_slow_server_gives_stop_and_no_late_answer_moves_the_robot() {
     .expect("a robot whose server never answers in time started");
     let message = refused.to_string();
     assert!(
-        message.contains("no answer from `slow` within 150 ms"),
+        message.contains(&format!(
+            "no answer from `slow` within {} ms",
+            vla_rt::remote::client::FIRST_ANSWER_TIMEOUT.as_millis()
+        )),
         "{message}"
     );
 

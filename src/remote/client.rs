@@ -18,6 +18,11 @@ use crate::preprocess::RgbImage;
 
 const BACKEND: &str = "remote";
 
+/// How long the first prediction (the service's warm-up, never published) may wait for a
+/// server: the router may still be learning of the robot's querier and the server's
+/// queryable, and the server may be loading. Every later request has one step.
+pub const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A policy answered by `vla-rt serve` processes over Zenoh.
 pub struct RemotePolicy {
     querier: Querier<'static>,
@@ -33,6 +38,9 @@ pub struct RemotePolicy {
     acknowledged: Option<(String, [u8; 32])>,
     request: Vec<u8>,
     jpeg: Vec<u8>,
+    /// The id of the server that gave the latest answer.
+    last_server: String,
+    answered_once: bool,
 }
 
 fn backend_error(message: String) -> PolicyError {
@@ -84,6 +92,8 @@ impl RemotePolicy {
             acknowledged: None,
             request: Vec::new(),
             jpeg: Vec::new(),
+            last_server: String::new(),
+            answered_once: false,
         })
     }
 
@@ -147,6 +157,11 @@ impl RemotePolicy {
         encoded.map_err(|e| backend_error(format!("request: {e}")))
     }
 
+    /// The id of the server that gave the latest answer (empty before the first).
+    pub fn last_server(&self) -> &str {
+        &self.last_server
+    }
+
     /// Sends one request and waits for its answer until `deadline`.
     fn exchange(
         &mut self,
@@ -159,10 +174,15 @@ impl RemotePolicy {
         self.next_request_id += 1;
         let budget = deadline.saturating_duration_since(Instant::now());
         self.encode_request(image, instruction, request_id, budget, send_text)?;
-        let replies = self
-            .querier
+        // Replies go through a callback into a channel of this request alone, so that a
+        // reply arriving after the robot stopped waiting is dropped quietly.
+        let (sender, replies) = crossbeam::channel::bounded(8);
+        self.querier
             .get()
             .payload(self.request.as_slice())
+            .callback(move |reply| {
+                let _ = sender.try_send(reply);
+            })
             .wait()
             .map_err(|e| {
                 backend_error(format!(
@@ -173,11 +193,11 @@ impl RemotePolicy {
             })?;
         let mut refusals = Vec::new();
         loop {
-            let reply = match replies.recv_deadline(deadline) {
-                Ok(Some(reply)) => reply,
-                // The query ended (every server answered or the timeout passed) or the
-                // deadline came first.
-                Ok(None) | Err(_) => break,
+            let reply: zenoh::query::Reply = match replies.recv_deadline(deadline) {
+                Ok(reply) => reply,
+                // The deadline came first, or the query ended (every server answered or
+                // Zenoh's timeout passed).
+                Err(_) => break,
             };
             let Ok(sample) = reply.result() else {
                 continue;
@@ -197,14 +217,18 @@ impl RemotePolicy {
                 break;
             }
             if decoded.fingerprint != self.expected_fingerprint {
-                return Err(backend_error(format!(
+                return Ok(Answer::WrongCheckpoint(format!(
                     "server {} of `{}` runs checkpoint {}, this robot is configured for {}: \
                      its actions are refused",
                     decoded.server_id, self.name, decoded.fingerprint, self.expected_fingerprint
                 )));
             }
             match decoded.status {
-                ReplyStatus::Ok => return Answer::from_reply(&decoded),
+                ReplyStatus::Ok => {
+                    self.last_server.clear();
+                    self.last_server.push_str(decoded.server_id);
+                    return Answer::from_reply(&decoded);
+                }
                 ReplyStatus::UnknownInstruction => return Ok(Answer::SendText),
                 status => refusals.push(format!(
                     "server {}: {}{}",
@@ -218,16 +242,57 @@ impl RemotePolicy {
                 )),
             }
         }
-        Err(backend_error(if refusals.is_empty() {
-            format!(
-                "no answer from `{}` within {} ms (is a `vla-rt serve --name {}` reachable?)",
-                self.name,
-                self.timeout.as_millis(),
-                self.name
-            )
+        Ok(if refusals.is_empty() {
+            Answer::Silence
         } else {
-            format!("`{}` refused: {}", self.name, refusals.join("; "))
-        }))
+            Answer::Refused(format!("`{}` refused: {}", self.name, refusals.join("; ")))
+        })
+    }
+
+    fn no_answer(&self, waited: Duration) -> PolicyError {
+        backend_error(format!(
+            "no answer from `{}` within {} ms (is a `vla-rt serve --name {}` reachable?)",
+            self.name,
+            waited.as_millis(),
+            self.name
+        ))
+    }
+}
+
+impl RemotePolicy {
+    /// The first prediction: retried until [`FIRST_ANSWER_TIMEOUT`], each try with the
+    /// configured timeout, since a query sent before the router knows a server reaches none.
+    fn first_prediction(
+        &mut self,
+        image: &RgbImage,
+        instruction: &str,
+        start: Instant,
+    ) -> Result<Prediction, PolicyError> {
+        let give_up = start + FIRST_ANSWER_TIMEOUT.max(self.timeout);
+        loop {
+            let deadline = (Instant::now() + self.timeout).min(give_up);
+            match self.exchange(image, instruction, deadline, true)? {
+                Answer::Prediction(mut prediction) => {
+                    self.answered_once = true;
+                    self.acknowledged =
+                        Some((instruction.to_string(), instruction_hash(instruction)));
+                    prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
+                    return Ok(prediction);
+                }
+                // A mismatched checkpoint does not get better by asking again.
+                Answer::WrongCheckpoint(message) => return Err(backend_error(message)),
+                Answer::Refused(message) if Instant::now() >= give_up => {
+                    return Err(backend_error(message))
+                }
+                _ if Instant::now() >= give_up => {
+                    return Err(self.no_answer(give_up.duration_since(start)))
+                }
+                _ => std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(give_up.saturating_duration_since(Instant::now())),
+                ),
+            }
+        }
     }
 }
 
@@ -235,6 +300,12 @@ enum Answer {
     Prediction(Prediction),
     /// The server does not know the instruction's hash.
     SendText,
+    /// The answering server runs another checkpoint.
+    WrongCheckpoint(String),
+    /// Every answer was a refusal (busy, expired, bad request, policy error).
+    Refused(String),
+    /// No answer before the deadline.
+    Silence,
 }
 
 impl Answer {
@@ -268,6 +339,9 @@ impl Policy for RemotePolicy {
         }
         image.validate()?;
         let start = Instant::now();
+        if !self.answered_once {
+            return self.first_prediction(image, instruction, start);
+        }
         let deadline = start + self.timeout;
         let mut answer = self.exchange(image, instruction, deadline, false)?;
         if matches!(answer, Answer::SendText) {
@@ -284,6 +358,10 @@ impl Policy for RemotePolicy {
                 "`{}` does not take the instruction's text",
                 self.name
             ))),
+            Answer::WrongCheckpoint(message) | Answer::Refused(message) => {
+                Err(backend_error(message))
+            }
+            Answer::Silence => Err(self.no_answer(self.timeout)),
         }
     }
 

@@ -44,6 +44,18 @@ impl ServedCheckpoint {
     /// Reads `config.json` of `model_dir` for its dataset statistics; `unnorm_key` is the
     /// default (unset: the only one).
     pub fn load(model_dir: &std::path::Path, unnorm_key: Option<&str>) -> Result<Self, String> {
+        let fingerprint = crate::model::fingerprint::checkpoint_fingerprint(model_dir)
+            .map_err(|e| e.to_string())?;
+        Self::with_fingerprint(model_dir, unnorm_key, fingerprint)
+    }
+
+    /// [`ServedCheckpoint::load`] for weights that are not the folder's own (a model built in
+    /// memory from the folder's config, as the benchmarks do): the fingerprint is given.
+    pub fn with_fingerprint(
+        model_dir: &std::path::Path,
+        unnorm_key: Option<&str>,
+        fingerprint: String,
+    ) -> Result<Self, String> {
         let config =
             OpenVlaConfig::from_file(&model_dir.join("config.json")).map_err(|e| e.to_string())?;
         let default_unnorm_key =
@@ -62,8 +74,6 @@ impl ServedCheckpoint {
                 )
             })
             .collect();
-        let fingerprint = crate::model::fingerprint::checkpoint_fingerprint(model_dir)
-            .map_err(|e| e.to_string())?;
         Ok(Self {
             fingerprint,
             default_unnorm_key,

@@ -242,6 +242,24 @@ fn random_model(shape: BenchShape, template: &Path) -> Result<(OpenVla, usize), 
     Ok((model, params))
 }
 
+/// A CPU policy (preprocessing included) of `shape` with random weights, built in memory
+/// from the template's tokenizer, statistics and preprocessing; its parameter count.
+pub fn random_policy(
+    shape: BenchShape,
+    template: &Path,
+    unnorm_key: Option<&str>,
+) -> Result<(vla_model::backend::cpu::CpuPolicy, usize), BenchError> {
+    let (model, params) = random_model(shape, template)?;
+    let options = PolicyOptions {
+        unnorm_key: unnorm_key.map(str::to_string),
+        ..PolicyOptions::default()
+    };
+    let runner = CpuModelRunner::from_model(model, &options).map_err(bench_error)?;
+    let policy = vla_model::backend::ImagePolicy::with_checkpoint_preprocessing(runner, template)
+        .map_err(bench_error)?;
+    Ok((policy, params))
+}
+
 /// A camera-sized test image (640 × 480 gradient).
 fn test_image() -> RgbImage {
     let (w, h) = (640u32, 480u32);

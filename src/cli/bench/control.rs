@@ -94,14 +94,14 @@ struct NaiveRun {
     achieved_hz: f64,
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub(super) fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| BenchError::failure(format!("no free loopback port: {e}")))
 }
 
-fn zenoh_error(what: &str) -> impl Fn(zenoh::Error) -> BenchError + '_ {
+pub(super) fn zenoh_error(what: &str) -> impl Fn(zenoh::Error) -> BenchError + '_ {
     move |e| {
         BenchError::failure(format!(
             "{what}: {}",

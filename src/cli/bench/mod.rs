@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod recording;
+pub mod remote;
 
 use super::CliError;
 use vla_bench as bench;
@@ -25,6 +26,8 @@ pub enum BenchCommand {
     Quant(bench::quant::QuantBenchArgs),
     /// The service's tick and publish timing without and with a session recording.
     Record(recording::RecordBenchArgs),
+    /// Remote inference: robots per server, batched and unbatched, the hop's cost, failover.
+    Remote(remote::RemoteBenchArgs),
 }
 
 pub fn main(args: BenchArgs) -> Result<(), CliError> {
@@ -33,6 +36,7 @@ pub fn main(args: BenchArgs) -> Result<(), CliError> {
         Some(BenchCommand::Control(a)) => control::run(a),
         Some(BenchCommand::Quant(a)) => bench::quant::run(a),
         Some(BenchCommand::Record(a)) => recording::run(a),
+        Some(BenchCommand::Remote(a)) => remote::run(a),
     };
     result.map_err(CliError::from)
 }
