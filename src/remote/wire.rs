@@ -493,6 +493,13 @@ impl<'a> Reply<'a> {
                 format!("{rows} × {action_dim}: at most {MAX_REPLY_ROWS} × {MAX_ACTION_DIM}"),
             ));
         }
+        // What `ReplyParts::encode` writes: rows of no values cannot be written.
+        if rows > 0 && action_dim == 0 {
+            return Err(field(
+                "rows/action_dim",
+                format!("{rows} rows of no values"),
+            ));
+        }
         if message_len > MAX_REPLY_MESSAGE {
             return Err(field(
                 "message",
@@ -671,5 +678,11 @@ mod tests {
         let busy = Reply::decode(&bytes).unwrap();
         assert_eq!(busy.status, ReplyStatus::Busy);
         assert_eq!(busy.message, "queue full (32 waiting)");
+
+        // Rows of no values: not something encode writes, refused.
+        bytes[34] = 2;
+        bytes[35] = 0;
+        let error = Reply::decode(&bytes).unwrap_err().to_string();
+        assert!(error.contains("2 rows of no values"), "{error}");
     }
 }
