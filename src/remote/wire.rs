@@ -403,11 +403,7 @@ pub const MAX_REPLY_MESSAGE: usize = 1024;
 
 impl ReplyParts<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        let rows = if self.action_dim == 0 {
-            0
-        } else {
-            self.actions.len() / self.action_dim
-        };
+        let rows = self.actions.len().checked_div(self.action_dim).unwrap_or(0);
         if rows * self.action_dim != self.actions.len()
             || rows > MAX_REPLY_ROWS
             || self.action_dim > MAX_ACTION_DIM
