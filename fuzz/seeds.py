@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of every fuzz target into fuzz/corpus/<target>/ (run once; the
 fuzzer grows and `cargo fuzz cmin` minimizes the corpora from there). Layouts follow the
-harnesses in src/fuzzing.rs."""
+harnesses in src/fuzzing.rs.
 
+    fuzz/seeds.py                   # every target
+    fuzz/seeds.py remote_message    # the named targets only (those with a function in ONLY)
+"""
+
+import hashlib
 import io
 import json
 import os
 import struct
+import sys
 import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,6 +166,7 @@ scale = 0.05
             put("mjpeg_frame", f"{w}x{h}", struct.pack("<HH", w, h) + buffer.getvalue())
     put("mjpeg_frame", "zero", struct.pack("<HH", 0, 0) + b"\xff\xd8\xff\xd9")
     ros2_seeds()
+    remote_seeds()
 
 
 def ros2_seeds():
@@ -206,5 +213,64 @@ def ros2_seeds():
     put("ros2_message", "attachment", b"\x06" + attachment)
 
 
+def remote_request(request_id, robot, unnorm, instruction, encoding, width, height, frame, hashed=False):
+    """A request as src/remote/wire.rs writes it (44-byte header, then the variable parts)."""
+    header = struct.pack(
+        "<4sHHQQIBBBBHHII", b"VLAQ", 1, 1 if hashed else 0, request_id, 1_790_000_000_000,
+        200_000, encoding, len(robot), len(unnorm), 0, width, height, len(instruction), len(frame),
+    )
+    return header + robot + unnorm + instruction + frame
+
+
+def remote_reply(status, request_id, actions, action_dim, tokens, message, fingerprint=b"sha256:" + b"ab" * 32, server=b"7f3a9c"):
+    """A reply as src/remote/wire.rs writes it (40-byte header, then the variable parts)."""
+    rows = len(actions) // action_dim if action_dim else 0
+    header = struct.pack(
+        "<4sHBBQQIIHBBBBH", b"VLAP", 1, status, len(fingerprint), request_id, 1_790_000_000_000,
+        1200, 35_000, 2, rows, action_dim, len(tokens), len(server), len(message),
+    )
+    body = b"".join(struct.pack("<f", v) for v in actions) + b"".join(struct.pack("<I", t) for t in tokens)
+    return header + fingerprint + server + body + message
+
+
+def remote_seeds():
+    """remote_message: requests and replies of remote inference, valid ones and a few broken."""
+    text = b"pick up the red block"
+    raw = bytes(range(2 * 2 * 3))
+    put("remote_message", "request-raw-text", remote_request(7, b"arm0", b"tiny_bridge", text, 0, 2, 2, raw))
+    put("remote_message", "request-raw-hash", remote_request(8, b"arm0", b"", hashlib.sha256(text).digest(), 0, 2, 2, raw, hashed=True))
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None
+    if Image is not None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 40, 90)).save(buffer, format="JPEG", quality=90)
+        jpeg = buffer.getvalue()
+    else:
+        jpeg = b"\xff\xd8\xff\xd9"
+    put("remote_message", "request-jpeg-text", remote_request(9, b"arm1", b"", text, 1, 8, 8, jpeg))
+    put("remote_message", "request-jpeg-hash", remote_request(10, b"arm1", b"tiny_bridge", hashlib.sha256(text).digest(), 1, 8, 8, jpeg, hashed=True))
+    action = [0.01, -0.02, 0.0, 0.1, 0.0, -0.1, 1.0]
+    tokens = [31_870, 31_900, 31_744, 31_800, 31_850, 31_799, 31_744]
+    ok = remote_reply(0, 7, action, 7, tokens, b"")
+    put("remote_message", "reply-ok", ok)
+    put("remote_message", "reply-ok-chunk", remote_reply(0, 11, action * 4, 7, [], b""))
+    put("remote_message", "reply-busy", remote_reply(1, 12, [], 0, [], b"queue full (32 waiting)"))
+    put("remote_message", "reply-bad-request", remote_reply(3, 13, [], 0, [], b"field frame: " + "\u00e9".encode() * 300))
+    # Broken: cut short, a NaN action in an ok reply, another version, lengths that disagree.
+    put("remote_message", "request-truncated", remote_request(7, b"arm0", b"", text, 0, 2, 2, raw)[:50])
+    put("remote_message", "reply-ok-nan", ok[:40 + 71 + 6 + 12] + struct.pack("<f", float("nan")) + ok[40 + 71 + 6 + 16:])
+    put("remote_message", "reply-version-2", ok[:4] + struct.pack("<H", 2) + ok[6:])
+    put("remote_message", "request-long-frame", remote_request(7, b"arm0", b"", text, 0, 2, 2, raw) + b"\x00")
+
+
+# The targets `fuzz/seeds.py TARGET...` can write alone.
+ONLY = {"ros2_message": ros2_seeds, "remote_message": remote_seeds}
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:]:
+        for target in sys.argv[1:]:
+            ONLY[target]()
+    else:
+        main()

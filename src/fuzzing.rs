@@ -26,7 +26,7 @@ use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 10] = [
     ("command_record", command_record),
     ("service_config", service_config),
     ("calibration_file", calibration_file),
@@ -36,6 +36,7 @@ pub const TARGETS: [Target; 9] = [
     ("raw_frame", raw_frame),
     ("mjpeg_frame", mjpeg_frame),
     ("ros2_message", ros2_message),
+    ("remote_message", remote_message),
 ];
 
 /// The command record decoder: whatever it accepts encodes back to the same bytes.
@@ -324,5 +325,83 @@ pub fn ros2_message(data: &[u8]) {
                 assert_eq!(&attachment.encode()[..], payload, "attachment round trip");
             }
         }
+    }
+}
+
+/// Remote inference's request and reply (`remote::wire`): the same bytes decoded as both.
+/// A request that decodes encodes back to the same bytes; a reply that decodes encodes (as
+/// the server writes it) to one that decodes to the same value, byte for byte unless its
+/// message is over the 256 characters a server sends (then cut to those); an `ok` reply's
+/// actions are all finite.
+pub fn remote_message(data: &[u8]) {
+    use crate::remote::wire::{Reply, ReplyParts, ReplyStatus, Request, MAX_REPLY_MESSAGE};
+    if let Ok(request) = Request::decode(data) {
+        let mut again = Vec::new();
+        if let Err(e) = request.encode(&mut again) {
+            panic!("a decoded request does not encode: {e}");
+        }
+        assert_eq!(again, data, "request round trip");
+        assert_eq!(Request::decode(&again).as_ref(), Ok(&request));
+    }
+    let Ok(reply) = Reply::decode(data) else {
+        return;
+    };
+    let actions: Vec<f32> = (0..reply.rows)
+        .flat_map(|row| (0..reply.action_dim).map(move |column| (row, column)))
+        .map(|(row, column)| reply.action(row, column))
+        .collect();
+    if reply.status == ReplyStatus::Ok {
+        assert!(
+            reply.rows > 0 && reply.action_dim > 0,
+            "an ok reply without actions"
+        );
+        assert!(actions.iter().all(|v| v.is_finite()), "{actions:?}");
+    }
+    let tokens: Vec<u32> = reply.tokens().collect();
+    let parts = ReplyParts {
+        status: reply.status,
+        request_id: reply.request_id,
+        capture_time_ns: reply.capture_time_ns,
+        timings: reply.timings,
+        fingerprint: reply.fingerprint,
+        server_id: reply.server_id,
+        actions: &actions,
+        action_dim: reply.action_dim,
+        tokens: &tokens,
+        message: reply.message,
+    };
+    let mut again = Vec::new();
+    if let Err(e) = parts.encode(&mut again) {
+        panic!("a decoded reply does not encode: {e}");
+    }
+    let decoded = match Reply::decode(&again) {
+        Ok(decoded) => decoded,
+        Err(e) => panic!("a re-encoded reply does not decode: {e}"),
+    };
+    let kept = MAX_REPLY_MESSAGE / 4;
+    if reply.message.chars().count() <= kept {
+        assert_eq!(again, data, "reply round trip");
+        assert_eq!(decoded, reply);
+    } else {
+        let cut: String = reply.message.chars().take(kept).collect();
+        assert_eq!(decoded.message, cut);
+        let fields = |r: &Reply<'_>| {
+            let bits: Vec<u32> = (0..r.rows)
+                .flat_map(|row| (0..r.action_dim).map(move |column| (row, column)))
+                .map(|(row, column)| r.action(row, column).to_bits())
+                .collect();
+            let tokens: Vec<u32> = r.tokens().collect();
+            (
+                (r.status, r.request_id, r.capture_time_ns, r.timings),
+                (
+                    r.fingerprint.to_string(),
+                    r.server_id.to_string(),
+                    r.rows,
+                    r.action_dim,
+                ),
+                (bits, tokens),
+            )
+        };
+        assert_eq!(fields(&decoded), fields(&reply), "reply round trip");
     }
 }

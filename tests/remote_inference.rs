@@ -593,7 +593,7 @@ fn a_busy_server_refuses_at_once_and_expired_requests_are_not_computed() {
         }
     }
     assert!(busy_in.len() >= 3, "{} busy of 6", busy_in.len());
-    assert!(ok >= 1 && ok <= 3, "{ok} computed with a queue of one");
+    assert!((1..=3).contains(&ok), "{ok} computed with a queue of one");
     // The refusals came before the first 300 ms computation could have ended.
     assert!(
         busy_in.iter().any(|t| *t < Duration::from_millis(250)),

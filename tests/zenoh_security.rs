@@ -5,7 +5,10 @@
 //! do all of it; records put on `cmd` by anyone but the robot never reach a subscriber;
 //! `require_tls` refuses an exposed endpoint and an exposed one is warned about; an operator's
 //! ROS 2 machine sends the instruction and the e-stop as ROS 2 messages, of exactly their
-//! types, and cannot release, arm or use the native instruction key. Every wait is
+//! types, and cannot release, arm or use the native instruction key. Remote inference through
+//! a router with `config/zenoh-remote.example.json5`: a robot's certificate gets the real
+//! server's answers; a robot posing as a server (its own queryable, its own server token) is
+//! never asked and never takes a robot away; another certificate gets no answer. Every wait is
 //! bounded; a refused put is tried again and again over a window, and each refusal is paired
 //! with the same put by an allowed peer, which arrives.
 
@@ -19,6 +22,7 @@ mod service_support;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +72,8 @@ impl Pki {
                 "vla-driver-arm0",
                 "vla-router=DNS:localhost,IP:127.0.0.1",
                 "vla-ros2-operator",
+                "vla-server-tiny",
+                "vla-robot-arm1",
             ],
         );
         let rogue = dir.join("rogue");
@@ -111,6 +117,22 @@ impl Pki {
         ] {
             assert!(text.contains(from), "the example no longer has {from}");
             text = text.replace(from, to);
+        }
+        zenoh::Config::from_json5(&text).unwrap()
+    }
+
+    /// `config/zenoh-remote.example.json5` as shipped, with this CA's files and a listen port
+    /// of its own.
+    fn remote_router_config(&self, port: u16) -> zenoh::Config {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-remote.example.json5");
+        let mut text = std::fs::read_to_string(example).unwrap();
+        for (from, to) in [
+            ("tls/0.0.0.0:7447", format!("tls/127.0.0.1:{port}")),
+            ("/etc/vla-rt/tls/", format!("{}/", self.dir.display())),
+        ] {
+            assert!(text.contains(from), "the example no longer has {from}");
+            text = text.replace(from, &to);
         }
         zenoh::Config::from_json5(&text).unwrap()
     }
@@ -834,4 +856,318 @@ fn a_ros2_operator_instructs_and_stops_and_can_do_nothing_else() {
         "the ROS 2 operator's release or arm left STOP"
     );
     drop(service);
+}
+
+/// The server name of the remote-inference test (`vla/policy/tiny/infer`).
+const SERVED: &str = "tiny";
+
+fn tiny_checkpoint() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("engines/openvla-tiny")
+}
+
+/// One reply to [`ask`], decoded.
+#[derive(Debug)]
+struct Answer {
+    status: vla_rt::remote::wire::ReplyStatus,
+    server_id: String,
+    fingerprint: String,
+}
+
+/// Sends one inference request for `robot_id` as a robot does (every queryable, no
+/// consolidation) and collects every reply to it until the query ends (at most 5 s).
+fn ask(session: &zenoh::Session, robot_id: &str, request_id: u64) -> Vec<Answer> {
+    use vla_rt::remote::wire::{FrameEncoding, InstructionField, Reply, Request};
+    use zenoh::query::{ConsolidationMode, QueryTarget};
+    let frame: Vec<u8> = (0..16 * 16 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let mut payload = Vec::new();
+    Request {
+        request_id,
+        capture_time_ns: 1,
+        budget_us: 5_000_000,
+        robot_id,
+        unnorm_key: "",
+        instruction: InstructionField::Text("pick up the red block"),
+        encoding: FrameEncoding::Raw,
+        width: 16,
+        height: 16,
+        frame: &frame,
+    }
+    .encode(&mut payload)
+    .unwrap();
+    let replies = session
+        .get(vla_rt::remote::infer_key(SERVED))
+        .payload(payload)
+        .target(QueryTarget::All)
+        .consolidation(ConsolidationMode::None)
+        .timeout(Duration::from_secs(5))
+        .wait()
+        .unwrap();
+    let mut answers = Vec::new();
+    while let Ok(reply) = replies.recv() {
+        let Ok(sample) = reply.result() else {
+            continue;
+        };
+        let bytes = sample.payload().to_bytes();
+        let reply = Reply::decode(&bytes).unwrap();
+        if reply.request_id == request_id {
+            answers.push(Answer {
+                status: reply.status,
+                server_id: reply.server_id.to_string(),
+                fingerprint: reply.fingerprint.to_string(),
+            });
+        }
+    }
+    answers
+}
+
+/// A fake server on `session`: a queryable on the infer key that answers every request at once
+/// with a well-formed `ok` reply carrying the real fingerprint, the server id `forger` and
+/// actions of its choosing. Counts the queries it gets.
+fn forger(
+    session: &zenoh::Session,
+    fingerprint: &str,
+) -> (zenoh::query::Queryable<()>, Arc<AtomicU64>) {
+    use vla_rt::remote::wire::{ReplyParts, ReplyStatus, Request, ServerTimings};
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let fingerprint = fingerprint.to_string();
+    let queryable = session
+        .declare_queryable(vla_rt::remote::infer_key(SERVED))
+        .callback(move |query| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let payload = query
+                .payload()
+                .map(|p| p.to_bytes().into_owned())
+                .unwrap_or_default();
+            let request_id = Request::decode(&payload).map_or(0, |r| r.request_id);
+            let mut out = Vec::new();
+            ReplyParts {
+                status: ReplyStatus::Ok,
+                request_id,
+                capture_time_ns: 1,
+                timings: ServerTimings::default(),
+                fingerprint: &fingerprint,
+                server_id: "forger",
+                actions: &[0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 1.0],
+                action_dim: 7,
+                tokens: &[],
+                message: "",
+            }
+            .encode(&mut out)
+            .unwrap();
+            let _ = query.reply(query.key_expr().clone(), out).wait();
+        })
+        .wait()
+        .unwrap();
+    (queryable, calls)
+}
+
+/// A server id whose rendezvous score for `robot_id` beats `real`'s (the server's rule,
+/// `sha256(robot_id NUL server_id)`, highest first): declared as a live server of the name, it
+/// would take `robot_id` away from `real`.
+fn outranking_server_id(robot_id: &str, real: &str) -> String {
+    use sha2::Digest as _;
+    let score = |server: &str| {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(robot_id.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(server.as_bytes());
+        let digest = hasher.finalize();
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        (u64::from_be_bytes(head), server.to_string())
+    };
+    (0..)
+        .map(|i| format!("forger{i}"))
+        .find(|id| score(id) > score(real))
+        .unwrap()
+}
+
+/// Remote inference through a router running `config/zenoh-remote.example.json5`, with a real
+/// server (the tiny checkpoint) holding the server certificate:
+/// (a) a robot's certificate gets the real server's answer;
+/// (b) a robot's certificate that declares its own queryable on the infer key is never asked,
+///     so its forged answer reaches no robot, while the same queryable with the server's
+///     certificate is asked and its forgery arrives (the test can fail);
+/// (c) a certificate of the CA that is not a robot's (a driver) gets no answer;
+/// (d) a robot's certificate holding a server token that outranks the real server does not
+///     take the robot away from it, while the same token with the server's certificate does.
+#[test]
+fn the_remote_router_lets_robots_ask_and_only_servers_answer() {
+    use vla_rt::policy::Policy as _;
+    use vla_rt::remote::wire::{FrameEncoding, ReplyStatus};
+    use vla_rt::remote::{RemotePolicy, ResolvedRemote, ServeConfig, ServedCheckpoint, Server};
+    let pki = Pki::make("remote");
+    let port = free_port();
+    let _router = zenoh::open(pki.remote_router_config(port))
+        .wait()
+        .unwrap_or_else(|e| panic!("the router does not start: {e}"));
+    let fingerprint =
+        vla_rt::model::fingerprint::checkpoint_fingerprint(&tiny_checkpoint()).unwrap();
+    let server_session = client(&pki, "vla-server-tiny", port);
+    let policy = vla_rt::backend::load_policy(
+        &tiny_checkpoint(),
+        &vla_rt::policy::PolicyOptions {
+            unnorm_key: Some("tiny_bridge".into()),
+            ..vla_rt::policy::PolicyOptions::default()
+        },
+    )
+    .unwrap();
+    let server = Server::start(
+        &server_session,
+        policy,
+        ServedCheckpoint::load(&tiny_checkpoint(), Some("tiny_bridge")).unwrap(),
+        &ServeConfig::default(),
+        SERVED,
+    )
+    .unwrap();
+    let server_id = server_session.zid().to_string();
+    let is_real = |a: &Answer| {
+        a.status == ReplyStatus::Ok && a.server_id == server_id && a.fingerprint == fingerprint
+    };
+
+    // (a) The robot's own client, as `vla-rt run --remote tiny` has it: an answer, checked
+    // against the fingerprint.
+    let robot = client(&pki, "vla-robot-arm0", port);
+    let mut remote = RemotePolicy::connect(
+        &robot,
+        &ResolvedRemote {
+            name: SERVED.into(),
+            timeout_ms: 5_000,
+            fingerprint: fingerprint.clone(),
+            encoding: FrameEncoding::Jpeg,
+            jpeg_quality: 90,
+        },
+        ROBOT,
+        Some("tiny_bridge"),
+    )
+    .unwrap();
+    let image = vla_rt::preprocess::RgbImage {
+        width: 32,
+        height: 24,
+        data: (0..32 * 24 * 3).map(|i| (i % 256) as u8).collect(),
+    };
+    let deadline = Instant::now() + WAIT;
+    let prediction = loop {
+        match remote.predict(&image, "pick up the red block") {
+            Ok(prediction) => break prediction,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no answer through the router: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(prediction.action.len(), 7);
+    let mut request_id = 1000;
+    let mut next_id = || {
+        request_id += 1;
+        request_id
+    };
+    let answers = ask(&robot, ROBOT, next_id());
+    assert!(
+        answers.len() == 1 && is_real(&answers[0]),
+        "{answers:?} (server {server_id})"
+    );
+
+    // (b) A robot posing as a server: never asked, its forgery never arrives.
+    let other_robot = client(&pki, "vla-robot-arm1", port);
+    let (_refused_forger, refused_calls) = forger(&other_robot, &fingerprint);
+    let end = Instant::now() + REFUSED_WINDOW;
+    let mut answered = 0;
+    while Instant::now() < end {
+        let answers = ask(&robot, ROBOT, next_id());
+        assert!(
+            answers.iter().all(is_real),
+            "a reply not from the real server: {answers:?} (server {server_id})"
+        );
+        answered += answers.len();
+    }
+    assert!(answered >= 3, "{answered} answers in {REFUSED_WINDOW:?}");
+    assert_eq!(
+        refused_calls.load(Ordering::Relaxed),
+        0,
+        "the forger was asked"
+    );
+    // The same forger with the server's certificate is asked, and its forgery arrives: the
+    // path exists, the policy is what keeps a robot's queryable out.
+    let allowed = client(&pki, "vla-server-tiny", port);
+    let (allowed_forger, allowed_calls) = forger(&allowed, &fingerprint);
+    let deadline = Instant::now() + WAIT;
+    while !ask(&robot, ROBOT, next_id())
+        .iter()
+        .any(|a| a.server_id == "forger")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a server certificate's queryable never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(allowed_calls.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        refused_calls.load(Ordering::Relaxed),
+        0,
+        "the forger was asked"
+    );
+    allowed_forger.undeclare().wait().unwrap();
+
+    // (c) A certificate of the CA that is not a robot's: no answer at all, while the robot's
+    // requests in between are answered.
+    let driver = client(&pki, "vla-driver-arm0", port);
+    let end = Instant::now() + REFUSED_WINDOW;
+    while Instant::now() < end {
+        let answers = ask(&driver, ROBOT, next_id());
+        assert!(answers.is_empty(), "the driver got {answers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answers = ask(&robot, ROBOT, next_id());
+        assert!(answers.iter().all(is_real), "{answers:?}");
+        if !answers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the robot is no longer answered");
+    }
+
+    // (d) A server token held by a robot's certificate, ranked above the real server for
+    // this robot: the real server never learns of it and keeps answering.
+    let fake_id = outranking_server_id(ROBOT, &server_id);
+    let fake_key = vla_rt::remote::server_token_key(SERVED, &fake_id);
+    let _refused_token = other_robot
+        .liveliness()
+        .declare_token(&fake_key)
+        .wait()
+        .unwrap();
+    let routed_before = server.stats().routed_elsewhere.load(Ordering::Relaxed);
+    let end = Instant::now() + REFUSED_WINDOW;
+    let mut answered = 0;
+    while Instant::now() < end {
+        let answers = ask(&robot, ROBOT, next_id());
+        assert!(answers.iter().all(is_real), "{answers:?}");
+        answered += answers.len();
+    }
+    assert_eq!(
+        server.stats().routed_elsewhere.load(Ordering::Relaxed),
+        routed_before,
+        "a robot's server token took the robot away from the real server"
+    );
+    assert!(answered >= 3, "{answered} answers in {REFUSED_WINDOW:?}");
+    // The same token with the server's certificate does take the robot away (the real server
+    // defers to it), so the window above could have failed.
+    let _allowed_token = allowed
+        .liveliness()
+        .declare_token(&fake_key)
+        .wait()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while server.stats().routed_elsewhere.load(Ordering::Relaxed) == routed_before {
+        let _ = ask(&robot, ROBOT, next_id());
+        assert!(
+            Instant::now() < deadline,
+            "a server certificate's token never reached the real server"
+        );
+    }
+    drop(server);
 }

@@ -403,11 +403,7 @@ pub const MAX_REPLY_MESSAGE: usize = 1024;
 
 impl ReplyParts<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        let rows = if self.action_dim == 0 {
-            0
-        } else {
-            self.actions.len() / self.action_dim
-        };
+        let rows = self.actions.len().checked_div(self.action_dim).unwrap_or(0);
         if rows * self.action_dim != self.actions.len()
             || rows > MAX_REPLY_ROWS
             || self.action_dim > MAX_ACTION_DIM
@@ -491,6 +487,13 @@ impl<'a> Reply<'a> {
             return Err(field(
                 "rows/action_dim",
                 format!("{rows} × {action_dim}: at most {MAX_REPLY_ROWS} × {MAX_ACTION_DIM}"),
+            ));
+        }
+        // What `ReplyParts::encode` writes: rows of no values cannot be written.
+        if rows > 0 && action_dim == 0 {
+            return Err(field(
+                "rows/action_dim",
+                format!("{rows} rows of no values"),
             ));
         }
         if message_len > MAX_REPLY_MESSAGE {
@@ -671,5 +674,11 @@ mod tests {
         let busy = Reply::decode(&bytes).unwrap();
         assert_eq!(busy.status, ReplyStatus::Busy);
         assert_eq!(busy.message, "queue full (32 waiting)");
+
+        // Rows of no values: not something encode writes, refused.
+        bytes[34] = 2;
+        bytes[35] = 0;
+        let error = Reply::decode(&bytes).unwrap_err().to_string();
+        assert!(error.contains("2 rows of no values"), "{error}");
     }
 }
