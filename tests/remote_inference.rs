@@ -37,12 +37,19 @@ fn checkpoint_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("engines/openvla-tiny")
 }
 
-/// A Zenoh router on loopback, as robots and servers on a LAN would share.
-fn router(port: u16) -> zenoh::Session {
+/// A loopback session of `mode` listening on `listen` and connected to `connect`.
+fn session(mode: &str, listen: Option<u16>, connect: Option<u16>) -> zenoh::Session {
+    let endpoints = |port: Option<u16>| match port {
+        Some(port) => format!("[\"tcp/127.0.0.1:{port}\"]"),
+        None => "[]".to_string(),
+    };
     let mut config = zenoh::Config::default();
-    config.insert_json5("mode", "\"router\"").unwrap();
+    config.insert_json5("mode", &format!("\"{mode}\"")).unwrap();
     config
-        .insert_json5("listen/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+        .insert_json5("listen/endpoints", &endpoints(listen))
+        .unwrap();
+    config
+        .insert_json5("connect/endpoints", &endpoints(connect))
         .unwrap();
     config
         .insert_json5("scouting/multicast/enabled", "false")
@@ -50,17 +57,14 @@ fn router(port: u16) -> zenoh::Session {
     zenoh::open(config).wait().unwrap()
 }
 
+/// A Zenoh router on loopback, as robots and servers on a LAN would share.
+fn router(port: u16) -> zenoh::Session {
+    session("router", Some(port), None)
+}
+
 /// A client session of the router (a server's or an observer's).
 fn router_client(port: u16) -> zenoh::Session {
-    let mut config = zenoh::Config::default();
-    config.insert_json5("mode", "\"client\"").unwrap();
-    config
-        .insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
-        .unwrap();
-    config
-        .insert_json5("scouting/multicast/enabled", "false")
-        .unwrap();
-    zenoh::open(config).wait().unwrap()
+    session("client", None, Some(port))
 }
 
 fn fingerprint() -> String {

@@ -216,27 +216,35 @@ fn take<'a>(rest: &mut &'a [u8], len: usize) -> &'a [u8] {
     head
 }
 
+/// The length, magic and version every message starts with.
+fn check_header(
+    payload: &[u8],
+    header_len: usize,
+    expected_magic: [u8; 4],
+    what: &'static str,
+) -> Result<(), WireError> {
+    if payload.len() < header_len {
+        return Err(WireError::Short {
+            len: payload.len(),
+            needed: header_len,
+        });
+    }
+    let magic = [payload[0], payload[1], payload[2], payload[3]];
+    if magic != expected_magic {
+        return Err(WireError::Magic { what, found: magic });
+    }
+    let version = u16_at(payload, 4);
+    if version != WIRE_VERSION {
+        return Err(WireError::Version { found: version });
+    }
+    Ok(())
+}
+
 impl<'a> Request<'a> {
     /// Decodes and checks a request: magic, version, lengths, UTF-8, frame size against its
     /// encoding. Never panics, whatever the bytes.
     pub fn decode(payload: &'a [u8]) -> Result<Self, WireError> {
-        if payload.len() < REQUEST_HEADER_LEN {
-            return Err(WireError::Short {
-                len: payload.len(),
-                needed: REQUEST_HEADER_LEN,
-            });
-        }
-        let magic = [payload[0], payload[1], payload[2], payload[3]];
-        if magic != REQUEST_MAGIC {
-            return Err(WireError::Magic {
-                what: "request",
-                found: magic,
-            });
-        }
-        let version = u16_at(payload, 4);
-        if version != WIRE_VERSION {
-            return Err(WireError::Version { found: version });
-        }
+        check_header(payload, REQUEST_HEADER_LEN, REQUEST_MAGIC, "request")?;
         let flags = u16_at(payload, 6);
         if flags & !FLAG_INSTRUCTION_HASH != 0 {
             return Err(field("flags", format!("unknown bits {flags:#06x}")));
@@ -458,23 +466,7 @@ impl<'a> Reply<'a> {
     /// Decodes and checks a reply. Never panics, whatever the bytes; non-finite actions in
     /// an `Ok` reply are refused here.
     pub fn decode(payload: &'a [u8]) -> Result<Self, WireError> {
-        if payload.len() < REPLY_HEADER_LEN {
-            return Err(WireError::Short {
-                len: payload.len(),
-                needed: REPLY_HEADER_LEN,
-            });
-        }
-        let magic = [payload[0], payload[1], payload[2], payload[3]];
-        if magic != REPLY_MAGIC {
-            return Err(WireError::Magic {
-                what: "reply",
-                found: magic,
-            });
-        }
-        let version = u16_at(payload, 4);
-        if version != WIRE_VERSION {
-            return Err(WireError::Version { found: version });
-        }
+        check_header(payload, REPLY_HEADER_LEN, REPLY_MAGIC, "reply")?;
         let status = ReplyStatus::from_u8(payload[6])
             .ok_or_else(|| field("status", format!("{} is not a known status", payload[6])))?;
         let fingerprint_len = payload[7] as usize;
