@@ -243,7 +243,7 @@ fn run_round(
         name: name.to_string(),
         timeout_ms: 60_000,
         fingerprint: served.fingerprint.clone(),
-        encoding: FrameEncoding::Raw,
+        encoding: FrameEncoding::Jpeg,
         jpeg_quality: 90,
     };
     let barrier = Arc::new(Barrier::new(robots + 1));
@@ -253,22 +253,23 @@ fn run_round(
         let remote = remote.clone();
         threads.push(std::thread::spawn(
             move || -> Result<(Vec<f64>, usize), String> {
-                let session =
-                    zenoh_session("client", None, Some(router_port)).map_err(|e| e.to_string())?;
-                let mut policy =
-                    RemotePolicy::connect(&session, &remote, &format!("robot{robot}"), None)
-                        .map_err(|e| e.to_string())?;
                 let image = robot_image(robot);
                 let instruction = INSTRUCTIONS[robot % INSTRUCTIONS.len()];
                 // Untimed: the router learns the queryable, the server the instruction.
-                let warm_until = Instant::now() + Duration::from_secs(30);
-                while let Err(e) = policy.predict(&image, instruction) {
-                    if Instant::now() > warm_until {
-                        return Err(format!("robot{robot}: no answer: {e}"));
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                let warmed = (|| {
+                    let session = zenoh_session("client", None, Some(router_port))
+                        .map_err(|e| e.to_string())?;
+                    let mut policy =
+                        RemotePolicy::connect(&session, &remote, &format!("robot{robot}"), None)
+                            .map_err(|e| e.to_string())?;
+                    policy
+                        .predict(&image, instruction)
+                        .map_err(|e| format!("robot{robot}: no first answer: {e}"))?;
+                    Ok::<_, String>((session, policy))
+                })();
+                // Every robot meets the others, answered or not, so that none waits forever.
                 barrier.wait();
+                let (session, mut policy) = warmed?;
                 let mut latencies = Vec::with_capacity(actions);
                 let mut failed = 0;
                 for _ in 0..actions {
@@ -332,7 +333,7 @@ pub fn run(args: RemoteBenchArgs) -> Result<(), BenchError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("remote inference benchmark: {}", served.label);
     println!(
-        "loopback through a Zenoh router; raw 640×480 frames; {} timed actions per robot, \
+        "loopback through a Zenoh router; 640×480 frames as JPEG (quality 90); {} timed actions per robot, \
          each robot asking again as soon as its answer came; {threads} cores",
         args.actions
     );
@@ -405,7 +406,7 @@ pub fn run(args: RemoteBenchArgs) -> Result<(), BenchError> {
                 &settings,
                 robots,
                 args.actions,
-                &format!("bench-{robots}"),
+                &format!("bench-{robots}-{}", settings.max_batch),
             )?;
             println!(
                 "| {robots} | {label} | {:.2} | {:.1} | {:.1} | {:.2} | {} |",
