@@ -77,14 +77,19 @@ pub struct RunArgs {
 
 /// The config file (or the built-in default) with the command-line overrides applied and
 /// validated; errors name the key, and the flag when the value came from one.
-pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
-    let (mut config, file) = match &args.config {
+/// The config file, or the built-in default without one, and the name errors give it.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<(ServiceConfig, String), CliError> {
+    Ok(match path {
         Some(path) => (
             ServiceConfig::from_file(path).map_err(|e| CliError::bad_input(e.to_string()))?,
             path.display().to_string(),
         ),
         None => (ServiceConfig::builtin(), BUILTIN_CONFIG_NAME.to_string()),
-    };
+    })
+}
+
+pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
+    let (mut config, file) = load_config(args.config.as_deref())?;
     let mut overridden: Vec<(&str, &str)> = Vec::new();
     if let Some(path) = &args.calib {
         config.calibration.path = Some(path.clone());
@@ -184,8 +189,9 @@ pub fn effective_config(args: &RunArgs) -> Result<ServiceConfig, CliError> {
     Ok(config)
 }
 
-fn duration(args: &RunArgs) -> Result<Option<Duration>, CliError> {
-    match args.duration {
+/// `--duration SECONDS` as a duration: a positive number that fits.
+pub fn duration(seconds: Option<f64>) -> Result<Option<Duration>, CliError> {
+    match seconds {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 => {
             Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
@@ -228,7 +234,7 @@ pub fn main(args: RunArgs) -> Result<(), CliError> {
     let mut config = effective_config(&args)?;
     let mut policy_options = config.model.policy_options();
     apply_calibration(&mut config, &mut policy_options, args.camera.is_some())?;
-    let duration = duration(&args)?;
+    let duration = duration(args.duration)?;
     #[cfg(feature = "test-hooks")]
     let fault_injection = fault_injection()?;
     #[cfg(feature = "test-hooks")]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use zenoh::Wait;
 
 use super::CliError;
-use crate::config::{ServiceConfig, BUILTIN_CONFIG_NAME};
+use crate::config::ServiceConfig;
 use crate::remote::{ServedCheckpoint, Server};
 use crate::service::signals;
 use crate::transport::{security, zenoh_io};
@@ -46,13 +46,7 @@ pub struct ServeArgs {
 }
 
 fn serve_config(args: &ServeArgs) -> Result<ServiceConfig, CliError> {
-    let (mut config, file) = match &args.config {
-        Some(path) => (
-            ServiceConfig::from_file(path).map_err(|e| CliError::bad_input(e.to_string()))?,
-            path.display().to_string(),
-        ),
-        None => (ServiceConfig::builtin(), BUILTIN_CONFIG_NAME.to_string()),
-    };
+    let (mut config, file) = super::run::load_config(args.config.as_deref())?;
     crate::remote::validate_name(&args.name)
         .map_err(|m| CliError::bad_input(format!("--name: {m}")))?;
     if let Some(model) = &args.model {
@@ -85,15 +79,7 @@ fn serve_config(args: &ServeArgs) -> Result<ServiceConfig, CliError> {
 
 pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let config = serve_config(&args)?;
-    let duration = match args.duration {
-        None => None,
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Some(Duration::from_secs_f64(s)),
-        Some(s) => {
-            return Err(CliError::bad_input(format!(
-                "--duration: {s} is not a positive number of seconds"
-            )))
-        }
-    };
+    let duration = super::run::duration(args.duration)?;
     signals::install_termination_handlers()
         .map_err(|e| CliError::failure(format!("cannot install signal handlers: {e}")))?;
     let checkpoint = ServedCheckpoint::load(&config.model.path, config.model.unnorm_key.as_deref())

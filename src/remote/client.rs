@@ -157,6 +157,25 @@ impl RemotePolicy {
         encoded.map_err(|e| backend_error(format!("request: {e}")))
     }
 
+    /// An answered prediction: the instruction may travel as its hash from now on (hashed
+    /// once per new instruction), and the total time is the robot's.
+    fn accept(
+        &mut self,
+        mut prediction: Prediction,
+        instruction: &str,
+        start: Instant,
+    ) -> Prediction {
+        if self
+            .acknowledged
+            .as_ref()
+            .is_none_or(|(text, _)| text != instruction)
+        {
+            self.acknowledged = Some((instruction.to_string(), instruction_hash(instruction)));
+        }
+        prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        prediction
+    }
+
     /// The id of the server that gave the latest answer (empty before the first).
     pub fn last_server(&self) -> &str {
         &self.last_server
@@ -272,12 +291,9 @@ impl RemotePolicy {
         loop {
             let deadline = (Instant::now() + self.timeout).min(give_up);
             match self.exchange(image, instruction, deadline, true)? {
-                Answer::Prediction(mut prediction) => {
+                Answer::Prediction(prediction) => {
                     self.answered_once = true;
-                    self.acknowledged =
-                        Some((instruction.to_string(), instruction_hash(instruction)));
-                    prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
-                    return Ok(prediction);
+                    return Ok(self.accept(prediction, instruction, start));
                 }
                 // A mismatched checkpoint does not get better by asking again.
                 Answer::WrongCheckpoint(message) => return Err(backend_error(message)),
@@ -349,11 +365,7 @@ impl Policy for RemotePolicy {
             answer = self.exchange(image, instruction, deadline, true)?;
         }
         match answer {
-            Answer::Prediction(mut prediction) => {
-                self.acknowledged = Some((instruction.to_string(), instruction_hash(instruction)));
-                prediction.timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
-                Ok(prediction)
-            }
+            Answer::Prediction(prediction) => Ok(self.accept(prediction, instruction, start)),
             Answer::SendText => Err(backend_error(format!(
                 "`{}` does not take the instruction's text",
                 self.name

@@ -101,6 +101,7 @@ pub struct ServerStats {
 
 struct Pending {
     query: Query,
+    request_id: u64,
     payload: Vec<u8>,
     received: Instant,
     deadline: Instant,
@@ -400,6 +401,7 @@ fn admit(
     stats.received.fetch_add(1, Ordering::Relaxed);
     let pending = Pending {
         query,
+        request_id,
         payload,
         received,
         deadline: received + Duration::from_micros(u64::from(budget_us)),
@@ -468,7 +470,6 @@ struct BatchWorker {
 /// A queued request made ready for the policy.
 struct Prepared {
     pending: Pending,
-    request_id: u64,
     capture_time_ns: u64,
     image: RgbImage,
     instruction: String,
@@ -504,7 +505,6 @@ impl BatchWorker {
     }
 
     fn refuse(&mut self, pending: Pending, status: ReplyStatus, message: String) {
-        let request_id = Request::decode(&pending.payload).map_or(0, |r| r.request_id);
         match status {
             ReplyStatus::Expired => self.stats.expired.fetch_add(1, Ordering::Relaxed),
             ReplyStatus::Busy => self.stats.busy.fetch_add(1, Ordering::Relaxed),
@@ -514,7 +514,7 @@ impl BatchWorker {
             _ => self.stats.failed.fetch_add(1, Ordering::Relaxed),
         };
         self.reply
-            .refuse(&pending.query, status, request_id, &message);
+            .refuse(&pending.query, status, pending.request_id, &message);
     }
 
     fn run_batch(&mut self, batch: Vec<Pending>) {
@@ -531,16 +531,13 @@ impl BatchWorker {
                 continue;
             }
             match self.prepare(&pending.payload) {
-                Ok((request_id, capture_time_ns, image, instruction, unnorm_key)) => {
-                    ready.push(Prepared {
-                        pending,
-                        request_id,
-                        capture_time_ns,
-                        image,
-                        instruction,
-                        unnorm_key,
-                    })
-                }
+                Ok((capture_time_ns, image, instruction, unnorm_key)) => ready.push(Prepared {
+                    pending,
+                    capture_time_ns,
+                    image,
+                    instruction,
+                    unnorm_key,
+                }),
                 Err((status, message)) => self.refuse(pending, status, message),
             }
         }
@@ -580,7 +577,7 @@ impl BatchWorker {
     fn prepare(
         &mut self,
         payload: &[u8],
-    ) -> Result<(u64, u64, RgbImage, String, String), (ReplyStatus, String)> {
+    ) -> Result<(u64, RgbImage, String, String), (ReplyStatus, String)> {
         let request =
             Request::decode(payload).map_err(|e| (ReplyStatus::BadRequest, e.to_string()))?;
         let instruction = match request.instruction {
@@ -618,13 +615,7 @@ impl BatchWorker {
             ));
         };
         let image = decode_frame(&request).map_err(|m| (ReplyStatus::BadRequest, m))?;
-        Ok((
-            request.request_id,
-            request.capture_time_ns,
-            image,
-            instruction,
-            unnorm_key,
-        ))
+        Ok((request.capture_time_ns, image, instruction, unnorm_key))
     }
 
     fn answer(&mut self, prepared: &Prepared, prediction: &Prediction, timings: ServerTimings) {
@@ -643,7 +634,7 @@ impl BatchWorker {
             self.reply.refuse(
                 &prepared.pending.query,
                 ReplyStatus::PolicyError,
-                prepared.request_id,
+                prepared.pending.request_id,
                 "the policy produced a non-finite action",
             );
             return;
@@ -654,7 +645,7 @@ impl BatchWorker {
             &prepared.pending.query,
             ReplyParts {
                 status: ReplyStatus::Ok,
-                request_id: prepared.request_id,
+                request_id: prepared.pending.request_id,
                 capture_time_ns: prepared.capture_time_ns,
                 timings,
                 fingerprint: "",

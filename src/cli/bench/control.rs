@@ -110,7 +110,10 @@ pub(super) fn zenoh_error(what: &str) -> impl Fn(zenoh::Error) -> BenchError + '
     }
 }
 
-fn peer_config(listen: Option<u16>, connect: Option<u16>) -> Result<zenoh::Config, BenchError> {
+pub(super) fn peer_config(
+    listen: Option<u16>,
+    connect: Option<u16>,
+) -> Result<zenoh::Config, BenchError> {
     let mut config = zenoh::Config::default();
     let set = |config: &mut zenoh::Config, key: &str, value: String| {
         config

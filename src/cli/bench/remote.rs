@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 
-use super::control::{free_port, zenoh_error};
+use super::control::{free_port, peer_config, zenoh_error};
 use crate::policy::{BackendKind, Policy, PolicyOptions};
 use crate::preprocess::RgbImage;
 use crate::remote::wire::FrameEncoding;
@@ -59,30 +59,11 @@ fn zenoh_session(
     listen: Option<u16>,
     connect: Option<u16>,
 ) -> Result<zenoh::Session, BenchError> {
-    let mut config = zenoh::Config::default();
-    let set = |config: &mut zenoh::Config, key: &str, value: String| {
-        config
-            .insert_json5(key, &value)
-            .map_err(|e| BenchError::failure(format!("zenoh config {key}: {e}")))
-    };
-    set(&mut config, "mode", format!("\"{mode}\""))?;
-    set(&mut config, "scouting/multicast/enabled", "false".into())?;
-    set(
-        &mut config,
-        "listen/endpoints",
-        match listen {
-            Some(port) => format!("[\"tcp/127.0.0.1:{port}\"]"),
-            None => "[]".into(),
-        },
-    )?;
-    if let Some(port) = connect {
-        set(
-            &mut config,
-            "connect/endpoints",
-            format!("[\"tcp/127.0.0.1:{port}\"]"),
-        )?;
-    }
-    // Raw 640×480 frames are about 0.9 MB.
+    let mut config = peer_config(listen, connect)?;
+    config
+        .insert_json5("mode", &format!("\"{mode}\""))
+        .map_err(zenoh_error("zenoh config mode"))?;
+    // A raw 1920×1080 request, as a server takes.
     crate::transport::security::limit_inbound_messages(
         &mut config,
         crate::transport::security::inbound_message_limit(crate::cli::serve::LARGEST_REQUEST),
