@@ -12,15 +12,19 @@ Layout of OUT:
   (float); and, for training-only auxiliary losses, `tip` and `goal` float32 [T, 3] (the
   fingertips and where they must go, metres) and `patch_labels` uint8 [T, 256] (what covers
   most of each 14 x 14 patch, row-major: 0 table, 1 gripper, 2 + i the block of colour i in
-  tabletop.COLOURS order);
-- `dataset.json`: the episodes (file, seed, instruction, steps, success), the action rate,
+  tabletop.COLOURS order), and `blocks` float32 [T, colours, 3] (each block's centre, in
+  the dataset's colour order), with which train.py relabels a frame for every colour;
+- `dataset.json`: the episodes (file, seed, instruction, steps, success), the seed range, the action rate,
   the image size and the action statistics in OpenVLA's `norm_stats` layout (q01, q99, min,
   max, mean, std, mask per dimension), ready for a checkpoint's config.json.
 
 Episode i uses seed S + i, so a dataset is reproduced exactly from (S, N, --max-steps,
 --noise-std, --jpeg-quality). With --noise-std the executed translations get Gaussian noise
 while the recorded actions stay the expert's (noise injection as in DART): the episodes then
-show the way back from states a learned policy drifts into.
+show the way back from states a learned policy drifts into. With --lure-steps A B the first
+k steps (k drawn from A..B per episode) execute the expert's move toward another block (the
+lure) while the recorded action stays the expert's for the named one: the episodes then start
+near, or over, a wrong block and show the gripper leaving it.
 Only successful episodes are kept unless --keep-failures.
 """
 from __future__ import annotations
@@ -37,7 +41,7 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import tabletop  # noqa: E402
-from expert import expert_action  # noqa: E402
+from expert import expert_action, expert_move  # noqa: E402
 from robot import JPEG_QUALITY  # noqa: E402
 
 FORMAT = "vla-rt-sim-tabletop-v2"
@@ -90,28 +94,45 @@ class PatchLabeller:
         self.renderer.close()
 
 
+def lure_plan(sim: tabletop.Tabletop, seed: int, lure_steps: tuple[int, int] | None):
+    """The block the first steps head for instead of the named one, and for how many steps."""
+    if lure_steps is None:
+        return None, 0
+    rng = np.random.default_rng([seed, 2])
+    others = [c for c in sim.colours if c != sim.task.colour]
+    return str(rng.choice(others)), int(rng.integers(lure_steps[0], lure_steps[1] + 1))
+
+
 def record_episode(sim: tabletop.Tabletop, labeller: PatchLabeller, seed: int, max_steps: int,
-                   jpeg_quality: int, noise_std: float = 0.0):
+                   jpeg_quality: int, noise_std: float = 0.0,
+                   lure_steps: tuple[int, int] | None = None):
     task = sim.reset(seed)
     noise = np.random.default_rng([seed, 1])
-    steps: dict[str, list] = {"frames": [], "actions": [], "tip": [], "goal": [], "patch_labels": []}
-    while len(steps["actions"]) < max_steps and not sim.success():
+    lure, lured_steps = lure_plan(sim, seed, lure_steps)
+    steps: dict[str, list] = {"frames": [], "actions": [], "tip": [], "goal": [], "patch_labels": [],
+                              "blocks": []}
+    while len(steps["actions"]) < max_steps and not (sim.success() and len(steps["actions"]) >= lured_steps):
         frame = sim.render()
         steps["frames"].append(jpeg_round_trip(frame, jpeg_quality) if jpeg_quality else frame)
         steps["patch_labels"].append(labeller.labels())
         steps["tip"].append(sim.tip_position.astype(np.float32))
         steps["goal"].append(sim.goal_tip_position().astype(np.float32))
+        steps["blocks"].append(np.stack([sim.block_position(c) for c in sim.colours]).astype(np.float32))
         action = expert_action(sim)
         steps["actions"].append(action)
         executed = action.copy()
+        if len(steps["actions"]) <= lured_steps:
+            lure_goal = sim.block_position(lure) + np.array([0.0, 0.0, tabletop.REACH_ABOVE_BLOCK_M])
+            executed[:3] = expert_move(sim.tip_position, lure_goal)
         executed[:3] += noise.normal(0.0, noise_std, 3) if noise_std else 0.0
         sim.step(executed)
     shapes = {"frames": (0, 224, 224, 3), "actions": (0, 7), "tip": (0, 3), "goal": (0, 3),
-              "patch_labels": (0, (tabletop.IMAGE_SIZE // PATCH) ** 2)}
+              "patch_labels": (0, (tabletop.IMAGE_SIZE // PATCH) ** 2),
+              "blocks": (0, len(sim.colours), 3)}
     arrays = {k: np.stack(v) if v else np.zeros(shapes[k]) for k, v in steps.items()}
     arrays["frames"] = arrays["frames"].astype(np.uint8)
     arrays["patch_labels"] = arrays["patch_labels"].astype(np.uint8)
-    for k in ("actions", "tip", "goal"):
+    for k in ("actions", "tip", "goal", "blocks"):
         arrays[k] = arrays[k].astype(np.float32)
     return task, arrays, sim.success()
 
@@ -140,6 +161,9 @@ def main() -> int:
                         help="metres of Gaussian noise added to each executed translation (the "
                              "recorded action stays the expert's), so that the data shows how to "
                              "recover from the errors a learned policy makes")
+    parser.add_argument("--lure-steps", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                        help="the first MIN..MAX steps of each episode head for another block "
+                             "(the recorded actions stay the named block's)")
     parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
                         help="JPEG round trip of each frame (0: raw frames)")
     args = parser.parse_args()
@@ -152,7 +176,8 @@ def main() -> int:
         for i in range(args.episodes):
             seed = args.seed + i
             task, arrays, success = record_episode(sim, labeller, seed, args.max_steps,
-                                                   args.jpeg_quality, args.noise_std)
+                                                   args.jpeg_quality, args.noise_std,
+                                                   tuple(args.lure_steps) if args.lure_steps else None)
             actions = arrays["actions"]
             if not success and not args.keep_failures:
                 print(f"seed {seed}: expert failed ({task.instruction!r}), skipped", file=sys.stderr)
@@ -175,6 +200,10 @@ def main() -> int:
         "seed": args.seed,
         "jpeg_quality": args.jpeg_quality,
         "noise_std": args.noise_std,
+        "lure_steps": args.lure_steps,
+        # Episode seeds are first_seed .. first_seed + requested - 1; train.py refuses datasets
+        # whose ranges overlap, since they would hold the same scenes.
+        "seed_range": [args.seed, args.seed + args.episodes],
         "colours": list(sim.colours),
         "episodes": index,
         "transitions": int(stacked.shape[0]),

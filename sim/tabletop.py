@@ -41,6 +41,10 @@ HOME = np.array([0.0, -0.08, 0.22])
 MAX_SPEED_M_S = 0.8
 FINGER_OPEN = 0.03
 FINGER_CLOSED = 0.006
+# The image patch of the trained checkpoint (engines/openvla-sim: 28 pixels, an 8 x 8 grid).
+# No two blocks are placed where one patch would show both, so that attending to a patch
+# means attending to one block.
+MODEL_PATCH_PX = 28
 # A reach succeeds when the fingertips are this close to the point just above the block.
 REACH_TOLERANCE_M = 0.02
 REACH_ABOVE_BLOCK_M = BLOCK_HALF + 0.01
@@ -145,6 +149,24 @@ class Tabletop:
         """Places the blocks and the gripper at random (from `seed`) and picks the task."""
         rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
+        for _ in range(1000):
+            self._place_blocks(rng)
+            if not self._blocks_share_a_patch():
+                break
+        else:
+            raise RuntimeError(f"seed {seed}: no block layout without two blocks in one patch")
+        start = HOME + rng.uniform(-0.04, 0.04, size=3)
+        self.data.mocap_pos[0] = start
+        self.target = start.copy()
+        self.gripper = 1.0
+        self._set_fingers(self.gripper, instantly=True)
+        mujoco.mj_forward(self.model, self.data)
+        self.task = Task(task_kind, str(rng.choice(self.colours)))
+        self.steps = 0
+        self._period_done = 0.0
+        return self.task
+
+    def _place_blocks(self, rng: np.random.Generator) -> None:
         placed: list[np.ndarray] = []
         for colour in self.colours:
             for _ in range(1000):
@@ -156,16 +178,35 @@ class Tabletop:
             self.data.qpos[adr:adr + 3] = (xy[0], xy[1], BLOCK_HALF)
             yaw = rng.uniform(-0.6, 0.6)
             self.data.qpos[adr + 3:adr + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-        start = HOME + rng.uniform(-0.04, 0.04, size=3)
-        self.data.mocap_pos[0] = start
-        self.target = start.copy()
-        self.gripper = 1.0
-        self._set_fingers(self.gripper, instantly=True)
         mujoco.mj_forward(self.model, self.data)
-        self.task = Task(task_kind, str(rng.choice(self.colours)))
-        self.steps = 0
-        self._period_done = 0.0
-        return self.task
+
+    def block_pixel_box(self, colour: str) -> tuple[float, float, float, float]:
+        """The block's bounding box in the camera image (left, top, right, bottom pixels),
+        from its eight corners through the pinhole camera."""
+        camera = self.model.camera("front").id
+        rotation = self.data.cam_xmat[camera].reshape(3, 3)
+        focal = (IMAGE_SIZE / 2) / np.tan(np.radians(self.model.cam_fovy[camera]) / 2)
+        body = self._block_body[colour]
+        half = BLOCK_HALF
+        corners = np.array([[x, y, z] for x in (-half, half) for y in (-half, half) for z in (-half, half)])
+        world = self.data.xpos[body] + corners @ self.data.xmat[body].reshape(3, 3).T
+        in_camera = (world - self.data.cam_xpos[camera]) @ rotation
+        depth = -in_camera[:, 2]
+        u = focal * in_camera[:, 0] / depth + IMAGE_SIZE / 2
+        v = IMAGE_SIZE / 2 - focal * in_camera[:, 1] / depth
+        return float(u.min()), float(v.min()), float(u.max()), float(v.max())
+
+    def _blocks_share_a_patch(self) -> bool:
+        def cells(box):
+            left, top, right, bottom = (int(np.clip(p, 0, IMAGE_SIZE - 1)) // MODEL_PATCH_PX for p in box)
+            return {(i, j) for i in range(left, right + 1) for j in range(top, bottom + 1)}
+        seen: set = set()
+        for colour in self.colours:
+            covered = cells(self.block_pixel_box(colour))
+            if covered & seen:
+                return True
+            seen |= covered
+        return False
 
     # Stepping -------------------------------------------------------------------------------
 
