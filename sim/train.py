@@ -1,35 +1,50 @@
 #!/usr/bin/env python3
-"""Trains a tiny OpenVLA on the simulator's expert episodes by behaviour cloning, and exports
-it as an HF OpenVLA checkpoint folder that vla-rt loads.
+"""Trains a tiny OpenVLA on the simulator's expert episodes by behaviour cloning, every frame
+relabelled for every colour, and exports it as an HF OpenVLA checkpoint folder that vla-rt loads.
 
-    python3 sim/train.py --data data/noisy0 data/noisy1 data/clean --work data/run \
-        --steps 12000 --attention-weight 0 --until-step 2500 --threads 2
-    python3 sim/train.py --data data/noisy0 data/noisy1 data/clean --work data/run \
-        --steps 10000 --threads 2 --export engines/openvla-sim
+    python3 sim/train.py --data data/clean data/noisy data/lured --init engines/openvla-sim \
+        --work data/run --steps 8000 --threads 2 --export engines/openvla-sim
 
 (the recipe of engines/openvla-sim: the README's "The trained checkpoint" gives the datasets).
+The expert's move depends only on where the fingertips are and which block is named
+(expert.expert_move), so each sampled frame is shown with all four colour prompts, each with
+the expert's action for its own block: the data then holds no shortcut such as "go to the
+nearest block". A step takes `--batch` frames, one vision forward each, and 4 x `--batch`
+sequences through the LLM.
+
 The loss is OpenVLA's: cross-entropy of the 7 action tokens given the image and the prompt
 (teacher forcing). Greedy decoding takes the argmax over the whole vocabulary, so every id must
 lose to the right action token; the softmax of each step covers the 256 action ids, the
 padding ids and `--sampled-text-ids` text ids drawn at random (a sampled softmax: the full
-32064-way head would be a quarter of the training time). make_fixture.py records each greedy
-step's margin over all ids on held-out frames.
+32064-way head would be a quarter of the training time).
 
-Training from scratch on a CPU needs help, so three auxiliary losses are added, from
-training-only heads that are not exported:
-- a per-patch object label (table, gripper, each block) from the concatenated vision
-  features, so the ViTs learn to see the blocks and the gripper early;
-- a regression, from the LLM's hidden state where the first action token is predicted, of
-  where the named block is, where the fingertips are and the error between them;
-- `--attention-weight`: the attention that head 0 of LLM layer `--attention-layer` gives, from
-  the action positions, to the patches of the named block, so that the LLM learns to look
-  for the block the instruction names rather than at any block.
-The position embeddings start as a 2-D sine-cosine table.
+The image comes before the prompt and the mask is causal, so no image token sees the colour
+word: the colour must reach the 7 action positions in layer 0 before a later layer can match
+it against the patches. Training-only heads and losses, not exported, supervise that route:
+- `--colour-attention-weight`: the attention of head 0 of layer 0 from the action positions
+  to the colour word;
+- `--colour-class-weight`: a 4-way classifier of the named colour on layer 0's output at the
+  action positions;
+- `--attention-weight`: the attention of head 0 of layer `--attention-layer`, from the action
+  positions, to the patches of the named block;
+- a per-patch object label (table, gripper, each block) from the concatenated vision features;
+- a regression, from the LLM state where the first action token is predicted, of where the
+  named block is, where the fingertips are and the error between them.
+
+The action statistics are recomputed from the relabelled actions. Their q01 and q99 are the
+smallest and largest expert move: the expert's moves are bounded (expert.MAX_DELTA_M), so
+un-normalisation clips none of them.
+
+Every `--measure-every` steps the instruction measure (sim/instruction.py: held-out scenes,
+every colour asked, the share of horizontal moves within 45 degrees of the expert's) is logged;
+with `--require-measure X --by-step K` a run that has not reached X at step K stops with exit
+code 3.
 
 Seeded (`--seed`) and resumable: `--work` holds `last.pt` (model, optimiser, step, random
-states), written every `--save-every` steps and at the end; running again with the same
-`--work` continues from it. `--minutes`, `--until-step` or `--steps` bounds the run. torch is
-not in sim/requirements.txt: `pip install -r sim/requirements-train.txt`.
+states, the schedule), written every `--save-every` steps and at the end; running again with
+the same `--work` continues from it, with the schedule it started with (a different `--steps`,
+`--lr` or `--warmup` is refused; `--until-step` and `--minutes` stop a run early without
+changing it). torch is not in sim/requirements.txt: `pip install -r sim/requirements-train.txt`.
 """
 from __future__ import annotations
 
@@ -48,7 +63,9 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import tabletop  # noqa: E402
 import vla_torch  # noqa: E402
+from expert import expert_move  # noqa: E402
 from make_dataset import action_statistics  # noqa: E402
 from vla_torch import ActionTokenizer, Dims, OpenVla, Preprocessor, PromptEncoder, VitDims  # noqa: E402
 
@@ -87,43 +104,68 @@ def pool_patch_labels(labels: np.ndarray, classes: int, grid: int) -> np.ndarray
 
 
 class Dataset:
-    """Every transition of one or more make_dataset.py folders, in memory."""
+    """Every transition of one or more make_dataset.py folders, in memory, with each frame's
+    expert action for every colour."""
 
-    def __init__(self, folders: list[pathlib.Path], prompts: PromptEncoder, grid: int):
+    def __init__(self, folders: list[pathlib.Path], grid: int):
         metas = [json.loads((folder / "dataset.json").read_text()) for folder in folders]
         for key in ("format", "rate_hz", "colours", "jpeg_quality"):
             if len({json.dumps(m[key]) for m in metas}) != 1:
                 raise ValueError(f"the datasets differ in {key!r}: {[m[key] for m in metas]}")
+        ranges = []
+        for folder, meta in zip(folders, metas):
+            if "seed_range" not in meta:
+                raise ValueError(f"{folder}/dataset.json: no seed_range (written by an older "
+                                 "make_dataset.py); regenerate the dataset")
+            for other, (low, high) in ranges:
+                if meta["seed_range"][0] < high and low < meta["seed_range"][1]:
+                    raise ValueError(f"{folder} and {other}: episode seeds overlap "
+                                     f"({meta['seed_range']} and {[low, high]}): the same scenes twice")
+            ranges.append((folder, meta["seed_range"]))
+        self.colours = metas[0]["colours"]
         self.meta = {"format": metas[0]["format"], "rate_hz": metas[0]["rate_hz"],
-                     "colours": metas[0]["colours"], "seeds": [m["seed"] for m in metas],
+                     "colours": self.colours, "seed_ranges": [m["seed_range"] for m in metas],
                      "episodes": sum(len(m["episodes"]) for m in metas)}
-        parts: dict[str, list] = {"frames": [], "actions": [], "tip": [], "goal": [], "patch_labels": []}
-        ids, instructions = [], []
+        parts: dict[str, list] = {"frames": [], "tip": [], "blocks": [], "patch_labels": []}
         for folder, meta in zip(folders, metas):
             for episode in meta["episodes"]:
-                with np.load(folder / episode["file"]) as data:
+                path = folder / episode["file"]
+                with np.load(path) as data:
+                    if "blocks" not in data:
+                        raise ValueError(f"{path}: no `blocks` array (written by an older "
+                                         "make_dataset.py); regenerate the dataset")
                     for key in parts:
                         parts[key].append(data[key])
-                    ids += [prompts(str(data["instruction"]))] * len(data["actions"])
-                    instructions += [str(data["instruction"])] * len(data["actions"])
         self.frames = torch.from_numpy(np.concatenate(parts["frames"]))
-        self.actions = np.concatenate(parts["actions"])
-        self.tip = torch.from_numpy(np.concatenate(parts["tip"]))
-        self.goal = torch.from_numpy(np.concatenate(parts["goal"]))
-        self.classes = 2 + len(self.meta["colours"])
+        tip = np.concatenate(parts["tip"]).astype(np.float64)
+        blocks = np.concatenate(parts["blocks"]).astype(np.float64)
+        # [N, colours, 3]: where the fingertips must go for each colour.
+        goals = blocks + np.array([0.0, 0.0, tabletop.REACH_ABOVE_BLOCK_M])
+        moves = expert_move(tip[:, None, :], goals)
+        rest = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), moves.shape[:2] + (4,))
+        self.actions = np.concatenate([moves, rest], -1)
+        self.tip = torch.from_numpy(tip).float()
+        self.goals = torch.from_numpy(goals).float()
+        self.classes = 2 + len(self.colours)
         self.patch_labels = torch.from_numpy(pool_patch_labels(
             np.concatenate(parts["patch_labels"]), self.classes, grid).astype(np.int64))
-        if len({len(i) for i in ids}) != 1:
-            raise ValueError(f"{', '.join(map(str, folders))}: prompts of different lengths; "
-                             "batching needs one length")
-        self.prompt_ids = torch.tensor(ids)
-        # The patch label of the block each instruction names.
-        self.target_class = torch.tensor(
-            [2 + self.meta["colours"].index(next(c for c in self.meta["colours"] if f" {c} " in text))
-             for text in instructions])
 
     def __len__(self) -> int:
-        return len(self.actions)
+        return len(self.frames)
+
+
+def colour_prompts(prompts: PromptEncoder, colours: list[str]) -> tuple[torch.Tensor, int]:
+    """The prompt ids of "reach the <colour> block" for each colour [colours, L], and the one
+    position where they differ: the colour word."""
+    ids = [prompts(tabletop.Task("reach", c).instruction) for c in colours]
+    if len({len(i) for i in ids}) != 1:
+        raise ValueError(f"the colour prompts differ in length ({[len(i) for i in ids]} tokens): "
+                         "batching needs one length")
+    table = torch.tensor(ids)
+    differing = (table != table[:1]).any(0).nonzero().flatten().tolist()
+    if len(differing) != 1:
+        raise ValueError(f"the colour prompts differ at positions {differing}, not at one")
+    return table, differing[0]
 
 
 def aux_targets(tip: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -134,25 +176,44 @@ def aux_targets(tip: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
 class TrainingHeads(nn.Module):
     """Heads used only by the auxiliary losses; never exported."""
 
-    def __init__(self, dims: Dims, classes: int):
+    def __init__(self, dims: Dims, classes: int, colours: int):
         super().__init__()
         self.patch_label = nn.Linear(dims.vision_dim, classes)
         self.where = nn.Sequential(nn.Linear(dims.hidden, dims.hidden), nn.GELU(), nn.Linear(dims.hidden, 9))
+        self.colour = nn.Linear(dims.hidden, colours)
+
+
+def forward_all_colours(model: OpenVla, pixels, prompts_by_colour, action_tokens, layer_outputs: list):
+    """One vision forward for B frames, then B x colours sequences through the LLM (frame-major:
+    sequence i is frame i // colours with colour i % colours). Returns the patch features
+    [B, P, vision], the LLM input [B * colours, N, hidden] and the final hidden states at the
+    7 action positions [B * colours, 7, hidden]."""
+    colours = prompts_by_colour.shape[0]
+    patches = model.vision_backbone(pixels)
+    image_tokens = model.projector(patches).repeat_interleave(colours, 0)
+    prompt_ids = prompts_by_colour.repeat(len(pixels), 1)
+    embed = model.language_model.model.embed_tokens
+    x = torch.cat([embed(prompt_ids[:, :1]), image_tokens, embed(prompt_ids[:, 1:]),
+                   embed(action_tokens[:, :-1])], 1)
+    h = model.language_model.model(x, layer_outputs)
+    return patches, x, h[:, -ACTION_TOKENS:]
+
+
+def head0_attention(model: OpenVla, layer_input, layer: int):
+    """The attention probabilities of head 0 of `layer` from the 7 action positions [B, 7, N]."""
+    llama = model.language_model.model
+    cos, sin = llama.rope(layer_input.shape[1])
+    block = llama.layers[layer]
+    return block.self_attn.probabilities(block.input_layernorm(layer_input), cos, sin,
+                                         ACTION_TOKENS)[:, 0]
 
 
 def attention_on_target(model: OpenVla, layer_outputs: list, layer: int, patch_labels, target_class):
-    """-log of the attention that head 0 of `layer` gives, from the last prompt position and
-    each action position, to the image patches of the block the instruction names. Layer 0
-    can bring the colour word to those positions; this teaches the next layer to look for
-    its block. Samples whose block covers no patch add nothing."""
+    """-log of the attention that head 0 of `layer` gives, from the action positions, to the
+    image patches of the named block. Samples whose block covers no patch add nothing."""
     if layer < 1:
         raise ValueError("--attention-layer must be 1 or more: layer 0 has not read the instruction")
-    llama = model.language_model.model
-    x = layer_outputs[layer - 1]
-    attention = llama.layers[layer].self_attn
-    cos, sin = llama.rope(x.shape[1])
-    probabilities = attention.probabilities(llama.layers[layer].input_layernorm(x), cos, sin,
-                                            ACTION_TOKENS)[:, 0]
+    probabilities = head0_attention(model, layer_outputs[layer - 1], layer)
     patches = patch_labels.shape[1]
     on_target = (patch_labels == target_class[:, None]).float()
     mass = (probabilities[:, :, 1:1 + patches] * on_target[:, None, :]).sum(-1)
@@ -160,6 +221,30 @@ def attention_on_target(model: OpenVla, layer_outputs: list, layer: int, patch_l
     if not present.any():
         return probabilities.sum() * 0.0
     return -torch.log(mass[present] + 1e-6).mean()
+
+
+def relabelled_statistics(actions: np.ndarray) -> dict:
+    """OpenVLA's norm_stats of the relabelled actions [N, 7], with q01/q99 at the extremes so
+    that un-normalisation clips no expert move."""
+    stats = action_statistics(actions)
+    stats["q01"], stats["q99"] = list(stats["min"]), list(stats["max"])
+    return stats
+
+
+def instruction_measure(model: OpenVla, preprocess: Preprocessor, scenes, prompts_by_colour,
+                        colours: list[str], actions: ActionTokenizer) -> dict:
+    """The instruction measure of sim/instruction.py, computed in PyTorch on the model as it
+    is now."""
+    import instruction
+    pixels = preprocess(torch.from_numpy(np.stack([s.frame for s in scenes])))
+    model.eval()
+    with torch.no_grad():
+        tokens_per_colour = [model.generate(pixels, prompts_by_colour[c:c + 1].repeat(len(scenes), 1))[0]
+                        for c in range(len(colours))]
+    model.train()
+    predicted = [{colour: actions.actions(tokens_per_colour[c][i].numpy())
+                  for c, colour in enumerate(colours)} for i in range(len(scenes))]
+    return instruction.score(scenes, predicted)
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -198,25 +283,36 @@ def export(model: OpenVla, folder: pathlib.Path, stats: dict, dataset_meta: dict
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--data", required=True, nargs="+", help="make_dataset.py folders")
     parser.add_argument("--work", required=True, help="folder for last.pt and the log")
+    parser.add_argument("--init", help="start from this checkpoint folder (fine-tuning) "
+                                       "instead of random weights")
     parser.add_argument("--export", help="write the checkpoint folder here at the end")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
-    parser.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
+    parser.add_argument("--steps", type=int, default=8000, help="total steps (the schedule's length)")
     parser.add_argument("--until-step", type=int, default=None,
                         help="stop at this step without shortening the schedule (resume later)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=8, help="frames per step, each with every colour")
+    parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--patch-label-weight", type=float, default=0.5)
     parser.add_argument("--where-weight", type=float, default=1.0)
     parser.add_argument("--sampled-text-ids", type=int, default=1024,
                         help="text ids drawn each step into the softmax beside the action ids")
+    parser.add_argument("--colour-attention-weight", type=float, default=0.5)
+    parser.add_argument("--colour-class-weight", type=float, default=0.5)
     parser.add_argument("--attention-weight", type=float, default=0.2)
     parser.add_argument("--attention-layer", type=int, default=1,
                         help="the LLM layer whose head 0 learns to attend to the named block")
+    parser.add_argument("--measure-every", type=int, default=1000)
+    parser.add_argument("--measure-scenes", type=int, default=40)
+    parser.add_argument("--measure-seed", type=int, default=500000)
+    parser.add_argument("--require-measure", type=float, default=None,
+                        help="stop with exit code 3 when the instruction measure is below this "
+                             "at --by-step")
+    parser.add_argument("--by-step", type=int, default=2000)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -227,27 +323,41 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     prompts = PromptEncoder(TEMPLATE)
     preprocess = Preprocessor(TEMPLATE)
-    dims = default_dims()
-    data = Dataset([pathlib.Path(d) for d in args.data], prompts, dims.grid)
-    stats = action_statistics(data.actions)
+    checkpoint = work / "last.pt"
+    saved = torch.load(checkpoint, weights_only=False) if checkpoint.exists() else None
+    schedule = {"steps": args.steps, "lr": args.lr, "warmup": args.warmup}
+    if saved is not None and saved.get("schedule") != schedule:
+        print(f"{checkpoint}: the run was started with the schedule {saved.get('schedule')}, not "
+              f"{schedule}; resume with the same --steps, --lr and --warmup (--until-step or "
+              "--minutes stop earlier without changing it)", file=sys.stderr)
+        return 2
+    if saved is not None:
+        dims = saved["dims"]
+    elif args.init:
+        dims = vla_torch.dims_from_checkpoint(pathlib.Path(args.init))
+    else:
+        dims = default_dims()
+    data = Dataset([pathlib.Path(d) for d in args.data], dims.grid)
+    colours = data.colours
+    prompts_by_colour, colour_position = colour_prompts(prompts, colours)
+    # Where the colour word sits in the LLM's sequence: <s>, the image tokens, the prompt's rest.
+    colour_sequence_position = colour_position - 1 + 1 + dims.grid ** 2
+    stats = relabelled_statistics(data.actions.reshape(-1, 7))
     actions = ActionTokenizer(stats["q01"], stats["q99"], stats["mask"])
-    action_tokens = torch.from_numpy(actions.tokens(data.actions.astype(np.float64)).astype(np.int64))
-    where = aux_targets(data.tip, data.goal)
+    action_tokens = torch.from_numpy(actions.tokens(data.actions).astype(np.int64))  # [N, colours, 7]
     label_counts = torch.bincount(data.patch_labels.flatten(), minlength=data.classes).float()
     label_weight = (label_counts.sum() / (label_counts + 1)).sqrt()
     label_weight /= label_weight.mean()
 
     torch.manual_seed(args.seed)
-    model = OpenVla(dims)
-    heads = TrainingHeads(dims, data.classes)
+    model = vla_torch.load_checkpoint(pathlib.Path(args.init)) if args.init and saved is None else OpenVla(dims)
+    heads = TrainingHeads(dims, data.classes, len(colours))
     params = list(model.parameters()) + list(heads.parameters())
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(args.seed)
     step = 0
     log = open(work / "train.log", "a")
-    checkpoint = work / "last.pt"
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         heads.load_state_dict(saved["heads"])
         optimiser.load_state_dict(saved["optimiser"])
@@ -255,17 +365,31 @@ def main() -> int:
         torch.set_rng_state(saved["torch_rng"])
         step = saved["step"]
         print(f"resumed at step {step}", file=log, flush=True)
-    print(f"{len(data)} transitions, {sum(p.numel() for p in model.parameters())} parameters, "
-          f"dims {dims}", file=log, flush=True)
+    print(f"{len(data)} frames x {len(colours)} colours, "
+          f"{sum(p.numel() for p in model.parameters())} parameters, dims {dims}, "
+          f"init {args.init}, schedule {schedule}", file=log, flush=True)
+    import instruction
+    scenes = instruction.build_scenes(args.measure_seed, args.measure_scenes)
 
     def save():
         torch.save({"model": model.state_dict(), "heads": heads.state_dict(),
                     "optimiser": optimiser.state_dict(), "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(), "step": step, "dims": dims}, checkpoint)
+                    "torch_rng": torch.get_rng_state(), "step": step, "dims": dims,
+                    "schedule": schedule}, checkpoint)
 
+    def measure() -> float:
+        result = instruction_measure(model, preprocess, scenes, prompts_by_colour, colours, actions)
+        per_colour = {c: round(v, 3) for c, v in result["per_colour"].items()}
+        print(f"step {step} instruction measure {result['overall']:.3f} over {result['pairs']} "
+              f"pairs, swap {result['swap']:.3f}, per colour {per_colour}", file=log, flush=True)
+        return result["overall"]
+
+    if step == 0:
+        measure()
     started = time.monotonic()
     running: dict[str, float] = {}
     model.train()
+    colour_index = torch.arange(len(colours)).repeat(args.batch)
     last_step = min(args.steps, args.until_step) if args.until_step is not None else args.steps
     while step < last_step:
         if args.minutes is not None and time.monotonic() - started > args.minutes * 60:
@@ -274,21 +398,33 @@ def main() -> int:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         index = torch.randint(len(data), (args.batch,), generator=generator)
         pixels = preprocess(data.frames[index])
-        tokens = action_tokens[index]
+        tokens = action_tokens[index].reshape(-1, ACTION_TOKENS)
         layer_outputs: list = []
-        patches, h_actions = model.forward_train(pixels, data.prompt_ids[index], tokens, layer_outputs)
+        patches, llm_input, h_actions = forward_all_colours(model, pixels, prompts_by_colour, tokens,
+                                                            layer_outputs)
+        patch_labels = data.patch_labels[index]
         loss_attention = attention_on_target(model, layer_outputs, args.attention_layer,
-                                             data.patch_labels[index], data.target_class[index])
+                                             patch_labels.repeat_interleave(len(colours), 0),
+                                             2 + colour_index)
+        on_colour = head0_attention(model, llm_input, 0)[:, :, colour_sequence_position]
+        loss_colour_attention = -torch.log(on_colour + 1e-6).mean()
+        loss_colour_class = F.cross_entropy(
+            heads.colour(layer_outputs[0][:, -ACTION_TOKENS:]).reshape(-1, len(colours)),
+            colour_index.repeat_interleave(ACTION_TOKENS))
         candidates = torch.cat([ACTION_IDS, PAD_IDS, torch.randint(
             int(ACTION_IDS[0]), (args.sampled_text_ids,), generator=generator)])
         logits = h_actions @ model.language_model.lm_head.weight[candidates].T
         targets = tokens - int(ACTION_IDS[0])
         loss_tokens = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss_labels = F.cross_entropy(heads.patch_label(patches).reshape(-1, data.classes),
-                                      data.patch_labels[index].reshape(-1), weight=label_weight)
-        loss_where = F.smooth_l1_loss(heads.where(h_actions[:, 0]), where[index])
+                                      patch_labels.reshape(-1), weight=label_weight)
+        where = aux_targets(data.tip[index].repeat_interleave(len(colours), 0),
+                            data.goals[index].reshape(-1, 3))
+        loss_where = F.smooth_l1_loss(heads.where(h_actions[:, 0]), where)
         loss = (loss_tokens + args.patch_label_weight * loss_labels + args.where_weight * loss_where
-                + args.attention_weight * loss_attention)
+                + args.attention_weight * loss_attention
+                + args.colour_attention_weight * loss_colour_attention
+                + args.colour_class_weight * loss_colour_class)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -299,6 +435,8 @@ def main() -> int:
         for name, value in (("loss", loss.item()), ("tokens", loss_tokens.item()),
                             ("labels", loss_labels.item()), ("where", loss_where.item()),
                             ("attention", loss_attention.item()),
+                            ("colour_attention", loss_colour_attention.item()),
+                            ("colour_class", loss_colour_class.item()),
                             ("xyz_acc", xyz_accuracy)):
             running[name] = 0.98 * running.get(name, value) + 0.02 * value
         if step % 50 == 0:
@@ -307,13 +445,22 @@ def main() -> int:
                   + " ".join(f"{k} {v:.4f}" for k, v in running.items()), file=log, flush=True)
         if step % args.save_every == 0:
             save()
+        if step % args.measure_every == 0:
+            score = measure()
+            if args.require_measure is not None and step >= args.by_step and score < args.require_measure:
+                save()
+                print(f"step {step}: instruction measure {score:.3f} < {args.require_measure}: "
+                      "stopped", file=log, flush=True)
+                return 3
     save()
     if args.export:
-        info = {"dataset": data.meta["format"], "dataset_seeds": data.meta["seeds"],
-                "episodes": data.meta["episodes"], "transitions": len(data),
-                "train_seed": args.seed, "steps": step, "batch": args.batch, "lr": args.lr,
-                "torch": torch.__version__}
-        export(model, pathlib.Path(args.export), stats, dict(data.meta, transitions=len(data)), info)
+        info = {"dataset": data.meta["format"], "dataset_seed_ranges": data.meta["seed_ranges"],
+                "episodes": data.meta["episodes"], "frames": len(data), "relabelled_colours": colours,
+                "init": args.init, "train_seed": args.seed, "steps": step, "schedule": schedule,
+                "frames_per_step": args.batch, "torch": torch.__version__,
+                "instruction_measure": measure()}
+        export(model, pathlib.Path(args.export), stats,
+               dict(data.meta, transitions=len(data) * len(colours)), info)
         print(f"exported step {step} to {args.export}", file=log, flush=True)
     return 0
 
