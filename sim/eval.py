@@ -2,10 +2,26 @@
 """Closed-loop evaluation: `vla-rt run` drives the simulated tabletop robot over Zenoh.
 
 Starts the service on a checkpoint (default engines/openvla-sim, trained on this simulator by
-sim/train.py) with the camera on
-Zenoh (`[camera] source = "zenoh:vla/<robot>/camera"`), runs N episodes with the simulator
-as the robot at the control rate, and prints the success rate with its 95 % Wilson interval,
-the mean time to success and the service's misses and overruns (from vla/<robot>/status).
+sim/train.py) with the camera on Zenoh (`[camera] source = "zenoh:vla/<robot>/camera"`), runs
+N episodes with the simulator as the robot (sim/robot.py) at the control rate, and reports
+what happened in each, the success rate with its 95 % Wilson interval, the time to success,
+the service's misses and overruns (from vla/<robot>/status), and the open-loop instruction
+measure of sim/instruction.py for the same weight format.
+
+Each episode has one outcome (tabletop.REACH_TOLERANCE_M = 2 cm, the reach point of a block is
+tabletop.REACH_ABOVE_BLOCK_M = 3 cm above its centre, as in tabletop.Tabletop.success):
+- `reached_named` (success): at a frame the fingertips were within REACH_TOLERANCE_M of the
+  named block's reach point; the episode ends there;
+- `reached_other`: not a success, and at some moment of the episode the fingertips were
+  within REACH_TOLERANCE_M of the reach point of another block: on the straight path they
+  travel between two consecutive frames (a pass between frames counts, and so does ending
+  over that block), measured to where that block is at the end of the interval;
+- `reached_none`: neither.
+The time to success counts the frame periods from the episode's first frame (published once
+the service reported its instruction in force) to the frame that succeeded. Each episode's wall time adds
+the wait for that report (`instruction_wait_s`): the status comes once a second, so up to
+1.1 s, and close to 1 s when episodes last whole seconds (a wait ends just after a status, so
+the next episode's put comes just after one as well).
 
     python3 sim/eval.py --episodes 20 --seed 0
     python3 sim/eval.py --episodes 100 --seed 200000 --quantization int8 --projector int8 --json
@@ -20,10 +36,10 @@ import os
 import pathlib
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 SIM_DIR = pathlib.Path(__file__).resolve().parent
@@ -36,8 +52,10 @@ import robot as sim_robot  # noqa: E402
 import tabletop  # noqa: E402
 
 TRAINED_MODEL = REPO / "engines" / "openvla-sim"
-# Camera frames per control period: every tick then has a frame it has not acted on.
-FRAMES_PER_ACTION = 2
+INSTRUCTION_SCRIPT = SIM_DIR / "instruction.py"
+# sim/instruction.py's weight formats, by this script's (--quantization, --projector).
+INSTRUCTION_FORMATS = {("none", "f32"): "f32", ("int8", "int8"): "int8", ("int4", "int8"): "int4"}
+OUTCOMES = ("reached_named", "reached_other", "reached_none")
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -73,7 +91,7 @@ def write_config(path: pathlib.Path, args, port: int, camera_key: str) -> None:
         "[camera]",
         f"source = {toml_string('zenoh:' + camera_key)}",
         f"width = {tabletop.IMAGE_SIZE}", f"height = {tabletop.IMAGE_SIZE}",
-        f"fps = {max(1, round(args.rate_hz * FRAMES_PER_ACTION))}",
+        f"fps = {max(1, round(args.rate_hz * args.frames_per_action))}",
         "stall_timeout_ms = 500",
         "[control]",
         f"rate_hz = {args.rate_hz}",
@@ -88,32 +106,6 @@ def write_config(path: pathlib.Path, args, port: int, camera_key: str) -> None:
         'default = "reach the red block"',
         "",
     ]))
-
-
-class StatusWatch:
-    """The newest status document the service published."""
-
-    def __init__(self, session, robot_id: str):
-        self.latest = None
-        self.count = 0
-        self._lock = threading.Lock()
-        self._subscriber = session.declare_subscriber(f"vla/{robot_id}/status", self._on_status)
-
-    def _on_status(self, sample) -> None:
-        try:
-            document = json.loads(sample.payload.to_bytes())
-        except ValueError:
-            return
-        with self._lock:
-            self.latest = document
-            self.count += 1
-
-    def get(self):
-        with self._lock:
-            return self.latest, self.count
-
-    def close(self):
-        self._subscriber.undeclare()
 
 
 def service_exited(service, log_path: pathlib.Path) -> RuntimeError:
@@ -146,7 +138,7 @@ def checkpoint_unnorm_key(model: pathlib.Path) -> str | None:
     return keys[0] if len(keys) == 1 else None
 
 
-def draw_gif(path: str, frames, rate_hz: float) -> None:
+def draw_gif(path: str, frames, frame_rate_hz: float) -> None:
     from PIL import Image, ImageDraw
 
     images = []
@@ -158,7 +150,10 @@ def draw_gif(path: str, frames, rate_hz: float) -> None:
             action_text = "no command"
         else:
             a = command["action"]
-            action_text = f"{command['state']} d=({a[0]:+.3f},{a[1]:+.3f},{a[2]:+.3f}) g={a[6]:.2f}"
+            label = command["state"]
+            if label == "ACT" and not command.get("applied", True):
+                label = "ACT not applied"
+            action_text = f"{label} d=({a[0]:+.3f},{a[1]:+.3f},{a[2]:+.3f}) g={a[6]:.2f}"
         tip = state["tip"]
         draw.text((2, tabletop.IMAGE_SIZE + 1), instruction, fill="white")
         draw.text((2, tabletop.IMAGE_SIZE + 15), action_text, fill="yellow")
@@ -168,7 +163,7 @@ def draw_gif(path: str, frames, rate_hz: float) -> None:
         images.append(canvas)
     if images:
         images[0].save(path, save_all=True, append_images=images[1:],
-                       duration=round(1000 / rate_hz), loop=0)
+                       duration=round(1000 / frame_rate_hz), loop=0)
 
 
 def estop_check(robot, session, status, robot_id: str, seed: int) -> dict:
@@ -178,7 +173,8 @@ def estop_check(robot, session, status, robot_id: str, seed: int) -> dict:
     a STOP for policy misses before the latch could still be followed by ACT."""
     robot.start_episode(seed)
     acts_before = robot.counts["ACT"]
-    robot.run_frames(50, until=lambda s: robot.counts["ACT"] >= acts_before + 3)
+    per_period = robot.frames_per_action
+    robot.run_frames(25 * per_period, until=lambda s: robot.counts["ACT"] >= acts_before + 3)
     acts_during = robot.counts["ACT"] - acts_before
     stops_before = robot.counts["STOP"]
     session.put(f"vla/{robot_id}/estop/stop", "stop")
@@ -187,15 +183,72 @@ def estop_check(robot, session, status, robot_id: str, seed: int) -> dict:
         document = status.get()[0] or {}
         return robot.counts["STOP"] > stops_before and document.get("estop") is True
 
-    robot.run_frames(100, until=latched)
+    robot.run_frames(50 * per_period, until=latched)
     stopped_at = robot.sim.hand_position
-    robot.run_frames(20)
+    robot.run_frames(10 * per_period)
     travel = float(((robot.sim.hand_position - stopped_at) ** 2).sum() ** 0.5)
     return {"act_commands_before_stop": acts_during,
             "stop_commands": robot.counts["STOP"] - stops_before,
             "latched": latched(None),
             "travel_after_stop_m": travel,
             "halted": robot.halted}
+
+
+def outcome(episode: dict) -> str:
+    """The episode's outcome (see the module's docstring)."""
+    if episode["success"]:
+        return "reached_named"
+    return "reached_other" if episode["other_blocks_reached"] else "reached_none"
+
+
+def instruction_measure(args) -> dict | None:
+    """sim/instruction.py's open-loop measure for the weight format under evaluation."""
+    if args.instruction_scenes == 0:
+        return None
+    name = INSTRUCTION_FORMATS.get((args.quantization, args.projector))
+    if name is None:
+        return {"format": None, "scenes": 0,
+                "skipped": f"sim/instruction.py has no format with LLM {args.quantization} and "
+                           f"projector {args.projector}"}
+    command = [sys.executable, str(INSTRUCTION_SCRIPT), "--json", "--model", str(args.model),
+               "--vla-rt", args.vla_rt, "--formats", name, "--scenes", str(args.instruction_scenes),
+               "--backend", args.backend]
+    if args.unnorm_key:
+        command += ["--unnorm-key", args.unnorm_key]
+    measure = {"format": name, "scenes": args.instruction_scenes}
+    # Scene building and one `vla-rt predict` run; generous for a loaded machine.
+    timeout_s = 120 + 10 * args.instruction_scenes
+    try:
+        run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {**measure, "error": f"sim/instruction.py: {e}"}
+    if run.returncode != 0:
+        return {**measure, "error": f"sim/instruction.py exited with {run.returncode}: "
+                                    f"{run.stderr.strip()[-1000:]}"}
+    try:
+        result = json.loads(run.stdout)["formats"][name]
+    except (ValueError, KeyError, TypeError) as e:
+        return {**measure, "error": f"sim/instruction.py printed no result for {name}: {e!r}"}
+    return {**measure, "seed": json.loads(run.stdout).get("seed"),
+            "overall": result["overall"], "swap": result.get("swap"), "pairs": result.get("pairs"),
+            "per_colour": result.get("per_colour"), "seconds": result.get("seconds")}
+
+
+def summarize(episodes: list[dict]) -> dict:
+    """The outcome counts and shares, the success rate with its interval, the times."""
+    total = len(episodes)
+    counts = {name: sum(e["outcome"] == name for e in episodes) for name in OUTCOMES}
+    successes = counts["reached_named"]
+    times = [e["time_to_success_s"] for e in episodes if e["success"]]
+    return {
+        "episodes": total, "successes": successes,
+        "outcomes": {name: {"count": n, "share": n / total} for name, n in counts.items()},
+        "success_rate": successes / total,
+        "success_rate_ci95": list(wilson_interval(successes, total)),
+        "mean_time_to_success_s": statistics.fmean(times) if times else None,
+        "median_time_to_success_s": statistics.median(times) if times else None,
+    }
 
 
 def main() -> int:
@@ -215,7 +268,15 @@ def main() -> int:
                         help="the vla-rt binary")
     parser.add_argument("--robot-id", default="sim")
     parser.add_argument("--rate-hz", type=float, default=tabletop.ACTION_RATE_HZ)
-    parser.add_argument("--gif", default=None, help="write the rollouts (first 600 frames) here")
+    parser.add_argument("--frames-per-action", type=int, default=4,
+                        help="camera frames the robot publishes per action period")
+    parser.add_argument("--instruction-timeout", type=float, default=5.0,
+                        help="seconds the robot waits for the service to report an episode's "
+                             "instruction in force")
+    parser.add_argument("--instruction-scenes", type=int, default=40,
+                        help="scenes of sim/instruction.py's open-loop measure for this weight "
+                             "format, run after the episodes (0: skip it)")
+    parser.add_argument("--gif", default=None, help="write the rollouts (the first 600 frames, at their real pace) here")
     parser.add_argument("--estop-check", action="store_true",
                         help="after the episodes, put `stop` on the e-stop key and measure what moves")
     parser.add_argument("--startup-timeout", type=float, default=60.0)
@@ -226,6 +287,10 @@ def main() -> int:
         args.unnorm_key = checkpoint_unnorm_key(pathlib.Path(args.model))
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
+    if args.frames_per_action < 1:
+        parser.error("--frames-per-action must be at least 1")
+    if args.instruction_scenes < 0:
+        parser.error("--instruction-scenes must be 0 or more")
     if not os.access(args.vla_rt, os.X_OK):
         print(f"eval.py: --vla-rt {args.vla_rt}: not an executable (cargo build --release)",
               file=sys.stderr)
@@ -249,9 +314,10 @@ def main() -> int:
         session = open_session(port, deadline, service, log_path)
         try:
             robot = sim_robot.ZenohRobot(session, args.robot_id, sim, camera_key,
-                                         frames_per_action=FRAMES_PER_ACTION)
+                                         frames_per_action=args.frames_per_action,
+                                         instruction_timeout_s=args.instruction_timeout)
             robot.keep_frames = 600 if args.gif else 0
-            status = StatusWatch(session, args.robot_id)
+            status = robot.status
             # The service warms its policy up on the first frame: publish until it reports.
             sim.reset(args.seed)
             while status.get()[1] == 0:
@@ -264,11 +330,18 @@ def main() -> int:
             for index in range(args.episodes):
                 session.put(f"vla/{args.robot_id}/arm", "arm")
                 episode = robot.run_episode(args.seed + index, args.max_steps)
+                episode["outcome"] = outcome(episode)
+                episode["time_to_success_s"] = episode["time_s"] if episode["success"] else None
                 episodes.append(episode)
                 if not args.json:
+                    other = f" ({', '.join(episode['other_blocks_reached'])})" \
+                        if episode["other_blocks_reached"] else ""
                     print(f"episode {index}: seed {episode['seed']} {episode['instruction']!r}: "
-                          f"{'success' if episode['success'] else 'failure'} after "
-                          f"{episode['steps']} steps", flush=True)
+                          f"{episode['outcome']}{other} after {episode['steps']} steps "
+                          f"({episode['time_s']:.2f} s; ACT {episode['acts_applied']} applied, "
+                          f"{episode['acts_unpaired']} unpaired; instruction wait "
+                          f"{episode['instruction_wait_s']:.2f} s, wall {episode['wall_s']:.2f} s)",
+                          flush=True)
             estop = estop_check(robot, session, status, args.robot_id, args.seed + args.episodes) \
                 if args.estop_check else None
             # A status published after the last episode.
@@ -277,10 +350,9 @@ def main() -> int:
             while status.get()[1] == seen and time.monotonic() < wait_until:
                 robot.run_frames(1)
             last_status = status.get()[0] or {}
-            status.close()
             robot.close()
             if args.gif:
-                draw_gif(args.gif, robot.frames_kept, args.rate_hz)
+                draw_gif(args.gif, robot.frames_kept, args.rate_hz * args.frames_per_action)
         finally:
             session.close()
         service.send_signal(signal.SIGTERM)
@@ -290,22 +362,27 @@ def main() -> int:
             service.kill()
             service_rc = service.wait()
 
-        successes = sum(e["success"] for e in episodes)
-        low, high = wilson_interval(successes, len(episodes))
-        times = [e["time_s"] for e in episodes if e["success"]]
+        episode_time = sum(e["time_s"] for e in episodes)
+        waits = [e["instruction_wait_s"] for e in episodes]
         report = {
             "model": str(args.model), "backend": args.backend, "quantization": args.quantization,
             "projector": args.projector, "rate_hz": args.rate_hz, "seed": args.seed,
-            "episodes": len(episodes), "successes": successes,
-            "success_rate": successes / len(episodes), "success_rate_ci95": [low, high],
-            "mean_time_to_success_s": (sum(times) / len(times)) if times else None,
+            "max_steps": args.max_steps, "frames_per_action": args.frames_per_action,
+            **summarize(episodes),
+            # Run with the service stopped: the two would share the CPU.
+            "instruction_measure": instruction_measure(args),
             "service": {
                 "misses": last_status.get("misses"), "overruns": last_status.get("overruns"),
                 "ticks": last_status.get("ticks"), "camera": last_status.get("camera"),
                 "state": last_status.get("state"), "exit_code": service_rc,
             },
             "robot": {"commands": dict(robot.counts), "act_travel_m": robot.act_travel_m,
-                      "frames_published": robot.frame_sequence},
+                      "frames_published": robot.frame_sequence,
+                      # ACTs applied per second of episode time: the closed loop's real rate.
+                      "act_rate_hz": sum(e["acts_applied"] for e in episodes) / episode_time
+                      if episode_time else None,
+                      "instruction_wait_s": {"mean": statistics.fmean(waits), "max": max(waits)},
+                      "wall_s_per_episode": statistics.fmean(e["wall_s"] for e in episodes)},
             "estop": estop,
             "episode_results": episodes,
             "service_log": str(log_path),
@@ -316,20 +393,40 @@ def main() -> int:
             service.wait()
         sim.close()
 
+    measure = report["instruction_measure"]
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        rate = report["success_rate"]
         low, high = report["success_rate_ci95"]
         mean_time = report["mean_time_to_success_s"]
+        median_time = report["median_time_to_success_s"]
+        outcomes = ", ".join(f"{name} {o['count']} ({o['share']:.0%})"
+                             for name, o in report["outcomes"].items())
+        print(f"success {report['successes']}/{report['episodes']} = {report['success_rate']:.0%} "
+              f"(95 % CI {low:.0%}-{high:.0%}); {outcomes}")
+        print("time to success: " + (f"mean {mean_time:.2f} s, median {median_time:.2f} s"
+                                     if mean_time is not None else "n/a"))
+        if measure is not None:
+            if "skipped" in measure:
+                print(f"instruction measure: skipped ({measure['skipped']})")
+            else:
+                print(f"instruction measure ({measure['format']}, {measure['scenes']} scenes): "
+                      + (f"error: {measure['error']}" if "error" in measure else
+                         f"overall {measure['overall']:.2f}, swap {measure['swap']:.2f}"))
+        robot_report = report["robot"]
+        print(f"robot: commands {robot_report['commands']}, ACT rate "
+              f"{robot_report['act_rate_hz']:.2f} Hz, instruction wait mean "
+              f"{robot_report['instruction_wait_s']['mean']:.2f} s (max "
+              f"{robot_report['instruction_wait_s']['max']:.2f} s), wall "
+              f"{robot_report['wall_s_per_episode']:.2f} s per episode")
         service_report = report["service"]
-        print(f"success {report['successes']}/{report['episodes']} = {rate:.0%} "
-              f"(95 % CI {low:.0%}-{high:.0%}), mean time to success "
-              + (f"{mean_time:.2f} s" if mean_time is not None else "n/a"))
         print(f"service: misses {service_report['misses']}, overruns {service_report['overruns']}, "
               f"camera {service_report['camera']}")
         if estop is not None:
             print(f"e-stop: {estop}")
+    if measure is not None and "error" in measure:
+        print(f"eval.py: instruction measure failed: {measure['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -64,6 +64,9 @@ fn the_simulated_robot_closes_the_loop_with_the_service() {
             "--max-steps",
             &MAX_STEPS.to_string(),
             "--estop-check",
+            // The open-loop instruction measure has its own test (tests/sim_instruction.rs).
+            "--instruction-scenes",
+            "0",
             "--json",
             "--vla-rt",
             BINARY,
@@ -142,6 +145,19 @@ fn the_simulated_robot_closes_the_loop_with_the_service() {
     assert!(frames >= EPISODES, "{} frames: {}", frames, context());
     assert_eq!(camera["corrupt"], 0, "{}", context());
     assert!(frames <= report["robot"]["frames_published"].as_u64().unwrap());
+
+    // Each episode started once the service reported its instruction in force.
+    for episode in results {
+        assert!(
+            episode["instruction_wait_s"].as_f64().unwrap() > 0.0,
+            "{episode}"
+        );
+        assert!(
+            ["reached_named", "reached_other", "reached_none"]
+                .contains(&episode["outcome"].as_str().unwrap()),
+            "{episode}"
+        );
+    }
 
     // Commands reached the simulator, and ACT moved its gripper.
     let commands = &report["robot"]["commands"];
