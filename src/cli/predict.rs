@@ -1,14 +1,19 @@
 //! `vla-rt predict`: runs the policy once on an image file (ARCHITECTURE.md §6). With `--json` it
 //! prints one JSON object (`tokens`, `normalized`, `action`, `timings_ms`); otherwise a short
-//! summary. Exit code 2 names the bad input; 1 is any other failure.
+//! summary. With `--requests FILE` (JSON lines of `image` and `instruction`) it loads the
+//! policy once and prints one such JSON object per request, in request order. Exit code 2
+//! names the bad input; 1 is any other failure.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::CliError;
 use crate::backend::{load_policy_with, TensorrtOptions};
 use crate::model::quant_scales::ProjectorScales;
-use crate::policy::{BackendKind, PolicyOptions, Prediction, ProjectorFormat, Quantization};
+use crate::policy::{
+    BackendKind, Policy, PolicyOptions, Prediction, ProjectorFormat, Quantization,
+};
 use crate::preprocess::load_image;
 
 #[derive(Debug, clap::Args)]
@@ -17,11 +22,16 @@ pub struct PredictArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// PNG or JPEG image.
-    #[arg(long, value_name = "FILE")]
-    pub image: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "requests")]
+    pub image: Option<PathBuf>,
     /// Task description, e.g. "pick up the red block".
-    #[arg(long, value_name = "TEXT")]
-    pub instruction: String,
+    #[arg(long, value_name = "TEXT", required_unless_present = "requests")]
+    pub instruction: Option<String>,
+    /// Many predictions with one policy load: a file of JSON lines, each
+    /// `{"image": PATH, "instruction": TEXT}` (a relative PATH is relative to FILE's folder;
+    /// blank lines are skipped). Prints one `--json` object per request, in order.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "instruction"])]
+    pub requests: Option<PathBuf>,
     /// Dataset statistics for un-normalisation; needed when the checkpoint has several.
     #[arg(long, value_name = "KEY")]
     pub unnorm_key: Option<String>,
@@ -63,11 +73,44 @@ pub fn read_projector_scales(path: &std::path::Path) -> Result<ProjectorScales, 
 }
 
 pub fn main(args: PredictArgs) -> Result<(), CliError> {
-    if args.instruction.trim().is_empty() {
+    if let Some(path) = &args.requests {
+        // Every line is checked before the policy loads, so a typo on the last line costs
+        // nothing.
+        let requests = read_requests(path)?;
+        let (mut policy, load_ms) = load(&args)?;
+        return run_requests(policy.as_mut(), path, &requests, load_ms);
+    }
+    let (Some(image_path), Some(instruction)) = (&args.image, &args.instruction) else {
+        return Err(CliError::bad_input(
+            "--image and --instruction are required without --requests",
+        ));
+    };
+    if instruction.trim().is_empty() {
         return Err(CliError::bad_input(
             "--instruction: empty instruction: the policy needs a task description",
         ));
     }
+    let (mut policy, load_ms) = load(&args)?;
+    let image = load_image(image_path).map_err(|e| CliError::bad_input(e.to_string()))?;
+    let prediction = policy.predict(&image, instruction)?;
+    if args.json {
+        println!(
+            "{}",
+            to_json(
+                &prediction,
+                load_ms,
+                policy.backend_name(),
+                policy.model_name()
+            )
+        );
+    } else {
+        print_summary(&prediction, load_ms);
+    }
+    Ok(())
+}
+
+/// The policy as the arguments ask for it, and how long loading took (ms).
+fn load(args: &PredictArgs) -> Result<(Box<dyn Policy>, f64), CliError> {
     let options = PolicyOptions {
         backend: args.backend,
         unnorm_key: args.unnorm_key.clone(),
@@ -85,22 +128,115 @@ pub fn main(args: PredictArgs) -> Result<(), CliError> {
         engines: args.engines.clone(),
         library: args.tensorrt_library.clone(),
     };
-    let mut policy = load_policy_with(&args.model, &options, &tensorrt)?;
-    let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let image = load_image(&args.image).map_err(|e| CliError::bad_input(e.to_string()))?;
-    let prediction = policy.predict(&image, &args.instruction)?;
-    if args.json {
-        println!(
-            "{}",
-            to_json(
-                &prediction,
-                load_ms,
-                policy.backend_name(),
-                policy.model_name()
-            )
+    let policy = load_policy_with(&args.model, &options, &tensorrt)?;
+    Ok((policy, start.elapsed().as_secs_f64() * 1e3))
+}
+
+/// One line of a `--requests` file.
+#[derive(Debug)]
+struct Request {
+    line: usize,
+    image: PathBuf,
+    instruction: String,
+}
+
+/// Parses a `--requests` file; any bad line is an error naming the file, the line and the
+/// field.
+fn read_requests(path: &Path) -> Result<Vec<Request>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::bad_input(format!("--requests {}: {e}", path.display())))?;
+    let folder = path.parent().unwrap_or(Path::new(""));
+    let mut requests = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let number = index + 1;
+        let bad =
+            |what: String| CliError::bad_input(format!("{}:{number}: {what}", path.display()));
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let object = value.as_object().ok_or_else(|| {
+            bad(r#"not a JSON object (want {"image": PATH, "instruction": TEXT})"#.into())
+        })?;
+        if let Some(unknown) = object
+            .keys()
+            .find(|k| !matches!(k.as_str(), "image" | "instruction"))
+        {
+            return Err(bad(format!(
+                "unknown field `{unknown}` (the fields are `image` and `instruction`)"
+            )));
+        }
+        let text_field = |name: &str| match object.get(name) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(bad(format!("`{name}`: want a string, got {other}"))),
+            None => Err(bad(format!("missing field `{name}`"))),
+        };
+        let image = text_field("image")?;
+        let instruction = text_field("instruction")?;
+        if image.is_empty() {
+            return Err(bad("`image`: empty path".into()));
+        }
+        if instruction.trim().is_empty() {
+            return Err(bad(
+                "`instruction`: empty instruction: the policy needs a task description".into(),
+            ));
+        }
+        // Relative to the file, so that a folder of images and its request list move together.
+        let image = folder.join(image);
+        if !image.is_file() {
+            return Err(bad(format!("`image`: no such file {}", image.display())));
+        }
+        requests.push(Request {
+            line: number,
+            image,
+            instruction,
+        });
+    }
+    if requests.is_empty() {
+        return Err(CliError::bad_input(format!(
+            "--requests {}: no requests (want one JSON object a line)",
+            path.display()
+        )));
+    }
+    Ok(requests)
+}
+
+fn run_requests(
+    policy: &mut dyn Policy,
+    path: &Path,
+    requests: &[Request],
+    load_ms: f64,
+) -> Result<(), CliError> {
+    let at = |request: &Request, e: CliError| CliError {
+        exit_code: e.exit_code,
+        message: format!("{}:{}: {}", path.display(), request.line, e.message),
+    };
+    // A prompt too long for the model is refused before anything is printed.
+    for request in requests {
+        policy
+            .check_instruction(&request.instruction)
+            .map_err(|e| at(request, CliError::from(e)))?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for request in requests {
+        let image = load_image(&request.image)
+            .map_err(|e| at(request, CliError::bad_input(format!("`image`: {e}"))))?;
+        let prediction = policy
+            .predict(&image, &request.instruction)
+            .map_err(|e| at(request, e.into()))?;
+        let json = to_json(
+            &prediction,
+            load_ms,
+            policy.backend_name(),
+            policy.model_name(),
         );
-    } else {
-        print_summary(&prediction, load_ms);
+        match writeln!(stdout, "{json}").and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            // The reader took what it wanted (`| head`): nothing is left to print to.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(CliError::failure(format!("stdout: {e}"))),
+        }
     }
     Ok(())
 }
