@@ -276,6 +276,9 @@ def main() -> int:
     parser.add_argument("--instruction-scenes", type=int, default=40,
                         help="scenes of sim/instruction.py's open-loop measure for this weight "
                              "format, run after the episodes (0: skip it)")
+    parser.add_argument("--record", metavar="FILE.mcap",
+                        help="the service records the session (vla-rt run --record), for "
+                             "vla-rt replay")
     parser.add_argument("--gif", default=None, help="write the rollouts (the first 600 frames, at their real pace) here")
     parser.add_argument("--estop-check", action="store_true",
                         help="after the episodes, put `stop` on the e-stop key and measure what moves")
@@ -307,8 +310,9 @@ def main() -> int:
     report = {}
     try:
         with open(log_path, "wb") as log:
+            record = ["--record", str(pathlib.Path(args.record).resolve())] if args.record else []
             service = subprocess.Popen([args.vla_rt, "run", "--config", str(config_path),
-                                        "--robot-id", args.robot_id],
+                                        "--robot-id", args.robot_id, *record],
                                        stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + args.startup_timeout
         session = open_session(port, deadline, service, log_path)
