@@ -706,25 +706,22 @@ fn a_wrong_fingerprint_refuses_or_stops_with_its_cause() {
         is_state(ControlState::Stop),
     );
     // Between the right server's exit and the other's first answer the robot may see no
-    // answer at all, so the refusal is waited for rather than read once.
-    let refused = |error: &str| {
-        error.contains("runs checkpoint sha256:") && error.contains("its actions are refused")
-    };
-    let error_deadline = Instant::now() + WAIT;
-    let error = loop {
-        let error = robot
-            .inference_stats()
-            .last_error
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_default();
-        if refused(&error) || Instant::now() >= error_deadline {
-            break error;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(refused(&error), "{error}");
+    // answer at all, so the refusal is waited for rather than read once. The operator sees
+    // it in the status.
+    let status = StatusWatch::new(&observer, "switched").until(
+        WAIT,
+        "the other checkpoint's refusal as the policy's last error",
+        |status| {
+            status["policy"]["last_error"]
+                .as_str()
+                .is_some_and(|error| {
+                    error.contains("runs checkpoint sha256:")
+                        && error.contains("its actions are refused")
+                })
+        },
+    );
+    assert_eq!(status["state"], "STOP", "{status}");
+    assert_eq!(status["stop_cause"], "policy misses", "{status}");
     let tail: Vec<_> = (0..30)
         .map(|_| stream.next(Duration::from_secs(2)))
         .collect();

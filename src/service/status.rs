@@ -86,6 +86,14 @@ impl StatusSources {
         latency.insert("publish".into(), percentiles(&self.publish.delay));
         latency.insert("action_age".into(), percentiles(&c.action_age));
         let instruction = self.instructions.summary();
+        // The operator sees why the policy fails (a remote server's wrong checkpoint, say)
+        // without the log, where only the first failure is at error level.
+        let last_policy_error = self
+            .inference
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone());
         let stop_cause =
             (state == ControlState::Stop).then(|| StopCause::from_u64(load(&c.stop_cause)).name());
         let ros2 = self.ros2.as_ref().map(|node| node.stats().to_json());
@@ -136,6 +144,7 @@ impl StatusSources {
             "policy": {
                 "predictions": load(&self.inference.predictions),
                 "failures": load(&self.inference.failures),
+                "last_error": last_policy_error,
                 "no_new_frame": load(&self.inference.no_new_frame),
                 "instruction": instruction.prefix,
                 "instruction_bytes": instruction.bytes,
