@@ -167,6 +167,7 @@ scale = 0.05
     put("mjpeg_frame", "zero", struct.pack("<HH", 0, 0) + b"\xff\xd8\xff\xd9")
     ros2_seeds()
     remote_seeds()
+    torch_pt_seeds()
 
 
 def ros2_seeds():
@@ -265,8 +266,26 @@ def remote_seeds():
     put("remote_message", "request-long-frame", remote_request(7, b"arm0", b"", text, 0, 2, 2, raw) + b"\x00")
 
 
+def torch_pt_seeds():
+    """torch_pt: a flag byte, then (0) a `.pt` file of tests/fixtures/torch-pt (written by
+    torch: make.py there), or (1) a data.pkl and storages 0 to 3 taken from one."""
+    import zipfile
+
+    folder = os.path.join(ROOT, "tests", "fixtures", "torch-pt")
+    for name in ("proprio_projector--5_checkpoint.pt", "edge_cases.pt", "malicious_reduce.pt",
+                 "optimizer_like.pt", "offset_out_of_range.pt", "wrong_storage_key.pt"):
+        with open(os.path.join(folder, name), "rb") as f:
+            put("torch_pt", name, b"\x00" + f.read())
+    for name in ("proprio_projector--5_checkpoint.pt", "edge_cases.pt", "malicious_stack_global.pt",
+                 "optimizer_like.pt", "overflow_shape.pt"):
+        with zipfile.ZipFile(os.path.join(folder, name)) as archive:
+            entries = {info.filename.split("/", 1)[1]: archive.read(info) for info in archive.infolist()}
+        storages = [entries.get(f"data/{key}", b"") for key in range(4)]
+        put("torch_pt", "pickle-" + name, b"\x01" + parts(entries["data.pkl"], *storages))
+
+
 # The targets `fuzz/seeds.py TARGET...` can write alone.
-ONLY = {"ros2_message": ros2_seeds, "remote_message": remote_seeds}
+ONLY = {"ros2_message": ros2_seeds, "remote_message": remote_seeds, "torch_pt": torch_pt_seeds}
 
 if __name__ == "__main__":
     if sys.argv[1:]:

@@ -19,6 +19,7 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::config::OpenVlaConfig;
 use crate::model::prompt::PromptTokenizer;
 use crate::model::quant_file::QuantizedFile;
+use crate::model::torch_pt::TorchStateDict;
 use crate::model::ModelError;
 use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG_CHARS};
 
@@ -26,12 +27,13 @@ use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [Target; 10] = [
+pub const TARGETS: [Target; 11] = [
     ("command_record", command_record),
     ("service_config", service_config),
     ("calibration_file", calibration_file),
     ("checkpoint", checkpoint),
     ("quantized_file", quantized_file),
+    ("torch_pt", torch_pt),
     ("instruction", instruction),
     ("raw_frame", raw_frame),
     ("mjpeg_frame", mjpeg_frame),
@@ -162,6 +164,107 @@ pub fn quantized_file(data: &[u8]) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A PyTorch `.pt` state dict: the zip archive, the restricted pickle machine, each
+/// tensor's bounds against its storage; what loads converts to f32 at its declared size.
+/// Layout: one flag byte; bit 0 clear, the rest is a `.pt` file; set, the rest is a
+/// `data.pkl` and storages `0` to `3` as length-prefixed parts, which the harness stores in
+/// a zip beside a little-endian `byteorder` (the CRCs of a mutated `.pt` turn away nearly
+/// every change to its pickle before the pickle is read).
+pub fn torch_pt(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let archive;
+    let bytes = if flags & 1 == 1 {
+        let (parts, _) = split_parts(rest, 5);
+        let names = [
+            "archive/data.pkl",
+            "archive/data/0",
+            "archive/data/1",
+            "archive/data/2",
+            "archive/data/3",
+        ];
+        let mut entries: Vec<(&str, &[u8])> = names.iter().copied().zip(parts).collect();
+        entries.push(("archive/byteorder", b"little"));
+        archive = stored_zip(&entries);
+        &archive[..]
+    } else {
+        rest
+    };
+    let Ok(state) = TorchStateDict::from_bytes(bytes, Path::new("fuzz.pt")) else {
+        return;
+    };
+    for tensor in state.tensors() {
+        let numel: usize = tensor.shape().iter().product();
+        assert_eq!(tensor.numel(), numel, "{}", tensor.name());
+        assert_eq!(
+            tensor.bytes().len(),
+            numel * tensor.dtype().size(),
+            "{}",
+            tensor.name()
+        );
+        if let Ok(values) = tensor.to_f32() {
+            assert_eq!(values.len(), numel, "{}", tensor.name());
+        }
+    }
+    let _ = state.strip_module_prefix();
+}
+
+/// A zip of uncompressed entries, as `torch.save` writes them (without its alignment
+/// padding).
+pub fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    fn u16_le(out: &mut Vec<u8>, v: usize) {
+        out.extend_from_slice(&(v as u16).to_le_bytes());
+    }
+    fn u32_le(out: &mut Vec<u8>, v: u32) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in entries {
+        let offset = out.len() as u32;
+        let crc = crc32fast::hash(data);
+        // Local header: signature, version 2.0, flags, method 0 (stored), time, date, CRC,
+        // sizes, name and extra lengths.
+        u32_le(&mut out, 0x0403_4b50);
+        for v in [20, 0, 0, 0, 0x21] {
+            u16_le(&mut out, v);
+        }
+        u32_le(&mut out, crc);
+        u32_le(&mut out, data.len() as u32);
+        u32_le(&mut out, data.len() as u32);
+        u16_le(&mut out, name.len());
+        u16_le(&mut out, 0);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        // Central directory record: the same, plus comment, disk, attributes and offset.
+        u32_le(&mut central, 0x0201_4b50);
+        for v in [20, 20, 0, 0, 0, 0x21] {
+            u16_le(&mut central, v);
+        }
+        u32_le(&mut central, crc);
+        u32_le(&mut central, data.len() as u32);
+        u32_le(&mut central, data.len() as u32);
+        for v in [name.len(), 0, 0, 0, 0] {
+            u16_le(&mut central, v);
+        }
+        u32_le(&mut central, 0);
+        u32_le(&mut central, offset);
+        central.extend_from_slice(name.as_bytes());
+    }
+    let central_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    // End of central directory: disks, entry counts, directory size and offset, comment.
+    u32_le(&mut out, 0x0605_4b50);
+    for v in [0, 0, entries.len(), entries.len()] {
+        u16_le(&mut out, v);
+    }
+    u32_le(&mut out, central.len() as u32);
+    u32_le(&mut out, central_offset);
+    u16_le(&mut out, 0);
+    out
 }
 
 /// The bundled checkpoint's tokenizer (the real Llama-2 vocabulary and normalizer).

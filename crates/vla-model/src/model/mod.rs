@@ -18,6 +18,7 @@ pub mod quant_file;
 pub mod quant_kernels;
 pub mod quant_load;
 pub mod quant_scales;
+pub mod torch_pt;
 pub mod vit;
 
 pub use fingerprint::checkpoint_fingerprint;
