@@ -149,6 +149,17 @@ def segment_point_distance(start: np.ndarray, end: np.ndarray, point: np.ndarray
     return float(np.linalg.norm(start + along * path - point))
 
 
+def pace(deadline: float, period: float) -> float:
+    """Sleeps until one period after `deadline` and returns that time; when it has already
+    passed, the schedule restarts from now rather than catching up with frames in a burst."""
+    deadline += period
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+        return deadline
+    return time.monotonic()
+
+
 class ZenohRobot:
     """Runs episodes of the simulator in real time against a vla-rt service."""
 
@@ -319,12 +330,7 @@ class ZenohRobot:
             self.apply_commands()
             self._camera.put(frame_record(jpeg, width, height, time.time_ns(), self.frame_sequence))
             self.frame_sequence += 1
-            next_frame += self.frame_period_s
-            delay = next_frame - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_frame = time.monotonic()
+            next_frame = pace(next_frame, self.frame_period_s)
 
     def start_episode(self, seed: int) -> tabletop.Task:
         """Resets the scene, puts the instruction and waits until the service's status shows
@@ -368,12 +374,7 @@ class ZenohRobot:
             state = self.frame()
             if until is not None and until(state):
                 return index + 1
-            next_deadline += self.frame_period_s
-            delay = next_deadline - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_deadline = time.monotonic()
+            next_deadline = pace(next_deadline, self.frame_period_s)
         return count
 
     def _reach_points(self) -> dict:
