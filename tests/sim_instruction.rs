@@ -11,11 +11,11 @@
 //! value).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/sim_python.rs"]
+mod sim_python;
 #[path = "common/skip.rs"]
 mod skip;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");
@@ -24,29 +24,6 @@ const SCENES: u64 = 40;
 const MIN_AGREEMENT: f64 = 0.90;
 /// 40 scenes rendered, then three policy loads and 480 predictions, on a busy machine.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
-
-fn python_ready() -> bool {
-    let probe = Command::new("python3")
-        .args(["-c", "import mujoco, zenoh, PIL, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match probe {
-        Ok(output) if output.status.success() => true,
-        Ok(output) => {
-            let message = format!(
-                "sim_instruction: python3 lacks the simulator's packages (pip install -r sim/requirements.txt): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            skip::missing_tool(&message);
-            false
-        }
-        Err(e) => {
-            skip::missing_tool(&format!("sim_instruction: cannot run python3: {e}"));
-            false
-        }
-    }
-}
 
 /// The per-format, per-colour table, for the failure message.
 fn table(report: &serde_json::Value) -> String {
@@ -81,14 +58,18 @@ fn table(report: &serde_json::Value) -> String {
 
 #[test]
 fn the_trained_policy_reaches_for_the_block_it_is_told() {
-    if !python_ready() {
+    if !sim_python::python_ready("sim_instruction") {
         return;
     }
-    let repo = env!("CARGO_MANIFEST_DIR");
     let started = Instant::now();
-    let mut child = Command::new("python3")
-        .current_dir(repo)
-        .args([
+    let formats = FORMATS.join(",");
+    let scenes = SCENES.to_string();
+    let sim_python::ScriptRun {
+        status,
+        stdout,
+        stderr,
+    } = sim_python::run_script(
+        &[
             "sim/instruction.py",
             "--json",
             "--model",
@@ -96,40 +77,12 @@ fn the_trained_policy_reaches_for_the_block_it_is_told() {
             "--vla-rt",
             BINARY,
             "--formats",
-            &FORMATS.join(","),
+            &formats,
             "--scenes",
-            &SCENES.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sim/instruction.py");
-    // Read both pipes while it runs: a full pipe would stall it until the deadline.
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        out_pipe.read_to_string(&mut text).map(|_| text)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        err_pipe.read_to_string(&mut text).map(|_| text)
-    });
-    let deadline = started + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            let stderr = err_reader.join().unwrap().unwrap_or_default();
-            panic!("sim/instruction.py ran over {RUN_LIMIT:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out_reader.join().unwrap().unwrap();
-    let stderr = err_reader.join().unwrap().unwrap();
+            &scenes,
+        ],
+        RUN_LIMIT,
+    );
     assert!(
         status.success(),
         "sim/instruction.py: {status}\nstderr:\n{stderr}\nstdout:\n{stdout}"

@@ -11,12 +11,12 @@
 //! value).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/sim_python.rs"]
+mod sim_python;
 #[path = "common/skip.rs"]
 mod skip;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vla-rt");
 const EPISODES: u64 = 5;
@@ -24,45 +24,26 @@ const MAX_STEPS: u64 = 15;
 /// Model load, five 1.5 s episodes, the e-stop check and shutdown, on a busy machine.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-fn python_ready() -> bool {
-    let probe = Command::new("python3")
-        .args(["-c", "import mujoco, zenoh, PIL, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match probe {
-        Ok(output) if output.status.success() => true,
-        Ok(output) => {
-            let message = format!(
-                "sim_loop: python3 lacks the simulator's packages (pip install -r sim/requirements.txt): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            skip::missing_tool(&message);
-            false
-        }
-        Err(e) => {
-            skip::missing_tool(&format!("sim_loop: cannot run python3: {e}"));
-            false
-        }
-    }
-}
-
 #[test]
 fn the_simulated_robot_closes_the_loop_with_the_service() {
-    if !python_ready() {
+    if !sim_python::python_ready("sim_loop") {
         return;
     }
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let mut child = Command::new("python3")
-        .current_dir(repo)
-        .args([
+    let episodes = EPISODES.to_string();
+    let max_steps = MAX_STEPS.to_string();
+    let sim_python::ScriptRun {
+        status,
+        stdout,
+        stderr,
+    } = sim_python::run_script(
+        &[
             "sim/eval.py",
             "--episodes",
-            &EPISODES.to_string(),
+            &episodes,
             "--seed",
             "11",
             "--max-steps",
-            &MAX_STEPS.to_string(),
+            &max_steps,
             "--estop-check",
             // The open-loop instruction measure has its own test (tests/sim_instruction.rs).
             "--instruction-scenes",
@@ -70,44 +51,9 @@ fn the_simulated_robot_closes_the_loop_with_the_service() {
             "--json",
             "--vla-rt",
             BINARY,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sim/eval.py");
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            panic!("sim/eval.py ran over {RUN_LIMIT:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+        ],
+        RUN_LIMIT,
+    );
     assert!(
         status.success(),
         "sim/eval.py: {status}\nstderr:\n{stderr}\nstdout:\n{stdout}"
