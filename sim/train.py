@@ -340,8 +340,9 @@ def main() -> int:
     data = Dataset([pathlib.Path(d) for d in args.data], dims.grid)
     colours = data.colours
     prompts_by_colour, colour_position = colour_prompts(prompts, colours)
-    # Where the colour word sits in the LLM's sequence: <s>, the image tokens, the prompt's rest.
-    colour_sequence_position = colour_position - 1 + 1 + dims.grid ** 2
+    # Where the colour word sits in the LLM's sequence: <s>, then the image tokens, then the
+    # prompt from its second id on, so prompt position p lands at p + the image token count.
+    colour_sequence_position = colour_position + dims.grid ** 2
     stats = relabelled_statistics(data.actions.reshape(-1, 7))
     actions = ActionTokenizer(stats["q01"], stats["q99"], stats["mask"])
     action_tokens = torch.from_numpy(actions.tokens(data.actions).astype(np.int64))  # [N, colours, 7]
