@@ -76,27 +76,17 @@ fn predict_json_prints_the_reference_action() {
         "one JSON object: {stdout}"
     );
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let tokens: Vec<u32> = json["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(tokens, case.u32s("generated_token_ids"));
-    let floats = |key: &str| -> Vec<f64> {
-        json[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect()
-    };
+    assert_eq!(json_tokens(&json), case.u32s("generated_token_ids"));
     assert_close_f64(
         "normalized",
-        &floats("normalized"),
+        &json_floats(&json, "normalized"),
         &case.f64s("normalized_actions"),
     );
-    assert_close_f64("action", &floats("action"), &case.f64s("actions"));
+    assert_close_f64(
+        "action",
+        &json_floats(&json, "action"),
+        &case.f64s("actions"),
+    );
     for stage in [
         "preprocess",
         "vision",
@@ -118,6 +108,15 @@ fn json_floats(json: &serde_json::Value, key: &str) -> Vec<f64> {
         .unwrap_or_else(|| panic!("{key} is not an array: {json}"))
         .iter()
         .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn json_tokens(json: &serde_json::Value) -> Vec<u32> {
+    json["tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tokens is not an array: {json}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
         .collect()
 }
 
@@ -179,13 +178,7 @@ fn predict_requests_prints_the_reference_action_for_each_line() {
     );
     for (answer, &i) in answers.iter().zip(&order) {
         let case = &cases[i];
-        let tokens: Vec<u32> = answer["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect();
-        case.assert_tokens(&tokens);
+        case.assert_tokens(&json_tokens(answer));
         assert_close_f64(
             &case.name,
             &json_floats(answer, "normalized"),
