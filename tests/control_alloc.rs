@@ -105,20 +105,21 @@ impl Policy for BusyPolicy {
         std::thread::sleep(Duration::from_millis(delay));
         let mean =
             image.data.iter().map(|&v| f64::from(v)).sum::<f64>() / image.data.len().max(1) as f64;
-        Ok(Prediction {
-            tokens: vec![31_000; 7],
-            normalized: vec![0.0; 7],
-            action: vec![
-                mean * 1e-4,
-                instruction.len() as f64 * 1e-4,
-                0.0,
-                0.0,
-                0.0,
-                0.0,
-                1.0,
-            ],
-            timings: StageTimings::default(),
-        })
+        let action = vec![
+            mean * 1e-4,
+            instruction.len() as f64 * 1e-4,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+        ];
+        Ok(Prediction::single(
+            vec![31_000; 7],
+            vec![0.0; 7],
+            action,
+            StageTimings::default(),
+        ))
     }
     fn action_dim(&self) -> usize {
         7

@@ -232,20 +232,21 @@ impl Policy for ExtremePolicy {
             _ => -1.0,
         };
         let magnitude = [1e6, 1.0, 1e3][(n % 3) as usize];
-        Ok(Prediction {
-            tokens: vec![31_000; 7],
-            normalized: vec![0.0; 7],
-            action: vec![
-                2.0 * s * magnitude,
-                -s * magnitude,
-                0.4 * s * magnitude,
-                s * magnitude,
-                -s * magnitude,
-                0.5 * s * magnitude,
-                if s > 0.0 { 1.0 } else { 0.0 },
-            ],
-            timings: StageTimings::default(),
-        })
+        let action = vec![
+            2.0 * s * magnitude,
+            -s * magnitude,
+            0.4 * s * magnitude,
+            s * magnitude,
+            -s * magnitude,
+            0.5 * s * magnitude,
+            if s > 0.0 { 1.0 } else { 0.0 },
+        ];
+        Ok(Prediction::single(
+            vec![31_000; 7],
+            vec![0.0; 7],
+            action,
+            StageTimings::default(),
+        ))
     }
     fn action_dim(&self) -> usize {
         7

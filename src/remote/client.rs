@@ -339,6 +339,7 @@ impl Answer {
         Ok(Self::Prediction(Prediction {
             tokens: reply.tokens().take(ACTION_DIM).collect(),
             normalized: Vec::new(),
+            actions: vec![action.clone()],
             action,
             timings: StageTimings {
                 decode_ms: compute_ms,

@@ -526,6 +526,7 @@ mod tests {
         Prediction {
             tokens,
             normalized: vec![0.0; action.len()],
+            actions: vec![action.clone()],
             action,
             timings: StageTimings::default(),
         }

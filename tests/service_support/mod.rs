@@ -60,6 +60,7 @@ impl Policy for FakePolicy {
         Ok(Prediction {
             tokens: vec![31_000; 7],
             normalized: vec![0.0; 7],
+            actions: vec![action.clone()],
             action,
             timings: StageTimings {
                 total_ms: delay as f64,

@@ -16,13 +16,56 @@ pub struct StageTimings {
 /// What one policy call produces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// The generated action token ids, `action_dim` of them.
+    /// The generated action token ids, `action_dim` of them; none for a checkpoint that
+    /// regresses continuous actions (OpenVLA-OFT).
     pub tokens: Vec<u32>,
-    /// Bin centres in [-1, 1], before un-normalisation.
+    /// The first action in [-1, 1], before un-normalisation (bin centres on the token path).
     pub normalized: Vec<f64>,
-    /// Un-normalised action in the units of the dataset statistics.
+    /// Un-normalised first action in the units of the dataset statistics.
     pub action: Vec<f64>,
+    /// Every action of the chunk in execution order, un-normalised, `action` first: one row on
+    /// the token path, `num_actions_chunk` rows for an OpenVLA-OFT checkpoint.
+    pub actions: Vec<Vec<f64>>,
     pub timings: StageTimings,
+}
+
+impl Prediction {
+    /// A prediction of one action (the token path): `actions` is `[action]`.
+    pub fn single(
+        tokens: Vec<u32>,
+        normalized: Vec<f64>,
+        action: Vec<f64>,
+        timings: StageTimings,
+    ) -> Self {
+        Self {
+            tokens,
+            normalized,
+            actions: vec![action.clone()],
+            action,
+            timings,
+        }
+    }
+}
+
+/// What a policy takes besides its instruction, and how many actions one call gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyInputs {
+    /// Camera images per prediction, in the checkpoint's order (third-person first).
+    pub images: usize,
+    /// Length of the robot state the policy takes (`--proprio`), if it takes one.
+    pub proprio_dim: Option<usize>,
+    /// Actions per prediction (`num_actions_chunk`; 1 on the token path).
+    pub chunk_len: usize,
+}
+
+impl Default for PolicyInputs {
+    fn default() -> Self {
+        Self {
+            images: 1,
+            proprio_dim: None,
+            chunk_len: 1,
+        }
+    }
 }
 
 /// Errors a policy call can return. `is_bad_input` separates the caller's mistakes (exit code 2)
@@ -35,6 +78,9 @@ pub enum PolicyError {
     Preprocess(#[from] crate::preprocess::PreprocessError),
     #[error("empty instruction: the policy needs a task description")]
     EmptyInstruction,
+    /// Images or robot state that do not fit what the checkpoint takes.
+    #[error("{0}")]
+    Inputs(String),
     #[error("backend {backend}: {message}")]
     Backend {
         backend: &'static str,
@@ -54,6 +100,7 @@ impl PolicyError {
             PolicyError::Model(e) => e.is_bad_input(),
             PolicyError::Preprocess(_)
             | PolicyError::EmptyInstruction
+            | PolicyError::Inputs(_)
             | PolicyError::Unavailable { .. } => true,
             PolicyError::Backend { .. } => false,
         }
@@ -73,6 +120,30 @@ pub struct BatchRequest<'a> {
 /// on the control thread.
 pub trait Policy: Send {
     fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError>;
+    /// What [`Policy::predict_with`] takes and gives.
+    fn inputs(&self) -> PolicyInputs {
+        PolicyInputs::default()
+    }
+    /// A prediction from every camera the checkpoint takes (`images`, in its order) and the
+    /// robot's raw state (`proprio`, normalised by the policy), as [`Policy::inputs`] says.
+    /// The provided method takes one image and no state, and runs [`Policy::predict`].
+    fn predict_with(
+        &mut self,
+        images: &[&RgbImage],
+        instruction: &str,
+        proprio: Option<&[f64]>,
+    ) -> Result<Prediction, PolicyError> {
+        match (images, proprio) {
+            ([image], None) => self.predict(image, instruction),
+            (_, Some(_)) => Err(PolicyError::Inputs(
+                "this checkpoint takes no robot state (proprio)".into(),
+            )),
+            _ => Err(PolicyError::Inputs(format!(
+                "this checkpoint takes 1 image, not {}",
+                images.len()
+            ))),
+        }
+    }
     /// One prediction per request, in request order. Each request succeeds or fails on its
     /// own: a bad one (empty instruction, a prompt too long, an unreadable image) gets its
     /// error while the others get their predictions, and each prediction's tokens are the

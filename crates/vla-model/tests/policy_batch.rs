@@ -264,6 +264,7 @@ fn the_provided_batch_runs_predict_in_order() {
                 tokens: vec![image.width],
                 normalized: Vec::new(),
                 action: Vec::new(),
+                actions: vec![Vec::new()],
                 timings: Default::default(),
             })
         }

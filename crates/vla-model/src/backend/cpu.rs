@@ -176,6 +176,7 @@ impl CpuModelRunner {
         Ok(Prediction {
             tokens: self.tokens.clone(),
             normalized,
+            actions: vec![action.clone()],
             action,
             timings: StageTimings {
                 preprocess_ms: 0.0,
@@ -258,6 +259,7 @@ impl CpuModelRunner {
                         Ok(Prediction {
                             tokens: tokens.clone(),
                             normalized,
+                            actions: vec![action.clone()],
                             action,
                             timings,
                         })

@@ -430,6 +430,7 @@ impl CudaModelRunner {
         Ok(Prediction {
             tokens,
             normalized,
+            actions: vec![action.clone()],
             action,
             timings: StageTimings {
                 preprocess_ms: 0.0,
