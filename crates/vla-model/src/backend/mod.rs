@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod oft_cpu;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 
@@ -9,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::model::ModelError;
-use crate::policy::{BackendKind, BatchRequest, Policy, PolicyError, PolicyOptions, Prediction};
+use crate::policy::{
+    BackendKind, BatchRequest, NamedVariant, Policy, PolicyError, PolicyOptions, Prediction,
+};
 use crate::preprocess::{Preprocessor, RgbImage};
 
 /// The checkpoint file that holds the normalisation constants of the preprocessing.
@@ -60,6 +63,17 @@ pub fn load_policy_with(
     options: &PolicyOptions,
     tensorrt: &TensorrtOptions,
 ) -> Result<Box<dyn Policy>, PolicyError> {
+    if model_dir.is_dir() && crate::model::oft::find_files(model_dir)?.is_some() {
+        return match options.backend {
+            BackendKind::Cpu => Ok(Box::new(oft_cpu::OftCpuPolicy::load(model_dir, options)?)),
+            other => Err(PolicyError::Unavailable {
+                backend: other.name(),
+                message: "an OpenVLA-OFT checkpoint (action chunks) runs on the cpu backend only \
+                          in this version"
+                    .into(),
+            }),
+        };
+    }
     match options.backend {
         BackendKind::Cpu => Ok(Box::new(cpu::CpuPolicy::load(model_dir, options)?)),
         BackendKind::Cuda => Ok(Box::new(cuda::CudaPolicy::load(model_dir, options)?)),

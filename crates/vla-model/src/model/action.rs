@@ -104,6 +104,8 @@ mod tests {
         let stats = ActionStats {
             q01: vec![0.0],
             q99: vec![1.0],
+            min: None,
+            max: None,
             mask: None,
         };
         let d = ActionDecoder::new(32000, 256, &stats);

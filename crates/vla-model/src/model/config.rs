@@ -91,16 +91,25 @@ impl Default for TextConfig {
     }
 }
 
-/// One entry of `norm_stats`; only the action statistics matter for inference.
+/// One entry of `norm_stats` (or of an OpenVLA-OFT `dataset_statistics.json`): the action
+/// statistics, and the robot state's where the checkpoint takes proprio.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatasetStats {
     pub action: ActionStats,
+    #[serde(default)]
+    pub proprio: Option<ActionStats>,
 }
 
+/// Per-dimension statistics of actions (or of the robot state).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActionStats {
     pub q01: Vec<f64>,
     pub q99: Vec<f64>,
+    /// Used by OFT's `bounds` normalisation.
+    #[serde(default)]
+    pub min: Option<Vec<f64>>,
+    #[serde(default)]
+    pub max: Option<Vec<f64>>,
     /// Dimensions to un-normalise; absent means all of them.
     #[serde(default)]
     pub mask: Option<Vec<bool>>,
@@ -236,8 +245,29 @@ pub struct RuntimeModelConfig {
     /// config leaves it unset).
     #[serde(default)]
     pub action_hz: Option<f64>,
+    /// OpenVLA-OFT: action steps per chunk (8 for LIBERO, 5 for Bridge), which no
+    /// published file records.
+    #[serde(default)]
+    pub num_actions_chunk: Option<usize>,
+    /// OpenVLA-OFT: camera images per prediction (the third-person view first, then the
+    /// wrist cameras), each through both vision encoders.
+    #[serde(default)]
+    pub num_images_in_input: Option<usize>,
+    /// OpenVLA-OFT: which statistics map normalised actions and proprio to robot units.
+    #[serde(default)]
+    pub action_normalization: Option<ActionNormalization>,
     #[serde(flatten)]
     pub featurizers: BTreeMap<String, FeaturizerOverrides>,
+}
+
+/// OpenVLA-OFT's `ACTION_PROPRIO_NORMALIZATION_TYPE`: the statistics that span [-1, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionNormalization {
+    /// `min` and `max` (ALOHA).
+    Bounds,
+    /// `q01` and `q99` (LIBERO, Bridge).
+    BoundsQ99,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -214,15 +214,58 @@ impl Llama {
         self.run(state, 1, logits)
     }
 
+    /// Runs `inputs` (`[n, hidden]` embeddings) as one whole sequence at positions `0..n`
+    /// with full bidirectional attention (every position sees every other, as OpenVLA-OFT's
+    /// parallel decoding runs the model), and writes the last layer's hidden states after the
+    /// final RMSNorm (`[n, hidden]`, Hugging Face's `hidden_states[-1]`) to `hidden`. The
+    /// state is reset first: nothing cached before takes part.
+    pub fn forward_bidirectional(
+        &self,
+        state: &mut LlamaState,
+        inputs: &[f32],
+        hidden: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let h = self.config.hidden_size;
+        let n = inputs.len() / h;
+        if n == 0 || inputs.len() != n * h || hidden.len() != inputs.len() {
+            return Err(ModelError::Math {
+                op: "llama bidirectional forward",
+                message: format!(
+                    "{} input values and {} outputs for rows of {h}",
+                    inputs.len(),
+                    hidden.len()
+                ),
+            });
+        }
+        state.reset();
+        state.prepare(n)?;
+        state.x.copy_from_slice(inputs);
+        self.run_layers(state, n, false)?;
+        ops::rms_norm(&state.x, hidden, h, &self.norm, self.config.rms_norm_eps);
+        Ok(())
+    }
+
     fn run(&self, s: &mut LlamaState, n: usize, logits: &mut [f32]) -> Result<(), ModelError> {
         let cfg = &self.config;
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let h = cfg.hidden_size;
         if logits.len() != cfg.vocab_size {
             return Err(ModelError::Math {
                 op: "llama logits",
                 message: format!("{} values for vocab {}", logits.len(), cfg.vocab_size),
             });
         }
+        self.run_layers(s, n, true)?;
+        // Only the last position's logits are needed.
+        let last = &s.x[(n - 1) * h..n * h];
+        ops::rms_norm(last, &mut s.normed[..h], h, &self.norm, cfg.rms_norm_eps);
+        self.lm_head.forward(&s.normed[..h], logits)
+    }
+
+    /// Every decoder layer over the `n` rows of `s.x` at the next `n` positions; `causal`
+    /// masks each position's later keys, otherwise all keys are seen.
+    fn run_layers(&self, s: &mut LlamaState, n: usize, causal: bool) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let past = s.len;
         let keys = past + n;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -257,7 +300,7 @@ impl Llama {
                     head_dim: hd,
                     queries: n,
                     keys,
-                    causal_past: Some(past),
+                    causal_past: causal.then_some(past),
                 },
                 &mut s.scores,
                 &mut s.head_out,
@@ -281,10 +324,7 @@ impl Llama {
             ops::add_in_place(&mut s.x, &s.branch);
         }
         s.len = keys;
-        // Only the last position's logits are needed.
-        let last = &s.x[(n - 1) * h..n * h];
-        ops::rms_norm(last, &mut s.normed[..h], h, &self.norm, cfg.rms_norm_eps);
-        self.lm_head.forward(&s.normed[..h], logits)
+        Ok(())
     }
 
     /// One decode step of a batch: feeds `tokens[b]` at the next cache position of

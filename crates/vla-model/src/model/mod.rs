@@ -8,6 +8,7 @@ pub mod fingerprint;
 pub mod layout;
 pub mod linear;
 pub mod llama;
+pub mod oft;
 pub mod onnx;
 pub mod openvla;
 pub mod ops;
