@@ -1,6 +1,6 @@
-//! `vla-rt predict`: runs the policy once on an image file (ARCHITECTURE.md §6). With `--json` it
-//! prints one JSON object (`tokens`, `normalized`, `action`, `timings_ms`); otherwise a short
-//! summary. With `--requests FILE` (JSON lines of `image` and `instruction`) it loads the
+//! `vla-rt predict`: runs the policy once on an image file, one per camera (ARCHITECTURE.md §6).
+//! With `--json` it prints one JSON object (`tokens`, `normalized`, `action`, `actions`: every
+//! step of the chunk, `timings_ms`); otherwise a short summary. With `--requests FILE` (JSON lines of `image` and `instruction`) it loads the
 //! policy once and prints one such JSON object per request, in request order. Exit code 2
 //! names the bad input; 1 is any other failure.
 
@@ -21,9 +21,10 @@ pub struct PredictArgs {
     /// Checkpoint folder (Hugging Face OpenVLA layout).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// PNG or JPEG image.
+    /// PNG or JPEG image; once per camera for a checkpoint that takes several, in its order
+    /// (OpenVLA-OFT: the third-person view, then the wrist cameras).
     #[arg(long, value_name = "FILE", required_unless_present = "requests")]
-    pub image: Option<PathBuf>,
+    pub image: Vec<PathBuf>,
     /// Task description, e.g. "pick up the red block".
     #[arg(long, value_name = "TEXT", required_unless_present = "requests")]
     pub instruction: Option<String>,
@@ -32,6 +33,15 @@ pub struct PredictArgs {
     /// blank lines are skipped). Prints one `--json` object per request, in order.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "instruction"])]
     pub requests: Option<PathBuf>,
+    /// The robot's raw state for a checkpoint with a proprio projector (OpenVLA-OFT), comma
+    /// separated: normalised and clipped with the checkpoint's proprio statistics.
+    #[arg(
+        long,
+        value_name = "A,B,...",
+        allow_hyphen_values = true,
+        conflicts_with = "requests"
+    )]
+    pub proprio: Option<String>,
     /// Dataset statistics for un-normalisation; needed when the checkpoint has several.
     #[arg(long, value_name = "KEY")]
     pub unnorm_key: Option<String>,
@@ -80,19 +90,25 @@ pub fn main(args: PredictArgs) -> Result<(), CliError> {
         let (mut policy, load_ms) = load(&args)?;
         return run_requests(policy.as_mut(), path, &requests, load_ms);
     }
-    let (Some(image_path), Some(instruction)) = (&args.image, &args.instruction) else {
+    let (false, Some(instruction)) = (args.image.is_empty(), &args.instruction) else {
         return Err(CliError::bad_input(
             "--image and --instruction are required without --requests",
         ));
     };
+    let proprio = args.proprio.as_deref().map(parse_proprio).transpose()?;
     if instruction.trim().is_empty() {
         return Err(CliError::bad_input(
             "--instruction: empty instruction: the policy needs a task description",
         ));
     }
     let (mut policy, load_ms) = load(&args)?;
-    let image = load_image(image_path).map_err(|e| CliError::bad_input(e.to_string()))?;
-    let prediction = policy.predict(&image, instruction)?;
+    let images = args
+        .image
+        .iter()
+        .map(|path| load_image(path).map_err(|e| CliError::bad_input(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let images: Vec<_> = images.iter().collect();
+    let prediction = policy.predict_with(&images, instruction, proprio.as_deref())?;
     if args.json {
         println!(
             "{}",
@@ -107,6 +123,24 @@ pub fn main(args: PredictArgs) -> Result<(), CliError> {
         print_summary(&prediction, load_ms);
     }
     Ok(())
+}
+
+/// `--proprio`'s comma-separated numbers.
+fn parse_proprio(text: &str) -> Result<Vec<f64>, CliError> {
+    text.split(',')
+        .map(|field| {
+            let value: f64 = field.trim().parse().map_err(|_| {
+                CliError::bad_input(format!("--proprio: `{field}` is not a number"))
+            })?;
+            if value.is_finite() {
+                Ok(value)
+            } else {
+                Err(CliError::bad_input(format!(
+                    "--proprio: `{field}` is not finite"
+                )))
+            }
+        })
+        .collect()
 }
 
 /// The policy as the arguments ask for it, and how long loading took (ms).
@@ -247,6 +281,7 @@ fn to_json(p: &Prediction, load_ms: f64, backend: &str, model: &str) -> serde_js
         "tokens": p.tokens,
         "normalized": p.normalized,
         "action": p.action,
+        "actions": p.actions,
         "timings_ms": {
             "preprocess": t.preprocess_ms,
             "vision": t.vision_ms,
@@ -273,6 +308,11 @@ fn print_summary(p: &Prediction, load_ms: f64) {
     println!("tokens      {}", tokens.join(" "));
     println!("normalized  {}", join(&p.normalized));
     println!("action      {}", join(&p.action));
+    if p.actions.len() > 1 {
+        for (step, action) in p.actions.iter().enumerate().skip(1) {
+            println!("  step {step:<3}  {}", join(action));
+        }
+    }
     println!(
         "timings ms  preprocess {:.1}, vision {:.1}, projector {:.1}, prefill {:.1}, decode {:.1}, total {:.1} (load {:.0})",
         t.preprocess_ms, t.vision_ms, t.projector_ms, t.prefill_ms, t.decode_ms, t.total_ms, load_ms
