@@ -322,6 +322,21 @@ pub enum RealtimeMode {
 
 vla_model::named_variants!(RealtimeMode { Off => "off", Try => "try", Require => "require" });
 
+/// `[control] chunk_overlap`: what runs when a chunk arrives before the current one is used
+/// up (ARCHITECTURE.md §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkOverlapMode {
+    /// The new chunk replaces the rest of the current one.
+    #[default]
+    Latest,
+    /// Temporal ensembling (ACT): every chunk's action for a step, averaged with weights
+    /// `exp(-chunk_ensemble_decay · i)`, the oldest chunk first.
+    Ensemble,
+}
+
+vla_model::named_variants!(ChunkOverlapMode { Latest => "latest", Ensemble => "ensemble" });
+
 /// Where a real installation keeps its state (the systemd unit's `StateDirectory=vla-rt`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vla-rt";
 /// The bundled simulation's state folder, relative to the source tree: writable without
@@ -355,6 +370,13 @@ pub struct ControlConfig {
     /// code 3. The capture thread gets one camera wait more; a prediction in progress gets
     /// at least 60 s or ten control periods.
     pub worker_timeout_ms: u64,
+    /// Action chunks (OpenVLA-OFT): `latest` or `ensemble` when chunks overlap.
+    pub chunk_overlap: ChunkOverlapMode,
+    /// The `m` of ACT's temporal ensembling weights `exp(-m · i)`.
+    pub chunk_ensemble_decay: f64,
+    /// LeRobot's `chunk_size_threshold`: the next prediction is asked for once the steps left
+    /// of the current chunk are at most this share of it (0 to 1; 1 asks at every tick).
+    pub chunk_size_threshold: f64,
 }
 
 impl Default for ControlConfig {
@@ -370,6 +392,9 @@ impl Default for ControlConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             estop_missing: EStopMissing::Latched,
             worker_timeout_ms: 1000,
+            chunk_overlap: ChunkOverlapMode::Latest,
+            chunk_ensemble_decay: 0.01,
+            chunk_size_threshold: 0.5,
         }
     }
 }
@@ -401,6 +426,15 @@ impl ServiceConfig {
             stop_after_misses: self.control.stop_after_misses,
             start_armed: self.control.start_armed,
             safety: self.safety.clone(),
+            chunks: vla_control::chunk::ChunkSettings {
+                overlap: match self.control.chunk_overlap {
+                    ChunkOverlapMode::Latest => vla_control::chunk::ChunkOverlap::Latest,
+                    ChunkOverlapMode::Ensemble => vla_control::chunk::ChunkOverlap::Ensemble {
+                        decay: self.control.chunk_ensemble_decay,
+                    },
+                },
+                size_threshold: self.control.chunk_size_threshold,
+            },
         }
     }
 }
@@ -757,6 +791,18 @@ impl ServiceConfig {
         self.safety
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
+        if !(0.0..=1.0).contains(&control.chunk_size_threshold) {
+            return Err(invalid(
+                "control.chunk_size_threshold",
+                "must be from 0 to 1".into(),
+            ));
+        }
+        if !control.chunk_ensemble_decay.is_finite() || control.chunk_ensemble_decay < 0.0 {
+            return Err(invalid(
+                "control.chunk_ensemble_decay",
+                "must be a finite number >= 0".into(),
+            ));
+        }
         if control.worker_timeout_ms < MIN_WORKER_TIMEOUT_MS {
             return Err(invalid(
                 "control.worker_timeout_ms",

@@ -114,12 +114,19 @@ impl Policy for BusyPolicy {
             0.0,
             1.0,
         ];
-        Ok(Prediction::single(
-            vec![31_000; 7],
-            vec![0.0; 7],
-            action,
-            StageTimings::default(),
-        ))
+        // A chunk of four steps, each a little slower than the one before.
+        let actions = (0..4)
+            .map(|k| action.iter().map(|v| v / f64::from(k + 1)).collect())
+            .collect();
+        Ok(Prediction {
+            actions,
+            ..Prediction::single(
+                vec![31_000; 7],
+                vec![0.0; 7],
+                action,
+                StageTimings::default(),
+            )
+        })
     }
     fn action_dim(&self) -> usize {
         7
@@ -184,6 +191,7 @@ fn steady_state_ticks_allocate_nothing() {
             results: Arc::clone(&results),
             instructions: Arc::new(InstructionCell::new("pick up the block")),
             stats: Arc::new(InferenceStats::default()),
+            inputs: Arc::new(vla_rt::control::handoff::ControlInputs::default()),
             supervision: Some(Arc::clone(&supervision)),
         },
         Duration::from_secs(10),
@@ -258,6 +266,11 @@ fn steady_state_ticks_allocate_nothing() {
             max_frame_age_ns: 500_000_000,
             stop_after_misses: 5,
             start_armed: false,
+            // Chunks of four overlap and are averaged step by step: the heaviest chunk path.
+            chunks: vla_rt::control::chunk::ChunkSettings {
+                overlap: vla_rt::control::chunk::ChunkOverlap::Ensemble { decay: 0.01 },
+                size_threshold: 1.0,
+            },
             // The default limits: the policy's 0.6 m/s is cut to 0.25 m/s by the limiter,
             // inside a workspace box it reaches.
             safety: SafetyConfig {

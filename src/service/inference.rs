@@ -12,7 +12,8 @@ use crossbeam::queue::ArrayQueue;
 use crate::capture::thread::LatestFrame;
 use crate::capture::Frame;
 use crate::config::ACTION_DIM;
-use crate::control::handoff::{ActionResult, InferenceTrigger, ResultSlot};
+use crate::control::chunk::{ActionChunk, MAX_CHUNK};
+use crate::control::handoff::{ActionResult, ControlInputs, InferenceTrigger, ResultSlot};
 use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;
 use crate::policy::{Policy, PolicyError, Prediction};
@@ -245,11 +246,13 @@ impl InferenceError {
     }
 }
 
-/// Turns a policy output into the fixed-size result the control thread reads.
+/// Turns a policy output, made under instruction number `instruction`, into the fixed-size
+/// result the control thread reads.
 pub fn to_action_result(
     prediction: &Prediction,
     trigger_tick: u64,
     capture_time_ns: u64,
+    instruction: u64,
 ) -> Result<ActionResult, InferenceError> {
     if prediction.action.len() != ACTION_DIM {
         return Err(InferenceError::Output {
@@ -259,6 +262,38 @@ pub fn to_action_result(
             ),
         });
     }
+    if prediction.actions.first() != Some(&prediction.action) {
+        return Err(InferenceError::Output {
+            message: "the chunk's first action is not the prediction's action".into(),
+        });
+    }
+    if prediction.actions.len() > MAX_CHUNK {
+        return Err(InferenceError::Output {
+            message: format!(
+                "a chunk of {} actions; at most {MAX_CHUNK} are executed",
+                prediction.actions.len()
+            ),
+        });
+    }
+    let mut rows = [[0.0f32; ACTION_DIM]; MAX_CHUNK];
+    for (row, action) in rows.iter_mut().zip(&prediction.actions) {
+        if action.len() != ACTION_DIM {
+            return Err(InferenceError::Output {
+                message: format!(
+                    "a chunk step of {} action values; the command record carries {ACTION_DIM}",
+                    action.len()
+                ),
+            });
+        }
+        for (out, value) in row.iter_mut().zip(action) {
+            *out = *value as f32;
+        }
+    }
+    let chunk = ActionChunk::from_rows(&rows[..prediction.actions.len()]).ok_or_else(|| {
+        InferenceError::Output {
+            message: "an empty chunk".into(),
+        }
+    })?;
     if prediction.tokens.len() > ACTION_DIM {
         return Err(InferenceError::Output {
             message: format!(
@@ -267,16 +302,13 @@ pub fn to_action_result(
             ),
         });
     }
-    let mut action = [0.0f32; ACTION_DIM];
-    for (out, value) in action.iter_mut().zip(&prediction.action) {
-        *out = *value as f32;
-    }
     let mut tokens = [0u32; ACTION_DIM];
     tokens[..prediction.tokens.len()].copy_from_slice(&prediction.tokens);
     Ok(ActionResult {
         trigger_tick,
-        action,
+        chunk,
         tokens,
+        instruction,
         capture_time_ns,
         timings: prediction.timings,
     })
@@ -290,6 +322,9 @@ pub struct InferenceLinks {
     pub results: Arc<ResultSlot>,
     pub instructions: Arc<InstructionCell>,
     pub stats: Arc<InferenceStats>,
+    /// The control loop's inputs: an applied instruction bumps their instruction number, so
+    /// the loop drops the chunks made under the previous one.
+    pub inputs: Arc<ControlInputs>,
     /// Heartbeats: the loop checks in at least every 50 ms and a prediction is a busy
     /// section (judged by its own, longer limit).
     pub supervision: Option<Arc<Supervision>>,
@@ -426,7 +461,7 @@ fn warm_up(
     let prediction = policy
         .predict(&frame.image, instruction)
         .map_err(InferenceError::WarmUp)?;
-    to_action_result(&prediction, 0, frame.capture_time_ns)?;
+    to_action_result(&prediction, 0, frame.capture_time_ns, 0)?;
     *held = Some(frame);
     Ok(())
 }
@@ -439,6 +474,7 @@ fn worker_loop(
     recorder: Option<&Recorder>,
 ) {
     let mut instruction = links.instructions.initial().to_string();
+    let mut instruction_number = links.inputs.instruction();
     let mut last_applied: Option<Instant> = None;
     let mut handled: Option<u64> = None;
     // Each frame is predicted on once. Predicting again on an image already acted on would
@@ -454,6 +490,25 @@ fn worker_loop(
     };
     while !stop.load(Ordering::Acquire) {
         check_in();
+        // Applied whether or not a prediction is asked for: while a chunk runs, no trigger
+        // comes, and a new instruction must drop its rest at once, not when it runs out.
+        let now = Instant::now();
+        if let Some(next) = links.instructions.take_due(last_applied, now) {
+            // Checked before it replaces the one in force: an instruction the policy would
+            // refuse must not leave every later prediction failing.
+            match policy.check_instruction(&next) {
+                Ok(()) => {
+                    instruction = next;
+                    links.instructions.set_current(&instruction);
+                    instruction_number = links.inputs.instruction_applied();
+                    last_applied = Some(now);
+                }
+                Err(e) => links.instructions.reject(
+                    InstructionRefusal::Policy(e.to_string()),
+                    &text_prefix(next.as_bytes(), INSTRUCTION_LOG_CHARS),
+                ),
+            }
+        }
         let requested = links.trigger.requested();
         let Some(tick) = requested.filter(|&t| Some(t) != handled) else {
             std::thread::park_timeout(Duration::from_millis(50));
@@ -475,22 +530,6 @@ fn worker_loop(
             continue;
         }
         held_predicted = true;
-        let now = Instant::now();
-        if let Some(next) = links.instructions.take_due(last_applied, now) {
-            // Checked before it replaces the one in force: an instruction the policy would
-            // refuse must not leave every later prediction failing.
-            match policy.check_instruction(&next) {
-                Ok(()) => {
-                    instruction = next;
-                    links.instructions.set_current(&instruction);
-                    last_applied = Some(now);
-                }
-                Err(e) => links.instructions.reject(
-                    InstructionRefusal::Policy(e.to_string()),
-                    &text_prefix(next.as_bytes(), INSTRUCTION_LOG_CHARS),
-                ),
-            }
-        }
         let predicted = match &links.supervision {
             Some(supervision) => supervision.busy(Worker::Inference, || {
                 policy.predict(&frame.image, &instruction)
@@ -498,17 +537,26 @@ fn worker_loop(
             None => policy.predict(&frame.image, &instruction),
         };
         match predicted {
-            Ok(prediction) => match to_action_result(&prediction, tick, frame.capture_time_ns) {
-                Ok(result) => {
-                    links.stats.predictions.fetch_add(1, Ordering::Relaxed);
-                    links.stats.record(&prediction);
-                    links.results.post(result);
-                    if let Some(recorder) = recorder {
-                        recorder.prediction(frame, &instruction, &prediction, tick);
+            Ok(prediction) => {
+                match to_action_result(&prediction, tick, frame.capture_time_ns, instruction_number)
+                {
+                    Ok(result) => {
+                        links.stats.predictions.fetch_add(1, Ordering::Relaxed);
+                        links.stats.record(&prediction);
+                        links.results.post(result);
+                        if result.chunk.len() > 1 {
+                            // A chunk covers the coming steps: the requests made while it was
+                            // computed are answered; the control thread asks again when it runs
+                            // low. (A single action is followed at once by the next prediction.)
+                            handled = links.trigger.requested().or(handled);
+                        }
+                        if let Some(recorder) = recorder {
+                            recorder.prediction(frame, &instruction, &prediction, tick);
+                        }
                     }
+                    Err(e) => links.stats.fail(e.to_string()),
                 }
-                Err(e) => links.stats.fail(e.to_string()),
-            },
+            }
             Err(e) => links.stats.fail(e.to_string()),
         }
     }
@@ -535,16 +583,17 @@ mod tests {
     #[test]
     fn converts_a_seven_dimensional_prediction() {
         let p = prediction(vec![0.5, -0.25, 0.0, 1.0, 2.0, 3.0, 1.0], vec![31_000; 7]);
-        let r = to_action_result(&p, 9, 77).unwrap();
+        let r = to_action_result(&p, 9, 77, 3).unwrap();
         assert_eq!(r.trigger_tick, 9);
         assert_eq!(r.capture_time_ns, 77);
-        assert_eq!(r.action, [0.5, -0.25, 0.0, 1.0, 2.0, 3.0, 1.0]);
+        assert_eq!(r.instruction, 3);
+        assert_eq!(r.chunk.steps(), &[[0.5, -0.25, 0.0, 1.0, 2.0, 3.0, 1.0]]);
         assert_eq!(r.tokens, [31_000; 7]);
     }
 
     #[test]
     fn refuses_other_action_sizes() {
-        let err = to_action_result(&prediction(vec![0.0; 6], vec![1; 6]), 0, 0).unwrap_err();
+        let err = to_action_result(&prediction(vec![0.0; 6], vec![1; 6]), 0, 0, 0).unwrap_err();
         assert!(err.to_string().contains("6 action values"), "{err}");
     }
 
@@ -622,6 +671,7 @@ mod tests {
             results: Arc::new(ResultSlot::default()),
             instructions: Arc::new(InstructionCell::new("pick")),
             stats: Arc::new(InferenceStats::default()),
+            inputs: Arc::new(ControlInputs::default()),
             supervision: None,
         };
         let calls = Arc::new(AtomicU64::new(0));
@@ -636,7 +686,7 @@ mod tests {
 
         // The warm-up frame's prediction was not published: the first trigger uses it.
         let first = fire_expecting_result(&links, 0);
-        assert_eq!((first.action[0], first.capture_time_ns), (7.0, 700));
+        assert_eq!((first.chunk.first()[0], first.capture_time_ns), (7.0, 700));
         // No new frame: nothing is posted, and the policy is not run again.
         fire_expecting_nothing(&links, 1);
         fire_expecting_nothing(&links, 2);
@@ -646,7 +696,11 @@ mod tests {
         links.frames.publish(frame(9, 900), 2);
         let next = fire_expecting_result(&links, 3);
         assert_eq!(
-            (next.action[0], next.capture_time_ns, next.trigger_tick),
+            (
+                next.chunk.first()[0],
+                next.capture_time_ns,
+                next.trigger_tick
+            ),
             (9.0, 900, 3)
         );
         thread.stop();
@@ -746,6 +800,7 @@ mod tests {
             results: Arc::new(ResultSlot::default()),
             instructions: Arc::new(InstructionCell::with_limits("pick", &limits)),
             stats: Arc::new(InferenceStats::default()),
+            inputs: Arc::new(ControlInputs::default()),
             supervision: None,
         };
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -262,6 +262,7 @@ impl Service {
                 results: Arc::clone(&results),
                 instructions: Arc::clone(&instructions),
                 stats: Arc::clone(&inference_stats),
+                inputs: Arc::clone(&inputs),
                 supervision: Some(Arc::clone(&supervision)),
             },
             first_frame_timeout,

@@ -124,6 +124,10 @@ impl StatusSources {
             "clamped": load(&c.clamped),
             "limited": load(&c.limited),
             "stale": load(&c.stale),
+            "chunk": {
+                "step": load(&c.chunk_step),
+                "dropped": load(&c.chunks_dropped),
+            },
             "commands": {
                 "published": load(&self.publish.published),
                 "failed": load(&self.publish.failed),

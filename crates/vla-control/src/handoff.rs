@@ -9,6 +9,7 @@ use std::thread::Thread;
 
 use crossbeam::queue::ArrayQueue;
 
+use super::chunk::ActionChunk;
 use super::estop_store::EStopStore;
 use super::ControlState;
 use crate::command_record::{CommandRecord, RECORD_LEN};
@@ -20,8 +21,11 @@ use vla_model::policy::StageTimings;
 pub struct ActionResult {
     /// The tick (schedule index) whose trigger latched the frame.
     pub trigger_tick: u64,
-    pub action: [f32; ACTION_DIM],
+    /// The actions for the coming steps, the first for the step that starts on arrival.
+    pub chunk: ActionChunk,
     pub tokens: [u32; ACTION_DIM],
+    /// The instruction number ([`ControlInputs::instruction`]) the prediction ran with.
+    pub instruction: u64,
     /// Capture time of the frame, ns since the Unix epoch.
     pub capture_time_ns: u64,
     pub timings: StageTimings,
@@ -75,6 +79,12 @@ impl InferenceTrigger {
         if let Some(worker) = self.worker.get() {
             worker.unpark();
         }
+    }
+
+    /// Takes back a request the worker has not picked up: a chunk arrived that covers the
+    /// coming steps, and a prediction asked for before it would only restart it.
+    pub fn withdraw(&self) {
+        self.requested_tick.store(NO_TICK, Ordering::Release);
     }
 
     /// The newest requested tick, if any.
@@ -252,6 +262,8 @@ pub struct ControlInputs {
     disarm_requests: AtomicU64,
     /// Payloads on the arm key that were neither `arm` nor `disarm`.
     ignored_arm_payloads: AtomicU64,
+    /// Instructions applied since start: a change drops the chunks in progress.
+    instruction: AtomicU64,
     shutdown: AtomicBool,
 }
 
@@ -324,6 +336,18 @@ impl ControlInputs {
         self.disarm_requests.load(Ordering::Acquire)
     }
 
+    /// A new instruction is in force (the inference thread applied it): what is left of the
+    /// chunks in progress is dropped at the next tick. Returns the new instruction number,
+    /// which the predictions made with it carry.
+    pub fn instruction_applied(&self) -> u64 {
+        self.instruction.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The number of the instruction in force.
+    pub fn instruction(&self) -> u64 {
+        self.instruction.load(Ordering::Acquire)
+    }
+
     pub fn ignore_arm_payload(&self) {
         self.ignored_arm_payloads.fetch_add(1, Ordering::Relaxed);
     }
@@ -348,8 +372,9 @@ mod tests {
     fn result(tick: u64) -> ActionResult {
         ActionResult {
             trigger_tick: tick,
-            action: [0.0; ACTION_DIM],
+            chunk: ActionChunk::single([0.0; ACTION_DIM]),
             tokens: [0; ACTION_DIM],
+            instruction: 0,
             capture_time_ns: 0,
             timings: StageTimings::default(),
         }

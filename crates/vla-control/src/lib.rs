@@ -43,6 +43,7 @@ impl ControlState {
     }
 }
 
+pub mod chunk;
 pub mod clock;
 pub mod command_record;
 pub mod estop_store;

@@ -165,6 +165,11 @@ pub struct ControlStats {
     pub tick_jitter: LatencyHistogram,
     /// Age of each published ACT action: tick time minus the tick that latched its frame.
     pub action_age: LatencyHistogram,
+    /// Step, within its chunk, of the newest ACT (always 0 for single actions).
+    pub chunk_step: AtomicU64,
+    /// Chunks whose remaining steps were dropped (STOP, disarm, e-stop, a new instruction),
+    /// and results computed under an instruction no longer in force.
+    pub chunks_dropped: AtomicU64,
 }
 
 #[cfg(test)]

@@ -19,30 +19,42 @@
 //!
 //! # What each state publishes
 //!
-//! `Stopped`: STOP. `Disarmed`: HOLD. `Armed`: ACT while the current action's step lasts,
-//! HOLD once it is used up. Each fresh action starts a step of `1 / action_hz` (the period
-//! of the policy's training data); every tick of the step publishes the share of the
-//! action's six deltas that falls in its period (`delta × tick / step`), so the arm moves at
-//! the training data's speed whatever the control rate. The gripper is absolute and kept.
-//! ACT commands then pass the motion limits ([`super::limits`]); HOLD and STOP publish zero
-//! deltas at once.
+//! `Stopped`: STOP. `Disarmed`: HOLD. `Armed`: ACT while a step of the current chunk lasts,
+//! HOLD once it is used up. A result is a chunk of actions, one per action step of
+//! `1 / action_hz` (the period of the policy's training data): one action on the token path,
+//! `num_actions_chunk` for OpenVLA-OFT. A fresh chunk starts its first step at the tick it
+//! arrives; every tick publishes the share of each step's six deltas that falls in its period
+//! (`delta × tick / step`), so the arm moves at the training data's speed whatever the
+//! control rate. The gripper is absolute and kept. A new chunk replaces what is left of the
+//! current one (`latest`) or is averaged with it step by step (temporal ensembling,
+//! [`ChunkOverlap`]). ACT commands then pass the motion limits ([`super::limits`]); HOLD and
+//! STOP publish zero deltas at once.
+//!
+//! A step with no action left to execute is a miss. Leaving `Armed` (STOP, disarm, e-stop)
+//! and a new instruction drop what is left of every chunk at once, and a result computed
+//! under an older instruction is never executed.
 
+use super::chunk::{ActionChunk, ChunkOverlap, ChunkSettings};
 use super::limits::{limit_motion, MotionLimits, MotionState};
 use super::safety::{Filtered, SafetyFilter};
 use super::ControlState;
 use crate::ACTION_DIM;
 
 /// What the policy side delivered for this tick.
+// The chunk stays inline: boxing it would allocate on the control thread.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ActionInput {
     /// No new result (not a miss by itself: misses are counted in action steps).
     Nothing,
     /// A result arrived older than `max_action_age`: ignored.
     Stale,
-    /// A fresh action from the frame captured at `capture_time_ns`.
+    /// A fresh chunk from the frame captured at `capture_time_ns`, computed under instruction
+    /// number `instruction` (see [`Conditions::instruction`]).
     Fresh {
-        action: [f32; ACTION_DIM],
+        chunk: ActionChunk,
         capture_time_ns: u64,
+        instruction: u64,
     },
 }
 
@@ -100,6 +112,8 @@ pub struct Conditions {
     pub worker_fault: bool,
     /// The newest operator request since the last tick (a `disarm` wins over an `arm`).
     pub request: Option<OperatorRequest>,
+    /// How many instructions have been applied: a change drops the chunks in progress.
+    pub instruction: u64,
 }
 
 /// The safety state.
@@ -154,6 +168,11 @@ pub struct Decision {
     pub limited: bool,
     /// An `arm` was refused because a stop condition holds.
     pub arm_refused: bool,
+    /// Which step of its chunk the ACT executes (of the newest chunk that covers it).
+    pub chunk_step: Option<u32>,
+    /// Chunks whose remaining steps were dropped this tick (STOP, disarm, new instruction),
+    /// plus fresh ones computed under an older instruction.
+    pub chunks_dropped: u32,
 }
 
 /// Fixed settings of the supervisor.
@@ -167,22 +186,48 @@ pub struct SupervisorSettings {
     pub step_ns: u64,
     pub stop_after_misses: u32,
     pub start_armed: bool,
+    pub chunks: ChunkSettings,
 }
 
-/// The action being executed and when its step started.
+/// Chunks temporal ensembling averages at most; a newer one pushes out the oldest.
+pub const MAX_ENSEMBLE: usize = 16;
+
+/// A chunk in execution: its first step is step `start_step` of the schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Paced {
-    action: [f32; ACTION_DIM],
+struct Active {
+    chunk: ActionChunk,
+    start_step: u64,
     capture_time_ns: u64,
+    /// Arrival order, oldest lowest (ensembling weighs the oldest most).
+    arrival: u64,
+}
+
+impl Active {
+    fn action(&self, step: u64) -> Option<(usize, &[f32; ACTION_DIM])> {
+        let k = usize::try_from(step.checked_sub(self.start_step)?).ok()?;
+        self.chunk.steps().get(k).map(|action| (k, action))
+    }
+
+    fn end_step(&self) -> u64 {
+        self.start_step + self.chunk.len() as u64
+    }
 }
 
 pub struct Supervisor {
     settings: SupervisorSettings,
     state: SafetyState,
-    current: Option<Paced>,
-    /// Tick index at which the current step started (a fresh action, arming or the start).
-    step_start: Option<u64>,
-    /// Steps ended since then without a fresh action.
+    /// The chunks being executed, at most one with `latest`.
+    active: [Option<Active>; MAX_ENSEMBLE],
+    arrivals: u64,
+    /// Instruction number the chunks in `active` were computed under.
+    instruction: u64,
+    /// Tick index at which schedule step `grid_step` started (a fresh chunk, arming or the
+    /// start); later steps follow every `step_ns`.
+    grid_start: Option<u64>,
+    grid_step: u64,
+    /// The last step that had (or has) an action: later steps are misses.
+    covered_until: u64,
+    /// Steps ended since then without an action.
     consecutive_misses: u32,
     motion: MotionState,
 }
@@ -200,8 +245,12 @@ impl Supervisor {
                 stop_after_misses: settings.stop_after_misses.max(1),
                 ..settings
             },
-            current: None,
-            step_start: None,
+            active: [None; MAX_ENSEMBLE],
+            arrivals: 0,
+            instruction: 0,
+            grid_start: None,
+            grid_step: 0,
+            covered_until: 0,
             consecutive_misses: 0,
             motion: MotionState {
                 gripper,
@@ -227,36 +276,42 @@ impl Supervisor {
         let s = self.settings;
         let mut clamped = false;
         let mut rejected = false;
+        let mut chunks_dropped = 0u32;
+        self.grid_start.get_or_insert(index);
+        if conditions.instruction != self.instruction {
+            let dropped = self.drop_chunks(index);
+            if self.state == SafetyState::Armed {
+                chunks_dropped += dropped;
+            }
+            self.instruction = conditions.instruction;
+        }
         if let ActionInput::Fresh {
-            action,
+            mut chunk,
             capture_time_ns,
+            instruction,
         } = input
         {
-            let accepted = match s.filter.apply(&action) {
-                Filtered::Pass(a) => Some(a),
-                Filtered::Clamped(a) => {
-                    clamped = true;
-                    Some(a)
+            for action in chunk.steps_mut() {
+                match s.filter.apply(action) {
+                    Filtered::Pass(a) => *action = a,
+                    Filtered::Clamped(a) => {
+                        clamped = true;
+                        *action = a;
+                    }
+                    Filtered::Rejected { .. } => rejected = true,
                 }
-                Filtered::Rejected { .. } => {
-                    rejected = true;
-                    None
-                }
-            };
-            if let Some(action) = accepted {
-                self.current = Some(Paced {
-                    action,
-                    capture_time_ns,
-                });
-                self.step_start = Some(index);
+            }
+            if rejected {
+                // One unusable step makes the whole chunk unusable.
+            } else if instruction != conditions.instruction {
+                chunks_dropped += 1;
+            } else {
+                self.start_chunk(index, chunk, capture_time_ns);
             }
         }
-        let step_start = *self.step_start.get_or_insert(index);
-        let elapsed_ns = index.saturating_sub(step_start).saturating_mul(s.period_ns);
-        let misses = match s.step_ns {
-            0 => 0,
-            step => u32::try_from(elapsed_ns / step).unwrap_or(u32::MAX),
-        };
+        let (current_step, _) = self.schedule_position(index);
+        let misses =
+            u32::try_from(current_step.saturating_sub(self.covered_until)).unwrap_or(u32::MAX);
         let new_misses = misses.saturating_sub(self.consecutive_misses);
         self.consecutive_misses = misses;
 
@@ -283,11 +338,18 @@ impl Supervisor {
             stop_cause != StopCause::None && conditions.request == Some(OperatorRequest::Arm);
         let from = self.state;
         self.state = transition(from, event);
+        if from == SafetyState::Armed && self.state != SafetyState::Armed {
+            // Nothing of a chunk survives a STOP or a disarm. (While not armed, results keep
+            // the miss count at bay but never move the arm: arming clears them.)
+            chunks_dropped += self.drop_chunks(index);
+        }
         if self.state == SafetyState::Armed && from != SafetyState::Armed {
             // Arming: only actions that arrive from now on move the arm, from a pose that
             // the workspace box is centred on.
-            self.current = None;
-            self.step_start = Some(index);
+            self.active = [None; MAX_ENSEMBLE];
+            self.grid_start = Some(index);
+            self.grid_step = 0;
+            self.covered_until = 0;
             self.consecutive_misses = 0;
             self.motion = MotionState {
                 gripper: self.motion.gripper,
@@ -296,11 +358,13 @@ impl Supervisor {
         }
 
         let mut limited = false;
+        let mut chunk_step = None;
         let (state, action, capture_time_ns) = match self.state {
             SafetyState::Stopped(_) => (ControlState::Stop, self.still_action(), 0),
             SafetyState::Disarmed => (ControlState::Hold, self.still_action(), 0),
             SafetyState::Armed => match self.paced_delta(index) {
-                Some((delta, gripper, capture_time_ns)) => {
+                Some((delta, gripper, capture_time_ns, step)) => {
+                    chunk_step = Some(step);
                     let dt = s.period_ns as f64 * 1e-9;
                     let out = limit_motion(&delta, gripper, dt, &self.motion, &s.limits);
                     limited = out.limited;
@@ -329,26 +393,173 @@ impl Supervisor {
             rejected,
             limited,
             arm_refused,
+            chunk_step,
+            chunks_dropped,
         }
     }
 
-    /// The share of the current action that falls in tick `index`'s period (six deltas),
-    /// the wanted gripper and the capture time; `None` when the step is used up.
-    fn paced_delta(&self, index: u64) -> Option<([f64; 6], f64, u64)> {
+    /// Schedule step of tick `index` and how far into it the tick starts (ns).
+    fn schedule_position(&self, index: u64) -> (u64, u64) {
         let s = &self.settings;
-        let current = self.current?;
-        let step_start = self.step_start?;
-        let elapsed_ns = index.saturating_sub(step_start).saturating_mul(s.period_ns);
-        if s.step_ns == 0 || elapsed_ns >= s.step_ns {
+        let start = self.grid_start.unwrap_or(index);
+        let elapsed_ns = index.saturating_sub(start).saturating_mul(s.period_ns);
+        if s.step_ns == 0 {
+            return (self.grid_step, 0);
+        }
+        let steps = elapsed_ns / s.step_ns;
+        (self.grid_step + steps, elapsed_ns - steps * s.step_ns)
+    }
+
+    /// A fresh chunk whose first step starts at tick `index`: a new schedule step begins
+    /// here, the rest of the one in progress is given up.
+    fn start_chunk(&mut self, index: u64, chunk: ActionChunk, capture_time_ns: u64) {
+        let (step, into_step) = self.schedule_position(index);
+        // The step in progress is given up unless it starts at this very tick.
+        let start_step = if into_step == 0 { step } else { step + 1 };
+        self.grid_start = Some(index);
+        self.grid_step = start_step;
+        let active = Active {
+            chunk,
+            start_step,
+            capture_time_ns,
+            arrival: self.arrivals,
+        };
+        self.arrivals += 1;
+        match self.settings.chunks.overlap {
+            ChunkOverlap::Latest => {
+                self.active = [None; MAX_ENSEMBLE];
+                self.active[0] = Some(active);
+            }
+            ChunkOverlap::Ensemble { .. } => {
+                // Chunks that end before the new one starts are done; the oldest goes when
+                // every place is taken.
+                for slot in &mut self.active {
+                    if slot.is_some_and(|a| a.end_step() <= start_step) {
+                        *slot = None;
+                    }
+                }
+                let free = self.active.iter().position(Option::is_none);
+                let oldest = self
+                    .active
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, a)| a.map_or(u64::MAX, |a| a.arrival))
+                    .map_or(0, |(i, _)| i);
+                self.active[free.unwrap_or(oldest)] = Some(active);
+            }
+        }
+        self.covered_until = self
+            .active
+            .iter()
+            .flatten()
+            .map(|a| a.end_step() - 1)
+            .max()
+            .unwrap_or(start_step);
+    }
+
+    /// Drops every chunk in progress: the steps from tick `index` on are misses. Returns how
+    /// many chunks still had steps left.
+    fn drop_chunks(&mut self, index: u64) -> u32 {
+        let (step, _) = self.schedule_position(index);
+        let mut dropped = 0;
+        for slot in &mut self.active {
+            if slot.take().is_some_and(|a| a.end_step() > step) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.covered_until = self.covered_until.min(step);
+        }
+        dropped
+    }
+
+    /// The action of schedule step `step`: the newest chunk's with `latest`, the weighted
+    /// mean of every chunk that covers it with ensembling. Also the capture time and the
+    /// step's index in the newest chunk that covers it.
+    fn step_action(&self, step: u64) -> Option<([f64; ACTION_DIM], u64, u32)> {
+        let newest = self
+            .active
+            .iter()
+            .flatten()
+            .filter_map(|a| a.action(step).map(|(k, _)| (a, k)))
+            .max_by_key(|(a, _)| a.arrival)?;
+        let (capture_time_ns, k) = (newest.0.capture_time_ns, newest.1 as u32);
+        match self.settings.chunks.overlap {
+            ChunkOverlap::Latest => {
+                let (_, action) = newest.0.action(step)?;
+                Some((action.map(f64::from), capture_time_ns, k))
+            }
+            ChunkOverlap::Ensemble { decay } => {
+                let mut covering = [(0u64, [0.0f32; ACTION_DIM]); MAX_ENSEMBLE];
+                let mut n = 0;
+                for a in self.active.iter().flatten() {
+                    if let Some((_, action)) = a.action(step) {
+                        covering[n] = (a.arrival, *action);
+                        n += 1;
+                    }
+                }
+                let covering = &mut covering[..n];
+                covering.sort_unstable_by_key(|(arrival, _)| *arrival);
+                let mut sum = [0.0f64; ACTION_DIM];
+                let mut total = 0.0;
+                for (i, (_, action)) in covering.iter().enumerate() {
+                    let w = (-decay * i as f64).exp();
+                    total += w;
+                    for (acc, &v) in sum.iter_mut().zip(action) {
+                        *acc += w * f64::from(v);
+                    }
+                }
+                Some((sum.map(|v| v / total), capture_time_ns, k))
+            }
+        }
+    }
+
+    /// The share of each step's action that falls in tick `index`'s period (six deltas; a
+    /// tick that spans a step boundary takes its part of both steps), the wanted gripper
+    /// (of the first step with an action), the capture time and the chunk step; `None` when
+    /// no step of the period has an action left.
+    fn paced_delta(&self, index: u64) -> Option<([f64; 6], f64, u64, u32)> {
+        let s = &self.settings;
+        if s.step_ns == 0 {
             return None;
         }
-        let share = (s.step_ns - elapsed_ns).min(s.period_ns) as f64 / s.step_ns as f64;
-        let delta = std::array::from_fn(|i| f64::from(current.action[i]) * share);
-        Some((
-            delta,
-            f64::from(current.action[ACTION_DIM - 1]),
-            current.capture_time_ns,
-        ))
+        let (mut step, mut into_step) = self.schedule_position(index);
+        let mut left = s.period_ns;
+        let mut delta = [0.0f64; 6];
+        let mut first: Option<(f64, u64, u32)> = None;
+        while left > 0 {
+            let part = (s.step_ns - into_step).min(left);
+            if let Some((action, capture_time_ns, k)) = self.step_action(step) {
+                let share = part as f64 / s.step_ns as f64;
+                for (d, a) in delta.iter_mut().zip(action) {
+                    *d += a * share;
+                }
+                first.get_or_insert((action[ACTION_DIM - 1], capture_time_ns, k));
+            } else if step > self.covered_until {
+                break;
+            }
+            left -= part;
+            into_step = 0;
+            step += 1;
+        }
+        first.map(|(gripper, capture_time_ns, k)| (delta, gripper, capture_time_ns, k))
+    }
+
+    /// Whether the next prediction should be asked for at tick `index`: always unless armed
+    /// with a chunk whose steps left (the current one included) exceed the threshold.
+    pub fn wants_prediction(&self, index: u64) -> bool {
+        if self.state != SafetyState::Armed {
+            return true;
+        }
+        let Some(newest) = self.active.iter().flatten().max_by_key(|a| a.arrival) else {
+            return true;
+        };
+        let (step, _) = self.schedule_position(index);
+        let left = newest.end_step().saturating_sub(step);
+        left <= self
+            .settings
+            .chunks
+            .request_at_steps_left(newest.chunk.len())
     }
 
     /// Zero translation and rotation deltas, gripper kept; the limiter restarts from rest.
@@ -388,6 +599,7 @@ mod tests {
             step_ns: STEP,
             stop_after_misses: 3,
             start_armed,
+            chunks: ChunkSettings::default(),
         }
     }
 
@@ -401,8 +613,9 @@ mod tests {
 
     fn fresh(dx: f32, gripper: f32) -> ActionInput {
         ActionInput::Fresh {
-            action: [dx, 0.0, 0.0, 0.0, 0.0, 0.0, gripper],
+            chunk: ActionChunk::single([dx, 0.0, 0.0, 0.0, 0.0, 0.0, gripper]),
             capture_time_ns: 99,
+            instruction: 0,
         }
     }
 
@@ -412,6 +625,7 @@ mod tests {
         camera_silent: false,
         worker_fault: false,
         request: None,
+        instruction: 0,
     };
     const ARM: Conditions = Conditions {
         request: Some(OperatorRequest::Arm),
@@ -572,6 +786,7 @@ mod tests {
                     camera_silent: true,
                     worker_fault: true,
                     request: Some(OperatorRequest::Arm),
+                    instruction: 0,
                 },
                 StopCause::Shutdown,
             ),
@@ -835,5 +1050,202 @@ mod tests {
             StopCause::from_u64(StopCause::Fault as u64),
             StopCause::Fault
         );
+    }
+
+    // Chunks: 10 ms ticks, 100 ms steps.
+
+    fn chunk(dxs: &[f32], instruction: u64) -> ActionInput {
+        let rows: Vec<[f32; ACTION_DIM]> = dxs
+            .iter()
+            .map(|&dx| [dx, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+            .collect();
+        ActionInput::Fresh {
+            chunk: ActionChunk::from_rows(&rows).expect("1 to 64 rows"),
+            capture_time_ns: 7,
+            instruction,
+        }
+    }
+
+    fn with_chunks(chunks: ChunkSettings) -> Supervisor {
+        Supervisor::new(SupervisorSettings {
+            chunks,
+            ..settings(true)
+        })
+    }
+
+    /// Runs ticks `from..to` with no new input, returning (state, dx, chunk step) per tick.
+    fn run(
+        s: &mut Supervisor,
+        from: u64,
+        to: u64,
+        conditions: Conditions,
+    ) -> Vec<(ControlState, f32, Option<u32>)> {
+        (from..to)
+            .map(|i| {
+                let d = s.step(i, ActionInput::Nothing, conditions);
+                (d.state, d.action[0], d.chunk_step)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_executes_one_step_per_action_period_then_misses_count() {
+        let mut s = armed();
+        let d = s.step(0, chunk(&[0.01, 0.02, 0.03], 0), CLEAR);
+        assert_eq!((d.state, d.chunk_step), (ControlState::Act, Some(0)));
+        assert!((d.action[0] - 0.001).abs() < 1e-7, "{d:?}");
+        let ticks = run(&mut s, 1, 30, CLEAR);
+        for (i, (state, dx, step)) in ticks.iter().enumerate() {
+            let tick = i + 1;
+            let k = tick / 10;
+            assert_eq!(*state, ControlState::Act, "tick {tick}");
+            assert_eq!(*step, Some(k as u32), "tick {tick}");
+            let want = 0.001 * (k + 1) as f32;
+            assert!((dx - want).abs() < 1e-7, "tick {tick}: {dx} want {want}");
+        }
+        // Step 3 has no action left: a miss per step, STOP at the third.
+        let d = s.step(30, ActionInput::Nothing, CLEAR);
+        assert_eq!((d.state, d.misses), (ControlState::Hold, 1));
+        let d = s.step(40, ActionInput::Nothing, CLEAR);
+        assert_eq!((d.state, d.misses), (ControlState::Hold, 1));
+        let d = s.step(50, ActionInput::Nothing, CLEAR);
+        assert_eq!(
+            (d.state, d.stop_cause),
+            (ControlState::Stop, StopCause::PolicyMisses)
+        );
+    }
+
+    #[test]
+    fn a_tick_that_spans_two_steps_takes_its_share_of_each() {
+        // 30 ms ticks over 100 ms steps: the tick at 90 ms covers 10 ms of step 0 and 20 ms
+        // of step 1, so that the whole chunk is published.
+        let mut s = Supervisor::new(SupervisorSettings {
+            period_ns: 30_000_000,
+            ..settings(true)
+        });
+        let mut sum = f64::from(s.step(0, chunk(&[0.01, 0.02], 0), CLEAR).action[0]);
+        let d = s.step(3, ActionInput::Nothing, CLEAR);
+        assert!((d.action[0] - (0.001 + 0.004)).abs() < 1e-7, "{d:?}");
+        sum += f64::from(s.step(1, ActionInput::Nothing, CLEAR).action[0]);
+        sum += f64::from(s.step(2, ActionInput::Nothing, CLEAR).action[0]);
+        sum += f64::from(d.action[0]);
+        for i in 4..8 {
+            sum += f64::from(s.step(i, ActionInput::Nothing, CLEAR).action[0]);
+        }
+        assert!((sum - 0.03).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn with_latest_a_new_chunk_replaces_the_rest_of_the_current_one() {
+        let mut s = armed();
+        s.step(0, chunk(&[0.01, 0.01, 0.01], 0), CLEAR);
+        run(&mut s, 1, 15, CLEAR);
+        // Mid step 1: the new chunk's first step starts now, for a whole step.
+        let d = s.step(15, chunk(&[0.04, 0.05], 0), CLEAR);
+        assert_eq!((d.chunk_step, d.clamped), (Some(0), false));
+        assert!((d.action[0] - 0.004).abs() < 1e-7, "{d:?}");
+        let ticks = run(&mut s, 16, 36, CLEAR);
+        assert!(ticks[..9].iter().all(|t| (t.1 - 0.004).abs() < 1e-7));
+        assert!(ticks[9..19].iter().all(|t| (t.1 - 0.005).abs() < 1e-7));
+        assert_eq!(ticks[19].0, ControlState::Hold, "{ticks:?}");
+    }
+
+    #[test]
+    fn ensembling_weighs_each_chunks_action_for_a_step_as_act_defines() {
+        let decay = 0.5;
+        let mut s = with_chunks(ChunkSettings {
+            overlap: ChunkOverlap::Ensemble { decay },
+            size_threshold: 1.0,
+        });
+        s.step(0, chunk(&[0.01, 0.02, 0.03], 0), CLEAR);
+        run(&mut s, 1, 10, CLEAR);
+        // At the step boundary: the new chunk's first step is step 1, where the first chunk
+        // has 0.02. ACT: w_i = exp(-m i), i = 0 for the oldest.
+        let d = s.step(10, chunk(&[0.04, 0.05, 0.045], 0), CLEAR);
+        assert!(!d.clamped);
+        let (w0, w1) = (1.0f64, (-decay).exp());
+        let step1 = (w0 * 0.02 + w1 * 0.04) / (w0 + w1);
+        assert!(
+            (f64::from(d.action[0]) - step1 / 10.0).abs() < 1e-7,
+            "{d:?}"
+        );
+        assert_eq!(d.chunk_step, Some(0));
+        let ticks = run(&mut s, 11, 41, CLEAR);
+        let step2 = (w0 * 0.03 + w1 * 0.05) / (w0 + w1);
+        assert!(
+            (f64::from(ticks[9].1) - step2 / 10.0).abs() < 1e-7,
+            "{ticks:?}"
+        );
+        // Step 3: only the second chunk is left.
+        assert!((ticks[19].1 - 0.0045).abs() < 1e-7, "{ticks:?}");
+        assert_eq!(ticks[19].2, Some(2));
+        assert_eq!(ticks[29].0, ControlState::Hold);
+    }
+
+    #[test]
+    fn stop_disarm_and_a_new_instruction_drop_what_is_left_of_a_chunk() {
+        let five = [0.01; 5];
+        // E-stop mid chunk, released, armed again: no step of the old chunk comes back.
+        let mut s = armed();
+        s.step(0, chunk(&five, 0), CLEAR);
+        let d = s.step(15, ActionInput::Nothing, ESTOP);
+        assert_eq!((d.state, d.chunks_dropped), (ControlState::Stop, 1));
+        assert_eq!(
+            s.step(16, ActionInput::Nothing, ARM).state,
+            ControlState::Hold
+        );
+        assert!(run(&mut s, 17, 60, CLEAR)
+            .iter()
+            .all(|t| t.0 != ControlState::Act));
+
+        // Disarm mid chunk.
+        let mut s = armed();
+        s.step(0, chunk(&five, 0), CLEAR);
+        let d = s.step(15, ActionInput::Nothing, DISARM);
+        assert_eq!((d.state, d.chunks_dropped), (ControlState::Hold, 1));
+        s.step(16, ActionInput::Nothing, ARM);
+        assert!(run(&mut s, 17, 60, CLEAR)
+            .iter()
+            .all(|t| t.0 != ControlState::Act));
+
+        // A new instruction: HOLD at once, a result of the old instruction is not executed,
+        // one of the new instruction is.
+        let mut s = armed();
+        s.step(0, chunk(&five, 0), CLEAR);
+        let next = Conditions {
+            instruction: 1,
+            ..CLEAR
+        };
+        let d = s.step(15, ActionInput::Nothing, next);
+        assert_eq!((d.state, d.chunks_dropped), (ControlState::Hold, 1));
+        let d = s.step(16, chunk(&five, 0), next);
+        assert_eq!((d.state, d.chunks_dropped), (ControlState::Hold, 1));
+        let d = s.step(17, chunk(&[0.02], 1), next);
+        assert_eq!((d.state, d.chunk_step), (ControlState::Act, Some(0)));
+        assert!((d.action[0] - 0.002).abs() < 1e-7);
+    }
+
+    #[test]
+    fn the_next_prediction_is_asked_for_once_the_chunk_is_down_to_the_threshold() {
+        let mut s = armed();
+        assert!(s.wants_prediction(0), "nothing to execute");
+        s.step(0, chunk(&[0.01; 8], 0), CLEAR);
+        // Threshold 0.5 of 8 steps: asked for from step 4 on (4 steps left, this one included).
+        for i in 1..40 {
+            s.step(i, ActionInput::Nothing, CLEAR);
+            assert!(!s.wants_prediction(i), "tick {i}");
+        }
+        for i in 40..80 {
+            s.step(i, ActionInput::Nothing, CLEAR);
+            assert!(s.wants_prediction(i), "tick {i}");
+        }
+        // Single actions are asked for at every tick, as before chunks.
+        let mut s = armed();
+        s.step(0, fresh(0.01, 1.0), CLEAR);
+        assert!(s.wants_prediction(0));
+        // Not armed: always.
+        let mut s = disarmed();
+        s.step(0, chunk(&[0.01; 8], 0), CLEAR);
+        assert!(s.wants_prediction(1));
     }
 }

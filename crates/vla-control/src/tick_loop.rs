@@ -36,6 +36,8 @@ pub struct LoopSettings {
     pub stop_after_misses: u32,
     pub start_armed: bool,
     pub safety: crate::safety_config::SafetyConfig,
+    /// How chunks overlap and when the next one is asked for.
+    pub chunks: crate::chunk::ChunkSettings,
 }
 
 /// What the loop needs to know of the camera, read once per tick without a lock.
@@ -137,6 +139,7 @@ impl ControlLoop {
             step_ns: settings.step_ns,
             stop_after_misses: settings.stop_after_misses,
             start_armed: settings.start_armed,
+            chunks: settings.chunks,
         });
         Self {
             last_estop_requests: links.inputs.estop_requests(),
@@ -312,8 +315,9 @@ impl ControlLoop {
                     ActionInput::Stale
                 } else {
                     ActionInput::Fresh {
-                        action: r.action,
+                        chunk: r.chunk,
                         capture_time_ns: r.capture_time_ns,
+                        instruction: r.instruction,
                     }
                 }
             }
@@ -349,6 +353,7 @@ impl ControlLoop {
             camera_silent: self.camera_silent(time.monotonic_ns),
             worker_fault,
             request,
+            instruction: inputs.instruction(),
         };
 
         let result = links.results.take();
@@ -383,7 +388,11 @@ impl ControlLoop {
         // A fault ends the loop like a shutdown: this STOP is the last command.
         let ending = shutting_down || worker_fault;
         if !ending {
-            self.links.trigger.fire(time.index);
+            if self.supervisor.wants_prediction(time.index) {
+                self.links.trigger.fire(time.index);
+            } else {
+                self.links.trigger.withdraw();
+            }
         }
         if ending {
             self.links.outbox.close();
@@ -426,6 +435,14 @@ impl ControlLoop {
         }
         if decision.arm_refused {
             stats.arm_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if decision.chunks_dropped > 0 {
+            stats
+                .chunks_dropped
+                .fetch_add(u64::from(decision.chunks_dropped), Ordering::Relaxed);
+        }
+        if let Some(step) = decision.chunk_step {
+            stats.chunk_step.store(u64::from(step), Ordering::Relaxed);
         }
         stats
             .armed
@@ -543,6 +560,7 @@ mod tests {
                 max_gripper_rate: 1e6,
                 ..SafetyConfig::default()
             },
+            chunks: crate::chunk::ChunkSettings::default(),
         }
     }
 
@@ -583,8 +601,9 @@ mod tests {
     fn result(trigger_tick: u64, dx: f32) -> ActionResult {
         ActionResult {
             trigger_tick,
-            action: [dx, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            chunk: crate::chunk::ActionChunk::single([dx, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
             tokens: [0; ACTION_DIM],
+            instruction: 0,
             capture_time_ns: 42,
             timings: StageTimings::default(),
         }
