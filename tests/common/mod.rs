@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fixture paths, an `.npy` reader, error metrics.
 #![allow(dead_code)]
 
+pub mod oft;
 pub mod skip;
 pub mod synth;
 

@@ -1,0 +1,318 @@
+//! The service executing OpenVLA-OFT action chunks: the tiny OFT fixture checkpoint on a
+//! camera that shows one image, so that every chunk is the same. Each chunk step is paced at
+//! the checkpoint's `action_hz` whatever the control rate; a STOP drops what is left of a
+//! chunk; a new instruction discards the rest of the chunk in progress.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod service_support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use service_support::*;
+use vla_rt::config::ServiceConfig;
+use vla_rt::control::command_record::CommandRecord;
+use vla_rt::control::ControlState;
+use vla_rt::policy::PolicyOptions;
+use vla_rt::service::{Service, ServiceOptions};
+use zenoh::Wait;
+
+const ACTION_HZ: f64 = 5.0;
+const WAIT: Duration = Duration::from_secs(60);
+const CHUNK: usize = 8;
+
+/// The OFT fixture checkpoint with one camera and no proprio (case 0's settings).
+fn checkpoint(name: &str) -> PathBuf {
+    let settings = serde_json::json!({
+        "num_actions_chunk": CHUNK,
+        "num_images_in_input": 1,
+        "action_normalization": "bounds_q99",
+    });
+    common::oft::assemble(name, &settings, false)
+}
+
+/// A folder with one image, which the `images:` camera shows over and over.
+fn one_image_folder(name: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chunk_camera_{name}_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        common::tiny_fixture_dir().join("case0_224_square/image.png"),
+        dir.join("frame.png"),
+    )
+    .unwrap();
+    dir
+}
+
+struct Running {
+    service: Service,
+    session: zenoh::Session,
+    stream: CommandStream,
+    robot: String,
+    /// Control ticks per action step.
+    ticks_per_step: usize,
+}
+
+fn start(name: &str, rate_hz: f64, size_threshold: f64) -> Running {
+    let port = free_port();
+    let robot = format!("chunks-{name}");
+    let mut config: ServiceConfig = loopback_config(&robot, port, rate_hz);
+    config.camera.source = format!("images:{}", one_image_folder(name).display());
+    config.camera.fps = 30;
+    config.control.start_armed = false;
+    config.control.chunk_size_threshold = size_threshold;
+    config.model.action_hz = Some(ACTION_HZ);
+    // Limits wide open: the chunk's un-normalised actions, paced, are what gets published.
+    config.safety.min = [-1e7, -1e7, -1e7, -1e7, -1e7, -1e7, -1e7];
+    config.safety.max = [1e7; 7];
+    config.safety.max_linear_velocity = 1e3;
+    config.safety.max_linear_acceleration = 1e7;
+    config.safety.max_linear_jerk = 1e10;
+    config.safety.max_angular_velocity = 1e3;
+    config.safety.max_angular_acceleration = 1e7;
+    config.safety.max_angular_jerk = 1e10;
+    config.safety.max_gripper_rate = 1e7;
+    config.validate("test config").unwrap();
+    let model = checkpoint(name);
+    let source = vla_rt::capture::open_source(&config.camera).unwrap();
+    let service = Service::start(
+        &config,
+        source,
+        move || vla_rt::backend::load_policy(&model, &PolicyOptions::default()),
+        ServiceOptions::default(),
+    )
+    .unwrap();
+    let session = client_session(port);
+    let stream = CommandStream::new(&session, &robot);
+    Running {
+        service,
+        session,
+        stream,
+        robot,
+        ticks_per_step: (rate_hz / ACTION_HZ).round() as usize,
+    }
+}
+
+/// Runs of consecutive ACT commands from one chunk (one capture time).
+fn chunks_of(records: &[CommandRecord]) -> Vec<Vec<CommandRecord>> {
+    let mut runs: Vec<Vec<CommandRecord>> = Vec::new();
+    let mut previous: Option<&CommandRecord> = None;
+    for record in records {
+        let continues = previous.is_some_and(|p| {
+            p.state == ControlState::Act && p.capture_time_ns == record.capture_time_ns
+        });
+        if record.state == ControlState::Act {
+            if continues {
+                runs.last_mut().unwrap().push(*record);
+            } else {
+                runs.push(vec![*record]);
+            }
+        }
+        previous = Some(record);
+    }
+    runs
+}
+
+/// Displacement per second (x, y, z) of each whole step of a run: every tick of a step
+/// publishes the same share, and the step's sum over its `1 / action_hz` seconds.
+fn step_velocities(run: &[CommandRecord], ticks_per_step: usize) -> Vec<[f64; 3]> {
+    run.chunks_exact(ticks_per_step)
+        .map(|step| {
+            for record in step {
+                for i in 0..3 {
+                    let (a, b) = (record.action[i], step[0].action[i]);
+                    assert!(
+                        (a - b).abs() <= 1e-6 * b.abs().max(1e-3),
+                        "uneven pacing in a step: {step:?}"
+                    );
+                }
+            }
+            std::array::from_fn(|i| {
+                step.iter().map(|r| f64::from(r.action[i])).sum::<f64>() * ACTION_HZ
+            })
+        })
+        .collect()
+}
+
+fn records_for(stream: &CommandStream, duration: Duration) -> Vec<CommandRecord> {
+    let end = Instant::now() + duration;
+    let mut records = Vec::new();
+    while let Ok(Ok(record)) = stream
+        .receiver
+        .recv_timeout(end.saturating_duration_since(Instant::now()))
+    {
+        records.push(record);
+    }
+    records
+}
+
+#[test]
+fn each_chunk_step_moves_the_same_per_second_at_10_and_50_hz() {
+    let mut per_rate = Vec::new();
+    for rate in [10.0, 50.0] {
+        let running = start(&format!("rate{rate}"), rate, 0.5);
+        arm_until_act(&running.session, &running.stream, &running.robot, WAIT);
+        let records = records_for(&running.stream, Duration::from_secs(4));
+        running.service.stop();
+        let runs = chunks_of(&records);
+        // The first run may have started before the window; whole runs after it.
+        let steps: Vec<Vec<[f64; 3]>> = runs[1..]
+            .iter()
+            .map(|run| step_velocities(run, running.ticks_per_step))
+            .filter(|steps| steps.len() >= 2)
+            .collect();
+        assert!(steps.len() >= 2, "{rate} Hz: runs {:?}", runs.len());
+        // The camera shows one image: every chunk is the same, step for step.
+        for other in &steps[1..] {
+            for (a, b) in other.iter().zip(&steps[0]) {
+                for i in 0..3 {
+                    assert!(
+                        (a[i] - b[i]).abs() <= 1e-4 * b[i].abs().max(1e-3),
+                        "{a:?} {b:?}"
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "{rate} Hz: first steps of a chunk, m/s: {:?}",
+            &steps[0][..2]
+        );
+        per_rate.push(steps[0][..2].to_vec());
+    }
+    // The first two steps of a chunk move the arm as far per second at both rates, and the
+    // steps differ from each other (a chunk, not one action repeated).
+    for (a, b) in per_rate[0].iter().zip(&per_rate[1]) {
+        for i in 0..3 {
+            assert!(
+                (a[i] - b[i]).abs() <= 1e-4 * b[i].abs().max(1e-3),
+                "{a:?} {b:?}"
+            );
+        }
+    }
+    assert_ne!(per_rate[0][0], per_rate[0][1]);
+}
+
+#[test]
+fn a_stop_mid_chunk_publishes_no_further_step_of_that_chunk() {
+    let running = start("estop", 50.0, 0.5);
+    let (session, stream, robot) = (&running.session, &running.stream, &running.robot);
+    arm_until_act(session, stream, robot, WAIT);
+    // Into a chunk's second step, then the e-stop.
+    let mut before = Vec::new();
+    let mut run = 0;
+    while run < running.ticks_per_step + 2 {
+        let record = stream.next(WAIT);
+        run = match before.last() {
+            Some(p) if p_same_chunk(p, &record) => run + 1,
+            _ => usize::from(record.state == ControlState::Act),
+        };
+        before.push(record);
+    }
+    session
+        .put(format!("vla/{robot}/estop/stop"), "stop")
+        .wait()
+        .unwrap();
+    let stopped = stream.until(WAIT, "STOP after the e-stop", is_state(ControlState::Stop));
+    let executing = before.last().unwrap().capture_time_ns;
+    for record in stopped.iter().filter(|r| r.state == ControlState::Act) {
+        assert_eq!(
+            record.capture_time_ns, executing,
+            "a new chunk before the STOP"
+        );
+    }
+    // STOP until released and armed again; then only chunks computed after the stop.
+    let stops = records_for(stream, Duration::from_millis(500));
+    assert!(
+        stops.iter().all(|r| r.state == ControlState::Stop),
+        "{stops:?}"
+    );
+    session
+        .put(format!("vla/{robot}/estop/release"), "release")
+        .wait()
+        .unwrap();
+    let after = arm_until_act(session, stream, robot, WAIT);
+    let first_act = after.last().unwrap();
+    assert_ne!(
+        first_act.capture_time_ns, executing,
+        "the stopped chunk came back"
+    );
+    let later = records_for(stream, Duration::from_secs(1));
+    assert!(later.iter().all(|r| r.capture_time_ns != executing));
+    running.service.stop();
+}
+
+fn p_same_chunk(previous: &CommandRecord, record: &CommandRecord) -> bool {
+    previous.state == ControlState::Act
+        && record.state == ControlState::Act
+        && previous.capture_time_ns == record.capture_time_ns
+}
+
+#[test]
+fn a_new_instruction_mid_chunk_discards_the_rest() {
+    // Threshold 0: the next chunk is asked for in the last step only, so a chunk runs to
+    // its end unless something drops it.
+    let running = start("instruction", 50.0, 0.0);
+    let (session, stream, robot) = (&running.session, &running.stream, &running.robot);
+    let tps = running.ticks_per_step;
+    arm_until_act(session, stream, robot, WAIT);
+    // Left alone, a chunk runs into its last step, where the next one replaces it.
+    let records = records_for(stream, Duration::from_secs(4));
+    let runs = chunks_of(&records);
+    assert!(runs.len() >= 3, "{} runs", runs.len());
+    assert!(
+        runs[1..runs.len() - 1]
+            .iter()
+            .all(|run| run.len() >= (CHUNK - 1) * tps),
+        "runs of {:?} ticks",
+        runs.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    // At the start of a chunk's second step (counted from its first tick), a new
+    // instruction.
+    let mut previous = *records.last().unwrap();
+    let mut current: Vec<CommandRecord> = Vec::new();
+    loop {
+        let record = stream.next(WAIT);
+        if p_same_chunk(&previous, &record) {
+            if !current.is_empty() {
+                current.push(record);
+            }
+        } else if record.state == ControlState::Act {
+            current = vec![record];
+        }
+        previous = record;
+        if current.len() == tps + 1 {
+            break;
+        }
+    }
+    let cut = current[0].capture_time_ns;
+    session
+        .put(
+            format!("vla/{robot}/instruction"),
+            "Put the cream cheese in the bowl",
+        )
+        .wait()
+        .unwrap();
+    let records = records_for(stream, Duration::from_secs(3));
+    let rest = records
+        .iter()
+        .filter(|r| r.state == ControlState::Act && r.capture_time_ns == cut)
+        .count();
+    let executed = current.len() + rest;
+    assert!(
+        executed < (CHUNK - 2) * tps,
+        "{executed} ticks of the chunk ran after the instruction came ({} ticks per step)",
+        tps
+    );
+    // The arm moves on with chunks computed under the new instruction.
+    assert!(records
+        .iter()
+        .any(|r| r.state == ControlState::Act && r.capture_time_ns != cut));
+    let status = StatusWatch::new(session, robot).until(WAIT, "a dropped chunk", |s| {
+        s["chunk"]["dropped"].as_u64().unwrap() >= 1
+    });
+    assert_eq!(status["policy"]["instructions_applied"], 1, "{status}");
+    running.service.stop();
+}
