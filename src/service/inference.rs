@@ -262,7 +262,16 @@ pub fn to_action_result(
             ),
         });
     }
-    if prediction.actions.first() != Some(&prediction.action) {
+    // Compared bit for bit: a NaN action must reach the safety filter (and be counted as
+    // rejected there), not fail here as a mismatch with itself.
+    let same_bits = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    if !prediction
+        .actions
+        .first()
+        .is_some_and(|first| same_bits(first, &prediction.action))
+    {
         return Err(InferenceError::Output {
             message: "the chunk's first action is not the prediction's action".into(),
         });
