@@ -344,6 +344,24 @@ fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() 
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    // Heads vla-rt does not run, in the action head's place: a 14-D (bimanual) action and a
+    // diffusion head (tests/fixtures/openvla-oft-tiny/refused/make.py).
+    for (file, needles) in [
+        ("action_head_14d--1_checkpoint.pt", &["14-D", "7-DoF"][..]),
+        ("diffusion_head--1_checkpoint.pt", &["diffusion"][..]),
+    ] {
+        let dir = assemble("refused_head", &c.settings, true);
+        std::fs::copy(
+            fixture_dir().join("refused").join(file),
+            dir.join("action_head--1000_checkpoint.pt"),
+        )
+        .unwrap();
+        let mut all = vec!["action_head--1000_checkpoint.pt"];
+        all.extend_from_slice(needles);
+        refused(&dir, &all);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     // The CUDA backend does not run the chunk path yet: refused, not run wrong.
     let dir = assemble("cuda", &c.settings, true);
     let out = vla_rt(&[
