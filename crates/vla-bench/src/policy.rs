@@ -9,9 +9,12 @@ use rayon::prelude::*;
 
 use super::BenchError;
 use vla_model::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
+use vla_model::backend::oft_cpu::OftCpuRunner;
 use vla_model::model::checkpoint::Checkpoint;
+use vla_model::model::config::ActionNormalization;
 use vla_model::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
 use vla_model::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
+use vla_model::model::oft::{Bounds, L1ActionHead, OftSettings, COMMAND_ACTION_DIM};
 use vla_model::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
 use vla_model::model::prompt::PromptTokenizer;
 use vla_model::policy::{BackendKind, PolicyOptions, StageTimings};
@@ -69,6 +72,11 @@ pub struct PolicyBenchArgs {
     /// With --backend tensorrt: the libnvinfer to open (default: libnvinfer.so.10).
     #[arg(long, value_name = "FILE")]
     pub tensorrt_library: Option<PathBuf>,
+    /// Also time OpenVLA-OFT's chunk path on the same model (CPU): one bidirectional pass
+    /// and a random L1 regression head giving chunks of this many actions, side by side with
+    /// the token path.
+    #[arg(long, value_name = "STEPS")]
+    pub oft_chunk: Option<usize>,
 }
 
 /// Dimensions of one random-weight ViT.
@@ -396,6 +404,17 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), BenchError>
     let wall_s = timed_start.0.elapsed().as_secs_f64();
     let cpu_s = process_cpu_seconds() - timed_start.1;
     let action_dim = runner.action_dim();
+    let chunk_samples = match args.oft_chunk {
+        Some(steps) => {
+            let model = if args.random_weights {
+                random_model(args.shape, &args.template)?.0
+            } else {
+                OpenVla::load(&template).map_err(bench_error)?
+            };
+            Some((steps, time_chunks(model, steps, args, &pixels)?))
+        }
+        None => None,
+    };
     println!("policy benchmark, CPU f32: {source}");
     println!("{describe}");
     println!(
@@ -433,7 +452,130 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), BenchError>
          ({:.2} cores busy on average of {threads})",
         cpu_s / wall_s.max(1e-9)
     );
+    if let Some((steps, chunks)) = chunk_samples {
+        println!(
+            "OpenVLA-OFT chunk path, same model and pixels: one bidirectional pass over {} more \
+             positions, random L1 head, {steps} actions per pass",
+            steps * action_dim + 1
+        );
+        let rows: [Stage; 4] = [
+            ("vision (both ViTs)", |t| t.vision_ms),
+            ("projector", |t| t.projector_ms),
+            ("llm pass", |t| t.prefill_ms),
+            ("action head", |t| t.decode_ms),
+        ];
+        for (name, get) in rows {
+            print_row(name, chunks.iter().map(get).collect());
+        }
+        print_row("total", chunks.iter().map(|t| t.total_ms).collect());
+        let token_ms = median(
+            samples
+                .iter()
+                .map(|t| t.total_ms - t.preprocess_ms)
+                .collect(),
+        );
+        let chunk_ms = median(chunks.iter().map(|t| t.total_ms).collect());
+        println!(
+            "actions per second (medians, without preprocessing): token path {:.2}, chunk \
+             path {:.2}; one chunk of {steps} takes {:.2}x one token-path action",
+            1e3 / token_ms,
+            steps as f64 * 1e3 / chunk_ms,
+            chunk_ms / token_ms
+        );
+    }
     Ok(())
+}
+
+/// A random L1 regression head (OpenVLA-OFT's `MLPResNet`, two blocks) reading `llm_dim`-wide
+/// hidden states, with its tensor names.
+fn random_l1_head(llm_dim: usize, action_dim: usize) -> Result<L1ActionHead, BenchError> {
+    let input = llm_dim * action_dim;
+    let mut tensors: Vec<Tensor> = Vec::new();
+    let mut seed = 0x0f7_u64;
+    let mut put = |name: &str, shape: Vec<usize>, scale: f32, center: f32| {
+        seed += 1;
+        let values = random_values(shape.iter().product(), scale, center, seed);
+        tensors.push((format!("model.{name}"), shape, values));
+    };
+    put("layer_norm1.weight", vec![input], 0.1, 1.0);
+    put("layer_norm1.bias", vec![input], 0.1, 0.0);
+    put(
+        "fc1.weight",
+        vec![llm_dim, input],
+        1.0 / (input as f32).sqrt(),
+        0.0,
+    );
+    put("fc1.bias", vec![llm_dim], 0.1, 0.0);
+    for block in 0..2 {
+        let prefix = format!("mlp_resnet_blocks.{block}.ffn");
+        put(&format!("{prefix}.0.weight"), vec![llm_dim], 0.1, 1.0);
+        put(&format!("{prefix}.0.bias"), vec![llm_dim], 0.1, 0.0);
+        put(
+            &format!("{prefix}.1.weight"),
+            vec![llm_dim, llm_dim],
+            1.0 / (llm_dim as f32).sqrt(),
+            0.0,
+        );
+        put(&format!("{prefix}.1.bias"), vec![llm_dim], 0.1, 0.0);
+    }
+    put("layer_norm2.weight", vec![llm_dim], 0.1, 1.0);
+    put("layer_norm2.bias", vec![llm_dim], 0.1, 0.0);
+    put(
+        "fc2.weight",
+        vec![action_dim, llm_dim],
+        1.0 / (llm_dim as f32).sqrt(),
+        0.0,
+    );
+    put("fc2.bias", vec![action_dim], 0.1, 0.0);
+    let ckpt = Checkpoint::from_f32_tensors(tensors).map_err(bench_error)?;
+    L1ActionHead::from_checkpoint(&ckpt, llm_dim, Path::new("random L1 head")).map_err(bench_error)
+}
+
+/// The chunk path's stage timings, `args.runs` of them after `args.warmup`, on `pixels`.
+fn time_chunks(
+    model: OpenVla,
+    steps: usize,
+    args: &PolicyBenchArgs,
+    pixels: &[f32],
+) -> Result<Vec<StageTimings>, BenchError> {
+    let llm_dim = model.llama().config().hidden_size;
+    let head = random_l1_head(llm_dim, COMMAND_ACTION_DIM)?;
+    let stats = model.config().norm_stats.values().next().ok_or_else(|| {
+        BenchError::bad_input("the template's config.json has no dataset statistics")
+    })?;
+    let bounds = Bounds::pick(
+        &stats.action,
+        ActionNormalization::BoundsQ99,
+        COMMAND_ACTION_DIM,
+        "norm_stats.action",
+        &args.template,
+    )
+    .map_err(bench_error)?;
+    let settings = OftSettings {
+        num_actions_chunk: steps,
+        num_images_in_input: 1,
+        action_normalization: ActionNormalization::BoundsQ99,
+    };
+    let mut runner = OftCpuRunner::from_parts(
+        model,
+        settings,
+        head,
+        None,
+        bounds,
+        "bench".into(),
+        &PolicyOptions::default(),
+    )
+    .map_err(bench_error)?;
+    let mut samples = Vec::with_capacity(args.runs);
+    for run in 0..args.warmup + args.runs {
+        let pass = runner
+            .run_pixels(&[pixels], &args.instruction, None)
+            .map_err(|e| BenchError::failure(e.to_string()))?;
+        if run >= args.warmup {
+            samples.push(pass.timings);
+        }
+    }
+    Ok(samples)
 }
 
 /// User + system CPU seconds of this process so far (0 if unavailable).

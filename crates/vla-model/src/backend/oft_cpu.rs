@@ -66,7 +66,7 @@ impl OftCpuRunner {
             ),
         })?;
         let settings = OftSettings::from_runtime(dir, &RuntimeModelConfig::from_dir(dir)?)?;
-        let mut model = OpenVla::load(dir)?;
+        let model = OpenVla::load(dir)?;
         let hidden = model.llama().config().hidden_size;
         let head = L1ActionHead::load(&files.action_head, hidden)?;
         let stats_path = dir.join(oft::DATASET_STATISTICS_FILE);
@@ -104,6 +104,28 @@ impl OftCpuRunner {
             }
             None => None,
         };
+        Self::from_parts(
+            model,
+            settings,
+            head,
+            proprio,
+            action_bounds,
+            unnorm_key,
+            options,
+        )
+    }
+
+    /// Assembles a runner from loaded (or, for benchmarks, built) parts, converting the
+    /// language model to the weight formats in `options`.
+    pub fn from_parts(
+        mut model: OpenVla,
+        settings: OftSettings,
+        head: L1ActionHead,
+        proprio: Option<(ProprioProjector, Bounds)>,
+        action_bounds: Bounds,
+        unnorm_key: String,
+        options: &PolicyOptions,
+    ) -> Result<Self, ModelError> {
         apply_formats(&mut model, options)?;
         let layout = SequenceLayout {
             patches: settings.num_images_in_input * model.num_patches()

@@ -380,7 +380,15 @@ impl L1ActionHead {
                 "an OpenVLA-OFT diffusion action head; vla-rt runs the L1 regression head only",
             ));
         }
-        let ckpt = dict.to_checkpoint()?;
+        Self::from_checkpoint(&dict.to_checkpoint()?, llm_dim, path)
+    }
+
+    /// The head from its tensors without the `module.` prefix (`path` names them in errors).
+    pub fn from_checkpoint(
+        ckpt: &super::checkpoint::Checkpoint,
+        llm_dim: usize,
+        path: &Path,
+    ) -> Result<Self, ModelError> {
         let (hidden, input) = ckpt.matrix_shape("model.fc1.weight")?;
         let (action_dim, fc2_in) = ckpt.matrix_shape("model.fc2.weight")?;
         if action_dim != COMMAND_ACTION_DIM {
@@ -407,15 +415,15 @@ impl L1ActionHead {
         )) {
             let prefix = format!("model.mlp_resnet_blocks.{}.ffn", blocks.len());
             blocks.push((
-                LayerNorm::load(&ckpt, &format!("{prefix}.0"), hidden)?,
+                LayerNorm::load(ckpt, &format!("{prefix}.0"), hidden)?,
                 ckpt.linear(&format!("{prefix}.1"), hidden, hidden, true)?,
             ));
         }
         Ok(Self {
-            layer_norm1: LayerNorm::load(&ckpt, "model.layer_norm1", input)?,
+            layer_norm1: LayerNorm::load(ckpt, "model.layer_norm1", input)?,
             fc1: ckpt.linear("model.fc1", hidden, input, true)?,
             blocks,
-            layer_norm2: LayerNorm::load(&ckpt, "model.layer_norm2", hidden)?,
+            layer_norm2: LayerNorm::load(ckpt, "model.layer_norm2", hidden)?,
             fc2: ckpt.linear("model.fc2", action_dim, hidden, true)?,
             action_dim,
         })
