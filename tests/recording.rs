@@ -139,6 +139,9 @@ fn a_recording_holds_the_session_and_replays_with_identical_tokens() {
     assert!(seqs.len() >= 95, "{} commands", seqs.len());
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
     assert_eq!(recording.commands.last().unwrap().state, "STOP");
+    // A disarmed session: no ACT, so no command carries a chunk step
+    // (tests/service_chunks.rs checks the steps of ACTs).
+    assert!(recording.commands.iter().all(|c| c.chunk_step.is_none()));
     // Predictions happen whatever the state, each with its frame (JPEG and lossless).
     assert!(
         recording.steps.len() >= 50,

@@ -56,10 +56,15 @@ struct Running {
     ticks_per_step: usize,
 }
 
-fn start(name: &str, rate_hz: f64, size_threshold: f64) -> Running {
-    let port = free_port();
-    let robot = format!("chunks-{name}");
-    let mut config: ServiceConfig = loopback_config(&robot, port, rate_hz);
+/// The service config of these tests: the OFT checkpoint, the one-image camera, wide limits.
+fn chunk_config(
+    name: &str,
+    robot: &str,
+    port: u16,
+    rate_hz: f64,
+    size_threshold: f64,
+) -> ServiceConfig {
+    let mut config: ServiceConfig = loopback_config(robot, port, rate_hz);
     config.camera.source = format!("images:{}", one_image_folder(name).display());
     config.camera.fps = 30;
     config.control.start_armed = false;
@@ -75,8 +80,17 @@ fn start(name: &str, rate_hz: f64, size_threshold: f64) -> Running {
     config.safety.max_angular_acceleration = 1e7;
     config.safety.max_angular_jerk = 1e10;
     config.safety.max_gripper_rate = 1e7;
+    config.model.path = checkpoint(name);
+    config.model.unnorm_key = Some("tiny_libero".into());
     config.validate("test config").unwrap();
-    let model = checkpoint(name);
+    config
+}
+
+fn start(name: &str, rate_hz: f64, size_threshold: f64) -> Running {
+    let port = free_port();
+    let robot = format!("chunks-{name}");
+    let config = chunk_config(name, &robot, port, rate_hz, size_threshold);
+    let model = config.model.path.clone();
     let source = vla_rt::capture::open_source(&config.camera).unwrap();
     let service = Service::start(
         &config,
@@ -315,4 +329,73 @@ fn a_new_instruction_mid_chunk_discards_the_rest() {
     });
     assert_eq!(status["policy"]["instructions_applied"], 1, "{status}");
     running.service.stop();
+}
+
+#[test]
+fn the_recording_carries_the_chunk_step_of_every_command() {
+    let port = free_port();
+    let robot = "chunks-record";
+    let mut config = chunk_config("record", robot, port, 50.0, 0.5);
+    config.control.start_armed = true;
+    let dir = config
+        .model
+        .path
+        .parent()
+        .unwrap()
+        .join(format!("chunk_record_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("service.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let recording_path = dir.join("session.mcap");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vla-rt"))
+        .args([
+            "run",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--duration",
+            "4",
+        ])
+        .args(["--record", recording_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recording = vla_rt::recording::reader::Recording::read(&recording_path).unwrap();
+    let tps = (50.0 / ACTION_HZ) as u32;
+    // Within each chunk's run of ACTs, tick j executes step j / tps. A chunk starts with
+    // step 0 after no ACT or after a later step of the one it replaces (with the threshold
+    // at 0.5, replacements come at step 4 or later).
+    let mut acts = 0;
+    let mut in_run = 0u32;
+    let mut previous_step: Option<u32> = None;
+    for command in &recording.commands {
+        if command.state == "ACT" {
+            acts += 1;
+            let step = command.chunk_step.expect("an ACT without its chunk step");
+            if step == 0 && previous_step != Some(0) {
+                in_run = 0;
+            }
+            assert!(step < CHUNK as u32, "{command:?}");
+            assert_eq!(
+                step,
+                in_run / tps,
+                "{command:?} at tick {in_run} of its chunk"
+            );
+            in_run += 1;
+            previous_step = Some(step);
+        } else {
+            assert_eq!(command.chunk_step, None, "{command:?}");
+            previous_step = None;
+        }
+    }
+    assert!(acts >= 50, "{acts} ACT");
+    assert!(recording
+        .commands
+        .iter()
+        .any(|c| c.chunk_step.is_some_and(|s| s >= 1)));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

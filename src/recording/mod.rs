@@ -184,6 +184,7 @@ impl RecordStats {
 struct CommandEntry {
     record: [u8; RECORD_LEN],
     stop_cause: &'static str,
+    chunk_step: Option<u32>,
 }
 
 /// A prediction with the frame it was made on.
@@ -351,10 +352,16 @@ impl Drop for Recorder {
 }
 
 impl CommandTap for Recorder {
-    fn command(&self, record: &[u8; RECORD_LEN], stop_cause: &'static str) {
+    fn command(
+        &self,
+        record: &[u8; RECORD_LEN],
+        stop_cause: &'static str,
+        chunk_step: Option<u32>,
+    ) {
         let entry = CommandEntry {
             record: *record,
             stop_cause,
+            chunk_step,
         };
         if self.queues.commands.push(entry).is_err() {
             self.queues.stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -53,6 +53,8 @@ pub struct RecordedCommand {
     pub state: String,
     pub stop_cause: String,
     pub tick_time_ns: u64,
+    /// The step, within its chunk, an ACT executed (absent in recordings made before chunks).
+    pub chunk_step: Option<u32>,
 }
 
 /// What a recording file holds.
@@ -103,6 +105,8 @@ struct CommandMessage {
     #[serde(default)]
     stop_cause: String,
     tick_time_ns: u64,
+    #[serde(default)]
+    chunk_step: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +257,7 @@ impl Recording {
                                 state: m.state,
                                 stop_cause: m.stop_cause,
                                 tick_time_ns: m.tick_time_ns,
+                                chunk_step: m.chunk_step,
                             });
                         }
                         topics::STATE => {

@@ -79,6 +79,7 @@ pub fn command() -> String {
     "stop_cause": {{"type": "string"}},
     "tick_time_ns": {{"type": "integer"}},
     "capture_time_ns": {{"type": "integer"}},
+    "chunk_step": {{"type": ["integer", "null"], "description": "The step, within its action chunk, an ACT executes (0 for single actions); null for HOLD and STOP"}},
     "action": {ACTION_OBJECT},
     "record": {{"type": "string", "contentEncoding": "base64", "description": "The 64-byte command record v1 as published"}}
   }}

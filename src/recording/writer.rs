@@ -319,6 +319,7 @@ impl WriterState<'_> {
             "stop_cause": entry.stop_cause,
             "tick_time_ns": record.tick_time_ns,
             "capture_time_ns": record.capture_time_ns,
+            "chunk_step": entry.chunk_step,
             "action": action,
             "record": base64::engine::general_purpose::STANDARD.encode(entry.record),
         });

@@ -7,6 +7,6 @@ use crate::command_record::RECORD_LEN;
 
 pub trait CommandTap: Send + Sync {
     /// `record` is the encoded command as published; `stop_cause` names why a STOP is one
-    /// (`"none"` otherwise).
-    fn command(&self, record: &[u8; RECORD_LEN], stop_cause: &'static str);
+    /// (`"none"` otherwise); `chunk_step` is the step, within its chunk, an ACT executes.
+    fn command(&self, record: &[u8; RECORD_LEN], stop_cause: &'static str, chunk_step: Option<u32>);
 }

@@ -373,7 +373,11 @@ impl ControlLoop {
         .encode(&mut self.encoded);
         links.outbox.send(&self.encoded, time.monotonic_ns);
         if let Some(tap) = &self.tap {
-            tap.command(&self.encoded, decision.stop_cause.name());
+            tap.command(
+                &self.encoded,
+                decision.stop_cause.name(),
+                decision.chunk_step,
+            );
         }
         if self.trace.len() < self.trace.capacity() {
             self.trace.push(TickTrace {
