@@ -23,6 +23,22 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The sequence of a prompt of `prompt_ids` ids (`<s>` … `▁`): every camera's patches and
+/// the proprio token, the prompt, `action_dim` placeholders per chunk step.
+fn sequence_layout(
+    settings: &OftSettings,
+    patches_per_image: usize,
+    proprio: bool,
+    action_dim: usize,
+    prompt_ids: usize,
+) -> SequenceLayout {
+    SequenceLayout {
+        patches: settings.num_images_in_input * patches_per_image + usize::from(proprio),
+        prompt_tokens: prompt_ids.saturating_sub(1),
+        placeholders: action_dim * settings.num_actions_chunk,
+    }
+}
+
 /// What one OFT pass computed, stage by stage (the golden fixture checks each).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OftPass {
@@ -127,13 +143,14 @@ impl OftCpuRunner {
         options: &PolicyOptions,
     ) -> Result<Self, ModelError> {
         apply_formats(&mut model, options)?;
-        let layout = SequenceLayout {
-            patches: settings.num_images_in_input * model.num_patches()
-                + usize::from(proprio.is_some()),
-            prompt_tokens: MAX_TEXT_TOKENS,
-            placeholders: head.action_dim() * settings.num_actions_chunk,
-        };
-        let capacity = layout.len().min(model.config().llm_max_length);
+        let longest = sequence_layout(
+            &settings,
+            model.num_patches(),
+            proprio.is_some(),
+            head.action_dim(),
+            MAX_TEXT_TOKENS + 1,
+        );
+        let capacity = longest.len().min(model.config().llm_max_length);
         let state = LlamaState::new(model.llama().config(), capacity, capacity);
         Ok(Self {
             model,
@@ -168,12 +185,13 @@ impl OftCpuRunner {
     }
 
     fn layout(&self, prompt_ids: usize) -> SequenceLayout {
-        SequenceLayout {
-            patches: self.settings.num_images_in_input * self.model.num_patches()
-                + usize::from(self.proprio.is_some()),
-            prompt_tokens: prompt_ids.saturating_sub(1),
-            placeholders: self.head.action_dim() * self.settings.num_actions_chunk,
-        }
+        sequence_layout(
+            &self.settings,
+            self.model.num_patches(),
+            self.proprio.is_some(),
+            self.head.action_dim(),
+            prompt_ids,
+        )
     }
 
     /// The prompt's ids (`<s>` … `▁`), refused when the whole sequence would not fit.
