@@ -301,8 +301,8 @@ fn predict_takes_one_image_per_camera_and_the_raw_state_and_prints_the_chunk() {
 fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() {
     let c = cases().into_iter().find(|c| c.proprio.is_some()).unwrap();
     let image = c.images[0].to_str().unwrap().to_string();
-    let refused = |dir: &Path, needles: &[&str]| {
-        let out = vla_rt(&[
+    let predict = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
             "predict",
             "--model",
             dir.to_str().unwrap(),
@@ -310,7 +310,12 @@ fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() 
             &image,
             "--instruction",
             "pick up the bowl",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        vla_rt(&args)
+    };
+    let refused = |dir: &Path, needles: &[&str]| {
+        let out = predict(dir, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -364,17 +369,7 @@ fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() 
 
     // The CUDA backend does not run the chunk path yet: refused, not run wrong.
     let dir = assemble("cuda", &c.settings, true);
-    let out = vla_rt(&[
-        "predict",
-        "--model",
-        dir.to_str().unwrap(),
-        "--image",
-        &image,
-        "--instruction",
-        "pick up the bowl",
-        "--backend",
-        "cuda",
-    ]);
+    let out = predict(&dir, &["--backend", "cuda"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("OpenVLA-OFT"), "{stderr}");
