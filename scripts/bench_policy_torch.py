@@ -141,6 +141,18 @@ class MlpResNetHead:
         return F.linear(F.layer_norm(x, (self.h,), *self.ln2, eps=1e-5), *self.fc2)
 
 
+def image_tokens(vits, proj, pixels):
+    """Both encoders, then the projector: the start, after-vision and after-projector times
+    and the image tokens."""
+    t0 = time.perf_counter()
+    feats = torch.cat([vits[0](pixels[:, :3]), vits[1](pixels[:, 3:])], dim=2)
+    t1 = time.perf_counter()
+    p = F.gelu(F.linear(feats, *proj[0]))
+    p = F.gelu(F.linear(p, *proj[1]))
+    p = F.linear(p, *proj[2])
+    return t0, t1, time.perf_counter(), p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="mid", choices=SHAPES)
@@ -171,13 +183,7 @@ def main():
     rows = {k: [] for k in ["vision", "projector", "prefill", "decode", "total"]}
     with torch.inference_mode():
         for run in range(args.warmup + args.runs):
-            t0 = time.perf_counter()
-            feats = torch.cat([vits[0](pixels[:, :3]), vits[1](pixels[:, 3:])], dim=2)
-            t1 = time.perf_counter()
-            p = F.gelu(F.linear(feats, *proj[0]))
-            p = F.gelu(F.linear(p, *proj[1]))
-            p = F.linear(p, *proj[2])
-            t2 = time.perf_counter()
+            t0, t1, t2, p = image_tokens(vits, proj, pixels)
             emb = torch.cat([llama.embed[ids[:1]][None], p, llama.embed[ids[1:]][None]], dim=1)
             logits = llama(emb, 0)
             t3 = time.perf_counter()
@@ -211,13 +217,7 @@ def bench_chunk(args, vits, proj, llama, pixels, ids, seq):
     rows = {k: [] for k in ["vision", "projector", "llm pass", "head", "total"]}
     with torch.inference_mode():
         for run in range(args.warmup + args.runs):
-            t0 = time.perf_counter()
-            feats = torch.cat([vits[0](pixels[:, :3]), vits[1](pixels[:, 3:])], dim=2)
-            t1 = time.perf_counter()
-            p = F.gelu(F.linear(feats, *proj[0]))
-            p = F.gelu(F.linear(p, *proj[1]))
-            p = F.linear(p, *proj[2])
-            t2 = time.perf_counter()
+            t0, t1, t2, p = image_tokens(vits, proj, pixels)
             emb = torch.cat([llama.embed[ids[:1]][None], p, llama.embed[ids[1:]][None], zeros,
                              llama.embed[stop][None]], dim=1)
             assert emb.shape[1] == seq
