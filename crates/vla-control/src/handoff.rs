@@ -264,6 +264,10 @@ pub struct ControlInputs {
     ignored_arm_payloads: AtomicU64,
     /// Instructions applied since start: a change drops the chunks in progress.
     instruction: AtomicU64,
+    /// The policy takes the robot's state (OpenVLA-OFT proprio): without a fresh one, STOP.
+    proprio_required: AtomicBool,
+    /// CLOCK_MONOTONIC when the newest valid robot state arrived; 0 before the first.
+    last_proprio_ns: AtomicU64,
     shutdown: AtomicBool,
 }
 
@@ -341,6 +345,25 @@ impl ControlInputs {
     /// which the predictions made with it carry.
     pub fn instruction_applied(&self) -> u64 {
         self.instruction.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// From now on the robot's state must keep arriving ([`ControlInputs::proprio_arrived`]).
+    pub fn require_proprio(&self) {
+        self.proprio_required.store(true, Ordering::Release);
+    }
+
+    pub fn proprio_required(&self) -> bool {
+        self.proprio_required.load(Ordering::Acquire)
+    }
+
+    /// A valid robot state arrived at CLOCK_MONOTONIC `now_ns`.
+    pub fn proprio_arrived(&self, now_ns: u64) {
+        self.last_proprio_ns.store(now_ns, Ordering::Release);
+    }
+
+    /// CLOCK_MONOTONIC of the newest valid robot state; 0 before the first.
+    pub fn last_proprio_ns(&self) -> u64 {
+        self.last_proprio_ns.load(Ordering::Acquire)
     }
 
     /// The number of the instruction in force.

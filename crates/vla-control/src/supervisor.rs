@@ -10,7 +10,8 @@
 //! | `Stopped(_)`    | `Stopped(cause)`       | `Armed`                      | `Stopped(_)`  | `Stopped(_)` |
 //!
 //! A stop condition is, most severe first: shutdown, e-stop (latched, or requested since the
-//! last tick), a worker fault, a silent camera, `stop_after_misses` action steps in a row
+//! last tick), a worker fault, a silent camera, a stale robot state (for a policy that takes
+//! one), `stop_after_misses` action steps in a row
 //! that ended without a fresh action. While one holds, an `arm` is refused (and counted):
 //! the event of the tick is the stop. Nothing leaves `Stopped` but an `arm`: a released
 //! e-stop, a camera that is back or a policy that recovers leave the arm stopped until an
@@ -69,6 +70,9 @@ pub enum StopCause {
     PolicyMisses = 4,
     /// A supervised worker thread died or stalled; the service ends after this STOP.
     Fault = 5,
+    /// The policy takes the robot's state and none came for as long as a camera may be
+    /// silent.
+    ProprioStale = 6,
 }
 
 impl StopCause {
@@ -79,6 +83,7 @@ impl StopCause {
             3 => Self::CameraSilent,
             4 => Self::PolicyMisses,
             5 => Self::Fault,
+            6 => Self::ProprioStale,
             _ => Self::None,
         }
     }
@@ -91,6 +96,7 @@ impl StopCause {
             Self::CameraSilent => "camera silent",
             Self::PolicyMisses => "policy misses",
             Self::Fault => "worker fault",
+            Self::ProprioStale => "proprio stale",
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct Conditions {
     pub shutting_down: bool,
     pub estop: bool,
     pub camera_silent: bool,
+    /// The policy takes the robot's state and the newest is too old (or none came).
+    pub proprio_stale: bool,
     /// A supervised worker died or stalled: STOP and disarm.
     pub worker_fault: bool,
     /// The newest operator request since the last tick (a `disarm` wins over an `arm`).
@@ -323,6 +331,8 @@ impl Supervisor {
             StopCause::Fault
         } else if conditions.camera_silent {
             StopCause::CameraSilent
+        } else if conditions.proprio_stale {
+            StopCause::ProprioStale
         } else if misses >= s.stop_after_misses {
             StopCause::PolicyMisses
         } else {
@@ -623,6 +633,7 @@ mod tests {
         shutting_down: false,
         estop: false,
         camera_silent: false,
+        proprio_stale: false,
         worker_fault: false,
         request: None,
         instruction: 0,
@@ -784,6 +795,7 @@ mod tests {
                     shutting_down: true,
                     estop: true,
                     camera_silent: true,
+                    proprio_stale: true,
                     worker_fault: true,
                     request: Some(OperatorRequest::Arm),
                     instruction: 0,

@@ -292,6 +292,20 @@ impl ControlLoop {
         }
     }
 
+    /// Like a silent camera: the policy takes the robot's state and none came within
+    /// `max_frame_age` (counted from the loop's start before the first).
+    fn proprio_stale(&self, now_ns: u64) -> bool {
+        let inputs = &self.links.inputs;
+        if !inputs.proprio_required() {
+            return false;
+        }
+        let since = match inputs.last_proprio_ns() {
+            0 => self.start_ns,
+            last => last,
+        };
+        now_ns.saturating_sub(since) > self.settings.max_frame_age_ns
+    }
+
     fn camera_silent(&self, now_ns: u64) -> bool {
         let frames = &self.links.frames;
         if frames.has_failed() {
@@ -351,6 +365,7 @@ impl ControlLoop {
             shutting_down,
             estop,
             camera_silent: self.camera_silent(time.monotonic_ns),
+            proprio_stale: self.proprio_stale(time.monotonic_ns),
             worker_fault,
             request,
             instruction: inputs.instruction(),
