@@ -192,6 +192,7 @@ fn steady_state_ticks_allocate_nothing() {
             instructions: Arc::new(InstructionCell::new("pick up the block")),
             stats: Arc::new(InferenceStats::default()),
             inputs: Arc::new(vla_rt::control::handoff::ControlInputs::default()),
+            proprio: None,
             supervision: Some(Arc::clone(&supervision)),
         },
         Duration::from_secs(10),

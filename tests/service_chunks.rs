@@ -23,14 +23,14 @@ const ACTION_HZ: f64 = 5.0;
 const WAIT: Duration = Duration::from_secs(60);
 const CHUNK: usize = 8;
 
-/// The OFT fixture checkpoint with one camera and no proprio (case 0's settings).
-fn checkpoint(name: &str) -> PathBuf {
+/// The OFT fixture checkpoint with one camera, with or without the proprio projector.
+fn checkpoint(name: &str, with_proprio: bool) -> PathBuf {
     let settings = serde_json::json!({
         "num_actions_chunk": CHUNK,
         "num_images_in_input": 1,
         "action_normalization": "bounds_q99",
     });
-    common::oft::assemble(name, &settings, false)
+    common::oft::assemble(name, &settings, with_proprio)
 }
 
 /// A folder with one image, which the `images:` camera shows over and over.
@@ -80,7 +80,7 @@ fn chunk_config(
     config.safety.max_angular_acceleration = 1e7;
     config.safety.max_angular_jerk = 1e10;
     config.safety.max_gripper_rate = 1e7;
-    config.model.path = checkpoint(name);
+    config.model.path = checkpoint(name, name.starts_with("proprio"));
     config.model.unnorm_key = Some("tiny_libero".into());
     config.validate("test config").unwrap();
     config
@@ -398,4 +398,79 @@ fn the_recording_carries_the_chunk_step_of_every_command() {
         .iter()
         .any(|c| c.chunk_step.is_some_and(|s| s >= 1)));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Puts the robot's state on `vla/<robot>/proprio` at 50 Hz until `stop` is set.
+fn publish_proprio(
+    session: zenoh::Session,
+    robot: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let state = "[-0.05, 0.35, 0.9, 3.1, -1.2, 0.1, 0.03, -0.029]";
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let payload = format!(r#"{{"state": {state}, "capture_time_ns": {now}}}"#);
+            session
+                .put(format!("vla/{robot}/proprio"), payload)
+                .wait()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+#[test]
+fn a_policy_that_takes_the_robot_state_acts_on_it_and_stops_when_it_goes_stale() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let running = start("proprio", 50.0, 0.5);
+    let (session, stream, robot) = (&running.session, &running.stream, &running.robot);
+    let status = StatusWatch::new(session, robot);
+    // No state yet: the loop stops as for a silent camera, and nothing acts.
+    let first = status.until(WAIT, "the proprio stop", |s| {
+        s["stop_cause"] == "proprio stale"
+    });
+    assert_eq!(first["proprio"]["received"], 0, "{first}");
+    // A malformed and a short state are refused and counted.
+    for payload in ["[1, 2]", r#"{"state": [1, 2, 3], "capture_time_ns": 1}"#] {
+        session
+            .put(format!("vla/{robot}/proprio"), payload)
+            .wait()
+            .unwrap();
+    }
+    status.until(WAIT, "two refused states", |s| s["proprio"]["refused"] == 2);
+    // With the driver's state coming in, an `arm` moves the arm.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_proprio(session.clone(), robot.clone(), Arc::clone(&stop));
+    arm_until_act(session, stream, robot, WAIT);
+    let acting = status.until(WAIT, "states received", |s| {
+        s["proprio"]["received"].as_u64().unwrap() >= 10 && s["state"] == "ACT"
+    });
+    assert_eq!(acting["proprio"]["dim"], 8, "{acting}");
+    // The driver goes quiet: STOP within the frame age (500 ms) and a tick, for that cause.
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    let quiet = Instant::now();
+    stream.until(
+        WAIT,
+        "STOP after the state stopped",
+        is_state(ControlState::Stop),
+    );
+    let took = quiet.elapsed();
+    assert!(
+        took < Duration::from_millis(500 + 1_500),
+        "STOP {took:?} after the last state"
+    );
+    let stopped = status.until(WAIT, "the stop cause", |s| s["state"] == "STOP");
+    assert_eq!(stopped["stop_cause"], "proprio stale", "{stopped}");
+    let more = records_for(stream, Duration::from_millis(500));
+    assert!(
+        more.iter().all(|r| r.state == ControlState::Stop),
+        "{more:?}"
+    );
+    running.service.stop();
 }

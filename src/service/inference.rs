@@ -334,6 +334,8 @@ pub struct InferenceLinks {
     /// The control loop's inputs: an applied instruction bumps their instruction number, so
     /// the loop drops the chunks made under the previous one.
     pub inputs: Arc<ControlInputs>,
+    /// The robot's state, for a policy that takes it.
+    pub proprio: Option<Arc<super::proprio::ProprioCell>>,
     /// Heartbeats: the loop checks in at least every 50 ms and a prediction is a busy
     /// section (judged by its own, longer limit).
     pub supervision: Option<Arc<Supervision>>,
@@ -467,8 +469,10 @@ fn warm_up(
         std::thread::sleep(Duration::from_millis(2));
     };
     let instruction = links.instructions.initial();
+    // The robot's state may not be there yet: the warm-up, never published, runs on zeros.
+    let state = links.proprio.as_ref().map(|cell| vec![0.0; cell.dim()]);
     let prediction = policy
-        .predict(&frame.image, instruction)
+        .predict_with(&[&frame.image], instruction, state.as_deref())
         .map_err(InferenceError::WarmUp)?;
     to_action_result(&prediction, 0, frame.capture_time_ns, 0)?;
     *held = Some(frame);
@@ -538,12 +542,21 @@ fn worker_loop(
             links.stats.no_new_frame.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let state = match &links.proprio {
+            Some(cell) => match cell.fresh() {
+                Some(sample) => Some(sample.state),
+                // No prediction without a fresh state: the step is a miss, and the loop
+                // STOPs on the stale state itself.
+                None => continue,
+            },
+            None => None,
+        };
         held_predicted = true;
         let predicted = match &links.supervision {
             Some(supervision) => supervision.busy(Worker::Inference, || {
-                policy.predict(&frame.image, &instruction)
+                policy.predict_with(&[&frame.image], &instruction, state.as_deref())
             }),
-            None => policy.predict(&frame.image, &instruction),
+            None => policy.predict_with(&[&frame.image], &instruction, state.as_deref()),
         };
         match predicted {
             Ok(prediction) => {
@@ -681,6 +694,7 @@ mod tests {
             instructions: Arc::new(InstructionCell::new("pick")),
             stats: Arc::new(InferenceStats::default()),
             inputs: Arc::new(ControlInputs::default()),
+            proprio: None,
             supervision: None,
         };
         let calls = Arc::new(AtomicU64::new(0));
@@ -810,6 +824,7 @@ mod tests {
             instructions: Arc::new(InstructionCell::with_limits("pick", &limits)),
             stats: Arc::new(InferenceStats::default()),
             inputs: Arc::new(ControlInputs::default()),
+            proprio: None,
             supervision: None,
         };
         let seen = Arc::new(Mutex::new(Vec::new()));

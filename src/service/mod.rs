@@ -4,6 +4,7 @@
 
 pub mod inference;
 pub mod notify;
+pub mod proprio;
 pub mod rt;
 pub mod signals;
 pub mod status;
@@ -244,6 +245,15 @@ impl Service {
             &config.instruction,
         ));
         let inference_stats = Arc::new(InferenceStats::default());
+        // A policy that takes the robot's state gets it from the driver's key; without a
+        // fresh one the loop STOPs as for a silent camera.
+        let proprio = policy.inputs().proprio_dim.map(|dim| {
+            Arc::new(proprio::ProprioCell::new(
+                dim,
+                config.control.max_frame_age_ms.saturating_mul(1_000_000),
+                Arc::clone(&inputs),
+            ))
+        });
         let first_frame_timeout = options.first_frame_timeout.unwrap_or_else(|| {
             Duration::from_millis(
                 (config
@@ -263,6 +273,7 @@ impl Service {
                 instructions: Arc::clone(&instructions),
                 stats: Arc::clone(&inference_stats),
                 inputs: Arc::clone(&inputs),
+                proprio: proprio.clone(),
                 supervision: Some(Arc::clone(&supervision)),
             },
             first_frame_timeout,
@@ -276,6 +287,9 @@ impl Service {
             &keys,
             Arc::clone(&inputs),
             Arc::clone(&instructions) as Arc<dyn zenoh_io::InstructionSink>,
+            proprio
+                .clone()
+                .map(|cell| cell as Arc<dyn zenoh_io::ProprioSink>),
             Some(Arc::clone(&supervision)),
         )?;
         let ros2 = if config.ros2.enabled {
@@ -339,6 +353,7 @@ impl Service {
                 outbox: Arc::clone(&outbox),
                 inputs: Arc::clone(&inputs),
                 instructions: Arc::clone(&instructions),
+                proprio: proprio.clone(),
                 supervision: Arc::clone(&supervision),
                 transport: transport_security,
                 recorder: options.recorder.clone(),

@@ -39,6 +39,8 @@ pub struct StatusSources {
     pub outbox: Arc<CommandOutbox>,
     pub inputs: Arc<ControlInputs>,
     pub instructions: Arc<InstructionCell>,
+    /// The robot's state, for a policy that takes it.
+    pub proprio: Option<Arc<super::proprio::ProprioCell>>,
     pub supervision: Arc<Supervision>,
     /// What the Zenoh session's configuration says about authentication, fixed at start.
     pub transport: TransportSecurity,
@@ -157,6 +159,7 @@ impl StatusSources {
                 "instructions_applied": self.instructions.applied(),
                 "instructions_rejected": self.instructions.rejected(),
             },
+            "proprio": self.proprio.as_ref().map(|cell| cell.status()),
             "latency_ms": latency,
             "latency_window_s": LATENCY_WINDOW.as_secs(),
             "backend": self.backend,

@@ -81,6 +81,8 @@ pub struct RobotKeys {
     pub cmd: String,
     pub status: String,
     pub instruction: String,
+    /// The robot's state, for a policy that takes it (`service::proprio`).
+    pub proprio: String,
     /// Any put latches STOP; a `release` here is refused (see [`EStopKey::Legacy`]).
     pub estop: String,
     pub arm: String,
@@ -97,6 +99,7 @@ impl RobotKeys {
             cmd: format!("vla/{robot_id}/cmd"),
             status: format!("vla/{robot_id}/status"),
             instruction: format!("vla/{robot_id}/instruction"),
+            proprio: format!("vla/{robot_id}/proprio"),
             estop: format!("vla/{robot_id}/estop"),
             arm: format!("vla/{robot_id}/arm"),
             estop_stop: format!("vla/{robot_id}/estop/stop"),
@@ -497,6 +500,18 @@ pub fn is_in_time(record: &OutboxRecord, now_ns: u64, period_ns: u64) -> bool {
     record.is_stop() || now_ns.saturating_sub(record.handed_over_ns) <= period_ns
 }
 
+/// Largest robot-state payload read on `vla/<robot_id>/proprio`: a state of a few dozen
+/// numbers fits many times over.
+pub const MAX_PROPRIO_BYTES: usize = 4096;
+
+/// Where the robot's state goes (`service::proprio::ProprioCell`).
+pub trait ProprioSink: Send + Sync {
+    /// A payload of at most [`MAX_PROPRIO_BYTES`].
+    fn receive(&self, payload: &[u8]);
+    /// A larger payload, refused unread.
+    fn too_large(&self, bytes: usize);
+}
+
 /// A newest-wins instruction slot written by the subscriber and read by the inference thread.
 pub trait InstructionSink: Send + Sync + 'static {
     /// Payloads longer than this are refused without being read.
@@ -598,6 +613,7 @@ fn receive_instruction(payload: &zenoh::bytes::ZBytes, sink: &dyn InstructionSin
 /// The declarations that live as long as the service: subscribers and the liveliness token.
 pub struct RobotInterface {
     instruction_subscriber: Option<Subscriber<()>>,
+    proprio_subscriber: Option<Subscriber<()>>,
     estop_subscribers: Vec<Subscriber<()>>,
     arm_subscriber: Option<Subscriber<()>>,
     alive: Option<LivelinessToken>,
@@ -745,9 +761,33 @@ impl RobotInterface {
         keys: &RobotKeys,
         inputs: Arc<ControlInputs>,
         instructions: Arc<dyn InstructionSink>,
+        proprio: Option<Arc<dyn ProprioSink>>,
         supervision: Option<Arc<Supervision>>,
     ) -> Result<Self, TransportError> {
         let supervised = supervised_callback(supervision);
+        let proprio_subscriber = match proprio {
+            Some(cell) => {
+                let proprio_supervised = Arc::clone(&supervised);
+                Some(
+                    session
+                        .declare_subscriber(keys.proprio.clone())
+                        .callback(move |sample| {
+                            proprio_supervised(&|| {
+                                let payload = sample.payload();
+                                if payload.len() > MAX_PROPRIO_BYTES {
+                                    // Refused unread.
+                                    cell.too_large(payload.len());
+                                } else {
+                                    cell.receive(&payload.to_bytes());
+                                }
+                            })
+                        })
+                        .wait()
+                        .map_err(declare_error(&keys.proprio))?,
+                )
+            }
+            None => None,
+        };
         let arm_key = keys.arm.clone();
         let arm_inputs = Arc::clone(&inputs);
         let arm_supervised = Arc::clone(&supervised);
@@ -809,6 +849,7 @@ impl RobotInterface {
             .map_err(declare_error(&keys.instruction))?;
         Ok(Self {
             instruction_subscriber: Some(instruction_subscriber),
+            proprio_subscriber,
             estop_subscribers,
             arm_subscriber: Some(arm_subscriber),
             alive: None,
@@ -843,6 +884,7 @@ impl RobotInterface {
             .instruction_subscriber
             .take()
             .into_iter()
+            .chain(self.proprio_subscriber.take())
             .chain(self.arm_subscriber.take())
             .chain(self.estop_subscribers.drain(..))
         {
