@@ -367,6 +367,29 @@ fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() 
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    // Two action heads (which one?), and a proprio projector without its head.
+    let dir = assemble("two_heads", &c.settings, true);
+    std::fs::copy(
+        dir.join("action_head--1000_checkpoint.pt"),
+        dir.join("action_head--2000_checkpoint.pt"),
+    )
+    .unwrap();
+    refused(
+        &dir,
+        &["2 action head files", "action_head--2000_checkpoint.pt"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let dir = assemble("projector_alone", &c.settings, true);
+    std::fs::remove_file(dir.join("action_head--1000_checkpoint.pt")).unwrap();
+    refused(
+        &dir,
+        &[
+            "proprio_projector--1000_checkpoint.pt",
+            "without an action_head--",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
     // The CUDA backend does not run the chunk path yet: refused, not run wrong.
     let dir = assemble("cuda", &c.settings, true);
     let out = predict(&dir, &["--backend", "cuda"]);
