@@ -22,7 +22,7 @@ jobs="${JOBS:-2}"
 flags=(-O -a --sanitizer "${SANITIZER:-none}")
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(command_record service_config calibration_file checkpoint quantized_file torch_pt instruction raw_frame mjpeg_frame ros2_message remote_message)
+    targets=(command_record service_config calibration_file checkpoint quantized_file torch_pt instruction raw_frame mjpeg_frame ros2_message remote_message proprio_message)
 fi
 rustup toolchain list | grep '^nightly' >/dev/null || { echo "fuzz: needs a nightly toolchain (rustup toolchain install nightly)" >&2; exit 2; }
 command -v cargo-fuzz >/dev/null || nice -n 19 cargo install cargo-fuzz --locked

@@ -168,6 +168,7 @@ scale = 0.05
     ros2_seeds()
     remote_seeds()
     torch_pt_seeds()
+    proprio_seeds()
 
 
 def ros2_seeds():
@@ -284,8 +285,23 @@ def torch_pt_seeds():
         put("torch_pt", "pickle-" + name, b"\x01" + parts(entries["data.pkl"], *storages))
 
 
+def proprio_seeds():
+    """proprio_message: the state length minus one (first byte, modulo 16), then the payload of
+    vla/<robot_id>/proprio."""
+    put("proprio_message", "libero-8", b"\x07" + b'{"state": [-0.05, 0.35, 0.9, 3.1, -1.2, 0.1, 0.03, -0.029], "capture_time_ns": 1790000000000000000}')
+    put("proprio_message", "one", b"\x00" + b'{"state": [1e-300], "capture_time_ns": 0}')
+    put("proprio_message", "short", b"\x07" + b'{"state": [1, 2], "capture_time_ns": 5}')
+    put("proprio_message", "unknown-field", b"\x01" + b'{"state": [1, 2], "capture_time_ns": 5, "x": 1}')
+    put("proprio_message", "huge", b"\x00" + b'{"state": [1e999], "capture_time_ns": 5}')
+    put("proprio_message", "not-object", b"\x02" + b"[1, 2, 3]")
+    # A long mantissa that serde_json's default parser reads one ULP away from its own shortest
+    # encoding (libFuzzer's first finding on this target).
+    put("proprio_message", "long-mantissa", b"\x07" + b'{"state": [-5.00, 0.35, 0.4, ' + b"9" * 47 + b'3.0, -1.0, 0e3, -0.03, -0.021], "capture_time_ns": 1790000000000}')
+
+
 # The targets `fuzz/seeds.py TARGET...` can write alone.
-ONLY = {"ros2_message": ros2_seeds, "remote_message": remote_seeds, "torch_pt": torch_pt_seeds}
+ONLY = {"ros2_message": ros2_seeds, "remote_message": remote_seeds, "torch_pt": torch_pt_seeds,
+        "proprio_message": proprio_seeds}
 
 if __name__ == "__main__":
     if sys.argv[1:]:

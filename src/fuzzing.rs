@@ -27,7 +27,7 @@ use crate::transport::zenoh_io::{parse_instruction, text_prefix, INSTRUCTION_LOG
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [Target; 11] = [
+pub const TARGETS: [Target; 12] = [
     ("command_record", command_record),
     ("service_config", service_config),
     ("calibration_file", calibration_file),
@@ -39,7 +39,38 @@ pub const TARGETS: [Target; 11] = [
     ("mjpeg_frame", mjpeg_frame),
     ("ros2_message", ros2_message),
     ("remote_message", remote_message),
+    ("proprio_message", proprio_message),
 ];
+
+/// The robot-state payload of `vla/<robot_id>/proprio`, for a state length of 1 to 16 (the
+/// first byte): whatever it accepts has exactly that many finite values and encodes back to
+/// a payload it accepts with the same values, to the last bit but one (serde_json's default
+/// number parser, without `float_roundtrip`, may be one ULP off on a long mantissa).
+pub fn proprio_message(data: &[u8]) {
+    let Some((&selector, payload)) = data.split_first() else {
+        return;
+    };
+    let dim = usize::from(selector % 16) + 1;
+    if let Ok((state, capture_time_ns)) = crate::service::proprio::parse_proprio(payload, dim) {
+        assert_eq!(state.len(), dim);
+        assert!(state.iter().all(|v| v.is_finite()), "{state:?}");
+        let again = serde_json::json!({"state": state, "capture_time_ns": capture_time_ns});
+        let text = again.to_string();
+        if text.len() <= crate::service::proprio::MAX_PROPRIO_BYTES {
+            let parsed = crate::service::proprio::parse_proprio(text.as_bytes(), dim);
+            let Ok((again, again_time)) = parsed else {
+                panic!("{text}: its own encoding is refused: {parsed:?}");
+            };
+            assert_eq!(again_time, capture_time_ns, "{text}");
+            for (a, b) in again.iter().zip(&state) {
+                assert!(
+                    (a - b).abs() <= 2.0 * f64::EPSILON * b.abs(),
+                    "{text}: {a} {b}"
+                );
+            }
+        }
+    }
+}
 
 /// The command record decoder: whatever it accepts encodes back to the same bytes.
 pub fn command_record(data: &[u8]) {
