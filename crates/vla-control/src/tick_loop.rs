@@ -296,22 +296,18 @@ impl ControlLoop {
     /// `max_frame_age` (counted from the loop's start before the first).
     fn proprio_stale(&self, now_ns: u64) -> bool {
         let inputs = &self.links.inputs;
-        if !inputs.proprio_required() {
-            return false;
-        }
-        let since = match inputs.last_proprio_ns() {
-            0 => self.start_ns,
-            last => last,
-        };
-        now_ns.saturating_sub(since) > self.settings.max_frame_age_ns
+        inputs.proprio_required() && self.older_than_frame_age(inputs.last_proprio_ns(), now_ns)
     }
 
     fn camera_silent(&self, now_ns: u64) -> bool {
         let frames = &self.links.frames;
-        if frames.has_failed() {
-            return true;
-        }
-        let since = match frames.last_frame_monotonic_ns() {
+        frames.has_failed() || self.older_than_frame_age(frames.last_frame_monotonic_ns(), now_ns)
+    }
+
+    /// Whether an input whose newest arrival was at `last_ns` (0: none yet, counted from the
+    /// loop's start) is older than `max_frame_age` at `now_ns`.
+    fn older_than_frame_age(&self, last_ns: u64, now_ns: u64) -> bool {
+        let since = match last_ns {
             0 => self.start_ns,
             last => last,
         };
