@@ -173,6 +173,31 @@ pub(crate) fn batch_length_mismatch(
 }
 
 /// A backend's runner behind the preprocessing: the [`Policy`] every backend exposes.
+/// A preprocessor whose `pixel_values` are not what the model takes is a broken checkpoint.
+pub(crate) fn check_preprocessing(
+    preprocessor: &Preprocessor,
+    model_len: usize,
+) -> Result<(), PolicyError> {
+    if preprocessor.output_len() == model_len {
+        return Ok(());
+    }
+    Err(PolicyError::Model(ModelError::Math {
+        op: "preprocessing",
+        message: format!(
+            "preprocessor writes {} values, the model takes {model_len}",
+            preprocessor.output_len()
+        ),
+    }))
+}
+
+/// The short name of a checkpoint folder that status messages show.
+pub(crate) fn model_name(model_dir: &Path) -> String {
+    model_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model_dir.display().to_string())
+}
+
 #[derive(Debug)]
 pub struct ImagePolicy<R> {
     runner: R,
@@ -197,20 +222,8 @@ impl<R: PixelRunner> ImagePolicy<R> {
         preprocessor: Preprocessor,
         model_dir: &Path,
     ) -> Result<Self, PolicyError> {
-        if preprocessor.output_len() != runner.pixel_values_len() {
-            return Err(PolicyError::Model(ModelError::Math {
-                op: "preprocessing",
-                message: format!(
-                    "preprocessor writes {} values, the model takes {}",
-                    preprocessor.output_len(),
-                    runner.pixel_values_len()
-                ),
-            }));
-        }
-        let model_name = model_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| model_dir.display().to_string());
+        check_preprocessing(&preprocessor, runner.pixel_values_len())?;
+        let model_name = model_name(model_dir);
         Ok(Self {
             pixel_values: vec![0.0; preprocessor.output_len()],
             batch_pixel_values: Vec::new(),

@@ -17,7 +17,7 @@ use crate::model::ModelError;
 use crate::policy::{Policy, PolicyError, PolicyInputs, PolicyOptions, Prediction, StageTimings};
 use crate::preprocess::{Preprocessor, RgbImage};
 
-use super::PREPROCESSOR_CONFIG_FILE;
+use super::{check_preprocessing, model_name, PREPROCESSOR_CONFIG_FILE};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -37,6 +37,16 @@ fn sequence_layout(
         prompt_tokens: prompt_ids.saturating_sub(1),
         placeholders: action_dim * settings.num_actions_chunk,
     }
+}
+
+/// `got` images for a checkpoint that takes `want`.
+fn check_image_count(want: usize, got: usize) -> Result<(), PolicyError> {
+    if want == got {
+        return Ok(());
+    }
+    Err(PolicyError::Inputs(format!(
+        "the checkpoint takes {want} image(s) (num_images_in_input), got {got}"
+    )))
 }
 
 /// What one OFT pass computed, stage by stage (the golden fixture checks each).
@@ -67,7 +77,6 @@ pub struct OftCpuRunner {
     action_bounds: Bounds,
     unnorm_key: String,
     state: LlamaState,
-    capacity: usize,
 }
 
 impl OftCpuRunner {
@@ -160,7 +169,6 @@ impl OftCpuRunner {
             action_bounds,
             unnorm_key,
             state,
-            capacity,
         })
     }
 
@@ -200,7 +208,7 @@ impl OftCpuRunner {
             return Err(PolicyError::EmptyInstruction);
         }
         let fixed = self.layout(1).len();
-        let limit = (self.capacity + 1).saturating_sub(fixed);
+        let limit = (self.state.capacity() + 1).saturating_sub(fixed);
         Ok(self
             .model
             .tokenizer()
@@ -212,13 +220,7 @@ impl OftCpuRunner {
         pixel_values: &[&[f32]],
         proprio: Option<&[f64]>,
     ) -> Result<(), PolicyError> {
-        let want = self.settings.num_images_in_input;
-        if pixel_values.len() != want {
-            return Err(PolicyError::Inputs(format!(
-                "the checkpoint takes {want} image(s) (num_images_in_input), got {}",
-                pixel_values.len()
-            )));
-        }
+        check_image_count(self.settings.num_images_in_input, pixel_values.len())?;
         match (&self.proprio, proprio) {
             (Some((projector, _)), Some(state)) if state.len() != projector.proprio_dim() => {
                 Err(PolicyError::Inputs(format!(
@@ -352,26 +354,13 @@ impl OftCpuPolicy {
     pub fn load(dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
         let runner = OftCpuRunner::load(dir, options)?;
         let preprocessor = Preprocessor::from_config_file(&dir.join(PREPROCESSOR_CONFIG_FILE))?;
-        let len = preprocessor.output_len();
-        if len != runner.model().pixel_values_len() {
-            return Err(PolicyError::Model(ModelError::Math {
-                op: "preprocessing",
-                message: format!(
-                    "preprocessor writes {len} values, the model takes {}",
-                    runner.model().pixel_values_len()
-                ),
-            }));
-        }
+        check_preprocessing(&preprocessor, runner.model().pixel_values_len())?;
         let images = runner.settings().num_images_in_input;
-        let model_name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
         Ok(Self {
             runner,
+            pixel_values: vec![vec![0.0; preprocessor.output_len()]; images],
             preprocessor,
-            pixel_values: vec![vec![0.0; len]; images],
-            model_name,
+            model_name: model_name(dir),
         })
     }
 
@@ -389,13 +378,8 @@ impl OftCpuPolicy {
         if instruction.trim().is_empty() {
             return Err(PolicyError::EmptyInstruction);
         }
-        if images.len() != self.pixel_values.len() {
-            return Err(PolicyError::Inputs(format!(
-                "the checkpoint takes {} image(s) (num_images_in_input), got {}",
-                self.pixel_values.len(),
-                images.len()
-            )));
-        }
+        // Before preprocessing, which pairs images with buffers.
+        check_image_count(self.pixel_values.len(), images.len())?;
         let start = Instant::now();
         for (image, pixels) in images.iter().zip(&mut self.pixel_values) {
             self.preprocessor.run(image, pixels)?;
