@@ -487,18 +487,15 @@ impl Supervisor {
     /// mean of every chunk that covers it with ensembling. Also the capture time and the
     /// step's index in the newest chunk that covers it.
     fn step_action(&self, step: u64) -> Option<([f64; ACTION_DIM], u64, u32)> {
-        let newest = self
+        let (newest, k, newest_action) = self
             .active
             .iter()
             .flatten()
-            .filter_map(|a| a.action(step).map(|(k, _)| (a, k)))
-            .max_by_key(|(a, _)| a.arrival)?;
-        let (capture_time_ns, k) = (newest.0.capture_time_ns, newest.1 as u32);
+            .filter_map(|a| a.action(step).map(|(k, action)| (a, k, action)))
+            .max_by_key(|(a, _, _)| a.arrival)?;
+        let (capture_time_ns, k) = (newest.capture_time_ns, k as u32);
         match self.settings.chunks.overlap {
-            ChunkOverlap::Latest => {
-                let (_, action) = newest.0.action(step)?;
-                Some((action.map(f64::from), capture_time_ns, k))
-            }
+            ChunkOverlap::Latest => Some((newest_action.map(f64::from), capture_time_ns, k)),
             ChunkOverlap::Ensemble { decay } => {
                 let mut covering = [(0u64, [0.0f32; ACTION_DIM]); MAX_ENSEMBLE];
                 let mut n = 0;
