@@ -123,6 +123,9 @@ pub struct ServiceConfig {
     pub robot_id: String,
     pub model: ModelConfig,
     pub camera: CameraConfig,
+    /// `[wrist_camera]`: the second camera of a checkpoint that takes two images
+    /// (OpenVLA-OFT's `num_images_in_input` 2), its image after `[camera]`'s. Absent: one camera.
+    pub wrist_camera: Option<CameraConfig>,
     pub control: ControlConfig,
     pub safety: SafetyConfig,
     pub zenoh: ZenohConfig,
@@ -141,6 +144,7 @@ impl Default for ServiceConfig {
             robot_id: DEFAULT_ROBOT_ID.into(),
             model: ModelConfig::default(),
             camera: CameraConfig::default(),
+            wrist_camera: None,
             control: ControlConfig::default(),
             safety: SafetyConfig::default(),
             zenoh: ZenohConfig::default(),
@@ -343,6 +347,64 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/vla-rt";
 /// privileges, kept across restarts (and reboots), apart from every real installation.
 pub const BUNDLED_STATE_DIR: &str = "target/vla-rt-state";
 
+/// Checks one camera table (`[camera]` or `[wrist_camera]`); an error names its key.
+fn validate_camera(table: &str, camera: &CameraConfig) -> Result<(), (String, String)> {
+    let invalid = |key: String, message: String| (key, message);
+    let source = camera.source.as_str();
+    let source_ok = source == "synthetic"
+        || source
+            .strip_prefix("images:")
+            .is_some_and(|d| !d.is_empty())
+        || source.starts_with("/dev/");
+    if let Some(key) = source.strip_prefix("zenoh:") {
+        zenoh::key_expr::KeyExpr::try_from(key).map_err(|e| {
+            invalid(
+                format!("{table}.source"),
+                format!(
+                    "`{key}` is not a Zenoh key expression: {}",
+                    crate::transport::zenoh_error_text(&*e)
+                ),
+            )
+        })?;
+    } else if let Some(topic) = source.strip_prefix(crate::ros2::CAMERA_SOURCE_PREFIX) {
+        crate::ros2::config::check_absolute_topic(topic)
+            .map_err(|m| invalid(format!("{table}.source"), format!("`{source}`: {m}")))?;
+    } else if !source_ok {
+        return Err(invalid(
+            format!("{table}.source"),
+            format!(
+                "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>`, `ros2:<topic>` or a `/dev/videoN` path"
+            ),
+        ));
+    }
+    if camera.width == 0 || camera.width > 16384 {
+        return Err(invalid(
+            format!("{table}.width"),
+            "must be 1 to 16384".into(),
+        ));
+    }
+    if camera.height == 0 || camera.height > 16384 {
+        return Err(invalid(
+            format!("{table}.height"),
+            "must be 1 to 16384".into(),
+        ));
+    }
+    if camera.fps == 0 || camera.fps > 1000 {
+        return Err(invalid(format!("{table}.fps"), "must be 1 to 1000".into()));
+    }
+    if camera.stall_timeout_ms == 0 {
+        return Err(invalid(
+            format!("{table}.stall_timeout_ms"),
+            "must be > 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Half a frame period of two unsynchronised 30 fps cameras (16.7 ms), the most their
+/// nearest frames can be apart, plus capture-time jitter.
+pub const DEFAULT_FRAME_PAIR_TOLERANCE_MS: u64 = 25;
+
 /// `[control]` (*contract*: `rate_hz`).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -356,6 +418,9 @@ pub struct ControlConfig {
     pub stop_after_misses: u32,
     /// A camera silent for longer than this forces STOP.
     pub max_frame_age_ms: u64,
+    /// With a `[wrist_camera]`: the two frames a prediction sees were captured at most this
+    /// far apart (their capture times); a step without such a pair is a miss.
+    pub frame_pair_tolerance_ms: u64,
     pub realtime: RealtimeMode,
     /// SCHED_FIFO priority of the control thread (1-99) when `realtime` is not `off`.
     pub priority: i32,
@@ -386,6 +451,7 @@ impl Default for ControlConfig {
             max_action_age_ms: None,
             stop_after_misses: 5,
             max_frame_age_ms: 500,
+            frame_pair_tolerance_ms: DEFAULT_FRAME_PAIR_TOLERANCE_MS,
             realtime: RealtimeMode::Try,
             priority: 80,
             start_armed: false,
@@ -402,17 +468,25 @@ impl Default for ControlConfig {
 impl ServiceConfig {
     /// The watchdog's limits for this (validated) config (ARCHITECTURE.md §5).
     pub fn watchdog_limits(&self) -> vla_control::heartbeat::Limits {
-        let camera = &self.camera;
         // One camera wait (a stall timeout, or a frame period of a slow source) is normal.
-        let camera_wait_ns = camera
-            .stall_timeout_ms
-            .max(1_000 / u64::from(camera.fps.max(1)))
-            .saturating_mul(1_000_000);
-        vla_control::heartbeat::Limits::new(
-            self.control.worker_timeout_ms.saturating_mul(1_000_000),
-            camera_wait_ns,
+        let camera_wait_ns = |camera: &CameraConfig| {
+            camera
+                .stall_timeout_ms
+                .max(1_000 / u64::from(camera.fps.max(1)))
+                .saturating_mul(1_000_000)
+        };
+        let worker_timeout_ns = self.control.worker_timeout_ms.saturating_mul(1_000_000);
+        let mut limits = vla_control::heartbeat::Limits::new(
+            worker_timeout_ns,
+            camera_wait_ns(&self.camera),
             self.control.period_ns(),
-        )
+        );
+        // No wrist camera, no thread to watch.
+        limits.idle_ns[vla_control::heartbeat::Worker::WristCapture as usize] =
+            self.wrist_camera.as_ref().map_or(0, |wrist| {
+                worker_timeout_ns.saturating_add(camera_wait_ns(wrist))
+            });
+        limits
     }
 
     /// Timing and limits of the control loop for this (validated) config, with the policy's
@@ -665,10 +739,12 @@ impl ServiceConfig {
         if let Some(p) = self.record.path.as_mut() {
             resolve(p);
         }
-        if let Some(dir) = self.camera.source.strip_prefix("images:") {
-            let dir = Path::new(dir);
-            if dir.is_relative() && !dir.as_os_str().is_empty() {
-                self.camera.source = format!("images:{}", base.join(dir).display());
+        for camera in std::iter::once(&mut self.camera).chain(self.wrist_camera.as_mut()) {
+            if let Some(dir) = camera.source.strip_prefix("images:") {
+                let dir = Path::new(dir);
+                if dir.is_relative() && !dir.as_os_str().is_empty() {
+                    camera.source = format!("images:{}", base.join(dir).display());
+                }
             }
         }
     }
@@ -691,45 +767,15 @@ impl ServiceConfig {
             return Err(invalid("model.unnorm_key", "must not be empty".into()));
         }
 
-        let camera = &self.camera;
-        let source = camera.source.as_str();
-        let source_ok = source == "synthetic"
-            || source
-                .strip_prefix("images:")
-                .is_some_and(|d| !d.is_empty())
-            || source.starts_with("/dev/");
-        if let Some(key) = source.strip_prefix("zenoh:") {
-            zenoh::key_expr::KeyExpr::try_from(key).map_err(|e| {
-                invalid(
-                    "camera.source",
-                    format!(
-                        "`{key}` is not a Zenoh key expression: {}",
-                        crate::transport::zenoh_error_text(&*e)
-                    ),
-                )
-            })?;
-        } else if let Some(topic) = source.strip_prefix(crate::ros2::CAMERA_SOURCE_PREFIX) {
-            crate::ros2::config::check_absolute_topic(topic)
-                .map_err(|m| invalid("camera.source", format!("`{source}`: {m}")))?;
-        } else if !source_ok {
-            return Err(invalid(
-                "camera.source",
-                format!(
-                    "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>`, `ros2:<topic>` or a `/dev/videoN` path"
-                ),
-            ));
-        }
-        if camera.width == 0 || camera.width > 16384 {
-            return Err(invalid("camera.width", "must be 1 to 16384".into()));
-        }
-        if camera.height == 0 || camera.height > 16384 {
-            return Err(invalid("camera.height", "must be 1 to 16384".into()));
-        }
-        if camera.fps == 0 || camera.fps > 1000 {
-            return Err(invalid("camera.fps", "must be 1 to 1000".into()));
-        }
-        if camera.stall_timeout_ms == 0 {
-            return Err(invalid("camera.stall_timeout_ms", "must be > 0".into()));
+        validate_camera("camera", &self.camera).map_err(|(key, m)| invalid(&key, m))?;
+        if let Some(wrist) = &self.wrist_camera {
+            validate_camera("wrist_camera", wrist).map_err(|(key, m)| invalid(&key, m))?;
+            if wrist.source == self.camera.source && wrist.source != "synthetic" {
+                return Err(invalid(
+                    "wrist_camera.source",
+                    format!("`{}` is `[camera]`'s source too", wrist.source),
+                ));
+            }
         }
 
         if self.record.jpeg_quality == 0 || self.record.jpeg_quality > 100 {
@@ -773,6 +819,17 @@ impl ServiceConfig {
         }
         if control.max_frame_age_ms == 0 {
             return Err(invalid("control.max_frame_age_ms", "must be > 0".into()));
+        }
+        if control.frame_pair_tolerance_ms == 0
+            || control.frame_pair_tolerance_ms > control.max_frame_age_ms
+        {
+            return Err(invalid(
+                "control.frame_pair_tolerance_ms",
+                format!(
+                    "must be 1 to control.max_frame_age_ms ({})",
+                    control.max_frame_age_ms
+                ),
+            ));
         }
         if !(1..=99).contains(&control.priority) {
             return Err(invalid("control.priority", "must be 1 to 99".into()));
@@ -932,6 +989,39 @@ mod tests {
             config.zenoh.listen_or_default(),
             vec!["tcp/127.0.0.1:7447".to_string()]
         );
+    }
+
+    #[test]
+    fn a_wrist_camera_is_a_second_camera_table_and_is_watched_only_when_configured() {
+        let one = parse_and_validate("").unwrap();
+        assert_eq!(one.wrist_camera, None);
+        assert_eq!(
+            one.control.frame_pair_tolerance_ms,
+            DEFAULT_FRAME_PAIR_TOLERANCE_MS
+        );
+        let wrist = vla_control::heartbeat::Worker::WristCapture as usize;
+        assert_eq!(one.watchdog_limits().idle_ns[wrist], 0);
+
+        let two = parse_and_validate(
+            "[camera]\nsource = \"/dev/video0\"\n\
+             [wrist_camera]\nsource = \"zenoh:arm/wrist\"\nwidth = 320\nheight = 240\n\
+             stall_timeout_ms = 700\n[control]\nframe_pair_tolerance_ms = 40\n",
+        )
+        .unwrap();
+        let camera = two.wrist_camera.as_ref().unwrap();
+        assert_eq!(
+            (
+                camera.source.as_str(),
+                camera.width,
+                camera.height,
+                camera.fps
+            ),
+            ("zenoh:arm/wrist", 320, 240, 30)
+        );
+        assert_eq!(two.control.frame_pair_tolerance_ms, 40);
+        // The wrist camera's thread may wait its own stall timeout on top of the worker
+        // timeout (1000 ms).
+        assert_eq!(two.watchdog_limits().idle_ns[wrist], 1_700_000_000);
     }
 
     #[test]
@@ -1131,6 +1221,31 @@ mod tests {
             ),
             ("[camera]\nfps = 0\n", "camera.fps"),
             ("[camera]\nresolution = 3\n", "camera.resolution"),
+            (
+                "[wrist_camera]\nsource = \"webcam\"\n",
+                "wrist_camera.source: `webcam` is not",
+            ),
+            (
+                "[wrist_camera]\nfps = 0\n",
+                "wrist_camera.fps: must be 1 to 1000",
+            ),
+            (
+                "[wrist_camera]\nstall_timeout_ms = 0\n",
+                "wrist_camera.stall_timeout_ms: must be > 0",
+            ),
+            ("[wrist_camera]\nexposur = 3\n", "wrist_camera.exposur"),
+            (
+                "[camera]\nsource = \"/dev/video0\"\n[wrist_camera]\nsource = \"/dev/video0\"\n",
+                "wrist_camera.source: `/dev/video0` is `[camera]`'s source too",
+            ),
+            (
+                "[control]\nframe_pair_tolerance_ms = 0\n",
+                "control.frame_pair_tolerance_ms: must be 1 to control.max_frame_age_ms (500)",
+            ),
+            (
+                "[control]\nmax_frame_age_ms = 100\nframe_pair_tolerance_ms = 101\n",
+                "control.frame_pair_tolerance_ms: must be 1 to control.max_frame_age_ms (100)",
+            ),
             ("[model]\nbackend = \"tpu\"\n", "model.backend"),
             ("[model]\nquantization = \"int3\"\n", "model.quantization"),
             ("[safety]\nmin = [0.0, 0.0, 0.0]\n", "safety.min"),
@@ -1218,7 +1333,8 @@ mod tests {
         let file = dir.join("robot.toml");
         std::fs::write(
             &file,
-            "[model]\npath = \"models/tiny\"\n[camera]\nsource = \"images:frames\"\n",
+            "[model]\npath = \"models/tiny\"\n[camera]\nsource = \"images:frames\"\n\
+             [wrist_camera]\nsource = \"images:wrist\"\n",
         )
         .unwrap();
         let config = ServiceConfig::from_file(&file).unwrap();
@@ -1226,6 +1342,10 @@ mod tests {
         assert_eq!(
             config.camera.source,
             format!("images:{}", dir.join("frames").display())
+        );
+        assert_eq!(
+            config.wrist_camera.unwrap().source,
+            format!("images:{}", dir.join("wrist").display())
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -193,6 +193,7 @@ fn steady_state_ticks_allocate_nothing() {
             stats: Arc::new(InferenceStats::default()),
             inputs: Arc::new(vla_rt::control::handoff::ControlInputs::default()),
             proprio: None,
+            wrist: None,
             supervision: Some(Arc::clone(&supervision)),
         },
         Duration::from_secs(10),

@@ -23,11 +23,12 @@ const ACTION_HZ: f64 = 5.0;
 const WAIT: Duration = Duration::from_secs(60);
 const CHUNK: usize = 8;
 
-/// The OFT fixture checkpoint with one camera, with or without the proprio projector.
-fn checkpoint(name: &str, with_proprio: bool) -> PathBuf {
+/// The OFT fixture checkpoint taking `images` camera images, with or without the proprio
+/// projector.
+fn checkpoint(name: &str, with_proprio: bool, images: usize) -> PathBuf {
     let settings = serde_json::json!({
         "num_actions_chunk": CHUNK,
-        "num_images_in_input": 1,
+        "num_images_in_input": images,
         "action_normalization": "bounds_q99",
     });
     common::oft::assemble(name, &settings, with_proprio)
@@ -80,7 +81,11 @@ fn chunk_config(
     config.safety.max_angular_acceleration = 1e7;
     config.safety.max_angular_jerk = 1e10;
     config.safety.max_gripper_rate = 1e7;
-    config.model.path = checkpoint(name, name.starts_with("proprio"));
+    let images = if name.starts_with("wrist") { 2 } else { 1 };
+    config.model.path = checkpoint(name, name.starts_with("proprio"), images);
+    if images == 2 {
+        config.wrist_camera = Some(wrist_camera(robot));
+    }
     config.model.unnorm_key = Some("tiny_libero".into());
     config.validate("test config").unwrap();
     config
@@ -473,4 +478,174 @@ fn a_policy_that_takes_the_robot_state_acts_on_it_and_stops_when_it_goes_stale()
         "{more:?}"
     );
     running.service.stop();
+}
+
+/// The wrist camera of these tests: frames the test puts on `vla/<robot>/wrist`.
+fn wrist_camera(robot: &str) -> vla_rt::config::CameraConfig {
+    vla_rt::config::CameraConfig {
+        source: format!("zenoh:vla/{robot}/wrist"),
+        width: WRIST_WIDTH,
+        height: WRIST_HEIGHT,
+        ..Default::default()
+    }
+}
+
+const WRIST_WIDTH: u32 = 64;
+const WRIST_HEIGHT: u32 = 48;
+
+/// Puts a grey wrist frame on `vla/<robot>/wrist` every 10 ms, stamped `skew_ms` away from
+/// the time it is put, until `stop` is set: from a peer that connects to the service at
+/// `port` once it listens (its warm-up waits for a frame of each camera).
+fn publish_wrist_frames(
+    port: u16,
+    robot: String,
+    skew_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    use vla_rt::capture::zenoh_source::{FrameFormat, FrameHeader};
+    std::thread::spawn(move || {
+        let session = session_when_listening(port);
+        let image = vec![128u8; (WRIST_WIDTH * WRIST_HEIGHT * 3) as usize];
+        let mut sequence = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i64;
+            let stamp = now + skew_ms.load(Ordering::Relaxed) * 1_000_000;
+            sequence += 1;
+            let header = FrameHeader {
+                format: FrameFormat::Rgb8,
+                width: WRIST_WIDTH,
+                height: WRIST_HEIGHT,
+                capture_time_ns: stamp as u64,
+                sequence,
+            };
+            session
+                .put(format!("vla/{robot}/wrist"), header.encode(&image))
+                .wait()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+#[test]
+fn a_two_camera_checkpoint_acts_on_frames_paired_by_capture_time_and_stops_when_the_wrist_goes_silent(
+) {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::Arc;
+    let port = free_port();
+    let robot = "chunks-wrist".to_string();
+    let config = chunk_config("wrist", &robot, port, 50.0, 0.5);
+    // The wrist frames arrive, but captured a second before the primary camera's: no pair,
+    // so no prediction and nothing to act on, however often the arm is asked to move.
+    let skew_ms = Arc::new(AtomicI64::new(-1_000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher =
+        publish_wrist_frames(port, robot.clone(), Arc::clone(&skew_ms), Arc::clone(&stop));
+    let model = config.model.path.clone();
+    let source = vla_rt::capture::open_source(&config.camera).unwrap();
+    let service = Service::start(
+        &config,
+        source,
+        move || vla_rt::backend::load_policy(&model, &PolicyOptions::default()),
+        ServiceOptions::default(),
+    )
+    .unwrap();
+    let session = &client_session(port);
+    let stream = &CommandStream::new(session, &robot);
+    let robot = &robot;
+    let status = StatusWatch::new(session, robot);
+    let unpaired = status.until(WAIT, "unpaired frames", |s| {
+        s["policy"]["unpaired"].as_u64().unwrap() >= 5
+    });
+    assert!(
+        unpaired["wrist_camera"]["frames"].as_u64().unwrap() > 0,
+        "{unpaired}"
+    );
+    put_arm(session, robot, "arm");
+    let skewed = records_for(stream, Duration::from_secs(2));
+    assert!(!skewed.is_empty());
+    assert!(
+        skewed.iter().all(|r| r.state != ControlState::Act),
+        "acted on frames a second apart"
+    );
+    // In step with the primary camera: paired, predicted on, acted on.
+    skew_ms.store(0, Ordering::Relaxed);
+    arm_until_act(session, stream, robot, WAIT);
+    let paired = status.until(WAIT, "acting on paired frames", |s| {
+        s["state"] == "ACT" && s["policy"]["pair_skew_ms"].is_number()
+    });
+    let skew = paired["policy"]["pair_skew_ms"].as_f64().unwrap();
+    assert!(skew <= 25.0, "pair {skew} ms apart: {paired}");
+    assert!(
+        paired["wrist_camera"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("zenoh:vla/{robot}/wrist ")),
+        "{paired}"
+    );
+    // The wrist camera goes silent: STOP within the frame age (500 ms) and a tick, as for
+    // a silent primary camera, while the primary camera goes on.
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    let quiet = Instant::now();
+    stream.until(
+        WAIT,
+        "STOP after the wrist camera went silent",
+        is_state(ControlState::Stop),
+    );
+    let took = quiet.elapsed();
+    assert!(
+        took < Duration::from_millis(500 + 1_500),
+        "STOP {took:?} after the last wrist frame"
+    );
+    let stopped = status.until(WAIT, "the stop cause", |s| s["state"] == "STOP");
+    assert_eq!(stopped["stop_cause"], "camera silent", "{stopped}");
+    assert!(
+        stopped["camera"]["age_ms"].as_f64().unwrap() < 500.0,
+        "{stopped}"
+    );
+    let more = records_for(stream, Duration::from_millis(500));
+    assert!(
+        more.iter().all(|r| r.state == ControlState::Stop),
+        "{more:?}"
+    );
+    service.stop();
+}
+
+#[test]
+fn the_cameras_must_match_the_images_the_checkpoint_takes() {
+    for (images, wrist, expected) in [
+        (2, false, "configure `[wrist_camera]`"),
+        (1, true, "remove `[wrist_camera]`"),
+    ] {
+        let name = format!("cameras{images}");
+        let robot = format!("chunks-{name}");
+        let mut config = chunk_config(&name, &robot, free_port(), 10.0, 0.5);
+        config.model.path = checkpoint(&name, false, images);
+        config.wrist_camera = wrist.then(|| wrist_camera(&robot));
+        let model = config.model.path.clone();
+        let source = vla_rt::capture::open_source(&config.camera).unwrap();
+        let error = match Service::start(
+            &config,
+            source,
+            move || vla_rt::backend::load_policy(&model, &PolicyOptions::default()),
+            ServiceOptions::default(),
+        ) {
+            Ok(service) => {
+                service.stop();
+                panic!("{images} image(s), wrist camera {wrist}: started");
+            }
+            Err(e) => e,
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains("wrist_camera") && text.contains(expected),
+            "{text}"
+        );
+        assert!(error.is_bad_input(), "{text}: not exit 2");
+    }
 }

@@ -246,29 +246,6 @@ const CORRUPT: u8 = 1;
 const SILENT: u8 = 2;
 
 /// A session connected to `port`, retried until the service listens there (bounded).
-fn session_when_listening(port: u16) -> zenoh::Session {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut config = zenoh::Config::default();
-        config.insert_json5("mode", "\"peer\"").unwrap();
-        config
-            .insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
-            .unwrap();
-        config
-            .insert_json5("connect/exit_on_failure", "true")
-            .unwrap();
-        config.insert_json5("listen/endpoints", "[]").unwrap();
-        config
-            .insert_json5("scouting/multicast/enabled", "false")
-            .unwrap();
-        match zenoh::open(config).wait() {
-            Ok(session) => return session,
-            Err(e) if Instant::now() > deadline => panic!("nothing listens on {port}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
 impl TestCamera {
     /// Publishes from a thread that connects to the service at `port` once it listens.
     fn start(port: u16, key: String) -> Self {

@@ -91,6 +91,7 @@ pub trait FrameSource: Send {
 }
 
 pub mod images;
+pub mod pair;
 pub mod synthetic;
 pub mod thread;
 

@@ -11,8 +11,8 @@ use crossbeam::queue::ArrayQueue;
 use super::{CaptureError, CaptureStats, Frame, FrameSource};
 use crate::control::clock;
 
-/// Frames in circulation: one being filled, one in the slot, one held by the consumer.
-const POOL_FRAMES: usize = 3;
+/// Frames in circulation besides the consumer's: one being filled, one in the slot.
+const CAPTURE_FRAMES: usize = 2;
 
 /// Single-slot hand-off of the newest frame plus the camera's liveness counters.
 pub struct LatestFrame {
@@ -37,8 +37,15 @@ impl Default for LatestFrame {
 
 impl LatestFrame {
     pub fn new() -> Self {
-        let pool = ArrayQueue::new(POOL_FRAMES);
-        for _ in 0..POOL_FRAMES {
+        Self::with_held_frames(1)
+    }
+
+    /// A hand-off whose consumer holds up to `held` frames at once (a camera paired with
+    /// another keeps its newest two), so that steady-state capture still reuses its buffers.
+    pub fn with_held_frames(held: usize) -> Self {
+        let frames = CAPTURE_FRAMES + held.max(1);
+        let pool = ArrayQueue::new(frames);
+        for _ in 0..frames {
             let _ = pool.push(Frame::default());
         }
         Self {
@@ -88,6 +95,11 @@ impl LatestFrame {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// The source failed for good: the camera counts as silent from now on.
+    pub(crate) fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
     pub fn stats(&self) -> CaptureStats {
         CaptureStats {
             frames: self.frames.load(Ordering::Relaxed),
@@ -134,6 +146,17 @@ impl CaptureThread {
 
     /// [`CaptureThread::spawn`], reporting to `watch`.
     pub fn spawn_watched(
+        source: Box<dyn FrameSource>,
+        latest: Arc<LatestFrame>,
+        watch: Option<Box<dyn CaptureWatch>>,
+    ) -> Result<Self, CaptureError> {
+        Self::spawn_named("vla-capture", source, latest, watch)
+    }
+
+    /// [`CaptureThread::spawn_watched`] on a thread called `thread_name` (the supervision
+    /// tells the cameras' threads apart by name).
+    pub fn spawn_named(
+        thread_name: &str,
         mut source: Box<dyn FrameSource>,
         latest: Arc<LatestFrame>,
         watch: Option<Box<dyn CaptureWatch>>,
@@ -142,7 +165,7 @@ impl CaptureThread {
         let stop_flag = Arc::clone(&stop);
         let name = source.describe();
         let handle = std::thread::Builder::new()
-            .name("vla-capture".into())
+            .name(thread_name.into())
             .spawn(move || {
                 match &watch {
                     Some(watch) => watch.run(&mut || {
@@ -217,7 +240,7 @@ fn capture_loop(
             }
             Err(e) => {
                 log::error!("{e}; capture stopped");
-                latest.failed.store(true, Ordering::Release);
+                latest.mark_failed();
                 return;
             }
         }
@@ -274,7 +297,7 @@ mod tests {
         let taken = latest.take_newest().unwrap();
         latest.recycle(taken);
         // The recycled buffer keeps its allocation and comes back from the pool.
-        let found = (0..POOL_FRAMES + 1)
+        let found = (0..CAPTURE_FRAMES + 2)
             .map(|_| latest.buffer())
             .any(|f| f.image.data.as_ptr() == pointer && f.image.data.capacity() == 1234);
         assert!(found);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 
+use crate::capture::pair::WristFrames;
 use crate::capture::thread::LatestFrame;
 use crate::capture::Frame;
 use crate::config::ACTION_DIM;
@@ -17,6 +18,7 @@ use crate::control::handoff::{ActionResult, ControlInputs, InferenceTrigger, Res
 use crate::control::heartbeat::{Supervision, Worker};
 use crate::control::stats::LatencyHistogram;
 use crate::policy::{Policy, PolicyError, Prediction};
+use crate::preprocess::RgbImage;
 use crate::transport::zenoh_io::{
     text_prefix, InstructionRefusal, InstructionSink, INSTRUCTION_LOG_CHARS,
 };
@@ -191,6 +193,11 @@ pub struct InferenceStats {
     /// Triggers that found no frame newer than the last one predicted on (camera stalled,
     /// gone, or slower than the control rate): nothing is posted, the tick counts a miss.
     pub no_new_frame: AtomicU64,
+    /// With a wrist camera: triggers whose frame found no wrist frame near enough in capture
+    /// time (`[control] frame_pair_tolerance_ms`); nothing is posted, the tick counts a miss.
+    pub unpaired: AtomicU64,
+    /// The capture-time distance of the newest pair, in µs.
+    pub pair_skew_us: AtomicU64,
     /// Per-stage policy latency, in [`STAGE_NAMES`] order.
     pub stages: [LatencyHistogram; 6],
     pub last_error: Mutex<Option<String>>,
@@ -336,9 +343,23 @@ pub struct InferenceLinks {
     pub inputs: Arc<ControlInputs>,
     /// The robot's state, for a policy that takes it.
     pub proprio: Option<Arc<super::proprio::ProprioCell>>,
+    /// The second camera, for a policy that takes two images.
+    pub wrist: Option<WristLink>,
     /// Heartbeats: the loop checks in at least every 50 ms and a prediction is a busy
     /// section (judged by its own, longer limit).
     pub supervision: Option<Arc<Supervision>>,
+}
+
+/// The wrist camera and how its frames are paired with the primary camera's
+/// (`crate::capture::pair`).
+#[derive(Clone)]
+pub struct WristLink {
+    pub frames: Arc<LatestFrame>,
+    /// `[control] frame_pair_tolerance_ms`.
+    pub pair_tolerance_ns: u64,
+    /// How long a pairing may wait for a wrist frame still to come: the tolerance plus one
+    /// wrist frame period.
+    pub pair_wait: Duration,
 }
 
 pub struct InferenceThread {
@@ -457,11 +478,23 @@ fn warm_up(
     first_frame_timeout: Duration,
 ) -> Result<(), InferenceError> {
     let deadline = Instant::now() + first_frame_timeout;
+    let mut wrist = links
+        .wrist
+        .as_ref()
+        .map(|link| WristFrames::new(Arc::clone(&link.frames)));
     let frame = loop {
-        if let Some(frame) = links.frames.take_newest() {
-            break frame;
+        if let Some(wrist) = wrist.as_mut() {
+            wrist.refresh();
         }
-        if Instant::now() >= deadline || links.frames.has_failed() {
+        let wrist_ready = wrist.as_ref().is_none_or(|w| w.newest().is_some());
+        if wrist_ready {
+            if let Some(frame) = links.frames.take_newest() {
+                break frame;
+            }
+        }
+        let failed = links.frames.has_failed()
+            || links.wrist.as_ref().is_some_and(|w| w.frames.has_failed());
+        if Instant::now() >= deadline || failed {
             return Err(InferenceError::NoFirstFrame {
                 waited_ms: first_frame_timeout.as_millis() as u64,
             });
@@ -471,12 +504,38 @@ fn warm_up(
     let instruction = links.instructions.initial();
     // The robot's state may not be there yet: the warm-up, never published, runs on zeros.
     let state = links.proprio.as_ref().map(|cell| vec![0.0; cell.dim()]);
+    // Never published either: the newest wrist frame, however far apart.
+    let wrist_image = wrist.as_ref().and_then(|w| w.newest()).map(|f| &f.image);
     let prediction = policy
-        .predict_with(&[&frame.image], instruction, state.as_deref())
+        .predict_with(
+            CameraImages::new(&frame.image, wrist_image).as_slice(),
+            instruction,
+            state.as_deref(),
+        )
         .map_err(InferenceError::WarmUp)?;
     to_action_result(&prediction, 0, frame.capture_time_ns, 0)?;
     *held = Some(frame);
     Ok(())
+}
+
+/// The images of one prediction in the checkpoint's order: the primary camera's, then the
+/// wrist camera's.
+struct CameraImages<'a> {
+    images: [&'a RgbImage; 2],
+    count: usize,
+}
+
+impl<'a> CameraImages<'a> {
+    fn new(primary: &'a RgbImage, wrist: Option<&'a RgbImage>) -> Self {
+        Self {
+            images: [primary, wrist.unwrap_or(primary)],
+            count: 1 + usize::from(wrist.is_some()),
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a RgbImage] {
+        &self.images[..self.count]
+    }
 }
 
 fn worker_loop(
@@ -496,6 +555,10 @@ fn worker_loop(
     // posting nothing instead makes the tick a miss, so the arm HOLDs at once. The warm-up
     // frame's prediction was not published, so it may serve the first trigger.
     let mut held_predicted = false;
+    let mut wrist = links
+        .wrist
+        .as_ref()
+        .map(|link| (link, WristFrames::new(Arc::clone(&link.frames))));
     let check_in = || {
         if let Some(supervision) = &links.supervision {
             supervision.check_in(Worker::Inference);
@@ -551,12 +614,36 @@ fn worker_loop(
             },
             None => None,
         };
+        let wrist_image = match wrist.as_mut() {
+            Some((link, frames)) => match frames.pair_with(
+                frame.capture_time_ns,
+                link.pair_tolerance_ns,
+                link.pair_wait,
+                check_in,
+            ) {
+                Ok((wrist_frame, skew_ns)) => {
+                    links
+                        .stats
+                        .pair_skew_us
+                        .store(skew_ns / 1_000, Ordering::Relaxed);
+                    Some(&wrist_frame.image)
+                }
+                // The frame stays unpredicted: the next trigger tries again, with newer
+                // frames of either camera.
+                Err(_) => {
+                    links.stats.unpaired.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let images = CameraImages::new(&frame.image, wrist_image);
         held_predicted = true;
         let predicted = match &links.supervision {
             Some(supervision) => supervision.busy(Worker::Inference, || {
-                policy.predict_with(&[&frame.image], &instruction, state.as_deref())
+                policy.predict_with(images.as_slice(), &instruction, state.as_deref())
             }),
-            None => policy.predict_with(&[&frame.image], &instruction, state.as_deref()),
+            None => policy.predict_with(images.as_slice(), &instruction, state.as_deref()),
         };
         match predicted {
             Ok(prediction) => {
@@ -695,6 +782,7 @@ mod tests {
             stats: Arc::new(InferenceStats::default()),
             inputs: Arc::new(ControlInputs::default()),
             proprio: None,
+            wrist: None,
             supervision: None,
         };
         let calls = Arc::new(AtomicU64::new(0));
@@ -825,6 +913,7 @@ mod tests {
             stats: Arc::new(InferenceStats::default()),
             inputs: Arc::new(ControlInputs::default()),
             proprio: None,
+            wrist: None,
             supervision: None,
         };
         let seen = Arc::new(Mutex::new(Vec::new()));

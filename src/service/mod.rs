@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use zenoh::Wait;
 
+use crate::capture::pair::Cameras;
 use crate::capture::thread::{CaptureThread, LatestFrame};
 use crate::capture::{CaptureError, FrameSource};
 use crate::config::{RealtimeMode, ServiceConfig};
@@ -23,7 +24,7 @@ use crate::control::estop_store::{EStopStore, EStopStoreError};
 #[cfg(feature = "test-hooks")]
 use crate::control::fault_injection::FaultInjection;
 use crate::control::handoff::{CommandOutbox, ControlInputs, InferenceTrigger, ResultSlot};
-use crate::control::heartbeat::{Fault, FaultKind, Supervision, Worker};
+use crate::control::heartbeat::{Fault, FaultKind, Supervision, Worker, WRIST_CAPTURE_THREAD};
 use crate::control::stats::ControlStats;
 use crate::control::tick_loop::{ControlLoop, LoopLinks, TickNotifier, TickTrace};
 use crate::policy::{Policy, PolicyError};
@@ -34,7 +35,9 @@ use crate::transport::zenoh_io::{
     self, CommandPublisherThread, PublishStats, PublisherSettings, RobotInterface, RobotKeys,
     TransportError,
 };
-use inference::{InferenceError, InferenceLinks, InferenceStats, InferenceThread, InstructionCell};
+use inference::{
+    InferenceError, InferenceLinks, InferenceStats, InferenceThread, InstructionCell, WristLink,
+};
 use notify::{NotifyError, SystemdNotifier};
 use rt::RealtimeError;
 use status::{StatusSources, StatusThread};
@@ -135,6 +138,7 @@ pub struct Service {
     status: StatusThread,
     inference: InferenceThread,
     capture: CaptureThread,
+    wrist_capture: Option<CaptureThread>,
     inputs: Arc<ControlInputs>,
     publish_stats: Arc<PublishStats>,
     control_stats: Arc<ControlStats>,
@@ -160,51 +164,76 @@ impl Service {
         let inputs = Arc::new(open_estop_latch(config)?);
         source.start()?;
         let camera = source.describe();
-        // The largest legitimate inbound payload: the instruction, or a camera frame when the
+        let mut sources = Sources {
+            primary: source,
+            wrist: None,
+        };
+        if let Some(wrist_config) = &config.wrist_camera {
+            let opened = crate::capture::open_source_in_domain(
+                wrist_config,
+                &config.zenoh,
+                config.ros2.domain_id,
+            )
+            .and_then(|mut wrist| wrist.start().map(|()| wrist));
+            match opened {
+                Ok(wrist) => sources.wrist = Some(wrist),
+                Err(e) => {
+                    sources.stop();
+                    return Err(e.into());
+                }
+            }
+        }
+        let wrist_camera = sources.wrist.as_ref().map(|wrist| wrist.describe());
+        // The largest legitimate inbound payload: the instruction, or a camera frame when a
         // camera comes over this session.
         let mut largest_payload = config.instruction.max_bytes;
-        if config
-            .camera
-            .source
-            .starts_with(crate::capture::zenoh_source::SOURCE_PREFIX)
-        {
-            largest_payload =
-                largest_payload.max(crate::capture::zenoh_source::largest_frame_payload(
-                    config.camera.width,
-                    config.camera.height,
+        for camera in std::iter::once(&config.camera).chain(&config.wrist_camera) {
+            if camera
+                .source
+                .starts_with(crate::capture::zenoh_source::SOURCE_PREFIX)
+            {
+                largest_payload =
+                    largest_payload.max(crate::capture::zenoh_source::largest_frame_payload(
+                        camera.width,
+                        camera.height,
+                    ));
+            }
+            if camera.source.starts_with(crate::ros2::CAMERA_SOURCE_PREFIX) {
+                largest_payload = largest_payload.max(crate::ros2::camera::largest_payload(
+                    camera.width,
+                    camera.height,
                 ));
-        }
-        if config
-            .camera
-            .source
-            .starts_with(crate::ros2::CAMERA_SOURCE_PREFIX)
-        {
-            largest_payload = largest_payload.max(crate::ros2::camera::largest_payload(
-                config.camera.width,
-                config.camera.height,
-            ));
+            }
         }
         let inbound_limit = security::inbound_message_limit(largest_payload);
         let (session, transport_security) =
             match zenoh_io::open_session(&config.zenoh, inbound_limit) {
                 Ok(opened) => opened,
                 Err(e) => {
-                    source.stop();
+                    sources.stop();
                     return Err(e.into());
                 }
             };
-        if let Err(e) = source.attach_session(&session) {
-            source.stop();
+        // From here on, a failed start stops the cameras and closes the session.
+        let fail = |mut sources: Sources, error: ServiceError| {
+            sources.stop();
             let _ = session.close().wait();
-            return Err(e.into());
+            error
+        };
+        let attached =
+            sources
+                .primary
+                .attach_session(&session)
+                .and_then(|()| match sources.wrist.as_mut() {
+                    Some(wrist) => wrist.attach_session(&session),
+                    None => Ok(()),
+                });
+        if let Err(e) = attached {
+            return Err(fail(sources, e.into()));
         }
         let remote = match config.model.resolved_remote("config", action_hz) {
             Ok(remote) => remote,
-            Err(e) => {
-                source.stop();
-                let _ = session.close().wait();
-                return Err(e.into());
-            }
+            Err(e) => return Err(fail(sources, e.into())),
         };
         let loaded = match &remote {
             Some(remote) => crate::remote::RemotePolicy::connect(
@@ -218,12 +247,11 @@ impl Service {
         };
         let policy = match loaded {
             Ok(policy) => policy,
-            Err(e) => {
-                source.stop();
-                let _ = session.close().wait();
-                return Err(ServiceError::Policy(e));
-            }
+            Err(e) => return Err(fail(sources, ServiceError::Policy(e))),
         };
+        if let Err(e) = check_cameras(policy.inputs().images, config.wrist_camera.is_some()) {
+            return Err(fail(sources, e.into()));
+        }
         let backend = policy.backend_name().to_string();
         let model = policy.model_name().to_string();
 
@@ -231,12 +259,43 @@ impl Service {
         #[cfg(feature = "test-hooks")]
         let supervision = supervision.with_fault_injection(options.fault_injection);
         let supervision = Arc::new(supervision);
+        let Sources {
+            primary: source,
+            wrist: wrist_source,
+        } = sources;
         let frames = Arc::new(LatestFrame::new());
         let capture = CaptureThread::spawn_watched(
             source,
             Arc::clone(&frames),
-            Some(Box::new(CaptureHeartbeat(Arc::clone(&supervision)))),
+            Some(Box::new(CaptureHeartbeat(
+                Arc::clone(&supervision),
+                Worker::Capture,
+            ))),
         )?;
+        let (wrist_capture, wrist) = match (wrist_source, &config.wrist_camera) {
+            (Some(wrist_source), Some(wrist_config)) => {
+                // The inference thread keeps the newest two wrist frames to pair from.
+                let wrist_frames = Arc::new(LatestFrame::with_held_frames(2));
+                let thread = CaptureThread::spawn_named(
+                    WRIST_CAPTURE_THREAD,
+                    wrist_source,
+                    Arc::clone(&wrist_frames),
+                    Some(Box::new(CaptureHeartbeat(
+                        Arc::clone(&supervision),
+                        Worker::WristCapture,
+                    ))),
+                )?;
+                let tolerance_ms = config.control.frame_pair_tolerance_ms;
+                let link = WristLink {
+                    frames: wrist_frames,
+                    pair_tolerance_ns: tolerance_ms.saturating_mul(1_000_000),
+                    pair_wait: Duration::from_millis(tolerance_ms)
+                        + Duration::from_secs(1) / wrist_config.fps.max(1),
+                };
+                (Some(thread), Some(link))
+            }
+            _ => (None, None),
+        };
 
         let trigger = Arc::new(InferenceTrigger::default());
         let results = Arc::new(ResultSlot::default());
@@ -255,13 +314,13 @@ impl Service {
             ))
         });
         let first_frame_timeout = options.first_frame_timeout.unwrap_or_else(|| {
+            let stall_timeout_ms = std::iter::once(&config.camera)
+                .chain(&config.wrist_camera)
+                .map(|camera| camera.stall_timeout_ms)
+                .max()
+                .unwrap_or_default();
             Duration::from_millis(
-                (config
-                    .camera
-                    .stall_timeout_ms
-                    .max(config.control.max_frame_age_ms)
-                    * 4)
-                .max(5_000),
+                (stall_timeout_ms.max(config.control.max_frame_age_ms) * 4).max(5_000),
             )
         });
         let inference = InferenceThread::start_recorded(
@@ -274,6 +333,7 @@ impl Service {
                 stats: Arc::clone(&inference_stats),
                 inputs: Arc::clone(&inputs),
                 proprio: proprio.clone(),
+                wrist: wrist.clone(),
                 supervision: Some(Arc::clone(&supervision)),
             },
             first_frame_timeout,
@@ -346,6 +406,9 @@ impl Service {
                 backend: backend.clone(),
                 model: model.clone(),
                 camera: camera.clone(),
+                wrist_camera: wrist_camera
+                    .clone()
+                    .zip(wrist.as_ref().map(|link| Arc::clone(&link.frames))),
                 control: Arc::clone(&control_stats),
                 inference: Arc::clone(&inference_stats),
                 publish: Arc::clone(&publish_stats),
@@ -376,7 +439,10 @@ impl Service {
         let mut control_loop = ControlLoop::new(
             settings,
             LoopLinks {
-                frames: frames.clone(),
+                frames: Arc::new(Cameras {
+                    primary: Arc::clone(&frames),
+                    wrist: wrist.as_ref().map(|link| Arc::clone(&link.frames)),
+                }),
                 results,
                 trigger,
                 outbox: Arc::clone(&outbox),
@@ -432,6 +498,7 @@ impl Service {
             status,
             inference,
             capture,
+            wrist_capture,
             inputs,
             publish_stats,
             control_stats,
@@ -476,9 +543,13 @@ impl Service {
             }
         }
         log::info!(
-            "running: robot `{}`, {} Hz, actions at {action_hz} Hz, camera {camera}, model {model} on {backend}, commands on {}",
+            "running: robot `{}`, {} Hz, actions at {action_hz} Hz, camera {camera}{}, model {model} on {backend}, commands on {}",
             config.robot_id,
             config.control.rate_hz,
+            wrist_camera.map_or(String::new(), |wrist| format!(
+                ", wrist camera {wrist} (pairs within {} ms)",
+                config.control.frame_pair_tolerance_ms
+            )),
             keys.cmd
         );
         if service.inputs.estop_latched() {
@@ -608,6 +679,12 @@ impl Service {
             Some(Worker::Capture) => self.capture.abandon(),
             _ => self.capture.stop(),
         }
+        if let Some(wrist) = self.wrist_capture.as_mut() {
+            match stalled {
+                Some(Worker::WristCapture) => wrist.abandon(),
+                _ => wrist.stop(),
+            }
+        }
         if let Err(e) = self.session.close().wait() {
             log::warn!(
                 "zenoh: closing the session: {}",
@@ -617,6 +694,47 @@ impl Service {
         summary.fault = self.supervision.fault();
         summary
     }
+}
+
+/// The cameras opened at start, before their capture threads run.
+struct Sources {
+    primary: Box<dyn FrameSource>,
+    wrist: Option<Box<dyn FrameSource>>,
+}
+
+impl Sources {
+    fn stop(&mut self) {
+        self.primary.stop();
+        if let Some(wrist) = self.wrist.as_mut() {
+            wrist.stop();
+        }
+    }
+}
+
+/// A checkpoint that takes `images` images, on a service with a wrist camera or without:
+/// each image comes from one camera, in the checkpoint's order (`[camera]`, then
+/// `[wrist_camera]`).
+fn check_cameras(images: usize, wrist_camera: bool) -> Result<(), crate::config::ConfigError> {
+    let cameras = 1 + usize::from(wrist_camera);
+    if images == cameras {
+        return Ok(());
+    }
+    let message = match images {
+        1 => "the checkpoint takes one image (num_images_in_input 1): remove `[wrist_camera]`"
+            .to_string(),
+        2 => "the checkpoint takes two images (num_images_in_input 2), the second from a wrist \
+              camera: configure `[wrist_camera]`"
+            .to_string(),
+        n => format!(
+            "the checkpoint takes {n} images (num_images_in_input); the service runs at most \
+             two cameras, `[camera]` and `[wrist_camera]`"
+        ),
+    };
+    Err(crate::config::ConfigError::Invalid {
+        file: "config".into(),
+        key: "wrist_camera".into(),
+        message,
+    })
 }
 
 /// The e-stop latch as persisted in `[control] state_dir` (a missing or unreadable file

@@ -32,6 +32,8 @@ pub struct StatusSources {
     pub backend: String,
     pub model: String,
     pub camera: String,
+    /// The wrist camera's description and frames, when there is one.
+    pub wrist_camera: Option<(String, Arc<LatestFrame>)>,
     pub control: Arc<ControlStats>,
     pub inference: Arc<InferenceStats>,
     pub publish: Arc<PublishStats>,
@@ -64,6 +66,24 @@ fn percentiles(histogram: &LatencyHistogram) -> serde_json::Value {
     })
 }
 
+/// A camera's part of the status: its source, counters, and the age of its newest frame.
+fn camera_json(source: &str, frames: &LatestFrame) -> serde_json::Value {
+    let stats = frames.stats();
+    let last_frame = frames.last_frame_monotonic_ns();
+    let age_ms =
+        (last_frame > 0).then(|| clock::monotonic_ns().saturating_sub(last_frame) as f64 / 1e6);
+    json!({
+        "source": source,
+        "frames": stats.frames,
+        "drops": stats.drops,
+        "corrupt": stats.corrupt,
+        "stalls": stats.stalls,
+        "reopens": stats.reopens,
+        "age_ms": age_ms.map(|ms| (ms * 10.0).round() / 10.0),
+        "failed": frames.has_failed(),
+    })
+}
+
 fn state_of(control: &ControlStats) -> ControlState {
     ControlState::from_wire(control.state.load(Ordering::Acquire) as u16)
         .unwrap_or(ControlState::Hold)
@@ -76,10 +96,6 @@ impl StatusSources {
         let c = &self.control;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let state = state_of(c);
-        let camera = self.frames.stats();
-        let last_frame = self.frames.last_frame_monotonic_ns();
-        let camera_age_ms =
-            (last_frame > 0).then(|| clock::monotonic_ns().saturating_sub(last_frame) as f64 / 1e6);
         let mut latency = serde_json::Map::new();
         for (name, histogram) in STAGE_NAMES.iter().zip(&self.inference.stages) {
             latency.insert(format!("policy_{name}"), percentiles(histogram));
@@ -137,21 +153,20 @@ impl StatusSources {
                 "stale": load(&self.publish.stale),
             },
             "fault": self.supervision.fault().map(|fault| fault.to_string()),
-            "camera": {
-                "source": self.camera,
-                "frames": camera.frames,
-                "drops": camera.drops,
-                "corrupt": camera.corrupt,
-                "stalls": camera.stalls,
-                "reopens": camera.reopens,
-                "age_ms": camera_age_ms.map(|ms| (ms * 10.0).round() / 10.0),
-                "failed": self.frames.has_failed(),
-            },
+            "camera": camera_json(&self.camera, &self.frames),
+            "wrist_camera": self
+                .wrist_camera
+                .as_ref()
+                .map(|(source, frames)| camera_json(source, frames)),
             "policy": {
                 "predictions": load(&self.inference.predictions),
                 "failures": load(&self.inference.failures),
                 "last_error": last_policy_error,
                 "no_new_frame": load(&self.inference.no_new_frame),
+                "unpaired": load(&self.inference.unpaired),
+                "pair_skew_ms": self.wrist_camera.as_ref().map(|_| {
+                    (load(&self.inference.pair_skew_us) as f64 / 100.0).round() / 10.0
+                }),
                 "instruction": instruction.prefix,
                 "instruction_bytes": instruction.bytes,
                 "instruction_sha256": instruction.sha256,

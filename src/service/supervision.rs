@@ -21,20 +21,20 @@ use crate::control::clock;
 use crate::control::heartbeat::{panic_text, Fault, FaultKind, Limits, Supervision, Worker};
 use crate::service::notify::SystemdNotifier;
 
-/// The capture thread's heartbeat.
-pub struct CaptureHeartbeat(pub Arc<Supervision>);
+/// A capture thread's heartbeat: the camera's worker (`Capture` or `WristCapture`).
+pub struct CaptureHeartbeat(pub Arc<Supervision>, pub Worker);
 
 impl CaptureWatch for CaptureHeartbeat {
     fn alive(&self) {
-        self.0.check_in(Worker::Capture);
+        self.0.check_in(self.1);
     }
 
     fn ended(&self) {
-        self.0.ended(Worker::Capture);
+        self.0.ended(self.1);
     }
 
     fn run(&self, capture: &mut dyn FnMut()) {
-        let _ = self.0.guard(Worker::Capture, capture);
+        let _ = self.0.guard(self.1, capture);
     }
 }
 

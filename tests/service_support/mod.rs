@@ -129,6 +129,31 @@ pub fn client_session(port: u16) -> zenoh::Session {
     zenoh::open(config).wait().unwrap()
 }
 
+/// A client session of a peer that publishes before the service listens on `port`: it
+/// connects once the service does (within 30 s).
+pub fn session_when_listening(port: u16) -> zenoh::Session {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut config = zenoh::Config::default();
+        config.insert_json5("mode", "\"peer\"").unwrap();
+        config
+            .insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+            .unwrap();
+        config
+            .insert_json5("connect/exit_on_failure", "true")
+            .unwrap();
+        config.insert_json5("listen/endpoints", "[]").unwrap();
+        config
+            .insert_json5("scouting/multicast/enabled", "false")
+            .unwrap();
+        match zenoh::open(config).wait() {
+            Ok(session) => return session,
+            Err(e) if Instant::now() > deadline => panic!("nothing listens on {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Decoded commands as they arrive on `vla/<robot>/cmd`.
 pub struct CommandStream {
     pub receiver: Receiver<Result<CommandRecord, String>>,

@@ -33,9 +33,11 @@ pub enum Worker {
     Status = 4,
     /// The instruction and e-stop subscribers' callbacks, on Zenoh's threads.
     Callbacks = 5,
+    /// The second camera's capture thread (`[wrist_camera]`).
+    WristCapture = 6,
 }
 
-const WORKER_COUNT: usize = 6;
+const WORKER_COUNT: usize = 7;
 
 pub const WORKERS: [Worker; WORKER_COUNT] = [
     Worker::Control,
@@ -44,6 +46,7 @@ pub const WORKERS: [Worker; WORKER_COUNT] = [
     Worker::Publisher,
     Worker::Status,
     Worker::Callbacks,
+    Worker::WristCapture,
 ];
 
 impl Worker {
@@ -56,6 +59,7 @@ impl Worker {
             Worker::Publisher => "publisher",
             Worker::Status => "status",
             Worker::Callbacks => "callback",
+            Worker::WristCapture => "wrist-capture",
         }
     }
 
@@ -72,10 +76,14 @@ impl Worker {
             "vla-inference" => Some(Worker::Inference),
             "vla-publish" => Some(Worker::Publisher),
             "vla-status" => Some(Worker::Status),
+            WRIST_CAPTURE_THREAD => Some(Worker::WristCapture),
             _ => None,
         }
     }
 }
+
+/// The wrist camera's capture thread (Linux keeps 15 bytes of a thread's name).
+pub const WRIST_CAPTURE_THREAD: &str = "vla-wrist-cap";
 
 /// What went wrong with a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +138,8 @@ impl Limits {
             .max(timeout_ns);
         let mut idle_ns = [timeout_ns; WORKER_COUNT];
         idle_ns[Worker::Capture as usize] = timeout_ns.saturating_add(camera_wait_ns);
+        // Only a service with a wrist camera runs its thread, and sets its limit.
+        idle_ns[Worker::WristCapture as usize] = 0;
         // Callbacks run only when a sample arrives: they are watched while busy only.
         idle_ns[Worker::Callbacks as usize] = 0;
         let mut busy_ns = [0; WORKER_COUNT];
