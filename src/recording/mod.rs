@@ -42,6 +42,9 @@ pub const CONFIG_METADATA: &str = "vla-rt.config";
 pub mod topics {
     pub const CAMERA_IMAGE: &str = "/camera/image";
     pub const POLICY_INPUT: &str = "/policy/input";
+    /// The wrist camera (`[wrist_camera]`), for a checkpoint that takes two images.
+    pub const WRIST_CAMERA_IMAGE: &str = "/camera/wrist/image";
+    pub const WRIST_POLICY_INPUT: &str = "/policy/input/wrist";
     pub const INSTRUCTION: &str = "/policy/instruction";
     pub const PREDICTION: &str = "/policy/prediction";
     pub const COMMAND: &str = "/control/command";
@@ -199,6 +202,30 @@ struct PredictionEntry {
     done_ns: u64,
     instruction: String,
     prediction: Prediction,
+    /// The wrist camera's frame of a two-image prediction, as `image` (`None` with one
+    /// camera, or when no buffer was free).
+    wrist: Option<WristEntry>,
+    /// The robot's state the prediction took, raw.
+    proprio: Option<Vec<f64>>,
+}
+
+/// The wrist frame of a recorded prediction.
+struct WristEntry {
+    image: Option<RgbImage>,
+    capture_time_ns: u64,
+    frame_sequence: u64,
+}
+
+/// What a prediction was made on.
+pub struct PredictionInputs<'a> {
+    pub frame: &'a Frame,
+    /// The wrist camera's frame, for a checkpoint that takes two images.
+    pub wrist: Option<&'a Frame>,
+    pub instruction: &'a str,
+    /// The robot's state, raw, for a checkpoint that takes it.
+    pub proprio: Option<&'a [f64]>,
+    /// The control tick whose request the prediction answered.
+    pub trigger_tick: u64,
 }
 
 /// What the producers share with the writer thread.
@@ -281,42 +308,47 @@ impl Recorder {
         Arc::clone(&self.queues.stats)
     }
 
-    /// Records a prediction and the frame it was made on. Called by the inference thread:
-    /// one copy of the frame into a pooled buffer, no encoding.
-    pub fn prediction(
-        &self,
-        frame: &Frame,
-        instruction: &str,
-        prediction: &Prediction,
-        trigger_tick: u64,
-    ) {
+    /// Records a prediction and the frames and robot state it was made on. Called by the
+    /// inference thread: one copy of each frame into a pooled buffer, no encoding.
+    pub fn prediction(&self, inputs: PredictionInputs<'_>, prediction: &Prediction) {
         let queues = &self.queues;
-        let image = queues.frame_pool.pop().map(|mut buffer| {
-            buffer.width = frame.image.width;
-            buffer.height = frame.image.height;
-            buffer.data.clear();
-            buffer.data.extend_from_slice(&frame.image.data);
-            buffer
-        });
-        if image.is_none() {
-            queues.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let copy = |frame: &Frame| {
+            let image = queues.frame_pool.pop().map(|mut buffer| {
+                buffer.width = frame.image.width;
+                buffer.height = frame.image.height;
+                buffer.data.clear();
+                buffer.data.extend_from_slice(&frame.image.data);
+                buffer
+            });
+            if image.is_none() {
+                queues.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            image
+        };
+        let frame = inputs.frame;
         let entry = PredictionEntry {
-            image,
+            image: copy(frame),
             capture_time_ns: frame.capture_time_ns,
             frame_sequence: frame.sequence,
-            trigger_tick,
+            trigger_tick: inputs.trigger_tick,
             done_ns: crate::control::clock::realtime_ns(),
-            instruction: instruction.to_string(),
+            instruction: inputs.instruction.to_string(),
             prediction: prediction.clone(),
+            wrist: inputs.wrist.map(|wrist| WristEntry {
+                image: copy(wrist),
+                capture_time_ns: wrist.capture_time_ns,
+                frame_sequence: wrist.sequence,
+            }),
+            proprio: inputs.proprio.map(<[f64]>::to_vec),
         };
         if let Err(entry) = queues.predictions.push(entry) {
-            let frames = u64::from(entry.image.is_some());
+            let images = [entry.image, entry.wrist.and_then(|wrist| wrist.image)];
+            let frames = images.iter().flatten().count() as u64;
             queues
                 .stats
                 .dropped
                 .fetch_add(1 + frames, Ordering::Relaxed);
-            if let Some(image) = entry.image {
+            for image in images.into_iter().flatten() {
                 let _ = queues.frame_pool.push(image);
             }
         }

@@ -23,27 +23,46 @@ pub struct Step {
     pub tokens: Vec<u32>,
     pub normalized: Vec<f64>,
     pub action: Vec<f64>,
+    /// The chunk, one row per step (`action` is the first row; recordings made before
+    /// chunks hold that one row).
+    pub actions: Vec<Vec<f64>>,
+    /// The robot's raw state the prediction took, for a checkpoint that takes it.
+    pub proprio: Option<Vec<f64>>,
     /// The frame exactly as the policy saw it (PNG), if it was recorded.
     pub input_png: Option<Vec<u8>>,
+    /// The wrist camera's frame (capture time, sequence), for a checkpoint that takes two
+    /// images.
+    pub wrist_frame: Option<(u64, u64)>,
+    /// That frame as the policy saw it (PNG), if it was recorded.
+    pub wrist_png: Option<Vec<u8>>,
 }
 
 impl Step {
     /// Decodes the recorded frame.
     pub fn input_image(&self) -> Option<Result<RgbImage, String>> {
-        let png = self.input_png.as_ref()?;
-        Some(
-            image::load_from_memory_with_format(png, image::ImageFormat::Png)
-                .map(|decoded| {
-                    let rgb = decoded.into_rgb8();
-                    RgbImage {
-                        width: rgb.width(),
-                        height: rgb.height(),
-                        data: rgb.into_raw(),
-                    }
-                })
-                .map_err(|e| format!("frame {}: {e}", self.frame_sequence)),
-        )
+        decode_png(self.input_png.as_ref()?, self.frame_sequence)
     }
+
+    /// Decodes the recorded wrist frame.
+    pub fn wrist_image(&self) -> Option<Result<RgbImage, String>> {
+        let (_, sequence) = self.wrist_frame?;
+        decode_png(self.wrist_png.as_ref()?, sequence)
+    }
+}
+
+fn decode_png(png: &[u8], sequence: u64) -> Option<Result<RgbImage, String>> {
+    Some(
+        image::load_from_memory_with_format(png, image::ImageFormat::Png)
+            .map(|decoded| {
+                let rgb = decoded.into_rgb8();
+                RgbImage {
+                    width: rgb.width(),
+                    height: rgb.height(),
+                    data: rgb.into_raw(),
+                }
+            })
+            .map_err(|e| format!("frame {sequence}: {e}")),
+    )
 }
 
 /// A published command as recorded.
@@ -96,6 +115,18 @@ struct PredictionMessage {
     tokens: Vec<u32>,
     normalized: BTreeMap<String, f64>,
     action: BTreeMap<String, f64>,
+    #[serde(default)]
+    actions: Option<Vec<Vec<f64>>>,
+    #[serde(default)]
+    proprio: Option<Vec<f64>>,
+    #[serde(default)]
+    wrist_frame: Option<FrameReference>,
+}
+
+#[derive(Deserialize)]
+struct FrameReference {
+    frame_sequence: u64,
+    capture_time_ns: u64,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +215,8 @@ impl Recording {
         let mut channel_counts = BTreeMap::new();
         let mut steps = Vec::new();
         let mut inputs: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+        // A wrist frame may be paired with more than one primary frame: looked up, not taken.
+        let mut wrist_inputs: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
         let mut commands = Vec::new();
         let mut state_changes = Vec::new();
         let mut time_range: Option<(u64, u64)> = None;
@@ -226,7 +259,7 @@ impl Recording {
                         damaged(format!("{topic} message {}: {e}", header.sequence))
                     };
                     match topic.as_str() {
-                        topics::POLICY_INPUT => {
+                        topics::POLICY_INPUT | topics::WRIST_POLICY_INPUT => {
                             let m: ImageMessage = serde_json::from_slice(&data).map_err(bad)?;
                             let png = base64::engine::general_purpose::STANDARD
                                 .decode(m.data.as_bytes())
@@ -234,11 +267,17 @@ impl Recording {
                                     damaged(format!("{topic} frame {}: {e}", m.sequence))
                                 })?;
                             let capture = m.timestamp.sec * 1_000_000_000 + m.timestamp.nsec;
-                            inputs.insert((capture, m.sequence), png);
+                            let frames = if topic == topics::POLICY_INPUT {
+                                &mut inputs
+                            } else {
+                                &mut wrist_inputs
+                            };
+                            frames.insert((capture, m.sequence), png);
                         }
                         topics::PREDICTION => {
                             let m: PredictionMessage =
                                 serde_json::from_slice(&data).map_err(bad)?;
+                            let action = in_action_order(&m.action);
                             steps.push(Step {
                                 time_ns: t,
                                 capture_time_ns: m.capture_time_ns,
@@ -246,8 +285,14 @@ impl Recording {
                                 instruction: m.instruction,
                                 tokens: m.tokens,
                                 normalized: in_action_order(&m.normalized),
-                                action: in_action_order(&m.action),
+                                actions: m.actions.unwrap_or_else(|| vec![action.clone()]),
+                                action,
+                                proprio: m.proprio,
                                 input_png: None,
+                                wrist_frame: m
+                                    .wrist_frame
+                                    .map(|f| (f.capture_time_ns, f.frame_sequence)),
+                                wrist_png: None,
                             });
                         }
                         topics::COMMAND => {
@@ -306,6 +351,9 @@ impl Recording {
         steps.sort_by_key(|s| (s.time_ns, s.frame_sequence));
         for step in &mut steps {
             step.input_png = inputs.remove(&(step.capture_time_ns, step.frame_sequence));
+            step.wrist_png = step
+                .wrist_frame
+                .and_then(|key| wrist_inputs.get(&key).cloned());
         }
         commands.sort_by_key(|c| c.seq);
         state_changes.sort_by_key(|c| c.0);

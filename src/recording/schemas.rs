@@ -51,6 +51,9 @@ pub fn prediction() -> String {
     "tokens": {{"type": "array", "items": {{"type": "integer"}}}},
     "normalized": {ACTION_OBJECT},
     "action": {ACTION_OBJECT},
+    "actions": {{"type": "array", "items": {{"type": "array", "items": {{"type": "number"}}}}, "description": "The chunk, one row of 7 per step in execution order (action is the first; one row on the token path)"}},
+    "proprio": {{"type": ["array", "null"], "items": {{"type": "number"}}, "description": "The robot's raw state the prediction took, for a checkpoint that takes it"}},
+    "wrist_frame": {{"type": ["object", "null"], "description": "The wrist camera's frame in /policy/input/wrist, for a checkpoint that takes two images", "properties": {{"frame_sequence": {{"type": "integer"}}, "capture_time_ns": {{"type": "integer"}}}}}},
     "timings_ms": {{
       "type": "object",
       "properties": {{

@@ -84,11 +84,30 @@ impl Seek for CountingFile {
 struct Channels {
     camera: u16,
     input: u16,
+    wrist_camera: u16,
+    wrist_input: u16,
     instruction: u16,
     prediction: u16,
     command: u16,
     state: u16,
     status: u16,
+}
+
+/// Which camera's channels a frame goes on.
+#[derive(Clone, Copy)]
+enum CameraChannels {
+    Primary,
+    Wrist,
+}
+
+impl CameraChannels {
+    /// (JPEG channel, PNG input channel)
+    fn ids(self, channels: &Channels) -> (u16, u16) {
+        match self {
+            CameraChannels::Primary => (channels.camera, channels.input),
+            CameraChannels::Wrist => (channels.wrist_camera, channels.wrist_input),
+        }
+    }
 }
 
 /// One MCAP file of the session.
@@ -192,6 +211,16 @@ impl SessionFile {
                     "foxglove.CompressedImage",
                     schemas::COMPRESSED_IMAGE,
                     topics::POLICY_INPUT,
+                )?,
+                wrist_camera: channel(
+                    "foxglove.CompressedImage",
+                    schemas::COMPRESSED_IMAGE,
+                    topics::WRIST_CAMERA_IMAGE,
+                )?,
+                wrist_input: channel(
+                    "foxglove.CompressedImage",
+                    schemas::COMPRESSED_IMAGE,
+                    topics::WRIST_POLICY_INPUT,
                 )?,
                 instruction: channel(
                     "vla_rt.Instruction",
@@ -355,7 +384,15 @@ impl WriterState<'_> {
         .to_string()
     }
 
-    fn frame(&mut self, image: &RgbImage, capture_time_ns: u64, sequence: u64) {
+    /// A frame twice: as a JPEG for viewing and losslessly as a PNG, the policy's input, on
+    /// the camera's two channels.
+    fn frame(
+        &mut self,
+        camera: CameraChannels,
+        image: &RgbImage,
+        capture_time_ns: u64,
+        sequence: u64,
+    ) {
         self.jpeg.clear();
         let jpeg = image::codecs::jpeg::JpegEncoder::new_with_quality(
             &mut self.jpeg,
@@ -370,7 +407,7 @@ impl WriterState<'_> {
         match jpeg {
             Ok(()) => {
                 let message = self.image_message(&self.jpeg, "jpeg", capture_time_ns, sequence);
-                self.put(|c| c.camera, capture_time_ns, message.as_bytes());
+                self.put(|c| camera.ids(c).0, capture_time_ns, message.as_bytes());
             }
             Err(e) => {
                 self.stats().dropped.fetch_add(1, Ordering::Relaxed);
@@ -392,7 +429,7 @@ impl WriterState<'_> {
         match png {
             Ok(()) => {
                 let message = self.image_message(&self.png, "png", capture_time_ns, sequence);
-                self.put(|c| c.input, capture_time_ns, message.as_bytes());
+                self.put(|c| camera.ids(c).1, capture_time_ns, message.as_bytes());
             }
             Err(e) => {
                 self.stats().dropped.fetch_add(1, Ordering::Relaxed);
@@ -412,7 +449,22 @@ impl WriterState<'_> {
             self.last_instruction = Some(entry.instruction.clone());
         }
         if let Some(image) = &entry.image {
-            self.frame(image, entry.capture_time_ns, entry.frame_sequence);
+            self.frame(
+                CameraChannels::Primary,
+                image,
+                entry.capture_time_ns,
+                entry.frame_sequence,
+            );
+        }
+        if let Some(wrist) = &entry.wrist {
+            if let Some(image) = &wrist.image {
+                self.frame(
+                    CameraChannels::Wrist,
+                    image,
+                    wrist.capture_time_ns,
+                    wrist.frame_sequence,
+                );
+            }
         }
         let p = &entry.prediction;
         let named = |values: &[f64]| -> serde_json::Map<String, serde_json::Value> {
@@ -431,6 +483,12 @@ impl WriterState<'_> {
             "tokens": p.tokens,
             "normalized": named(&p.normalized),
             "action": named(&p.action),
+            "actions": p.actions,
+            "proprio": entry.proprio,
+            "wrist_frame": entry.wrist.as_ref().map(|wrist| json!({
+                "frame_sequence": wrist.frame_sequence,
+                "capture_time_ns": wrist.capture_time_ns,
+            })),
             "timings_ms": {
                 "preprocess": t.preprocess_ms,
                 "vision": t.vision_ms,
@@ -449,7 +507,10 @@ impl WriterState<'_> {
             entry.done_ns,
             message.to_string().as_bytes(),
         );
-        if let Some(image) = entry.image {
+        for image in [entry.image, entry.wrist.and_then(|wrist| wrist.image)]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.queues.frame_pool.push(image);
         }
     }

@@ -49,7 +49,7 @@ impl InstructionSummary {
         }
     }
 }
-use crate::recording::Recorder;
+use crate::recording::{PredictionInputs, Recorder};
 
 /// The instruction the policy runs with: a newest-wins slot filled by the Zenoh callback,
 /// taken by the inference thread before a prediction, at most once per `min_interval`.
@@ -614,7 +614,7 @@ fn worker_loop(
             },
             None => None,
         };
-        let wrist_image = match wrist.as_mut() {
+        let wrist_frame = match wrist.as_mut() {
             Some((link, frames)) => match frames.pair_with(
                 frame.capture_time_ns,
                 link.pair_tolerance_ns,
@@ -626,7 +626,7 @@ fn worker_loop(
                         .stats
                         .pair_skew_us
                         .store(skew_ns / 1_000, Ordering::Relaxed);
-                    Some(&wrist_frame.image)
+                    Some(wrist_frame)
                 }
                 // The frame stays unpredicted: the next trigger tries again, with newer
                 // frames of either camera.
@@ -637,7 +637,7 @@ fn worker_loop(
             },
             None => None,
         };
-        let images = CameraImages::new(&frame.image, wrist_image);
+        let images = CameraImages::new(&frame.image, wrist_frame.map(|f| &f.image));
         held_predicted = true;
         let predicted = match &links.supervision {
             Some(supervision) => supervision.busy(Worker::Inference, || {
@@ -660,7 +660,16 @@ fn worker_loop(
                             handled = links.trigger.requested().or(handled);
                         }
                         if let Some(recorder) = recorder {
-                            recorder.prediction(frame, &instruction, &prediction, tick);
+                            recorder.prediction(
+                                PredictionInputs {
+                                    frame,
+                                    wrist: wrist_frame,
+                                    instruction: &instruction,
+                                    proprio: state.as_deref(),
+                                    trigger_tick: tick,
+                                },
+                                &prediction,
+                            );
                         }
                     }
                     Err(e) => links.stats.fail(e.to_string()),
