@@ -8,7 +8,8 @@
 mod common;
 mod service_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use service_support::*;
@@ -16,6 +17,7 @@ use vla_rt::config::ServiceConfig;
 use vla_rt::control::command_record::CommandRecord;
 use vla_rt::control::ControlState;
 use vla_rt::policy::PolicyOptions;
+use vla_rt::recording::{RecordSettings, Recorder};
 use vla_rt::service::{Service, ServiceOptions};
 use zenoh::Wait;
 
@@ -50,6 +52,8 @@ fn one_image_folder(name: &str) -> PathBuf {
 
 struct Running {
     service: Service,
+    /// The session recording, when the test asked for one.
+    recorder: Option<Arc<Recorder>>,
     session: zenoh::Session,
     stream: CommandStream,
     robot: String,
@@ -92,27 +96,83 @@ fn chunk_config(
 }
 
 fn start(name: &str, rate_hz: f64, size_threshold: f64) -> Running {
+    start_recording(name, rate_hz, size_threshold, None)
+}
+
+/// [`start`], recording the session into `recording` when given.
+fn start_recording(
+    name: &str,
+    rate_hz: f64,
+    size_threshold: f64,
+    recording: Option<&Path>,
+) -> Running {
     let port = free_port();
     let robot = format!("chunks-{name}");
     let config = chunk_config(name, &robot, port, rate_hz, size_threshold);
     let model = config.model.path.clone();
     let source = vla_rt::capture::open_source(&config.camera).unwrap();
+    let recorder = recording.map(|path| recorder_for(&config, path));
     let service = Service::start(
         &config,
         source,
         move || vla_rt::backend::load_policy(&model, &PolicyOptions::default()),
-        ServiceOptions::default(),
+        ServiceOptions {
+            recorder: recorder.clone(),
+            ..ServiceOptions::default()
+        },
     )
     .unwrap();
     let session = client_session(port);
     let stream = CommandStream::new(&session, &robot);
     Running {
         service,
+        recorder,
         session,
         stream,
         robot,
         ticks_per_step: (rate_hz / ACTION_HZ).round() as usize,
     }
+}
+
+/// Where a test's recording goes.
+fn recording_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chunks_{name}_{}.mcap", std::process::id()))
+}
+
+/// A recorder of `config`'s session into `path`, as `vla-rt run --record` starts one.
+fn recorder_for(config: &ServiceConfig, path: &Path) -> Arc<Recorder> {
+    let _ = std::fs::remove_file(path);
+    let session = vla_rt::recording::session_info(config, &PolicyOptions::default()).unwrap();
+    Recorder::start(RecordSettings::from_config(&config.record, path), session).unwrap()
+}
+
+/// `vla-rt replay --json` of a recording made with the checkpoint it names: every prediction
+/// is replayed (none lacks an input) and gives the recorded chunk of `CHUNK` steps again,
+/// value for value.
+fn assert_replays_exactly(recording: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vla-rt"))
+        .args(["replay", "--json"])
+        .arg(recording)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = &report["summary"];
+    assert!(summary["steps"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(summary["skipped"], 0, "{summary}");
+    assert_eq!(summary["steps_differing"], 0, "{summary}");
+    for step in report["steps"].as_array().unwrap() {
+        let recorded = step["recorded_actions"].as_array().unwrap();
+        assert_eq!(recorded.len(), CHUNK, "{step}");
+        assert_eq!(recorded, step["replayed_actions"].as_array().unwrap());
+        assert_eq!(step["max_abs_difference"], 0.0, "{step}");
+    }
+    report
 }
 
 /// Runs of consecutive ACT commands from one chunk (one capture time).
@@ -402,6 +462,8 @@ fn the_recording_carries_the_chunk_step_of_every_command() {
         .commands
         .iter()
         .any(|c| c.chunk_step.is_some_and(|s| s >= 1)));
+    // The recording replays to the same chunks.
+    assert_replays_exactly(&recording_path);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -431,8 +493,8 @@ fn publish_proprio(
 #[test]
 fn a_policy_that_takes_the_robot_state_acts_on_it_and_stops_when_it_goes_stale() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let running = start("proprio", 50.0, 0.5);
+    let recording = recording_path("proprio");
+    let running = start_recording("proprio", 50.0, 0.5, Some(&recording));
     let (session, stream, robot) = (&running.session, &running.stream, &running.robot);
     let status = StatusWatch::new(session, robot);
     // No state yet: the loop stops as for a silent camera, and nothing acts.
@@ -478,6 +540,9 @@ fn a_policy_that_takes_the_robot_state_acts_on_it_and_stops_when_it_goes_stale()
         "{more:?}"
     );
     running.service.stop();
+    running.recorder.unwrap().finish();
+    // Each prediction's robot state was recorded with it: the replay gives the same chunks.
+    assert_replays_exactly(&recording);
 }
 
 /// The wrist camera of these tests: frames the test puts on `vla/<robot>/wrist`.
@@ -535,7 +600,6 @@ fn publish_wrist_frames(
 fn a_two_camera_checkpoint_acts_on_frames_paired_by_capture_time_and_stops_when_the_wrist_goes_silent(
 ) {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-    use std::sync::Arc;
     let port = free_port();
     let robot = "chunks-wrist".to_string();
     let config = chunk_config("wrist", &robot, port, 50.0, 0.5);
@@ -547,11 +611,16 @@ fn a_two_camera_checkpoint_acts_on_frames_paired_by_capture_time_and_stops_when_
         publish_wrist_frames(port, robot.clone(), Arc::clone(&skew_ms), Arc::clone(&stop));
     let model = config.model.path.clone();
     let source = vla_rt::capture::open_source(&config.camera).unwrap();
+    let recording = recording_path("wrist");
+    let recorder = recorder_for(&config, &recording);
     let service = Service::start(
         &config,
         source,
         move || vla_rt::backend::load_policy(&model, &PolicyOptions::default()),
-        ServiceOptions::default(),
+        ServiceOptions {
+            recorder: Some(Arc::clone(&recorder)),
+            ..ServiceOptions::default()
+        },
     )
     .unwrap();
     let session = &client_session(port);
@@ -614,6 +683,26 @@ fn a_two_camera_checkpoint_acts_on_frames_paired_by_capture_time_and_stops_when_
         "{more:?}"
     );
     service.stop();
+    recorder.finish();
+    // Both cameras' frames were recorded with each prediction: the replay gives the same
+    // chunks, and every wrist frame is the paired one, within the tolerance.
+    let report = assert_replays_exactly(&recording);
+    let steps = vla_rt::recording::reader::Recording::read(&recording)
+        .unwrap()
+        .steps;
+    assert_eq!(
+        steps.len() as u64,
+        report["summary"]["steps"].as_u64().unwrap()
+    );
+    for step in &steps {
+        let (wrist_capture_ns, _) = step.wrist_frame.expect("a step without its wrist frame");
+        assert!(
+            wrist_capture_ns.abs_diff(step.capture_time_ns) <= 25_000_000,
+            "{} ns apart",
+            wrist_capture_ns.abs_diff(step.capture_time_ns)
+        );
+        assert!(step.wrist_image().unwrap().is_ok());
+    }
 }
 
 #[test]

@@ -53,8 +53,13 @@ pub struct StepReport {
     pub replayed_tokens: Vec<u32>,
     pub recorded_action: Vec<f64>,
     pub replayed_action: Vec<f64>,
-    /// 1 − NRMSE of this step's action.
+    /// The chunks, one row per step (one row on the token path).
+    pub recorded_actions: Vec<Vec<f64>>,
+    pub replayed_actions: Vec<Vec<f64>>,
+    /// 1 − NRMSE of this step's chunk.
     pub accuracy: f64,
+    /// The largest difference between a recorded and a replayed chunk value.
+    pub max_abs_difference: f64,
 }
 
 /// The whole comparison.
@@ -73,15 +78,19 @@ pub struct ReplayReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReplaySummary {
     pub steps: usize,
-    /// Predictions recorded without their frame (dropped by the recorder): not replayed.
+    /// Predictions recorded without an input they need (a frame dropped by the recorder,
+    /// the robot's state or the wrist frame of a recording made before they were kept): not
+    /// replayed.
     pub skipped: usize,
     pub tokens_equal: usize,
     pub tokens: usize,
     pub token_agreement: f64,
     /// NanoLLM's 1 − NRMSE over all steps.
     pub accuracy: f64,
-    /// Steps with at least one token different.
+    /// Steps with at least one token different (token path) or any chunk value different.
     pub steps_differing: usize,
+    /// The largest difference between a recorded and a replayed chunk value, over all steps.
+    pub max_abs_difference: f64,
     /// Why the recording ends early, if it does (cut off or damaged).
     pub damage: Option<String>,
 }
@@ -179,32 +188,56 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
     };
     let config = OpenVlaConfig::from_file(&dir.join("config.json"))
         .map_err(|e| CliError::bad_input(e.to_string()))?;
-    let key =
-        crate::model::action::resolve_unnorm_key(&config.norm_stats, session.unnorm_key.as_deref())
-            .map_err(|e| CliError::bad_input(e.to_string()))?;
-    let stats = &config.norm_stats[&key].action;
+    // An OpenVLA-OFT checkpoint is un-normalised with its dataset_statistics.json.
+    let is_oft = crate::model::oft::find_files(&dir)
+        .map_err(|e| CliError::bad_input(e.to_string()))?
+        .is_some();
+    let norm_stats = match is_oft {
+        true => crate::model::oft::read_dataset_statistics(&dir)
+            .map_err(|e| CliError::bad_input(e.to_string()))?
+            .unwrap_or(config.norm_stats),
+        false => config.norm_stats,
+    };
+    let key = crate::model::action::resolve_unnorm_key(&norm_stats, session.unnorm_key.as_deref())
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    let stats = &norm_stats[&key].action;
     let mut policy = crate::backend::load_policy(&dir, &options)?;
+    let needs = policy.inputs();
 
     let first_ns = recording.steps.first().map_or(0, |s| s.time_ns);
     let mut steps = Vec::with_capacity(recording.steps.len());
     let mut skipped = 0usize;
+    let bad_frame = |e: String| CliError::bad_input(format!("{}: {e}", recording.path.display()));
     for (index, step) in recording.steps.iter().enumerate() {
         let Some(image) = step.input_image() else {
             skipped += 1;
             continue;
         };
-        let image =
-            image.map_err(|e| CliError::bad_input(format!("{}: {e}", recording.path.display())))?;
-        let prediction = policy.predict(&image, &step.instruction)?;
+        let mut images = vec![image.map_err(bad_frame)?];
+        if needs.images > 1 {
+            let Some(wrist) = step.wrist_image() else {
+                skipped += 1;
+                continue;
+            };
+            images.push(wrist.map_err(bad_frame)?);
+        }
+        if needs.proprio_dim.is_some() && step.proprio.is_none() {
+            skipped += 1;
+            continue;
+        }
+        let image_refs: Vec<&crate::preprocess::RgbImage> = images.iter().collect();
+        let prediction =
+            policy.predict_with(&image_refs, &step.instruction, step.proprio.as_deref())?;
         let tokens_equal = step
             .tokens
             .iter()
             .zip(&prediction.tokens)
             .filter(|(a, b)| a == b)
             .count();
+        let rows = step.actions.len().min(prediction.actions.len());
         let accuracy = action_accuracy(
-            std::slice::from_ref(&step.action),
-            std::slice::from_ref(&prediction.action),
+            &step.actions[..rows],
+            &prediction.actions[..rows],
             &stats.q01,
             &stats.q99,
         );
@@ -217,6 +250,9 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
             replayed_tokens: prediction.tokens,
             recorded_action: step.action.clone(),
             replayed_action: prediction.action,
+            max_abs_difference: max_abs_difference(&step.actions, &prediction.actions),
+            recorded_actions: step.actions.clone(),
+            replayed_actions: prediction.actions,
             accuracy,
         });
     }
@@ -230,8 +266,11 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
                 .map_or(String::new(), |d| format!(" ({d})"))
         )));
     }
-    let recorded: Vec<Vec<f64>> = steps.iter().map(|s| s.recorded_action.clone()).collect();
-    let replayed: Vec<Vec<f64>> = steps.iter().map(|s| s.replayed_action.clone()).collect();
+    let (recorded, replayed): (Vec<Vec<f64>>, Vec<Vec<f64>>) = steps
+        .iter()
+        .flat_map(|s| s.recorded_actions.iter().zip(&s.replayed_actions))
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .unzip();
     let tokens_equal = steps.iter().map(|s| s.tokens_equal).sum();
     let tokens = steps.iter().map(|s| s.recorded_tokens.len()).sum::<usize>();
     let summary = ReplaySummary {
@@ -243,8 +282,12 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
         accuracy: action_accuracy(&recorded, &replayed, &stats.q01, &stats.q99),
         steps_differing: steps
             .iter()
-            .filter(|s| s.tokens_equal != s.recorded_tokens.len())
+            .filter(|s| s.tokens_equal != s.recorded_tokens.len() || s.max_abs_difference != 0.0)
             .count(),
+        max_abs_difference: steps
+            .iter()
+            .map(|s| s.max_abs_difference)
+            .fold(0.0, f64::max),
         damage: recording.damage.clone(),
     };
     Ok(ReplayReport {
@@ -259,23 +302,52 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
     })
 }
 
+/// The largest difference between two chunks' values; infinite when their shapes differ.
+fn max_abs_difference(recorded: &[Vec<f64>], replayed: &[Vec<f64>]) -> f64 {
+    let same_shape = recorded.len() == replayed.len()
+        && recorded
+            .iter()
+            .zip(replayed)
+            .all(|(a, b)| a.len() == b.len());
+    if !same_shape {
+        return f64::INFINITY;
+    }
+    recorded
+        .iter()
+        .zip(replayed)
+        .flat_map(|(a, b)| a.iter().zip(b))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
 fn summary_line(report: &ReplayReport) -> String {
     let s = &report.summary;
+    let compared = if s.tokens > 0 {
+        format!(
+            "tokens {}/{} identical ({:.1} %)",
+            s.tokens_equal,
+            s.tokens,
+            100.0 * s.token_agreement
+        )
+    } else {
+        // The chunk path has no tokens: its continuous actions are compared.
+        format!("chunk values at most {:.3e} apart", s.max_abs_difference)
+    };
     let mut line = format!(
-        "replayed {} steps of {} on {} (LLM {}, projector {}): tokens {}/{} identical ({:.1} %), 1 - NRMSE {:.4}, {} steps differ",
+        "replayed {} steps of {} on {} (LLM {}, projector {}): {compared}, 1 - NRMSE {:.4}, {} steps differ",
         s.steps,
         report.recording,
         report.backend,
         report.quantization,
         report.projector,
-        s.tokens_equal,
-        s.tokens,
-        100.0 * s.token_agreement,
         s.accuracy,
         s.steps_differing
     );
     if s.skipped > 0 {
-        line.push_str(&format!(", {} without a recorded frame", s.skipped));
+        line.push_str(&format!(
+            ", {} without a recorded input (frame, wrist frame or robot state)",
+            s.skipped
+        ));
     }
     if let Some(damage) = &s.damage {
         line.push_str(&format!("; the recording ends early: {damage}"));
