@@ -9,12 +9,13 @@ use rayon::prelude::*;
 
 use super::BenchError;
 use vla_model::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
+use vla_model::backend::oft::OftSpec;
 use vla_model::backend::oft_cpu::OftCpuRunner;
 use vla_model::model::checkpoint::Checkpoint;
 use vla_model::model::config::ActionNormalization;
 use vla_model::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
 use vla_model::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
-use vla_model::model::oft::{Bounds, L1ActionHead, OftSettings, COMMAND_ACTION_DIM};
+use vla_model::model::oft::{Bounds, L1ActionHead, COMMAND_ACTION_DIM};
 use vla_model::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
 use vla_model::model::prompt::PromptTokenizer;
 use vla_model::policy::{BackendKind, PolicyOptions, StageTimings};
@@ -551,21 +552,9 @@ fn time_chunks(
         &args.template,
     )
     .map_err(bench_error)?;
-    let settings = OftSettings {
-        num_actions_chunk: steps,
-        num_images_in_input: 1,
-        action_normalization: ActionNormalization::BoundsQ99,
-    };
-    let mut runner = OftCpuRunner::from_parts(
-        model,
-        settings,
-        head,
-        None,
-        bounds,
-        "bench".into(),
-        &PolicyOptions::default(),
-    )
-    .map_err(bench_error)?;
+    let spec = OftSpec::one_camera(steps, model.num_patches(), bounds);
+    let mut runner = OftCpuRunner::from_parts(model, spec, head, None, &PolicyOptions::default())
+        .map_err(bench_error)?;
     let mut samples = Vec::with_capacity(args.runs);
     for run in 0..args.warmup + args.runs {
         let pass = runner

@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod oft;
 pub mod oft_cpu;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
