@@ -64,6 +64,35 @@ fn predict_with_cuda_and_no_driver_exits_2_naming_the_driver() {
     ]);
 }
 
+/// An OpenVLA-OFT checkpoint takes the CUDA backend's chunk path, which opens the driver
+/// first, as the token path does: the same line and exit code.
+#[test]
+fn predict_of_an_oft_checkpoint_with_cuda_and_no_driver_exits_2_naming_the_driver() {
+    if driver_present() {
+        eprintln!("skipped: an NVIDIA driver is installed here");
+        return;
+    }
+    let settings = serde_json::json!({
+        "num_actions_chunk": 8,
+        "num_images_in_input": 1,
+        "action_normalization": "bounds_q99",
+    });
+    let dir = common::oft::assemble("no_driver", &settings, false);
+    let image = tiny_fixture_dir().join("case0_224_square/image.png");
+    assert_one_line_exit_2(&[
+        "predict",
+        "--backend",
+        "cuda",
+        "--model",
+        dir.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--instruction",
+        "pick up the bowl",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
     if driver_present() {
