@@ -403,5 +403,13 @@ fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() 
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains("libcuda"), "{stderr}");
     }
+    // TensorRT's engines cover the encoders only: the chunk path is refused there.
+    let out = predict(&dir, &["--backend", "tensorrt"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OpenVLA-OFT") && stderr.contains("cpu and cuda"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -225,7 +225,7 @@ impl OftSpec {
         &self,
         head_output: &[f32],
         backend: &'static str,
-    ) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), PolicyError> {
+    ) -> Result<(ChunkRows, ChunkRows), PolicyError> {
         let steps = self.settings.num_actions_chunk;
         if head_output.len() != steps * self.action_dim {
             return Err(PolicyError::Backend {
@@ -256,6 +256,9 @@ impl OftSpec {
     }
 }
 
+/// One row of `action_dim` values per chunk step.
+pub type ChunkRows = Vec<Vec<f64>>;
+
 /// `got` images for a checkpoint that takes `want`.
 pub(crate) fn check_image_count(want: usize, got: usize) -> Result<(), PolicyError> {
     if want == got {
@@ -283,8 +286,13 @@ pub trait OftRunner: Send {
     fn spec(&self) -> &OftSpec;
     /// Number of `pixel_values` the model takes per camera.
     fn pixel_values_len(&self) -> usize;
+    /// The prompt's ids (`<s>` … `▁`), refused when empty or when the whole sequence would
+    /// not fit the runner.
+    fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError>;
     /// Refuses an instruction [`OftRunner::predict_chunk`] would refuse, without running.
-    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError>;
+    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
+        self.prompt_ids(instruction).map(|_| ())
+    }
     /// One chunk from each camera's `pixel_values` and the raw robot state;
     /// `timings.preprocess_ms` is left to the caller.
     fn predict_chunk(
@@ -409,7 +417,7 @@ impl<R: OftRunner> Policy for OftPolicy<R> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn bounds(dim: usize) -> Bounds {
@@ -420,7 +428,9 @@ mod tests {
         }
     }
 
-    fn spec(images: usize, chunk: usize, proprio: Option<usize>) -> OftSpec {
+    /// A spec of `images` 256-patch cameras, chunks of `chunk` 7-D actions (bounds 0..2) and
+    /// a robot state of `proprio` values (bounds ±1), for the runners' tests.
+    pub(crate) fn spec(images: usize, chunk: usize, proprio: Option<usize>) -> OftSpec {
         OftSpec {
             settings: OftSettings {
                 num_actions_chunk: chunk,
@@ -482,10 +492,10 @@ mod tests {
         assert!(err(without.check_inputs(1, Some(&[0.0]))).contains("no proprio projector"));
         assert!(without.check_inputs(1, None).is_ok());
         assert_eq!(without.normalize_proprio(Some(&[0.5])), None);
-        assert_eq!(
-            s.normalize_proprio(Some(&[0.5, 3.0, -3.0])).unwrap(),
-            vec![0.5, 1.0, -1.0]
-        );
+        // Within the bounds ±1 (span 2 + 1e-8), outside them clipped.
+        let normalized = s.normalize_proprio(Some(&[0.5, 3.0, -3.0])).unwrap();
+        assert!((normalized[0] - 0.5).abs() < 1e-8, "{normalized:?}");
+        assert_eq!(normalized[1..], [1.0, -1.0]);
     }
 
     #[test]

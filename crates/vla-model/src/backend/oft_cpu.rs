@@ -206,8 +206,8 @@ impl OftRunner for OftCpuRunner {
         self.model.pixel_values_len()
     }
 
-    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
-        self.prompt_ids(instruction).map(|_| ())
+    fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError> {
+        Self::prompt_ids(self, instruction)
     }
 
     fn predict_chunk(

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
-use super::vision::{padded_keys, softmax};
+use super::vision::{padded_keys, softmax, KEY_ALIGN};
 use super::weights::{DecodeFormat, DeviceLinear, GemvVariant, WeightSource};
 use super::CudaError;
 use crate::model::llama::{rope_tables, LlamaConfig};
@@ -996,6 +996,24 @@ pub struct BidirectionalShapes {
     pub out_values: usize,
 }
 
+/// The longest bidirectional pass a cache of `capacity` positions takes: the attention GEMMs
+/// run over the rows padded to [`KEY_ALIGN`] (`padded_keys`), which must stay inside the
+/// buffers sized for `capacity` (the token path's prefill keeps room for decode instead).
+pub fn bidirectional_positions(capacity: usize) -> usize {
+    capacity / KEY_ALIGN * KEY_ALIGN
+}
+
+/// The cache positions to allocate for bidirectional passes of up to `longest` positions in a
+/// model of `llm_max_length`: `longest` padded to [`KEY_ALIGN`] where the model allows it.
+pub fn bidirectional_capacity(longest: usize, llm_max_length: usize) -> usize {
+    let padded = padded_keys(longest);
+    if padded <= llm_max_length {
+        padded
+    } else {
+        bidirectional_positions(llm_max_length)
+    }
+}
+
 /// The sequence length of an OFT pass over `prefix_rows` rows and `ids`, or an error naming
 /// what does not fit: a sequence longer than the capacity, a prefix or output buffer too
 /// small, an id outside the vocabulary, or rows to read outside the sequence.
@@ -1015,11 +1033,12 @@ pub fn check_bidirectional_args(
             "the input needs a first token id (`<s>`) before the prefix rows".into(),
         ));
     }
-    if n > shapes.capacity {
+    let usable = bidirectional_positions(shapes.capacity);
+    if n > usable {
         return Err(CudaError::Model(
             crate::model::ModelError::SequenceTooLong {
                 len: n,
-                capacity: shapes.capacity,
+                capacity: usable,
             },
         ));
     }
@@ -1054,7 +1073,10 @@ pub fn check_bidirectional_args(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{check_bidirectional_args, BidirectionalShapes};
+    use super::{
+        bidirectional_capacity, bidirectional_positions, check_bidirectional_args,
+        BidirectionalShapes,
+    };
     use crate::backend::cuda::kernels::{kernel_parameters, LLAMA, OFT};
 
     /// An OFT pass of the fixture's second case: 513 prefix rows (two cameras and the proprio
@@ -1078,8 +1100,29 @@ mod tests {
 
     #[test]
     fn a_pass_that_fits_gives_its_sequence_length() {
-        let n = check_bidirectional_args(&fixture_shapes(610), 513, &fixture_ids(), &(552..608));
+        let n = check_bidirectional_args(&fixture_shapes(616), 513, &fixture_ids(), &(552..608));
         assert_eq!(n.unwrap(), 610);
+    }
+
+    /// The attention GEMMs run over 616 rows for 610 positions: a cache of 610 or 615
+    /// positions would be read and written past its end, so the pass is refused there.
+    #[test]
+    fn the_padded_attention_rows_must_fit_the_capacity() {
+        for capacity in [610, 615] {
+            let err = check_bidirectional_args(
+                &fixture_shapes(capacity),
+                513,
+                &fixture_ids(),
+                &(552..608),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("610") && err.contains("608"), "{err}");
+        }
+        assert_eq!(bidirectional_capacity(610, 2048), 616);
+        assert_eq!(bidirectional_capacity(610, 612), 608);
+        assert_eq!(bidirectional_capacity(608, 608), 608);
+        assert_eq!(bidirectional_positions(769), 768);
     }
 
     #[test]
@@ -1094,7 +1137,7 @@ mod tests {
     fn buffers_ids_and_rows_that_do_not_fit_are_errors_naming_them() {
         let shapes = fixture_shapes(1024);
         let ids = fixture_ids();
-        let err = |r: Result<usize, _>| r.unwrap_err().to_string();
+        let err = |r: Result<usize, crate::backend::cuda::CudaError>| r.unwrap_err().to_string();
         let e = err(check_bidirectional_args(&shapes, 514, &ids, &(552..608)));
         assert!(
             e.contains("514 prefix rows") && e.contains("prefix buffer"),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, DeviceMatrix, Dt, Gpu, Lane};
+use super::llama::{bidirectional_capacity, bidirectional_positions};
 use super::policy::{CudaModelRunner, ModelSpec};
 use super::vision::{queue_add_bias, queue_bias_act};
 use super::weights::{CheckpointWeights, WeightSource};
@@ -482,7 +483,10 @@ impl OftCudaRunner {
             proprio_ckpt.as_ref().map(|(_, dim)| *dim),
             options,
         )?;
-        model_spec.capacity = spec.sequence_capacity(config.llm_max_length);
+        model_spec.capacity = bidirectional_capacity(
+            spec.sequence_capacity(config.llm_max_length),
+            config.llm_max_length,
+        );
         // The token path's action decoder, unused here, resolves the same key in the same
         // statistics as the chunk.
         config.norm_stats = stats;
@@ -538,7 +542,7 @@ impl OftCudaRunner {
             &head_shape,
             hidden,
             patches,
-            model.llama().capacity(),
+            bidirectional_positions(model.llama().capacity()),
         )?;
         let gpu = model.gpu();
         let head =
@@ -582,7 +586,7 @@ impl OftCudaRunner {
         self.spec.prompt_ids(
             self.model.tokenizer(),
             instruction,
-            self.model.llama().capacity(),
+            bidirectional_positions(self.model.llama().capacity()),
         )
     }
 
@@ -735,8 +739,8 @@ impl OftRunner for OftCudaRunner {
         self.model.vision().pixels.len()
     }
 
-    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
-        self.prompt_ids(instruction).map(|_| ())
+    fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError> {
+        Self::prompt_ids(self, instruction)
     }
 
     fn predict_chunk(
@@ -762,28 +766,7 @@ impl OftPolicy<OftCudaRunner> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::config::ActionNormalization;
-    use crate::model::oft::{Bounds, OftSettings};
-
-    fn spec(images: usize, chunk: usize, proprio: bool) -> OftSpec {
-        let bounds = |dim| Bounds {
-            low: vec![-1.0; dim],
-            high: vec![1.0; dim],
-            mask: vec![true; dim],
-        };
-        OftSpec {
-            settings: OftSettings {
-                num_actions_chunk: chunk,
-                num_images_in_input: images,
-                action_normalization: ActionNormalization::BoundsQ99,
-            },
-            patches_per_image: 256,
-            action_dim: 7,
-            action_bounds: bounds(7),
-            proprio_bounds: proprio.then(|| bounds(8)),
-            unnorm_key: "k".into(),
-        }
-    }
+    use crate::backend::oft::tests::spec;
 
     fn head(hidden: usize) -> L1HeadShape {
         L1HeadShape {
@@ -810,15 +793,15 @@ mod tests {
 
     #[test]
     fn the_prefix_holds_every_camera_and_the_proprio_token() {
-        assert_eq!(prefix_rows(&spec(2, 8, true)), 513);
-        assert_eq!(prefix_rows(&spec(1, 8, false)), 256);
+        assert_eq!(prefix_rows(&spec(2, 8, Some(8))), 513);
+        assert_eq!(prefix_rows(&spec(1, 8, None)), 256);
     }
 
     /// The device pass's row numbering against the layout: the `▁` (the prompt's last id)
     /// is the first row the head reads, the placeholders follow it and `</s>` is last.
     #[test]
     fn the_head_reads_from_the_last_prompt_row_through_the_placeholders() {
-        let s = spec(2, 8, true);
+        let s = spec(2, 8, Some(8));
         let prompt = [1u32, 10, 11, 29871];
         let layout = s.layout(prompt.len());
         let mut ids = Vec::new();
@@ -834,7 +817,7 @@ mod tests {
 
     #[test]
     fn parts_that_do_not_fit_together_are_refused_naming_them() {
-        let s = spec(2, 8, true);
+        let s = spec(2, 8, Some(8));
         assert!(check_parts(&s, &head(64), 64, 256, 1100).is_ok());
         let err = check_parts(&s, &head(32), 64, 256, 1100)
             .unwrap_err()
