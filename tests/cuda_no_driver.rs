@@ -123,6 +123,44 @@ fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
 }
 
 #[test]
+fn oft_chunk_bench_and_oft_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
+    if driver_present() {
+        eprintln!("skipped: an NVIDIA driver is installed here");
+        return;
+    }
+    let template = tiny_model_dir().display().to_string();
+    assert_one_line_exit_2(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--random-weights",
+        "--shape",
+        "openvla-7b",
+        "--oft-chunk",
+        "8",
+        "--template",
+        &template,
+    ]);
+    let settings = serde_json::json!({
+        "num_actions_chunk": 8,
+        "num_images_in_input": 1,
+        "action_normalization": "bounds_q99",
+    });
+    let dir = common::oft::assemble("no_driver_parity", &settings, false);
+    let fixtures = common::oft::fixture_dir().display().to_string();
+    assert_one_line_exit_2(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--parity",
+        &fixtures,
+        "--model",
+        dir.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn parity_needs_the_cuda_backend() {
     let fixtures = tiny_fixture_dir().display().to_string();
     let (code, stderr) = run(&["bench", "--parity", &fixtures]);

@@ -455,3 +455,50 @@ fn run_oft(model: &Path, fixtures: &Path) -> Result<(), BenchError> {
     println!("oft parity: all cases within limits");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{OftCaseSettings, OftExpected};
+    use vla_model::policy::PolicyInputs;
+
+    fn fixture() -> OftExpected {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/openvla-oft-tiny/expected.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Each fixture checkpoint gpu_check.sh assembles is compared on the cases made for its
+    /// settings, and a checkpoint made for none of them on none.
+    #[test]
+    fn oft_parity_runs_the_fixture_cases_of_the_checkpoints_settings() {
+        let expected = fixture();
+        let names = |inputs: PolicyInputs| -> Vec<String> {
+            expected
+                .cases
+                .iter()
+                .filter(|c| c.vla_rt_model.fits(&inputs))
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        let inputs = |images, proprio_dim, chunk_len| PolicyInputs {
+            images,
+            proprio_dim,
+            chunk_len,
+        };
+        assert_eq!(names(inputs(1, None, 8)), ["case0_one_image"]);
+        assert_eq!(names(inputs(2, Some(8), 8)), ["case1_two_images_proprio"]);
+        assert_eq!(names(inputs(1, Some(8), 8)), ["case2_nonascii"]);
+        assert!(names(inputs(1, None, 5)).is_empty());
+        for case in &expected.cases {
+            let chunk = case.vla_rt_model.num_actions_chunk;
+            assert_eq!(case.normalized_actions.len(), chunk, "{}", case.name);
+            assert_eq!(case.images.len(), case.vla_rt_model.num_images_in_input);
+        }
+        let settings = OftCaseSettings {
+            num_actions_chunk: 8,
+            num_images_in_input: 2,
+            use_proprio: true,
+        };
+        assert!(!settings.fits(&inputs(2, None, 8)));
+    }
+}
