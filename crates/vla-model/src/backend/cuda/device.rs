@@ -568,7 +568,9 @@ impl Gpu {
     /// Device-to-device copy of `bytes` on `lane`.
     pub fn copy_d2d(&self, lane: Lane, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
         // SAFETY: callers pass ranges inside their own buffers (the bandwidth probe copies
-        // between two buffers of at least `bytes`).
+        // between two buffers of at least `bytes`; the OFT runner copies the projector
+        // output, `patches · hidden` values, into the row of its camera in a prefix buffer
+        // sized for every camera, after checking both shapes at load).
         unsafe {
             cudarc::driver::result::memcpy_dtod_async(
                 dst,

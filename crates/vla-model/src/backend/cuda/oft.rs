@@ -617,6 +617,8 @@ impl OftCudaRunner {
             // is done before the graph writes it again.
             self.model.upload_pixels(pixels)?;
             self.model.run_vision()?;
+            // In bounds: `check_inputs` took one camera per image row block of the prefix,
+            // and `check_parts` made the projector output one such block.
             let tokens = self.model.vision().projector.output();
             self.model.gpu().copy_d2d(
                 Lane::A,
@@ -813,6 +815,29 @@ mod tests {
         assert_eq!(id_at_row(rows.start), 29871);
         assert!((rows.start + 1..rows.end + 1).all(|r| id_at_row(r) == ZERO_ROW_ID));
         assert_eq!(id_at_row(layout.len() - 1), STOP_TOKEN_ID as i32);
+    }
+
+    /// `queue_rows_kernel` passes the pointers, then the value count and the row width.
+    #[test]
+    fn the_head_epilogues_take_pointers_then_the_count_and_the_width() {
+        use crate::backend::cuda::kernels::{kernel_parameters, OFT, VISION};
+        assert_eq!(
+            kernel_parameters(&OFT, "bias_relu_f32"),
+            ["x", "bias", "total", "N"]
+        );
+        assert_eq!(
+            kernel_parameters(&OFT, "bias_relu_add_f32"),
+            ["branch", "bias", "h", "total", "N"]
+        );
+        // The proprio token's bias and the LayerNorms go through the vision kernels.
+        assert_eq!(
+            kernel_parameters(&VISION, "add_bias_f32"),
+            ["x", "bias", "total", "N"]
+        );
+        assert_eq!(
+            kernel_parameters(&VISION, "layer_norm_f16"),
+            ["x", "add_bias", "w", "b", "out", "D", "eps"]
+        );
     }
 
     #[test]
