@@ -100,16 +100,21 @@ fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
         return;
     }
     let template = tiny_model_dir().display().to_string();
-    assert_one_line_exit_2(&[
-        "bench",
-        "--backend",
-        "cuda",
-        "--random-weights",
-        "--shape",
-        "openvla-7b",
-        "--template",
-        &template,
-    ]);
+    // The benchmark, and its OpenVLA-OFT chunk comparison.
+    for extra in [&[][..], &["--oft-chunk", "8"][..]] {
+        let mut args = vec![
+            "bench",
+            "--backend",
+            "cuda",
+            "--random-weights",
+            "--shape",
+            "openvla-7b",
+            "--template",
+            &template,
+        ];
+        args.extend_from_slice(extra);
+        assert_one_line_exit_2(&args);
+    }
     let fixtures = tiny_fixture_dir().display().to_string();
     assert_one_line_exit_2(&[
         "bench",
@@ -123,24 +128,11 @@ fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
 }
 
 #[test]
-fn oft_chunk_bench_and_oft_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
+fn oft_parity_with_cuda_and_no_driver_exits_2_naming_the_driver() {
     if driver_present() {
         eprintln!("skipped: an NVIDIA driver is installed here");
         return;
     }
-    let template = tiny_model_dir().display().to_string();
-    assert_one_line_exit_2(&[
-        "bench",
-        "--backend",
-        "cuda",
-        "--random-weights",
-        "--shape",
-        "openvla-7b",
-        "--oft-chunk",
-        "8",
-        "--template",
-        &template,
-    ]);
     let settings = serde_json::json!({
         "num_actions_chunk": 8,
         "num_images_in_input": 1,

@@ -103,19 +103,7 @@ fn oft_chunk_bench(
     let ids = runner.prompt_ids(&args.instruction)?;
     let action_dim = runner.action_dim();
     let token = time(warmup, runs, || {
-        runner.upload_pixels(&pixels)?;
-        let (gpu, vision) = runner.vision_mut();
-        vision.replay(gpu)?;
-        let (gpu, llama, vision) = runner.llama_mut();
-        llama.generate(
-            gpu,
-            vision.projector.output(),
-            &ids,
-            action_dim,
-            DecodeFormat::F16,
-            true,
-        )?;
-        Ok(())
+        whole_action(&mut runner, &pixels, &ids, action_dim, DecodeFormat::F16)
     })
     .map_err(cuda_error)?;
 
@@ -696,6 +684,30 @@ fn vision_variants(
     rows
 }
 
+/// One token-path action as the policy runs it: pixel upload, vision graph, prefill,
+/// `action_dim - 1` decode graphs in `format`, the ids back.
+fn whole_action(
+    runner: &mut CudaModelRunner,
+    pixels: &[f32],
+    ids: &[u32],
+    action_dim: usize,
+    format: DecodeFormat,
+) -> Result<(), CudaError> {
+    runner.upload_pixels(pixels)?;
+    let (gpu, vision) = runner.vision_mut();
+    vision.replay(gpu)?;
+    let (gpu, llama, vision) = runner.llama_mut();
+    llama.generate(
+        gpu,
+        vision.projector.output(),
+        ids,
+        action_dim,
+        format,
+        true,
+    )?;
+    Ok(())
+}
+
 /// What the language rows of the benchmark share.
 struct LanguageBench {
     warmup: usize,
@@ -808,19 +820,7 @@ impl LanguageBench {
         for &(format, kernels) in actions {
             runner.llama_mut().1.set_decode_kernels(kernels);
             let whole = time(self.warmup, self.runs, || {
-                runner.upload_pixels(&self.pixels)?;
-                let (gpu, vision) = runner.vision_mut();
-                vision.replay(gpu)?;
-                let (gpu, llama, vision) = runner.llama_mut();
-                llama.generate(
-                    gpu,
-                    vision.projector.output(),
-                    &self.ids,
-                    self.action_dim,
-                    format,
-                    true,
-                )?;
-                Ok(())
+                whole_action(runner, &self.pixels, &self.ids, self.action_dim, format)
             })?;
             let vision = vision_suffix(
                 runner.vision().split_scores(),
