@@ -64,6 +64,16 @@ fn predict_with_cuda_and_no_driver_exits_2_naming_the_driver() {
     ]);
 }
 
+/// The OFT fixture's first case (one camera, no robot state) as a checkpoint folder.
+fn one_camera_oft_checkpoint(name: &str) -> std::path::PathBuf {
+    let settings = serde_json::json!({
+        "num_actions_chunk": 8,
+        "num_images_in_input": 1,
+        "action_normalization": "bounds_q99",
+    });
+    common::oft::assemble(name, &settings, false)
+}
+
 /// An OpenVLA-OFT checkpoint takes the CUDA backend's chunk path, which opens the driver
 /// first, as the token path does: the same line and exit code.
 #[test]
@@ -72,12 +82,7 @@ fn predict_of_an_oft_checkpoint_with_cuda_and_no_driver_exits_2_naming_the_drive
         eprintln!("skipped: an NVIDIA driver is installed here");
         return;
     }
-    let settings = serde_json::json!({
-        "num_actions_chunk": 8,
-        "num_images_in_input": 1,
-        "action_normalization": "bounds_q99",
-    });
-    let dir = common::oft::assemble("no_driver", &settings, false);
+    let dir = one_camera_oft_checkpoint("no_driver");
     let image = tiny_fixture_dir().join("case0_224_square/image.png");
     assert_one_line_exit_2(&[
         "predict",
@@ -133,12 +138,7 @@ fn oft_parity_with_cuda_and_no_driver_exits_2_naming_the_driver() {
         eprintln!("skipped: an NVIDIA driver is installed here");
         return;
     }
-    let settings = serde_json::json!({
-        "num_actions_chunk": 8,
-        "num_images_in_input": 1,
-        "action_normalization": "bounds_q99",
-    });
-    let dir = common::oft::assemble("no_driver_parity", &settings, false);
+    let dir = one_camera_oft_checkpoint("no_driver_parity");
     let fixtures = common::oft::fixture_dir().display().to_string();
     assert_one_line_exit_2(&[
         "bench",
