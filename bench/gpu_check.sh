@@ -2,7 +2,7 @@
 # The one prepared check of the CUDA backend on a GPU machine, with a release binary built
 # elsewhere (target/release/vla-rt, stripped): driver, parity against the CPU backend on the
 # tiny fixture, `predict` and the service (`run`) with the CUDA backend, the 7B-shape
-# benchmark, remote inference (robots per server), and the PyTorch comparison on the same card in the same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
+# benchmark, the OpenVLA-OFT chunk path (parity on its fixture, a chunk of 8 at 7B shapes), remote inference (robots per server), and the PyTorch comparison on the same card in the same run. Prints a short summary at the end; full logs go to $LOG_DIR (default $OUT or
 # /tmp/vla-rt-gpu-check). Budget: well under 8 minutes on an H100/H200.
 #
 #   bench/gpu_check.sh [path/to/vla-rt]
@@ -12,7 +12,7 @@ BIN=${1:-target/release/vla-rt}
 LOG_DIR=${LOG_DIR:-${OUT:-/tmp/vla-rt-gpu-check}}
 RUNS=${RUNS:-10}
 mkdir -p "$LOG_DIR"
-rm -f "$LOG_DIR/bench_variants_alone.txt"
+rm -f "$LOG_DIR/bench_variants_alone.txt" "$LOG_DIR/oft_parity.txt"
 status=0
 
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -72,6 +72,41 @@ if [ -n "$failed_groups" ]; then
     done
 fi
 
+step "OpenVLA-OFT chunk path: cuda vs cpu on tests/fixtures/openvla-oft-tiny, and a chunk of 8 at 7B shapes"
+# The fixture's checkpoints as tests/common/oft.rs assembles them: the tiny checkpoint's
+# files, the fixture's heads and statistics, and vla_rt_model.json with the case's OFT keys.
+# case0: one camera, no robot state; case1: two cameras and the robot state.
+oft_parity_rc=0
+for oft_case in case0_one_image case1_two_images_proprio; do
+    oft_dir=$LOG_DIR/oft-$oft_case
+    rm -rf "$oft_dir" && mkdir -p "$oft_dir"
+    cp engines/openvla-tiny/* "$oft_dir"/
+    cp tests/fixtures/openvla-oft-tiny/action_head--1000_checkpoint.pt tests/fixtures/openvla-oft-tiny/dataset_statistics.json "$oft_dir"/
+    python3 - "$oft_case" engines/openvla-tiny/vla_rt_model.json tests/fixtures/openvla-oft-tiny/expected.json \
+        > "$oft_dir/vla_rt_model.json.new" <<'PY'
+import json, sys
+name, runtime_path, expected_path = sys.argv[1:4]
+runtime = json.load(open(runtime_path))
+case = next(c for c in json.load(open(expected_path))["cases"] if c["name"] == name)
+for key in ("num_actions_chunk", "num_images_in_input", "action_normalization"):
+    runtime[key] = case["vla_rt_model"][key]
+print(json.dumps(runtime))
+PY
+    mv "$oft_dir/vla_rt_model.json.new" "$oft_dir/vla_rt_model.json"
+    if [ "$oft_case" = case1_two_images_proprio ]; then
+        cp tests/fixtures/openvla-oft-tiny/proprio_projector--1000_checkpoint.pt "$oft_dir"/
+    fi
+    timeout ${OFT_PARITY_TIMEOUT:-90} "$BIN" bench --backend cuda --parity tests/fixtures/openvla-oft-tiny --model "$oft_dir" \
+        2>&1 | tee -a "$LOG_DIR/oft_parity.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || oft_parity_rc=1
+done
+[ "$oft_parity_rc" -eq 0 ] || status=1
+# One token-path action against one chunk of 8 on the same random 7B-shape model.
+timeout ${OFT_BENCH_TIMEOUT:-150} "$BIN" bench --backend cuda --random-weights --shape openvla-7b --oft-chunk 8 \
+    --runs "$RUNS" --warmup 3 --template engines/openvla-tiny 2>&1 | tee "$LOG_DIR/oft_bench.txt"
+oft_bench_rc=${PIPESTATUS[0]}
+[ "$oft_bench_rc" -eq 0 ] || status=1
+
 step "remote inference on the GPU: vla-rt bench remote --backend cuda (tiny checkpoint), robots per server"
 # The robots-per-server table of BENCHMARKS.md ("Remote inference") with the server on the
 # CUDA backend: loopback through an in-process router, 1 to 8 simulated robots, unbatched and
@@ -122,7 +157,9 @@ else
 fi
 
 step "summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
-echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, remote $remote_rc, tensorrt $trt_rc, torch exit $torch_rc"
+echo "parity exit $parity_rc, predict (cuda tokens = cpu tokens) $predict_rc, service run $run_rc, bench exit $bench_rc, failed variant groups alone $rerun_rc, oft parity $oft_parity_rc, oft chunk bench $oft_bench_rc, remote $remote_rc, tensorrt $trt_rc, torch exit $torch_rc"
+grep -E "^oft parity:|^case[0-9].* (ok|FAIL)$" "$LOG_DIR/oft_parity.txt" 2>/dev/null || true
+grep -E "^token path: whole action|^OFT chunk of [0-9]+: whole chunk|^one chunk of" "$LOG_DIR/oft_bench.txt" 2>/dev/null || true
 grep -E "^tensorrt parity:|vision path \(both engines|^trtexec " "$LOG_DIR/tensorrt.txt" 2>/dev/null || true
 grep -hE "^benchmark variant group" "$LOG_DIR/bench_cuda.txt" "$LOG_DIR/bench_variants_alone.txt" 2>/dev/null || true
 grep -E "^parity:|FAIL" "$LOG_DIR/parity.txt" || true

@@ -64,6 +64,40 @@ fn predict_with_cuda_and_no_driver_exits_2_naming_the_driver() {
     ]);
 }
 
+/// The OFT fixture's first case (one camera, no robot state) as a checkpoint folder.
+fn one_camera_oft_checkpoint(name: &str) -> std::path::PathBuf {
+    let settings = serde_json::json!({
+        "num_actions_chunk": 8,
+        "num_images_in_input": 1,
+        "action_normalization": "bounds_q99",
+    });
+    common::oft::assemble(name, &settings, false)
+}
+
+/// An OpenVLA-OFT checkpoint takes the CUDA backend's chunk path, which opens the driver
+/// first, as the token path does: the same line and exit code.
+#[test]
+fn predict_of_an_oft_checkpoint_with_cuda_and_no_driver_exits_2_naming_the_driver() {
+    if driver_present() {
+        eprintln!("skipped: an NVIDIA driver is installed here");
+        return;
+    }
+    let dir = one_camera_oft_checkpoint("no_driver");
+    let image = tiny_fixture_dir().join("case0_224_square/image.png");
+    assert_one_line_exit_2(&[
+        "predict",
+        "--backend",
+        "cuda",
+        "--model",
+        dir.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--instruction",
+        "pick up the bowl",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
     if driver_present() {
@@ -71,16 +105,21 @@ fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
         return;
     }
     let template = tiny_model_dir().display().to_string();
-    assert_one_line_exit_2(&[
-        "bench",
-        "--backend",
-        "cuda",
-        "--random-weights",
-        "--shape",
-        "openvla-7b",
-        "--template",
-        &template,
-    ]);
+    // The benchmark, and its OpenVLA-OFT chunk comparison.
+    for extra in [&[][..], &["--oft-chunk", "8"][..]] {
+        let mut args = vec![
+            "bench",
+            "--backend",
+            "cuda",
+            "--random-weights",
+            "--shape",
+            "openvla-7b",
+            "--template",
+            &template,
+        ];
+        args.extend_from_slice(extra);
+        assert_one_line_exit_2(&args);
+    }
     let fixtures = tiny_fixture_dir().display().to_string();
     assert_one_line_exit_2(&[
         "bench",
@@ -91,6 +130,26 @@ fn bench_and_parity_with_cuda_and_no_driver_exit_2_naming_the_driver() {
         "--model",
         &template,
     ]);
+}
+
+#[test]
+fn oft_parity_with_cuda_and_no_driver_exits_2_naming_the_driver() {
+    if driver_present() {
+        eprintln!("skipped: an NVIDIA driver is installed here");
+        return;
+    }
+    let dir = one_camera_oft_checkpoint("no_driver_parity");
+    let fixtures = common::oft::fixture_dir().display().to_string();
+    assert_one_line_exit_2(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--parity",
+        &fixtures,
+        "--model",
+        dir.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -390,11 +390,26 @@ fn missing_oft_keys_and_kinds_vla_rt_does_not_run_are_refused_naming_the_file() 
     );
     std::fs::remove_dir_all(&dir).unwrap();
 
-    // The CUDA backend does not run the chunk path yet: refused, not run wrong.
+    // The CUDA backend runs the chunk path: it is no longer refused as OpenVLA-OFT. Without
+    // an NVIDIA driver it stops at the driver, as the token path does (tests/cuda_no_driver.rs).
     let dir = assemble("cuda", &c.settings, true);
-    let out = predict(&dir, &["--backend", "cuda"]);
+    let out = predict(&dir, &["--backend", "cuda", "--proprio=0,0,0,0,0,0,0,0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("runs on the cpu backend only"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // SAFETY: only tries to dlopen libcuda by its known names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("libcuda"), "{stderr}");
+    }
+    // TensorRT's engines cover the encoders only: the chunk path is refused there.
+    let out = predict(&dir, &["--backend", "tensorrt"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("OpenVLA-OFT"), "{stderr}");
+    assert!(
+        stderr.contains("OpenVLA-OFT") && stderr.contains("cpu and cuda"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

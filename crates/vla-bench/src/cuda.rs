@@ -10,7 +10,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::policy::{median, shape_dims, BenchShape, PolicyBenchArgs};
+use super::policy::{
+    chunk_bounds, median, shape_dims, stand_in_pixels, BenchShape, PolicyBenchArgs,
+};
 use super::BenchError;
 use vla_model::backend::cuda::device::{Gpu, Lane};
 use vla_model::backend::cuda::llama::DecodeKernels;
@@ -19,10 +21,12 @@ use vla_model::backend::cuda::vision::VisionMode;
 use vla_model::backend::cuda::weights::{
     CheckpointWeights, DecodeFormat, GemvVariant, RandomWeights,
 };
-use vla_model::backend::cuda::CudaError;
+use vla_model::backend::cuda::{CudaError, OftCudaRunner};
+use vla_model::backend::oft::OftSpec;
 use vla_model::model::checkpoint::Checkpoint;
 use vla_model::model::config::{OpenVlaConfig, RuntimeModelConfig};
 use vla_model::model::llama::LlamaConfig;
+use vla_model::model::oft::{L1HeadShape, COMMAND_ACTION_DIM};
 use vla_model::model::openvla::{CONFIG_FILE, MAX_TEXT_TOKENS, TOKENIZER_FILE};
 use vla_model::model::prompt::PromptTokenizer;
 use vla_model::model::vit::VitConfig;
@@ -68,7 +72,114 @@ pub fn run(args: &PolicyBenchArgs) -> Result<(), BenchError> {
         (runner, format!("checkpoint {}", dir.display()))
     };
     let build_s = start.elapsed().as_secs_f64();
+    if let Some(steps) = args.oft_chunk {
+        let stats_dir = if args.random_weights {
+            args.template.clone()
+        } else {
+            args.model
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("engines/openvla-tiny"))
+        };
+        return oft_chunk_bench(runner, args, &label, &stats_dir, steps);
+    }
     bench_runner(&mut runner, args, &label, build_s).map_err(cuda_error)
+}
+
+/// `--oft-chunk STEPS` on the CUDA backend: one token-path action (pixel upload, vision
+/// graph, prefill, decode graphs, ids back) and one OpenVLA-OFT chunk of `steps` (pixel
+/// upload, vision graph, one bidirectional pass, a random L1 head) on the same device model,
+/// each the median of `--runs` after `--warmup`. Only these two are timed, so that the
+/// comparison fits a short GPU session; the other stages are the benchmark without the flag.
+fn oft_chunk_bench(
+    mut runner: CudaModelRunner,
+    args: &PolicyBenchArgs,
+    label: &str,
+    stats_dir: &std::path::Path,
+    steps: usize,
+) -> Result<(), BenchError> {
+    let runs = args.runs.max(1);
+    let warmup = args.warmup.max(1);
+    let pixels = stand_in_pixels(runner.vision().pixels.len());
+    let ids = runner.prompt_ids(&args.instruction)?;
+    let action_dim = runner.action_dim();
+    let token = time(warmup, runs, || {
+        whole_action(&mut runner, &pixels, &ids, action_dim, DecodeFormat::F16)
+    })
+    .map_err(cuda_error)?;
+
+    let config = OpenVlaConfig::from_file(&stats_dir.join(CONFIG_FILE)).map_err(bad)?;
+    let bounds = chunk_bounds(&config.norm_stats, stats_dir)?;
+    let hidden = runner.llama().config().hidden_size;
+    let patches = runner.vision().projector.output().len() / hidden.max(1);
+    let spec = OftSpec::one_camera(steps, patches, bounds);
+    let positions = spec.layout(ids.len()).len();
+    let head = L1HeadShape {
+        input: COMMAND_ACTION_DIM * hidden,
+        hidden,
+        action_dim: COMMAND_ACTION_DIM,
+        blocks: 2,
+    };
+    let mut head_weights = RandomWeights {
+        seed: 0x0f7,
+        present: HashSet::new(),
+    };
+    let gpu_name = runner.gpu().name().to_string();
+    let arch = runner.gpu().arch();
+    let mut oft = OftCudaRunner::from_parts(runner, spec, head, &mut head_weights, None)
+        .map_err(cuda_error)?;
+    let mut chunks = Vec::with_capacity(runs);
+    for run in 0..warmup + runs {
+        let chunk = oft.run_pixels(&[&pixels], &args.instruction, None)?;
+        if run >= warmup {
+            chunks.push(chunk.timings);
+        }
+    }
+    println!("OpenVLA-OFT chunk path, CUDA FP16 on {gpu_name} ({arch}): {label}");
+    println!(
+        "{runs} timed runs after {warmup} warm-up; token path: prefill {} positions and \
+         {action_dim} decoded tokens; chunk path: one bidirectional pass over {positions} \
+         positions and a random L1 head (2 blocks), {steps} actions per pass",
+        ids.len() + patches
+    );
+    println!(
+        "{:<108} {:>9} {:>9} {:>9}",
+        "stage", "median ms", "min ms", "max ms"
+    );
+    row(
+        "token path: whole action, fp16",
+        &token,
+        "upload + vision graph + prefill + decode graphs + ids back",
+    );
+    let stage = |get: fn(&vla_model::policy::StageTimings) -> f64| -> Vec<f64> {
+        chunks.iter().map(get).collect()
+    };
+    row(
+        &format!("OFT chunk of {steps}: vision"),
+        &stage(|t| t.vision_ms),
+        "upload + vision graph + copy into the prefix",
+    );
+    row(
+        &format!("OFT chunk of {steps}: bidirectional pass"),
+        &stage(|t| t.prefill_ms),
+        &format!("{positions} positions, FP16 GEMMs"),
+    );
+    row(
+        &format!("OFT chunk of {steps}: action head"),
+        &stage(|t| t.decode_ms),
+        "FP16 GEMMs + chunk back",
+    );
+    let whole = stage(|t| t.total_ms);
+    row(&format!("OFT chunk of {steps}: whole chunk"), &whole, "");
+    let token_ms = median(token);
+    let chunk_ms = median(whole);
+    println!(
+        "one chunk of {steps} takes {:.2}x one token-path action; actions per second \
+         (medians): token path {:.1}, chunk path {:.1}",
+        chunk_ms / token_ms.max(1e-9),
+        1e3 / token_ms.max(1e-9),
+        steps as f64 * 1e3 / chunk_ms.max(1e-9)
+    );
+    Ok(())
 }
 
 fn bad(e: impl std::fmt::Display) -> BenchError {
@@ -186,9 +297,7 @@ fn bench_runner(
 ) -> Result<(), CudaError> {
     let runs = args.runs.max(1);
     let warmup = args.warmup.max(1);
-    let pixels: Vec<f32> = (0..runner.vision().pixels.len())
-        .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
-        .collect();
+    let pixels = stand_in_pixels(runner.vision().pixels.len());
     let ids = runner
         .prompt_ids(&args.instruction)
         .map_err(|e| CudaError::Shape {
@@ -575,6 +684,30 @@ fn vision_variants(
     rows
 }
 
+/// One token-path action as the policy runs it: pixel upload, vision graph, prefill,
+/// `action_dim - 1` decode graphs in `format`, the ids back.
+fn whole_action(
+    runner: &mut CudaModelRunner,
+    pixels: &[f32],
+    ids: &[u32],
+    action_dim: usize,
+    format: DecodeFormat,
+) -> Result<(), CudaError> {
+    runner.upload_pixels(pixels)?;
+    let (gpu, vision) = runner.vision_mut();
+    vision.replay(gpu)?;
+    let (gpu, llama, vision) = runner.llama_mut();
+    llama.generate(
+        gpu,
+        vision.projector.output(),
+        ids,
+        action_dim,
+        format,
+        true,
+    )?;
+    Ok(())
+}
+
 /// What the language rows of the benchmark share.
 struct LanguageBench {
     warmup: usize,
@@ -687,19 +820,7 @@ impl LanguageBench {
         for &(format, kernels) in actions {
             runner.llama_mut().1.set_decode_kernels(kernels);
             let whole = time(self.warmup, self.runs, || {
-                runner.upload_pixels(&self.pixels)?;
-                let (gpu, vision) = runner.vision_mut();
-                vision.replay(gpu)?;
-                let (gpu, llama, vision) = runner.llama_mut();
-                llama.generate(
-                    gpu,
-                    vision.projector.output(),
-                    &self.ids,
-                    self.action_dim,
-                    format,
-                    true,
-                )?;
-                Ok(())
+                whole_action(runner, &self.pixels, &self.ids, self.action_dim, format)
             })?;
             let vision = vision_suffix(
                 runner.vision().split_scores(),

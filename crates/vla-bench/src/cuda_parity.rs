@@ -19,6 +19,11 @@ use vla_model::backend::cuda::CudaError;
 use vla_model::policy::{Policy, PolicyOptions, ProjectorFormat, Quantization};
 use vla_model::preprocess::load_image;
 
+use vla_model::backend::cuda::OftCudaPolicy;
+use vla_model::backend::oft_cpu::OftCpuPolicy;
+use vla_model::model::oft;
+use vla_model::policy::PolicyInputs;
+
 /// One parity pass: a device configuration against the CPU backend in the same format.
 struct Pass {
     label: &'static str,
@@ -84,6 +89,13 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), BenchError> {
         .model
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("engines/openvla-tiny"));
+    if model.is_dir()
+        && oft::find_files(&model)
+            .map_err(|e| BenchError::bad_input(e.to_string()))?
+            .is_some()
+    {
+        return run_oft(&model, fixtures);
+    }
     let path = fixtures.join("expected.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| BenchError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
@@ -271,4 +283,222 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), BenchError> {
     }
     println!("parity: all cases within limits");
     Ok(())
+}
+
+/// The chunk's limit against the CPU backend (normalised actions, relative L2 over the whole
+/// chunk). The device runs the language model and the head with FP16 inputs and f32
+/// accumulation: each rounding is 2⁻¹¹ relative, and the features and projector already
+/// stay within 2e-3 of the CPU (FEATURE_REL_L2); through the bidirectional pass and the head's
+/// LayerNorms the chunk is expected within a few 1e-3, so 2e-2 leaves a margin of several
+/// times that while a wrong row (the head reading the wrong positions, a causal mask, a
+/// missing proprio token) moves the chunk by a large part of its norm.
+pub const CHUNK_REL_L2: f64 = 2e-2;
+
+#[derive(Debug, serde::Deserialize)]
+struct OftExpected {
+    cases: Vec<OftCase>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OftCase {
+    name: String,
+    instruction: String,
+    unnorm_key: String,
+    images: Vec<OftImage>,
+    proprio_raw: Option<Vec<f64>>,
+    vla_rt_model: OftCaseSettings,
+    /// OFT's own chunk (normalised), one row per step.
+    normalized_actions: Vec<Vec<f64>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OftImage {
+    image: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OftCaseSettings {
+    num_actions_chunk: usize,
+    num_images_in_input: usize,
+    use_proprio: bool,
+}
+
+impl OftCaseSettings {
+    /// Whether a checkpoint that takes `inputs` was assembled for this case's settings.
+    fn fits(&self, inputs: &PolicyInputs) -> bool {
+        self.num_actions_chunk == inputs.chunk_len
+            && self.num_images_in_input == inputs.images
+            && self.use_proprio == inputs.proprio_dim.is_some()
+    }
+}
+
+/// `‖a − b‖ / ‖b‖` of f64 values (infinite when the lengths differ).
+fn rel_l2_f64(a: &[f64], b: &[f64]) -> f64 {
+    let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+    let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+    rel_l2(&a32, &b32)
+}
+
+/// `vla-rt bench --backend cuda --parity tests/fixtures/openvla-oft-tiny --model OFT_DIR`:
+/// the CUDA chunk path against the CPU's on every case of the fixture the checkpoint in
+/// `model` was assembled for (its chunk length, cameras and proprio): image tokens, proprio
+/// token and head input (reported), and the normalised chunk from the CPU's pixel values and
+/// the chunk in robot units through the policy (relative L2 < CHUNK_REL_L2 each, required).
+/// OFT's own chunk (the fixture's) is reported beside.
+fn run_oft(model: &Path, fixtures: &Path) -> Result<(), BenchError> {
+    let path = fixtures.join("expected.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
+    let expected: OftExpected = serde_json::from_str(&text)
+        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
+    let Some(first) = expected.cases.first() else {
+        return Err(BenchError::bad_input(format!(
+            "{}: no cases",
+            path.display()
+        )));
+    };
+    let options = PolicyOptions {
+        unnorm_key: Some(first.unnorm_key.clone()),
+        ..PolicyOptions::default()
+    };
+    let mut cpu = OftCpuPolicy::load(model, &options)?;
+    let inputs = cpu.inputs();
+    let cases: Vec<&OftCase> = expected
+        .cases
+        .iter()
+        .filter(|c| c.vla_rt_model.fits(&inputs))
+        .collect();
+    if cases.is_empty() {
+        return Err(BenchError::bad_input(format!(
+            "{}: no case of {} takes {} camera(s), {} proprio and chunks of {}; assemble the \
+             checkpoint for one of them",
+            model.display(),
+            path.display(),
+            inputs.images,
+            if inputs.proprio_dim.is_some() {
+                "with"
+            } else {
+                "without"
+            },
+            inputs.chunk_len
+        )));
+    }
+    let mut gpu = OftCudaPolicy::load(model, &options)?;
+    println!(
+        "OFT parity, cuda vs cpu, {} ({} of {} cases fit its settings); limit: chunk rel-L2 < \
+         {CHUNK_REL_L2:e} (fp16)",
+        model.display(),
+        cases.len(),
+        expected.cases.len()
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  result",
+        "case", "image rl2", "propr rl2", "head rl2", "chunk rl2", "policy rl2", "vs OFT"
+    );
+    let mut failures = 0usize;
+    for case in cases {
+        let mut images = Vec::with_capacity(case.images.len());
+        for image in &case.images {
+            images.push(
+                load_image(&fixtures.join(&image.image))
+                    .map_err(|e| BenchError::bad_input(e.to_string()))?,
+            );
+        }
+        let refs: Vec<_> = images.iter().collect();
+        let proprio = case
+            .proprio_raw
+            .as_deref()
+            .filter(|_| case.vla_rt_model.use_proprio);
+        let want = cpu.run(&refs, &case.instruction, proprio)?;
+        // The device runs on the CPU's own pixel values, so only the model differs.
+        let pixels: Vec<Vec<f32>> = cpu.last_pixel_values().iter().map(|p| p.to_vec()).collect();
+        let pixel_refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+        let chunk = gpu
+            .runner_mut()
+            .run_pixels(&pixel_refs, &case.instruction, proprio)?;
+        let stages = gpu
+            .runner()
+            .read_stages()
+            .map_err(|e| BenchError::failure(format!("backend cuda: {e}")))?;
+        // And through the policy, preprocessing included.
+        let predicted = gpu.predict_with(&refs, &case.instruction, proprio)?;
+        let image_rl2 = rel_l2(&stages.image_tokens, &want.image_tokens);
+        let proprio_rl2 = match (&stages.proprio_token, &want.proprio_token) {
+            (Some(a), Some(b)) => format!("{:.2e}", rel_l2(a, b)),
+            _ => "-".into(),
+        };
+        let head_rl2 = rel_l2(&stages.head_input, &want.head_input);
+        let chunk_rl2 = rel_l2_f64(&chunk.normalized.concat(), &want.normalized.concat());
+        let actions_rl2 = rel_l2_f64(&predicted.actions.concat(), &want.actions.concat());
+        let golden_rl2 = rel_l2_f64(
+            &chunk.normalized.concat(),
+            &case.normalized_actions.concat(),
+        );
+        let ok = chunk_rl2 < CHUNK_REL_L2
+            && actions_rl2 < CHUNK_REL_L2
+            && chunk.actions.len() == inputs.chunk_len;
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "{:<26} {image_rl2:>10.2e} {proprio_rl2:>10} {head_rl2:>10.2e} {chunk_rl2:>10.2e} \
+             {actions_rl2:>10.2e} {golden_rl2:>10.2e}  {}",
+            case.name,
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+    if failures > 0 {
+        return Err(BenchError::failure(format!(
+            "oft parity: {failures} case(s) failed"
+        )));
+    }
+    println!("oft parity: all cases within limits");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OftCaseSettings, OftExpected};
+    use vla_model::policy::PolicyInputs;
+
+    fn fixture() -> OftExpected {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/openvla-oft-tiny/expected.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Each fixture checkpoint gpu_check.sh assembles is compared on the cases made for its
+    /// settings, and a checkpoint made for none of them on none.
+    #[test]
+    fn oft_parity_runs_the_fixture_cases_of_the_checkpoints_settings() {
+        let expected = fixture();
+        let names = |inputs: PolicyInputs| -> Vec<String> {
+            expected
+                .cases
+                .iter()
+                .filter(|c| c.vla_rt_model.fits(&inputs))
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        let inputs = |images, proprio_dim, chunk_len| PolicyInputs {
+            images,
+            proprio_dim,
+            chunk_len,
+        };
+        assert_eq!(names(inputs(1, None, 8)), ["case0_one_image"]);
+        assert_eq!(names(inputs(2, Some(8), 8)), ["case1_two_images_proprio"]);
+        assert_eq!(names(inputs(1, Some(8), 8)), ["case2_nonascii"]);
+        assert!(names(inputs(1, None, 5)).is_empty());
+        for case in &expected.cases {
+            let chunk = case.vla_rt_model.num_actions_chunk;
+            assert_eq!(case.normalized_actions.len(), chunk, "{}", case.name);
+            assert_eq!(case.images.len(), case.vla_rt_model.num_images_in_input);
+        }
+        let settings = OftCaseSettings {
+            num_actions_chunk: 8,
+            num_images_in_input: 2,
+            use_proprio: true,
+        };
+        assert!(!settings.fits(&inputs(2, None, 8)));
+    }
 }

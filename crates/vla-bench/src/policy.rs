@@ -2,6 +2,7 @@
 //! warm-up), for a checkpoint folder or for a model built in memory with random weights of a
 //! named shape (`tiny`, `mid`, `openvla-7b`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -9,12 +10,15 @@ use rayon::prelude::*;
 
 use super::BenchError;
 use vla_model::backend::cpu::{CpuModelRunner, PREPROCESSOR_CONFIG_FILE};
+use vla_model::backend::oft::OftSpec;
 use vla_model::backend::oft_cpu::OftCpuRunner;
 use vla_model::model::checkpoint::Checkpoint;
 use vla_model::model::config::ActionNormalization;
-use vla_model::model::config::{FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig};
+use vla_model::model::config::{
+    DatasetStats, FeaturizerOverrides, OpenVlaConfig, RuntimeModelConfig,
+};
 use vla_model::model::layout::{openvla_tensors, LlmLayout, TensorKind, VitLayout};
-use vla_model::model::oft::{Bounds, L1ActionHead, OftSettings, COMMAND_ACTION_DIM};
+use vla_model::model::oft::{Bounds, L1ActionHead, COMMAND_ACTION_DIM};
 use vla_model::model::openvla::{OpenVla, CONFIG_FILE, TOKENIZER_FILE};
 use vla_model::model::prompt::PromptTokenizer;
 use vla_model::policy::{BackendKind, PolicyOptions, StageTimings};
@@ -301,6 +305,9 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: PolicyBenchArgs) -> Result<(), BenchError> {
+    if let Some(steps) = args.oft_chunk {
+        check_oft_chunk(steps)?;
+    }
     match args.backend {
         BackendKind::Cpu if args.parity.is_some() => {
             return Err(BenchError::bad_input(
@@ -368,11 +375,7 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), BenchError>
         Ok(p) if p.output_len() == runner.model().pixel_values_len() => Some(p),
         _ => None,
     };
-    let mut pixels = vec![0.0f32; runner.model().pixel_values_len()];
-    // Deterministic stand-in for preprocessed pixels when preprocessing is not available.
-    for (i, v) in pixels.iter_mut().enumerate() {
-        *v = ((i % 251) as f32 / 125.0) - 1.0;
-    }
+    let mut pixels = stand_in_pixels(runner.model().pixel_values_len());
 
     let mut samples: Vec<StageTimings> = Vec::with_capacity(args.runs);
     let mut timed_start = (Instant::now(), process_cpu_seconds());
@@ -486,6 +489,49 @@ fn run_in_pool(args: &PolicyBenchArgs, threads: usize) -> Result<(), BenchError>
     Ok(())
 }
 
+/// Deterministic stand-in for preprocessed pixels (`len` values in [-1, 1)), for a model
+/// without its preprocessing or a device benchmark.
+pub(crate) fn stand_in_pixels(len: usize) -> Vec<f32> {
+    (0..len).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect()
+}
+
+/// The bounds a benchmark's random L1 head un-normalises with: the q01/q99 action statistics
+/// of the first entry of `norm_stats` (of the config in `dir`, named in errors).
+pub(crate) fn chunk_bounds(
+    norm_stats: &BTreeMap<String, DatasetStats>,
+    dir: &Path,
+) -> Result<Bounds, BenchError> {
+    let stats = norm_stats.values().next().ok_or_else(|| {
+        BenchError::bad_input(format!(
+            "{}: the config has no dataset statistics for the chunk's bounds",
+            dir.join(CONFIG_FILE).display()
+        ))
+    })?;
+    Bounds::pick(
+        &stats.action,
+        ActionNormalization::BoundsQ99,
+        COMMAND_ACTION_DIM,
+        "norm_stats.action",
+        dir,
+    )
+    .map_err(bench_error)
+}
+
+/// The most actions per chunk `--oft-chunk` takes: the longest chunk the control loop
+/// executes (ARCHITECTURE.md §17).
+pub(crate) const MAX_OFT_CHUNK: usize = 64;
+
+/// Refuses an `--oft-chunk` outside 1..=MAX_OFT_CHUNK, naming the flag.
+pub(crate) fn check_oft_chunk(steps: usize) -> Result<(), BenchError> {
+    if (1..=MAX_OFT_CHUNK).contains(&steps) {
+        Ok(())
+    } else {
+        Err(BenchError::bad_input(format!(
+            "--oft-chunk {steps}: a chunk of 1 to {MAX_OFT_CHUNK} actions"
+        )))
+    }
+}
+
 /// A random L1 regression head (OpenVLA-OFT's `MLPResNet`, two blocks) reading `llm_dim`-wide
 /// hidden states, with its tensor names.
 fn random_l1_head(llm_dim: usize, action_dim: usize) -> Result<L1ActionHead, BenchError> {
@@ -540,32 +586,10 @@ fn time_chunks(
 ) -> Result<Vec<StageTimings>, BenchError> {
     let llm_dim = model.llama().config().hidden_size;
     let head = random_l1_head(llm_dim, COMMAND_ACTION_DIM)?;
-    let stats = model.config().norm_stats.values().next().ok_or_else(|| {
-        BenchError::bad_input("the template's config.json has no dataset statistics")
-    })?;
-    let bounds = Bounds::pick(
-        &stats.action,
-        ActionNormalization::BoundsQ99,
-        COMMAND_ACTION_DIM,
-        "norm_stats.action",
-        &args.template,
-    )
-    .map_err(bench_error)?;
-    let settings = OftSettings {
-        num_actions_chunk: steps,
-        num_images_in_input: 1,
-        action_normalization: ActionNormalization::BoundsQ99,
-    };
-    let mut runner = OftCpuRunner::from_parts(
-        model,
-        settings,
-        head,
-        None,
-        bounds,
-        "bench".into(),
-        &PolicyOptions::default(),
-    )
-    .map_err(bench_error)?;
+    let bounds = chunk_bounds(&model.config().norm_stats, &args.template)?;
+    let spec = OftSpec::one_camera(steps, model.num_patches(), bounds);
+    let mut runner = OftCpuRunner::from_parts(model, spec, head, None, &PolicyOptions::default())
+        .map_err(bench_error)?;
     let mut samples = Vec::with_capacity(args.runs);
     for run in 0..args.warmup + args.runs {
         let pass = runner
@@ -627,4 +651,20 @@ fn describe_model(model: &OpenVla) -> String {
         l.intermediate_size,
         l.vocab_size
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_oft_chunk, MAX_OFT_CHUNK};
+
+    #[test]
+    fn oft_chunk_lengths_outside_what_the_control_loop_executes_are_refused_naming_the_flag() {
+        assert!(check_oft_chunk(1).is_ok());
+        assert!(check_oft_chunk(MAX_OFT_CHUNK).is_ok());
+        for steps in [0, MAX_OFT_CHUNK + 1] {
+            let err = check_oft_chunk(steps).unwrap_err();
+            assert!(err.is_bad_input());
+            assert!(err.to_string().contains("--oft-chunk"), "{err}");
+        }
+    }
 }

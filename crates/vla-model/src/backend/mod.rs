@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod oft;
 pub mod oft_cpu;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
@@ -10,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::model::ModelError;
-use crate::policy::{
-    BackendKind, BatchRequest, NamedVariant, Policy, PolicyError, PolicyOptions, Prediction,
-};
+use crate::policy::{BackendKind, BatchRequest, Policy, PolicyError, PolicyOptions, Prediction};
 use crate::preprocess::{Preprocessor, RgbImage};
 
 /// The checkpoint file that holds the normalisation constants of the preprocessing.
@@ -66,10 +65,11 @@ pub fn load_policy_with(
     if model_dir.is_dir() && crate::model::oft::find_files(model_dir)?.is_some() {
         return match options.backend {
             BackendKind::Cpu => Ok(Box::new(oft_cpu::OftCpuPolicy::load(model_dir, options)?)),
-            other => Err(PolicyError::Unavailable {
-                backend: other.name(),
-                message: "an OpenVLA-OFT checkpoint (action chunks) runs on the cpu backend only \
-                          in this version"
+            BackendKind::Cuda => Ok(Box::new(cuda::OftCudaPolicy::load(model_dir, options)?)),
+            BackendKind::Tensorrt => Err(PolicyError::Unavailable {
+                backend: "tensorrt",
+                message: "an OpenVLA-OFT checkpoint (action chunks) runs on the cpu and cuda \
+                          backends only in this version"
                     .into(),
             }),
         };

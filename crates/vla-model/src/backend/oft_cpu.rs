@@ -5,48 +5,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::model::action::resolve_unnorm_key;
-use crate::model::config::RuntimeModelConfig;
 use crate::model::llama::LlamaState;
-use crate::model::oft::{
-    self, Bounds, L1ActionHead, OftSettings, ProprioProjector, SequenceLayout, STOP_TOKEN_ID,
-};
-use crate::model::openvla::{OpenVla, MAX_TEXT_TOKENS};
+use crate::model::oft::{L1ActionHead, ProprioProjector, SequenceLayout, STOP_TOKEN_ID};
+use crate::model::openvla::OpenVla;
 use crate::model::quant_load::apply_formats;
 use crate::model::ModelError;
-use crate::policy::{Policy, PolicyError, PolicyInputs, PolicyOptions, Prediction, StageTimings};
-use crate::preprocess::{Preprocessor, RgbImage};
+use crate::policy::{PolicyError, PolicyOptions, StageTimings};
+use crate::preprocess::RgbImage;
 
-use super::{check_preprocessing, model_name, PREPROCESSOR_CONFIG_FILE};
+use super::oft::{read_files_and_settings, statistics, OftChunk, OftPolicy, OftRunner, OftSpec};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// The sequence of a prompt of `prompt_ids` ids (`<s>` … `▁`): every camera's patches and
-/// the proprio token, the prompt, `action_dim` placeholders per chunk step.
-fn sequence_layout(
-    settings: &OftSettings,
-    patches_per_image: usize,
-    proprio: bool,
-    action_dim: usize,
-    prompt_ids: usize,
-) -> SequenceLayout {
-    SequenceLayout {
-        patches: settings.num_images_in_input * patches_per_image + usize::from(proprio),
-        prompt_tokens: prompt_ids.saturating_sub(1),
-        placeholders: action_dim * settings.num_actions_chunk,
-    }
-}
-
-/// `got` images for a checkpoint that takes `want`.
-fn check_image_count(want: usize, got: usize) -> Result<(), PolicyError> {
-    if want == got {
-        return Ok(());
-    }
-    Err(PolicyError::Inputs(format!(
-        "the checkpoint takes {want} image(s) (num_images_in_input), got {got}"
-    )))
 }
 
 /// What one OFT pass computed, stage by stage (the golden fixture checks each).
@@ -71,11 +41,9 @@ pub struct OftPass {
 #[derive(Debug)]
 pub struct OftCpuRunner {
     model: OpenVla,
-    settings: OftSettings,
+    spec: OftSpec,
     head: L1ActionHead,
-    proprio: Option<(ProprioProjector, Bounds)>,
-    action_bounds: Bounds,
-    unnorm_key: String,
+    proprio: Option<ProprioProjector>,
     state: LlamaState,
 }
 
@@ -83,91 +51,45 @@ impl OftCpuRunner {
     /// Loads the Hugging Face folder, the `.pt` heads beside it, `vla_rt_model.json`'s OFT
     /// keys and the statistics (`dataset_statistics.json`, else `config.json`'s `norm_stats`).
     pub fn load(dir: &Path, options: &PolicyOptions) -> Result<Self, ModelError> {
-        let files = oft::find_files(dir)?.ok_or_else(|| ModelError::File {
-            path: dir.display().to_string(),
-            message: format!(
-                "no {}*_checkpoint.pt: not an OpenVLA-OFT checkpoint",
-                oft::ACTION_HEAD_PREFIX
-            ),
-        })?;
-        let settings = OftSettings::from_runtime(dir, &RuntimeModelConfig::from_dir(dir)?)?;
+        let (files, settings) = read_files_and_settings(dir)?;
         let model = OpenVla::load(dir)?;
         let hidden = model.llama().config().hidden_size;
         let head = L1ActionHead::load(&files.action_head, hidden)?;
-        let stats_path = dir.join(oft::DATASET_STATISTICS_FILE);
-        let stats =
-            oft::read_dataset_statistics(dir)?.unwrap_or_else(|| model.config().norm_stats.clone());
-        let unnorm_key = resolve_unnorm_key(&stats, options.unnorm_key.as_deref())?;
-        let entry = &stats[&unnorm_key];
-        let action_bounds = Bounds::pick(
-            &entry.action,
-            settings.action_normalization,
-            head.action_dim(),
-            &format!("{unnorm_key}.action"),
-            &stats_path,
-        )?;
-        let proprio = match &files.proprio_projector {
-            Some(path) => {
-                let projector = ProprioProjector::load(path, hidden)?;
-                let key = format!("{unnorm_key}.proprio");
-                let stats = entry.proprio.as_ref().ok_or_else(|| ModelError::Config {
-                    path: stats_path.display().to_string(),
-                    key: key.clone(),
-                    message: format!(
-                        "{} takes the robot state, and its statistics are missing",
-                        path.display()
-                    ),
-                })?;
-                let bounds = Bounds::pick(
-                    stats,
-                    settings.action_normalization,
-                    projector.proprio_dim(),
-                    &key,
-                    &stats_path,
-                )?;
-                Some((projector, bounds))
-            }
-            None => None,
-        };
-        Self::from_parts(
-            model,
+        let proprio = files
+            .proprio_projector
+            .as_deref()
+            .map(|path| ProprioProjector::load(path, hidden))
+            .transpose()?;
+        let spec = OftSpec::load(
+            dir,
+            &files,
             settings,
-            head,
-            proprio,
-            action_bounds,
-            unnorm_key,
+            &statistics(dir, &model.config().norm_stats)?,
+            model.num_patches(),
+            head.action_dim(),
+            proprio.as_ref().map(ProprioProjector::proprio_dim),
             options,
-        )
+        )?;
+        Self::from_parts(model, spec, head, proprio, options)
     }
 
     /// Assembles a runner from loaded (or, for benchmarks, built) parts, converting the
     /// language model to the weight formats in `options`.
     pub fn from_parts(
         mut model: OpenVla,
-        settings: OftSettings,
+        spec: OftSpec,
         head: L1ActionHead,
-        proprio: Option<(ProprioProjector, Bounds)>,
-        action_bounds: Bounds,
-        unnorm_key: String,
+        proprio: Option<ProprioProjector>,
         options: &PolicyOptions,
     ) -> Result<Self, ModelError> {
         apply_formats(&mut model, options)?;
-        let longest = sequence_layout(
-            &settings,
-            model.num_patches(),
-            proprio.is_some(),
-            head.action_dim(),
-            MAX_TEXT_TOKENS + 1,
-        );
-        let capacity = longest.len().min(model.config().llm_max_length);
+        let capacity = spec.sequence_capacity(model.config().llm_max_length);
         let state = LlamaState::new(model.llama().config(), capacity, capacity);
         Ok(Self {
             model,
-            settings,
+            spec,
             head,
             proprio,
-            action_bounds,
-            unnorm_key,
             state,
         })
     }
@@ -176,71 +98,18 @@ impl OftCpuRunner {
         &self.model
     }
 
-    pub fn settings(&self) -> OftSettings {
-        self.settings
-    }
-
-    pub fn unnorm_key(&self) -> &str {
-        &self.unnorm_key
-    }
-
-    pub fn inputs(&self) -> PolicyInputs {
-        PolicyInputs {
-            images: self.settings.num_images_in_input,
-            proprio_dim: self.proprio.as_ref().map(|(p, _)| p.proprio_dim()),
-            chunk_len: self.settings.num_actions_chunk,
-        }
+    pub fn spec(&self) -> &OftSpec {
+        &self.spec
     }
 
     fn layout(&self, prompt_ids: usize) -> SequenceLayout {
-        sequence_layout(
-            &self.settings,
-            self.model.num_patches(),
-            self.proprio.is_some(),
-            self.head.action_dim(),
-            prompt_ids,
-        )
+        self.spec.layout(prompt_ids)
     }
 
     /// The prompt's ids (`<s>` … `▁`), refused when the whole sequence would not fit.
     pub fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError> {
-        if instruction.trim().is_empty() {
-            return Err(PolicyError::EmptyInstruction);
-        }
-        let fixed = self.layout(1).len();
-        let limit = (self.state.capacity() + 1).saturating_sub(fixed);
-        Ok(self
-            .model
-            .tokenizer()
-            .encode_instruction_within(instruction, limit)?)
-    }
-
-    fn check_inputs(
-        &self,
-        pixel_values: &[&[f32]],
-        proprio: Option<&[f64]>,
-    ) -> Result<(), PolicyError> {
-        check_image_count(self.settings.num_images_in_input, pixel_values.len())?;
-        match (&self.proprio, proprio) {
-            (Some((projector, _)), Some(state)) if state.len() != projector.proprio_dim() => {
-                Err(PolicyError::Inputs(format!(
-                    "proprio: the checkpoint takes a robot state of {} values, got {}",
-                    projector.proprio_dim(),
-                    state.len()
-                )))
-            }
-            (Some(_), Some(state)) if state.iter().any(|v| !v.is_finite()) => Err(
-                PolicyError::Inputs("proprio: a value is not a finite number".into()),
-            ),
-            (Some((projector, _)), None) => Err(PolicyError::Inputs(format!(
-                "the checkpoint takes the robot state (proprio, {} values)",
-                projector.proprio_dim()
-            ))),
-            (None, Some(_)) => Err(PolicyError::Inputs(
-                "this checkpoint has no proprio projector: it takes no robot state".into(),
-            )),
-            _ => Ok(()),
-        }
+        self.spec
+            .prompt_ids(self.model.tokenizer(), instruction, self.state.capacity())
     }
 
     /// One OFT pass from each camera's `pixel_values` (`[6, 224, 224]` each, in the
@@ -252,7 +121,7 @@ impl OftCpuRunner {
         proprio: Option<&[f64]>,
     ) -> Result<OftPass, PolicyError> {
         let start = Instant::now();
-        self.check_inputs(pixel_values, proprio)?;
+        self.spec.check_inputs(pixel_values.len(), proprio)?;
         let ids = self.prompt_ids(instruction)?;
         let layout = self.layout(ids.len());
         let h = self.model.llama().config().hidden_size;
@@ -269,13 +138,13 @@ impl OftCpuRunner {
             image_tokens.extend(self.model.project(&self.model.concat_features(&outputs))?);
             projector += t.elapsed();
         }
-        let (proprio_normalized, proprio_token) = match (&self.proprio, proprio) {
-            (Some((projector, bounds)), Some(state)) => {
-                let normalized = bounds.normalize(state);
+        let proprio_normalized = self.spec.normalize_proprio(proprio);
+        let proprio_token = match (&self.proprio, &proprio_normalized) {
+            (Some(projector), Some(normalized)) => {
                 let fed: Vec<f32> = normalized.iter().map(|&v| v as f32).collect();
-                (Some(normalized), Some(projector.forward(&fed)?))
+                Some(projector.forward(&fed)?)
             }
-            _ => (None, None),
+            _ => None,
         };
 
         let t = Instant::now();
@@ -304,22 +173,8 @@ impl OftCpuRunner {
         let forward = t.elapsed();
 
         let t = Instant::now();
-        let dim = self.head.action_dim();
         let out = self.head.forward(&head_input)?;
-        let normalized: Vec<Vec<f64>> = out
-            .chunks_exact(dim)
-            .map(|step| step.iter().map(|&v| f64::from(v)).collect())
-            .collect();
-        if normalized.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(PolicyError::Backend {
-                backend: "cpu",
-                message: "the action head's output is not finite".into(),
-            });
-        }
-        let actions = normalized
-            .iter()
-            .map(|step| self.action_bounds.unnormalize(step))
-            .collect();
+        let (normalized, actions) = self.spec.chunk(&out, "cpu")?;
         let head = t.elapsed();
         Ok(OftPass {
             image_tokens,
@@ -340,32 +195,43 @@ impl OftCpuRunner {
     }
 }
 
-/// [`OftCpuRunner`] with the checkpoint's image preprocessing: a [`Policy`] whose prediction
-/// is a chunk.
-#[derive(Debug)]
-pub struct OftCpuPolicy {
-    runner: OftCpuRunner,
-    preprocessor: Preprocessor,
-    pixel_values: Vec<Vec<f32>>,
-    model_name: String,
-}
+impl OftRunner for OftCpuRunner {
+    const BACKEND: &'static str = "cpu";
 
-impl OftCpuPolicy {
-    pub fn load(dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
-        let runner = OftCpuRunner::load(dir, options)?;
-        let preprocessor = Preprocessor::from_config_file(&dir.join(PREPROCESSOR_CONFIG_FILE))?;
-        check_preprocessing(&preprocessor, runner.model().pixel_values_len())?;
-        let images = runner.settings().num_images_in_input;
-        Ok(Self {
-            runner,
-            pixel_values: vec![vec![0.0; preprocessor.output_len()]; images],
-            preprocessor,
-            model_name: model_name(dir),
-        })
+    fn spec(&self) -> &OftSpec {
+        &self.spec
     }
 
-    pub fn runner(&self) -> &OftCpuRunner {
-        &self.runner
+    fn pixel_values_len(&self) -> usize {
+        self.model.pixel_values_len()
+    }
+
+    fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>, PolicyError> {
+        Self::prompt_ids(self, instruction)
+    }
+
+    fn predict_chunk(
+        &mut self,
+        pixel_values: &[&[f32]],
+        instruction: &str,
+        proprio: Option<&[f64]>,
+    ) -> Result<OftChunk, PolicyError> {
+        let pass = self.run_pixels(pixel_values, instruction, proprio)?;
+        Ok(OftChunk {
+            normalized: pass.normalized,
+            actions: pass.actions,
+            timings: pass.timings,
+        })
+    }
+}
+
+/// [`OftCpuRunner`] with the checkpoint's image preprocessing: a
+/// [`Policy`](crate::policy::Policy) whose prediction is a chunk.
+pub type OftCpuPolicy = OftPolicy<OftCpuRunner>;
+
+impl OftPolicy<OftCpuRunner> {
+    pub fn load(dir: &Path, options: &PolicyOptions) -> Result<Self, PolicyError> {
+        Self::new(OftCpuRunner::load(dir, options)?, dir)
     }
 
     /// The whole pass from camera images, with every stage's output.
@@ -375,62 +241,12 @@ impl OftCpuPolicy {
         instruction: &str,
         proprio: Option<&[f64]>,
     ) -> Result<OftPass, PolicyError> {
-        if instruction.trim().is_empty() {
-            return Err(PolicyError::EmptyInstruction);
-        }
-        // Before preprocessing, which pairs images with buffers.
-        check_image_count(self.pixel_values.len(), images.len())?;
         let start = Instant::now();
-        for (image, pixels) in images.iter().zip(&mut self.pixel_values) {
-            self.preprocessor.run(image, pixels)?;
-        }
-        let preprocess_ms = ms(start.elapsed());
-        let pixels: Vec<&[f32]> = self.pixel_values.iter().map(Vec::as_slice).collect();
-        let mut pass = self.runner.run_pixels(&pixels, instruction, proprio)?;
+        let preprocess_ms = self.preprocess(images, instruction)?;
+        let (runner, pixels) = self.runner_and_pixels();
+        let mut pass = runner.run_pixels(&pixels, instruction, proprio)?;
         pass.timings.preprocess_ms = preprocess_ms;
         pass.timings.total_ms = ms(start.elapsed());
         Ok(pass)
-    }
-}
-
-impl Policy for OftCpuPolicy {
-    fn predict(&mut self, image: &RgbImage, instruction: &str) -> Result<Prediction, PolicyError> {
-        self.predict_with(&[image], instruction, None)
-    }
-
-    fn inputs(&self) -> PolicyInputs {
-        self.runner.inputs()
-    }
-
-    fn predict_with(
-        &mut self,
-        images: &[&RgbImage],
-        instruction: &str,
-        proprio: Option<&[f64]>,
-    ) -> Result<Prediction, PolicyError> {
-        let pass = self.run(images, instruction, proprio)?;
-        Ok(Prediction {
-            tokens: Vec::new(),
-            normalized: pass.normalized.first().cloned().unwrap_or_default(),
-            action: pass.actions.first().cloned().unwrap_or_default(),
-            actions: pass.actions,
-            timings: pass.timings,
-        })
-    }
-
-    fn action_dim(&self) -> usize {
-        self.runner.head.action_dim()
-    }
-
-    fn check_instruction(&self, instruction: &str) -> Result<(), PolicyError> {
-        self.runner.prompt_ids(instruction).map(|_| ())
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn model_name(&self) -> &str {
-        &self.model_name
     }
 }

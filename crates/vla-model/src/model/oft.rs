@@ -42,7 +42,7 @@ pub const STOP_TOKEN_ID: u32 = 2;
 /// The action dimension vla-rt's command record carries (7-DoF end effector and gripper).
 pub const COMMAND_ACTION_DIM: usize = 7;
 /// `nn.LayerNorm`'s default, which OFT's heads keep.
-const LAYER_NORM_EPS: f64 = 1e-5;
+pub const LAYER_NORM_EPS: f64 = 1e-5;
 /// OFT's `+ 1e-8` in the denominator and span of its (un)normalisation.
 const SPAN_EPS: f64 = 1e-8;
 
@@ -365,25 +365,22 @@ pub struct L1ActionHead {
     action_dim: usize,
 }
 
-impl L1ActionHead {
-    /// Loads `model.{layer_norm1, fc1, mlp_resnet_blocks.N.ffn.{0,1}, layer_norm2, fc2}`; the
-    /// widths come from the tensors and must read `llm_dim`-wide hidden states.
-    pub fn load(path: &Path, llm_dim: usize) -> Result<Self, ModelError> {
-        let dict = open_head(path)?;
-        if dict
-            .tensors()
-            .iter()
-            .any(|t| t.name().starts_with("noise_predictor.") || t.name().contains("time_encoder"))
-        {
-            return Err(unsupported(
-                path,
-                "an OpenVLA-OFT diffusion action head; vla-rt runs the L1 regression head only",
-            ));
-        }
-        Self::from_checkpoint(&dict.to_checkpoint()?, llm_dim, path)
-    }
+/// The widths of an L1 regression head, read and checked from its tensor shapes without
+/// loading its values (the CUDA backend uploads them straight from the checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L1HeadShape {
+    /// `action_dim × llm_dim`: one chunk step's hidden states side by side.
+    pub input: usize,
+    /// The MLP's width (fc1's outputs).
+    pub hidden: usize,
+    pub action_dim: usize,
+    /// Residual blocks `model.mlp_resnet_blocks.N`.
+    pub blocks: usize,
+}
 
-    /// The head from its tensors without the `module.` prefix (`path` names them in errors).
+impl L1HeadShape {
+    /// The shape of the head in `ckpt` (names without the `module.` prefix) reading
+    /// `llm_dim`-wide hidden states; `path` names the file in errors.
     pub fn from_checkpoint(
         ckpt: &super::checkpoint::Checkpoint,
         llm_dim: usize,
@@ -408,17 +405,69 @@ impl L1ActionHead {
                 got: vec![hidden, input],
             });
         }
-        let mut blocks = Vec::new();
-        while ckpt.contains(&format!(
-            "model.mlp_resnet_blocks.{}.ffn.1.weight",
-            blocks.len()
-        )) {
-            let prefix = format!("model.mlp_resnet_blocks.{}.ffn", blocks.len());
-            blocks.push((
-                LayerNorm::load(ckpt, &format!("{prefix}.0"), hidden)?,
-                ckpt.linear(&format!("{prefix}.1"), hidden, hidden, true)?,
-            ));
+        let mut blocks = 0;
+        while ckpt.contains(&format!("model.mlp_resnet_blocks.{blocks}.ffn.1.weight")) {
+            blocks += 1;
         }
+        Ok(Self {
+            input,
+            hidden,
+            action_dim,
+            blocks,
+        })
+    }
+}
+
+/// The action head's tensors from its `.pt` file, DDP's `module.` prefix dropped; a
+/// diffusion head is refused naming the file.
+pub fn read_action_head(path: &Path) -> Result<super::checkpoint::Checkpoint, ModelError> {
+    let dict = open_head(path)?;
+    if dict
+        .tensors()
+        .iter()
+        .any(|t| t.name().starts_with("noise_predictor.") || t.name().contains("time_encoder"))
+    {
+        return Err(unsupported(
+            path,
+            "an OpenVLA-OFT diffusion action head; vla-rt runs the L1 regression head only",
+        ));
+    }
+    dict.to_checkpoint()
+}
+
+/// The proprio projector's tensors from its `.pt` file, DDP's `module.` prefix dropped.
+pub fn read_proprio_projector(path: &Path) -> Result<super::checkpoint::Checkpoint, ModelError> {
+    open_head(path)?.to_checkpoint()
+}
+
+impl L1ActionHead {
+    /// Loads `model.{layer_norm1, fc1, mlp_resnet_blocks.N.ffn.{0,1}, layer_norm2, fc2}`; the
+    /// widths come from the tensors and must read `llm_dim`-wide hidden states.
+    pub fn load(path: &Path, llm_dim: usize) -> Result<Self, ModelError> {
+        Self::from_checkpoint(&read_action_head(path)?, llm_dim, path)
+    }
+
+    /// The head from its tensors without the `module.` prefix (`path` names them in errors).
+    pub fn from_checkpoint(
+        ckpt: &super::checkpoint::Checkpoint,
+        llm_dim: usize,
+        path: &Path,
+    ) -> Result<Self, ModelError> {
+        let L1HeadShape {
+            input,
+            hidden,
+            action_dim,
+            blocks,
+        } = L1HeadShape::from_checkpoint(ckpt, llm_dim, path)?;
+        let blocks = (0..blocks)
+            .map(|block| {
+                let prefix = format!("model.mlp_resnet_blocks.{block}.ffn");
+                Ok((
+                    LayerNorm::load(ckpt, &format!("{prefix}.0"), hidden)?,
+                    ckpt.linear(&format!("{prefix}.1"), hidden, hidden, true)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Self {
             layer_norm1: LayerNorm::load(ckpt, "model.layer_norm1", input)?,
             fc1: ckpt.linear("model.fc1", hidden, input, true)?,
@@ -478,17 +527,28 @@ pub struct ProprioProjector {
     fc2: Linear,
 }
 
+/// The state width a proprio projector in `ckpt` takes, checked to project to `llm_dim`
+/// (`path` names the file in errors).
+pub fn proprio_projector_dim(
+    ckpt: &super::checkpoint::Checkpoint,
+    llm_dim: usize,
+    path: &Path,
+) -> Result<usize, ModelError> {
+    let (hidden, proprio_dim) = ckpt.matrix_shape("fc1.weight")?;
+    if hidden != llm_dim {
+        return Err(ModelError::Shape {
+            name: format!("{}: fc1.weight", path.display()),
+            expected: vec![llm_dim, proprio_dim],
+            got: vec![hidden, proprio_dim],
+        });
+    }
+    Ok(proprio_dim)
+}
+
 impl ProprioProjector {
     pub fn load(path: &Path, llm_dim: usize) -> Result<Self, ModelError> {
-        let ckpt = open_head(path)?.to_checkpoint()?;
-        let (hidden, proprio_dim) = ckpt.matrix_shape("fc1.weight")?;
-        if hidden != llm_dim {
-            return Err(ModelError::Shape {
-                name: format!("{}: fc1.weight", path.display()),
-                expected: vec![llm_dim, proprio_dim],
-                got: vec![hidden, proprio_dim],
-            });
-        }
+        let ckpt = read_proprio_projector(path)?;
+        let proprio_dim = proprio_projector_dim(&ckpt, llm_dim, path)?;
         Ok(Self {
             fc1: ckpt.linear("fc1", llm_dim, proprio_dim, true)?,
             fc2: ckpt.linear("fc2", llm_dim, llm_dim, true)?,

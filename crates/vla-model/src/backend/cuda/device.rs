@@ -254,6 +254,10 @@ pub struct Kernels {
     pub fill_uniform_f32: CudaFunction,
     pub quantize_rows_i8: CudaFunction,
     pub quantize_groups_i4: CudaFunction,
+    pub assemble_oft_input: CudaFunction,
+    pub rms_norm_f32: CudaFunction,
+    pub bias_relu_f32: CudaFunction,
+    pub bias_relu_add_f32: CudaFunction,
 }
 
 impl Kernels {
@@ -267,6 +271,7 @@ impl Kernels {
         let llama = load(&kernels::LLAMA)?;
         let gemv = load(&kernels::GEMV)?;
         let util = load(&kernels::UTIL)?;
+        let oft = load(&kernels::OFT)?;
         let f = |m: &Arc<CudaModule>, name: &'static str| {
             m.load_function(name).map_err(|e| CudaError::MissingKernel {
                 kernel: name,
@@ -308,7 +313,11 @@ impl Kernels {
             fill_uniform_f32: f(&util, "fill_uniform_f32")?,
             quantize_rows_i8: f(&util, "quantize_rows_i8")?,
             quantize_groups_i4: f(&util, "quantize_groups_i4")?,
-            _modules: vec![vision, llama, gemv, util],
+            assemble_oft_input: f(&oft, "assemble_oft_input")?,
+            rms_norm_f32: f(&oft, "rms_norm_f32")?,
+            bias_relu_f32: f(&oft, "bias_relu_f32")?,
+            bias_relu_add_f32: f(&oft, "bias_relu_add_f32")?,
+            _modules: vec![vision, llama, gemv, util, oft],
         })
     }
 }
@@ -559,7 +568,9 @@ impl Gpu {
     /// Device-to-device copy of `bytes` on `lane`.
     pub fn copy_d2d(&self, lane: Lane, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
         // SAFETY: callers pass ranges inside their own buffers (the bandwidth probe copies
-        // between two buffers of at least `bytes`).
+        // between two buffers of at least `bytes`; the OFT runner copies the projector
+        // output, `patches · hidden` values, into the row of its camera in a prefix buffer
+        // sized for every camera, after checking both shapes at load).
         unsafe {
             cudarc::driver::result::memcpy_dtod_async(
                 dst,

@@ -86,8 +86,19 @@ pub const UTIL: KernelSource = KernelSource {
     ],
 };
 
+pub const OFT: KernelSource = KernelSource {
+    name: "oft.cu",
+    source: include_str!("kernels/oft.cu"),
+    functions: &[
+        "assemble_oft_input",
+        "rms_norm_f32",
+        "bias_relu_f32",
+        "bias_relu_add_f32",
+    ],
+};
+
 /// Every kernel source of the backend.
-pub const SOURCES: [KernelSource; 4] = [VISION, LLAMA, GEMV, UTIL];
+pub const SOURCES: [KernelSource; 5] = [VISION, LLAMA, GEMV, UTIL, OFT];
 
 /// The architectures CI compiles for: H100/H200 (Hopper) and Jetson Orin.
 pub const CI_ARCHS: [&str; 2] = ["compute_90", "compute_87"];

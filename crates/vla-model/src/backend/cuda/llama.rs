@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, Dt, Gemm, Gpu, Graph, Lane};
-use super::vision::{padded_keys, softmax};
+use super::vision::{padded_keys, softmax, KEY_ALIGN};
 use super::weights::{DecodeFormat, DeviceLinear, GemvVariant, WeightSource};
 use super::CudaError;
 use crate::model::llama::{rope_tables, LlamaConfig};
@@ -543,7 +543,7 @@ impl DeviceLlama {
         format: DecodeFormat,
     ) -> Result<usize, CudaError> {
         let c = &self.config;
-        let (h, hd) = (c.hidden_size, c.head_dim());
+        let h = c.hidden_size;
         let patches = image_tokens.len() / h.max(1);
         let n = patches + input_ids.len();
         if input_ids.is_empty() || n + MAX_GENERATED.min(8) > self.capacity {
@@ -584,6 +584,18 @@ impl DeviceLlama {
                 int("prefill", h)?,
             ],
         )?;
+        self.queue_layers(gpu, n, 0)?;
+        self.head(gpu, format, n - 1, n)?;
+        Ok(n)
+    }
+
+    /// Every decoder layer over the `n` rows of `s.x` at positions `0..n` (the KV cache is
+    /// written from position 0): attention causal with `causal_past` 0 (the prefill), full
+    /// bidirectional with -1 (OFT's pass; `softmax_rows_f16` masks nothing then).
+    fn queue_layers(&self, gpu: &Gpu, n: usize, causal_past: i32) -> Result<(), CudaError> {
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let s = &self.s;
         let rep = c.num_heads / c.num_kv_heads;
         let np = padded_keys(n);
         for (l, layer) in self.layers.iter().enumerate() {
@@ -642,7 +654,7 @@ impl DeviceLlama {
                 n,
                 np,
                 1.0 / (hd as f32).sqrt(),
-                0,
+                causal_past,
             )?;
             for g in 0..groups {
                 let h0 = g * batch;
@@ -693,8 +705,72 @@ impl DeviceLlama {
                 .down
                 .forward_rows(gpu, Lane::A, n, s.act.ptr(), s.x.ptr(), Dt::F32, true)?;
         }
-        self.head(gpu, format, n - 1, n)?;
-        Ok(n)
+        Ok(())
+    }
+
+    /// OpenVLA-OFT's pass (ARCHITECTURE.md §17): the input
+    /// `[embed(ids[0]), prefix (P rows), embed(ids[1..])]`, a negative id giving a zero row
+    /// (OFT's placeholders), through every layer with full bidirectional attention at
+    /// positions `0..n`; the final RMSNorm of the rows `read` goes to `out`
+    /// (`[read.len(), H]` f32). No LM head. Resets the sequence.
+    pub fn forward_bidirectional(
+        &self,
+        gpu: &Gpu,
+        prefix: &DeviceBuffer<f32>,
+        prefix_rows: usize,
+        ids: &[i32],
+        read: std::ops::Range<usize>,
+        out: &DeviceBuffer<f32>,
+    ) -> Result<(), CudaError> {
+        let c = &self.config;
+        let h = c.hidden_size;
+        let n = check_bidirectional_args(
+            &BidirectionalShapes {
+                hidden: h,
+                vocab: c.vocab_size,
+                capacity: self.capacity,
+                prefix_values: prefix.len(),
+                out_values: out.len(),
+            },
+            prefix_rows,
+            ids,
+            &read,
+        )?;
+        let s = &self.s;
+        gpu.write(&s.ids, 0, ids)?;
+        gpu.write(&s.state, 0, &[0, 0, 0, 0])?;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.assemble_oft_input,
+            n * h,
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(s.ids.ptr()),
+                Arg::Ptr(prefix.ptr()),
+                Arg::Ptr(s.x.ptr()),
+                int("OFT input", prefix_rows)?,
+                int("OFT input", ids.len())?,
+                int("OFT input", h)?,
+            ],
+        )?;
+        self.queue_layers(gpu, n, -1)?;
+        gpu.launch(
+            Lane::A,
+            &gpu.kernels.rms_norm_f32,
+            u32::try_from(read.len()).map_err(|_| CudaError::Shape {
+                op: "OFT hidden states",
+                message: format!("{} rows do not fit a grid", read.len()),
+            })?,
+            256,
+            0,
+            &[
+                Arg::Ptr(s.x.at(read.start * h)),
+                Arg::Ptr(self.norm.ptr()),
+                Arg::Ptr(out.ptr()),
+                int("rms norm", h)?,
+                Arg::F32(c.rms_norm_eps as f32),
+            ],
+        )
     }
 
     /// Decode attention of the query in `s.q` against the cache of the layer at `layer_off`
@@ -908,9 +984,195 @@ impl DeviceLlama {
     }
 }
 
+/// The sizes [`DeviceLlama::forward_bidirectional`] checks its arguments against.
+#[derive(Debug, Clone, Copy)]
+pub struct BidirectionalShapes {
+    pub hidden: usize,
+    pub vocab: usize,
+    /// Positions of the KV cache and of every scratch buffer.
+    pub capacity: usize,
+    /// Values of the prefix buffer and of the output buffer.
+    pub prefix_values: usize,
+    pub out_values: usize,
+}
+
+/// The longest bidirectional pass a cache of `capacity` positions takes: the attention GEMMs
+/// run over the rows padded to [`KEY_ALIGN`] (`padded_keys`), which must stay inside the
+/// buffers sized for `capacity` (the token path's prefill keeps room for decode instead).
+pub fn bidirectional_positions(capacity: usize) -> usize {
+    capacity / KEY_ALIGN * KEY_ALIGN
+}
+
+/// The cache positions to allocate for bidirectional passes of up to `longest` positions in a
+/// model of `llm_max_length`: `longest` padded to [`KEY_ALIGN`] where the model allows it.
+pub fn bidirectional_capacity(longest: usize, llm_max_length: usize) -> usize {
+    let padded = padded_keys(longest);
+    if padded <= llm_max_length {
+        padded
+    } else {
+        bidirectional_positions(llm_max_length)
+    }
+}
+
+/// The sequence length of an OFT pass over `prefix_rows` rows and `ids`, or an error naming
+/// what does not fit: a sequence longer than the capacity, a prefix or output buffer too
+/// small, an id outside the vocabulary, or rows to read outside the sequence.
+pub fn check_bidirectional_args(
+    shapes: &BidirectionalShapes,
+    prefix_rows: usize,
+    ids: &[i32],
+    read: &std::ops::Range<usize>,
+) -> Result<usize, CudaError> {
+    let n = prefix_rows + ids.len();
+    let shape = |message: String| CudaError::Shape {
+        op: "OFT pass",
+        message,
+    };
+    if ids.first().is_none_or(|&first| first < 0) {
+        return Err(shape(
+            "the input needs a first token id (`<s>`) before the prefix rows".into(),
+        ));
+    }
+    let usable = bidirectional_positions(shapes.capacity);
+    if n > usable {
+        return Err(CudaError::Model(
+            crate::model::ModelError::SequenceTooLong {
+                len: n,
+                capacity: usable,
+            },
+        ));
+    }
+    if prefix_rows * shapes.hidden > shapes.prefix_values {
+        return Err(shape(format!(
+            "{prefix_rows} prefix rows of {} values, the prefix buffer holds {}",
+            shapes.hidden, shapes.prefix_values
+        )));
+    }
+    if let Some(&id) = ids
+        .iter()
+        .find(|&&id| id >= 0 && id as usize >= shapes.vocab)
+    {
+        return Err(shape(format!("token {id} outside vocab {}", shapes.vocab)));
+    }
+    if read.is_empty() || read.end > n {
+        return Err(shape(format!(
+            "rows {read:?} to read from a sequence of {n}"
+        )));
+    }
+    if read.len() * shapes.hidden > shapes.out_values {
+        return Err(shape(format!(
+            "{} rows of {} values into an output of {}",
+            read.len(),
+            shapes.hidden,
+            shapes.out_values
+        )));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use crate::backend::cuda::kernels::{kernel_parameters, LLAMA};
+    use super::{
+        bidirectional_capacity, bidirectional_positions, check_bidirectional_args,
+        BidirectionalShapes,
+    };
+    use crate::backend::cuda::kernels::{kernel_parameters, LLAMA, OFT};
+
+    /// An OFT pass of the fixture's second case: 513 prefix rows (two cameras and the proprio
+    /// token) and 40 prompt ids + 56 placeholders + `</s>`.
+    fn fixture_shapes(capacity: usize) -> BidirectionalShapes {
+        BidirectionalShapes {
+            hidden: 64,
+            vocab: 32064,
+            capacity,
+            prefix_values: 513 * 64,
+            out_values: 56 * 64,
+        }
+    }
+
+    fn fixture_ids() -> Vec<i32> {
+        let mut ids = vec![1; 40];
+        ids.extend([-1; 56]);
+        ids.push(2);
+        ids
+    }
+
+    #[test]
+    fn a_pass_that_fits_gives_its_sequence_length() {
+        let n = check_bidirectional_args(&fixture_shapes(616), 513, &fixture_ids(), &(552..608));
+        assert_eq!(n.unwrap(), 610);
+    }
+
+    /// The attention GEMMs run over 616 rows for 610 positions: a cache of 610 or 615
+    /// positions would be read and written past its end, so the pass is refused there.
+    #[test]
+    fn the_padded_attention_rows_must_fit_the_capacity() {
+        for capacity in [610, 615] {
+            let err = check_bidirectional_args(
+                &fixture_shapes(capacity),
+                513,
+                &fixture_ids(),
+                &(552..608),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("610") && err.contains("608"), "{err}");
+        }
+        assert_eq!(bidirectional_capacity(610, 2048), 616);
+        assert_eq!(bidirectional_capacity(610, 612), 608);
+        assert_eq!(bidirectional_capacity(608, 608), 608);
+        assert_eq!(bidirectional_positions(769), 768);
+    }
+
+    #[test]
+    fn a_sequence_longer_than_the_capacity_is_an_error_naming_both_lengths() {
+        let err = check_bidirectional_args(&fixture_shapes(600), 513, &fixture_ids(), &(552..608))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("610") && err.contains("600"), "{err}");
+    }
+
+    #[test]
+    fn buffers_ids_and_rows_that_do_not_fit_are_errors_naming_them() {
+        let shapes = fixture_shapes(1024);
+        let ids = fixture_ids();
+        let err = |r: Result<usize, crate::backend::cuda::CudaError>| r.unwrap_err().to_string();
+        let e = err(check_bidirectional_args(&shapes, 514, &ids, &(552..608)));
+        assert!(
+            e.contains("514 prefix rows") && e.contains("prefix buffer"),
+            "{e}"
+        );
+        let e = err(check_bidirectional_args(&shapes, 513, &ids, &(552..609)));
+        assert!(e.contains("57 rows") && e.contains("output"), "{e}");
+        let e = err(check_bidirectional_args(&shapes, 513, &ids, &(600..611)));
+        assert!(e.contains("sequence of 610"), "{e}");
+        let e = err(check_bidirectional_args(&shapes, 513, &ids, &(5..5)));
+        assert!(e.contains("5..5"), "{e}");
+        let mut bad = ids.clone();
+        bad[3] = 32064;
+        let e = err(check_bidirectional_args(&shapes, 513, &bad, &(552..608)));
+        assert!(e.contains("32064 outside vocab"), "{e}");
+        let e = err(check_bidirectional_args(&shapes, 513, &[], &(0..1)));
+        assert!(e.contains("first token id"), "{e}");
+        bad[0] = -1;
+        let e = err(check_bidirectional_args(&shapes, 513, &bad, &(552..608)));
+        assert!(e.contains("first token id"), "{e}");
+    }
+
+    /// The OFT input kernel takes assemble_prefill's arguments, in the same order.
+    #[test]
+    fn the_oft_input_kernel_takes_the_prefill_assemblys_arguments() {
+        let prefill = kernel_parameters(&LLAMA, "assemble_prefill");
+        let oft = kernel_parameters(&OFT, "assemble_oft_input");
+        assert_eq!(oft.len(), prefill.len());
+        assert_eq!(oft[..2], prefill[..2]);
+        assert_eq!(oft[3..], prefill[3..]);
+        assert_eq!(
+            kernel_parameters(&OFT, "rms_norm_f32"),
+            kernel_parameters(&LLAMA, "rms_norm_f16")
+        );
+    }
 
     /// The host passes decode_attention's arguments to both kernels and appends the split
     /// kernel's own three.

@@ -20,6 +20,9 @@
 //!   GEMMs, RoPE + KV-cache write, causal GQA attention, RMSNorm, SiLU-mul; greedy argmax on
 //!   the device; decode steps with FP16, INT8 or INT4 GEMV kernels, captured as a CUDA graph
 //!   that reads the position and token from device memory. Only the token ids come back.
+//! - OpenVLA-OFT ([`oft`]): every camera through the vision graph into one prefix buffer, the
+//!   proprio token beside them, one bidirectional pass, the L1 action head; only the chunk
+//!   comes back.
 //!
 //! Must never: panic when CUDA is absent (every library is probed first, see [`probe`]),
 //! allocate device memory per call after load, or copy intermediate tensors to the host on
@@ -29,11 +32,13 @@ pub mod device;
 pub mod kernels;
 pub mod libs;
 pub mod llama;
+pub mod oft;
 pub mod policy;
 pub mod tuned;
 pub mod vision;
 pub mod weights;
 
+pub use oft::{OftCudaPolicy, OftCudaRunner};
 pub use policy::{CudaModelRunner, CudaPolicy};
 
 use cudarc::driver::{CudaContext, DriverError};

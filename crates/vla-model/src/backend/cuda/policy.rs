@@ -314,6 +314,14 @@ impl CudaModelRunner {
         &self.unnorm_key
     }
 
+    pub fn llama(&self) -> &DeviceLlama {
+        &self.llama
+    }
+
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
     pub fn action_dim(&self) -> usize {
         self.decoder.action_dim()
     }

@@ -555,7 +555,7 @@ impl DeviceVit {
 /// `out = f16(act(input + bias))` over `rows` rows of `width` (GELU when `gelu`); with
 /// `write_back` the f32 sum also replaces `input`.
 #[allow(clippy::too_many_arguments)]
-fn queue_bias_act(
+pub(crate) fn queue_bias_act(
     gpu: &Gpu,
     lane: Lane,
     input: &DeviceBuffer<f32>,
@@ -584,7 +584,7 @@ fn queue_bias_act(
 }
 
 /// `x[r, c] += bias[c]` over `rows` rows of `width`, in f32.
-fn queue_add_bias(
+pub(crate) fn queue_add_bias(
     gpu: &Gpu,
     lane: Lane,
     x: &DeviceBuffer<f32>,
