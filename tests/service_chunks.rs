@@ -467,6 +467,34 @@ fn the_recording_carries_the_chunk_step_of_every_command() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An input just went quiet: STOP within the frame age (500 ms) and a tick, for `cause`, and
+/// only STOP after it. Returns the status that says so.
+fn assert_stops_within_the_frame_age(
+    stream: &CommandStream,
+    status: &StatusWatch,
+    cause: &str,
+) -> serde_json::Value {
+    let quiet = Instant::now();
+    stream.until(
+        WAIT,
+        "STOP after the input went quiet",
+        is_state(ControlState::Stop),
+    );
+    let took = quiet.elapsed();
+    assert!(
+        took < Duration::from_millis(500 + 1_500),
+        "STOP {took:?} after the input went quiet ({cause})"
+    );
+    let stopped = status.until(WAIT, "the stop cause", |s| s["state"] == "STOP");
+    assert_eq!(stopped["stop_cause"], cause, "{stopped}");
+    let more = records_for(stream, Duration::from_millis(500));
+    assert!(
+        more.iter().all(|r| r.state == ControlState::Stop),
+        "{more:?}"
+    );
+    stopped
+}
+
 /// Puts the robot's state on `vla/<robot>/proprio` at 50 Hz until `stop` is set.
 fn publish_proprio(
     session: zenoh::Session,
@@ -521,24 +549,7 @@ fn a_policy_that_takes_the_robot_state_acts_on_it_and_stops_when_it_goes_stale()
     // The driver goes quiet: STOP within the frame age (500 ms) and a tick, for that cause.
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
-    let quiet = Instant::now();
-    stream.until(
-        WAIT,
-        "STOP after the state stopped",
-        is_state(ControlState::Stop),
-    );
-    let took = quiet.elapsed();
-    assert!(
-        took < Duration::from_millis(500 + 1_500),
-        "STOP {took:?} after the last state"
-    );
-    let stopped = status.until(WAIT, "the stop cause", |s| s["state"] == "STOP");
-    assert_eq!(stopped["stop_cause"], "proprio stale", "{stopped}");
-    let more = records_for(stream, Duration::from_millis(500));
-    assert!(
-        more.iter().all(|r| r.state == ControlState::Stop),
-        "{more:?}"
-    );
+    assert_stops_within_the_frame_age(stream, &status, "proprio stale");
     running.service.stop();
     running.recorder.unwrap().finish();
     // Each prediction's robot state was recorded with it: the replay gives the same chunks.
@@ -660,27 +671,10 @@ fn a_two_camera_checkpoint_acts_on_frames_paired_by_capture_time_and_stops_when_
     // a silent primary camera, while the primary camera goes on.
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
-    let quiet = Instant::now();
-    stream.until(
-        WAIT,
-        "STOP after the wrist camera went silent",
-        is_state(ControlState::Stop),
-    );
-    let took = quiet.elapsed();
-    assert!(
-        took < Duration::from_millis(500 + 1_500),
-        "STOP {took:?} after the last wrist frame"
-    );
-    let stopped = status.until(WAIT, "the stop cause", |s| s["state"] == "STOP");
-    assert_eq!(stopped["stop_cause"], "camera silent", "{stopped}");
+    let stopped = assert_stops_within_the_frame_age(stream, &status, "camera silent");
     assert!(
         stopped["camera"]["age_ms"].as_f64().unwrap() < 500.0,
         "{stopped}"
-    );
-    let more = records_for(stream, Duration::from_millis(500));
-    assert!(
-        more.iter().all(|r| r.state == ControlState::Stop),
-        "{more:?}"
     );
     service.stop();
     recorder.finish();
