@@ -183,6 +183,14 @@ pub struct ModelConfig {
     /// Run the policy on `vla-rt serve` processes instead of a local backend
     /// (ARCHITECTURE.md §16): `remote = { name = "...", timeout_ms = ..., fingerprint = "..." }`.
     pub remote: Option<crate::remote::RemoteConfig>,
+    /// OpenVLA-OFT: action steps per chunk, as the checkpoint was fine-tuned (8 for LIBERO,
+    /// 5 for Bridge). Unset: the checkpoint's `vla_rt_model.json`; set in both, they must
+    /// be the same.
+    pub num_actions_chunk: Option<usize>,
+    /// OpenVLA-OFT: camera images per prediction (1, or 2 with `[wrist_camera]`); as above.
+    pub num_images_in_input: Option<usize>,
+    /// OpenVLA-OFT: `bounds_q99` or `bounds`; as above.
+    pub action_normalization: Option<vla_model::model::config::ActionNormalization>,
 }
 
 impl Default for ModelConfig {
@@ -198,6 +206,9 @@ impl Default for ModelConfig {
             engines: None,
             tensorrt_library: None,
             remote: None,
+            num_actions_chunk: None,
+            num_images_in_input: None,
+            action_normalization: None,
         }
     }
 }
@@ -300,6 +311,11 @@ impl ModelConfig {
             projector: self.projector,
             quantized_weights: self.quantized_weights.clone(),
             projector_scales: None,
+            oft: vla_model::policy::OftKeys {
+                num_actions_chunk: self.num_actions_chunk,
+                num_images_in_input: self.num_images_in_input,
+                action_normalization: self.action_normalization,
+            },
         }
     }
 
@@ -765,6 +781,22 @@ impl ServiceConfig {
         }
         if self.model.unnorm_key.as_deref() == Some("") {
             return Err(invalid("model.unnorm_key", "must not be empty".into()));
+        }
+        for (key, value, max) in [
+            (
+                "model.num_actions_chunk",
+                self.model.num_actions_chunk,
+                vla_model::model::oft::MAX_ACTIONS_CHUNK,
+            ),
+            (
+                "model.num_images_in_input",
+                self.model.num_images_in_input,
+                vla_model::model::oft::MAX_IMAGES_IN_INPUT,
+            ),
+        ] {
+            if value.is_some_and(|v| !(1..=max).contains(&v)) {
+                return Err(invalid(key, format!("must be 1 to {max}")));
+            }
         }
 
         validate_camera("camera", &self.camera).map_err(|(key, m)| invalid(&key, m))?;
@@ -1248,6 +1280,18 @@ mod tests {
             ),
             ("[model]\nbackend = \"tpu\"\n", "model.backend"),
             ("[model]\nquantization = \"int3\"\n", "model.quantization"),
+            (
+                "[model]\nnum_actions_chunk = 0\n",
+                "model.num_actions_chunk: must be 1 to 256",
+            ),
+            (
+                "[model]\nnum_images_in_input = 9\n",
+                "model.num_images_in_input: must be 1 to 8",
+            ),
+            (
+                "[model]\naction_normalization = \"q99\"\n",
+                "model.action_normalization",
+            ),
             ("[safety]\nmin = [0.0, 0.0, 0.0]\n", "safety.min"),
             (
                 "[safety]\nmin = [0.2, 0, 0, 0, 0, 0, 0]\nmax = [0.1, 1, 1, 1, 1, 1, 1]\n",

@@ -402,6 +402,9 @@ fn the_recording_carries_the_chunk_step_of_every_command() {
     let robot = "chunks-record";
     let mut config = chunk_config("record", robot, port, 50.0, 0.5);
     config.control.start_armed = true;
+    // The OFT keys from the service config, as for a checkpoint folder that cannot be
+    // written to: the service and the replay (from the recorded config) both take them.
+    move_oft_keys_to_the_config(&mut config);
     let dir = config
         .model
         .path
@@ -730,5 +733,86 @@ fn the_cameras_must_match_the_images_the_checkpoint_takes() {
             "{text}"
         );
         assert!(error.is_bad_input(), "{text}: not exit 2");
+    }
+}
+
+/// Removes the OFT keys from the checkpoint's `vla_rt_model.json` and sets them in
+/// `config`'s `[model]` instead.
+fn move_oft_keys_to_the_config(config: &mut ServiceConfig) {
+    let file = config.model.path.join("vla_rt_model.json");
+    let mut runtime: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let keys = runtime.as_object_mut().unwrap();
+    config.model.num_actions_chunk = keys
+        .remove("num_actions_chunk")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize);
+    config.model.num_images_in_input = keys
+        .remove("num_images_in_input")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize);
+    config.model.action_normalization = keys
+        .remove("action_normalization")
+        .map(|v| serde_json::from_value(v).unwrap());
+    assert!(
+        config.model.num_actions_chunk.is_some() && config.model.action_normalization.is_some()
+    );
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, runtime.to_string()).unwrap();
+}
+
+#[test]
+fn the_oft_keys_come_from_the_config_when_the_checkpoint_lacks_them_and_must_agree_with_it() {
+    // The policy loads as `vla-rt run` loads it, with the config's [model] keys.
+    let start = |config: &ServiceConfig| {
+        let model = config.model.path.clone();
+        let options = config.model.policy_options();
+        let source = vla_rt::capture::open_source(&config.camera).unwrap();
+        Service::start(
+            config,
+            source,
+            move || vla_rt::backend::load_policy(&model, &options),
+            ServiceOptions::default(),
+        )
+    };
+    let error_text = |result: Result<Service, vla_rt::service::ServiceError>| match result {
+        Ok(service) => {
+            service.stop();
+            panic!("started");
+        }
+        Err(e) => {
+            assert!(e.is_bad_input(), "{e}: not exit 2");
+            e.to_string()
+        }
+    };
+    // Neither the file nor the config: refused, naming the key and both places.
+    let mut config = chunk_config("keys-none", "chunks-keys-none", free_port(), 10.0, 0.5);
+    move_oft_keys_to_the_config(&mut config);
+    config.model.num_actions_chunk = None;
+    let text = error_text(start(&config));
+    assert!(
+        text.contains("num_actions_chunk") && text.contains("[model] num_actions_chunk"),
+        "{text}"
+    );
+    // The file says 8, the config 5: refused, naming both.
+    let mut config = chunk_config("keys-differ", "chunks-keys-differ", free_port(), 10.0, 0.5);
+    config.model.num_actions_chunk = Some(5);
+    let text = error_text(start(&config));
+    assert!(
+        text.contains("vla_rt_model.json")
+            && text.contains("8 here, 5 in the config's [model] num_actions_chunk"),
+        "{text}"
+    );
+    // The same value both ways, or the config's alone: the chunk has that many steps.
+    for (name, from_file) in [("keys-same", true), ("keys-config", false)] {
+        let robot = format!("chunks-{name}");
+        let mut config = chunk_config(name, &robot, free_port(), 10.0, 0.5);
+        if from_file {
+            config.model.num_actions_chunk = Some(CHUNK);
+        } else {
+            move_oft_keys_to_the_config(&mut config);
+        }
+        let service = start(&config).unwrap();
+        service.stop();
     }
 }

@@ -156,6 +156,8 @@ fn load(args: &PredictArgs) -> Result<(Box<dyn Policy>, f64), CliError> {
             .as_deref()
             .map(read_projector_scales)
             .transpose()?,
+        // An OFT checkpoint's settings come from its vla_rt_model.json here.
+        oft: Default::default(),
     };
     let start = Instant::now();
     let tensorrt = TensorrtOptions {

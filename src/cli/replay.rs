@@ -178,6 +178,11 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
         })?),
         _ => None,
     };
+    // The OpenVLA-OFT settings the session's `[model]` keys gave, if any (a config this
+    // build cannot read gives none: the checkpoint's own file then has to).
+    let oft = crate::config::ServiceConfig::from_toml_str(&session.config, "recorded config")
+        .map(|config| config.model.policy_options().oft)
+        .unwrap_or_default();
     let options = PolicyOptions {
         backend,
         unnorm_key: session.unnorm_key.clone(),
@@ -185,6 +190,7 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
         projector,
         quantized_weights,
         projector_scales,
+        oft,
     };
     let config = OpenVlaConfig::from_file(&dir.join("config.json"))
         .map_err(|e| CliError::bad_input(e.to_string()))?;

@@ -233,6 +233,18 @@ pub struct PolicyOptions {
     /// Calibrated activation scales of the projector: with `projector = Int8` they make it
     /// W8A8; without them the projector is INT8 weight-only.
     pub projector_scales: Option<crate::model::quant_scales::ProjectorScales>,
+    /// OpenVLA-OFT settings given by the caller (the service's `[model]` keys).
+    pub oft: OftKeys,
+}
+
+/// What an OpenVLA-OFT checkpoint needs and no published file records, given by the caller
+/// instead of, or as well as, the checkpoint's `vla_rt_model.json` (for a checkpoint folder
+/// that cannot be written to). A value given both ways must be the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OftKeys {
+    pub num_actions_chunk: Option<usize>,
+    pub num_images_in_input: Option<usize>,
+    pub action_normalization: Option<crate::model::config::ActionNormalization>,
 }
 
 /// An enum chosen by name in a config file or on a command line: the lowercase names are

@@ -14,13 +14,19 @@ use crate::model::oft::{self, Bounds, OftFiles, OftSettings, SequenceLayout, COM
 use crate::model::openvla::MAX_TEXT_TOKENS;
 use crate::model::prompt::PromptTokenizer;
 use crate::model::ModelError;
-use crate::policy::{Policy, PolicyError, PolicyInputs, PolicyOptions, Prediction, StageTimings};
+use crate::policy::{
+    OftKeys, Policy, PolicyError, PolicyInputs, PolicyOptions, Prediction, StageTimings,
+};
 use crate::preprocess::{Preprocessor, RgbImage};
 
 use super::{check_preprocessing, model_name, PREPROCESSOR_CONFIG_FILE};
 
-/// The OFT files in `dir` (an action head is required) and `vla_rt_model.json`'s OFT keys.
-pub fn read_files_and_settings(dir: &Path) -> Result<(OftFiles, OftSettings), ModelError> {
+/// The OFT files in `dir` (an action head is required) and `vla_rt_model.json`'s OFT keys,
+/// completed with the caller's `keys`.
+pub fn read_files_and_settings(
+    dir: &Path,
+    keys: &OftKeys,
+) -> Result<(OftFiles, OftSettings), ModelError> {
     let files = oft::find_files(dir)?.ok_or_else(|| ModelError::File {
         path: dir.display().to_string(),
         message: format!(
@@ -28,7 +34,11 @@ pub fn read_files_and_settings(dir: &Path) -> Result<(OftFiles, OftSettings), Mo
             oft::ACTION_HEAD_PREFIX
         ),
     })?;
-    let settings = OftSettings::from_runtime(dir, &RuntimeModelConfig::from_dir(dir)?)?;
+    let runtime = RuntimeModelConfig::from_dir(dir)?.with_oft_keys(
+        keys,
+        &dir.join(crate::model::config::RUNTIME_MODEL_CONFIG_FILE),
+    )?;
+    let settings = OftSettings::from_runtime(dir, &runtime)?;
     Ok((files, settings))
 }
 

@@ -51,7 +51,7 @@ impl OftCpuRunner {
     /// Loads the Hugging Face folder, the `.pt` heads beside it, `vla_rt_model.json`'s OFT
     /// keys and the statistics (`dataset_statistics.json`, else `config.json`'s `norm_stats`).
     pub fn load(dir: &Path, options: &PolicyOptions) -> Result<Self, ModelError> {
-        let (files, settings) = read_files_and_settings(dir)?;
+        let (files, settings) = read_files_and_settings(dir, &options.oft)?;
         let model = OpenVla::load(dir)?;
         let hidden = model.llama().config().hidden_size;
         let head = L1ActionHead::load(&files.action_head, hidden)?;

@@ -260,6 +260,59 @@ pub struct RuntimeModelConfig {
     pub featurizers: BTreeMap<String, FeaturizerOverrides>,
 }
 
+impl RuntimeModelConfig {
+    /// This file's OpenVLA-OFT keys completed with the caller's `keys`; a key set both ways
+    /// to different values is refused, naming the file (`file`), the key and both values.
+    pub fn with_oft_keys(
+        mut self,
+        keys: &crate::policy::OftKeys,
+        file: &Path,
+    ) -> Result<Self, ModelError> {
+        fn merged<T: PartialEq + serde::Serialize>(
+            file: &Path,
+            key: &str,
+            in_file: Option<T>,
+            given: Option<T>,
+        ) -> Result<Option<T>, ModelError> {
+            match (in_file, given) {
+                (Some(a), Some(b)) if a != b => {
+                    let text = |v: &T| serde_json::to_string(v).unwrap_or_default();
+                    Err(ModelError::Config {
+                        path: file.display().to_string(),
+                        key: key.into(),
+                        message: format!(
+                            "{} here, {} in the config's [model] {key}: the checkpoint was \
+                             fine-tuned with one of them",
+                            text(&a),
+                            text(&b)
+                        ),
+                    })
+                }
+                (a, b) => Ok(b.or(a)),
+            }
+        }
+        self.num_actions_chunk = merged(
+            file,
+            "num_actions_chunk",
+            self.num_actions_chunk,
+            keys.num_actions_chunk,
+        )?;
+        self.num_images_in_input = merged(
+            file,
+            "num_images_in_input",
+            self.num_images_in_input,
+            keys.num_images_in_input,
+        )?;
+        self.action_normalization = merged(
+            file,
+            "action_normalization",
+            self.action_normalization,
+            keys.action_normalization,
+        )?;
+        Ok(self)
+    }
+}
+
 /// OpenVLA-OFT's `ACTION_PROPRIO_NORMALIZATION_TYPE`: the statistics that span [-1, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -322,6 +375,47 @@ pub fn timm_num_heads(timm_model_id: &str, embed_dim: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_callers_oft_keys_complete_the_file_and_must_agree_with_it() {
+        let file = Path::new("ckpt/vla_rt_model.json");
+        let in_file: RuntimeModelConfig = serde_json::from_str(
+            r#"{"num_actions_chunk": 8, "action_normalization": "bounds_q99"}"#,
+        )
+        .unwrap();
+        let keys = crate::policy::OftKeys {
+            num_actions_chunk: Some(8),
+            num_images_in_input: Some(2),
+            action_normalization: None,
+        };
+        let merged = in_file.clone().with_oft_keys(&keys, file).unwrap();
+        assert_eq!(merged.num_actions_chunk, Some(8));
+        assert_eq!(merged.num_images_in_input, Some(2));
+        assert_eq!(
+            merged.action_normalization,
+            Some(ActionNormalization::BoundsQ99)
+        );
+        let none = in_file
+            .clone()
+            .with_oft_keys(&Default::default(), file)
+            .unwrap();
+        assert_eq!(none.num_images_in_input, None);
+
+        let differ = crate::policy::OftKeys {
+            action_normalization: Some(ActionNormalization::Bounds),
+            ..Default::default()
+        };
+        let text = in_file
+            .with_oft_keys(&differ, file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("ckpt/vla_rt_model.json")
+                && text.contains("action_normalization")
+                && text.contains(r#""bounds_q99" here, "bounds" in the config's [model]"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn timm_heads_only_when_the_width_matches_the_architecture() {

@@ -142,8 +142,8 @@ pub struct OftSettings {
 }
 
 /// Upper bounds that keep a typo from sizing the model's buffers.
-const MAX_ACTIONS_CHUNK: usize = 256;
-const MAX_IMAGES_IN_INPUT: usize = 8;
+pub const MAX_ACTIONS_CHUNK: usize = 256;
+pub const MAX_IMAGES_IN_INPUT: usize = 8;
 
 impl OftSettings {
     /// The three keys no published OFT file records; each missing or out-of-range one is an
@@ -155,7 +155,7 @@ impl OftSettings {
             key: key.into(),
             message: format!(
                 "an OpenVLA-OFT checkpoint needs it and no published file records it: add \
-                 {example}"
+                 {example} (or set the service config's [model] {key})"
             ),
         };
         let num_actions_chunk = runtime.num_actions_chunk.ok_or_else(|| {

@@ -454,7 +454,7 @@ impl OftCudaRunner {
         }
         // The GPU first, as on the token path: a machine without a driver gets that error.
         let gpu = Gpu::open()?;
-        let (files, settings) = read_files_and_settings(dir)?;
+        let (files, settings) = read_files_and_settings(dir, &options.oft)?;
         let mut config = OpenVlaConfig::from_file(&dir.join(CONFIG_FILE))?;
         let tokenizer = PromptTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
         let runtime = RuntimeModelConfig::from_dir(dir)?;
