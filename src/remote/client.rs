@@ -288,6 +288,9 @@ impl RemotePolicy {
         start: Instant,
     ) -> Result<Prediction, PolicyError> {
         let give_up = start + FIRST_ANSWER_TIMEOUT.max(self.timeout);
+        // Why the servers said no, if they did: a try cut short by `give_up` may hear nothing,
+        // and the reason is worth more than "no answer".
+        let mut refused = None;
         loop {
             let deadline = (Instant::now() + self.timeout).min(give_up);
             match self.exchange(image, instruction, deadline, true)? {
@@ -297,17 +300,18 @@ impl RemotePolicy {
                 }
                 // A mismatched checkpoint does not get better by asking again.
                 Answer::WrongCheckpoint(message) => return Err(backend_error(message)),
-                Answer::Refused(message) if Instant::now() >= give_up => {
-                    return Err(backend_error(message))
-                }
-                _ if Instant::now() >= give_up => {
-                    return Err(self.no_answer(give_up.duration_since(start)))
-                }
-                _ => std::thread::sleep(
-                    Duration::from_millis(20)
-                        .min(give_up.saturating_duration_since(Instant::now())),
-                ),
+                Answer::Refused(message) => refused = Some(message),
+                Answer::SendText | Answer::Silence => {}
             }
+            if Instant::now() >= give_up {
+                return Err(match refused {
+                    Some(message) => backend_error(message),
+                    None => self.no_answer(give_up.duration_since(start)),
+                });
+            }
+            std::thread::sleep(
+                Duration::from_millis(20).min(give_up.saturating_duration_since(Instant::now())),
+            );
         }
     }
 }
@@ -332,14 +336,21 @@ impl Answer {
                 reply.server_id, reply.action_dim
             )));
         }
-        let action: Vec<f64> = (0..ACTION_DIM)
-            .map(|column| f64::from(reply.action(0, column)))
+        // One row from the token path, a chunk's rows from an OpenVLA-OFT checkpoint; the
+        // decoder saw to at least one row of finite values.
+        let actions: Vec<Vec<f64>> = (0..reply.rows)
+            .map(|row| {
+                (0..ACTION_DIM)
+                    .map(|column| f64::from(reply.action(row, column)))
+                    .collect()
+            })
             .collect();
+        let action = actions.first().cloned().unwrap_or_default();
         let compute_ms = f64::from(reply.timings.compute_us) / 1e3;
         Ok(Self::Prediction(Prediction {
             tokens: reply.tokens().take(ACTION_DIM).collect(),
             normalized: Vec::new(),
-            actions: vec![action.clone()],
+            actions,
             action,
             timings: StageTimings {
                 decode_ms: compute_ms,
