@@ -7,6 +7,7 @@
 // Test helpers fail the test by panicking, like the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod service_support;
 
 use std::io::Read;
@@ -179,6 +180,78 @@ fn a_remote_answer_equals_the_local_policy() {
     let over_jpeg = jpeg.predict(&image, instruction).unwrap();
     assert_eq!(over_jpeg.action.len(), 7);
     assert!(over_jpeg.action.iter().all(|v| v.is_finite()));
+}
+
+/// An OpenVLA-OFT checkpoint served from a GPU box: the reply carries the whole chunk, the
+/// local policy's value for value (as f32), so the robot executes it step by step; the
+/// chunk is un-normalised by the served policy, so only its statistics key is accepted.
+#[test]
+fn an_oft_checkpoint_is_served_with_its_whole_chunk() {
+    let settings = serde_json::json!({
+        "num_actions_chunk": 8,
+        "num_images_in_input": 1,
+        "action_normalization": "bounds_q99",
+    });
+    let dir = common::oft::assemble("remote", &settings, false);
+    let options = PolicyOptions {
+        unnorm_key: Some("tiny_libero".into()),
+        ..PolicyOptions::default()
+    };
+    let policy = || vla_rt::backend::load_policy(&dir, &options).unwrap();
+    let port = free_port();
+    let _router = router(port);
+    let server_session = router_client(port);
+    let _server = Server::start(
+        &server_session,
+        policy(),
+        ServedCheckpoint::load(&dir, Some("tiny_libero")).unwrap(),
+        &ServeConfig::default(),
+        "oft",
+    )
+    .unwrap();
+    let robot_session = router_client(port);
+    let remote = |key: &str| {
+        RemotePolicy::connect(
+            &robot_session,
+            &ResolvedRemote {
+                name: "oft".into(),
+                timeout_ms: 5_000,
+                fingerprint: vla_rt::model::fingerprint::checkpoint_fingerprint(&dir).unwrap(),
+                encoding: FrameEncoding::Raw,
+                jpeg_quality: 95,
+            },
+            "arm0",
+            Some(key),
+        )
+        .unwrap()
+    };
+    let image = gradient(96, 64);
+    let instruction = "put the bowl on the plate";
+    let local = policy().predict(&image, instruction).unwrap();
+    assert_eq!(local.actions.len(), 8);
+    let answered = wait_for_answer(&mut remote("tiny_libero"), &image, instruction);
+    let as_f32 = |rows: &[Vec<f64>]| -> Vec<Vec<f32>> {
+        rows.iter()
+            .map(|row| row.iter().map(|&x| x as f32).collect())
+            .collect()
+    };
+    assert_eq!(as_f32(&answered.actions), as_f32(&local.actions));
+    assert_eq!(answered.action, answered.actions[0]);
+    // Statistics the served policy does not un-normalise with are refused, naming its own.
+    // (The first requests of a new robot may race the server's discovery: no answer yet.)
+    let mut other = remote("tiny_bridge");
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let error = other.predict(&image, instruction).unwrap_err().to_string();
+        if !error.contains("no answer") || Instant::now() > deadline {
+            break error;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        refused.contains("`tiny_bridge`") && refused.contains("(tiny_libero)"),
+        "{refused}"
+    );
 }
 
 /// The first request after the server starts may race its declaration through the router:

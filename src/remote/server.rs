@@ -22,7 +22,7 @@ use zenoh::{Session, Wait};
 
 use super::wire::{
     FrameEncoding, InstructionField, ReplyParts, ReplyStatus, Request, ServerTimings,
-    INSTRUCTION_HASH_LEN,
+    INSTRUCTION_HASH_LEN, MAX_REPLY_ROWS,
 };
 use super::{infer_key, server_token_key, servers_selector, ServeConfig};
 use crate::model::action::{resolve_unnorm_key, ActionDecoder};
@@ -37,6 +37,8 @@ pub struct ServedCheckpoint {
     pub fingerprint: String,
     /// The key requests without one are un-normalised with.
     pub default_unnorm_key: String,
+    /// The token path's decoders, one per dataset; none for an OpenVLA-OFT checkpoint, whose
+    /// policy un-normalises its chunks itself, with the default key only.
     decoders: BTreeMap<String, ActionDecoder>,
 }
 
@@ -58,6 +60,21 @@ impl ServedCheckpoint {
     ) -> Result<Self, String> {
         let config =
             OpenVlaConfig::from_file(&model_dir.join("config.json")).map_err(|e| e.to_string())?;
+        let is_oft = crate::model::oft::find_files(model_dir)
+            .map_err(|e| e.to_string())?
+            .is_some();
+        if is_oft {
+            let stats = crate::model::oft::read_dataset_statistics(model_dir)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(config.norm_stats);
+            let default_unnorm_key =
+                resolve_unnorm_key(&stats, unnorm_key).map_err(|e| e.to_string())?;
+            return Ok(Self {
+                fingerprint,
+                default_unnorm_key,
+                decoders: BTreeMap::new(),
+            });
+        }
         let default_unnorm_key =
             resolve_unnorm_key(&config.norm_stats, unnorm_key).map_err(|e| e.to_string())?;
         let decoders = config
@@ -79,6 +96,22 @@ impl ServedCheckpoint {
             default_unnorm_key,
             decoders,
         })
+    }
+
+    /// Whether a request may ask for the statistics `key`.
+    fn serves(&self, key: &str) -> bool {
+        match self.decoders.is_empty() {
+            true => key == self.default_unnorm_key,
+            false => self.decoders.contains_key(key),
+        }
+    }
+
+    /// The statistics keys requests may ask for, for messages.
+    fn keys(&self) -> String {
+        match self.decoders.is_empty() {
+            true => self.default_unnorm_key.clone(),
+            false => self.decoders.keys().cloned().collect::<Vec<_>>().join(", "),
+        }
     }
 }
 
@@ -597,20 +630,15 @@ impl BatchWorker {
         };
         let unnorm_key = if request.unnorm_key.is_empty() {
             self.checkpoint.default_unnorm_key.clone()
-        } else if self.checkpoint.decoders.contains_key(request.unnorm_key) {
+        } else if self.checkpoint.serves(request.unnorm_key) {
             request.unnorm_key.to_string()
         } else {
             return Err((
                 ReplyStatus::BadRequest,
                 format!(
-                    "field unnorm_key: `{}` is not in the checkpoint's statistics ({})",
+                    "field unnorm_key: `{}` is not in the checkpoint's statistics served ({})",
                     request.unnorm_key,
-                    self.checkpoint
-                        .decoders
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.checkpoint.keys()
                 ),
             ));
         };
@@ -619,7 +647,9 @@ impl BatchWorker {
     }
 
     fn answer(&mut self, prepared: &Prepared, prediction: &Prediction, timings: ServerTimings) {
-        // Token-path predictions are un-normalised with the request's own statistics.
+        // Token-path predictions are un-normalised with the request's own statistics; an
+        // action chunk (OpenVLA-OFT) goes back whole, one row per step.
+        let action_dim = prediction.action.len();
         let action: Vec<f32> = match self.checkpoint.decoders.get(&prepared.unnorm_key) {
             Some(decoder) if !prediction.tokens.is_empty() => decoder
                 .decode(&prediction.tokens)
@@ -627,8 +657,27 @@ impl BatchWorker {
                 .iter()
                 .map(|&v| v as f32)
                 .collect(),
-            _ => prediction.action.iter().map(|&v| v as f32).collect(),
+            _ => prediction
+                .actions
+                .iter()
+                .flatten()
+                .map(|&v| v as f32)
+                .collect(),
         };
+        let rows = action.len().checked_div(action_dim).unwrap_or(0);
+        if rows == 0 || rows > MAX_REPLY_ROWS || rows * action_dim != action.len() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            self.reply.refuse(
+                &prepared.pending.query,
+                ReplyStatus::PolicyError,
+                prepared.pending.request_id,
+                &format!(
+                    "the policy produced {} values, not 1 to {MAX_REPLY_ROWS} rows of {action_dim}",
+                    action.len()
+                ),
+            );
+            return;
+        }
         if action.iter().any(|v| !v.is_finite()) {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             self.reply.refuse(
@@ -650,7 +699,7 @@ impl BatchWorker {
                 timings,
                 fingerprint: "",
                 server_id: "",
-                action_dim: action.len(),
+                action_dim,
                 actions: &action,
                 tokens: &prediction.tokens,
                 message: "",
