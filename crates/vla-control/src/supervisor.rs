@@ -309,12 +309,14 @@ impl Supervisor {
                     Filtered::Rejected { .. } => rejected = true,
                 }
             }
-            if rejected {
-                // One unusable step makes the whole chunk unusable.
-            } else if instruction != conditions.instruction {
-                chunks_dropped += 1;
-            } else {
-                self.start_chunk(index, chunk, capture_time_ns);
+            // One unusable step makes the whole chunk unusable (counted as rejected); a chunk
+            // made under an older instruction is dropped.
+            if !rejected {
+                if instruction == conditions.instruction {
+                    self.start_chunk(index, chunk, capture_time_ns);
+                } else {
+                    chunks_dropped += 1;
+                }
             }
         }
         let (current_step, _) = self.schedule_position(index);
