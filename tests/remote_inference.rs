@@ -1,8 +1,9 @@
 //! Remote inference (`vla-rt serve` and `[model] remote`) through a Zenoh router on
 //! loopback: two robots served by one server, answers equal to the local policy's, a server
 //! killed (failover or STOP), a slow server (STOP from missed steps, no late reply acted on),
-//! a busy server refusing at once, expired requests dropped before compute, and a wrong
-//! checkpoint fingerprint (STOP with the cause in the status). Every wait is bounded.
+//! a busy server refusing at once, expired requests dropped before compute, a wrong
+//! checkpoint fingerprint (STOP with the cause in the status), and an OpenVLA-OFT checkpoint
+//! answering with its whole chunk, which a robot executes step by step. Every wait is bounded.
 
 // Test helpers fail the test by panicking, like the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -251,6 +252,31 @@ fn an_oft_checkpoint_is_served_with_its_whole_chunk() {
     assert!(
         refused.contains("`tiny_bridge`") && refused.contains("(tiny_libero)"),
         "{refused}"
+    );
+
+    // A robot on that server executes the chunk's steps in turn, as a local chunk.
+    let mut config = robot_config("oft-robot", port, "oft");
+    config.model.path = dir.clone();
+    config.model.unnorm_key = Some("tiny_libero".into());
+    config.validate("test config").unwrap();
+    let observer = router_client(port);
+    let stream = CommandStream::new(&observer, "oft-robot");
+    let robot = start_robot(&config);
+    stream.until(WAIT, "ACT on a remote chunk", is_state(ControlState::Act));
+    let control = robot.control_stats();
+    let deadline = Instant::now() + WAIT;
+    let mut steps_seen = std::collections::BTreeSet::new();
+    while steps_seen.len() < 3 && Instant::now() < deadline {
+        let record = stream.next(Duration::from_secs(2));
+        assert!(record.action.iter().all(|v| v.is_finite()), "{record:?}");
+        if record.state == ControlState::Act {
+            steps_seen.insert(control.chunk_step.load(Ordering::Relaxed));
+        }
+    }
+    robot.stop();
+    assert!(
+        steps_seen.len() >= 3,
+        "ACT ticks ran chunk steps {steps_seen:?} only"
     );
 }
 
