@@ -168,6 +168,7 @@ fn steady_state_ticks_allocate_nothing() {
             max_file_bytes: 0,
             max_file_ns: 0,
             jpeg_quality: 80,
+            cameras: 1,
         },
         SessionInfo {
             robot_id: "alloc".into(),

@@ -144,7 +144,7 @@ fn recording_path(name: &str) -> PathBuf {
 fn recorder_for(config: &ServiceConfig, path: &Path) -> Arc<Recorder> {
     let _ = std::fs::remove_file(path);
     let session = vla_rt::recording::session_info(config, &PolicyOptions::default()).unwrap();
-    Recorder::start(RecordSettings::from_config(&config.record, path), session).unwrap()
+    Recorder::start(RecordSettings::from_config(config, path), session).unwrap()
 }
 
 /// `vla-rt replay --json` of a recording made with the checkpoint it names: every prediction

@@ -349,7 +349,7 @@ fn start_recorder(
         crate::recording::session_info(config, policy_options).map_err(CliError::bad_input)?;
     let path =
         crate::recording::expand_time(path, crate::control::clock::realtime_ns() / 1_000_000_000);
-    let settings = RecordSettings::from_config(&config.record, &path);
+    let settings = RecordSettings::from_config(config, &path);
     Recorder::start(settings, session)
         .map(Some)
         .map_err(|e| CliError::bad_input(format!("record.path: {e}")))

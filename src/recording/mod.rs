@@ -56,8 +56,9 @@ pub mod topics {
 const COMMAND_QUEUE: usize = 4096;
 /// Predictions (with their frames) waiting for the writer.
 const PREDICTION_QUEUE: usize = 8;
-/// Frame buffers in circulation between the inference thread and the writer.
-const FRAME_POOL: usize = PREDICTION_QUEUE + 2;
+/// Frame buffers in circulation between the inference thread and the writer, per camera:
+/// the queued predictions' frames, one being copied and one being encoded.
+const FRAME_POOL_PER_CAMERA: usize = PREDICTION_QUEUE + 2;
 const STATUS_QUEUE: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,15 +84,20 @@ pub struct RecordSettings {
     /// Start the next file after this many nanoseconds (0: never).
     pub max_file_ns: u64,
     pub jpeg_quality: u8,
+    /// Frames each prediction is recorded with: 1, or 2 with a `[wrist_camera]`.
+    pub cameras: usize,
 }
 
 impl RecordSettings {
-    pub fn from_config(config: &crate::config::RecordConfig, path: &Path) -> Self {
+    /// The service config's `[record]` table and its cameras, writing to `path`.
+    pub fn from_config(config: &crate::config::ServiceConfig, path: &Path) -> Self {
+        let record = &config.record;
         Self {
             path: path.to_path_buf(),
-            max_file_bytes: config.max_file_mb.saturating_mul(1 << 20),
-            max_file_ns: config.max_file_s.saturating_mul(1_000_000_000),
-            jpeg_quality: config.jpeg_quality,
+            max_file_bytes: record.max_file_mb.saturating_mul(1 << 20),
+            max_file_ns: record.max_file_s.saturating_mul(1_000_000_000),
+            jpeg_quality: record.jpeg_quality,
+            cameras: 1 + usize::from(config.wrist_camera.is_some()),
         }
     }
 }
@@ -257,8 +263,9 @@ impl Recorder {
     /// the writer thread.
     pub fn start(settings: RecordSettings, session: SessionInfo) -> Result<Arc<Self>, RecordError> {
         let stats = Arc::new(RecordStats::default());
-        let frame_pool = ArrayQueue::new(FRAME_POOL);
-        for _ in 0..FRAME_POOL {
+        let frames = FRAME_POOL_PER_CAMERA * settings.cameras.max(1);
+        let frame_pool = ArrayQueue::new(frames);
+        for _ in 0..frames {
             let _ = frame_pool.push(RgbImage::default());
         }
         let queues = Arc::new(Queues {
@@ -520,5 +527,51 @@ mod tests {
         assert_eq!(rotated_path(p, 0), PathBuf::from("/data/run.mcap"));
         assert_eq!(rotated_path(p, 2), PathBuf::from("/data/run.2.mcap"));
         assert_eq!(rotated_path(Path::new("run"), 1), PathBuf::from("run.1"));
+    }
+
+    #[test]
+    fn a_full_queue_of_two_camera_predictions_keeps_both_frames_of_each() {
+        let path = std::env::temp_dir().join(format!("vla-rt-pool-{}.mcap", std::process::id()));
+        let recorder = Recorder::start(
+            RecordSettings {
+                path: path.clone(),
+                max_file_bytes: 0,
+                max_file_ns: 0,
+                jpeg_quality: 80,
+                cameras: 2,
+            },
+            SessionInfo::default(),
+        )
+        .unwrap();
+        // Frames large enough that the writer, encoding each as JPEG and PNG, frees no
+        // buffer while the queue is filled.
+        let (width, height) = (640, 480);
+        let frame = Frame {
+            image: RgbImage {
+                width,
+                height,
+                data: vec![90; (width * height * 3) as usize],
+            },
+            capture_time_ns: 1,
+            sequence: 1,
+        };
+        let prediction =
+            Prediction::single(Vec::new(), vec![0.0; 7], vec![0.0; 7], Default::default());
+        for tick in 0..PREDICTION_QUEUE as u64 {
+            recorder.prediction(
+                PredictionInputs {
+                    frame: &frame,
+                    wrist: Some(&frame),
+                    instruction: "pick up the block",
+                    proprio: None,
+                    trigger_tick: tick,
+                },
+                &prediction,
+            );
+        }
+        let dropped = recorder.stats().dropped.load(Ordering::Relaxed);
+        recorder.finish();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(dropped, 0, "frames dropped from a queue that had room");
     }
 }

@@ -56,11 +56,8 @@ fn run_once(args: &RecordBenchArgs, record: bool) -> Result<Run, BenchError> {
         let session =
             crate::recording::session_info(&config, &options).map_err(BenchError::bad_input)?;
         Some(
-            Recorder::start(
-                RecordSettings::from_config(&config.record, &args.out),
-                session,
-            )
-            .map_err(|e| BenchError::bad_input(e.to_string()))?,
+            Recorder::start(RecordSettings::from_config(&config, &args.out), session)
+                .map_err(|e| BenchError::bad_input(e.to_string()))?,
         )
     } else {
         None
