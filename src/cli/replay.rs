@@ -195,15 +195,9 @@ pub fn replay(args: &ReplayArgs, recording: &Recording) -> Result<ReplayReport, 
     let config = OpenVlaConfig::from_file(&dir.join("config.json"))
         .map_err(|e| CliError::bad_input(e.to_string()))?;
     // An OpenVLA-OFT checkpoint is un-normalised with its dataset_statistics.json.
-    let is_oft = crate::model::oft::find_files(&dir)
+    let norm_stats = crate::backend::oft::statistics_if_oft(&dir, &config.norm_stats)
         .map_err(|e| CliError::bad_input(e.to_string()))?
-        .is_some();
-    let norm_stats = match is_oft {
-        true => crate::model::oft::read_dataset_statistics(&dir)
-            .map_err(|e| CliError::bad_input(e.to_string()))?
-            .unwrap_or(config.norm_stats),
-        false => config.norm_stats,
-    };
+        .unwrap_or(config.norm_stats);
     let key = crate::model::action::resolve_unnorm_key(&norm_stats, session.unnorm_key.as_deref())
         .map_err(|e| CliError::bad_input(e.to_string()))?;
     let stats = &norm_stats[&key].action;

@@ -60,13 +60,9 @@ impl ServedCheckpoint {
     ) -> Result<Self, String> {
         let config =
             OpenVlaConfig::from_file(&model_dir.join("config.json")).map_err(|e| e.to_string())?;
-        let is_oft = crate::model::oft::find_files(model_dir)
-            .map_err(|e| e.to_string())?
-            .is_some();
-        if is_oft {
-            let stats = crate::model::oft::read_dataset_statistics(model_dir)
-                .map_err(|e| e.to_string())?
-                .unwrap_or(config.norm_stats);
+        let oft_stats = crate::backend::oft::statistics_if_oft(model_dir, &config.norm_stats)
+            .map_err(|e| e.to_string())?;
+        if let Some(stats) = oft_stats {
             let default_unnorm_key =
                 resolve_unnorm_key(&stats, unnorm_key).map_err(|e| e.to_string())?;
             return Ok(Self {

@@ -51,6 +51,18 @@ pub fn statistics(
     Ok(oft::read_dataset_statistics(dir)?.unwrap_or_else(|| config_stats.clone()))
 }
 
+/// [`statistics`] when `dir` holds an OFT checkpoint (its action head beside the weights);
+/// `None` for any other checkpoint, whose actions are decoded with `config_stats`.
+pub fn statistics_if_oft(
+    dir: &Path,
+    config_stats: &BTreeMap<String, DatasetStats>,
+) -> Result<Option<BTreeMap<String, DatasetStats>>, ModelError> {
+    if oft::find_files(dir)?.is_none() {
+        return Ok(None);
+    }
+    statistics(dir, config_stats).map(Some)
+}
+
 /// The backend-independent part of an OFT checkpoint: its settings, the widths the heads
 /// take and give, and the statistics that (un)normalise them.
 #[derive(Debug, Clone, PartialEq)]
