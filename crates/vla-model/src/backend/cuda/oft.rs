@@ -17,22 +17,17 @@ use half::f16;
 
 use super::device::{int, Arg, DeviceBuffer, DeviceMatrix, Dt, Gpu, Lane};
 use super::llama::{bidirectional_capacity, bidirectional_positions};
-use super::policy::{CudaModelRunner, ModelSpec};
+use super::policy::CudaModelRunner;
 use super::vision::{queue_add_bias, queue_bias_act};
 use super::weights::{CheckpointWeights, WeightSource};
 use super::CudaError;
 use crate::backend::oft::{
     read_files_and_settings, statistics, OftChunk, OftPolicy, OftRunner, OftSpec,
 };
-use crate::model::checkpoint::Checkpoint;
-use crate::model::config::{OpenVlaConfig, RuntimeModelConfig};
 use crate::model::oft::{
     proprio_projector_dim, read_action_head, read_proprio_projector, L1HeadShape, LAYER_NORM_EPS,
     STOP_TOKEN_ID,
 };
-use crate::model::openvla::{CONFIG_FILE, TOKENIZER_FILE};
-use crate::model::prompt::PromptTokenizer;
-use crate::model::quant_file::QuantizedFile;
 use crate::model::ModelError;
 use crate::policy::{PolicyError, PolicyOptions, StageTimings};
 
@@ -445,69 +440,41 @@ impl OftCudaRunner {
     /// Opens the GPU and loads the checkpoint folder, its `.pt` heads, `vla_rt_model.json`'s
     /// OFT keys and the statistics onto it.
     pub fn load(dir: &Path, options: &PolicyOptions) -> Result<Self, CudaError> {
-        if !dir.is_dir() {
-            return Err(ModelError::File {
-                path: dir.display().to_string(),
-                message: "model folder does not exist".into(),
-            }
-            .into());
-        }
-        // The GPU first, as on the token path: a machine without a driver gets that error.
-        let gpu = Gpu::open()?;
-        let (files, settings) = read_files_and_settings(dir, &options.oft)?;
-        let mut config = OpenVlaConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let tokenizer = PromptTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
-        let runtime = RuntimeModelConfig::from_dir(dir)?;
-        let ckpt = Checkpoint::open_dir(dir)?;
-        let mut model_spec = ModelSpec::from_checkpoint(dir, &config, &runtime, &ckpt)?;
-        let hidden = model_spec.llama.hidden_size;
-        let head_ckpt = read_action_head(&files.action_head)?;
-        let head_shape = L1HeadShape::from_checkpoint(&head_ckpt, hidden, &files.action_head)?;
-        let proprio_ckpt = match &files.proprio_projector {
-            Some(path) => {
-                let ckpt = read_proprio_projector(path)?;
-                let dim = proprio_projector_dim(&ckpt, hidden, path)?;
-                Some((ckpt, dim))
-            }
-            None => None,
-        };
-        let stats = statistics(dir, &config.norm_stats)?;
-        let patches = model_spec.vits[0].1.num_patches();
-        let spec = OftSpec::load(
-            dir,
-            &files,
-            settings,
-            &stats,
-            patches,
-            head_shape.action_dim,
-            proprio_ckpt.as_ref().map(|(_, dim)| *dim),
-            options,
-        )?;
-        model_spec.capacity = bidirectional_capacity(
-            spec.sequence_capacity(config.llm_max_length),
-            config.llm_max_length,
-        );
-        // The token path's action decoder, unused here, resolves the same key in the same
-        // statistics as the chunk.
-        config.norm_stats = stats;
-        let quantized = options
-            .quantized_weights
-            .as_ref()
-            .map(|path| QuantizedFile::open_for(path, dir, options.quantization))
-            .transpose()?;
-        let mut src = CheckpointWeights {
-            ckpt: &ckpt,
-            quantized: quantized.as_ref(),
-        };
-        let model = CudaModelRunner::build(
-            gpu,
-            &mut src,
-            &model_spec,
-            &config,
-            tokenizer,
-            options,
-            true,
-        )?;
+        let (model, (spec, head_shape, head_ckpt, proprio_ckpt)) =
+            CudaModelRunner::load_prepared(dir, options, |model_spec, config| {
+                let (files, settings) = read_files_and_settings(dir, &options.oft)?;
+                let hidden = model_spec.llama.hidden_size;
+                let head_ckpt = read_action_head(&files.action_head)?;
+                let head_shape =
+                    L1HeadShape::from_checkpoint(&head_ckpt, hidden, &files.action_head)?;
+                let proprio_ckpt = match &files.proprio_projector {
+                    Some(path) => {
+                        let ckpt = read_proprio_projector(path)?;
+                        let dim = proprio_projector_dim(&ckpt, hidden, path)?;
+                        Some((ckpt, dim))
+                    }
+                    None => None,
+                };
+                let stats = statistics(dir, &config.norm_stats)?;
+                let spec = OftSpec::load(
+                    dir,
+                    &files,
+                    settings,
+                    &stats,
+                    model_spec.vits[0].1.num_patches(),
+                    head_shape.action_dim,
+                    proprio_ckpt.as_ref().map(|(_, dim)| *dim),
+                    options,
+                )?;
+                model_spec.capacity = bidirectional_capacity(
+                    spec.sequence_capacity(config.llm_max_length),
+                    config.llm_max_length,
+                );
+                // The token path's action decoder, unused here, resolves the same key in the
+                // same statistics as the chunk.
+                config.norm_stats = stats;
+                Ok((spec, head_shape, head_ckpt, proprio_ckpt))
+            })?;
         let mut head_src = CheckpointWeights {
             ckpt: &head_ckpt,
             quantized: None,

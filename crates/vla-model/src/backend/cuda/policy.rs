@@ -133,6 +133,17 @@ pub fn decode_format(q: Quantization) -> DecodeFormat {
 impl CudaModelRunner {
     /// Opens the GPU and loads the checkpoint folder onto it.
     pub fn load(model_dir: &Path, options: &PolicyOptions) -> Result<Self, CudaError> {
+        Self::load_prepared(model_dir, options, |_, _| Ok(())).map(|(runner, ())| runner)
+    }
+
+    /// [`load`](Self::load), with `prepare` adjusting the model's shapes and config once they
+    /// are read from the folder and before anything is built on the device; what `prepare`
+    /// returns comes back beside the runner.
+    pub(crate) fn load_prepared<T>(
+        model_dir: &Path,
+        options: &PolicyOptions,
+        prepare: impl FnOnce(&mut ModelSpec, &mut OpenVlaConfig) -> Result<T, CudaError>,
+    ) -> Result<(Self, T), CudaError> {
         if !model_dir.is_dir() {
             return Err(ModelError::File {
                 path: model_dir.display().to_string(),
@@ -140,12 +151,14 @@ impl CudaModelRunner {
             }
             .into());
         }
+        // The GPU first: a machine without a driver gets that error whatever the folder holds.
         let gpu = Gpu::open()?;
-        let config = OpenVlaConfig::from_file(&model_dir.join(CONFIG_FILE))?;
+        let mut config = OpenVlaConfig::from_file(&model_dir.join(CONFIG_FILE))?;
         let tokenizer = PromptTokenizer::from_file(&model_dir.join(TOKENIZER_FILE))?;
         let runtime = RuntimeModelConfig::from_dir(model_dir)?;
         let ckpt = Checkpoint::open_dir(model_dir)?;
-        let spec = ModelSpec::from_checkpoint(model_dir, &config, &runtime, &ckpt)?;
+        let mut spec = ModelSpec::from_checkpoint(model_dir, &config, &runtime, &ckpt)?;
+        let prepared = prepare(&mut spec, &mut config)?;
         let quantized = options
             .quantized_weights
             .as_ref()
@@ -155,7 +168,8 @@ impl CudaModelRunner {
             ckpt: &ckpt,
             quantized: quantized.as_ref(),
         };
-        Self::build(gpu, &mut src, &spec, &config, tokenizer, options, true)
+        let runner = Self::build(gpu, &mut src, &spec, &config, tokenizer, options, true)?;
+        Ok((runner, prepared))
     }
 
     /// Builds the device model from any weight source. `replace_f16` makes the prefill use
