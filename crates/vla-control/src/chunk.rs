@@ -5,8 +5,8 @@
 
 use crate::ACTION_DIM;
 
-/// The longest chunk a result carries (OpenVLA-OFT publishes 5 to 25 steps).
-pub const MAX_CHUNK: usize = 64;
+/// The longest chunk a result carries.
+pub use vla_model::policy::MAX_CHUNK;
 
 /// Up to [`MAX_CHUNK`] actions, the first executed first.
 #[derive(Debug, Clone, Copy, PartialEq)]

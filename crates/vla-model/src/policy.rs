@@ -47,6 +47,10 @@ impl Prediction {
     }
 }
 
+/// The longest chunk the runtime executes (OpenVLA-OFT publishes 5 to 25 steps): the control
+/// loop's fixed-size chunk holds this many actions, and benchmarks time no longer ones.
+pub const MAX_CHUNK: usize = 64;
+
 /// What a policy takes besides its instruction, and how many actions one call gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyInputs {
