@@ -96,11 +96,7 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), BenchError> {
     {
         return run_oft(&model, fixtures);
     }
-    let path = fixtures.join("expected.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| BenchError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
-    let expected: Expected = serde_json::from_str(&text)
-        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
+    let (path, expected): (_, Expected) = read_expected(fixtures)?;
     let Some(first) = expected.cases.first() else {
         return Err(BenchError::bad_input(format!(
             "{}: no cases",
@@ -285,6 +281,18 @@ pub fn run(args: &PolicyBenchArgs, fixtures: &Path) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// The fixture folder's `expected.json` and its path (named in errors).
+fn read_expected<T: serde::de::DeserializeOwned>(
+    fixtures: &Path,
+) -> Result<(std::path::PathBuf, T), BenchError> {
+    let path = fixtures.join("expected.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
+    let expected = serde_json::from_str(&text)
+        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
+    Ok((path, expected))
+}
+
 /// The chunk's limit against the CPU backend (normalised actions, relative L2 over the whole
 /// chunk). The device runs the language model and the head with FP16 inputs and f32
 /// accumulation: each rounding is 2⁻¹¹ relative, and the features and projector already
@@ -346,11 +354,7 @@ fn rel_l2_f64(a: &[f64], b: &[f64]) -> f64 {
 /// the chunk in robot units through the policy (relative L2 < CHUNK_REL_L2 each, required).
 /// OFT's own chunk (the fixture's) is reported beside.
 fn run_oft(model: &Path, fixtures: &Path) -> Result<(), BenchError> {
-    let path = fixtures.join("expected.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| BenchError::bad_input(format!("{}: cannot read: {e}", path.display())))?;
-    let expected: OftExpected = serde_json::from_str(&text)
-        .map_err(|e| BenchError::bad_input(format!("{}: {e}", path.display())))?;
+    let (path, expected): (_, OftExpected) = read_expected(fixtures)?;
     let Some(first) = expected.cases.first() else {
         return Err(BenchError::bad_input(format!(
             "{}: no cases",
