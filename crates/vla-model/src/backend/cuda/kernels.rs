@@ -89,12 +89,7 @@ pub const UTIL: KernelSource = KernelSource {
 pub const OFT: KernelSource = KernelSource {
     name: "oft.cu",
     source: include_str!("kernels/oft.cu"),
-    functions: &[
-        "assemble_oft_input",
-        "rms_norm_f32",
-        "bias_relu_f32",
-        "bias_relu_add_f32",
-    ],
+    functions: &["rms_norm_f32", "bias_relu_f32", "bias_relu_add_f32"],
 };
 
 /// Every kernel source of the backend.

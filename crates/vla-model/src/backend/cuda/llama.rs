@@ -741,7 +741,7 @@ impl DeviceLlama {
         gpu.write(&s.state, 0, &[0, 0, 0, 0])?;
         gpu.launch_elementwise(
             Lane::A,
-            &gpu.kernels.assemble_oft_input,
+            &gpu.kernels.assemble_prefill,
             n * h,
             &[
                 Arg::Ptr(self.embed.ptr()),
@@ -1160,14 +1160,10 @@ mod tests {
         assert!(e.contains("first token id"), "{e}");
     }
 
-    /// The OFT input kernel takes assemble_prefill's arguments, in the same order.
+    /// The OFT head's f32 RMSNorm takes the language model's f16 one's arguments, in the same
+    /// order.
     #[test]
-    fn the_oft_input_kernel_takes_the_prefill_assemblys_arguments() {
-        let prefill = kernel_parameters(&LLAMA, "assemble_prefill");
-        let oft = kernel_parameters(&OFT, "assemble_oft_input");
-        assert_eq!(oft.len(), prefill.len());
-        assert_eq!(oft[..2], prefill[..2]);
-        assert_eq!(oft[3..], prefill[3..]);
+    fn the_oft_rms_norm_takes_the_language_models_arguments() {
         assert_eq!(
             kernel_parameters(&OFT, "rms_norm_f32"),
             kernel_parameters(&LLAMA, "rms_norm_f16")

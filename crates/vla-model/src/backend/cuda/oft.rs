@@ -34,8 +34,8 @@ use crate::policy::{PolicyError, PolicyOptions, StageTimings};
 /// Threads per block of the row-wise norms (the vision path's LayerNorm launch).
 const NORM_THREADS: u32 = 256;
 
-/// The id the device input uses for a placeholder row: `assemble_oft_input` zeroes a row of
-/// a negative id, as OFT zeroes the placeholders' embeddings.
+/// The id the device input uses for a placeholder row: `assemble_prefill` zeroes a row of a
+/// negative id, as OFT zeroes the placeholders' embeddings.
 const ZERO_ROW_ID: i32 = -1;
 
 /// A LayerNorm's affine parameters on the device.

@@ -4,7 +4,10 @@
 // `state` is a small device array shared by the decode graph: state[0] = position of the next
 // row to write, state[1] = the latest token id, state[2] = tokens generated so far.
 
-// x [1 + P + L - 1, H] f32 = [embed(ids[0]), image tokens, embed(ids[1..L])].
+// x [1 + P + L - 1, H] f32 = [embed(ids[0]), image tokens, embed(ids[1..L])], where a
+// negative id gives a zero row (OpenVLA-OFT zeroes its action placeholders' embeddings; the
+// token path's ids are never negative). OFT's prefix is every camera's image tokens and the
+// proprio token.
 extern "C" __global__ void assemble_prefill(const half_t* __restrict__ table, const int* __restrict__ ids,
                                             const float* __restrict__ image_tokens,
                                             float* __restrict__ x, int P, int L, int H) {
@@ -17,7 +20,10 @@ extern "C" __global__ void assemble_prefill(const half_t* __restrict__ table, co
         float v;
         if (r == 0) v = h2f(table[(long)ids[0] * H + c]);
         else if (r <= P) v = image_tokens[(long)(r - 1) * H + c];
-        else v = h2f(table[(long)ids[r - P] * H + c]);
+        else {
+            const int id = ids[r - P];
+            v = id < 0 ? 0.f : h2f(table[(long)id * H + c]);
+        }
         x[i] = v;
     }
 }

@@ -1,31 +1,8 @@
-// OpenVLA-OFT's chunk path (ARCHITECTURE.md §17): the language model's input with OFT's
-// zeroed placeholder rows, the final RMSNorm of the rows the action head reads (kept in f32,
-// the head's LayerNorm input), and the head's ReLU epilogues on its f32 residual stream.
+// OpenVLA-OFT's chunk path (ARCHITECTURE.md §17): the final RMSNorm of the rows the action
+// head reads (kept in f32, the head's LayerNorm input), and the head's ReLU epilogues on its
+// f32 residual stream. The language model's input is llama.cu's assemble_prefill, which
+// zeroes the placeholder rows.
 // Element-wise kernels index with 32-bit ints (the host checks every size fits).
-
-// x [P + L, H] f32 = [embed(ids[0]), prefix rows (image tokens of every camera, then the
-// proprio token), embed(ids[1..L])], where a negative id gives a zero row: OFT zeroes the
-// embeddings of its action placeholders.
-extern "C" __global__ void assemble_oft_input(const half_t* __restrict__ table, const int* __restrict__ ids,
-                                              const float* __restrict__ prefix, float* __restrict__ x, int P,
-                                              int L, int H) {
-    const long total = (long)(P + L) * H;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
-         i += (long)gridDim.x * blockDim.x) {
-        const int r = (int)(i / H);
-        const int c = (int)(i % H);
-        float v;
-        if (r == 0) {
-            v = h2f(table[(long)ids[0] * H + c]);
-        } else if (r <= P) {
-            v = prefix[(long)(r - 1) * H + c];
-        } else {
-            const int id = ids[r - P];
-            v = id < 0 ? 0.f : h2f(table[(long)id * H + c]);
-        }
-        x[i] = v;
-    }
-}
 
 // One block per row: out = x · rsqrt(mean(x²) + eps) · w in f32 (rms_norm_f16's sums, so the
 // two agree on the scale of a row).
