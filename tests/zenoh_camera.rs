@@ -245,7 +245,6 @@ const GOOD: u8 = 0;
 const CORRUPT: u8 = 1;
 const SILENT: u8 = 2;
 
-/// A session connected to `port`, retried until the service listens there (bounded).
 impl TestCamera {
     /// Publishes from a thread that connects to the service at `port` once it listens.
     fn start(port: u16, key: String) -> Self {
