@@ -567,26 +567,40 @@ impl DeviceLlama {
                 }
             })
             .collect::<Result<_, _>>()?;
-        gpu.write(&self.s.ids, 0, &ids)?;
-        gpu.write(&self.s.state, 0, &[0, 0, 0, 0])?;
-        let s = &self.s;
-        gpu.launch_elementwise(
-            Lane::A,
-            &gpu.kernels.assemble_prefill,
-            n * h,
-            &[
-                Arg::Ptr(self.embed.ptr()),
-                Arg::Ptr(s.ids.ptr()),
-                Arg::Ptr(image_tokens.ptr()),
-                Arg::Ptr(s.x.ptr()),
-                int("prefill", patches)?,
-                int("prefill", ids.len())?,
-                int("prefill", h)?,
-            ],
-        )?;
+        self.queue_input(gpu, image_tokens, patches, &ids)?;
         self.queue_layers(gpu, n, 0)?;
         self.head(gpu, format, n - 1, n)?;
         Ok(n)
+    }
+
+    /// Resets the sequence and queues the input rows `s.x` =
+    /// `[embed(ids[0]), prefix_rows rows of prefix, embed(ids[1..])]`, a negative id giving a
+    /// zero row (`assemble_prefill`). The caller has checked the ids and the sizes.
+    fn queue_input(
+        &self,
+        gpu: &Gpu,
+        prefix: &DeviceBuffer<f32>,
+        prefix_rows: usize,
+        ids: &[i32],
+    ) -> Result<(), CudaError> {
+        let s = &self.s;
+        let h = self.config.hidden_size;
+        gpu.write(&s.ids, 0, ids)?;
+        gpu.write(&s.state, 0, &[0, 0, 0, 0])?;
+        gpu.launch_elementwise(
+            Lane::A,
+            &gpu.kernels.assemble_prefill,
+            (prefix_rows + ids.len()) * h,
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(s.ids.ptr()),
+                Arg::Ptr(prefix.ptr()),
+                Arg::Ptr(s.x.ptr()),
+                int("input rows", prefix_rows)?,
+                int("input rows", ids.len())?,
+                int("input rows", h)?,
+            ],
+        )
     }
 
     /// Every decoder layer over the `n` rows of `s.x` at positions `0..n` (the KV cache is
@@ -737,22 +751,7 @@ impl DeviceLlama {
             &read,
         )?;
         let s = &self.s;
-        gpu.write(&s.ids, 0, ids)?;
-        gpu.write(&s.state, 0, &[0, 0, 0, 0])?;
-        gpu.launch_elementwise(
-            Lane::A,
-            &gpu.kernels.assemble_prefill,
-            n * h,
-            &[
-                Arg::Ptr(self.embed.ptr()),
-                Arg::Ptr(s.ids.ptr()),
-                Arg::Ptr(prefix.ptr()),
-                Arg::Ptr(s.x.ptr()),
-                int("OFT input", prefix_rows)?,
-                int("OFT input", ids.len())?,
-                int("OFT input", h)?,
-            ],
-        )?;
+        self.queue_input(gpu, prefix, prefix_rows, ids)?;
         self.queue_layers(gpu, n, -1)?;
         gpu.launch(
             Lane::A,
