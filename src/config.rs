@@ -365,7 +365,6 @@ pub const BUNDLED_STATE_DIR: &str = "target/vla-rt-state";
 
 /// Checks one camera table (`[camera]` or `[wrist_camera]`); an error names its key.
 fn validate_camera(table: &str, camera: &CameraConfig) -> Result<(), (String, String)> {
-    let invalid = |key: String, message: String| (key, message);
     let source = camera.source.as_str();
     let source_ok = source == "synthetic"
         || source
@@ -374,7 +373,7 @@ fn validate_camera(table: &str, camera: &CameraConfig) -> Result<(), (String, St
         || source.starts_with("/dev/");
     if let Some(key) = source.strip_prefix("zenoh:") {
         zenoh::key_expr::KeyExpr::try_from(key).map_err(|e| {
-            invalid(
+            (
                 format!("{table}.source"),
                 format!(
                     "`{key}` is not a Zenoh key expression: {}",
@@ -384,9 +383,9 @@ fn validate_camera(table: &str, camera: &CameraConfig) -> Result<(), (String, St
         })?;
     } else if let Some(topic) = source.strip_prefix(crate::ros2::CAMERA_SOURCE_PREFIX) {
         crate::ros2::config::check_absolute_topic(topic)
-            .map_err(|m| invalid(format!("{table}.source"), format!("`{source}`: {m}")))?;
+            .map_err(|m| (format!("{table}.source"), format!("`{source}`: {m}")))?;
     } else if !source_ok {
-        return Err(invalid(
+        return Err((
             format!("{table}.source"),
             format!(
                 "`{source}` is not `synthetic`, `images:<dir>`, `zenoh:<key>`, `ros2:<topic>` or a `/dev/videoN` path"
@@ -394,25 +393,16 @@ fn validate_camera(table: &str, camera: &CameraConfig) -> Result<(), (String, St
         ));
     }
     if camera.width == 0 || camera.width > 16384 {
-        return Err(invalid(
-            format!("{table}.width"),
-            "must be 1 to 16384".into(),
-        ));
+        return Err((format!("{table}.width"), "must be 1 to 16384".into()));
     }
     if camera.height == 0 || camera.height > 16384 {
-        return Err(invalid(
-            format!("{table}.height"),
-            "must be 1 to 16384".into(),
-        ));
+        return Err((format!("{table}.height"), "must be 1 to 16384".into()));
     }
     if camera.fps == 0 || camera.fps > 1000 {
-        return Err(invalid(format!("{table}.fps"), "must be 1 to 1000".into()));
+        return Err((format!("{table}.fps"), "must be 1 to 1000".into()));
     }
     if camera.stall_timeout_ms == 0 {
-        return Err(invalid(
-            format!("{table}.stall_timeout_ms"),
-            "must be > 0".into(),
-        ));
+        return Err((format!("{table}.stall_timeout_ms"), "must be > 0".into()));
     }
     Ok(())
 }
